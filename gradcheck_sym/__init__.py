@@ -1,0 +1,62 @@
+"""gradcheck_sym: check torch autograd against exact symbolic derivatives.
+
+    >>> import gradcheck_sym as gs
+    >>> gs.check("sin(x)*exp(y)", at={"x": 0.7, "y": 1.3}).ok
+    True
+
+The heavy stages (torch, sympy) are imported on first use, so that
+``gradcheck-sym --help`` and parsing stay fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .errors import GradcheckSymError, InputError, LimitError, ParseError, UnknownFunctionError, UnsupportedError
+from .graph import Graph, Node
+from .parse import Limits, parse
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "check",
+    "check_graph",
+    "parse",
+    "Graph",
+    "Node",
+    "Limits",
+    "Report",
+    "Finding",
+    "Example",
+    "NodeRow",
+    "GradcheckSymError",
+    "ParseError",
+    "UnknownFunctionError",
+    "LimitError",
+    "InputError",
+    "UnsupportedError",
+    "__version__",
+]
+
+_LAZY = {
+    "check": "check",
+    "check_graph": "check",
+    "Report": "report",
+    "Finding": "report",
+    "Example": "report",
+    "NodeRow": "report",
+}
+
+if TYPE_CHECKING:
+    from .check import check, check_graph
+    from .report import Example, Finding, NodeRow, Report
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gradcheck_sym' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value

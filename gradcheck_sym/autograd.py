@@ -1,0 +1,162 @@
+"""Stage 4: run the graph through torch autograd, node by node, and record everything.
+
+Every node becomes one torch operation on a batch of points; every non-leaf
+tensor that requires grad gets `retain_grad()`, so after `backward()` each
+node's `.grad` is known, not only the leaves'.  `grad_fn` names, `is_leaf` and
+`requires_grad` are recorded per node.  ``no_grad(e)`` regions run under
+`torch.no_grad()` and ``detach(e)`` calls `.detach()`, exactly as user code would.
+
+For the rounding-noise estimate (see `tolerance`) the same run can be
+repeated with every node's value and incoming gradient multiplied by
+``1 + eps``: a small, seeded Monte Carlo arithmetic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .errors import UnsupportedError
+from .graph import Graph
+from .ops import OPS
+
+__all__ = ["AutogradRun", "NodeMeta", "run_autograd", "DTYPES"]
+
+DTYPES: dict[str, torch.dtype] = {
+    "float64": torch.float64,
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+
+
+@dataclass(frozen=True)
+class NodeMeta:
+    """What torch says about one node's tensor."""
+
+    grad_fn: str | None
+    is_leaf: bool
+    requires_grad: bool
+    retains_grad: bool
+
+
+@dataclass
+class AutogradRun:
+    """Torch's values and gradients for one batch of points.
+
+    Attributes:
+        values: node id -> forward value (shape (n,) or () for constants).
+        grads: node id -> `.grad` after backward (None where autograd did not reach the node).
+        meta: node id -> `NodeMeta`.
+        hessian: ``hessian[i][j]`` from double backward (order 2), else None.
+    """
+
+    values: dict[int, torch.Tensor]
+    grads: dict[int, torch.Tensor | None]
+    meta: dict[int, NodeMeta]
+    hessian: list[list[torch.Tensor]] | None = None
+
+
+def _const_value(value: Any, dtype: torch.dtype) -> torch.Tensor:
+    import math
+
+    if value == "pi":
+        v = math.pi
+    elif value == "E":
+        v = math.e
+    else:
+        try:
+            v = float(value)
+        except OverflowError:
+            v = math.inf if value > 0 else -math.inf
+    return torch.tensor(v, dtype=dtype)
+
+
+def run_autograd(
+    graph: Graph,
+    inputs: dict[str, torch.Tensor],
+    *,
+    order: int = 1,
+    perturb: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
+) -> AutogradRun:
+    """Evaluate `graph` with torch on a batch and back-propagate from the output.
+
+    Args:
+        graph: the graph.
+        inputs: variable name -> 1-D tensor of the batch (all the same length and dtype).
+        order: 2 also computes the Hessian of the output by double backward.
+        perturb: node id -> (value factor, gradient factor) for the noise estimate.
+
+    Returns:
+        An `AutogradRun`.
+
+    Raises:
+        UnsupportedError: torch has no kernel for an op in this dtype.
+    """
+    dtype = next(iter(inputs.values())).dtype if inputs else torch.float64
+    values: dict[int, torch.Tensor] = {}
+    leaves: list[torch.Tensor] = []
+    for node in graph.nodes:
+        k = node.id
+        if node.op == "var":
+            t = inputs[node.name or ""].detach().clone().requires_grad_(True)
+            leaves.append(t)
+        elif node.op == "const":
+            t = _const_value(node.value, dtype)
+        else:
+            op = OPS[node.op]
+            args = [values[a] for a in node.args]
+            ctx = torch.no_grad() if node.region is not None or node.op == "no_grad" else contextlib.nullcontext()
+            try:
+                with ctx:
+                    t = op.torch(torch, *args)
+            except (RuntimeError, NotImplementedError) as exc:
+                raise UnsupportedError(
+                    f"torch cannot compute {graph.label(k)!r} in {dtype}: {str(exc).splitlines()[0]}",
+                    "use --dtype float64 or float32",
+                ) from None
+            if op.kind != "compare" and perturb is not None and k in perturb and t.requires_grad:
+                fwd, bwd = perturb[k]
+                t = t * fwd
+                t.register_hook(lambda g, f=bwd: g * f)
+        if t.requires_grad and not t.is_leaf:
+            t.retain_grad()
+        values[k] = t
+    out = values[graph.output]
+    if not out.requires_grad:
+        grads: dict[int, torch.Tensor | None] = {k: None for k in values}
+        return AutogradRun(values, grads, _meta(values), None)
+    total = out.sum() if out.dim() else out
+    total.backward(retain_graph=order >= 2)
+    grads = {k: (t.grad if t.requires_grad else None) for k, t in values.items()}
+    hessian = _hessian(graph, values, total) if order >= 2 else None
+    return AutogradRun(values, grads, _meta(values), hessian)
+
+
+def _meta(values: dict[int, torch.Tensor]) -> dict[int, NodeMeta]:
+    return {
+        k: NodeMeta(
+            grad_fn=type(t.grad_fn).__name__ if t.grad_fn is not None else None,
+            is_leaf=t.is_leaf,
+            requires_grad=t.requires_grad,
+            retains_grad=bool(t.requires_grad and not t.is_leaf and t.retains_grad),
+        )
+        for k, t in values.items()
+    }
+
+
+def _hessian(graph: Graph, values: dict[int, torch.Tensor], total: torch.Tensor) -> list[list[torch.Tensor]]:
+    """Double backward: d/dx_j of the gradient (create_graph=True), one row per variable."""
+    xs = [values[graph.var_ids[v]] for v in graph.variables]
+    grads = torch.autograd.grad(total, xs, create_graph=True, allow_unused=True, materialize_grads=True)
+    rows = []
+    for g in grads:
+        if g.requires_grad:
+            row = torch.autograd.grad(g.sum(), xs, retain_graph=True, allow_unused=True, materialize_grads=True)
+            rows.append([r.detach() for r in row])
+        else:
+            rows.append([torch.zeros_like(x).detach() for x in xs])
+    return rows

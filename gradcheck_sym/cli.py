@@ -1,0 +1,145 @@
+"""The command line: a thin layer over `gradcheck_sym.check`.
+
+``main(argv) -> int`` is testable in-process.  Exit codes: 0 no error finding,
+1 an error finding, 2 bad input (with a message, never a traceback).  Only
+argparse and the error classes are imported up front, so ``--help`` starts
+without torch or sympy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Sequence
+
+from .errors import GradcheckSymError, InputError
+
+__all__ = ["main", "EXAMPLE"]
+
+EXAMPLE = "sin(x)*exp(y) + log(1 + x**2)/y"
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gradcheck-sym",
+        description="Check torch autograd against exact symbolic derivatives (sympy).",
+        epilog="exit codes: 0 no error finding, 1 an error finding, 2 bad input",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    check = sub.add_parser("check", help="check an expression", description="Check an expression's gradients.")
+    check.add_argument("expression", help='Python-syntax math, e.g. "sin(x)*exp(y)"')
+    _check_options(check)
+    example = sub.add_parser("example", help=f"check the built-in example {EXAMPLE!r}")
+    example.add_argument("--json", action="store_true", help="print the report as JSON")
+    sub.add_parser("ops", help="list the functions and operators the checker knows")
+    return parser
+
+
+def _check_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--at", action="append", default=[], metavar="x=0.7,y=1.3",
+                   help="a point (repeat for more points)")
+    p.add_argument("--domain", action="append", default=[], metavar="x=-1:1",
+                   help="a sampling range for one variable (repeatable)")
+    p.add_argument("--samples", type=int, default=None, help="points to sample from the domain (default 100)")
+    p.add_argument("--seed", type=int, default=None, help="sampling seed (default: drawn and reported)")
+    p.add_argument("--dtype", default="float64", choices=["float64", "float32", "float16", "bfloat16"])
+    p.add_argument("--order", type=int, default=1, choices=[1, 2], help="2 also checks the Hessian")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    for name, help_ in [("max-chars", "longest expression text"), ("max-depth", "deepest nesting"),
+                        ("max-nodes", "most graph nodes"), ("max-int-digits", "largest constant power, in digits")]:
+        p.add_argument(f"--{name}", type=int, default=None, help=f"limit: {help_}")
+
+
+def _parse_at(items: list[str]) -> dict[str, list[float]]:
+    values: dict[str, list[float]] = {}
+    for n, item in enumerate(items):
+        point: dict[str, float] = {}
+        for part in item.split(","):
+            name, eq, text = part.partition("=")
+            name = name.strip()
+            if not eq or not name:
+                raise InputError(f"--at {item!r}: write name=value pairs separated by commas, e.g. --at x=0.7,y=1.3")
+            try:
+                point[name] = float(text)
+            except ValueError:
+                raise InputError(f"--at {item!r}: {text.strip()!r} is not a number (for {name})") from None
+        if n and set(point) != set(values):
+            raise InputError(f"--at {item!r}: every --at must give the same variables ({', '.join(values)})")
+        for name, v in point.items():
+            values.setdefault(name, []).append(v)
+    return values
+
+
+def _parse_domain(items: list[str]) -> dict[str, tuple[float, float]]:
+    out: dict[str, tuple[float, float]] = {}
+    for item in items:
+        name, eq, text = item.partition("=")
+        lo, colon, hi = text.partition(":")
+        if not eq or not colon or not name.strip():
+            raise InputError(f"--domain {item!r}: write name=low:high, e.g. --domain x=-1:1")
+        try:
+            out[name.strip()] = (float(lo), float(hi))
+        except ValueError:
+            raise InputError(f"--domain {item!r}: low and high must be numbers") from None
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        if args.command == "ops":
+            return _ops()
+        if args.command == "example":
+            return _check(EXAMPLE, {"at": {"x": [0.7], "y": [1.3]}}, as_json=args.json)
+        at = _parse_at(args.at)
+        domain = _parse_domain(args.domain)
+        from .parse import Limits
+
+        limits = Limits(**{k: v for k, v in {
+            "max_chars": args.max_chars, "max_depth": args.max_depth, "max_nodes": args.max_nodes,
+            "max_int_digits": args.max_int_digits}.items() if v is not None})
+        options = dict(at=at or None, domain=domain or None, samples=args.samples, seed=args.seed,
+                       dtype=args.dtype, order=args.order, limits=limits)
+        return _check(args.expression, options, as_json=args.json)
+    except GradcheckSymError as exc:
+        print(f"gradcheck-sym: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _check(expression: str, options: dict, *, as_json: bool) -> int:
+    from .check import check
+    from .render import render_text
+
+    report = check(expression, **options)
+    if as_json:
+        print(report.to_json())
+    else:
+        tty = sys.stdout.isatty()
+        color = tty and "NO_COLOR" not in os.environ
+        width = os.get_terminal_size().columns if tty else 100
+        sys.stdout.write(render_text(report, width=max(60, width), color=color))
+    return 0 if report.ok else 1
+
+
+def _ops() -> int:
+    from .ops import BINOPS, FUNCTIONS, UNARYOPS
+
+    print("functions:")
+    for name, op in sorted(FUNCTIONS.items()):
+        lo, hi = op.arity
+        arity = str(lo) if lo == hi else f"{lo}-{hi}"
+        print(f"  {name:<10} {arity:<4} {op.doc}")
+    print("operators: " + " ".join(op.symbol for op in [*BINOPS.values(), *UNARYOPS.values()])
+          + "  (comparisons < <= > >= == != inside where)")
+    print("constants: pi, e (a name you give a value for is a variable instead)")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""Where to check: explicit points (`at`) or seeded uniform samples from boxes (`domain`).
+
+Samples are drawn per variable from its own stream (`numpy.random.SeedSequence(seed).spawn`),
+so the points do not depend on how the batch is split into chunks.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import secrets
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from .errors import InputError
+
+__all__ = ["PointSet", "make_points"]
+
+
+@dataclass(frozen=True)
+class PointSet:
+    """A batch of points, produced chunk by chunk.
+
+    Attributes:
+        names: the variables, in graph order.
+        n: number of points.
+        fixed: variable -> array of explicit values (length n, or 1 to broadcast).
+        boxes: variable -> (low, high) for sampled variables.
+        seed: the seed used for sampling (None when nothing is sampled).
+    """
+
+    names: tuple[str, ...]
+    n: int
+    fixed: dict[str, np.ndarray]
+    boxes: dict[str, tuple[float, float]]
+    seed: int | None
+
+    def chunks(self, size: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        """Yield (offset, {name: float64 array}) for consecutive chunks of at most `size` points."""
+        streams = {}
+        if self.boxes:
+            children = np.random.SeedSequence(self.seed).spawn(len(self.names))
+            streams = {name: np.random.default_rng(children[i]) for i, name in enumerate(self.names) if name in self.boxes}
+        for start in range(0, self.n, size):
+            m = min(size, self.n - start)
+            chunk = {}
+            for name in self.names:
+                if name in self.boxes:
+                    lo, hi = self.boxes[name]
+                    chunk[name] = streams[name].uniform(lo, hi, size=m)
+                else:
+                    values = self.fixed[name]
+                    chunk[name] = np.broadcast_to(values, (self.n,))[start : start + m] if values.size == 1 else values[start : start + m]
+            yield start, chunk
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        if hasattr(value, "item") and getattr(value, "size", 1) == 1:  # numpy / torch scalars
+            return _number(value.item(), what)
+        raise InputError(f"{what} must be a real number, not {value!r}")
+    v = float(value)
+    if not math.isfinite(v):
+        raise InputError(f"{what} must be finite, not {v}")
+    return v
+
+
+def _values(value: Any, name: str) -> np.ndarray:
+    if isinstance(value, (str, bytes)):
+        raise InputError(f"the value of {name!r} must be a number or a list of numbers, not {value!r}")
+    if isinstance(value, Sequence) or (hasattr(value, "__len__") and not hasattr(value, "item")) or (
+        hasattr(value, "shape") and getattr(value, "ndim", 0) > 0
+    ):
+        items = list(value)
+        if not items:
+            raise InputError(f"the value list of {name!r} is empty")
+        return np.array([_number(v, f"the value of {name!r}") for v in items], dtype=np.float64)
+    return np.array([_number(value, f"the value of {name!r}")], dtype=np.float64)
+
+
+def make_points(
+    variables: Sequence[str],
+    *,
+    at: Mapping[str, Any] | None = None,
+    domain: Mapping[str, Any] | None = None,
+    samples: int | None = None,
+    seed: int | None = None,
+    max_points: int = 10**9,
+) -> PointSet:
+    """Check and combine `at` and `domain` into a `PointSet`.
+
+    Args:
+        variables: the graph's variables.
+        at: variable -> value or list of values (lists must share one length).
+        domain: variable -> (low, high): sampled uniformly; variables also in `at` are held
+            fixed at a single value.
+        samples: number of sampled points (default 100 when `domain` is given).
+        seed: integer seed; None draws one (it is recorded in the report).
+        max_points: the limit on the number of points.
+
+    Raises:
+        InputError: unknown or missing variables, non-numeric values, bad ranges.
+    """
+    at = dict(at or {})
+    domain = dict(domain or {})
+    known = set(variables)
+    for where, mapping in (("at", at), ("domain", domain)):
+        for name in mapping:
+            if name not in known:
+                listed = ", ".join(variables) if variables else "no variables"
+                raise InputError(f"unknown variable {name!r} in {where}: the expression uses {listed}")
+    both = set(at) & set(domain)
+    if both:
+        raise InputError(f"{sorted(both)[0]!r} is given in both at and domain: give it once")
+    missing = [v for v in variables if v not in at and v not in domain]
+    if missing:
+        raise InputError(
+            f"no value for {missing[0]!r}: give it in at (e.g. --at {missing[0]}=0.5) "
+            f"or domain (e.g. --domain {missing[0]}=-1:1)"
+        )
+    if samples is not None:
+        if isinstance(samples, bool) or not isinstance(samples, numbers.Integral) or samples < 1:
+            raise InputError(f"samples must be a positive integer, not {samples!r}")
+        if not domain:
+            raise InputError("samples needs a domain to draw from: give domain (e.g. --domain x=-1:1)")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
+        raise InputError(f"seed must be a non-negative integer, not {seed!r}")
+    fixed = {name: _values(value, name) for name, value in at.items()}
+    boxes: dict[str, tuple[float, float]] = {}
+    for name, box in domain.items():
+        if isinstance(box, (str, bytes)) or not isinstance(box, Sequence) or len(box) != 2:
+            raise InputError(f"the domain of {name!r} must be a pair (low, high), not {box!r}")
+        lo = _number(box[0], f"the low end of the domain of {name!r}")
+        hi = _number(box[1], f"the high end of the domain of {name!r}")
+        if lo > hi:
+            raise InputError(f"the domain of {name!r} is empty: low {lo} > high {hi}")
+        boxes[name] = (lo, hi)
+    if boxes:
+        n = int(samples) if samples is not None else 100
+        long = [name for name, v in fixed.items() if v.size != 1]
+        if long:
+            raise InputError(f"{long[0]!r} has several values in at while other variables are sampled: give one value")
+        if seed is None:
+            seed = secrets.randbits(32)
+    else:
+        sizes = {v.size for v in fixed.values() if v.size != 1}
+        if len(sizes) > 1:
+            raise InputError("the value lists in at have different lengths: " + ", ".join(
+                f"{name}: {v.size}" for name, v in fixed.items()))
+        n = sizes.pop() if sizes else 1
+        seed = None
+    if n > max_points:
+        from .errors import LimitError
+
+        raise LimitError(f"{n:,} points is more than the limit of {max_points:,}", "max_points", n, max_points)
+    return PointSet(tuple(variables), n, fixed, boxes, seed)

@@ -1,0 +1,174 @@
+"""Stage 6: the results, as data.  Rendering (text, JSON) reads these records.
+
+A `Report` holds frozen `Finding`s (each with its kind, severity, node and the
+worst `Example`s behind it) and one `NodeRow` per graph node.  `report.ok` is
+False exactly when a finding of severity "error" exists.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+__all__ = ["SCHEMA_VERSION", "Severity", "Example", "Finding", "NodeRow", "Report", "KIND_SEVERITY"]
+
+SCHEMA_VERSION = 1
+Severity = Literal["error", "warning", "info"]
+
+# The finding kinds and their usual severity (nonfinite depends on agreement).
+KIND_SEVERITY: dict[str, Severity] = {
+    "mismatch": "error",
+    "untracked": "error",
+    "nonfinite": "error",
+    "nondifferentiable": "info",
+    "outside-domain": "info",
+    "cut": "info",
+    "second-opinion": "warning",
+}
+
+
+@dataclass(frozen=True)
+class Example:
+    """One point behind a finding.
+
+    Attributes:
+        index: the point's index in the batch.
+        point: variable -> value (as rounded to the dtype).
+        autograd: torch's value (None when torch has none there).
+        symbolic: the exact reference value (None when not defined).
+        abs_err: |autograd - symbolic|.
+        rel_err: abs_err / |symbolic| (None when symbolic is 0 or not finite).
+        tol: the tolerance used (None where no tolerance applies).
+        why: how the tolerance and reference were obtained, in words.
+    """
+
+    index: int
+    point: dict[str, float]
+    autograd: float | None
+    symbolic: float | None
+    abs_err: float | None = None
+    rel_err: float | None = None
+    tol: float | None = None
+    why: str = ""
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One verdict about one node (or Hessian entry), over all the points where it holds.
+
+    Attributes:
+        kind: "mismatch", "untracked", "nondifferentiable", "nonfinite", "outside-domain", "cut", "second-opinion".
+        severity: "error", "warning" or "info".
+        node: the node's expression as written (or ``d2/dx dy`` for Hessian entries; "" for the whole point).
+        message: one paragraph in words.
+        count: the number of points where it holds.
+        examples: the worst points (at most a few).
+        quantity: what was compared ("d out/d x/y", "d2 out/dx dy", "value"), "" when nothing was.
+        node_id: the graph node id, or None.
+        convention: torch's convention at a kink (nondifferentiable), else "".
+    """
+
+    kind: str
+    severity: Severity
+    node: str
+    message: str
+    count: int = 1
+    examples: tuple[Example, ...] = ()
+    quantity: str = ""
+    node_id: int | None = None
+    convention: str = ""
+
+
+@dataclass(frozen=True)
+class NodeRow:
+    """One row of the per-node table, at the first point (and a status over all points)."""
+
+    id: int
+    expression: str
+    op: str
+    grad_fn: str | None
+    is_leaf: bool
+    requires_grad: bool
+    retains_grad: bool
+    cut: str | None
+    value: float | None
+    autograd_grad: float | None
+    symbolic_grad: float | None
+    status: str
+
+
+@dataclass(frozen=True)
+class Report:
+    """The result of one check.
+
+    Attributes:
+        expression: the text checked.
+        variables: the variables, in order.
+        dtype: torch dtype name of the autograd run.
+        order: 1 (gradients) or 2 (also the Hessian).
+        n_points: points checked.
+        seed: the sampling seed (None for explicit points).
+        derivation: how the symbolic reference was derived, in words.
+        tolerance: the tolerance model, in one line.
+        findings: every verdict other than plain agreement.
+        nodes: the per-node table.
+        checked: number of (point, quantity) comparisons made.
+        high_precision_points: points whose reference was recomputed in mpmath.
+        first_point: the first point (the table's values are there).
+    """
+
+    expression: str
+    variables: tuple[str, ...]
+    dtype: str
+    order: int
+    n_points: int
+    seed: int | None
+    derivation: str
+    tolerance: str
+    findings: tuple[Finding, ...]
+    nodes: tuple[NodeRow, ...]
+    checked: int = 0
+    high_precision_points: int = 0
+    first_point: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """False exactly when a finding of severity "error" exists."""
+        return not any(f.severity == "error" for f in self.findings)
+
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "error"]
+
+    def by_kind(self, kind: str) -> list[Finding]:
+        return [f for f in self.findings if f.kind == kind]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict with a schema `version`."""
+        d = asdict(self)
+        d["ok"] = self.ok
+        d["variables"] = list(self.variables)
+        return {"version": SCHEMA_VERSION, **_finite_json(d)}
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    def __str__(self) -> str:
+        from .render import render_text
+
+        return render_text(self)
+
+
+def _finite_json(obj: Any) -> Any:
+    """JSON has no NaN or infinity: write them as the strings "nan", "inf", "-inf"."""
+    if isinstance(obj, float):
+        if obj != obj:
+            return "nan"
+        if obj in (float("inf"), float("-inf")):
+            return "inf" if obj > 0 else "-inf"
+        return obj
+    if isinstance(obj, dict):
+        return {k: _finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_json(v) for v in obj]
+    return obj

@@ -1,0 +1,401 @@
+"""Stage 3: the symbolic reference — exact derivatives as a straight-line program.
+
+Derivation is a reverse sweep over the graph (autodidax-style, but in sympy):
+each node's local partial derivatives come from `sympy.diff` on that node's
+own expression in terms of its arguments, and adjoints are accumulated as one
+program step per node.  The program therefore grows linearly with the graph,
+never swells like `sympy.diff` of a deeply nested whole expression, and gives
+d(output)/d(node) for every node in one sweep.
+
+Grammar of a `Program`::
+
+    program := (symbol = expr)*          # each symbol bound once, in order
+    expr    := sympy expression over the inputs and earlier symbols
+
+Two details keep the numbers right where a naive chain rule would not:
+
+* ``zmul(adjoint, partial)`` is a product that is exactly 0 when the adjoint
+  is 0, so a branch that ``where`` did not select contributes 0 even where its
+  own derivative is infinite (the math), where torch computes 0 * inf = NaN.
+* ops whose sympy derivative does not evaluate (``floor``, ``sign``, ``%``)
+  use the subclasses below, whose derivatives are the 0 / -floor(a/b) that
+  hold away from the jumps; the jumps themselves are kinks (see `ops`).
+
+For small graphs the whole expression is also differentiated with
+`sympy.diff`, as an independent second opinion.
+"""
+
+from __future__ import annotations
+
+import types
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import sympy
+from sympy.codegen.cfunctions import expm1, log1p, log2, log10
+
+from .graph import Graph
+from .ops import OPS
+
+__all__ = ["Program", "Derivation", "derive", "S", "zmul", "sweep"]
+
+
+class floor(sympy.floor):  # noqa: N801 - prints as sympy's floor
+    """floor with derivative 0 (torch's value; true away from the integers)."""
+
+    def fdiff(self, argindex: int = 1) -> sympy.Expr:
+        return sympy.S.Zero
+
+
+class ceiling(sympy.ceiling):  # noqa: N801
+    """ceiling with derivative 0 (torch's value; true away from the integers)."""
+
+    def fdiff(self, argindex: int = 1) -> sympy.Expr:
+        return sympy.S.Zero
+
+
+class sign(sympy.sign):  # noqa: N801
+    """sign with derivative 0 instead of 2*DiracDelta (torch's value; true away from 0)."""
+
+    def fdiff(self, argindex: int = 1) -> sympy.Expr:
+        return sympy.S.Zero
+
+
+class lgamma(sympy.Function):  # noqa: N801
+    """log|gamma(x)|: torch's lgamma, real for negative x (sympy's loggamma is complex there)."""
+
+    nargs = 1
+
+    def fdiff(self, argindex: int = 1) -> sympy.Expr:
+        return sympy.polygamma(0, self.args[0])
+
+
+class mod(sympy.Function):  # noqa: N801
+    """a % b with the sign of b; derivatives 1 and -floor(a/b) away from the jumps."""
+
+    nargs = 2
+
+    @classmethod
+    def eval(cls, a: sympy.Expr, b: sympy.Expr) -> sympy.Expr | None:
+        if a.is_Number and b.is_Number and b != 0:
+            return sympy.Mod(a, b)
+        return None
+
+    def fdiff(self, argindex: int = 1) -> sympy.Expr:
+        a, b = self.args
+        return sympy.S.One if argindex == 1 else -floor(a / b)
+
+
+class zmul(sympy.Function):  # noqa: N801
+    """adjoint * partial, but exactly 0 where the adjoint is 0 (see the module docstring)."""
+
+    nargs = 2
+
+    @classmethod
+    def eval(cls, a: sympy.Expr, b: sympy.Expr) -> sympy.Expr | None:
+        if a == 0 or b == 0:
+            return sympy.S.Zero
+        if a == 1:
+            return b
+        if b == 1:
+            return a
+        if b == -1:
+            return -a
+        if a.is_Number and b.is_Number:
+            return a * b
+        return None
+
+    def fdiff(self, argindex: int = 1) -> sympy.Expr:
+        a, b = self.args
+        return b if argindex == 1 else a
+
+
+# The namespace the op table's sympy builders receive as `s`.
+S = types.SimpleNamespace(
+    **{name: getattr(sympy, name) for name in dir(sympy) if not name.startswith("_")},
+)
+S.floor, S.ceiling, S.sign, S.lgamma, S.mod = floor, ceiling, sign, lgamma, mod
+S.expm1, S.log1p, S.log2, S.log10 = expm1, log1p, log2, log10
+
+
+@dataclass(frozen=True)
+class Program:
+    """A straight-line program: ``steps[i] = (symbol, expr)``, each over inputs and earlier symbols."""
+
+    inputs: tuple[sympy.Symbol, ...]
+    steps: tuple[tuple[sympy.Symbol, sympy.Expr], ...]
+
+    def size(self) -> int:
+        """Number of sympy operations in the program (its tree nodes, shared steps counted once)."""
+        return sum(sympy.count_ops(expr, visual=False) + 1 for _, expr in self.steps)
+
+    def __str__(self) -> str:
+        return "\n".join(f"{s} = {e}" for s, e in self.steps)
+
+
+@dataclass(frozen=True)
+class Derivation:
+    """The symbolic reference for one graph.
+
+    Attributes:
+        program: every step needed for the expressions below.
+        values: node id -> expression of its value (a symbol of `program`, or a number).
+        adjoints: node id -> d(output)/d(node) with full-math semantics (cuts are identities).
+        cut_adjoints: the same with the cuts treated as constants, or None if the graph has no cut.
+        hessian: ``hessian[i][j]`` = d²(output)/d(var i)d(var j), or None (order 1).
+        whole: variable name -> gradient from `sympy.diff` of the whole expression, or None.
+        method: how the derivatives were obtained, in words (for the report).
+    """
+
+    program: Program
+    values: dict[int, sympy.Expr]
+    adjoints: dict[int, sympy.Expr]
+    cut_adjoints: dict[int, sympy.Expr] | None
+    hessian: tuple[tuple[sympy.Expr, ...], ...] | None
+    whole: dict[str, sympy.Expr] | None
+    method: str
+
+
+def const_expr(value: int | float | str) -> sympy.Expr:
+    """The sympy number for a constant node (floats exactly as the binary double)."""
+    if isinstance(value, str):
+        return getattr(sympy, value)  # "pi", "E"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(value)
+    if isinstance(value, int):
+        return sympy.Integer(value)
+    return sympy.Float(value, 53) if value == value else sympy.nan
+
+
+OPS_COMPARE = {name for name, op in OPS.items() if op.kind == "compare"}
+_REUSE_VALUE = {"exp", "tanh"}
+_P = tuple(sympy.Symbol(f"p[{i}]", real=True) for i in range(3))
+_OUT = sympy.Symbol("out", real=True)
+
+
+class _Templates:
+    """Per op: the expression and its partial derivatives over placeholders, derived once."""
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[str, int], tuple[sympy.Expr, tuple[sympy.Expr, ...]]] = {}
+
+    def get(self, opname: str, nargs: int) -> tuple[sympy.Expr, tuple[sympy.Expr, ...]]:
+        key = (opname, nargs)
+        if key not in self._cache:
+            op = OPS[opname]
+            args = _P[:nargs]
+            expr = op.sympy(S, *args)
+            if op.partials is not None:
+                partials = tuple(op.partials(S, *args))
+            else:
+                partials = tuple(sympy.diff(expr, p) for p in args)
+            # Reuse the node's own value where the derivative repeats it exactly.  Only
+            # structural replacement, and only where it cannot divide by zero later.
+            if opname in _REUSE_VALUE:
+                partials = tuple(d.xreplace({expr: _OUT}) for d in partials)
+            self._cache[key] = (expr, partials)
+        return self._cache[key]
+
+
+_TEMPLATES = _Templates()
+
+
+def _var_symbol(name: str) -> sympy.Symbol:
+    return sympy.Symbol(name, real=True)
+
+
+def sweep(
+    steps: list[tuple[sympy.Symbol, sympy.Expr]],
+    output: sympy.Expr,
+    partials_of: Callable[[sympy.Symbol, sympy.Expr], Iterable[tuple[sympy.Symbol, sympy.Expr]]],
+    prefix: str,
+) -> tuple[list[tuple[sympy.Symbol, sympy.Expr]], dict[sympy.Symbol, sympy.Expr]]:
+    """One reverse sweep: adjoint steps for `output` over `steps`.
+
+    Args:
+        steps: the forward program.
+        output: the expression differentiated (a step symbol, an input or a number).
+        partials_of: ``(symbol, expr) -> [(dependency, d expr / d dependency), ...]``.
+        prefix: names the new adjoint symbols (``a`` gives ``a[k]``).
+
+    Returns:
+        (new steps, adjoint of every symbol reached, inputs included).
+    """
+    contributions: dict[sympy.Symbol, list[sympy.Expr]] = {}
+    adjoint: dict[sympy.Symbol, sympy.Expr] = {}
+    new_steps: list[tuple[sympy.Symbol, sympy.Expr]] = []
+    if isinstance(output, sympy.Symbol):
+        contributions[output] = [sympy.S.One]
+    for index in range(len(steps) - 1, -1, -1):
+        sym, expr = steps[index]
+        terms = contributions.pop(sym, None)
+        if not terms:
+            continue
+        total = sympy.Add(*terms)
+        if total.is_Number or total.is_Symbol:
+            adj = total
+        else:
+            adj = sympy.Symbol(f"{prefix}[{index}]", real=True)
+            new_steps.append((adj, total))
+        adjoint[sym] = adj
+        if adj == 0:
+            continue
+        for dep, partial in partials_of(sym, expr):
+            contributions.setdefault(dep, []).append(zmul(adj, partial))
+    for sym, terms in contributions.items():  # inputs: never assigned by a step
+        adjoint[sym] = sympy.Add(*terms)
+    return new_steps, adjoint
+
+
+def _generic_partials(sym: sympy.Symbol, expr: sympy.Expr, known: set[sympy.Symbol]) -> list[tuple[sympy.Symbol, sympy.Expr]]:
+    out = []
+    for dep in sorted(expr.free_symbols & known, key=str):
+        d = sympy.diff(expr, dep)
+        if d != 0:
+            out.append((dep, d))
+    return out
+
+
+def derive(graph: Graph, *, order: int = 1, whole_max_nodes: int = 60) -> Derivation:
+    """Derive the symbolic reference for `graph`.
+
+    Args:
+        graph: the parsed graph.
+        order: 1 for gradients and adjoints, 2 to add the Hessian.
+        whole_max_nodes: differentiate the whole expression with `sympy.diff` as a
+            second opinion only up to this many graph nodes (it swells beyond).
+
+    Returns:
+        A `Derivation`.
+    """
+    inputs = tuple(_var_symbol(v) for v in graph.variables)
+    values: dict[int, sympy.Expr] = {}
+    steps: list[tuple[sympy.Symbol, sympy.Expr]] = []
+    # Per forward step: its node and the expressions of its arguments, for the partials.
+    step_info: dict[sympy.Symbol, tuple[int, tuple[sympy.Expr, ...]]] = {}
+    relations: dict[int, sympy.Expr] = {}
+    for node in graph.nodes:
+        k = node.id
+        if node.op == "var":
+            values[k] = _var_symbol(node.name or "")
+            continue
+        if node.op == "const":
+            values[k] = const_expr(node.value)  # type: ignore[arg-type]
+            continue
+        args = tuple(relations.get(a, values.get(a)) for a in node.args)
+        op = OPS[node.op]
+        if op.kind == "compare":
+            relations[k] = op.sympy(S, *args)
+            values[k] = relations[k]
+            continue
+        if node.op == "where":
+            expr = sympy.Piecewise((args[1], args[0]), (args[2], True))
+        else:
+            template, _ = _TEMPLATES.get(node.op, len(args))
+            expr = template.xreplace(dict(zip(_P, args)))
+        # Every op node gets a step, even x*0 or detach(x): its adjoint is reported.
+        sym = sympy.Symbol(f"v[{k}]", real=True)
+        steps.append((sym, expr))
+        values[k] = sym
+        step_info[sym] = (k, args)
+
+    def node_partials(cut: bool) -> Callable[[sympy.Symbol, sympy.Expr], list[tuple[sympy.Symbol, sympy.Expr]]]:
+        def partials(sym: sympy.Symbol, expr: sympy.Expr) -> list[tuple[sympy.Symbol, sympy.Expr]]:
+            k, args = step_info[sym]
+            node = graph.nodes[k]
+            if cut and node.op in ("detach", "no_grad"):
+                return []
+            if node.op == "where":
+                cond = args[0]
+                raw = [(args[1], sympy.Piecewise((1, cond), (0, True))), (args[2], sympy.Piecewise((0, cond), (1, True)))]
+            else:
+                _, templates = _TEMPLATES.get(node.op, len(args))
+                mapping = dict(zip(_P, args))
+                mapping[_OUT] = sym
+                raw = [(a, d.xreplace(mapping)) for a, d in zip(args, templates)]
+            return [(a, d) for a, d in raw if isinstance(a, sympy.Symbol) and d != 0]
+
+        return partials
+
+    out_expr = values[graph.output]
+    adj_steps, adj_map = sweep(steps, out_expr, node_partials(False), "a")
+    adjoints = {k: adj_map.get(v, sympy.S.Zero) if isinstance(v, sympy.Symbol) else sympy.S.Zero
+                for k, v in values.items() if graph.depends_on_vars[k] and graph.nodes[k].op not in OPS_COMPARE}
+    all_steps = steps + adj_steps
+    cut_adjoints = None
+    if graph.has_cuts:
+        cut_steps, cut_map = sweep(steps, out_expr, node_partials(True), "c")
+        cut_adjoints = {k: cut_map.get(v, sympy.S.Zero) if isinstance(v, sympy.Symbol) else sympy.S.Zero
+                        for k in adjoints for v in [values[k]]}
+        all_steps += cut_steps
+    hessian = None
+    if order >= 2:
+        hessian, hess_steps = _hessian(graph, inputs, steps + adj_steps, adjoints, step_info, node_partials(False))
+        all_steps += hess_steps
+    method = f"reverse sweep over the graph ({len(steps)} nodes, {len(all_steps)} program steps)"
+    whole = None
+    if len(graph.nodes) <= whole_max_nodes:
+        whole, why = _whole_expression_gradient(graph, inputs, values, steps)
+        method += "; second opinion: sympy.diff of the whole expression" if whole else f"; no second opinion ({why})"
+    else:
+        method += f"; no second opinion (sympy.diff of the whole expression is used up to {whole_max_nodes} nodes)"
+    return Derivation(Program(inputs, tuple(all_steps)), values, adjoints, cut_adjoints, hessian, whole, method)
+
+
+def _hessian(
+    graph: Graph,
+    inputs: tuple[sympy.Symbol, ...],
+    program: list[tuple[sympy.Symbol, sympy.Expr]],
+    adjoints: dict[int, sympy.Expr],
+    step_info: dict[sympy.Symbol, tuple[int, tuple[sympy.Expr, ...]]],
+    forward_partials: Callable[[sympy.Symbol, sympy.Expr], list[tuple[sympy.Symbol, sympy.Expr]]],
+) -> tuple[tuple[tuple[sympy.Expr, ...], ...], list[tuple[sympy.Symbol, sympy.Expr]]]:
+    """Second derivatives: one more reverse sweep over the gradient program per variable."""
+    known = {s for s, _ in program} | set(inputs)
+
+    def partials(sym: sympy.Symbol, expr: sympy.Expr) -> list[tuple[sympy.Symbol, sympy.Expr]]:
+        if sym in step_info:
+            return forward_partials(sym, expr)
+        return _generic_partials(sym, expr, known)
+
+    rows = []
+    new_steps: list[tuple[sympy.Symbol, sympy.Expr]] = []
+    for i, name in enumerate(graph.variables):
+        g = adjoints.get(graph.var_ids[name], sympy.S.Zero)
+        if not isinstance(g, sympy.Symbol):
+            g_steps: list[tuple[sympy.Symbol, sympy.Expr]] = []
+            if g.free_symbols & known:  # an input's adjoint is an inline sum: give it a step
+                sym = sympy.Symbol(f"g[{i}]", real=True)
+                g_steps = [(sym, g)]
+                g = sym
+            else:
+                rows.append(tuple(sympy.S.Zero for _ in inputs))
+                continue
+        else:
+            g_steps = []
+        steps_i, adj = sweep(program + g_steps, g, partials, f"h{i}")
+        new_steps += g_steps + steps_i
+        rows.append(tuple(adj.get(x, sympy.S.Zero) for x in inputs))
+    return tuple(rows), new_steps
+
+
+def _whole_expression_gradient(
+    graph: Graph,
+    inputs: tuple[sympy.Symbol, ...],
+    values: dict[int, sympy.Expr],
+    steps: list[tuple[sympy.Symbol, sympy.Expr]],
+) -> tuple[dict[str, sympy.Expr] | None, str]:
+    """`sympy.diff` of the output written out as one expression (small graphs only)."""
+    try:
+        full: dict[sympy.Symbol, sympy.Expr] = {}
+        for sym, expr in steps:
+            full[sym] = expr.xreplace(full)
+        out = values[graph.output]
+        out = full.get(out, out) if isinstance(out, sympy.Symbol) else out
+        grads = {name: sympy.diff(out, x) for name, x in zip(graph.variables, inputs)}
+    except (RecursionError, MemoryError):
+        return None, "the whole expression is too deep for sympy"
+    bad = [g for g in grads.values() if g.has(sympy.Derivative, sympy.Subs)]
+    if bad:
+        return None, "sympy.diff left an unevaluated derivative"
+    return grads, ""

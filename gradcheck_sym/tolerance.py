@@ -1,0 +1,85 @@
+"""The numerics policy, in one place.
+
+* **dtype**: float64 by default; float32, float16 and bfloat16 supported.  The
+  inputs are rounded to the dtype first, and the reference is computed at the
+  rounded point, so input rounding is never mistaken for an error.
+* **reference**: the symbolic program in float64 (for every point), then, for
+  the points that need a closer look, in mpmath at `MP_DPS` digits (float64
+  checks) — float64 is already "higher precision" for the narrower dtypes.
+* **cheap test first**: autograd ``a`` passes against the float64 reference ``r``
+  when ``|a - r| <= CHEAP_ULPS * u * (|a| + |r|)`` (``u`` the unit roundoff of the
+  dtype).  Everything else — ill-conditioned points, non-finite values, kinks,
+  real bugs — goes to the detailed test.
+* **rounding noise, measured**: the detailed test re-runs autograd `NOISE_TRIALS`
+  times with every node's value and incoming gradient multiplied by ``1 + d``,
+  ``d`` uniform in ``[-m, m]``, ``m`` = ``u`` (or the op's documented kernel
+  error, e.g. softplus's threshold, when larger).  This is Monte Carlo
+  arithmetic: the spread of the results measures how strongly rounding at each
+  node is amplified on the way to each gradient, including cancellation such as
+  ``(1 - cos(x))/x**2`` at small ``x``.  The seed is fixed, so verdicts are
+  reproducible.
+* **tolerance**: ``tol = NOISE_SAFETY * noise + FLOOR_ULPS * u * |r|`` (doubled
+  when the reference is float64 in a float64 check because the mpmath budget
+  `MP_BUDGET` was spent).  A relative error of 1e-6 at a well-conditioned point
+  in float64 is far above it (the noise there is ~1e-16) and is reported.
+* **kinks and ties** (``abs`` at 0, ``max`` ties, ``where`` at its boundary,
+  ``floor`` at integers): the derivative is undefined; differences there are
+  `nondifferentiable` (info) with torch's convention, never mismatches.
+* **non-finite values**: a point whose output value is NaN/inf is
+  `outside-domain` (info, counted).  Elsewhere, a NaN/inf gradient from either
+  side is `nonfinite`: info when both sides agree, an error when they do not —
+  unless the dtype is narrower than float64, autograd in float64 gets the
+  right finite value, and the failure is only the dtype's range (warning).
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "UNIT_ROUNDOFF", "CHEAP_ULPS", "NOISE_SAFETY", "NOISE_TRIALS", "FLOOR_ULPS", "MP_DPS", "MP_BUDGET",
+    "cheap_pass", "noise_factors", "tolerance",
+]
+
+UNIT_ROUNDOFF: dict[torch.dtype, float] = {
+    torch.float64: 2.0**-53,
+    torch.float32: 2.0**-24,
+    torch.float16: 2.0**-11,
+    torch.bfloat16: 2.0**-8,
+}
+CHEAP_ULPS = 64.0
+NOISE_SAFETY = 8.0
+NOISE_TRIALS = 3
+FLOOR_ULPS = 4.0
+MP_DPS = 50
+# Points x program steps evaluated in mpmath per check (about 10 s of work at most).
+MP_BUDGET = 2_000_000
+NOISE_SEED = 20_241_126
+
+
+def cheap_pass(a: torch.Tensor, r: torch.Tensor, u: float) -> torch.Tensor:
+    """True where autograd `a` and the float64 reference `r` agree to a few dozen ulps (both finite)."""
+    diff = (a - r).abs_()
+    return diff <= CHEAP_ULPS * u * (a.abs() + r.abs())
+
+
+def noise_factors(
+    node_ids: list[int], n: int, u: float, approx: dict[int, float], dtype: torch.dtype, trial: int
+) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Seeded random factors 1 + d for each node's value and gradient (one Monte Carlo trial)."""
+    gen = torch.Generator().manual_seed(NOISE_SEED + trial)
+    out = {}
+    for k in node_ids:
+        m = max(u, approx.get(k, 0.0))
+        f = 1 + m * (2 * torch.rand(n, generator=gen, dtype=torch.float64) - 1)
+        b = 1 + m * (2 * torch.rand(n, generator=gen, dtype=torch.float64) - 1)
+        out[k] = (f.to(dtype), b.to(dtype))
+    return out
+
+
+def tolerance(noise: torch.Tensor, r: torch.Tensor, u: float, reference_is_float64: bool) -> torch.Tensor:
+    """The tolerance at each point: measured noise with a safety factor plus a few ulps of the value."""
+    tol = NOISE_SAFETY * noise + FLOOR_ULPS * u * r.abs()
+    if reference_is_float64:
+        tol = tol + NOISE_SAFETY * noise
+    return tol
