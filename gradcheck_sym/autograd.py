@@ -106,6 +106,8 @@ def run_autograd(
             leaves.append(t)
         elif node.op == "const":
             t = _const_value(node.value, dtype)
+            if perturb is not None and k in perturb:  # constants are rounded to the dtype too
+                t = t * perturb[k][0]
         else:
             op = OPS[node.op]
             args = [values[a] for a in node.args]

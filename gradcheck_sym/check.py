@@ -327,7 +327,7 @@ class _Checker:
         idx = torch.nonzero(outside).flatten().tolist()
         self.outside += len(idx)
         for i in idx[:3]:
-            r, a = float(ref[i]), float(auto[i])
+            r, a = float(ref[i]), float(auto[i].detach())
             self.acc.add("outside-domain", "info", "", example(ch.start + i, self._point(ch, i), a, r), 0.0)
         if len(idx) > 3:
             self.acc.count("outside-domain", "info", "", len(idx) - 3)
@@ -340,9 +340,10 @@ class _Checker:
         m = len(idx)
         sub_xd = {name: t[idx] for name, t in ch.xd.items()}
         base = run_autograd(g, sub_xd, order=self.order)
-        perturbable = [n.id for n in g.nodes if n.op not in ("var",) and OPS.get(n.op, None) is None or (
+        # Integer constants are exact in every dtype (and perturbing the 2 of x**2 would make
+        # x**2 NaN for negative x); other constants are rounded like any value.
+        perturbable = [n.id for n in g.nodes if (n.op == "const" and not _is_integer(n.value)) or (
             n.op in OPS and OPS[n.op].kind != "compare")]
-        perturbable = [k for k in perturbable if g.nodes[k].op != "var"]
         trials = []
         for t in range(tl.NOISE_TRIALS):
             factors = tl.noise_factors(perturbable, m, self.u, self.approx, self.dtype, t)
@@ -360,18 +361,20 @@ class _Checker:
             noise = torch.zeros(m, dtype=torch.float64)
             for tr in trials:
                 noise = torch.maximum(noise, (self._auto(ch, q, tr, m) - a_all).abs())
+            # A NaN in a perturbed run means one ulp of rounding can change the result
+            # arbitrarily (e.g. sqrt near 0): the noise there is unbounded.
+            noise = torch.nan_to_num(noise, nan=math.inf)
             r64 = self._ref(ch, f"q{qi}")[idx]
             r = hp[qi] if hp is not None else r64
             ref_is_64 = hp is None and self.dtype == torch.float64
-            tol = tl.tolerance(noise, r, self.u, ref_is_64)
+            tol = tl.tolerance(noise, r, self.u, ref_is_64, torch.finfo(self.dtype).tiny)
             kinked = self._kinked(q, kinks, ch.n)
-            a64 = self._auto(ch, q, a64run, m) if a64run is not None else None
             cut = self._ref(ch, f"c{qi}")[idx] if q.cut_ref is not None else None
             for i in torch.nonzero(bad).flatten().tolist():
                 j = pos[i]
                 self._classify(ch, q, i, _Numbers(
                     float(a_all[j]), float(r[j]), float(tol[j]), float(noise[j]),
-                    None if a64 is None else float(a64[j]), None if cut is None else float(cut[j]),
+                    None if a64run is None else (a64run, j), None if cut is None else float(cut[j]),
                     ref_is_64, hp is not None), kinked is not None and bool(kinked[i]), kinks)
 
     def _high_precision(self, ch: _Chunk, idx: torch.Tensor) -> list[torch.Tensor] | None:
@@ -403,7 +406,7 @@ class _Checker:
     def _classify(self, ch: _Chunk, q: Quantity, i: int, num: _Numbers, kinked: bool,
                   kinks: dict[int, torch.Tensor]) -> None:
         """The verdict for quantity `q` at point `i` of the chunk (which failed the cheap test)."""
-        a, r, tol, noise, a64, cut = num.a, num.r, num.tol, num.noise, num.a64, num.cut
+        a, r, tol, noise, cut = num.a, num.r, num.tol, num.noise, num.cut
         ref_is_64, hp = num.ref_is_64, num.hp
         point = self._point(ch, i)
         index = ch.start + i
@@ -426,8 +429,9 @@ class _Checker:
                 self.acc.add("nonfinite", "info", q.key, ex, 0.0, quantity=q)
                 counts["nonfinite (agree)"] = counts.get("nonfinite (agree)", 0) + 1
                 return
-            if a64 is not None and fr and a64 is not None and math.isfinite(a64) and abs(a64 - r) <= max(tol, 1e-12 * abs(r)) * 1e3:
-                self.acc.add("nonfinite", "warning", q.key, ex, score, quantity=q, dtype_range=True)
+            overflow = self._range_issue(ch, i, num.run64) if fr else None
+            if overflow is not None:
+                self.acc.add("nonfinite", "warning", q.key, ex, score, quantity=q, overflow=overflow)
                 counts["overflow"] = counts.get("overflow", 0) + 1
                 return
             self.acc.add("nonfinite", "error", q.key, ex, score, quantity=q)
@@ -445,8 +449,45 @@ class _Checker:
                     self.acc.add("untracked", "error", f"cut:%{c}", ex, score, quantity=q, cut=c,
                                  cut_value=cut, dropped=dropped)
             return
+        overflow = self._range_issue(ch, i, num.run64)
+        if overflow is not None:
+            self.acc.add("range", "warning", q.key, ex, score, quantity=q, overflow=overflow)
+            counts["range"] = counts.get("range", 0) + 1
+            return
         self.acc.add("mismatch", "error", q.key, ex, score, quantity=q)
         counts["mismatch"] = counts.get("mismatch", 0) + 1
+
+    def _range_issue(self, ch: _Chunk, i: int, run64: tuple[AutogradRun, int] | None) -> str | None:
+        """Why the dtype cannot represent the computation at point `i`, or None.
+
+        Narrow dtypes: some value or gradient of the float64 re-run lies outside the dtype's
+        normal range (overflows to inf or underflows to 0).  Any dtype: a node's value became
+        inf from finite, non-zero arguments (overflow, e.g. exp(909); 1/0 is a pole, not this).
+        """
+        g = self.graph
+        if run64 is not None:
+            run, j = run64
+            info = torch.finfo(self.dtype)
+            for node in g.nodes:
+                if not g.tracked[node.id] or node.op == "var":
+                    continue
+                for what, t in (("value", run.values[node.id]), ("gradient", run.grads.get(node.id))):
+                    if t is None or t.dtype == torch.bool:
+                        continue
+                    v = abs(float(_full(t.detach(), j + 1)[j]))
+                    if math.isfinite(v) and (v > info.max or 0 < v < info.tiny):
+                        return f"the {what} of {g.label(node.id)} ({v:.3g}) is outside the range of {self.dtype_name}"
+        vals = ch.autograd.values
+        for node in g.nodes:
+            if node.op in ("var", "const") or not g.tracked[node.id]:
+                continue
+            v = vals[node.id]
+            if v.dtype == torch.bool or not bool(torch.isinf(_full(v.detach(), ch.n)[i])):
+                continue
+            args = [float(_full(vals[a].detach().to(torch.float64), ch.n)[i]) for a in node.args]
+            if all(math.isfinite(x) and x != 0 for x in args):
+                return f"{g.label(node.id)} overflows {self.dtype_name}"
+        return None
 
     def _qindex(self, node_id: int) -> int:
         for i, q in enumerate(self.quantities):
@@ -527,7 +568,14 @@ class _Checker:
             return finding(kind, "info", text, (
                 f"{text} is at a kink, tie or jump {where}, where the derivative is undefined: "
                 f"{op.convention}{detail}"), count, examples, q.label if q else "", k, op.convention)
-        assert q is not None
+        if kind == "second-opinion":
+            name = info["name"]
+            ex = examples[0]
+            return finding(kind, "warning", name, (
+                f"the reverse sweep and sympy.diff of the whole expression disagree on d out/d {name} {where} "
+                f"(sympy.diff {fmt(ex.autograd)}, sweep {fmt(ex.symbolic)}); please report this"),
+                count, examples, f"d out/d {name}", g.var_ids.get(name))
+        assert q is not None, kind
         ex = examples[0]
         worst = (f"worst at point {ex.index} ({_point_text(ex.point)}): autograd {fmt(ex.autograd)}, "
                  f"exact {fmt(ex.symbolic)}")
@@ -553,20 +601,18 @@ class _Checker:
             if severity == "info":
                 msg = f"{q.label} is not finite {where}, and autograd agrees ({fmt(ex.autograd)})"
             elif severity == "warning":
-                msg = (f"{q.label} overflows or underflows {self.dtype_name} {where}; autograd in float64 gets the exact "
-                       f"value; {worst}")
+                cause = info.get("overflow")
+                msg = (f"{q.label} is not finite in autograd {where} although the exact derivative is finite: "
+                       f"{cause}; not a bug in the derivative, a limit of the dtype; {worst}")
             else:
                 hint = (" (the unselected branch of where() still back-propagates, and 0 * inf is NaN: "
                         "make the unselected branch safe, e.g. where(x > 0, sqrt(where(x > 0, x, 1)), 0))"
                         if any(n.op == "where" for n in g.nodes) else "")
                 msg = (f"{q.label}: autograd gives {fmt(ex.autograd)} where the exact derivative is "
                        f"{fmt(ex.symbolic)} {where}{hint}; {worst}")
-        elif kind == "second-opinion":
-            name = info["name"]
-            return finding(kind, "warning", name, (
-                f"the reverse sweep and sympy.diff of the whole expression disagree on d out/d {name} {where} "
-                f"(sympy.diff {fmt(ex.autograd)}, sweep {fmt(ex.symbolic)}); please report this"),
-                count, examples, f"d out/d {name}", g.var_ids.get(name))
+        elif kind == "range":
+            msg = (f"autograd's {q.label} is off {where} because {info.get('overflow')}: a limit of "
+                   f"{self.dtype_name}, not a wrong derivative (float64 gets it right); {worst}")
         else:
             msg = f"{q.label}: {worst}"
         return finding(kind, severity, q.node, msg, count, examples, q.label, q.node_id)  # type: ignore[arg-type]
@@ -622,10 +668,14 @@ class _Numbers:
     r: float  # reference (high precision where available)
     tol: float
     noise: float
-    a64: float | None  # autograd re-run in float64 (narrow dtypes only)
+    run64: tuple[AutogradRun, int] | None  # autograd re-run in float64 and this point's index (narrow dtypes)
     cut: float | None  # reference with cuts as constants
     ref_is_64: bool
     hp: bool
+
+
+def _is_integer(value: object) -> bool:
+    return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
 
 
 def _point_text(point: dict[str, float]) -> str:

@@ -25,6 +25,7 @@ KIND_SEVERITY: dict[str, Severity] = {
     "outside-domain": "info",
     "cut": "info",
     "second-opinion": "warning",
+    "range": "warning",
 }
 
 
