@@ -40,8 +40,8 @@ __all__ = [
 ]
 
 _LAZY = {
-    "check": "check",
-    "check_graph": "check",
+    "check": "api",
+    "check_graph": "api",
     "Report": "report",
     "Finding": "report",
     "Example": "report",
@@ -49,7 +49,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from .check import check, check_graph
+    from .api import check, check_graph
     from .report import Example, Finding, NodeRow, Report
 
 

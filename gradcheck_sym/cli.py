@@ -113,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _check(expression: str, options: dict, *, as_json: bool) -> int:
-    from .check import check
+    from .api import check
     from .render import render_text
 
     report = check(expression, **options)

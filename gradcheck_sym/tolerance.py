@@ -24,6 +24,8 @@
   when the reference is float64 in a float64 check because the mpmath budget
   `MP_BUDGET` was spent).  A relative error of 1e-6 at a well-conditioned point
   in float64 is far above it (the noise there is ~1e-16) and is reported.
+* **Hessian entries** (``order=2``) also get ``HESSIAN_ULPS * u * (|g_i| + |g_j| + |H_ij|)``:
+  the perturbed re-runs do not reach the rounding inside the second backward pass.
 * **kinks and ties** (``abs`` at 0, ``max`` ties, ``where`` at its boundary,
   ``floor`` at integers): the derivative is undefined; differences there are
   `nondifferentiable` (info) with torch's convention, never mismatches.
@@ -57,6 +59,10 @@ MP_DPS = 50
 # Points x program steps evaluated in mpmath per check (about 10 s of work at most).
 MP_BUDGET = 2_000_000
 NOISE_SEED = 20_241_126
+# Hessian entries: the perturbed re-runs do not reach the rounding inside the second backward
+# pass, so these also get HESSIAN_ULPS ulps of the first-order gradients' scale
+# (cancellation in e.g. s*(1-s)*(1-2s) for sigmoid'' near 0 costs ~100 ulps).
+HESSIAN_ULPS = 256.0
 PERTURB_ULPS = 4.0
 
 

@@ -368,6 +368,10 @@ class _Checker:
             r = hp[qi] if hp is not None else r64
             ref_is_64 = hp is None and self.dtype == torch.float64
             tol = tl.tolerance(noise, r, self.u, ref_is_64, torch.finfo(self.dtype).tiny)
+            if q.node_id is None:  # a Hessian entry: see tolerance.HESSIAN_ULPS
+                xi, xj = q.key[5:].split(",")
+                scale = sum(self._ref(ch, f"q{self._qindex(g.var_ids[v])}")[idx].abs() for v in (xi, xj))
+                tol = tol + tl.HESSIAN_ULPS * self.u * (scale + r.abs())
             kinked = self._kinked(q, kinks, ch.n)
             cut = self._ref(ch, f"c{qi}")[idx] if q.cut_ref is not None else None
             for i in torch.nonzero(bad).flatten().tolist():
