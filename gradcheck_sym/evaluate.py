@@ -157,7 +157,7 @@ def _m_pow(base: Any, exponent: sympy.Expr, exp_value: Any) -> Any:
     if mpmath.isnan(base) or mpmath.isnan(exp_value):
         return _NAN
     if base == 0 and exp_value < 0:
-        return mpmath.inf if (exponent.is_Integer and int(exponent) % 2 == 0) or not exponent.is_Integer else mpmath.inf
+        return mpmath.inf  # a pole, as torch's pow(0, negative) gives
     if base < 0 and not (exponent.is_Integer or mpmath.isint(exp_value)):
         return _NAN
     return _real(mpmath.power)(base, exp_value)
