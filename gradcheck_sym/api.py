@@ -166,9 +166,8 @@ class _Checker:
             and graph.depends_on_vars[n.id] and graph.reaches_output[n.id]
         ]
         self.cut_nodes = [n.id for n in graph.nodes if n.op in ("detach", "no_grad") and graph.depends_on_vars[n.args[0]]]
-        self.outside = 0
         self._kink_quantity: dict[int, str] = {}
-        self.second_opinion_used = derivation.whole is not None
+        self._q_by_node = {q.node_id: i for i, q in enumerate(self.quantities) if q.node_id is not None}
         self.approx = {
             n.id: OPS[n.op].approx_rtol for n in graph.nodes if n.op in OPS and OPS[n.op].approx_rtol > 0
         }
@@ -194,7 +193,7 @@ class _Checker:
             for i, xi in enumerate(g.variables):
                 for j, xj in enumerate(g.variables):
                     qs.append(Quantity(f"hess:{xi},{xj}", f"d2 out/d{xi} d{xj}", f"{xi}, {xj}", None,
-                                       d.hessian[i][j], None, all_kinks))
+                                       d.hessian[i][j], None, all_kinks, hess=(i, j)))
         return qs
 
     def _kink_ancestry(self) -> dict[int, set[int]]:
@@ -238,7 +237,7 @@ class _Checker:
         n = len(next(iter(arrays.values()))) if arrays else 1
         xd = {name: torch.tensor(np.asarray(a), dtype=torch.float64).to(self.dtype) for name, a in arrays.items()}
         x64 = {name: t.to(torch.float64) for name, t in xd.items()}
-        run = run_autograd(g, xd, order=self.order) if xd else run_autograd(g, {}, order=self.order)
+        run = run_autograd(g, xd, order=self.order)
         env = {sympy.Symbol(name, real=True): x64[name] for name in x64}
         env = self.compiled.run(env, keep=set(self.extra_syms.values()))
         ch = _Chunk(start, n, x64, xd, run, env)
@@ -254,7 +253,7 @@ class _Checker:
             a = self._auto(ch, q)
             r = self._ref(ch, f"q{i}")
             bad = ~tl.cheap_pass(a, r, self.u) & ~outside
-            kinked = self._kinked(q, kinks, n)
+            kinked = self._kinked(q, kinks)
             if kinked is not None:
                 bad = bad | (kinked & ~outside)
                 self._record_kinks(ch, q, kinks, a, r)
@@ -285,8 +284,8 @@ class _Checker:
             if gr is None:
                 return torch.zeros(n, dtype=torch.float64)
             return _full(gr.to(torch.float64), n)
-        assert run.hessian is not None
-        i, j = (self.graph.variables.index(v) for v in q.key[5:].split(","))
+        assert run.hessian is not None and q.hess is not None
+        i, j = q.hess
         return _full(run.hessian[i][j].to(torch.float64), n)
 
     def _kinks(self, ch: _Chunk) -> dict[int, torch.Tensor]:
@@ -312,7 +311,7 @@ class _Checker:
             if len(idx) > 3:
                 self.acc.count("nondifferentiable", "info", f"kink:%{k}", len(idx) - 3, kink=k, quantity=q)
 
-    def _kinked(self, q: Quantity, kinks: dict[int, torch.Tensor], n: int) -> torch.Tensor | None:
+    def _kinked(self, q: Quantity, kinks: dict[int, torch.Tensor]) -> torch.Tensor | None:
         mask = None
         for k, m in kinks.items():
             if k in q.affected_by:
@@ -325,7 +324,6 @@ class _Checker:
     # ------------------------------------------------------------ outside the domain
     def _record_outside(self, ch: _Chunk, outside: torch.Tensor, ref: torch.Tensor, auto: torch.Tensor) -> None:
         idx = torch.nonzero(outside).flatten().tolist()
-        self.outside += len(idx)
         for i in idx[:3]:
             r, a = float(ref[i]), float(auto[i].detach())
             self.acc.add("outside-domain", "info", "", example(ch.start + i, self._point(ch, i), a, r), 0.0)
@@ -368,11 +366,10 @@ class _Checker:
             r = hp[qi] if hp is not None else r64
             ref_is_64 = hp is None and self.dtype == torch.float64
             tol = tl.tolerance(noise, r, self.u, ref_is_64, torch.finfo(self.dtype).tiny)
-            if q.node_id is None:  # a Hessian entry: see tolerance.HESSIAN_ULPS
-                xi, xj = q.key[5:].split(",")
-                scale = sum(self._ref(ch, f"q{self._qindex(g.var_ids[v])}")[idx].abs() for v in (xi, xj))
+            if q.hess is not None:  # a Hessian entry: see tolerance.HESSIAN_ULPS
+                scale = sum(self._ref(ch, f"q{self._qindex(g.var_ids[g.variables[v]])}")[idx].abs() for v in q.hess)
                 tol = tol + tl.HESSIAN_ULPS * self.u * (scale + r.abs())
-            kinked = self._kinked(q, kinks, ch.n)
+            kinked = self._kinked(q, kinks)
             cut = self._ref(ch, f"c{qi}")[idx] if q.cut_ref is not None else None
             for i in torch.nonzero(bad).flatten().tolist():
                 j = pos[i]
@@ -473,9 +470,13 @@ class _Checker:
             run, j = run64
             info = torch.finfo(self.dtype)
             for node in g.nodes:
-                if not g.tracked[node.id] or node.op == "var":
+                if not g.tracked[node.id]:
                     continue
-                for what, t in (("value", run.values[node.id]), ("gradient", run.grads.get(node.id))):
+                # a variable's value is exact in the dtype; its gradient may still overflow
+                pairs = [("gradient", run.grads.get(node.id))]
+                if node.op != "var":
+                    pairs.insert(0, ("value", run.values[node.id]))
+                for what, t in pairs:
                     if t is None or t.dtype == torch.bool:
                         continue
                     v = abs(float(_full(t.detach(), j + 1)[j]))
@@ -494,10 +495,8 @@ class _Checker:
         return None
 
     def _qindex(self, node_id: int) -> int:
-        for i, q in enumerate(self.quantities):
-            if q.node_id == node_id:
-                return i
-        return -1
+        """Index of the quantity for node `node_id`'s adjoint, or -1."""
+        return self._q_by_node.get(node_id, -1)
 
     # ------------------------------------------------------------ second opinion
     def _second_opinion(self, ch: _Chunk, outside: torch.Tensor, kinks: dict[int, torch.Tensor]) -> None:

@@ -36,6 +36,8 @@ class Quantity:
         ref: the symbolic expression (full-math semantics).
         cut_ref: the symbolic expression with cuts as constants (None without cuts).
         affected_by: node ids whose kinks make this quantity undefined at a point.
+        hess: (i, j) variable indices for a Hessian entry, else None.
+        counts: verdict -> number of points, filled while checking (for the table's status).
     """
 
     key: str
@@ -45,6 +47,7 @@ class Quantity:
     ref: sympy.Expr
     cut_ref: sympy.Expr | None
     affected_by: frozenset[int] = frozenset()
+    hess: tuple[int, int] | None = None
     counts: dict[str, int] = field(default_factory=dict)
 
 

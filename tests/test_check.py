@@ -143,10 +143,41 @@ def test_narrow_dtypes_are_supported(dtype):
     assert r.ok and r.dtype == dtype
 
 
-def test_float16_overflow_is_a_range_warning_not_an_error():
-    r = gs.check("exp(x)*y", at={"x": 11.5, "y": 2.0}, dtype="float16")
+def test_float16_gradient_overflow_is_a_range_warning_not_an_error():
+    # exp(10)/0.5 = 44052 fits float16; d/dy = -88106 does not
+    r = gs.check("exp(x)/y", at={"x": 10.0, "y": 0.5}, dtype="float16")
     assert r.ok
-    assert any(f.severity == "warning" or f.kind == "outside-domain" for f in r.findings)
+    (f,) = r.findings
+    assert (f.kind, f.severity, f.node) == ("nonfinite", "warning", "y")
+    assert "the gradient of y (8.81e+04) is outside the range of float16" in f.message
+    assert f.examples[0].autograd == -math.inf and f.examples[0].symbolic == pytest.approx(-2 * math.exp(10) / 0.25 / 2)
+
+
+def test_float16_value_overflow_is_outside_the_domain():
+    r = gs.check("exp(x)*y", at={"x": 11.5, "y": 2.0}, dtype="float16")
+    assert r.ok and [f.kind for f in r.findings] == ["outside-domain"]
+
+
+def test_no_variables_with_values_is_an_input_error():
+    with pytest.raises(InputError) as info:
+        gs.check("1 + 2", at={"x": 1})
+    assert str(info.value) == "the expression has no variables: give no at/domain values"
+    assert gs.check("1 + 2").ok
+
+
+def test_torch_without_a_kernel_is_an_unsupported_error(monkeypatch):
+    import dataclasses
+
+    import gradcheck_sym.ops as ops
+
+    def no_kernel(t, x):
+        raise RuntimeError('"sin_cpu" not implemented for \'Half\'\nmore detail')
+
+    monkeypatch.setitem(ops.OPS, "sin", dataclasses.replace(OPS["sin"], torch=no_kernel))
+    with pytest.raises(gs.UnsupportedError) as info:
+        gs.check("sin(x)", at={"x": 1.0}, dtype="float16")
+    assert str(info.value) == ("torch cannot compute 'sin(x)' in torch.float16: \"sin_cpu\" not implemented for "
+                               "'Half'\nuse --dtype float64 or float32")
 
 
 def test_json_is_versioned_and_carries_the_findings():

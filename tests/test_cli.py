@@ -35,6 +35,12 @@ def test_json_output(capsys):
     (["check", "sinn(x)", "--at", "x=1"], "gradcheck-sym: error: unknown function 'sinn'\n  sinn(x)\n  ^^^^\n"
                                           "did you mean 'sin' or 'sinh'?\n"),
     (["check", "x", "--at", "x=abc"], "gradcheck-sym: error: --at 'x=abc': 'abc' is not a number (for x)\n"),
+    (["check", "x", "--domain", "x=1"], "gradcheck-sym: error: --domain 'x=1': write name=low:high, "
+                                        "e.g. --domain x=-1:1\n"),
+    (["check", "x*y", "--at", "x=1,y=2", "--at", "x=3"], "gradcheck-sym: error: --at 'x=3': every --at must give "
+                                                         "the same variables (x, y)\n"),
+    (["check", "x", "--at", "x"], "gradcheck-sym: error: --at 'x': write name=value pairs separated by commas, "
+                                  "e.g. --at x=0.7,y=1.3\n"),
     (["check", "x", "--domain", "x=1:0"], "gradcheck-sym: error: the domain of 'x' is empty: low 1.0 > high 0.0\n"),
     (["check", "x*y", "--at", "x=1"], "gradcheck-sym: error: no value for 'y': give it in at (e.g. --at y=0.5) or "
                                       "domain (e.g. --domain y=-1:1)\n"),

@@ -85,13 +85,19 @@ def test_huge_integer_power_is_refused_with_a_clear_error():
     parse("x**10**10")  # a variable base is fine: nothing to expand
 
 
-def test_limits_are_adjustable():
-    with pytest.raises(LimitError, match="nodes"):
-        parse("x + y*z", limits=Limits(max_nodes=3))
-    with pytest.raises(LimitError, match="characters"):
-        parse("x + 1", limits=Limits(max_chars=3))
-    with pytest.raises(LimitError, match="nests deeper"):
-        parse("x+x+x+x+x", limits=Limits(max_depth=3))
+@pytest.mark.parametrize("text,limits,message", [
+    ("x + y*z", Limits(max_nodes=3), "the expression has more than 3 nodes\n"
+     "raise it with Limits(max_nodes=...) in Python or --max-nodes on the command line"),
+    ("x + 1", Limits(max_chars=3), "the expression is 5 characters long; the limit is 3\n"
+     "raise it with Limits(max_chars=...) in Python or --max-chars on the command line"),
+    ("x+x+x+x+x", Limits(max_depth=3), "the expression nests deeper than 3 levels\n"
+     "raise it with Limits(max_depth=...) in Python or --max-depth on the command line"),
+])
+def test_limits_are_adjustable_and_their_errors_pinned(text, limits, message):
+    with pytest.raises(LimitError) as info:
+        parse(text, limits=limits)
+    assert str(info.value) == message
+    parse(text)  # the defaults admit it
 
 
 def test_deep_and_long_input_parses_without_crashing():
