@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import types
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import sympy
 from sympy.codegen.cfunctions import expm1, log1p, log2, log10
@@ -145,6 +145,7 @@ class Derivation:
         hessian: ``hessian[i][j]`` = d²(output)/d(var i)d(var j), or None (order 1).
         whole: variable name -> gradient from `sympy.diff` of the whole expression, or None.
         method: how the derivatives were obtained, in words (for the report).
+        extra_rows: for each further output of `derive(outputs=...)`, its (adjoints, cut_adjoints).
     """
 
     program: Program
@@ -154,6 +155,7 @@ class Derivation:
     hessian: tuple[tuple[sympy.Expr, ...], ...] | None
     whole: dict[str, sympy.Expr] | None
     method: str
+    extra_rows: tuple[tuple[dict[int, sympy.Expr], dict[int, sympy.Expr] | None], ...] = ()
 
 
 def const_expr(value: int | float | str) -> sympy.Expr:
@@ -256,7 +258,9 @@ def _generic_partials(sym: sympy.Symbol, expr: sympy.Expr, known: set[sympy.Symb
     return out
 
 
-def derive(graph: Graph, *, order: int = 1, whole_max_nodes: int = 60) -> Derivation:
+def derive(
+    graph: Graph, *, order: int = 1, whole_max_nodes: int = 60, outputs: Sequence[int] | None = None
+) -> Derivation:
     """Derive the symbolic reference for `graph`.
 
     Args:
@@ -264,6 +268,8 @@ def derive(graph: Graph, *, order: int = 1, whole_max_nodes: int = 60) -> Deriva
         order: 1 for gradients and adjoints, 2 to add the Hessian.
         whole_max_nodes: differentiate the whole expression with `sympy.diff` as a
             second opinion only up to this many graph nodes (it swells beyond).
+        outputs: node ids to differentiate, one sweep each (Jacobian rows); the first is the
+            primary output (`adjoints`, `hessian`, `whole` refer to it). Default: `graph.output`.
 
     Returns:
         A `Derivation`.
@@ -299,12 +305,17 @@ def derive(graph: Graph, *, order: int = 1, whole_max_nodes: int = 60) -> Deriva
         values[k] = sym
         step_info[sym] = (k, args)
 
+    cache: dict[tuple[bool, sympy.Symbol], list[tuple[sympy.Symbol, sympy.Expr]]] = {}
+
     def node_partials(cut: bool) -> Callable[[sympy.Symbol, sympy.Expr], list[tuple[sympy.Symbol, sympy.Expr]]]:
         def partials(sym: sympy.Symbol, expr: sympy.Expr) -> list[tuple[sympy.Symbol, sympy.Expr]]:
             k, args = step_info[sym]
             node = graph.nodes[k]
             if cut and node.op in ("detach", "no_grad"):
                 return []
+            found = cache.get((False, sym))  # the same partials serve every sweep
+            if found is not None:
+                return found
             if node.op == "where":
                 cond = args[0]
                 raw = [(args[1], sympy.Piecewise((1, cond), (0, True))), (args[2], sympy.Piecewise((0, cond), (1, True)))]
@@ -313,33 +324,46 @@ def derive(graph: Graph, *, order: int = 1, whole_max_nodes: int = 60) -> Deriva
                 mapping = dict(zip(_P, args))
                 mapping[_OUT] = sym
                 raw = [(a, d.xreplace(mapping)) for a, d in zip(args, templates)]
-            return [(a, d) for a, d in raw if isinstance(a, sympy.Symbol) and d != 0]
+            found = [(a, d) for a, d in raw if isinstance(a, sympy.Symbol) and d != 0]
+            cache[(False, sym)] = found
+            return found
 
         return partials
 
-    out_expr = values[graph.output]
-    adj_steps, adj_map = sweep(steps, out_expr, node_partials(False), "a")
-    adjoints = {k: adj_map.get(v, sympy.S.Zero) if isinstance(v, sympy.Symbol) else sympy.S.Zero
-                for k, v in values.items() if graph.depends_on_vars[k] and graph.nodes[k].op not in OPS_COMPARE}
-    all_steps = steps + adj_steps
-    cut_adjoints = None
-    if graph.has_cuts:
-        cut_steps, cut_map = sweep(steps, out_expr, node_partials(True), "c")
-        cut_adjoints = {k: cut_map.get(v, sympy.S.Zero) if isinstance(v, sympy.Symbol) else sympy.S.Zero
-                        for k in adjoints for v in [values[k]]}
-        all_steps += cut_steps
+    def adjoints_for(output: int, cut: bool, prefix: str) -> tuple[list[tuple[sympy.Symbol, sympy.Expr]], dict[int, sympy.Expr]]:
+        new_steps, adj_map = sweep(steps, values[output], node_partials(cut), prefix)
+        adj = {k: adj_map.get(v, sympy.S.Zero) if isinstance(v, sympy.Symbol) else sympy.S.Zero
+               for k, v in values.items() if graph.depends_on_vars[k] and graph.nodes[k].op not in OPS_COMPARE}
+        return new_steps, adj
+
+    all_steps = list(steps)
+    rows: list[tuple[dict[int, sympy.Expr], dict[int, sympy.Expr] | None]] = []
+    for i, output in enumerate(outputs if outputs is not None else (graph.output,)):
+        tag = "" if i == 0 else f"{i}:"
+        adj_steps, adj = adjoints_for(output, False, f"a{tag}")
+        all_steps += adj_steps
+        cut_adj = None
+        if graph.has_cuts:
+            cut_steps, cut_adj = adjoints_for(output, True, f"c{tag}")
+            all_steps += cut_steps
+        rows.append((adj, cut_adj))
+    (adjoints, cut_adjoints), extra_rows = rows[0], tuple(rows[1:])
+    adj_steps = [st for st in all_steps[len(steps):] if str(st[0]).startswith("a[")]
     hessian = None
     if order >= 2:
         hessian, hess_steps = _hessian(graph, inputs, steps + adj_steps, adjoints, step_info, node_partials(False))
         all_steps += hess_steps
     method = f"reverse sweep over the graph ({len(steps)} nodes, {len(all_steps)} program steps)"
+    if extra_rows:
+        method = method.replace("reverse sweep", f"{len(rows)} reverse sweeps (one per output element)")
     whole = None
     if len(graph.nodes) <= whole_max_nodes:
         whole, why = _whole_expression_gradient(graph, inputs, values, steps)
         method += "; second opinion: sympy.diff of the whole expression" if whole else f"; no second opinion ({why})"
     else:
         method += f"; no second opinion (sympy.diff of the whole expression is used up to {whole_max_nodes} nodes)"
-    return Derivation(Program(inputs, tuple(all_steps)), values, adjoints, cut_adjoints, hessian, whole, method)
+    return Derivation(Program(inputs, tuple(all_steps)), values, adjoints, cut_adjoints, hessian, whole, method,
+                      extra_rows)
 
 
 def _hessian(
