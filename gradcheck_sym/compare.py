@@ -37,6 +37,8 @@ class Quantity:
         cut_ref: the symbolic expression with cuts as constants (None without cuts).
         affected_by: node ids whose kinks make this quantity undefined at a point.
         hess: (i, j) variable indices for a Hessian entry, else None.
+        row: which output it differentiates (0: the primary; Jacobian rows of traced functions).
+        is_input: whether it is the gradient of an input (not of an intermediate node).
         counts: verdict -> number of points, filled while checking (for the table's status).
     """
 
@@ -48,6 +50,8 @@ class Quantity:
     cut_ref: sympy.Expr | None
     affected_by: frozenset[int] = frozenset()
     hess: tuple[int, int] | None = None
+    row: int = 0
+    is_input: bool = True
     counts: dict[str, int] = field(default_factory=dict)
 
 
