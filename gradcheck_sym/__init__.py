@@ -22,6 +22,8 @@ __version__ = "0.1.0"
 __all__ = [
     "check",
     "check_graph",
+    "check_function",
+    "assert_gradients",
     "parse",
     "Graph",
     "Node",
@@ -42,6 +44,8 @@ __all__ = [
 _LAZY = {
     "check": "api",
     "check_graph": "api",
+    "check_function": "api",
+    "assert_gradients": "api",
     "Report": "report",
     "Finding": "report",
     "Example": "report",
@@ -49,7 +53,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from .api import check, check_graph
+    from .api import assert_gradients, check, check_function, check_graph
     from .report import Example, Finding, NodeRow, Report
 
 

@@ -369,6 +369,8 @@ class Checker:
             refs.append(r)
             outside |= ~torch.isfinite(r) | ~torch.isfinite(autos[o])
         self._record_outside(ch, outside, refs[0], autos[0])
+        if getattr(self.s, "check_forward", False):
+            outside |= self._diverged(ch, refs, autos, outside)
         kinks = self._kinks(ch)
         candidates = torch.zeros(n, dtype=torch.bool)
         per_q_bad: list[torch.Tensor | None] = []
@@ -436,6 +438,19 @@ class Checker:
                                                                 float(ref[i])), 0.0)
         if len(idx) > 3:
             self.acc.count("outside-domain", "info", "", len(idx) - 3)
+
+    def _diverged(self, ch: _Chunk, refs: list[torch.Tensor], autos: list[torch.Tensor],
+                  outside: torch.Tensor) -> torch.Tensor:
+        """Points where the traced math does not reproduce the function's value (a data-dependent trace)."""
+        bad = torch.zeros(ch.n, dtype=torch.bool)
+        for r, a in zip(refs, autos):
+            loose = tl.TRACE_RTOL_FACTOR * math.sqrt(self.u) * (r.abs() + a.abs()) + torch.finfo(self.dtype).tiny
+            bad |= (r - a).abs() > loose
+        bad &= ~outside
+        for i in torch.nonzero(bad).flatten().tolist():
+            self.acc.add("trace", "warning", "", example(ch.start + i, self._point(ch, i), float(autos[0][i]),
+                                                          float(refs[0][i]), quantity="out"), 0.0)
+        return bad
 
     # ------------------------------------------------------------ the detailed test
     def _detailed(self, ch: _Chunk, candidates: torch.Tensor, per_q_bad: list[torch.Tensor | None],
@@ -515,24 +530,24 @@ class Checker:
         fa, fr = math.isfinite(a), math.isfinite(r)
         diff = abs(a - r) if fa and fr else math.inf
         score = diff / tol if tol > 0 else (0.0 if diff == 0 else math.inf)
-        ex = example(index, point, a, r, tol, why)
+        ex = example(index, point, a, r, tol, why, q.label)
         counts = q.counts
         if kinked:  # the finding is recorded per kink node by _record_kinks
             counts["kink"] = counts.get("kink", 0) + 1
             return
         if not (fa and fr):
-            ex = example(index, point, a, r, None, ref_words)
+            ex = example(index, point, a, r, None, ref_words, q.label)
             same = (a != a and r != r) or (not fa and not fr and a == r)
             if same:
-                self.acc.add("nonfinite", "info", q.key, ex, 0.0, quantity=q)
+                self.acc.add("nonfinite", "info", q.group, ex, 0.0, quantity=q)
                 counts["nonfinite (agree)"] = counts.get("nonfinite (agree)", 0) + 1
                 return
             overflow = self._range_issue(ch, i, j, detail) if fr else None
             if overflow is not None:
-                self.acc.add("nonfinite", "warning", q.key, ex, score, quantity=q, overflow=overflow)
+                self.acc.add("nonfinite", "warning", q.group, ex, score, quantity=q, overflow=overflow)
                 counts["overflow"] = counts.get("overflow", 0) + 1
                 return
-            self.acc.add("nonfinite", "error", q.key, ex, score, quantity=q)
+            self.acc.add("nonfinite", "error", q.group, ex, score, quantity=q)
             counts["nonfinite"] = counts.get("nonfinite", 0) + 1
             return
         if diff <= tol:
@@ -549,11 +564,13 @@ class Checker:
             return
         overflow = self._range_issue(ch, i, j, detail)
         if overflow is not None:
-            self.acc.add("range", "warning", q.key, ex, score, quantity=q, overflow=overflow)
+            self.acc.add("range", "warning", q.group, ex, score, quantity=q, overflow=overflow)
             counts["range"] = counts.get("range", 0) + 1
             return
-        self.acc.add("mismatch", "error", q.key, ex, score, quantity=q)
-        counts["mismatch"] = counts.get("mismatch", 0) + 1
+        # A stale graph (a .data assignment) explains a disagreement that no cut explains.
+        kind = "stale-graph" if self.s.extra_findings() else "mismatch"
+        self.acc.add(kind, "error", q.group, ex, score, quantity=q)
+        counts[kind] = counts.get(kind, 0) + 1
 
     def _range_issue(self, ch: _Chunk, i: int, j: int, detail: _Detail) -> str | None:
         """Why the dtype cannot represent the computation at point `i`, or None.
@@ -655,6 +672,11 @@ class Checker:
                 f"the output is not a finite real number {where} (NaN: outside the real domain, e.g. sqrt or log of "
                 f"a negative number; inf: a pole or overflow in {self.dtype_name}); these points are not compared"),
                 count, examples)
+        if kind == "trace":
+            return finding(kind, "warning", "", (
+                f"the traced computation does not reproduce the function's value {where} (its control flow or "
+                "its indexing depends on the values, e.g. `if x.sum() > 0`); these points are not compared: "
+                "check them one by one, or give the math with expected="), count, examples)
         if kind == "nondifferentiable":
             k = info["kink"]
             op = OPS[g.nodes[k].op]
@@ -673,7 +695,13 @@ class Checker:
                 count, examples, f"d out/d {name}", g.var_ids.get(name))
         assert q is not None, kind
         ex = examples[0]
-        worst = (f"worst at point {ex.index} ({_point_text(ex.point)}): autograd {fmt(ex.autograd)}, "
+        entries = info.get("entries", 1)
+        if entries > 1:
+            where += f" ({entries} entries)"
+        what = f"d out/d {q.node}" if entries > 1 else q.label
+        label = ex.quantity or q.label
+        worst = (f"worst at point {ex.index} ({_point_text(ex.point)})"
+                 + (f", {label}" if entries > 1 else "") + f": autograd {fmt(ex.autograd)}, "
                  f"exact {fmt(ex.symbolic)}")
         if ex.abs_err is not None:
             worst += f", error {ex.abs_err:.3g}" + (f" (relative {ex.rel_err:.3g})" if ex.rel_err is not None else "")
@@ -683,31 +711,38 @@ class Checker:
             if self.regions:
                 cuts = (" The gradient is cut at " + ", ".join(f"{r.label} ({r.where})" for r in self.regions)
                         + ", but treating the cuts as constants does not explain it either.")
-            msg = f"autograd's {q.label} differs from the exact derivative {where}; {worst}.{cuts}"
+            msg = f"autograd's {what} differs from the exact derivative {where}; {worst}.{cuts}"
         elif kind == "untracked":
             region = info["region"]
             src = f" `{region.source}`" if region.source else ""
             dropped = (f"the gradient d out/d ({region.label}) = {fmt(info.get('dropped'))}" if len(region.nodes) == 1
                        else f"gradients of up to {fmt(info.get('dropped'))} (over its {len(region.nodes)} elements)")
+            if entries > 1:
+                tail = f"; {worst}; with the cuts treated as constants the exact derivatives match autograd"
+            else:
+                tail = (f". {label}: {worst}; with the cuts treated as constants the exact value is "
+                        f"{fmt(info.get('cut_value'))}, which autograd matches")
             msg = (f"the cut {region.label} ({region.where}){src} changes the gradient {where}: {region.what}, "
-                   f"dropping {dropped} that flows into it. {q.label}: {worst}; "
-                   f"with the cuts treated as constants the exact value is {fmt(info.get('cut_value'))}, which "
-                   "autograd matches. Remove the cut, or keep it only where the value is meant to be a constant")
+                   f"dropping {dropped} that flows into it{tail}. Remove the cut, or keep it only where the value "
+                   "is meant to be a constant")
             return finding(kind, "error", region.label, msg, count, examples, q.label, region.nodes[0])
         elif kind == "nonfinite":
             if severity == "info":
-                msg = f"{q.label} is not finite {where}, and autograd agrees ({fmt(ex.autograd)})"
+                msg = f"{what} is not finite {where}, and autograd agrees ({fmt(ex.autograd)})"
             elif severity == "warning":
-                msg = (f"{q.label} is not finite in autograd {where} although the exact derivative is finite: "
+                msg = (f"{what} is not finite in autograd {where} although the exact derivative is finite: "
                        f"{info.get('overflow')}; not a bug in the derivative, a limit of the dtype; {worst}")
             else:
                 hint = (" (the unselected branch of where() still back-propagates, and 0 * inf is NaN: "
                         "make the unselected branch safe, e.g. where(x > 0, sqrt(where(x > 0, x, 1)), 0))"
                         if any(nd.op == "where" for nd in g.nodes) else "")
-                msg = (f"{q.label}: autograd gives {fmt(ex.autograd)} where the exact derivative is "
+                msg = (f"{what}: autograd gives {fmt(ex.autograd)} where the exact derivative is "
                        f"{fmt(ex.symbolic)} {where}{hint}; {worst}")
+        elif kind == "stale-graph":
+            msg = (f"autograd's {what} differs from the exact derivative {where}, as the stale graph (see the "
+                   f"stale-graph finding) makes it: backward differentiates the old value; {worst}")
         elif kind == "range":
-            msg = (f"autograd's {q.label} is off {where} because {info.get('overflow')}: a limit of "
+            msg = (f"autograd's {what} is off {where} because {info.get('overflow')}: a limit of "
                    f"{self.dtype_name}, not a wrong derivative (float64 gets it right); {worst}")
         else:
             msg = f"{q.label}: {worst}"

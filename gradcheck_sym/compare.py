@@ -38,6 +38,8 @@ class Quantity:
         affected_by: node ids whose kinks make this quantity undefined at a point.
         hess: (i, j) variable indices for a Hessian entry, else None.
         row: which output it differentiates (0: the primary; Jacobian rows of traced functions).
+        group: findings about several quantities of one group are one finding (an input tensor's
+            elements); defaults to `key`.
         is_input: whether it is the gradient of an input (not of an intermediate node).
         counts: verdict -> number of points, filled while checking (for the table's status).
     """
@@ -52,7 +54,12 @@ class Quantity:
     hess: tuple[int, int] | None = None
     row: int = 0
     is_input: bool = True
+    group: str = ""
     counts: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.group:
+            self.group = self.key
 
 
 @dataclass(order=True)
@@ -78,8 +85,15 @@ class Accumulator:
         score: float,
         **info: Any,
     ) -> None:
-        group = self._groups.setdefault((kind, severity, key), {"count": 0, "heap": [], **info})
-        group["count"] += 1
+        """Add one example; `count` becomes the number of distinct points, `entries` the distinct quantities."""
+        group = self._groups.setdefault((kind, severity, key), {"count": 0, "heap": [], "_points": set(),
+                                                                "_entries": set(), **info})
+        if example.index not in group["_points"]:
+            group["_points"].add(example.index)
+            group["count"] += 1
+        q = info.get("quantity")
+        if q is not None:
+            group["_entries"].add(q.key)
         self._seq += 1
         item = _Ranked(score if math.isfinite(score) else 1e300, -self._seq, example)
         heap = group["heap"]
@@ -93,14 +107,16 @@ class Accumulator:
 
     def count(self, kind: str, severity: Severity, key: str, n: int, **info: Any) -> None:
         """Add `n` to a group's count without examples (bulk counts)."""
-        group = self._groups.setdefault((kind, severity, key), {"count": 0, "heap": [], **info})
+        group = self._groups.setdefault((kind, severity, key), {"count": 0, "heap": [], "_points": set(),
+                                                                "_entries": set(), **info})
         group["count"] += n
 
     def groups(self) -> list[tuple[str, Severity, str, int, tuple[Example, ...], dict[str, Any]]]:
         out = []
         for (kind, severity, key), g in self._groups.items():
             examples = tuple(r.example for r in sorted(g["heap"], reverse=True))
-            info = {k: v for k, v in g.items() if k not in ("count", "heap")}
+            info = {k: v for k, v in g.items() if k not in ("count", "heap", "_points", "_entries")}
+            info["entries"] = len(g["_entries"])
             out.append((kind, severity, key, g["count"], examples, info))
         return out
 
@@ -112,13 +128,14 @@ def example(
     symbolic: float | None,
     tol: float | None = None,
     why: str = "",
+    quantity: str = "",
 ) -> Example:
     """An `Example` with the errors filled in."""
     abs_err = rel_err = None
     if autograd is not None and symbolic is not None and math.isfinite(autograd) and math.isfinite(symbolic):
         abs_err = abs(autograd - symbolic)
         rel_err = abs_err / abs(symbolic) if symbolic != 0 else None
-    return Example(index, point, autograd, symbolic, abs_err, rel_err, tol, why)
+    return Example(index, point, autograd, symbolic, abs_err, rel_err, tol, why, quantity)
 
 
 def fmt(x: float | None) -> str:

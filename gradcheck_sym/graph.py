@@ -37,6 +37,7 @@ class Node:
         name: the variable's name (for "var").
         value: the number (for "const"; int or float), or the constant's name ("pi", "E").
         region: id of the enclosing ``no_grad(...)`` node, or None.
+        origin: where a traced node comes from (``"model.py:12 torch.tanh"``), or None.
     """
 
     id: int
@@ -46,6 +47,7 @@ class Node:
     name: str | None = None
     value: int | float | str | None = None
     region: int | None = None
+    origin: str | None = None
 
     @property
     def is_leaf(self) -> bool:
@@ -193,6 +195,8 @@ class Graph:
             return str(node.name)
         if node.op == "const":
             return str(node.value)
+        if node.origin:
+            return f"{node.op} at {node.origin}"
         return f"{node.op}(" + ", ".join(f"%{a}" for a in node.args) + ")"
 
     def __str__(self) -> str:

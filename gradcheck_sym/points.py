@@ -29,6 +29,7 @@ class PointSet:
         fixed: variable -> array of explicit values (length n, or 1 to broadcast).
         boxes: variable -> (low, high) for sampled variables.
         seed: the seed used for sampling (None when nothing is sampled).
+        first: a point checked before the samples (the given inputs of a traced function), or None.
     """
 
     names: tuple[str, ...]
@@ -36,6 +37,7 @@ class PointSet:
     fixed: dict[str, np.ndarray]
     boxes: dict[str, tuple[float, float]]
     seed: int | None
+    first: dict[str, float] | None = None
 
     def chunks(self, size: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
         """Yield (offset, {name: float64 array}) for consecutive chunks of at most `size` points."""
@@ -46,10 +48,12 @@ class PointSet:
         for start in range(0, self.n, size):
             m = min(size, self.n - start)
             chunk = {}
+            lead = 1 if self.first is not None and start == 0 else 0
             for name in self.names:
                 if name in self.boxes:
                     lo, hi = self.boxes[name]
-                    chunk[name] = streams[name].uniform(lo, hi, size=m)
+                    drawn = streams[name].uniform(lo, hi, size=m - lead)
+                    chunk[name] = np.concatenate([[self.first[name]], drawn]) if lead else drawn  # type: ignore[index]
                 else:
                     values = self.fixed[name]
                     chunk[name] = np.broadcast_to(values, (self.n,))[start : start + m] if values.size == 1 else values[start : start + m]

@@ -44,7 +44,8 @@ def render_text(report: Report, *, width: int = 110, color: bool = False) -> str
     console.print(f"derivation: {report.derivation}")
     console.print(f"tolerance: {report.tolerance}")
     if report.first_point:
-        pt = ", ".join(f"{k}={_num(v)}" for k, v in report.first_point.items())
+        items = list(report.first_point.items())
+        pt = ", ".join(f"{k}={_num(v)}" for k, v in items[:12]) + (f", ... ({len(items)} values)" if len(items) > 12 else "")
         console.print(f"table values at point 0: {pt}")
     table = Table(show_edge=True, header_style="bold", box=None if not color else None, pad_edge=False)
     for col, justify in [("node", "left"), ("grad_fn", "left"), ("leaf", "left"), ("value", "right"),
@@ -91,7 +92,8 @@ def _finding(console: Console, f: Finding) -> None:
     console.print(line)
     console.print(Text("    " + f.message))
     for ex in f.examples[:3] if f.kind in ("mismatch", "untracked", "nonfinite") else ():
-        pt = ", ".join(f"{k}={_num(v)}" for k, v in ex.point.items())
+        items = list(ex.point.items())
+        pt = ", ".join(f"{k}={_num(v)}" for k, v in items[:8]) + (f", ... ({len(items)} values)" if len(items) > 8 else "")
         parts = [f"point {ex.index} ({pt})", f"autograd {_num(ex.autograd)}", f"exact {_num(ex.symbolic)}"]
         if ex.abs_err is not None:
             parts.append(f"abs err {ex.abs_err:.3g}")

@@ -26,6 +26,8 @@ KIND_SEVERITY: dict[str, Severity] = {
     "cut": "info",
     "second-opinion": "warning",
     "range": "warning",
+    "trace": "warning",
+    "stale-graph": "error",
 }
 
 
@@ -42,6 +44,7 @@ class Example:
         rel_err: abs_err / |symbolic| (None when symbolic is 0 or not finite).
         tol: the tolerance used (None where no tolerance applies).
         why: how the tolerance and reference were obtained, in words.
+        quantity: what was compared there ("d out[2]/d x[2]"), when a finding covers several.
     """
 
     index: int
@@ -52,6 +55,7 @@ class Example:
     rel_err: float | None = None
     tol: float | None = None
     why: str = ""
+    quantity: str = ""
 
 
 @dataclass(frozen=True)
