@@ -161,7 +161,7 @@ class ExpressionSubject:
             for i, xi in enumerate(g.variables):
                 for j, xj in enumerate(g.variables):
                     qs.append(Quantity(f"hess:{xi},{xj}", f"d2 out/d{xi} d{xj}", f"{xi}, {xj}", None,
-                                       d.hessian[i][j], None, all_kinks, hess=(i, j)))
+                                       d.hessian[i][j], None, all_kinks, hess=(i, j), group="hessian"))
         return qs
 
     def regions(self) -> list[Region]:
@@ -329,6 +329,7 @@ class Checker:
         self.first: dict[str, Any] = {"by_node": {q.node_id: q for q in self.quantities
                                                   if q.node_id is not None and q.hess is None and q.row == 0}}
         self._kink_quantity: dict[int, str] = {}
+        self._stale = bool(subject.extra_findings())
 
     @property
     def dtype_name(self) -> str:
@@ -369,8 +370,11 @@ class Checker:
             refs.append(r)
             outside |= ~torch.isfinite(r) | ~torch.isfinite(autos[o])
         self._record_outside(ch, outside, refs[0], autos[0])
-        if getattr(self.s, "check_forward", False):
-            outside |= self._diverged(ch, refs, autos, outside)
+        forward = getattr(self.s, "check_forward", None)
+        if forward:
+            diverged = self._diverged(ch, refs, autos, outside, forward)
+            if forward == "trace":  # the traced math does not hold there: do not compare
+                outside |= diverged
         kinks = self._kinks(ch)
         candidates = torch.zeros(n, dtype=torch.bool)
         per_q_bad: list[torch.Tensor | None] = []
@@ -440,16 +444,23 @@ class Checker:
             self.acc.count("outside-domain", "info", "", len(idx) - 3)
 
     def _diverged(self, ch: _Chunk, refs: list[torch.Tensor], autos: list[torch.Tensor],
-                  outside: torch.Tensor) -> torch.Tensor:
-        """Points where the traced math does not reproduce the function's value (a data-dependent trace)."""
+                  outside: torch.Tensor, kind: str) -> torch.Tensor:
+        """Points where the math does not reproduce the function's value.
+
+        kind "trace": a data-dependent trace (warning; those points are skipped).
+        kind "value": the function differs from an `expected` expression (an error).
+        """
         bad = torch.zeros(ch.n, dtype=torch.bool)
         for r, a in zip(refs, autos):
             loose = tl.TRACE_RTOL_FACTOR * math.sqrt(self.u) * (r.abs() + a.abs()) + torch.finfo(self.dtype).tiny
             bad |= (r - a).abs() > loose
         bad &= ~outside
         for i in torch.nonzero(bad).flatten().tolist():
-            self.acc.add("trace", "warning", "", example(ch.start + i, self._point(ch, i), float(autos[0][i]),
-                                                          float(refs[0][i]), quantity="out"), 0.0)
+            ex = example(ch.start + i, self._point(ch, i), float(autos[0][i]), float(refs[0][i]), quantity="out")
+            if kind == "trace":
+                self.acc.add("trace", "warning", "", ex, 0.0)
+            else:
+                self.acc.add("mismatch", "error", "value", ex, ex.abs_err or 0.0, value=True)
         return bad
 
     # ------------------------------------------------------------ the detailed test
@@ -568,7 +579,7 @@ class Checker:
             counts["range"] = counts.get("range", 0) + 1
             return
         # A stale graph (a .data assignment) explains a disagreement that no cut explains.
-        kind = "stale-graph" if self.s.extra_findings() else "mismatch"
+        kind = "stale-graph" if self._stale else "mismatch"
         self.acc.add(kind, "error", q.group, ex, score, quantity=q)
         counts[kind] = counts.get(kind, 0) + 1
 
@@ -677,6 +688,12 @@ class Checker:
                 f"the traced computation does not reproduce the function's value {where} (its control flow or "
                 "its indexing depends on the values, e.g. `if x.sum() > 0`); these points are not compared: "
                 "check them one by one, or give the math with expected="), count, examples)
+        if info.get("value"):
+            ex = examples[0]
+            return finding(kind, "error", "value", (
+                f"the function's value differs from the expected expression {where}; worst at point {ex.index} "
+                f"({_point_text(ex.point)}): function {fmt(ex.autograd)}, expected {fmt(ex.symbolic)}"),
+                count, examples, "value")
         if kind == "nondifferentiable":
             k = info["kink"]
             op = OPS[g.nodes[k].op]
@@ -698,7 +715,7 @@ class Checker:
         entries = info.get("entries", 1)
         if entries > 1:
             where += f" ({entries} entries)"
-        what = f"d out/d {q.node}" if entries > 1 else q.label
+        what = q.label if entries == 1 else "the Hessian" if q.hess is not None else f"d out/d {q.node}"
         label = ex.quantity or q.label
         worst = (f"worst at point {ex.index} ({_point_text(ex.point)})"
                  + (f", {label}" if entries > 1 else "") + f": autograd {fmt(ex.autograd)}, "
@@ -746,7 +763,8 @@ class Checker:
                    f"{self.dtype_name}, not a wrong derivative (float64 gets it right); {worst}")
         else:
             msg = f"{q.label}: {worst}"
-        return finding(kind, severity, q.node, msg, count, examples, q.label, q.node_id)  # type: ignore[arg-type]
+        node = "hessian" if q.hess is not None and entries > 1 else q.node
+        return finding(kind, severity, node, msg, count, examples, q.label, q.node_id)  # type: ignore[arg-type]
 
     def _cut_findings(self) -> list[Finding]:
         """Each cut that changed no checked gradient: a harmless cut (info)."""

@@ -30,6 +30,18 @@ def _build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="check an expression", description="Check an expression's gradients.")
     check.add_argument("expression", help='Python-syntax math, e.g. "sin(x)*exp(y)"')
     _check_options(check)
+    function = sub.add_parser("function", help="check a PyTorch function from a Python file",
+                              description="Check a PyTorch function, module or custom autograd.Function.apply "
+                                          "defined in a Python file.")
+    function.add_argument("target", metavar="FILE.py:NAME", help="e.g. model.py:f or model.py:MySoftplus.apply")
+    function.add_argument("--input", action="append", default=[], metavar="x=[0.3, -1.2]",
+                          help="an input as name=number or name=nested list (repeat, in call order)")
+    function.add_argument("--expect", default=None, metavar="EXPR", help="the math, elementwise, instead of the trace")
+    function.add_argument("--samples", type=int, default=None, help="also check N random points near the inputs")
+    function.add_argument("--seed", type=int, default=None)
+    function.add_argument("--dtype", default="float64", choices=["float64", "float32", "float16", "bfloat16"])
+    function.add_argument("--order", type=int, default=1, choices=[1, 2])
+    function.add_argument("--json", action="store_true", help="print the report as JSON")
     example = sub.add_parser("example", help=f"check the built-in example {EXAMPLE!r}")
     example.add_argument("--json", action="store_true", help="print the report as JSON")
     sub.add_parser("ops", help="list the functions and operators the checker knows")
@@ -95,6 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "ops":
             return _ops()
+        if args.command == "function":
+            return _function(args)
         if args.command == "example":
             return _check(EXAMPLE, {"at": {"x": [0.7], "y": [1.3]}}, as_json=args.json)
         at = _parse_at(args.at)
@@ -114,9 +128,72 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _check(expression: str, options: dict, *, as_json: bool) -> int:
     from .api import check
+
+    return _print(check(expression, **options), as_json)
+
+
+def _function(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from .api import check_function
+
+    fn = _load(args.target)
+    names, inputs = [], []
+    for item in args.input:
+        name, eq, text = item.partition("=")
+        if not eq or not name.strip().isidentifier():
+            raise InputError(f"--input {item!r}: write name=value, e.g. --input 'x=[0.3, -1.2, 2.0]'")
+        try:
+            value = json.loads(text)
+            tensor = torch.tensor(value, dtype=torch.float64)
+        except (ValueError, TypeError, RuntimeError):
+            raise InputError(f"--input {item!r}: {text.strip()!r} is not a number or a nested list of numbers") from None
+        names.append(name.strip())
+        inputs.append(tensor)
+    if not inputs:
+        raise InputError("give the function's inputs with --input, e.g. --input 'x=[0.3, -1.2, 2.0]'")
+    report = check_function(fn, *inputs, names=names, expected=args.expect, samples=args.samples, seed=args.seed,
+                            dtype=args.dtype, order=args.order)
+    return _print(report, args.json)
+
+
+def _load(target: str) -> object:
+    """The object NAME (dotted) from FILE.py, the file run as a module named after it."""
+    import importlib.util
+
+    path, colon, name = target.rpartition(":")
+    if not colon or not path or not name:
+        raise InputError(f"{target!r}: write FILE.py:NAME, e.g. model.py:f")
+    if not os.path.isfile(path):
+        raise InputError(f"{path!r}: no such file")
+    module_name = os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise InputError(f"{path!r} cannot be loaded as Python")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # noqa: BLE001 - the user's file failed: show its own traceback
+        from .trace import FunctionError
+
+        raise FunctionError(exc) from None
+    obj: object = module
+    for part in name.split("."):
+        if not hasattr(obj, part):
+            raise InputError(f"{path} has no {name!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise InputError(f"{name!r} in {path} is not callable")
+    return obj
+
+
+def _print(report: object, as_json: bool) -> int:
     from .render import render_text
 
-    report = check(expression, **options)
     if as_json:
         print(report.to_json())
     else:

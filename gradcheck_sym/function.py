@@ -45,6 +45,8 @@ _CUT_WORDS = {
 class _Perturb(TorchFunctionMode):
     """Multiplies each op's floating result, and the gradient flowing back into it, by 1 + d (seeded)."""
 
+    # NB: results that are views of an input perturb that input too; the noise stays of the order of u.
+
     def __init__(self, u: float, trial: int) -> None:
         super().__init__()
         self.m = tl.PERTURB_ULPS * u
@@ -60,7 +62,9 @@ class _Perturb(TorchFunctionMode):
         if not isinstance(out, torch.Tensor) or not out.is_floating_point() or name.endswith("_") or name in (
                 "__get__", "__set__", "detach") or out.dim() > 8:
             return out
-        out = out * self._factor(out)
+        # In place, through .data: the very tensor the function holds (and autograd saved) is
+        # perturbed, so code that aliases it (views, .data, in-place ops) behaves as without noise.
+        out.data.mul_(self._factor(out))
         if out.requires_grad:
             f = self._factor(out)
             out.register_hook(lambda g: g * f)
@@ -107,7 +111,9 @@ class FunctionSubject:
         self.specs = list(input_specs)
         self.order = order
         self.expected = expected
-        self.check_forward = True
+        # Compare the function's value with the math: a trace must reproduce it, an expected
+        # expression must equal it.
+        self.check_forward = "value" if expected else "trace"
         self.looped = False
         self._first: _FunctionRun | None = None
         n_vars = len(self.graph.variables)
@@ -138,7 +144,7 @@ class FunctionSubject:
             for i, xi in enumerate(g.variables):
                 for j, xj in enumerate(g.variables):
                     qs.append(Quantity(f"hess:{xi},{xj}", f"d2 {self.out_names[0]}/d{xi} d{xj}", f"{xi}, {xj}",
-                                       None, d.hessian[i][j], None, all_kinks, hess=(i, j)))
+                                       None, d.hessian[i][j], None, all_kinks, hess=(i, j), group="hessian"))
         self._quantities = qs
         return qs
 

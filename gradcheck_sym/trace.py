@@ -783,6 +783,13 @@ def _cross_entropy(tr, args, kwargs, out):
     return np.array(total / len(picked) if reduction == "mean" else total, dtype=object)
 
 
+@_h("zeros_like", "ones_like", "full_like", "empty_like", "rand_like", "randn_like", "new_zeros", "new_ones",
+    "new_full", "new_tensor")
+def _constant_like(tr, args, kwargs, out):
+    """Shaped like a traced tensor, but not computed from its values: constants."""
+    return _map(tr.b.sym, out.detach().cpu().numpy().astype(np.float64))
+
+
 # -- cuts
 @_h("detach", "detach_")
 def _detach(tr, args, kwargs, out):

@@ -1,0 +1,151 @@
+"""check_function: traced PyTorch code, custom autograd.Functions and every kind of cut, in float64 and float32."""
+
+import pytest
+import torch
+
+import gradcheck_sym as gs
+from gradcheck_sym.trace import MAX_INPUT_ELEMENTS, FunctionError
+
+from . import catalogue
+
+IDS = [c[0] for c in catalogue.CASES]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("case", catalogue.CASES, ids=IDS)
+def test_each_case_gets_its_verdict(case, dtype):
+    torch.manual_seed(0)
+    name, fn, inputs, options, kinds = case
+    report = gs.check_function(fn, *inputs, dtype=dtype, **options)
+    assert sorted(f.kind for f in report.errors()) == sorted(kinds), str(report)
+    assert report.ok == (not kinds)
+
+
+@pytest.mark.parametrize("case", [c for c in catalogue.CASES if not c[4]][:12], ids=lambda c: c[0])
+def test_correct_code_passes_at_random_points_in_float32(case):
+    name, fn, inputs, options, _ = case
+    report = gs.check_function(fn, *inputs, samples=20, seed=0, dtype="float32", **options)
+    assert report.ok, str(report)
+    assert report.n_points == 21
+
+
+def test_softplus_mismatch_names_the_input_the_worst_element_and_both_values():
+    report = gs.check_function(catalogue._fn(lambda x: torch.log1p(torch.exp(x)), lambda x, g: g * torch.exp(x)),
+                               catalogue.MIXED)
+    (f,) = report.errors()
+    assert (f.kind, f.node) == ("mismatch", "x")
+    ex = f.examples[0]
+    assert ex.quantity == "d out[2]/d x[2]"  # exp(2) vs sigmoid(2): the largest error
+    assert ex.autograd == pytest.approx(torch.exp(torch.tensor(2.0, dtype=torch.float64)).item(), rel=1e-14)
+    assert ex.symbolic == pytest.approx(torch.sigmoid(torch.tensor(2.0, dtype=torch.float64)).item(), rel=1e-14)
+
+
+def test_untracked_region_has_file_line_source_and_size():
+    report = gs.check_function(catalogue.no_grad_norm, catalogue.X23, catalogue.W32)
+    (f,) = report.errors()
+    assert f.kind == "untracked" and f.node == "no_grad block"
+    assert "catalogue.py:" in f.message and "`scale = h.norm()`" in f.message
+    assert "dropping the gradient" in f.message
+
+
+def test_harmless_cut_is_reported_as_info():
+    report = gs.check_function(catalogue.harmless_logsumexp, catalogue.MIXED)
+    assert report.ok
+    (f,) = report.findings
+    assert (f.kind, f.severity, f.node) == ("cut", "info", "detach")
+
+
+def test_custom_function_forward_is_not_a_cut():
+    report = gs.check_function(catalogue.good_softplus, catalogue.MIXED)
+    assert report.findings == ()
+    assert "custom autograd.Function Fn" in report.derivation
+
+
+def test_module_parameters_are_inputs_by_name():
+    module = torch.nn.Linear(2, 1).double()
+    report = gs.check_function(module, torch.tensor([0.5, -1.0], dtype=torch.float64))
+    assert report.ok
+    assert report.variables == ("input[0]", "input[1]", "weight[0,0]", "weight[0,1]", "bias[0]")
+    rows = {r.expression: r for r in report.nodes}
+    assert rows["weight[0,1]"].symbolic_grad == pytest.approx(-1.0)
+
+
+def test_expected_expression_instead_of_the_trace():
+    def g(x):
+        return torch.special.bessel_j0(x) * 0 + torch.sin(x) ** 2  # bessel_j0 is not traceable
+
+    x = torch.tensor([0.1, 0.5, 2.0], dtype=torch.float64)
+    with pytest.raises(gs.UnsupportedError) as info:
+        gs.check_function(g, x)
+    assert "'special_bessel_j0'" in str(info.value) and "test_trace.py:" in str(info.value)
+    assert "expected=" in str(info.value)
+    report = gs.check_function(g, x, expected="sin(x)**2")
+    assert report.ok and "expected expression" in report.derivation
+    assert not gs.check_function(g, x, expected="sin(x)**2 + 0.001*x").ok
+
+
+def test_data_dependent_control_flow_is_a_trace_warning():
+    def f(x):
+        return (x * x).sum() if x.sum() > 0 else (x * x * x).sum()
+
+    report = gs.check_function(f, torch.tensor([0.05, -0.01], dtype=torch.float64), samples=30, seed=0)
+    assert report.ok
+    (f_,) = report.by_kind("trace")
+    assert f_.severity == "warning" and f_.count > 0
+
+
+def test_samples_and_domain():
+    report = gs.check_function(catalogue.good_softplus, catalogue.MIXED, samples=10, seed=3, domain={"x": (-5, 5)})
+    assert report.ok and report.n_points == 11 and report.seed == 3
+    assert report.first_point == {"x[0]": 0.3, "x[1]": -1.2, "x[2]": 2.0}
+
+
+@pytest.mark.parametrize("fn,message", [
+    (lambda x: 3.0, "output 0 is a float, not a tensor\nreturn a tensor or a tuple of tensors"),
+    (lambda x: (x > 0).long(), "output 0 has dtype torch.int64, which has no gradient\nreturn a floating-point tensor"),
+    (lambda x: x.to(torch.complex128), "output 0 is complex (torch.complex128); the checker works with real numbers\n"
+                                       "return the real and imaginary parts as two real outputs"),
+])
+def test_bad_outputs_are_typed_errors(fn, message):
+    with pytest.raises(gs.UnsupportedError) as info:
+        gs.check_function(fn, catalogue.MIXED)
+    assert str(info.value) == message
+
+
+def test_no_differentiable_input_is_an_input_error():
+    with pytest.raises(gs.InputError) as info:
+        gs.check_function(lambda n: torch.ones(3) * n, torch.tensor([1, 2, 3]))
+    assert str(info.value) == ("no input needs a gradient: give at least one floating-point tensor (integer tensors "
+                               "and other arguments are passed through as constants)")
+
+
+def test_exception_in_the_function_shows_the_users_traceback():
+    def broken(x):
+        return x / undefined_name  # noqa: F821
+
+    with pytest.raises(FunctionError) as info:
+        gs.check_function(broken, catalogue.MIXED)
+    text = str(info.value)
+    assert text.startswith("the function raised NameError: name 'undefined_name' is not defined")
+    assert "test_trace.py" in text and "in broken" in text
+    assert "gradcheck_sym" not in text.replace("test_trace", "")
+
+
+def test_size_cap_is_a_clear_limit_error():
+    with pytest.raises(gs.LimitError) as info:
+        gs.check_function(torch.sin, torch.zeros(MAX_INPUT_ELEMENTS + 1, dtype=torch.float64))
+    assert str(info.value).startswith(f"the inputs have {MAX_INPUT_ELEMENTS + 1:,} scalar elements")
+
+
+def test_assert_gradients_raises_with_the_report():
+    gs.assert_gradients(catalogue.good_softplus, catalogue.MIXED)
+    with pytest.raises(AssertionError) as info:
+        gs.assert_gradients(catalogue.sign_error, catalogue.MIXED)
+    assert "gradcheck-sym found errors" in str(info.value) and "[error] mismatch x" in str(info.value)
+
+
+def test_pytest_fixture(gradcheck_sym):
+    gradcheck_sym(catalogue.good_softplus, catalogue.MIXED)
+    with pytest.raises(pytest.fail.Exception) as info:
+        gradcheck_sym(catalogue.missing_factor, catalogue.MIXED)
+    assert "[error] mismatch x" in str(info.value)
