@@ -128,6 +128,11 @@ def shapes(x, w):
     return s.mean() + x.expand(2, 6).sum() / 10 + x[0, 2:4].prod()
 
 
+def linear_algebra(a, b):
+    batch = torch.bmm(a.unsqueeze(0), b.transpose(0, 1).unsqueeze(0))[0]
+    return torch.mm(a, b.t()).sum() + batch.sum() * 0.5 + torch.mv(a, b[0]).sum() + torch.dot(a[0], b[1])
+
+
 def reductions(x):
     return x.amax() + x.logsumexp(0) + x.norm() + torch.softmax(x, 0)[1] + F.log_softmax(x, dim=0).mean() + x.min()
 
@@ -187,6 +192,7 @@ CASES = [
     ("harmless_zero", harmless_zero, (MIXED,), {}, []),
     ("shapes", shapes, (X16, W3), {}, []),
     ("reductions", reductions, (MIXED,), {}, []),
+    ("linear_algebra", linear_algebra, (X23, X23.flip(0).contiguous()), {}, []),
     ("where_clamp", where_clamp, (MIXED,), {}, []),
     ("losses", losses, (X23, W32.T.contiguous()), {}, []),
     ("elementwise_jacobian", elementwise, (POS, MIXED), {}, []),
