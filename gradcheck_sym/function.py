@@ -12,6 +12,7 @@ gradient flowing back into it) by ``1 + d``.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -217,13 +218,23 @@ class FunctionSubject:
         rows = []
         qs = {q.key: q for q in self._quantities}
         point = first.get("point", {})
+        n_out = len(self.outputs)
         for name in self.graph.variables:
-            q = qs[f"jac:0:{name}"]
-            a, r = first.get(q.key, (None, None))
-            status = ", ".join(f"{k} at {c}/{n_points}" for k, c in q.counts.items()) if q.counts else "ok"
+            # With several output elements the table shows the gradient of their sum (what
+            # out.sum().backward() gives) and a status over the whole Jacobian column.
+            a = r = 0.0
+            counts: dict[str, int] = {}
+            for o in range(n_out):
+                q = qs[f"jac:{o}:{name}"]
+                ao, ro = first.get(q.key, (0.0, 0.0))
+                a, r = a + ao, r + ro
+                for k, c in q.counts.items():
+                    counts[k] = counts.get(k, 0) + c
+            status = ", ".join(f"{k} in {c} of {n_points * n_out} entries" if n_out > 1 else f"{k} at {c}/{n_points}"
+                               for k, c in counts.items())
             rows.append(NodeRow(id=self.graph.var_ids[name], expression=name, op="input", grad_fn=None, is_leaf=True,
                                 requires_grad=True, retains_grad=False, cut=None, value=point.get(name),
-                                autograd_grad=a, symbolic_grad=r, status=status))
+                                autograd_grad=a, symbolic_grad=r, status=status or "ok"))
         run = self._first
         for o, k in enumerate(self.outputs):
             value = float(run.outputs()[o][0]) if run is not None else None
@@ -254,6 +265,8 @@ class FunctionSubject:
                          + ": math from its forward, autograd from its backward")
         if self.looped:
             notes.append("autograd: the function called once per point (no vmap)")
+        if len(self.outputs) > 1:
+            notes.append(f"table: gradients of the sum of the {len(self.outputs)} output elements")
         return notes
 
 
@@ -272,9 +285,15 @@ def _output_names(shapes: list[tuple[int, ...]]) -> list[str]:
 def describe_call(fn: Any, names: Sequence[str]) -> str:
     """A title such as ``f(x, w)`` or ``MySoftplus.apply(x)``."""
     qual = getattr(fn, "__qualname__", None) or type(fn).__name__
+    owner = getattr(fn, "__self__", None)
+    if isinstance(owner, type):  # MyFunction.apply: a classmethod bound to the user's class
+        qual = f"{owner.__name__}.{getattr(fn, '__name__', 'apply')}"
+        fn = owner
     if isinstance(fn, torch.nn.Module):
         qual = type(fn).__name__
     file = getattr(getattr(fn, "__code__", None), "co_filename", None)
+    if file is None and isinstance(fn, type):
+        file = getattr(sys.modules.get(fn.__module__), "__file__", None)
     where = f" ({os.path.basename(file)})" if file else ""
     return f"{qual}({', '.join(names)}){where}"
 

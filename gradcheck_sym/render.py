@@ -95,6 +95,8 @@ def _finding(console: Console, f: Finding) -> None:
         items = list(ex.point.items())
         pt = ", ".join(f"{k}={_num(v)}" for k, v in items[:8]) + (f", ... ({len(items)} values)" if len(items) > 8 else "")
         parts = [f"point {ex.index} ({pt})", f"autograd {_num(ex.autograd)}", f"exact {_num(ex.symbolic)}"]
+        if ex.quantity and any(e.quantity != f.quantity for e in f.examples):
+            parts.insert(1, ex.quantity)
         if ex.abs_err is not None:
             parts.append(f"abs err {ex.abs_err:.3g}")
         if ex.rel_err is not None:
