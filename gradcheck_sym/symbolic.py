@@ -110,6 +110,17 @@ class zmul(sympy.Function):  # noqa: N801
         return b if argindex == 1 else a
 
 
+def _zmul(a: sympy.Expr, b: sympy.Expr) -> sympy.Expr:
+    """zmul(a, b) with its trivial cases done here, without sympy's evaluation machinery."""
+    if a == 1:
+        return b
+    if b == 1:
+        return a
+    if a.is_Number and b.is_Number:
+        return zmul(a, b)
+    return zmul(a, b, evaluate=False)
+
+
 # The namespace the op table's sympy builders receive as `s`.
 S = types.SimpleNamespace(
     **{name: getattr(sympy, name) for name in dir(sympy) if not name.startswith("_")},
@@ -202,6 +213,29 @@ class _Templates:
 _TEMPLATES = _Templates()
 
 
+def _substitute(template: sympy.Expr, mapping: dict[sympy.Symbol, sympy.Expr]) -> sympy.Expr:
+    """`template` with placeholders replaced.
+
+    With only symbols substituted, the template's structure is already canonical, so it is
+    rebuilt without sympy's evaluation (the slow part of a sweep over thousands of nodes);
+    with numbers substituted, sympy evaluates, so that ``b*a**(b - 1)`` becomes ``2*a``.
+    """
+    if not all(v.is_Symbol for v in mapping.values()):
+        return template.xreplace(mapping)
+    return _rebuild(template, mapping)
+
+
+def _rebuild(expr: sympy.Expr, mapping: dict[sympy.Symbol, sympy.Expr]) -> sympy.Expr:
+    if expr in mapping:
+        return mapping[expr]
+    if not expr.args or not expr.has(*mapping):
+        return expr
+    args = [_rebuild(a, mapping) for a in expr.args]
+    if isinstance(expr, (sympy.Piecewise, sympy.core.relational.Relational)) or isinstance(expr, sympy.logic.boolalg.Boolean):
+        return expr.func(*args)
+    return expr.func(*args, evaluate=False)
+
+
 def _var_symbol(name: str) -> sympy.Symbol:
     return sympy.Symbol(name, real=True)
 
@@ -233,7 +267,9 @@ def sweep(
         terms = contributions.pop(sym, None)
         if not terms:
             continue
-        total = sympy.Add(*terms)
+        # Sums and products are built unevaluated: sympy's canonicalisation is the slow part of
+        # a sweep, and the program is evaluated numerically, so it buys nothing here.
+        total = terms[0] if len(terms) == 1 else sympy.Add(*terms, evaluate=False)
         if total.is_Number or total.is_Symbol:
             adj = total
         else:
@@ -243,9 +279,9 @@ def sweep(
         if adj == 0:
             continue
         for dep, partial in partials_of(sym, expr):
-            contributions.setdefault(dep, []).append(zmul(adj, partial))
+            contributions.setdefault(dep, []).append(_zmul(adj, partial))
     for sym, terms in contributions.items():  # inputs: never assigned by a step
-        adjoint[sym] = sympy.Add(*terms)
+        adjoint[sym] = terms[0] if len(terms) == 1 else sympy.Add(*terms, evaluate=False)
     return new_steps, adjoint
 
 
@@ -298,7 +334,7 @@ def derive(
             expr = sympy.Piecewise((args[1], args[0]), (args[2], True))
         else:
             template, _ = _TEMPLATES.get(node.op, len(args))
-            expr = template.xreplace(dict(zip(_P, args)))
+            expr = _substitute(template, dict(zip(_P, args)))
         # Every op node gets a step, even x*0 or detach(x): its adjoint is reported.
         sym = sympy.Symbol(f"v[{k}]", real=True)
         steps.append((sym, expr))
@@ -323,7 +359,7 @@ def derive(
                 _, templates = _TEMPLATES.get(node.op, len(args))
                 mapping = dict(zip(_P, args))
                 mapping[_OUT] = sym
-                raw = [(a, d.xreplace(mapping)) for a, d in zip(args, templates)]
+                raw = [(a, _substitute(d, mapping)) for a, d in zip(args, templates)]
             found = [(a, d) for a, d in raw if isinstance(a, sympy.Symbol) and d != 0]
             cache[(False, sym)] = found
             return found
