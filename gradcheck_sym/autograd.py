@@ -102,7 +102,7 @@ def run_autograd(
     for node in graph.nodes:
         k = node.id
         if node.op == "var":
-            t = inputs[node.name or ""].detach().clone().requires_grad_(True)
+            t = inputs[node.name or ""].detach().requires_grad_(True)  # a new leaf; its storage is only read
             leaves.append(t)
         elif node.op == "const":
             t = _const_value(node.value, dtype)

@@ -327,6 +327,9 @@ class Checker:
             self._whole = compile_program(Program(self.d.program.inputs, ()), TORCH,
                                           {f"w:{name}": e for name, e in self.d.whole.items()})
         self._mp: CompiledProgram | None = None
+        self._mag: CompiledProgram | None = None
+        self._mag_env: dict[sympy.Symbol, Any] = {}
+        self._mag_env_key: int | None = None
         self.mp_points = 0
         self.mp_budget = tl.MP_BUDGET
         self.checked = 0
@@ -360,9 +363,9 @@ class Checker:
         env: dict[sympy.Symbol, Any] = {sympy.Symbol(name, real=True): x64[name] for name in x64}
         return self.compiled.run(env, keep=keep)
 
-    def _chunk(self, start: int, arrays: dict[str, np.ndarray]) -> None:
+    def _chunk(self, start: int, arrays: dict[str, torch.Tensor]) -> None:
         n = len(next(iter(arrays.values()))) if arrays else 1
-        xd = {name: torch.tensor(np.asarray(a), dtype=torch.float64).to(self.dtype) for name, a in arrays.items()}
+        xd = {name: a.to(self.dtype) for name, a in arrays.items()}
         x64 = {name: t.to(torch.float64) for name, t in xd.items()}
         run = self.s.autograd(xd, self.order, None)
         ch = _Chunk(start, n, x64, xd, run, self._env(x64, self.keep))
@@ -511,6 +514,7 @@ class Checker:
             # arbitrarily (e.g. sqrt near 0): the noise there is unbounded.
             noise = torch.nan_to_num(noise, nan=math.inf)
             r64 = self._ref(ch, f"q{qi}")[idx]
+            noise = noise + self._magnitude(ch, idx, qi) * (tl.MAGNITUDE_ULPS * self.u / tl.NOISE_SAFETY)
             tol64 = self._tolerance(ch, q, idx, noise, r64, self.dtype == torch.float64, tiny)
             kinked = self._kinked(q, kinks)
             still = bad[idx].clone()
@@ -538,6 +542,25 @@ class Checker:
                                None if cut is None else float(cut[j]), bool(ref_is_64[j]) and self.dtype == torch.float64,
                                has_hp and bool(hp[1][j]))  # type: ignore[index]
                 self._classify(ch, q, i, j, num, kinked is not None and bool(kinked[i]), detail)
+
+    def _magnitude(self, ch: _Chunk, idx: torch.Tensor, qi: int) -> torch.Tensor:
+        """The magnitude sweep's value for quantity `qi` at the candidate points (0 where it has none)."""
+        q = self.quantities[qi]
+        mags = self.d.magnitudes
+        if q.hess is not None or q.node_id is None or q.row >= len(mags) or q.node_id not in mags[q.row]:
+            return torch.zeros(len(idx), dtype=torch.float64)
+        if self._mag is None:
+            assert self.d.magnitude_program is not None
+            extra = {f"m{row}:{k}": e for row, m in enumerate(mags) for k, e in m.items()}
+            self._mag = compile_program(self.d.magnitude_program, TORCH, extra)
+        key = (ch.start, qi)
+        if self._mag_env_key != ch.start:
+            x64 = {sympy.Symbol(name, real=True): t[idx] for name, t in ch.x64.items()}
+            self._mag_env = self._mag.run(x64)
+            self._mag_env_key = ch.start
+        del key
+        v = self._mag_env[sympy.Symbol(f"extra[m{q.row}:{q.node_id}]", real=True)]
+        return torch.nan_to_num(_full(v, len(idx)).abs(), nan=math.inf)
 
     def _tolerance(self, ch: _Chunk, q: Quantity, idx: torch.Tensor, noise: torch.Tensor, r: torch.Tensor,
                    ref_is_64: bool, tiny: float) -> torch.Tensor:

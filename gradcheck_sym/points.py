@@ -1,7 +1,8 @@
 """Where to check: explicit points (`at`) or seeded uniform samples from boxes (`domain`).
 
-Samples are drawn per variable from its own stream (`numpy.random.SeedSequence(seed).spawn`),
-so the points do not depend on how the batch is split into chunks.
+Samples are drawn per variable from its own torch generator, seeded through
+`numpy.random.SeedSequence(seed).spawn`, so the points do not depend on how the batch is
+split into chunks (a generator's stream is sequential).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
+import torch
 
 from .errors import InputError
 
@@ -39,12 +41,13 @@ class PointSet:
     seed: int | None
     first: dict[str, float] | None = None
 
-    def chunks(self, size: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-        """Yield (offset, {name: float64 array}) for consecutive chunks of at most `size` points."""
+    def chunks(self, size: int) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+        """Yield (offset, {name: float64 tensor}) for consecutive chunks of at most `size` points."""
         streams = {}
         if self.boxes:
             children = np.random.SeedSequence(self.seed).spawn(len(self.names))
-            streams = {name: np.random.default_rng(children[i]) for i, name in enumerate(self.names) if name in self.boxes}
+            streams = {name: torch.Generator().manual_seed(int(children[i].generate_state(1, np.uint64)[0] >> 1))
+                       for i, name in enumerate(self.names) if name in self.boxes}
         for start in range(0, self.n, size):
             m = min(size, self.n - start)
             chunk = {}
@@ -52,11 +55,13 @@ class PointSet:
             for name in self.names:
                 if name in self.boxes:
                     lo, hi = self.boxes[name]
-                    drawn = streams[name].uniform(lo, hi, size=m - lead)
-                    chunk[name] = np.concatenate([[self.first[name]], drawn]) if lead else drawn  # type: ignore[index]
+                    drawn = torch.rand(m - lead, generator=streams[name], dtype=torch.float64).mul_(hi - lo).add_(lo)
+                    if lead:
+                        drawn = torch.cat([torch.tensor([self.first[name]], dtype=torch.float64), drawn])  # type: ignore[index]
+                    chunk[name] = drawn
                 else:
-                    values = self.fixed[name]
-                    chunk[name] = np.broadcast_to(values, (self.n,))[start : start + m] if values.size == 1 else values[start : start + m]
+                    values = torch.from_numpy(self.fixed[name])
+                    chunk[name] = values.expand(m) if values.numel() == 1 else values[start : start + m]
             yield start, chunk
 
 

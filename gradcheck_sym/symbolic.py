@@ -157,6 +157,8 @@ class Derivation:
         whole: variable name -> gradient from `sympy.diff` of the whole expression, or None.
         method: how the derivatives were obtained, in words (for the report).
         extra_rows: for each further output of `derive(outputs=...)`, its (adjoints, cut_adjoints).
+        magnitude_program: forward steps plus the magnitude sweeps (see `magnitude`).
+        magnitudes: per output, node id -> the sum over paths of |adjoint x partial| terms.
     """
 
     program: Program
@@ -167,6 +169,8 @@ class Derivation:
     whole: dict[str, sympy.Expr] | None
     method: str
     extra_rows: tuple[tuple[dict[int, sympy.Expr], dict[int, sympy.Expr] | None], ...] = ()
+    magnitude_program: Program | None = None
+    magnitudes: tuple[dict[int, sympy.Expr], ...] = ()
 
 
 def const_expr(value: int | float | str) -> sympy.Expr:
@@ -211,6 +215,25 @@ class _Templates:
 
 
 _TEMPLATES = _Templates()
+
+
+def magnitude(expr: sympy.Expr) -> sympy.Expr:
+    """The expression with every sum of terms replaced by the sum of their absolute values.
+
+    |magnitude(d)| bounds what rounding inside a kernel computing ``d`` is relative to: for
+    gelu'(x) = Phi(x) + x*phi(x) near its root the value is tiny but the terms are not.
+    """
+    if isinstance(expr, sympy.Add):
+        return sympy.Add(*[magnitude(a) for a in expr.args], evaluate=False)
+    if isinstance(expr, sympy.Mul):
+        return sympy.Mul(*[magnitude(a) for a in expr.args], evaluate=False)
+    if isinstance(expr, sympy.Piecewise):
+        return sympy.Piecewise(*[(magnitude(e), c) for e, c in expr.args])
+    if isinstance(expr, zmul):
+        return zmul(magnitude(expr.args[0]), magnitude(expr.args[1]), evaluate=False)
+    if expr.is_Symbol or expr.is_Number or isinstance(expr, sympy.NumberSymbol):
+        return sympy.Abs(expr, evaluate=False) if not (expr.is_Number and expr >= 0) else expr
+    return sympy.Abs(expr, evaluate=False)
 
 
 def _substitute(template: sympy.Expr, mapping: dict[sympy.Symbol, sympy.Expr]) -> sympy.Expr:
@@ -384,6 +407,23 @@ def derive(
             all_steps += cut_steps
         rows.append((adj, cut_adj))
     (adjoints, cut_adjoints), extra_rows = rows[0], tuple(rows[1:])
+
+    # Magnitude sweeps (same graph, |terms| in every partial): a separate program, evaluated
+    # only at the points the detailed test looks at (see tolerance.MAGNITUDE_ULPS).
+    mag_cache: dict[sympy.Symbol, list[tuple[sympy.Symbol, sympy.Expr]]] = {}
+
+    def mag_partials(sym: sympy.Symbol, expr: sympy.Expr) -> list[tuple[sympy.Symbol, sympy.Expr]]:
+        if sym not in mag_cache:
+            mag_cache[sym] = [(a, magnitude(d)) for a, d in node_partials(False)(sym, expr)]
+        return mag_cache[sym]
+
+    mag_steps: list[tuple[sympy.Symbol, sympy.Expr]] = []
+    mag_rows: list[dict[int, sympy.Expr]] = []
+    for i, output in enumerate(outputs if outputs is not None else (graph.output,)):
+        new_steps, mag_map = sweep(steps, values[output], mag_partials, f"m{'' if i == 0 else f'{i}:'}")
+        mag_steps += new_steps
+        mag_rows.append({k: mag_map.get(v, sympy.S.Zero) if isinstance(v, sympy.Symbol) else sympy.S.Zero
+                         for k, v in values.items() if k in adjoints})
     adj_steps = [st for st in all_steps[len(steps):] if str(st[0]).startswith("a[")]
     hessian = None
     if order >= 2:
@@ -399,7 +439,7 @@ def derive(
     else:
         method += f"; no second opinion (sympy.diff of the whole expression is used up to {whole_max_nodes} nodes)"
     return Derivation(Program(inputs, tuple(all_steps)), values, adjoints, cut_adjoints, hessian, whole, method,
-                      extra_rows)
+                      extra_rows, Program(inputs, tuple(steps + mag_steps)), tuple(mag_rows))
 
 
 def _hessian(
