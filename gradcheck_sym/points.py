@@ -77,6 +77,17 @@ def _number(value: Any, what: str) -> float:
 
 
 def _values(value: Any, name: str) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray) and value.ndim == 1 and value.size:
+        # Arrays of points (millions of them): checked in one vectorised pass.
+        if not (np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)):
+            raise InputError(f"the values of {name!r} must be real numbers, not {value.dtype}")
+        arr = np.ascontiguousarray(value, dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(arr))
+        if bad.size:
+            raise InputError(f"the value of {name!r} must be finite, not {arr[bad[0]]} (at index {bad[0]})")
+        return arr
     if isinstance(value, (str, bytes)):
         raise InputError(f"the value of {name!r} must be a number or a list of numbers, not {value!r}")
     if isinstance(value, Sequence) or (hasattr(value, "__len__") and not hasattr(value, "item")) or (

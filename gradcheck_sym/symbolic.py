@@ -110,6 +110,17 @@ class zmul(sympy.Function):  # noqa: N801
         return b if argindex == 1 else a
 
 
+def _mul(a: sympy.Expr, b: sympy.Expr) -> sympy.Expr:
+    """a * b, unevaluated unless trivial."""
+    if a == 1:
+        return b
+    if b == 1:
+        return a
+    if a.is_Number and b.is_Number:
+        return a * b
+    return sympy.Mul(a, b, evaluate=False)
+
+
 def _zmul(a: sympy.Expr, b: sympy.Expr) -> sympy.Expr:
     """zmul(a, b) with its trivial cases done here, without sympy's evaluation machinery."""
     if a == 1:
@@ -186,6 +197,8 @@ def const_expr(value: int | float | str) -> sympy.Expr:
 
 OPS_COMPARE = {name for name, op in OPS.items() if op.kind == "compare"}
 _REUSE_VALUE = {"exp", "tanh"}
+# Functions whose value (in a partial derivative) can be exactly 0 by selection.
+_SELECTORS = (sympy.Piecewise, sympy.Heaviside, sympy.sign, sympy.DiracDelta, sympy.Max, sympy.Min)
 _P = tuple(sympy.Symbol(f"p[{i}]", real=True) for i in range(3))
 _OUT = sympy.Symbol("out", real=True)
 
@@ -283,6 +296,9 @@ def sweep(
     contributions: dict[sympy.Symbol, list[sympy.Expr]] = {}
     adjoint: dict[sympy.Symbol, sympy.Expr] = {}
     new_steps: list[tuple[sympy.Symbol, sympy.Expr]] = []
+    # Symbols whose adjoint can be exactly 0 because a branch was not selected (where, relu,
+    # max, ...): only their products need zmul's strong zero; plain products are cheaper.
+    selectable: set[sympy.Symbol] = set()
     if isinstance(output, sympy.Symbol):
         contributions[output] = [sympy.S.One]
     for index in range(len(steps) - 1, -1, -1):
@@ -301,8 +317,12 @@ def sweep(
         adjoint[sym] = adj
         if adj == 0:
             continue
+        strong = sym in selectable
         for dep, partial in partials_of(sym, expr):
-            contributions.setdefault(dep, []).append(_zmul(adj, partial))
+            term = _zmul(adj, partial) if strong else _mul(adj, partial)
+            contributions.setdefault(dep, []).append(term)
+            if strong or partial.has(*_SELECTORS):
+                selectable.add(dep)
     for sym, terms in contributions.items():  # inputs: never assigned by a step
         adjoint[sym] = terms[0] if len(terms) == 1 else sympy.Add(*terms, evaluate=False)
     return new_steps, adjoint
