@@ -116,6 +116,8 @@ class FunctionSubject:
         # expression must equal it.
         self.check_forward = "value" if expected else "trace"
         self.looped = False
+        self.vmapped = False
+        self.vmap_error: str | None = None
         self._first: _FunctionRun | None = None
         n_vars = len(self.graph.variables)
         n_q = len(self.outputs) * n_vars + (n_vars * n_vars if order >= 2 else 0)
@@ -165,8 +167,12 @@ class FunctionSubject:
         values = {q.key: torch.empty(n, dtype=torch.float64) for q in qs}
         outs = [torch.empty(n, dtype=torch.float64) for _ in self.outputs]
         grads = {f"d {self.out_names[0]}/d {v}": torch.empty(n, dtype=torch.float64) for v in names}
-        # NB: one call per point (a Python loop); batching traced functions with torch.func.vmap
-        # is future work (issue 5).
+        if trial is None and order == 1 and n > 1 and self.vmap_error is None:
+            batched = self._vmapped(xd, dtype, n)
+            if batched is not None:
+                if self._first is None:
+                    self._first = batched
+                return batched
         self.looped = True
         for p in range(n):
             leaves = []
@@ -204,6 +210,38 @@ class FunctionSubject:
         if trial is None and self._first is None:
             self._first = run
         return run
+
+    def _vmapped(self, xd: dict[str, torch.Tensor], dtype: torch.dtype, n: int) -> _FunctionRun | None:
+        """All points at once with torch.func.vmap(jacrev(fn)); None (and a note) where fn does not allow it."""
+        from torch.func import jacrev, vmap
+
+        batched = []
+        for name, shape, elements in self.specs:
+            cols = torch.stack([xd[e] for e in elements], dim=1) if elements else torch.zeros(n, 0, dtype=dtype)
+            batched.append(cols.reshape((n,) + tuple(shape)))
+
+        def flat(*leaves: torch.Tensor) -> torch.Tensor:
+            return torch.cat([t.reshape(-1) for t in check_outputs(self.call(list(leaves)))])
+
+        argnums = tuple(range(len(batched)))
+        try:
+            outs = vmap(flat)(*batched)
+            jac = vmap(jacrev(flat, argnums=argnums))(*batched)
+        except GradcheckSymError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - vmap cannot batch this function: loop instead
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            self.vmap_error = text.split(". ")[0].rstrip(".")[:160]
+            return None
+        names = self.graph.variables
+        columns = torch.cat([j.reshape(n, len(self.outputs), -1) for j in jac], dim=2).to(torch.float64)
+        values = {}
+        for o in range(len(self.outputs)):
+            for v, name in enumerate(names):
+                values[f"jac:{o}:{name}"] = columns[:, o, v]
+        grads = {f"d {self.out_names[0]}/d {name}": columns[:, 0, v] for v, name in enumerate(names)}
+        self.vmapped = True
+        return _FunctionRun(values, [outs[:, o].detach().to(torch.float64) for o in range(len(self.outputs))], grads)
 
     def _grad(self, out: torch.Tensor, leaves: list[torch.Tensor], create_graph: bool) -> torch.Tensor:
         """d out / d (every input element), flattened in variable order; 0 where out does not depend on it."""
@@ -263,8 +301,12 @@ class FunctionSubject:
         if self.trace.custom_functions:
             notes.append("custom autograd.Function " + ", ".join(self.trace.custom_functions)
                          + ": math from its forward, autograd from its backward")
-        if self.looped:
-            notes.append("autograd: the function called once per point (no vmap)")
+        if self.vmapped:
+            notes.append("autograd: all points at once with torch.func.vmap(jacrev(fn))")
+        if self.looped and self.vmap_error:
+            notes.append(f"autograd: the function called once per point (vmap cannot batch it: {self.vmap_error})")
+        elif self.looped and not self.vmapped:
+            notes.append("autograd: the function called once per point")
         if len(self.outputs) > 1:
             notes.append(f"table: gradients of the sum of the {len(self.outputs)} output elements")
         return notes

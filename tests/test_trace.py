@@ -149,3 +149,13 @@ def test_pytest_fixture(gradcheck_sym):
     with pytest.raises(pytest.fail.Exception) as info:
         gradcheck_sym(catalogue.missing_factor, catalogue.MIXED)
     assert "[error] mismatch x" in str(info.value)
+
+
+def test_points_are_batched_with_vmap_where_the_function_allows_it():
+    report = gs.check_function(catalogue.no_grad_norm, catalogue.X23, catalogue.W32, samples=30, seed=1)
+    assert "all points at once with torch.func.vmap(jacrev(fn))" in report.derivation
+    assert [f.kind for f in report.errors()] == ["untracked"]
+    report = gs.check_function(catalogue.good_softplus, catalogue.MIXED, samples=5, seed=1)
+    assert ("the function called once per point (vmap cannot batch it: In order to use an autograd.Function with "
+            "functorch transforms (vmap, grad, jvp, jacrev, ...), it must override the setup_context staticmethod)"
+            in report.derivation)
