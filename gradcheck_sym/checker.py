@@ -89,6 +89,8 @@ class Subject(Protocol):
 
     def autograd(self, xd: dict[str, torch.Tensor], order: int, trial: int | None) -> Run: ...
 
+    def trials(self, xd: dict[str, torch.Tensor], order: int, count: int) -> list[Run]: ...
+
     def rows(self, first: dict[str, Any], n_points: int) -> list[NodeRow]: ...
 
     def extra_findings(self) -> list[Finding]: ...
@@ -123,6 +125,23 @@ class _ExpressionRun:
             gr = self.run.grads.get(node.id)
             if gr is not None:
                 yield f"the gradient of {g.label(node.id)}", gr
+
+
+class _Slice:
+    """One trial's share of a batched run."""
+
+    def __init__(self, run: Run, start: int, n: int) -> None:
+        self.run, self.start, self.n = run, start, n
+
+    def quantity(self, q: Quantity) -> torch.Tensor:
+        return self.run.quantity(q)[self.start : self.start + self.n]
+
+    def outputs(self) -> list[torch.Tensor]:
+        return [o[self.start : self.start + self.n] for o in self.run.outputs()]
+
+    def tensors(self) -> Iterable[tuple[str, torch.Tensor]]:
+        for label, t in self.run.tensors():
+            yield label, t[self.start : self.start + self.n] if t.dim() else t
 
 
 class ExpressionSubject:
@@ -176,14 +195,19 @@ class ExpressionSubject:
 
     def autograd(self, xd: dict[str, torch.Tensor], order: int, trial: int | None) -> Run:
         n = len(next(iter(xd.values()))) if xd else 1
-        perturb = None
-        if trial is not None:
-            dtype = next(iter(xd.values())).dtype if xd else torch.float64
-            perturb = tl.noise_factors(self._perturbable, n, tl.UNIT_ROUNDOFF[dtype], self._approx, dtype, trial)
-        run = run_autograd(self.graph, xd, order=order, perturb=perturb)
-        if trial is None and self._first is None:
+        run = run_autograd(self.graph, xd, order=order)
+        if self._first is None:
             self._first = run
         return _ExpressionRun(run, self.graph, n)
+
+    def trials(self, xd: dict[str, torch.Tensor], order: int, count: int) -> list[Run]:
+        """`count` perturbed runs in one batch: the points repeated, each copy with its own noise."""
+        n = len(next(iter(xd.values()))) if xd else 1
+        dtype = next(iter(xd.values())).dtype if xd else torch.float64
+        perturb = tl.noise_factors(self._perturbable, n, tl.UNIT_ROUNDOFF[dtype], self._approx, dtype, count)
+        run = run_autograd(self.graph, {k: v.repeat(count) for k, v in xd.items()}, order=order, perturb=perturb)
+        whole = _ExpressionRun(run, self.graph, n * count)
+        return [_Slice(whole, t * n, n) for t in range(count)]
 
     def rows(self, first: dict[str, Any], n_points: int) -> list[NodeRow]:
         g = self.graph
@@ -491,7 +515,7 @@ class Checker:
         m = len(idx)
         sub_xd = {name: t[idx] for name, t in ch.xd.items()}
         base = self.s.autograd(sub_xd, self.order, None)
-        trials = [self.s.autograd(sub_xd, self.order, t) for t in range(tl.NOISE_TRIALS)]
+        trials = self.s.trials(sub_xd, self.order, tl.NOISE_TRIALS)
         run64 = None
         if self.dtype != torch.float64:
             run64 = self.s.autograd({k: v.to(torch.float64) for k, v in sub_xd.items()}, self.order, None)
@@ -546,13 +570,14 @@ class Checker:
     def _magnitude(self, ch: _Chunk, idx: torch.Tensor, qi: int) -> torch.Tensor:
         """The magnitude sweep's value for quantity `qi` at the candidate points (0 where it has none)."""
         q = self.quantities[qi]
-        mags = self.d.magnitudes
-        if q.hess is not None or q.node_id is None or q.row >= len(mags) or q.node_id not in mags[q.row]:
+        if q.hess is not None or q.node_id is None or self.d.magnitudes is None:
+            return torch.zeros(len(idx), dtype=torch.float64)
+        program, mags = self.d.magnitudes()
+        if q.row >= len(mags) or q.node_id not in mags[q.row]:
             return torch.zeros(len(idx), dtype=torch.float64)
         if self._mag is None:
-            assert self.d.magnitude_program is not None
             extra = {f"m{row}:{k}": e for row, m in enumerate(mags) for k, e in m.items()}
-            self._mag = compile_program(self.d.magnitude_program, TORCH, extra)
+            self._mag = compile_program(program, TORCH, extra)
         key = (ch.start, qi)
         if self._mag_env_key != ch.start:
             x64 = {sympy.Symbol(name, real=True): t[idx] for name, t in ch.x64.items()}

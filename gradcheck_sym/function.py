@@ -211,6 +211,10 @@ class FunctionSubject:
             self._first = run
         return run
 
+    def trials(self, xd: dict[str, torch.Tensor], order: int, count: int) -> list[_FunctionRun]:
+        """`count` perturbed runs (one call per point each: the perturbation acts on real tensors)."""
+        return [self.autograd(xd, order, t) for t in range(count)]
+
     def _vmapped(self, xd: dict[str, torch.Tensor], dtype: torch.dtype, n: int) -> _FunctionRun | None:
         """All points at once with torch.func.vmap(jacrev(fn)); None (and a note) where fn does not allow it."""
         from torch.func import jacrev, vmap

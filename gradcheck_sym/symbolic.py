@@ -27,6 +27,7 @@ For small graphs the whole expression is also differentiated with
 
 from __future__ import annotations
 
+import functools
 import types
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
@@ -168,8 +169,8 @@ class Derivation:
         whole: variable name -> gradient from `sympy.diff` of the whole expression, or None.
         method: how the derivatives were obtained, in words (for the report).
         extra_rows: for each further output of `derive(outputs=...)`, its (adjoints, cut_adjoints).
-        magnitude_program: forward steps plus the magnitude sweeps (see `magnitude`).
-        magnitudes: per output, node id -> the sum over paths of |adjoint x partial| terms.
+        magnitudes: derives, on first call, (the forward steps plus the magnitude sweeps, and per
+            output: node id -> the sum over paths of |adjoint x partial| terms); see `magnitude`.
     """
 
     program: Program
@@ -180,8 +181,7 @@ class Derivation:
     whole: dict[str, sympy.Expr] | None
     method: str
     extra_rows: tuple[tuple[dict[int, sympy.Expr], dict[int, sympy.Expr] | None], ...] = ()
-    magnitude_program: Program | None = None
-    magnitudes: tuple[dict[int, sympy.Expr], ...] = ()
+    magnitudes: Callable[[], tuple[Program, tuple[dict[int, sympy.Expr], ...]]] | None = None
 
 
 def const_expr(value: int | float | str) -> sympy.Expr:
@@ -428,22 +428,25 @@ def derive(
         rows.append((adj, cut_adj))
     (adjoints, cut_adjoints), extra_rows = rows[0], tuple(rows[1:])
 
-    # Magnitude sweeps (same graph, |terms| in every partial): a separate program, evaluated
-    # only at the points the detailed test looks at (see tolerance.MAGNITUDE_ULPS).
-    mag_cache: dict[sympy.Symbol, list[tuple[sympy.Symbol, sympy.Expr]]] = {}
+    @functools.cache
+    def magnitudes() -> tuple[Program, tuple[dict[int, sympy.Expr], ...]]:
+        """Magnitude sweeps (|terms| in every partial), derived when the detailed test needs them."""
+        mag_cache: dict[sympy.Symbol, list[tuple[sympy.Symbol, sympy.Expr]]] = {}
 
-    def mag_partials(sym: sympy.Symbol, expr: sympy.Expr) -> list[tuple[sympy.Symbol, sympy.Expr]]:
-        if sym not in mag_cache:
-            mag_cache[sym] = [(a, magnitude(d)) for a, d in node_partials(False)(sym, expr)]
-        return mag_cache[sym]
+        def mag_partials(sym: sympy.Symbol, expr: sympy.Expr) -> list[tuple[sympy.Symbol, sympy.Expr]]:
+            if sym not in mag_cache:
+                mag_cache[sym] = [(a, magnitude(d)) for a, d in node_partials(False)(sym, expr)]
+            return mag_cache[sym]
 
-    mag_steps: list[tuple[sympy.Symbol, sympy.Expr]] = []
-    mag_rows: list[dict[int, sympy.Expr]] = []
-    for i, output in enumerate(outputs if outputs is not None else (graph.output,)):
-        new_steps, mag_map = sweep(steps, values[output], mag_partials, f"m{'' if i == 0 else f'{i}:'}")
-        mag_steps += new_steps
-        mag_rows.append({k: mag_map.get(v, sympy.S.Zero) if isinstance(v, sympy.Symbol) else sympy.S.Zero
-                         for k, v in values.items() if k in adjoints})
+        mag_steps: list[tuple[sympy.Symbol, sympy.Expr]] = []
+        mag_rows: list[dict[int, sympy.Expr]] = []
+        for i, output in enumerate(outputs if outputs is not None else (graph.output,)):
+            new_steps, mag_map = sweep(steps, values[output], mag_partials, f"m{'' if i == 0 else f'{i}:'}")
+            mag_steps += new_steps
+            mag_rows.append({k: mag_map.get(v, sympy.S.Zero) if isinstance(v, sympy.Symbol) else sympy.S.Zero
+                             for k, v in values.items() if k in adjoints})
+        return Program(inputs, tuple(steps + mag_steps)), tuple(mag_rows)
+
     adj_steps = [st for st in all_steps[len(steps):] if str(st[0]).startswith("a[")]
     hessian = None
     if order >= 2:
@@ -459,7 +462,7 @@ def derive(
     else:
         method += f"; no second opinion (sympy.diff of the whole expression is used up to {whole_max_nodes} nodes)"
     return Derivation(Program(inputs, tuple(all_steps)), values, adjoints, cut_adjoints, hessian, whole, method,
-                      extra_rows, Program(inputs, tuple(steps + mag_steps)), tuple(mag_rows))
+                      extra_rows, magnitudes)
 
 
 def _hessian(

@@ -96,17 +96,17 @@ def cheap_pass(a: torch.Tensor, r: torch.Tensor, u: float) -> torch.Tensor:
 
 
 def noise_factors(
-    node_ids: list[int], n: int, u: float, approx: dict[int, float], dtype: torch.dtype, trial: int
+    node_ids: list[int], n: int, u: float, approx: dict[int, float], dtype: torch.dtype, trials: int
 ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-    """Seeded random factors 1 + d for each node's value and gradient (one Monte Carlo trial)."""
-    gen = torch.Generator().manual_seed(NOISE_SEED + trial)
+    """Seeded random factors 1 + d for each node's value and gradient, for `trials` Monte Carlo
+    trials side by side (the batch is the n points repeated `trials` times)."""
+    gen = torch.Generator().manual_seed(NOISE_SEED)
+    d = 2 * torch.rand(len(node_ids), 2, trials * n, generator=gen, dtype=torch.float64) - 1
     out = {}
-    for k in node_ids:
-        # 4u, not u: a factor 1 + d with |d| < u mostly rounds back to exactly 1.
+    for i, k in enumerate(node_ids):
+        # PERTURB_ULPS * u, not u: a factor 1 + d with |d| < u mostly rounds back to exactly 1.
         m = max(PERTURB_ULPS * u, approx.get(k, 0.0))
-        f = 1 + m * (2 * torch.rand(n, generator=gen, dtype=torch.float64) - 1)
-        b = 1 + m * (2 * torch.rand(n, generator=gen, dtype=torch.float64) - 1)
-        out[k] = (f.to(dtype), b.to(dtype))
+        out[k] = ((1 + m * d[i, 0]).to(dtype), (1 + m * d[i, 1]).to(dtype))
     return out
 
 
