@@ -81,6 +81,7 @@ def run_autograd(
     *,
     order: int = 1,
     perturb: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
+    retain: bool = True,
 ) -> AutogradRun:
     """Evaluate `graph` with torch on a batch and back-propagate from the output.
 
@@ -89,6 +90,7 @@ def run_autograd(
         inputs: variable name -> 1-D tensor of the batch (all the same length and dtype).
         order: 2 also computes the Hessian of the output by double backward.
         perturb: node id -> (value factor, gradient factor) for the noise estimate.
+        retain: call `retain_grad()` on every non-leaf (False: only the leaves get `.grad`).
 
     Returns:
         An `AutogradRun`.
@@ -111,6 +113,13 @@ def run_autograd(
         else:
             op = OPS[node.op]
             args = [values[a] for a in node.args]
+            if op.kind == "binop" and perturb is None:
+                # A constant operand as a Python number takes torch's scalar paths (x**2 is
+                # PowBackward0 with an int exponent, as in user code), and they are faster.
+                consts = [graph.nodes[a].op == "const" and not isinstance(graph.nodes[a].value, str)
+                          for a in node.args]
+                if any(consts) and not all(consts):
+                    args = [graph.nodes[a].value if c else v for a, c, v in zip(node.args, consts, args)]
             ctx = torch.no_grad() if node.region is not None or node.op == "no_grad" else contextlib.nullcontext()
             try:
                 with ctx:
@@ -124,7 +133,7 @@ def run_autograd(
                 fwd, bwd = perturb[k]
                 t = t * fwd
                 t.register_hook(lambda g, f=bwd: g * f)
-        if t.requires_grad and not t.is_leaf:
+        if retain and t.requires_grad and not t.is_leaf:
             t.retain_grad()
         values[k] = t
     out = values[graph.output]
@@ -133,7 +142,7 @@ def run_autograd(
         return AutogradRun(values, grads, _meta(values), None)
     total = out.sum() if out.dim() else out
     total.backward(retain_graph=order >= 2)
-    grads = {k: (t.grad if t.requires_grad else None) for k, t in values.items()}
+    grads = {k: (t.grad if t.requires_grad and (retain or t.is_leaf) else None) for k, t in values.items()}
     hessian = _hessian(graph, values, total) if order >= 2 else None
     return AutogradRun(values, grads, _meta(values), hessian)
 

@@ -87,7 +87,8 @@ class Subject(Protocol):
 
     def regions(self) -> list[Region]: ...
 
-    def autograd(self, xd: dict[str, torch.Tensor], order: int, trial: int | None) -> Run: ...
+    def autograd(self, xd: dict[str, torch.Tensor], order: int, trial: int | None,
+                 detail: int | None = None) -> Run: ...
 
     def trials(self, xd: dict[str, torch.Tensor], order: int, count: int) -> list[Run]: ...
 
@@ -100,13 +101,19 @@ class Subject(Protocol):
 
 # ---------------------------------------------------------------- expressions
 class _ExpressionRun:
-    def __init__(self, run: AutogradRun, graph: Graph, n: int) -> None:
-        self.run, self.graph, self.n = run, graph, n
+    def __init__(self, run: AutogradRun, graph: Graph, n: int, small: AutogradRun | None = None) -> None:
+        self.run, self.graph, self.n, self.small = run, graph, n, small
 
     def quantity(self, q: Quantity) -> torch.Tensor:
         if q.hess is not None:
             assert self.run.hessian is not None
             return _full(self.run.hessian[q.hess[0]][q.hess[1]].to(torch.float64), self.n)
+        if self.small is not None and not q.is_input:  # intermediates: the leading points only
+            out = torch.zeros(self.n, dtype=torch.float64)
+            gr = self.small.grads.get(q.node_id) if q.node_id is not None else None
+            if gr is not None and gr.dim():
+                out[: gr.shape[0]] = gr.to(torch.float64)
+            return out
         gr = self.run.grads.get(q.node_id) if q.node_id is not None else None
         if gr is None:
             return torch.zeros(self.n, dtype=torch.float64)
@@ -193,8 +200,16 @@ class ExpressionSubject:
                 out.append(Region(f"cut:%{node.id}", self.graph.label(node.id), where, what, (node.id,)))
         return out
 
-    def autograd(self, xd: dict[str, torch.Tensor], order: int, trial: int | None) -> Run:
+    def autograd(self, xd: dict[str, torch.Tensor], order: int, trial: int | None, detail: int | None = None) -> Run:
         n = len(next(iter(xd.values()))) if xd else 1
+        if detail is not None and detail < n:
+            # Intermediate nodes are compared on the first `detail` points only: retain_grad()
+            # on every node there, and the whole batch run as plain user code would be.
+            run = run_autograd(self.graph, xd, order=order, retain=False)
+            small = run_autograd(self.graph, {k: v[:detail] for k, v in xd.items()}, order=order) if detail else None
+            if self._first is None and small is not None:
+                self._first = small
+            return _ExpressionRun(run, self.graph, n, small)
         run = run_autograd(self.graph, xd, order=order)
         if self._first is None:
             self._first = run
@@ -391,7 +406,8 @@ class Checker:
         n = len(next(iter(arrays.values()))) if arrays else 1
         xd = {name: a.to(self.dtype) for name, a in arrays.items()}
         x64 = {name: t.to(torch.float64) for name, t in xd.items()}
-        run = self.s.autograd(xd, self.order, None)
+        sub = min(n, max(0, tl.NODE_POINTS - start))
+        run = self.s.autograd(xd, self.order, None, sub)
         ch = _Chunk(start, n, x64, xd, run, self._env(x64, self.keep))
 
         outside = torch.zeros(n, dtype=torch.bool)
@@ -411,7 +427,6 @@ class Checker:
         per_q_bad: list[torch.Tensor | None] = []
         # Intermediate nodes are compared on the first NODE_POINTS points only (see tolerance);
         # the inputs' gradients and the Hessian at every point.
-        sub = min(n, max(0, tl.NODE_POINTS - start))
         valid = int((~outside).sum())
         valid_sub = int((~outside[:sub]).sum())
         for i, q in enumerate(self.quantities):

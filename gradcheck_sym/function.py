@@ -159,7 +159,8 @@ class FunctionSubject:
         return out
 
     # -- the user's autograd
-    def autograd(self, xd: dict[str, torch.Tensor], order: int, trial: int | None) -> _FunctionRun:
+    def autograd(self, xd: dict[str, torch.Tensor], order: int, trial: int | None,
+                 detail: int | None = None) -> _FunctionRun:
         names = self.graph.variables
         n = len(next(iter(xd.values()))) if xd else 1
         dtype = next(iter(xd.values())).dtype if xd else torch.float64
