@@ -333,10 +333,15 @@ class Checker:
         self._q_by_node = {q.node_id: i for i, q in enumerate(self.quantities)
                            if q.node_id is not None and q.row == 0 and q.hess is None}
         extra: dict[str, sympy.Expr] = {}
+        # Intermediate nodes' references are needed on the first NODE_POINTS points only: they
+        # get their own program, run on those points (see _chunk).
+        self._leading_only: set[str] = set()
         for i, q in enumerate(self.quantities):
             extra[f"q{i}"] = q.ref
             if q.cut_ref is not None:
                 extra[f"c{i}"] = q.cut_ref
+            if not q.is_input and q.hess is None:
+                self._leading_only |= {f"q{i}", f"c{i}"}
         rows = [(self.d.adjoints, None)] + list(self.d.extra_rows)
         self.rows_used = sorted({q.row for q in self.quantities})
         for region in self.regions:  # the gradient each cut drops: its own full-math adjoint
@@ -354,7 +359,9 @@ class Checker:
                 extra[f"v{a}"] = self.d.values[a]
         self.extra_syms = {name: sympy.Symbol(f"extra[{name}]", real=True) for name in extra}
         self.keep = set(self.extra_syms.values())
-        self.compiled = compile_program(self.d.program, TORCH, extra)
+        self.compiled = compile_program(self.d.program, TORCH,
+                                        {k: e for k, e in extra.items() if k not in self._leading_only})
+        self.compiled_leading = compile_program(self.d.program, TORCH, extra) if self._leading_only else None
         self._extra = extra
         # The second opinion has its own program: it runs on the first NODE_POINTS points only.
         self.whole_keys: dict[str, str] = {}
@@ -398,9 +405,25 @@ class Checker:
             bar.close()
         return self._report()
 
-    def _env(self, x64: dict[str, torch.Tensor], keep: set[sympy.Symbol] | None) -> dict[sympy.Symbol, Any]:
+    def _env(self, x64: dict[str, torch.Tensor], keep: set[sympy.Symbol] | None, sub: int | None = None
+             ) -> dict[sympy.Symbol, Any]:
+        """The reference program's values: every point for the full-batch quantities, and (with
+        `sub`) the intermediate nodes' references on the first `sub` points, padded with 0."""
         env: dict[sympy.Symbol, Any] = {sympy.Symbol(name, real=True): x64[name] for name in x64}
-        return self.compiled.run(env, keep=keep)
+        if keep is None:  # everything, at a handful of points (the detailed test)
+            return (self.compiled_leading or self.compiled).run(env, keep=None)
+        out = self.compiled.run(env, keep=keep)
+        if sub and self.compiled_leading is not None:
+            n = len(next(iter(x64.values()))) if x64 else 1
+            lead = self.compiled_leading.run({sympy.Symbol(name, real=True): t[:sub] for name, t in x64.items()},
+                                             keep=keep)
+            for name in self._leading_only:
+                sym = self.extra_syms.get(name)
+                if sym is not None and sym in lead:
+                    padded = torch.zeros(n, dtype=torch.float64)
+                    padded[:sub] = _full(lead[sym], sub)
+                    out[sym] = padded
+        return out
 
     def _chunk(self, start: int, arrays: dict[str, torch.Tensor]) -> None:
         n = len(next(iter(arrays.values()))) if arrays else 1
@@ -408,7 +431,7 @@ class Checker:
         x64 = {name: t.to(torch.float64) for name, t in xd.items()}
         sub = min(n, max(0, tl.NODE_POINTS - start))
         run = self.s.autograd(xd, self.order, None, sub)
-        ch = _Chunk(start, n, x64, xd, run, self._env(x64, self.keep))
+        ch = _Chunk(start, n, x64, xd, run, self._env(x64, self.keep, sub))
 
         outside = torch.zeros(n, dtype=torch.bool)
         refs, autos = [], run.outputs()
