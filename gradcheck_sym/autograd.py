@@ -144,7 +144,10 @@ def run_autograd(
     total.backward(retain_graph=order >= 2)
     grads = {k: (t.grad if t.requires_grad and (retain or t.is_leaf) else None) for k, t in values.items()}
     hessian = _hessian(graph, values, total) if order >= 2 else None
-    return AutogradRun(values, grads, _meta(values), hessian)
+    meta = _meta(values)
+    if not retain:  # a bulk run: keep the output's value, free the intermediates' memory
+        values = {k: v for k, v in values.items() if k == graph.output or graph.nodes[k].op == "var"}
+    return AutogradRun(values, grads, meta, hessian)
 
 
 def _meta(values: dict[int, torch.Tensor]) -> dict[int, NodeMeta]:

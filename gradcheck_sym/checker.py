@@ -109,11 +109,9 @@ class _ExpressionRun:
             assert self.run.hessian is not None
             return _full(self.run.hessian[q.hess[0]][q.hess[1]].to(torch.float64), self.n)
         if self.small is not None and not q.is_input:  # intermediates: the leading points only
-            out = torch.zeros(self.n, dtype=torch.float64)
+            m = len(next(iter(self.small.values.values())))
             gr = self.small.grads.get(q.node_id) if q.node_id is not None else None
-            if gr is not None and gr.dim():
-                out[: gr.shape[0]] = gr.to(torch.float64)
-            return out
+            return torch.zeros(m, dtype=torch.float64) if gr is None else _full(gr.to(torch.float64), m)
         gr = self.run.grads.get(q.node_id) if q.node_id is not None else None
         if gr is None:
             return torch.zeros(self.n, dtype=torch.float64)
@@ -417,12 +415,11 @@ class Checker:
             n = len(next(iter(x64.values()))) if x64 else 1
             lead = self.compiled_leading.run({sympy.Symbol(name, real=True): t[:sub] for name, t in x64.items()},
                                              keep=keep)
-            for name in self._leading_only:
+            del n
+            for name in self._leading_only:  # left short: only their leading points are used
                 sym = self.extra_syms.get(name)
                 if sym is not None and sym in lead:
-                    padded = torch.zeros(n, dtype=torch.float64)
-                    padded[:sub] = _full(lead[sym], sub)
-                    out[sym] = padded
+                    out[sym] = _full(lead[sym], sub)
         return out
 
     def _chunk(self, start: int, arrays: dict[str, torch.Tensor]) -> None:
@@ -433,12 +430,14 @@ class Checker:
         run = self.s.autograd(xd, self.order, None, sub)
         ch = _Chunk(start, n, x64, xd, run, self._env(x64, self.keep, sub))
 
-        outside = torch.zeros(n, dtype=torch.bool)
+        inside = torch.ones(n, dtype=torch.bool)
         refs, autos = [], run.outputs()
         for o in range(len(self.s.outputs)):
             r = self._ref(ch, f"out{o}")
             refs.append(r)
-            outside |= ~torch.isfinite(r) | ~torch.isfinite(autos[o])
+            inside &= torch.isfinite(r)
+            inside &= torch.isfinite(autos[o])
+        outside = ~inside
         self._record_outside(ch, outside, refs[0], autos[0])
         forward = getattr(self.s, "check_forward", None)
         if forward:
@@ -450,27 +449,32 @@ class Checker:
         per_q_bad: list[torch.Tensor | None] = []
         # Intermediate nodes are compared on the first NODE_POINTS points only (see tolerance);
         # the inputs' gradients and the Hessian at every point.
-        valid = int((~outside).sum())
-        valid_sub = int((~outside[:sub]).sum())
+        if forward == "trace":
+            inside = ~outside
+        valid = int(inside.sum())
+        valid_sub = int(inside[:sub].sum())
         for i, q in enumerate(self.quantities):
             full = q.is_input or q.hess is not None
             if not full and sub == 0:
                 per_q_bad.append(None)
                 continue
-            a = run.quantity(q)
+            a = run.quantity(q)  # intermediates: the leading `sub` points only
             r = self._ref(ch, f"q{i}")
+            # bad = inside and not passing (one comparison of booleans: True > False); for an
+            # intermediate node a mask over the leading `sub` points only.
             if full:
-                bad = ~tl.cheap_pass(a, r, self.u) & ~outside
+                bad = inside > tl.cheap_pass(a, r, self.u)
                 self.checked += valid
             else:
-                bad = torch.zeros(n, dtype=torch.bool)
-                bad[:sub] = ~tl.cheap_pass(a[:sub], r[:sub], self.u) & ~outside[:sub]
+                bad = inside[:sub] > tl.cheap_pass(a[:sub], r[:sub], self.u)
                 self.checked += valid_sub
             kinked = self._kinked(q, kinks)
             if kinked is not None:
-                bad = bad | (kinked & ~outside)
-                self._record_kinks(ch, q, kinks, a, r)
+                bad = bad | (kinked & inside)[: len(bad)]
+                self._record_kinks(ch, q, kinks, a, r[: len(a)])
             any_bad = bool(bad.any())
+            if any_bad and len(bad) < n:
+                bad = torch.cat([bad, torch.zeros(n - len(bad), dtype=torch.bool)])
             per_q_bad.append(bad if any_bad else None)
             if any_bad:
                 candidates |= bad
@@ -483,7 +487,18 @@ class Checker:
             self.first["point"] = {name: float(t[0]) for name, t in x64.items()}
 
     def _ref(self, ch: _Chunk, name: str) -> torch.Tensor:
+        """A reference value at the chunk's points (intermediate nodes': the leading points only)."""
         return _full(ch.env[self.extra_syms[name]], ch.n)
+
+    def _ref_at(self, ch: _Chunk, name: str, idx: torch.Tensor) -> torch.Tensor:
+        """A reference value at the points `idx` (0 beyond the leading points, where it is not computed)."""
+        r = self._ref(ch, name)
+        if len(r) == ch.n:
+            return r[idx]
+        out = torch.zeros(len(idx), dtype=torch.float64)
+        ok = idx < len(r)
+        out[ok] = r[idx[ok]]
+        return out
 
     def _kinks(self, ch: _Chunk) -> dict[int, torch.Tensor]:
         out = {}
@@ -501,7 +516,7 @@ class Checker:
         for k, mask in kinks.items():
             if k not in q.affected_by or self._kink_quantity.setdefault(k, q.key) != q.key:
                 continue
-            idx = torch.nonzero(mask).flatten().tolist()
+            idx = [i for i in torch.nonzero(mask).flatten().tolist() if i < len(a)]
             for i in idx[:3]:
                 ex = example(ch.start + i, self._point(ch, i), float(a[i]), float(r[i]))
                 self.acc.add("nondifferentiable", "info", f"kink:%{k}", ex, 0.0, kink=k, quantity=q)
@@ -575,7 +590,7 @@ class Checker:
             # A NaN in a perturbed run means one ulp of rounding can change the result
             # arbitrarily (e.g. sqrt near 0): the noise there is unbounded.
             noise = torch.nan_to_num(noise, nan=math.inf)
-            r64 = self._ref(ch, f"q{qi}")[idx]
+            r64 = self._ref_at(ch, f"q{qi}", idx)
             noise = noise + self._magnitude(ch, idx, qi) * (tl.MAGNITUDE_ULPS * self.u / tl.NOISE_SAFETY)
             tol64 = self._tolerance(ch, q, idx, noise, r64, self.dtype == torch.float64, tiny)
             kinked = self._kinked(q, kinks)
@@ -597,7 +612,7 @@ class Checker:
             ref_is_64 = (~hp[1]) if has_hp else torch.full((m,), self.dtype == torch.float64)  # type: ignore[index]
             tol = self._tolerance(ch, q, idx, noise, r, False, tiny)
             tol = torch.where(ref_is_64 & (self.dtype == torch.float64), tol + tl.NOISE_SAFETY * noise, tol)
-            cut = self._ref(ch, f"c{qi}")[idx] if q.cut_ref is not None else None
+            cut = self._ref_at(ch, f"c{qi}", idx) if q.cut_ref is not None else None
             for j in torch.nonzero(still).flatten().tolist():
                 i = int(idx[j])
                 num = _Numbers(float(a[j]), float(r[j]), float(tol[j]), float(noise[j]),
@@ -630,7 +645,7 @@ class Checker:
         tol = tl.tolerance(noise, r, self.u, ref_is_64, tiny)
         if q.hess is not None:  # a Hessian entry: see tolerance.HESSIAN_ULPS
             g = self.graph
-            scale = sum(self._ref(ch, f"q{self._qindex(g.var_ids[g.variables[v]])}")[idx].abs() for v in q.hess)
+            scale = sum(self._ref_at(ch, f"q{self._qindex(g.var_ids[g.variables[v]])}", idx).abs() for v in q.hess)
             tol = tol + tl.HESSIAN_ULPS * self.u * (scale + r.abs())
         return tol
 

@@ -264,12 +264,27 @@ def _compile(expr: sympy.Expr, backend: Backend, consts: dict[sympy.Expr, Any]) 
         value = bool(expr)
         return lambda env: value
     if isinstance(expr, sympy.Add):
+        # a + (-1)*b is computed as a - b: one kernel instead of two.
+        plus = [a for a in expr.args if not _negated(a)]
+        minus = [_negated(a) for a in expr.args if _negated(a)]
+        if plus and minus:
+            p_parts = [_compile(a, backend, consts) for a in plus]
+            m_parts = [_compile(a, backend, consts) for a in minus]
+            add = backend.add
+            return lambda env: add([p(env) for p in p_parts]) - add([m(env) for m in m_parts])
         parts = [_compile(a, backend, consts) for a in expr.args]
         add = backend.add
         return lambda env: add([p(env) for p in parts])
     if isinstance(expr, sympy.Mul):
-        parts = [_compile(a, backend, consts) for a in expr.args]
+        # a * b**-1 is computed as a / b: one kernel instead of a reciprocal and a product.
+        num = [a for a in expr.args if not (isinstance(a, sympy.Pow) and a.exp == -1)]
+        den = [a.base for a in expr.args if isinstance(a, sympy.Pow) and a.exp == -1]
         mul = backend.mul
+        if num and den:
+            n_parts = [_compile(a, backend, consts) for a in num]
+            d_parts = [_compile(a, backend, consts) for a in den]
+            return lambda env: mul([p(env) for p in n_parts]) / mul([d(env) for d in d_parts])
+        parts = [_compile(a, backend, consts) for a in expr.args]
         return lambda env: mul([p(env) for p in parts])
     if isinstance(expr, sympy.Pow):
         base = _compile(expr.base, backend, consts)
@@ -304,6 +319,14 @@ def _compile(expr: sympy.Expr, backend: Backend, consts: dict[sympy.Expr, Any]) 
         a0 = args[0]
         return lambda env: fn(a0(env))
     return lambda env: fn(*[a(env) for a in args])
+
+
+def _negated(expr: sympy.Expr) -> sympy.Expr | None:
+    """b for a term written (-1)*b, else None."""
+    if isinstance(expr, sympy.Mul) and expr.args and expr.args[0] == -1:
+        rest = expr.args[1:]
+        return rest[0] if len(rest) == 1 else sympy.Mul(*rest, evaluate=False)
+    return None
 
 
 @dataclass
