@@ -98,6 +98,8 @@ class Subject(Protocol):
 
     def notes(self) -> list[str]: ...
 
+    def edges(self) -> list[tuple[int, int, str]]: ...
+
 
 # ---------------------------------------------------------------- expressions
 class _ExpressionRun:
@@ -251,6 +253,17 @@ class ExpressionSubject:
 
     def notes(self) -> list[str]:
         return []
+
+    def edges(self) -> list[tuple[int, int, str]]:
+        """Argument -> node edges between shown nodes; the edge into a cut carries its name."""
+        shown = {n.id for n in self.graph.nodes if n.op != "const" and not (n.op in OPS and OPS[n.op].kind == "compare")}
+        out = []
+        for n in self.graph.nodes:
+            if n.id in shown:
+                for a in n.args:
+                    if a in shown:
+                        out.append((a, n.id, n.op if n.op in ("detach", "no_grad") else ""))
+        return out
 
 
 def kink_ancestry(g: Graph) -> dict[int, set[int]]:
@@ -827,6 +840,7 @@ class Checker:
             checked=self.checked,
             high_precision_points=self.mp_points,
             first_point=self.first.get("point", {}),
+            edges=tuple(self.s.edges()),
         )
 
     def _finding(self, kind: str, severity: str, key: str, count: int, examples: tuple, info: dict) -> Finding:

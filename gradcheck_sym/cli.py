@@ -42,6 +42,15 @@ def _build_parser() -> argparse.ArgumentParser:
     function.add_argument("--dtype", default="float64", choices=["float64", "float32", "float16", "bfloat16"])
     function.add_argument("--order", type=int, default=1, choices=[1, 2])
     function.add_argument("--json", action="store_true", help="print the report as JSON")
+    function.add_argument("--graph", metavar="FILE", default=None, help="draw the graph (.dot, .svg, .png)")
+    run = sub.add_parser("run", help="run a script and verify every backward it does",
+                         usage="gradcheck-sym run SCRIPT [--json] [--graph FILE] [-- SCRIPT ARGS...]",
+                         description="Run a Python script as `python SCRIPT args` would, then report what its "
+                                     "autograd did, verified against the exact derivatives. The script's own "
+                                     "arguments come after --.")
+    run.add_argument("script", help="the script")
+    run.add_argument("--json", action="store_true", help="print the report as JSON")
+    run.add_argument("--graph", metavar="FILE", default=None, help="draw the graph (.dot, .svg, .png)")
     example = sub.add_parser("example", help=f"check the built-in example {EXAMPLE!r}")
     example.add_argument("--json", action="store_true", help="print the report as JSON")
     sub.add_parser("ops", help="list the functions and operators the checker knows")
@@ -58,6 +67,7 @@ def _check_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float64", choices=["float64", "float32", "float16", "bfloat16"])
     p.add_argument("--order", type=int, default=1, choices=[1, 2], help="2 also checks the Hessian")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--graph", metavar="FILE", default=None, help="draw the graph (.dot, .svg, .png)")
     for name, help_ in [("max-chars", "longest expression text"), ("max-depth", "deepest nesting"),
                         ("max-nodes", "most graph nodes"), ("max-int-digits", "largest constant power, in digits")]:
         p.add_argument(f"--{name}", type=int, default=None, help=f"limit: {help_}")
@@ -100,7 +110,13 @@ def _parse_domain(items: list[str]) -> dict[str, tuple[float, float]]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     parser = _build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    script_args: list[str] = []
+    if argv[:1] == ["run"] and "--" in argv:  # everything after -- belongs to the script
+        cut = argv.index("--")
+        argv, script_args = argv[:cut], argv[cut + 1 :]
     args = parser.parse_args(argv)
+    args.script_args = script_args
     if args.command is None:
         parser.print_help()
         return 2
@@ -109,6 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _ops()
         if args.command == "function":
             return _function(args)
+        if args.command == "run":
+            return _run(args)
         if args.command == "example":
             return _check(EXAMPLE, {"at": {"x": [0.7], "y": [1.3]}}, as_json=args.json)
         at = _parse_at(args.at)
@@ -120,16 +138,44 @@ def main(argv: Sequence[str] | None = None) -> int:
             "max_int_digits": args.max_int_digits}.items() if v is not None})
         options = dict(at=at or None, domain=domain or None, samples=args.samples, seed=args.seed,
                        dtype=args.dtype, order=args.order, limits=limits)
-        return _check(args.expression, options, as_json=args.json)
+        return _check(args.expression, options, as_json=args.json, graph=args.graph)
     except GradcheckSymError as exc:
         print(f"gradcheck-sym: error: {exc}", file=sys.stderr)
         return 2
 
 
-def _check(expression: str, options: dict, *, as_json: bool) -> int:
+def _check(expression: str, options: dict, *, as_json: bool, graph: str | None = None) -> int:
     from .api import check
 
-    return _print(check(expression, **options), as_json)
+    return _print(check(expression, **options), as_json, graph)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .script import run_script
+
+    sys.stdout.flush()
+    report = run_script(args.script, args.script_args)
+    sys.stdout.flush()
+    if args.json:
+        print(report.to_json())
+    else:
+        from .render import render_run_text
+
+        print(file=sys.stdout)
+        sys.stdout.write(render_run_text(report, width=_width(), color=_color()))
+    if args.graph:
+        from .picture import run_picture, write_picture
+
+        print(write_picture(run_picture(report), args.graph), file=sys.stderr)
+    return 0 if report.ok else 1
+
+
+def _width() -> int:
+    return max(60, os.get_terminal_size().columns) if sys.stdout.isatty() else 100
+
+
+def _color() -> bool:
+    return sys.stdout.isatty() and "NO_COLOR" not in os.environ
 
 
 def _function(args: argparse.Namespace) -> int:
@@ -156,7 +202,7 @@ def _function(args: argparse.Namespace) -> int:
         raise InputError("give the function's inputs with --input, e.g. --input 'x=[0.3, -1.2, 2.0]'")
     report = check_function(fn, *inputs, names=names, expected=args.expect, samples=args.samples, seed=args.seed,
                             dtype=args.dtype, order=args.order)
-    return _print(report, args.json)
+    return _print(report, args.json, args.graph)
 
 
 def _load(target: str) -> object:
@@ -191,17 +237,18 @@ def _load(target: str) -> object:
     return obj
 
 
-def _print(report: object, as_json: bool) -> int:
+def _print(report: object, as_json: bool, graph: str | None = None) -> int:
     from .render import render_text
 
     if as_json:
-        print(report.to_json())
+        print(report.to_json())  # type: ignore[attr-defined]
     else:
-        tty = sys.stdout.isatty()
-        color = tty and "NO_COLOR" not in os.environ
-        width = os.get_terminal_size().columns if tty else 100
-        sys.stdout.write(render_text(report, width=max(60, width), color=color))
-    return 0 if report.ok else 1
+        sys.stdout.write(render_text(report, width=_width(), color=_color()))  # type: ignore[arg-type]
+    if graph:
+        from .picture import report_picture, write_picture
+
+        print(write_picture(report_picture(report), graph), file=sys.stderr)
+    return 0 if report.ok else 1  # type: ignore[attr-defined]
 
 
 def _ops() -> int:

@@ -297,6 +297,9 @@ class FunctionSubject:
                 "operations, or use .detach() where a constant is meant", 1, (), "", None))
         return out
 
+    def edges(self) -> list[tuple[int, int, str]]:
+        return _edges(self.graph, self.outputs)
+
     def notes(self) -> list[str]:
         notes = []
         if self.expected:
@@ -315,6 +318,20 @@ class FunctionSubject:
         if len(self.outputs) > 1:
             notes.append(f"table: gradients of the sum of the {len(self.outputs)} output elements")
         return notes
+
+
+def _edges(graph: Graph, outputs: tuple[int, ...]) -> list[tuple[int, int, str]]:
+    """Input element -> output element where the output depends on it (at most 500 edges)."""
+    out = []
+    for k in outputs:
+        anc = graph.ancestors(k)
+        for name in graph.variables:
+            v = graph.var_ids[name]
+            if v in anc:
+                out.append((v, k, ""))
+                if len(out) >= 500:
+                    return out
+    return out
 
 
 def _output_names(shapes: list[tuple[int, ...]]) -> list[str]:

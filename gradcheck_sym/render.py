@@ -6,16 +6,21 @@ unless asked), so CLI transcripts can be pinned in tests.
 
 from __future__ import annotations
 
+import html
 import io
 import math
+from typing import Any
 
+import numpy as np
+
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from .report import Finding, Report
 
-__all__ = ["render_text", "render_json"]
+__all__ = ["render_text", "render_json", "render_html", "render_run_text", "render_run_html"]
 
 _SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 
@@ -110,3 +115,118 @@ def _finding(console: Console, f: Finding) -> None:
 
 def render_json(report: Report) -> str:
     return report.to_json()
+
+
+def _val(v: Any) -> str:
+    if v is None:
+        return "None"
+    if isinstance(v, list):
+        flat = np.asarray(v, dtype=float).flatten()
+        return "[" + ", ".join(_num(float(x)) for x in flat[:4]) + (", ...]" if flat.size > 4 else "]")
+    return _num(float(v))
+
+
+def render_run_text(report: Any, *, width: int = 110, color: bool = False) -> str:
+    """The text report of `gradcheck-sym run`: per-tensor table, backwards, findings explained."""
+    buf = io.StringIO()
+    console = Console(file=buf, width=width, color_system="standard" if color else None, force_terminal=color,
+                      highlight=False, emoji=False, soft_wrap=False)
+    console.print(Text(f"gradcheck-sym run {report.script}", style="bold"))
+    n_back = len(report.backwards)
+    console.print(f"backward calls verified: {n_back}"
+                  + "".join(f"\n  line {b['line']}: `{b['source']}` ({b['checked']} gradients checked"
+                            f"{', ' + str(b['errors']) + ' wrong' if b['errors'] else ''})" for b in report.backwards))
+    if report.tensors:
+        table = Table(header_style="bold", pad_edge=False, box=box.SIMPLE_HEAD)
+        for col, justify in [("tensor", "left"), ("line", "right"), ("leaf", "left"), ("req. grad", "left"),
+                             ("grad_fn", "left"), ("retains", "left"), ("value", "right"), (".grad", "right"),
+                             ("exact grad", "right"), ("status", "left")]:
+            table.add_column(col, justify=justify, overflow="fold")  # type: ignore[arg-type]
+        for t in report.tensors:
+            grad = _val(t.grad[-1]) if t.grad else "None"
+            sym = _val(t.symbolic_grad[-1]) if t.symbolic_grad else "-"
+            table.add_row(t.name, str(t.line), "yes" if t.is_leaf else "no", "yes" if t.requires_grad else "no",
+                          t.grad_fn or "-", "yes" if t.retains_grad else "no", _val(t.value), grad, sym,
+                          Text(t.status, style="red" if any(w in t.status for w in ("mismatch", "untracked", "stale",
+                                                                                    "nonfinite,")) else ""))
+        console.print(table)
+    if report.findings:
+        console.print(Text("findings:", style="bold"))
+        for f in report.findings:
+            line = Text()
+            line.append(f"[{f.severity}] ", style=_SEVERITY_STYLE.get(f.severity, ""))
+            line.append(f.kind, style="bold")
+            if f.line:
+                line.append(f" (line {f.line})")
+            console.print(line)
+            console.print(Text("    " + f.message))
+            console.print(Text("    why: " + f.explanation))
+            console.print(Text("    fix: " + f.fix))
+    if report.error:
+        console.print(Text("the script raised (what ran before is verified above):", style="bold red"))
+        console.print(Text(report.error))
+    verdict = Text()
+    errors = sum(1 for f in report.findings if f.severity == "error")
+    if report.ok:
+        verdict.append("OK", style="bold green")
+        verdict.append(f": every gradient matches the exact derivative ({sum(b['checked'] for b in report.backwards)}"
+                       " checked)" if report.backwards else ": nothing to verify")
+    else:
+        verdict.append("FAILED", style="bold red")
+        verdict.append(f": {errors} error finding{'s' if errors != 1 else ''}" + (" and the script raised"
+                                                                                    if report.error else ""))
+    console.print(verdict)
+    return buf.getvalue().rstrip() + "\n"
+
+
+def _html_table(headers: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _html_findings(findings: Any) -> str:
+    items = []
+    for f in findings:
+        extra = ""
+        if getattr(f, "explanation", ""):
+            extra = f"<br><i>why:</i> {html.escape(f.explanation)}<br><i>fix:</i> {html.escape(f.fix)}"
+        items.append(f"<li><b>[{html.escape(f.severity)}] {html.escape(f.kind)}</b> {html.escape(f.message)}{extra}</li>")
+    return "<ul>" + "".join(items) + "</ul>" if items else "<p>No findings.</p>"
+
+
+def _html_graph(picture: Any) -> str:
+    from .picture import svg_or_none
+
+    svg = svg_or_none(picture)
+    return f"<div>{svg}</div>" if svg else ""
+
+
+def render_html(report: Report) -> str:
+    """A check's report for Jupyter: header, per-node table, findings, and the graph (with Graphviz)."""
+    from .picture import report_picture
+
+    rows = [[r.expression, r.grad_fn or "-", "yes" if r.is_leaf else "no", _num(r.value),
+             _num(r.autograd_grad) if r.requires_grad else "None", _num(r.symbolic_grad), r.status] for r in report.nodes]
+    verdict = "OK" if report.ok else f"FAILED: {len(report.errors())} error finding(s)"
+    return (f"<div><h4>gradcheck-sym {html.escape(report.expression)}</h4>"
+            f"<p>{report.n_points} points, {html.escape(report.dtype)}, order {report.order}. "
+            f"<b>{html.escape(verdict)}</b></p>"
+            + _html_table(["node", "grad_fn", "leaf", "value", "autograd grad", "symbolic grad", "status"], rows)
+            + _html_findings(report.findings) + _html_graph(report_picture(report)) + "</div>")
+
+
+def render_run_html(report: Any) -> str:
+    """A script run's report for Jupyter."""
+    from .picture import run_picture
+
+    rows = [[t.name, str(t.line), "yes" if t.is_leaf else "no", "yes" if t.requires_grad else "no", t.grad_fn or "-",
+             _val(t.value), _val(t.grad[-1]) if t.grad else "None", _val(t.symbolic_grad[-1]) if t.symbolic_grad else "-",
+             t.status] for t in report.tensors]
+    verdict = "OK" if report.ok else "FAILED"
+    return (f"<div><h4>gradcheck-sym run {html.escape(report.script)}</h4><p><b>{verdict}</b></p>"
+            + _html_table(["tensor", "line", "leaf", "requires_grad", "grad_fn", "value", ".grad", "exact grad",
+                           "status"], rows)
+            + _html_findings(report.findings)
+            + (f"<pre>{html.escape(report.error)}</pre>" if report.error else "")
+            + _html_graph(run_picture(report)) + "</div>")

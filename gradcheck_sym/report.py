@@ -121,6 +121,8 @@ class Report:
         checked: number of (point, quantity) comparisons made.
         high_precision_points: points whose reference was recomputed in mpmath.
         first_point: the first point (the table's values are there).
+        edges: (from node id, to node id, cut) between the table's nodes, for pictures; cut
+            names the cut ("detach", "no_grad") on an edge autograd does not follow.
     """
 
     expression: str
@@ -136,6 +138,7 @@ class Report:
     checked: int = 0
     high_precision_points: int = 0
     first_point: dict[str, float] = field(default_factory=dict)
+    edges: tuple[tuple[int, int, str], ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -162,6 +165,11 @@ class Report:
         from .render import render_text
 
         return render_text(self)
+
+    def _repr_html_(self) -> str:
+        from .render import render_html
+
+        return render_html(self)
 
 
 def _finite_json(obj: Any) -> Any:

@@ -114,16 +114,19 @@ class Trace:
 class _Builder:
     """Hash-consed graph nodes; `origin` labels the nodes being made."""
 
-    def __init__(self) -> None:
+    def __init__(self, share: bool = True) -> None:
         self.nodes: list[Node] = []
         self.keys: dict[tuple[Any, ...], int] = {}
         self.origin: str | None = None
         self.variables: list[str] = []
+        # Sharing identical scalar ops is right for a function's inputs' gradients; a script's
+        # tensors each have their own .grad, so there every op is its own node.
+        self.share = share
 
     def add(self, op: str, args: tuple[int, ...] = (), **fields: Any) -> int:
         key = (op, args, fields.get("name"), fields.get("value"), type(fields.get("value")).__name__)
-        if op in ("detach", "no_grad"):  # each cut is its own node (they are regions)
-            key = key + (len(self.nodes),)
+        if op in ("detach", "no_grad") or (not self.share and op not in ("var", "const")):
+            key = key + (len(self.nodes),)  # each cut is its own node (they are regions)
         found = self.keys.get(key)
         if found is not None:
             return found
