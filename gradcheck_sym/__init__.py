@@ -24,6 +24,8 @@ __all__ = [
     "check_graph",
     "check_function",
     "assert_gradients",
+    "run_script",
+    "RunReport",
     "parse",
     "Graph",
     "Node",
@@ -46,6 +48,8 @@ _LAZY = {
     "check_graph": "api",
     "check_function": "api",
     "assert_gradients": "api",
+    "run_script": "script",
+    "RunReport": "script",
     "Report": "report",
     "Finding": "report",
     "Example": "report",
@@ -55,6 +59,7 @@ _LAZY = {
 if TYPE_CHECKING:
     from .api import assert_gradients, check, check_function, check_graph
     from .report import Example, Finding, NodeRow, Report
+    from .script import RunReport, run_script
 
 
 def __getattr__(name: str) -> Any:

@@ -135,7 +135,10 @@ def render_run_text(report: Any, *, width: int = 110, color: bool = False) -> st
     n_back = len(report.backwards)
     console.print(f"backward calls verified: {n_back}"
                   + "".join(f"\n  line {b['line']}: `{b['source']}` ({b['checked']} gradients checked"
-                            f"{', ' + str(b['errors']) + ' wrong' if b['errors'] else ''})" for b in report.backwards))
+                            f"{', ' + str(b['errors']) + ' wrong' if b['errors'] else ''})"
+                            + "".join(f"\n    returned d/d {r['tensor']}: {_val(r['grad'])} (exact {_val(r['exact'])})"
+                                      for r in b.get("returned", []))
+                            for b in report.backwards))
     if report.tensors:
         table = Table(header_style="bold", pad_edge=False, box=box.SIMPLE_HEAD)
         for col, justify in [("tensor", "left"), ("line", "right"), ("leaf", "left"), ("req. grad", "left"),
@@ -143,8 +146,9 @@ def render_run_text(report: Any, *, width: int = 110, color: bool = False) -> st
                              ("exact grad", "right"), ("status", "left")]:
             table.add_column(col, justify=justify, overflow="fold")  # type: ignore[arg-type]
         for t in report.tensors:
-            grad = _val(t.grad[-1]) if t.grad else "None"
-            sym = _val(t.symbolic_grad[-1]) if t.symbolic_grad else "-"
+            # after each backward, oldest first (the last three)
+            grad = " → ".join(_val(g) for g in t.grad[-3:]) if t.grad else "None"
+            sym = " → ".join(_val(g) for g in t.symbolic_grad[-3:]) if t.symbolic_grad else "-"
             table.add_row(t.name, str(t.line), "yes" if t.is_leaf else "no", "yes" if t.requires_grad else "no",
                           t.grad_fn or "-", "yes" if t.retains_grad else "no", _val(t.value), grad, sym,
                           Text(t.status, style="red" if any(w in t.status for w in ("mismatch", "untracked", "stale",
@@ -168,9 +172,16 @@ def render_run_text(report: Any, *, width: int = 110, color: bool = False) -> st
     verdict = Text()
     errors = sum(1 for f in report.findings if f.severity == "error")
     if report.ok:
+        checked = sum(b["checked"] for b in report.backwards)
+        warnings_ = sum(1 for f in report.findings if f.severity == "warning")
         verdict.append("OK", style="bold green")
-        verdict.append(f": every gradient matches the exact derivative ({sum(b['checked'] for b in report.backwards)}"
-                       " checked)" if report.backwards else ": nothing to verify")
+        if not report.backwards:
+            verdict.append(": nothing to verify")
+        elif warnings_:
+            verdict.append(f": no error ({checked} gradients checked; {warnings_} warning"
+                           f"{'s' if warnings_ != 1 else ''} above)")
+        else:
+            verdict.append(f": every gradient matches the exact derivative ({checked} checked)")
     else:
         verdict.append("FAILED", style="bold red")
         verdict.append(f": {errors} error finding{'s' if errors != 1 else ''}" + (" and the script raised"

@@ -325,7 +325,7 @@ class _Recorder(_Tracer):
         line, source = self._line()
         plan = self._plan(outs[0], seed, line, source)
         result = func(*args, **kwargs)
-        got = {id(t): g for t, g in zip(ins, result)}
+        got = {id(t): (None if g is None else g.detach().cpu().to(torch.float64).numpy()) for t, g in zip(ins, result)}
         self._verify(plan, {}, got, line, source, accumulate=False, only=[id(t) for t in ins])
         return result
 
@@ -405,8 +405,13 @@ class _Recorder(_Tracer):
                 prev_arr = np.zeros(len(keys))
             expected = prev_arr + full if accumulate else full
             got = after.get(tid)
-            rec.symbolic.append(_shape(expected if gets_grad else full, shape))
-            rec.grads.append(None if got is None else _shape(got.flatten(), shape))
+            if only is None:  # .grad after this backward; torch.autograd.grad returns, it does not fill .grad
+                rec.symbolic.append(_shape(expected if gets_grad else full, shape))
+                rec.grads.append(None if got is None else _shape(got.flatten(), shape))
+            else:
+                event.setdefault("returned", []).append(
+                    {"tensor": tid, "grad": None if got is None else _shape(got.flatten(), shape),
+                     "exact": _shape(full, shape)})
             if not gets_grad:
                 rec.statuses.append("grad is None: not a leaf" if t.requires_grad and not t.is_leaf else
                                     "no grad (does not require grad)")
@@ -615,6 +620,9 @@ def _report(path: str, rec: _Recorder, namespace: dict[str, Any], error: str | N
     if not rec.backwards and error is None:
         explanation, fix = EXPLANATIONS["no-autograd"]
         findings.append(RunFinding("no-autograd", "info", 0, "the script did no backward", explanation, fix))
+    for event in rec.backwards:
+        for item in event.get("returned", []):
+            item["tensor"] = names.get(item["tensor"], str(item["tensor"]))
     edges = [(names.get(i, f"line {rec.records[i].line}"), names.get(tid, f"line {r.line}"), r.cut or "")
              for tid, r in rec.records.items() for i in r.inputs if i in rec.records]
     return RunReport(os.path.basename(path), tuple(rows), tuple(rec.backwards), tuple(findings), error,
@@ -639,6 +647,6 @@ def _names(rec: _Recorder, namespace: dict[str, Any]) -> dict[int, str]:
             name = m.group(1)
             names[tid] = name if name not in taken else f"{name} (line {r.line})"
         else:
-            text = r.source if len(r.source) <= 40 else r.source[:37] + "..."
+            text = r.source if len(r.source) <= 24 else r.source[:21] + "..."
             names[tid] = f"{text} (line {r.line})"
     return names

@@ -1,0 +1,176 @@
+"""gradcheck-sym run: scripts run as themselves, every backward verified, findings explained."""
+
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+import gradcheck_sym as gs
+from gradcheck_sym.cli import main
+from gradcheck_sym.script import EXPLANATIONS
+
+ROOT = Path(__file__).parent.parent
+LESSONS = sorted((ROOT / "examples" / "lessons").glob("*.py"))
+EXPECTED = {
+    "01_leaf_and_nonleaf.py": [], "02_requires_grad.py": [], "03_grad_fn.py": [],
+    "04_nonleaf_grad_warning.py": ["nonleaf-grad"], "05_retain_grad.py": [], "06_register_hook.py": ["hook"],
+    "07_no_grad.py": ["untracked"], "08_data_vs_detach.py": ["stale-graph"], "09_inplace.py": [],
+    "10_accumulation.py": [],
+}
+
+
+def test_every_lesson_has_an_expected_verdict():
+    assert sorted(p.name for p in LESSONS) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=[p.name for p in LESSONS])
+def test_lesson_findings(path, capsys):
+    code = main(["run", str(path)])
+    out = capsys.readouterr().out
+    report = gs.run_script(str(path))
+    assert [f.kind for f in report.findings] == EXPECTED[path.name], out
+    assert code == (1 if any(f.severity == "error" for f in report.findings) else 0)
+    assert report.error is None
+
+
+def _row(report, name):
+    return next(t for t in report.tensors if t.name == name)
+
+
+def test_the_no_grad_lesson_in_detail():
+    report = gs.run_script(str(ROOT / "examples" / "lessons" / "07_no_grad.py"))
+    y, z, w, out = (_row(report, n) for n in ("y", "z", "w", "out"))
+    assert (y.is_leaf, y.requires_grad, y.grad_fn, y.grad, y.symbolic_grad) == (True, True, None, ([6.0],), ([15.0],))
+    assert (z.is_leaf, z.grad_fn, z.grad, z.symbolic_grad) == (False, "AddBackward0", (None,), ([6.0],))
+    assert z.status == "grad is None: not a leaf"
+    assert (w.requires_grad, w.grad_fn, w.status) == (False, None, "made under no_grad: no grad_fn")
+    assert out.grad_fn == "MulBackward0" and out.value == [18.0]
+    (f,) = report.findings
+    assert (f.kind, f.severity, f.line) == ("untracked", "error", 16)
+    assert f.message == ("backward at line 16: .grad of y is 6, the exact gradient is 15; the difference is what "
+                         "no_grad at line 14 hides from autograd")
+    assert (f.explanation, f.fix) == EXPLANATIONS["untracked"]
+
+
+def test_explanations_are_pinned():
+    assert EXPLANATIONS["stale-graph"] == (
+        ".data bypasses autograd: the value changed but grad_fn still describes the old value, so backward "
+        "differentiates a computation that no longer matches the numbers.",
+        "Use .detach() for a constant, or keep the operation in the graph (e.g. z = z * 2).")
+    assert set(EXPLANATIONS) == {"mismatch", "untracked", "stale-graph", "hook", "nonleaf-grad",
+                                 "nondifferentiable", "nonfinite", "not-verified", "no-autograd"}
+
+
+def test_accumulation_retain_graph_and_grad_none():
+    report = gs.run_script(str(ROOT / "examples" / "lessons" / "10_accumulation.py"))
+    x = _row(report, "x")
+    assert x.grad == (3.0, 6.0, 4.0) and x.symbolic_grad == (3.0, 6.0, 4.0)
+    returned = report.backwards[-1]["returned"][0]
+    assert returned["tensor"] == "x" and returned["grad"] == pytest.approx(0.0707372, rel=1e-5)
+
+
+def test_retain_grad_is_compared():
+    report = gs.run_script(str(ROOT / "examples" / "lessons" / "05_retain_grad.py"))
+    h = _row(report, "h")
+    assert h.retains_grad and h.status == "ok"
+    assert h.grad[0] == pytest.approx(h.symbolic_grad[0], rel=1e-6)
+
+
+def test_json_report(capsys):
+    assert main(["run", str(ROOT / "examples" / "lessons" / "07_no_grad.py"), "--json"]) == 1
+    out = capsys.readouterr().out
+    d = json.loads(out[out.index("{"):])
+    assert d["version"] == 1 and d["kind"] == "run" and d["ok"] is False
+    assert {"name", "line", "is_leaf", "requires_grad", "grad_fn", "grad", "symbolic_grad"} <= set(d["tensors"][0])
+    assert {"kind", "severity", "line", "message"} <= set(d["findings"][0])
+
+
+def _script(tmp_path, text):
+    path = tmp_path / "script.py"
+    path.write_text(text)
+    return str(path)
+
+
+def test_script_that_raises_shows_its_traceback_and_what_was_verified(tmp_path, capsys):
+    path = _script(tmp_path, "import torch\nx = torch.tensor(2.0, requires_grad=True)\n(x * x).backward()\n"
+                             "raise ValueError('boom')\n")
+    assert main(["run", path]) == 1
+    out = capsys.readouterr().out
+    assert "(1 gradients checked)" in out
+    assert re.search(r'File ".*script.py", line 4, in <module>', out) and "ValueError: boom" in out
+    assert "gradcheck_sym" not in out.split("the script raised")[1]
+
+
+def test_script_without_autograd_says_so(tmp_path):
+    report = gs.run_script(_script(tmp_path, "import numpy as np\nprint(np.arange(3).sum())\n"))
+    assert [f.kind for f in report.findings] == ["no-autograd"] and report.ok
+
+
+def test_ordinary_python_still_runs(tmp_path, capsys):
+    text = (
+        "import sys\nimport numpy as np\nimport torch\n\n"
+        "class Model(torch.nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n        self.lin = torch.nn.Linear(2, 1)\n"
+        "    def forward(self, x):\n        return torch.tanh(self.lin(x)).sum()\n\n"
+        "def loss_of(m, x):\n    return m(x) ** 2\n\n"
+        "if __name__ == '__main__':\n"
+        "    print('argv', sys.argv[1:])\n"
+        "    torch.manual_seed(0)\n    m = Model().double()\n"
+        "    for i in range(3):\n"
+        "        x = torch.tensor(np.array([0.1 * i, 1.0]))\n"
+        "        loss = loss_of(m, x)\n        loss.backward()\n"
+    )
+    assert main(["run", _script(tmp_path, text), "--", "--flag", "7"]) == 0
+    out = capsys.readouterr().out
+    assert "argv ['--flag', '7']" in out and "backward calls verified: 3" in out
+
+
+def test_graph_pictures(tmp_path, capsys):
+    lesson = str(ROOT / "examples" / "lessons" / "07_no_grad.py")
+    main(["run", lesson, "--graph", str(tmp_path / "g.dot")])
+    dot = (tmp_path / "g.dot").read_text()
+    assert "no_grad" in dot and "style=dashed" in dot and "y (line 11)" in dot
+    if shutil.which("dot"):
+        main(["run", lesson, "--graph", str(tmp_path / "g.svg")])
+        assert (tmp_path / "g.svg").read_text().lstrip().startswith(("<?xml", "<svg"))
+    assert main(["check", "x*detach(tanh(x))", "--at", "x=0.5", "--graph", str(tmp_path / "c.dot")]) == 1
+    assert "detach" in (tmp_path / "c.dot").read_text()
+    fn = str(ROOT / "examples" / "custom_function.py") + ":GoodSoftplus.apply"
+    assert main(["function", fn, "--input", "x=[0.5, 1.0]", "--graph", str(tmp_path / "f.dot")]) == 0
+    assert "x[1]" in (tmp_path / "f.dot").read_text()
+
+
+def test_missing_graphviz_is_a_clear_message(tmp_path, monkeypatch, capsys):
+    import gradcheck_sym.picture as picture
+
+    monkeypatch.setattr(picture.shutil, "which", lambda name: None)
+    code = main(["check", "x*x", "--at", "x=1", "--graph", str(tmp_path / "p.png")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gradcheck-sym: error: Graphviz's `dot` program is not installed, so")
+    assert (tmp_path / "p.dot").exists()
+
+
+def test_html_views():
+    html = gs.check("x*detach(tanh(x))", at={"x": 0.5})._repr_html_()
+    assert "<table>" in html and "untracked" in html
+    run = gs.run_script(str(ROOT / "examples" / "lessons" / "07_no_grad.py"))
+    html = run._repr_html_()
+    assert "<table>" in html and "untracked" in html and "why:" in html
+    if shutil.which("dot"):
+        assert "<svg" in html
+
+
+def test_example_notebook_executes():
+    nbformat = pytest.importorskip("nbformat")
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(ROOT / "examples" / "notebook.ipynb", as_version=4)
+    NotebookClient(nb, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": str(ROOT / "examples")}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    htmls = [o["data"]["text/html"] for o in outputs if "data" in o and "text/html" in o["data"]]
+    assert len(htmls) == 2 and "untracked" in htmls[1]
