@@ -174,3 +174,25 @@ def test_example_notebook_executes():
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     htmls = [o["data"]["text/html"] for o in outputs if "data" in o and "text/html" in o["data"]]
     assert len(htmls) == 2 and "untracked" in htmls[1]
+
+
+def test_mismatch_kink_and_nonfinite_in_a_script(tmp_path):
+    text = (
+        "import torch\n"
+        "class Bad(torch.autograd.Function):\n"
+        "    @staticmethod\n"
+        "    def forward(ctx, x):\n        ctx.save_for_backward(x)\n        return x * x\n"
+        "    @staticmethod\n"
+        "    def backward(ctx, g):\n        (x,) = ctx.saved_tensors\n        return g * x\n"
+        "a = torch.tensor([1.0, 2.0], requires_grad=True)\n"
+        "Bad.apply(a).sum().backward()\n"
+        "b = torch.tensor([0.0, 1.0], requires_grad=True)\n"
+        "torch.relu(b).sum().backward()\n"
+        "c = torch.tensor([-1.0, 4.0], requires_grad=True)\n"
+        "torch.where(c > 0, torch.sqrt(c), torch.zeros(2)).sum().backward()\n"
+    )
+    report = gs.run_script(_script(tmp_path, text))
+    assert [(f.kind, f.line) for f in report.findings] == [("mismatch", 12), ("nondifferentiable", 14),
+                                                           ("nonfinite", 16)]
+    assert report.findings[0].message == "backward at line 12: .grad of a is [1, 2] where the exact gradient is [2, 4]"
+    assert "relu is at a kink there" in report.findings[1].message
