@@ -17,10 +17,8 @@ import sympy
 
 from .report import Example, Finding, Severity
 
-__all__ = ["Quantity", "Accumulator", "Verdict"]
+__all__ = ["Quantity", "Accumulator"]
 
-# Verdict names used while accumulating; they become finding kinds.
-Verdict = str
 MAX_EXAMPLES = 3
 
 

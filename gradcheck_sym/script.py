@@ -29,7 +29,7 @@ from .evaluate import TORCH, compile_program
 from .graph import Graph
 from .ops import OPS
 from .symbolic import derive
-from .trace import _Builder, _internal, _map, _Sym, _Tracer, _Unsupported
+from .trace import _Builder, _internal, _map, _Sym, _tensors, _Tracer, _Unsupported
 
 __all__ = ["run_script", "RunReport", "TensorRow", "RunFinding", "EXPLANATIONS"]
 
@@ -341,7 +341,7 @@ class _Recorder(_Tracer):
         if seed is not None:
             weights = np.asarray(seed.detach().cpu().to(torch.float64).numpy(), dtype=np.float64)
             m = _map(lambda a, w: a * float(w), m, np.broadcast_to(weights, m.shape))
-        total = m.flatten()[0] if m.size == 1 else _sum(self.b, list(m.flatten()))
+        total = m.flatten()[0] if m.size == 1 else _sum(list(m.flatten()))
         total = self.b.sym(total)
         graph = Graph(tuple(self.b.nodes), total.id, tuple(self.b.variables))
         derivation = derive(graph, whole_max_nodes=0)
@@ -497,7 +497,7 @@ def _kinks_hit(graph: Graph, derivation: Any, env_in: dict[sympy.Symbol, Any]) -
     return ""
 
 
-def _sum(b: _Builder, xs: list[Any]) -> Any:
+def _sum(xs: list[Any]) -> Any:
     total = xs[0]
     for x in xs[1:]:
         total = total + x
@@ -521,14 +521,6 @@ def _fmt(a: np.ndarray) -> str:
     if a.size == 1:
         return f"{float(a.flatten()[0]):.6g}"
     return "[" + ", ".join(f"{v:.6g}" for v in a.flatten()[:6]) + (", ...]" if a.size > 6 else "]")
-
-
-def _tensors(out: Any) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, (tuple, list)):
-        return [t for t in out if isinstance(t, torch.Tensor)]
-    return []
 
 
 def _flat(args: Any) -> list[Any]:

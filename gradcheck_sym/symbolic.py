@@ -111,26 +111,16 @@ class zmul(sympy.Function):  # noqa: N801
         return b if argindex == 1 else a
 
 
-def _mul(a: sympy.Expr, b: sympy.Expr) -> sympy.Expr:
-    """a * b, unevaluated unless trivial."""
+def _product(a: sympy.Expr, b: sympy.Expr, strong: bool) -> sympy.Expr:
+    """adjoint * partial (zmul's strong zero when `strong`), trivial cases done here and the rest
+    built without sympy's evaluation machinery."""
     if a == 1:
         return b
     if b == 1:
         return a
     if a.is_Number and b.is_Number:
-        return a * b
-    return sympy.Mul(a, b, evaluate=False)
-
-
-def _zmul(a: sympy.Expr, b: sympy.Expr) -> sympy.Expr:
-    """zmul(a, b) with its trivial cases done here, without sympy's evaluation machinery."""
-    if a == 1:
-        return b
-    if b == 1:
-        return a
-    if a.is_Number and b.is_Number:
-        return zmul(a, b)
-    return zmul(a, b, evaluate=False)
+        return zmul(a, b) if strong else a * b
+    return zmul(a, b, evaluate=False) if strong else sympy.Mul(a, b, evaluate=False)
 
 
 # The namespace the op table's sympy builders receive as `s`.
@@ -319,7 +309,7 @@ def sweep(
             continue
         strong = sym in selectable
         for dep, partial in partials_of(sym, expr):
-            term = _zmul(adj, partial) if strong else _mul(adj, partial)
+            term = _product(adj, partial, strong)
             contributions.setdefault(dep, []).append(term)
             if strong or partial.has(*_SELECTORS):
                 selectable.add(dep)
