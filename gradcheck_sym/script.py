@@ -25,6 +25,7 @@ import numpy as np
 import sympy
 import torch
 
+from .errors import LimitError, UnsupportedError
 from .evaluate import TORCH, compile_program
 from .graph import Graph
 from .ops import OPS
@@ -175,7 +176,9 @@ class _Recorder(_Tracer):
         self.findings: list[RunFinding] = []
         self.backwards: list[dict[str, Any]] = []
         self.leaf_versions: dict[int, int] = {}
+        self.leaf_index: dict[int, int] = {}  # tensor id -> its number in variable names (t3[0,1], t3v2[0,1])
         self._count = 0
+        self.stopped: str | None = None  # set when the recording hit a size limit
 
     # -- helpers
     def _line(self) -> tuple[int, str]:
@@ -192,7 +195,9 @@ class _Recorder(_Tracer):
         """Variables for a leaf that requires grad, seen for the first time (or changed in place)."""
         version = self.leaf_versions.get(id(t), -1) + 1
         self.leaf_versions[id(t)] = version
-        base = f"t{len(self.leaf_versions)}" + (f"v{version}" if version else "")
+        if version == 0:
+            self.leaf_index[id(t)] = len(self.leaf_index) + 1
+        base = f"t{self.leaf_index[id(t)]}" + (f"v{version}" if version else "")
         values = t.detach().cpu().to(torch.float64).numpy()
         m = np.empty(tuple(t.shape), dtype=object)
         for idx in np.ndindex(*t.shape):
@@ -241,20 +246,26 @@ class _Recorder(_Tracer):
             if out.is_leaf and out.requires_grad and id(out) not in self.mirror:
                 self._leaf(out)
             return out
-        if name.endswith("_") and not name.startswith("__") and args and isinstance(args[0], torch.Tensor):
-            t = args[0]
-            if t.is_leaf and t.requires_grad and not torch.is_grad_enabled() and id(t) in self.mirror:
-                # An update such as `w -= lr * w.grad` under no_grad: a new leaf value, not a cut.
+        # (torch refuses an in-place op on a leaf that requires grad unless grad mode is off,
+        # inside the op too, as in torch.nn.init: when it succeeds, it sets a new value.)
+        first = args[0] if args else next(iter(kwargs.values()), None)  # torch.nn.init passes tensor=...
+        if name.endswith("_") and not name.startswith("__") and first is not None:
+            targets = first if isinstance(first, (list, tuple)) else [first]
+            leaves = [t for t in targets if isinstance(t, torch.Tensor) and t.is_leaf and t.requires_grad]
+            if leaves and len(leaves) == len(targets):
+                # Initialisation (kaiming_uniform_) or an update (`w -= lr * w.grad`, an optimizer's
+                # step, also as _foreach_add_) under no_grad: a new leaf value, not a cut.
                 out = func(*args, **kwargs)
-                self._leaf(t)
+                for t in leaves:
+                    self._leaf(t)
                 return out
+        if self.stopped:
+            return func(*args, **kwargs)
         try:
             out = super().__torch_function__(func, types, args, kwargs)
-        except Exception as exc:  # noqa: BLE001 - the tracer's own trouble must not stop the script
-            from .errors import UnsupportedError
-
-            if not isinstance(exc, UnsupportedError):
-                raise
+        except (UnsupportedError, LimitError) as exc:  # the tracer's trouble must not stop the script
+            if isinstance(exc, LimitError):
+                self.stopped = f"recording stopped: {exc.message}"
             out = func(*args, **kwargs)
             for t in _tensors(out):
                 self.opaque[id(t)] = str(exc).split("\n")[0]
@@ -343,7 +354,9 @@ class _Recorder(_Tracer):
             m = _map(lambda a, w: a * float(w), m, np.broadcast_to(weights, m.shape))
         total = m.flatten()[0] if m.size == 1 else _sum(list(m.flatten()))
         total = self.b.sym(total)
-        graph = Graph(tuple(self.b.nodes), total.id, tuple(self.b.variables))
+        # Only what this output depends on: a training loop's earlier iterations stay out, so each
+        # backward costs what its own graph costs.
+        graph, remap = _subgraph(self.b.nodes, total.id)
         derivation = derive(graph, whole_max_nodes=0)
         quantities: dict[str, sympy.Expr] = {}
         targets: dict[int, list[tuple[str, int]]] = {}
@@ -353,12 +366,13 @@ class _Recorder(_Tracer):
             mm = np.asarray(self.mirror[tid], dtype=object).flatten()
             keys = []
             for j, s in enumerate(mm):
-                if isinstance(s, _Sym) and s.id in derivation.adjoints:
+                nid = remap.get(s.id, -1) if isinstance(s, _Sym) else -1
+                if nid in derivation.adjoints:
                     key = f"{tid}:{j}"
-                    quantities[f"f{key}"] = derivation.adjoints[s.id]
+                    quantities[f"f{key}"] = derivation.adjoints[nid]
                     if derivation.cut_adjoints is not None:
-                        quantities[f"c{key}"] = derivation.cut_adjoints.get(s.id, sympy.S.Zero)
-                    keys.append((key, s.id))
+                        quantities[f"c{key}"] = derivation.cut_adjoints.get(nid, sympy.S.Zero)
+                    keys.append((key, nid))
                 else:
                     keys.append((f"{tid}:{j}", -1))
             targets[tid] = keys
@@ -479,6 +493,20 @@ class _Recorder(_Tracer):
 
     def _hook_on_path(self, tid: int, hooked: set[int], graph: Graph) -> bool:
         return bool(hooked & (self._downstream(tid) | {tid}))
+
+
+def _subgraph(nodes: list[Any], root: int) -> tuple[Graph, dict[int, int]]:
+    """The nodes `root` depends on, renumbered in order, as a graph with output `root`."""
+    from .graph import Node
+
+    needed = {root}
+    for node in reversed(nodes[: root + 1]):
+        if node.id in needed:
+            needed.update(node.args)
+    remap = {old: new for new, old in enumerate(sorted(needed))}
+    out = [Node(remap[n.id], n.op, tuple(remap[a] for a in n.args), n.span, n.name, n.value, None, n.origin)
+           for n in nodes if n.id in needed]
+    return Graph(tuple(out), remap[root], tuple(n.name for n in out if n.op == "var")), remap
 
 
 def _kinks_hit(graph: Graph, derivation: Any, env_in: dict[sympy.Symbol, Any]) -> str:
@@ -609,6 +637,9 @@ def _report(path: str, rec: _Recorder, namespace: dict[str, Any], error: str | N
         explanation, fix = EXPLANATIONS["stale-graph"]
         findings.append(RunFinding("stale-graph", "error", cut.line, f"line {cut.line} `{cut.source}`", explanation,
                                    fix))
+    if rec.stopped:
+        explanation, fix = EXPLANATIONS["not-verified"]
+        findings.append(RunFinding("not-verified", "warning", 0, rec.stopped, explanation, fix))
     if not rec.backwards and error is None:
         explanation, fix = EXPLANATIONS["no-autograd"]
         findings.append(RunFinding("no-autograd", "info", 0, "the script did no backward", explanation, fix))

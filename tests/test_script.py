@@ -196,3 +196,18 @@ def test_mismatch_kink_and_nonfinite_in_a_script(tmp_path):
                                                            ("nonfinite", 16)]
     assert report.findings[0].message == "backward at line 12: .grad of a is [1, 2] where the exact gradient is [2, 4]"
     assert "relu is at a kink there" in report.findings[1].message
+
+
+def test_a_training_loop_with_an_optimizer(tmp_path):
+    text = ("import torch\ntorch.manual_seed(0)\n"
+            "model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))\n"
+            "opt = torch.optim.SGD(model.parameters(), lr=0.1)\n"
+            "x = torch.randn(5, 3)\ny = torch.randn(5, 1)\n"
+            "for step in range(3):\n"
+            "    opt.zero_grad()\n"
+            "    loss = torch.nn.functional.mse_loss(model(x), y)\n"
+            "    loss.backward()\n"
+            "    opt.step()\n")
+    report = gs.run_script(_script(tmp_path, text))
+    assert report.ok and report.findings == ()
+    assert [b["checked"] for b in report.backwards] == [4, 4, 4]  # weights and biases of both layers
