@@ -117,6 +117,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv, script_args = argv[:cut], argv[cut + 1 :]
     args = parser.parse_args(argv)
     args.script_args = script_args
+    if getattr(args, "graph", None):
+        from .picture import check_picture_path
+
+        try:
+            check_picture_path(args.graph)
+        except GradcheckSymError as exc:
+            print(f"gradcheck-sym: error: {exc}", file=sys.stderr)
+            return 2
     if args.command is None:
         parser.print_help()
         return 2

@@ -15,7 +15,9 @@ import graphviz
 
 from .errors import UnsupportedError
 
-__all__ = ["report_picture", "run_picture", "write_picture", "svg_or_none", "dot_available"]
+__all__ = ["report_picture", "run_picture", "write_picture", "check_picture_path", "svg_or_none", "dot_available"]
+
+_FORMATS = ("dot", "gv", "svg", "png", "pdf")
 
 _BAD = ("mismatch", "untracked", "stale", "nonfinite at", "nonfinite,")
 _WARN = ("kink", "hook", "overflow", "range", "not a leaf")
@@ -107,6 +109,18 @@ def dot_available() -> bool:
     return shutil.which("dot") is not None
 
 
+def check_picture_path(path: str) -> None:
+    """Refuse, before any work is done, a picture path with an unknown suffix or no folder to go in."""
+    from .errors import InputError
+
+    ext = os.path.splitext(path)[1].lower().lstrip(".")
+    if ext not in _FORMATS:
+        raise InputError(f"--graph {path}: unknown picture format {ext!r}: use a .dot, .svg, .png or .pdf file name")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise InputError(f"--graph {path}: the folder {folder} does not exist")
+
+
 def write_picture(picture: graphviz.Digraph, path: str) -> str:
     """Write `picture` to `path`: .dot (or .gv) as text; .svg / .png / .pdf through Graphviz's `dot`.
 
@@ -117,15 +131,22 @@ def write_picture(picture: graphviz.Digraph, path: str) -> str:
         UnsupportedError: an image format was asked for and `dot` is not installed (the .dot
             file is written beside it all the same), or the suffix is unknown.
     """
+    check_picture_path(path)
     root, ext = os.path.splitext(path)
     ext = ext.lower().lstrip(".")
+    try:
+        return _write(picture, path, root, ext)
+    except OSError as exc:
+        from .errors import InputError
+
+        raise InputError(f"--graph {path}: cannot write it: {exc.strerror or exc}") from None
+
+
+def _write(picture: graphviz.Digraph, path: str, root: str, ext: str) -> str:
     if ext in ("dot", "gv"):
         with open(path, "w", encoding="utf-8") as f:
             f.write(picture.source)
         return f"wrote {path}"
-    if ext not in ("svg", "png", "pdf"):
-        raise UnsupportedError(f"--graph {path}: unknown picture format {ext!r}",
-                               "use a .dot, .svg, .png or .pdf file name")
     if not dot_available():
         with open(root + ".dot", "w", encoding="utf-8") as f:
             f.write(picture.source)

@@ -211,3 +211,15 @@ def test_a_training_loop_with_an_optimizer(tmp_path):
     report = gs.run_script(_script(tmp_path, text))
     assert report.ok and report.findings == ()
     assert [b["checked"] for b in report.backwards] == [4, 4, 4]  # weights and biases of both layers
+
+
+@pytest.mark.parametrize("path,message", [
+    ("/nonexistent/dir/g.svg", "gradcheck-sym: error: --graph /nonexistent/dir/g.svg: the folder /nonexistent/dir does "
+                               "not exist\n"),
+    ("g.xyz", "gradcheck-sym: error: --graph g.xyz: unknown picture format 'xyz': use a .dot, .svg, .png or .pdf "
+              "file name\n"),
+])
+def test_bad_graph_paths_are_refused_before_the_check(path, message, capsys):
+    assert main(["check", "x", "--at", "x=0.5", "--graph", path]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == message and captured.out == ""
