@@ -172,10 +172,21 @@ def _run(args: argparse.Namespace) -> int:
         print(file=sys.stdout)
         sys.stdout.write(render_run_text(report, width=_width(), color=_color()))
     if args.graph:
-        from .picture import run_picture, write_picture
+        from .picture import run_picture
 
-        print(write_picture(run_picture(report), args.graph), file=sys.stderr)
+        _draw(run_picture(report), args.graph)
     return 0 if report.ok else 1
+
+
+def _draw(picture: object, path: str) -> None:
+    """Write the picture; without Graphviz's `dot`, say so (the report's exit code stands)."""
+    from .errors import UnsupportedError
+    from .picture import write_picture
+
+    try:
+        print(write_picture(picture, path), file=sys.stderr)  # type: ignore[arg-type]
+    except UnsupportedError as exc:
+        print(f"gradcheck-sym: warning: {exc}", file=sys.stderr)
 
 
 def _width() -> int:
@@ -253,9 +264,9 @@ def _print(report: object, as_json: bool, graph: str | None = None) -> int:
     else:
         sys.stdout.write(render_text(report, width=_width(), color=_color()))  # type: ignore[arg-type]
     if graph:
-        from .picture import report_picture, write_picture
+        from .picture import report_picture
 
-        print(write_picture(report_picture(report), graph), file=sys.stderr)
+        _draw(report_picture(report), graph)
     return 0 if report.ok else 1  # type: ignore[attr-defined]
 
 

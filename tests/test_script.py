@@ -148,9 +148,9 @@ def test_missing_graphviz_is_a_clear_message(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(picture.shutil, "which", lambda name: None)
     code = main(["check", "x*x", "--at", "x=1", "--graph", str(tmp_path / "p.png")])
-    assert code == 2
+    assert code == 0  # the report's verdict stands
     err = capsys.readouterr().err
-    assert err.startswith("gradcheck-sym: error: Graphviz's `dot` program is not installed, so")
+    assert err.startswith("gradcheck-sym: warning: Graphviz's `dot` program is not installed, so")
     assert (tmp_path / "p.dot").exists()
 
 
