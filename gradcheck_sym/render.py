@@ -168,7 +168,7 @@ def render_run_text(report: Any, *, width: int = 110, color: bool = False) -> st
             console.print(Text("    fix: " + f.fix))
     if report.error:
         console.print(Text("the script raised (what ran before is verified above):", style="bold red"))
-        console.print(Text(report.error))
+        console.print(Text(report.error), soft_wrap=True)  # a traceback is not re-wrapped
     verdict = Text()
     errors = sum(1 for f in report.findings if f.severity == "error")
     if report.ok:
