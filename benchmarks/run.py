@@ -24,8 +24,8 @@ import sympy
 import torch
 
 import gradcheck_sym as gs
-from gradcheck_sym.graph import Graph, Node
-from gradcheck_sym.symbolic import derive
+from gradcheck_sym.ir.graph import Graph, Node
+from gradcheck_sym.reference.symbolic import derive
 
 EXPR = "sin(x)*exp(y) + log(1 + x**2)/y + z"
 DOMAIN = {"x": (-1.0, 1.0), "y": (0.5, 2.0), "z": (0.0, 1.0)}
@@ -141,7 +141,7 @@ def whole_diff_seconds(text: str, limit: float) -> str:
     """sympy.diff of the whole expression (a fresh process, so a swell cannot stall the run)."""
     code = ("import sys, time, sympy; sys.setrecursionlimit(100000)\n"
             "import gradcheck_sym as gs\n"
-            "from gradcheck_sym.symbolic import derive\n"
+            "from gradcheck_sym.reference.symbolic import derive\n"
             f"g = gs.parse({text!r})\n"
             "d = derive(g, whole_max_nodes=0)\n"
             "full = {}\n"

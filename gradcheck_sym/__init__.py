@@ -14,8 +14,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from .errors import GradcheckSymError, InputError, LimitError, ParseError, UnknownFunctionError, UnsupportedError
-from .graph import Graph, Node
-from .parse import Limits, parse
+from .ir.graph import Graph, Node
+from .front.parse import Limits, parse
 
 __version__ = "0.1.0"
 
@@ -48,8 +48,8 @@ _LAZY = {
     "check_graph": "api",
     "check_function": "api",
     "assert_gradients": "api",
-    "run_script": "script",
-    "RunReport": "script",
+    "run_script": "front.script",
+    "RunReport": "front.script",
     "Report": "report",
     "Finding": "report",
     "Example": "report",
@@ -59,7 +59,7 @@ _LAZY = {
 if TYPE_CHECKING:
     from .api import assert_gradients, check, check_function, check_graph
     from .report import Example, Finding, NodeRow, Report
-    from .script import RunReport, run_script
+    from .front.script import RunReport, run_script
 
 
 def __getattr__(name: str) -> Any:

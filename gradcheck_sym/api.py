@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping, Sequence
 
-from .autograd import DTYPES
-from .checker import Checker, ExpressionSubject
+from .autograd.expression import DTYPES
+from .judge.engine import Checker, ExpressionSubject
 from .errors import GradcheckSymError, InputError
-from .graph import Graph
-from .parse import Limits, parse
-from .points import make_points
+from .ir.graph import Graph
+from .front.parse import Limits, parse
+from .judge.points import make_points
 from .report import Report
-from .symbolic import derive
+from .reference.symbolic import derive
 
 __all__ = ["check", "check_graph", "check_function", "assert_gradients"]
 
@@ -139,8 +139,8 @@ def check_function(
         GradcheckSymError: bad input, an op the tracer does not know (`UnsupportedError`), an
             exception inside the function (`FunctionError`, with the function's traceback).
     """
-    from .function import FunctionSubject, describe_call
-    from .trace import trace_function
+    from .autograd.function import FunctionSubject, describe_call
+    from .front.trace import trace_function
 
     torch_dtype = torch_dtype_of(dtype, order)
     call, diff_inputs, params, all_names = _prepare_call(fn, inputs, names, torch_dtype)
@@ -221,7 +221,7 @@ def _expected_trace(expected: str, call: Callable[..., Any], inputs: list) -> An
     """A trace built from an elementwise expression instead of the function's ops."""
     import numpy as np
 
-    from .trace import FunctionError, Trace, _Builder, _element_name, check_outputs
+    from .front.trace import FunctionError, Trace, _Builder, _element_name, check_outputs
 
     names = [n for n, _ in inputs]
     graph = parse(expected, as_variables=set(names))
@@ -269,7 +269,7 @@ def _function_points(trace: Any, inputs: list, samples: int | None, seed: int | 
                      domain: Mapping[str, Any] | None) -> Any:
     import numpy as np
 
-    from .points import PointSet
+    from .judge.points import PointSet
 
     values: dict[str, float] = {}
     for (name, _shape, elements), (_, t) in zip(trace.inputs, inputs):

@@ -118,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.script_args = script_args
     if getattr(args, "graph", None):
-        from .picture import check_picture_path
+        from .report.picture import check_picture_path
 
         try:
             check_picture_path(args.graph)
@@ -139,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check(EXAMPLE, {"at": {"x": [0.7], "y": [1.3]}}, as_json=args.json)
         at = _parse_at(args.at)
         domain = _parse_domain(args.domain)
-        from .parse import Limits
+        from .front.parse import Limits
 
         limits = Limits(**{k: v for k, v in {
             "max_chars": args.max_chars, "max_depth": args.max_depth, "max_nodes": args.max_nodes,
@@ -159,7 +159,7 @@ def _check(expression: str, options: dict, *, as_json: bool, graph: str | None =
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .script import run_script
+    from .front.script import run_script
 
     sys.stdout.flush()
     report = run_script(args.script, args.script_args)
@@ -167,12 +167,12 @@ def _run(args: argparse.Namespace) -> int:
     if args.json:
         print(report.to_json())
     else:
-        from .render import render_run_text
+        from .report.render import render_run_text
 
         print(file=sys.stdout)
         sys.stdout.write(render_run_text(report, width=_width(), color=_color()))
     if args.graph:
-        from .picture import run_picture
+        from .report.picture import run_picture
 
         _draw(run_picture(report), args.graph)
     return 0 if report.ok else 1
@@ -181,7 +181,7 @@ def _run(args: argparse.Namespace) -> int:
 def _draw(picture: object, path: str) -> None:
     """Write the picture; without Graphviz's `dot`, say so (the report's exit code stands)."""
     from .errors import UnsupportedError
-    from .picture import write_picture
+    from .report.picture import write_picture
 
     try:
         print(write_picture(picture, path), file=sys.stderr)  # type: ignore[arg-type]
@@ -243,7 +243,7 @@ def _load(target: str) -> object:
     try:
         spec.loader.exec_module(module)
     except Exception as exc:  # noqa: BLE001 - the user's file failed: show its own traceback
-        from .trace import FunctionError
+        from .front.trace import FunctionError
 
         raise FunctionError(exc) from None
     obj: object = module
@@ -257,14 +257,14 @@ def _load(target: str) -> object:
 
 
 def _print(report: object, as_json: bool, graph: str | None = None) -> int:
-    from .render import render_text
+    from .report.render import render_text
 
     if as_json:
         print(report.to_json())  # type: ignore[attr-defined]
     else:
         sys.stdout.write(render_text(report, width=_width(), color=_color()))  # type: ignore[arg-type]
     if graph:
-        from .picture import report_picture
+        from .report.picture import report_picture
 
         _draw(report_picture(report), graph)
     return 0 if report.ok else 1  # type: ignore[attr-defined]

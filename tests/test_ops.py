@@ -9,7 +9,7 @@ import torch
 
 import gradcheck_sym as gs
 from gradcheck_sym.ops import FUNCTIONS, OPS
-from gradcheck_sym.symbolic import S
+from gradcheck_sym.reference.symbolic import S
 
 SKIP = {"where", "detach", "no_grad"}  # tested in test_check (they need a condition / are cuts)
 NAMES = ["x", "y", "z"]

@@ -10,7 +10,7 @@ import pytest
 
 import gradcheck_sym as gs
 from gradcheck_sym.cli import main
-from gradcheck_sym.script import EXPLANATIONS
+from gradcheck_sym.front.script import EXPLANATIONS
 
 ROOT = Path(__file__).parent.parent
 LESSONS = sorted((ROOT / "examples" / "lessons").glob("*.py"))
@@ -144,7 +144,7 @@ def test_graph_pictures(tmp_path, capsys):
 
 
 def test_missing_graphviz_is_a_clear_message(tmp_path, monkeypatch, capsys):
-    import gradcheck_sym.picture as picture
+    import gradcheck_sym.report.picture as picture
 
     monkeypatch.setattr(picture.shutil, "which", lambda name: None)
     code = main(["check", "x*x", "--at", "x=1", "--graph", str(tmp_path / "p.png")])

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import gradcheck_sym as gs
-from gradcheck_sym.trace import MAX_INPUT_ELEMENTS, FunctionError
+from gradcheck_sym.front.trace import MAX_INPUT_ELEMENTS, FunctionError
 
 from . import catalogue
 

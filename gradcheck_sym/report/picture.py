@@ -13,7 +13,7 @@ from typing import Any
 
 import graphviz
 
-from .errors import UnsupportedError
+from ..errors import UnsupportedError
 
 __all__ = ["report_picture", "run_picture", "write_picture", "check_picture_path", "svg_or_none", "dot_available"]
 
@@ -111,7 +111,7 @@ def dot_available() -> bool:
 
 def check_picture_path(path: str) -> None:
     """Refuse, before any work is done, a picture path with an unknown suffix or no folder to go in."""
-    from .errors import InputError
+    from ..errors import InputError
 
     ext = os.path.splitext(path)[1].lower().lstrip(".")
     if ext not in _FORMATS:
@@ -137,7 +137,7 @@ def write_picture(picture: graphviz.Digraph, path: str) -> str:
     try:
         return _write(picture, path, root, ext)
     except OSError as exc:
-        from .errors import InputError
+        from ..errors import InputError
 
         raise InputError(f"--graph {path}: cannot write it: {exc.strerror or exc}") from None
 

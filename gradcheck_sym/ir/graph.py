@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
-from .ops import OPS
+from ..ops import OPS
 
 __all__ = ["Node", "Graph"]
 

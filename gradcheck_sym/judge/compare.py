@@ -15,7 +15,7 @@ from typing import Any
 
 import sympy
 
-from .report import Example, Finding, Severity
+from ..report import Example, Finding, Severity
 
 __all__ = ["Quantity", "Accumulator"]
 

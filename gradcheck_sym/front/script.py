@@ -25,11 +25,11 @@ import numpy as np
 import sympy
 import torch
 
-from .errors import LimitError, UnsupportedError
-from .evaluate import TORCH, compile_program
-from .graph import Graph
-from .ops import OPS
-from .symbolic import derive
+from ..errors import LimitError, UnsupportedError
+from ..reference.evaluate import TORCH, compile_program
+from ..ir.graph import Graph
+from ..ops import OPS
+from ..reference.symbolic import derive
 from .trace import _Builder, _internal, _map, _Sym, _tensors, _Tracer, _Unsupported
 
 __all__ = ["run_script", "RunReport", "TensorRow", "RunFinding", "EXPLANATIONS"]
@@ -124,7 +124,7 @@ class RunReport:
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
 
-        from .report import _finite_json
+        from ..report.records import _finite_json
 
         return {"version": RUN_SCHEMA_VERSION, "kind": "run", "script": self.script, "ok": self.ok,
                 "error": self.error, "tensors": [_finite_json(asdict(t)) for t in self.tensors],
@@ -137,12 +137,12 @@ class RunReport:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
     def __str__(self) -> str:
-        from .render import render_run_text
+        from ..report.render import render_run_text
 
         return render_run_text(self)
 
     def _repr_html_(self) -> str:
-        from .render import render_run_html
+        from ..report.render import render_run_html
 
         return render_run_html(self)
 
@@ -497,7 +497,7 @@ class _Recorder(_Tracer):
 
 def _subgraph(nodes: list[Any], root: int) -> tuple[Graph, dict[int, int]]:
     """The nodes `root` depends on, renumbered in order, as a graph with output `root`."""
-    from .graph import Node
+    from ..ir.graph import Node
 
     needed = {root}
     for node in reversed(nodes[: root + 1]):
@@ -572,7 +572,7 @@ def run_script(path: str, argv: list[str] | None = None) -> RunReport:
     Returns:
         A `RunReport` (its `error` holds the script's own traceback if it raised).
     """
-    from .errors import InputError
+    from ..errors import InputError
 
     if not os.path.isfile(path):
         raise InputError(f"{path!r}: no such file")

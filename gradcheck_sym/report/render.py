@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .report import Finding, Report
+from .records import Finding, Report
 
 __all__ = ["render_text", "render_json", "render_html", "render_run_text", "render_run_html"]
 

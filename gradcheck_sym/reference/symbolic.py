@@ -35,8 +35,8 @@ from typing import Any, Callable, Iterable, Sequence
 import sympy
 from sympy.codegen.cfunctions import expm1, log1p, log2, log10
 
-from .graph import Graph
-from .ops import OPS
+from ..ir.graph import Graph
+from ..ops import OPS
 
 __all__ = ["Program", "Derivation", "derive", "S", "zmul", "sweep"]
 

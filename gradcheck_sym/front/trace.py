@@ -34,8 +34,8 @@ import numpy as np
 import torch
 from torch.overrides import TorchFunctionMode
 
-from .errors import GradcheckSymError, LimitError, UnsupportedError
-from .graph import Graph, Node
+from ..errors import GradcheckSymError, LimitError, UnsupportedError
+from ..ir.graph import Graph, Node
 
 __all__ = ["Trace", "Cut", "trace_function", "FunctionError", "MAX_INPUT_ELEMENTS", "MAX_TRACE_NODES"]
 
@@ -44,7 +44,7 @@ __all__ = ["Trace", "Cut", "trace_function", "FunctionError", "MAX_INPUT_ELEMENT
 MAX_INPUT_ELEMENTS = 5_000
 MAX_TRACE_NODES = 200_000
 
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
 _FUNCTION_PY = torch.autograd.function.__file__
 

@@ -19,9 +19,9 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Collection, Sequence
 
-from .errors import InputError, LimitError, ParseError, UnknownFunctionError
-from .graph import Graph, Node
-from .ops import BINOPS, COMPARISONS, CONSTANTS, FUNCTIONS, suggest
+from ..errors import InputError, LimitError, ParseError, UnknownFunctionError
+from ..ir.graph import Graph, Node
+from ..ops import BINOPS, COMPARISONS, CONSTANTS, FUNCTIONS, suggest
 
 __all__ = ["Limits", "parse"]
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
-from .errors import UnsupportedError
-from .graph import Graph
-from .ops import OPS
+from ..errors import UnsupportedError
+from ..ir.graph import Graph
+from ..ops import OPS
 
 __all__ = ["AutogradRun", "NodeMeta", "run_autograd", "DTYPES"]
 

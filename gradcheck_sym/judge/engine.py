@@ -26,14 +26,14 @@ import sympy
 import torch
 
 from . import tolerance as tl
-from .autograd import AutogradRun, run_autograd
+from ..autograd.expression import AutogradRun, run_autograd
 from .compare import Accumulator, Quantity, example, finding, fmt
-from .evaluate import MPMATH, TORCH, CompiledProgram, UnevaluableError, compile_program
-from .graph import Graph
-from .ops import OPS
+from ..reference.evaluate import MPMATH, TORCH, CompiledProgram, UnevaluableError, compile_program
+from ..ir.graph import Graph
+from ..ops import OPS
 from .points import PointSet
-from .report import Finding, NodeRow, Report
-from .symbolic import Derivation
+from ..report import Finding, NodeRow, Report
+from ..reference.symbolic import Derivation
 
 __all__ = ["Region", "Run", "Subject", "ExpressionSubject", "Checker"]
 
@@ -378,7 +378,7 @@ class Checker:
         self.whole_keys: dict[str, str] = {}
         self._whole: CompiledProgram | None = None
         if self.d.whole is not None:
-            from .symbolic import Program
+            from ..reference.symbolic import Program
 
             self.whole_keys = {name: f"w:{name}" for name in self.d.whole}
             self._whole = compile_program(Program(self.d.program.inputs, ()), TORCH,

@@ -19,14 +19,14 @@ import numpy as np
 import torch
 from torch.overrides import TorchFunctionMode
 
-from . import tolerance as tl
-from .checker import Region, kink_ancestry
-from .compare import Quantity
-from .errors import GradcheckSymError, LimitError
-from .graph import Graph
-from .report import Finding, NodeRow
-from .symbolic import Derivation
-from .trace import Cut, FunctionError, Trace, check_outputs
+from ..judge import tolerance as tl
+from ..judge.engine import Region, kink_ancestry
+from ..judge.compare import Quantity
+from ..errors import GradcheckSymError, LimitError
+from ..ir.graph import Graph
+from ..report import Finding, NodeRow
+from ..reference.symbolic import Derivation
+from ..front.trace import Cut, FunctionError, Trace, check_outputs
 
 __all__ = ["FunctionSubject", "MAX_QUANTITIES"]
 

@@ -16,7 +16,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
-from .errors import InputError
+from ..errors import InputError
 
 __all__ = ["PointSet", "make_points"]
 
@@ -172,7 +172,7 @@ def make_points(
         n = sizes.pop() if sizes else 1
         seed = None
     if n > max_points:
-        from .errors import LimitError
+        from ..errors import LimitError
 
         raise LimitError(f"{n:,} points is more than the limit of {max_points:,}", "max_points", n, max_points)
     return PointSet(tuple(variables), n, fixed, boxes, seed)
