@@ -109,13 +109,16 @@ def check_function(
     domain: Mapping[str, Any] | None = None,
     dtype: str = "float64",
     order: int = 1,
-    chunk_size: int | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
 ) -> Report:
     """Check a PyTorch function, `nn.Module` or custom `autograd.Function.apply` against exact math.
 
-    The function is run for real and every torch op it performs is recorded and turned into
-    sympy (see `trace`); its own autograd (hand-written backwards included) is compared with
-    the exact derivatives, and every cut of the gradient is located and judged.
+    The function runs for real under a tracer that records each torch op on whole tensors;
+    the reference differentiates that program with our own rules (sympy for elementwise
+    math, exact transposes for linear maps), and the function's own autograd (hand-written
+    backwards, hooks and cuts included) is compared with it element by element.  Every cut
+    of the gradient is located and judged; what cannot be verified is said.
 
     Args:
         fn: the function; called as ``fn(*inputs)``.
@@ -124,39 +127,29 @@ def check_function(
         names: names of the positional inputs (default: the function's parameter names).
         expected: the math as an expression over the input names, applied elementwise
             (``"sin(x)**2"``), instead of the trace.
-        samples: also check this many random points near the given inputs (each element within
-            10% of its magnitude, at least 0.1), or in `domain`.
+        samples: also check this many random points near the given inputs (each element scaled
+            by up to 10%), or in `domain`.
         seed: sampling seed (drawn and recorded when None).
         domain: input name -> (low, high) box for the sampled points.
         dtype: "float64" (default), "float32", "float16" or "bfloat16".
-        order: 2 also checks the Hessian (scalar outputs), i.e. the backward's own derivative.
-        chunk_size: points per chunk.
+        order: 2 also checks second derivatives (Hessian-vector products of each output), i.e.
+            the backward's own derivative.
+        rtol, atol: extra tolerance the caller accepts (e.g. a deliberate epsilon), recorded
+            in the report.
 
     Returns:
-        A `Report`; ``report.ok`` is False when an error finding exists.
+        A `Report`; ``report.ok`` is False when an error finding exists (a `not-verified`
+        error when nothing could be compared).
 
     Raises:
-        GradcheckSymError: bad input, an op the tracer does not know (`UnsupportedError`), an
-            exception inside the function (`FunctionError`, with the function's traceback).
+        GradcheckSymError: bad input, or an exception inside the function (`FunctionError`,
+            with the function's own traceback).
     """
-    from .autograd.function import FunctionSubject, describe_call
-    from .front.trace import trace_function
+    from .judge.function import check_traced_function
 
     torch_dtype = torch_dtype_of(dtype, order)
-    call, diff_inputs, params, all_names = _prepare_call(fn, inputs, names, torch_dtype)
-    if not diff_inputs and not params:
-        raise InputError("no input needs a gradient: give at least one floating-point tensor "
-                         "(integer tensors and other arguments are passed through as constants)")
-    if expected is not None:
-        trace = _expected_trace(expected, call, diff_inputs + params)
-    else:
-        trace = trace_function(fn, diff_inputs, params=params, call=call)
-    derivation = derive(trace.graph, order=order if len(trace.outputs) == 1 else 1, outputs=trace.outputs)
-    subject = FunctionSubject(call, trace, derivation, title=describe_call(fn, all_names),
-                              input_specs=trace.inputs, order=order if len(trace.outputs) == 1 else 1,
-                              expected=expected)
-    points = _function_points(trace, diff_inputs + params, samples, seed, domain)
-    return Checker(subject, points, torch_dtype, subject.order).run(chunk_size, False)
+    return check_traced_function(fn, inputs, names=names, expected=expected, samples=samples, seed=seed,
+                                 domain=domain, dtype=torch_dtype, order=order, rtol=rtol, atol=atol)
 
 
 def assert_gradients(fn: Callable[..., Any], *inputs: Any, **options: Any) -> Report:
@@ -170,136 +163,3 @@ def assert_gradients(fn: Callable[..., Any], *inputs: Any, **options: Any) -> Re
     if not report.ok:
         raise AssertionError("gradcheck-sym found errors:\n" + str(report))
     return report
-
-
-def _prepare_call(fn: Any, inputs: tuple, names: Sequence[str] | None, dtype: Any) -> tuple:
-    """The differentiable inputs, the module parameters and a call(leaves) that rebuilds the arguments."""
-    import inspect
-
-    import torch
-
-    target = fn.forward if isinstance(fn, torch.nn.Module) else fn
-    if names is None:
-        try:
-            params_sig = [p.name for p in inspect.signature(target).parameters.values()
-                          if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
-        except (TypeError, ValueError):
-            params_sig = []
-        if params_sig and params_sig[-1:] and len(params_sig) >= len(inputs) and not any(
-                p in ("args",) for p in params_sig[: len(inputs)]):
-            names = params_sig[: len(inputs)]
-        else:
-            names = [f"x{i}" if len(inputs) > 1 else "x" for i in range(len(inputs))]
-    names = list(names)
-    if len(names) != len(inputs):
-        raise InputError(f"{len(names)} names for {len(inputs)} inputs")
-    positions, diff = [], []
-    for i, (name, x) in enumerate(zip(names, inputs)):
-        if isinstance(x, torch.Tensor) and x.is_complex():
-            raise InputError(f"input {name!r} is complex; the checker works with real numbers")
-        if isinstance(x, torch.Tensor) and x.is_floating_point():
-            positions.append(i)
-            diff.append((name, x.detach().to(dtype)))
-    params: list[tuple[str, torch.Tensor]] = []
-    if isinstance(fn, torch.nn.Module):
-        params = [(n, p.detach().to(dtype)) for n, p in fn.named_parameters()]
-    n_diff = len(diff)
-
-    def call(leaves: list[torch.Tensor]) -> Any:
-        args = list(inputs)
-        for pos, leaf in zip(positions, leaves[:n_diff]):
-            args[pos] = leaf
-        if isinstance(fn, torch.nn.Module):
-            state = {n: leaf for (n, _), leaf in zip(params, leaves[n_diff:])}
-            return torch.func.functional_call(fn, state, tuple(args))
-        return fn(*args)
-
-    return call, diff, params, names
-
-
-def _expected_trace(expected: str, call: Callable[..., Any], inputs: list) -> Any:
-    """A trace built from an elementwise expression instead of the function's ops."""
-    import numpy as np
-
-    from .front.trace import FunctionError, Trace, _Builder, _element_name, check_outputs
-
-    names = [n for n, _ in inputs]
-    graph = parse(expected, as_variables=set(names))
-    unknown = [v for v in graph.variables if v not in names]
-    if unknown:
-        raise InputError(f"expected= uses {unknown[0]!r}, which is not an input (inputs: {', '.join(names)})")
-    try:
-        outs = check_outputs(call([t.clone() for _, t in inputs]))
-    except GradcheckSymError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise FunctionError(exc) from None
-    if len(outs) != 1:
-        raise InputError("expected= describes one output; the function returns several")
-    shape = tuple(outs[0].shape)
-    b = _Builder()
-    specs, var_arrays = [], {}
-    for name, t in inputs:
-        elements = [_element_name(name, idx, t.dim()) for idx in np.ndindex(*t.shape)]
-        arr = np.empty(tuple(t.shape), dtype=object)
-        for idx, e in zip(np.ndindex(*t.shape), elements):
-            arr[idx] = b.var(e).id
-        specs.append((name, tuple(t.shape), elements))
-        try:
-            var_arrays[name] = np.broadcast_to(arr, shape)
-        except ValueError:
-            raise InputError(f"expected= is elementwise: input {name!r} of shape {tuple(t.shape)} does not broadcast "
-                             f"to the output shape {shape}") from None
-    outputs = []
-    for idx in np.ndindex(*shape):
-        ids: dict[int, int] = {}
-        for node in graph.nodes:
-            if node.op == "var":
-                ids[node.id] = int(var_arrays[node.name][idx])
-            elif node.op == "const":
-                ids[node.id] = b.add("const", value=node.value)
-            else:
-                ids[node.id] = b.add(node.op, tuple(ids[a] for a in node.args))
-        outputs.append(ids[graph.output])
-    g = Graph(tuple(b.nodes), outputs[0], tuple(b.variables))
-    return Trace(g, specs, outputs, [shape], [], [])
-
-
-def _function_points(trace: Any, inputs: list, samples: int | None, seed: int | None,
-                     domain: Mapping[str, Any] | None) -> Any:
-    import numpy as np
-
-    from .judge.points import PointSet
-
-    values: dict[str, float] = {}
-    for (name, _shape, elements), (_, t) in zip(trace.inputs, inputs):
-        for e, v in zip(elements, t.detach().to(dtype=__import__("torch").float64).flatten().tolist()):
-            values[e] = v
-    names = tuple(trace.graph.variables)
-    if samples is None:
-        if domain:
-            raise InputError("domain needs samples: give samples=N")
-        return PointSet(names, 1, {n: np.array([values[n]]) for n in names}, {}, None)
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise InputError(f"samples must be a positive integer, not {samples!r}")
-    domain = dict(domain or {})
-    known = {name for name, _, _ in trace.inputs}
-    for name in domain:
-        if name not in known:
-            raise InputError(f"unknown input {name!r} in domain: the inputs are {', '.join(sorted(known))}")
-    boxes = {}
-    for name, _shape, elements in trace.inputs:
-        for e in elements:
-            if name in domain:
-                lo, hi = (float(v) for v in domain[name])
-                if lo > hi:
-                    raise InputError(f"the domain of {name!r} is empty: low {lo} > high {hi}")
-                boxes[e] = (lo, hi)
-            else:
-                r = 0.1 * max(abs(values[e]), 1.0)
-                boxes[e] = (values[e] - r, values[e] + r)
-    if seed is None:
-        import secrets
-
-        seed = secrets.randbits(32)
-    return PointSet(names, samples + 1, {}, boxes, seed, first=values)

@@ -119,6 +119,7 @@ _TORCH_FUNCS: dict[type, Callable[..., Any]] = {
     zmul: _t_zmul,
     sympy.StrictGreaterThan: torch.gt, sympy.GreaterThan: torch.ge, sympy.StrictLessThan: torch.lt,
     sympy.LessThan: torch.le, sympy.Equality: torch.eq, sympy.Unequality: torch.ne,
+    sympy.And: _t_reduce(torch.logical_and), sympy.Or: _t_reduce(torch.logical_or), sympy.Not: torch.logical_not,
 }
 
 TORCH = Backend(
@@ -212,6 +213,7 @@ _MP_FUNCS: dict[type, Callable[..., Any]] = {
     sympy.StrictGreaterThan: lambda a, b: a > b, sympy.GreaterThan: lambda a, b: a >= b,
     sympy.StrictLessThan: lambda a, b: a < b, sympy.LessThan: lambda a, b: a <= b,
     sympy.Equality: lambda a, b: a == b, sympy.Unequality: lambda a, b: a != b,
+    sympy.And: lambda *a: all(a), sympy.Or: lambda *a: any(a), sympy.Not: lambda a: not a,
 }
 
 

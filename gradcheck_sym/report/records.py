@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-__all__ = ["SCHEMA_VERSION", "Severity", "Example", "Finding", "NodeRow", "Report", "KIND_SEVERITY"]
+__all__ = ["SCHEMA_VERSION", "Severity", "Example", "CutLocation", "Finding", "NodeRow", "Report", "KIND_SEVERITY"]
 
 SCHEMA_VERSION = 1
 Severity = Literal["error", "warning", "info"]
@@ -59,6 +59,27 @@ class Example:
 
 
 @dataclass(frozen=True)
+class CutLocation:
+    """Where the gradient is cut, as data.
+
+    Attributes:
+        kind: "no_grad", "detach", ".data", ".item()", ".tolist()".
+        file, line, source: the user's file, line and source line.
+        dropped: the largest full-math gradient that flows into the cut (0: harmless).
+    """
+
+    kind: str
+    file: str
+    line: int
+    source: str
+    dropped: float = 0.0
+
+    @property
+    def file_name(self) -> str:
+        return self.file.replace("\\", "/").rsplit("/", 1)[-1] if self.file else "<unknown>"
+
+
+@dataclass(frozen=True)
 class Finding:
     """One verdict about one node (or Hessian entry), over all the points where it holds.
 
@@ -72,6 +93,8 @@ class Finding:
         quantity: what was compared ("d out/d x/y", "d2 out/dx dy", "value"), "" when nothing was.
         node_id: the graph node id, or None.
         convention: torch's convention at a kink (nondifferentiable), else "".
+        cuts: for traced code, the cuts the finding is about (`CutLocation`s).
+        file, line: where in the user's code (the cut's line for `untracked`), when known.
     """
 
     kind: str
@@ -83,6 +106,9 @@ class Finding:
     quantity: str = ""
     node_id: int | None = None
     convention: str = ""
+    cuts: tuple[CutLocation, ...] = ()
+    file: str = ""
+    line: int = 0
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,128 @@
+"""The user's function, run for real under the tracer, and its own autograd.
+
+`run_traced` calls the function once with fresh leaf tensors (the check's inputs,
+in the check's dtype) under a `Tracer`: the same run gives the program (the
+math, for the reference) and the output tensors whose graph is the user's
+autograd — custom `autograd.Function` backwards, hooks and cuts act exactly as in
+their code, and a random op's draw is the same on both sides.  `vjp` and `hvp`
+ask that graph for vector-Jacobian and Hessian-vector products with
+`torch.autograd.grad`.  Grad mode is switched on for the run (a check called
+under ``torch.no_grad()`` still checks) and restored after.
+"""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ..errors import GradcheckSymError, UnsupportedError
+from ..front.tracer import Tracer, internal_file
+from ..ir.program import Program
+
+__all__ = ["FunctionError", "TracedRun", "run_traced", "vjp", "hvp", "check_outputs"]
+
+
+class FunctionError(GradcheckSymError):
+    """The user's function raised; carries its own traceback (our frames and torch's removed)."""
+
+    def __init__(self, exc: BaseException) -> None:
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if not internal_file(f.filename)]
+        text = "".join(traceback.format_list(frames)) + "".join(traceback.format_exception_only(type(exc), exc))
+        super().__init__(f"the function raised {type(exc).__name__}: {exc}",
+                         "Traceback (most recent call last):\n" + text.rstrip())
+        self.original = exc
+
+
+@dataclass
+class TracedRun:
+    """One call of the user's function.
+
+    Attributes:
+        leaves: the differentiable inputs, as passed (requires_grad, in the check's dtype).
+        outputs: the returned floating tensors, flattened in order.
+        shapes: each output's shape.
+        tracer: what the tracer recorded (cuts, notes, custom Functions).
+        program: the program (inputs: the leaves; outputs: the outputs).
+        env: the reference's float64 value of every variable (computed while tracing).
+    """
+
+    leaves: list[torch.Tensor]
+    outputs: list[torch.Tensor]
+    shapes: list[tuple[int, ...]]
+    tracer: Tracer
+    program: Program
+    env: dict[int, Any]
+
+
+def check_outputs(out: Any) -> list[torch.Tensor]:
+    """The function's output as a list of floating tensors, or a clear error."""
+    outs = list(out) if isinstance(out, (tuple, list)) else [out]
+    if not outs:
+        raise UnsupportedError("the function returned nothing to differentiate", "return a tensor or a tuple of tensors")
+    for i, t in enumerate(outs):
+        if not isinstance(t, torch.Tensor):
+            raise UnsupportedError(f"output {i} is a {type(t).__name__}, not a tensor",
+                                   "return a tensor or a tuple of tensors")
+        if t.is_complex():
+            raise UnsupportedError(f"output {i} is complex ({t.dtype}); the checker works with real numbers",
+                                   "return the real and imaginary parts as two real outputs")
+        if not t.is_floating_point():
+            raise UnsupportedError(f"output {i} has dtype {str(t.dtype).replace('torch.', '')}, which has no "
+                                   "gradient", "return a floating-point tensor (a comparison's result is not "
+                                   "differentiable; compute with the values it selects)")
+    return outs
+
+
+def run_traced(call: Callable[[list[torch.Tensor]], Any], values: Sequence[torch.Tensor],
+               names: Sequence[str]) -> TracedRun:
+    """Run `call(leaves)` once under the tracer; the leaves are fresh copies of `values` requiring grad.
+
+    Raises:
+        FunctionError: the function raised (with its own traceback); SystemExit included.
+    """
+    leaves = [v.detach().clone().requires_grad_(True) for v in values]
+    tracer = Tracer()
+    for leaf, name in zip(leaves, names):
+        tracer.leaf(leaf, name)
+    try:
+        with torch.inference_mode(False), torch.enable_grad(), tracer:
+            out = call(leaves)
+    except GradcheckSymError:
+        raise
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's error, with the user's traceback
+        raise FunctionError(exc) from None
+    outputs = check_outputs(out)
+    program = tracer.program([tracer.v(t) for t in outputs])
+    return TracedRun(leaves, outputs, [tuple(t.shape) for t in outputs], tracer, program, tracer.env())
+
+
+def vjp(run: TracedRun, seeds: Sequence[torch.Tensor], *, create_graph: bool = False) -> list[torch.Tensor]:
+    """Autograd's gradient of sum(seed * output) with respect to every leaf (zeros where unused)."""
+    outs, grads = [], []
+    for t, s in zip(run.outputs, seeds):
+        if t.requires_grad:
+            outs.append(t)
+            grads.append(s.to(t.dtype))
+    if not outs:
+        return [torch.zeros_like(leaf) for leaf in run.leaves]
+    with torch.enable_grad():
+        res = torch.autograd.grad(outs, run.leaves, grads, retain_graph=True, create_graph=create_graph,
+                                  allow_unused=True, materialize_grads=True)
+    return list(res)
+
+
+def hvp(run: TracedRun, grads: Sequence[torch.Tensor], direction: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Autograd's Hessian-vector product: d/dx <grad, direction> (grads from `vjp(create_graph=True)`)."""
+    terms = [(g * d.to(g.dtype)).sum() for g, d in zip(grads, direction) if g.requires_grad]
+    if not terms:
+        return [torch.zeros_like(leaf) for leaf in run.leaves]
+    total = terms[0]
+    for t in terms[1:]:
+        total = total + t
+    with torch.enable_grad():
+        res = torch.autograd.grad(total, run.leaves, retain_graph=True, allow_unused=True, materialize_grads=True)
+    return list(res)
+

@@ -1,0 +1,109 @@
+"""Primitives and the one function that applies them, `bind`.
+
+A `Prim` is a primitive of the tensor engine: how to compute it (on float64
+torch tensors, and on numpy object arrays of mpmath or sympy numbers), its
+vector-Jacobian product written with other primitives, and how rounding errors
+pass through it (for the tolerance).  Rules never call torch directly: they call
+`bind`, which hands the primitive to the interpreter on top of a thread-local
+stack — by default eager evaluation in torch; `gradcheck_sym.reference` adds
+evaluation in mpmath or sympy and a recorder that writes the equations down (so
+the reverse sweep can itself be differentiated, for second order).  This is
+autodidax's design, on whole tensors.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+__all__ = ["Prim", "PRIMS", "register", "bind", "Interpreter", "TorchEager", "interpreting", "current"]
+
+# vjp(cts, ins, outs, **params) -> one cotangent (or None) per input.
+Vjp = Callable[..., list[Any]]
+# err(errs, ins, outs, u, **params) -> one error bound per output (absolute, float64 tensors).
+Err = Callable[..., list[Any]]
+
+
+@dataclass(frozen=True)
+class Prim:
+    """One primitive.
+
+    Attributes:
+        name: its name in programs.
+        impl: ``(*args, **params) -> value or tuple`` on torch tensors (float64 for the reference).
+        obj: the same on numpy object arrays (mpmath / sympy elements), or None.
+        vjp: the vector-Jacobian product, written with `bind` (None: not differentiable here).
+        err: forward propagation of absolute error bounds plus this primitive's own rounding.
+        multiple: whether it returns a tuple of outputs.
+        linear: linear in its (float) inputs, so its second derivative is 0.
+    """
+
+    name: str
+    impl: Callable[..., Any]
+    obj: Callable[..., Any] | None
+    vjp: Vjp | None
+    err: Err
+    multiple: bool = False
+    linear: bool = False
+
+
+PRIMS: dict[str, Prim] = {}
+
+
+def register(prim: Prim) -> Prim:
+    if prim.name in PRIMS:
+        raise ValueError(f"primitive {prim.name!r} registered twice")
+    PRIMS[prim.name] = prim
+    return prim
+
+
+class Interpreter:
+    """Applies primitives to values. Subclasses decide what a value is."""
+
+    def process(self, prim: Prim, args: tuple[Any, ...], params: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+
+class TorchEager(Interpreter):
+    """Evaluate at once on torch tensors."""
+
+    def process(self, prim: Prim, args: tuple[Any, ...], params: dict[str, Any]) -> Any:
+        return prim.impl(*args, **params)
+
+
+class _Stack(threading.local):
+    def __init__(self) -> None:
+        self.items: list[Interpreter] = [TorchEager()]
+
+
+_STACK = _Stack()
+
+
+def current() -> Interpreter:
+    return _STACK.items[-1]
+
+
+class interpreting:  # noqa: N801 - used as a context manager, like torch.no_grad
+    """``with interpreting(interp): ...`` makes `interp` the one `bind` uses (in this thread)."""
+
+    def __init__(self, interp: Interpreter) -> None:
+        self.interp = interp
+
+    def __enter__(self) -> Interpreter:
+        _STACK.items.append(self.interp)
+        return self.interp
+
+    def __exit__(self, *exc: Any) -> None:
+        _STACK.items.pop()
+
+
+def bind(name: str, *args: Any, **params: Any) -> Any:
+    """Apply primitive `name` to `args` with the current interpreter."""
+    return _STACK.items[-1].process(PRIMS[name], args, params)
+
+
+def is_tensor(x: Any) -> bool:
+    return isinstance(x, torch.Tensor)

@@ -1,0 +1,290 @@
+"""Elementwise functions for the tensor engine: one sympy expression, derived once, run on whole tensors.
+
+An `EwFn` is a function of k arguments written as a sympy expression over the
+placeholders ``p0 .. p{k-1}``.  Its partial derivatives are again `EwFn`s
+(``sympy.diff`` once per function, cached, or stable forms the op table gives),
+so the reverse sweep — and the sweep of the sweep, for second order — stays
+inside this one kind of primitive.  Numbers come from the expression compiled
+to closures over whole tensors (`reference.evaluate`'s compiler: float64
+torch, mpmath per element, or sympy per element for the test oracle); a named
+op of the table may give its torch kernel for the forward value instead
+(``logaddexp`` is overflow-safe there, its naive sympy form is not).
+
+Two pieces of data serve the tolerance only, never the reference value:
+``err_form`` (the formula torch's kernel evaluates, e.g. ``s*(1 - s)`` for
+sigmoid's derivative, which cancels for large inputs where sympy's form does
+not) and `rounding_error` (how much rounding evaluating a formula can cost, from
+its expression tree).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+import sympy
+
+__all__ = ["P", "Q", "branch", "EwFn", "ew_fn", "rounding_error", "MUL", "ADD", "SUB", "NEG", "DIV", "SQUARE", "ABS", "IDENT",
+           "WHERE"]
+
+P = tuple(sympy.Symbol(f"p{i}", real=True) for i in range(8))
+# The user's own values of the arguments, for the branches of piecewise functions (see `EwFn.branched`).
+Q = tuple(sympy.Symbol(f"q{i}", real=True) for i in range(8))
+# Library functions (sin, exp, erf, ...) are correctly rounded to a few ulp in torch's kernels.
+_FUNCTION_ULPS = 4
+
+
+class EwFn:
+    """An elementwise function of `nargs` tensors (broadcast together).
+
+    Attributes:
+        name: for people ("sin", "d(sin)/dp0").
+        expr: the function over ``P[:nargs]``.
+        nargs: the number of arguments.
+        torch_impl: ``(*tensors) -> tensor`` computing the value in torch (default: the compiled expr).
+        kink: ``(*tensors) -> bool tensor``, True where the derivative is undefined (kinks, ties, jumps).
+        convention: torch's value there, in words.
+        err_form: the formula torch evaluates for this value, for the rounding allowance (default expr).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        expr: sympy.Expr,
+        nargs: int,
+        *,
+        torch_impl: Callable[..., Any] | None = None,
+        partials: Sequence[sympy.Expr] | None = None,
+        kink: Callable[..., Any] | None = None,
+        convention: str = "",
+        err_form: sympy.Expr | None = None,
+        grad_forms: Sequence[sympy.Expr | None] | None = None,
+    ) -> None:
+        self.name = name
+        self.expr = expr
+        self.nargs = nargs
+        self.torch_impl = torch_impl
+        self._partials = tuple(partials) if partials is not None else None
+        self.kink = kink
+        self.convention = convention
+        self.err_form = err_form if err_form is not None else expr
+        self._grad_forms = tuple(grad_forms) if grad_forms is not None else None
+        self._derivs: dict[int, EwFn] = {}
+
+    def __repr__(self) -> str:
+        return f"EwFn({self.name})"
+
+    # -- calculus
+    def partial(self, i: int) -> EwFn:
+        """d self / d p_i, as an `EwFn` (cached)."""
+        if i not in self._derivs:
+            if self._partials is not None:
+                expr = self._partials[i]
+            else:
+                expr = sympy.diff(self.expr, P[i]) if i < len(P) else sympy.S.Zero
+            form = self._grad_forms[i] if self._grad_forms is not None else None
+            self._derivs[i] = ew_fn(f"d({self.name})/d{P[i]}", expr, self.nargs, err_form=form)
+        return self._derivs[i]
+
+    @functools.cached_property
+    def is_zero(self) -> bool:
+        return self.expr == 0
+
+    @functools.cached_property
+    def has_branches(self) -> bool:
+        """Whether the function is piecewise (a kink, a tie, a jump somewhere)."""
+        exprs = [self.expr] + list(self._partials or ())
+        return any(e.has(*_BRANCHING) for e in exprs if isinstance(e, sympy.Basic))
+
+    @functools.cached_property
+    def branched(self) -> EwFn:
+        """The same function of 2k arguments: k values and the k values *the user's run had*, which
+        decide every branch (which side of a kink, which of a tie, which integer).
+
+        The reference then differentiates the branch torch took, even where float64 and the user's
+        float32 would fall on different sides of a kink; its derivatives stay sympy's.
+        """
+        n = self.nargs
+        partials = [branch(d, n) for d in self._partials] if self._partials is not None else None
+        kink = self.kink
+        return EwFn(self.name, branch(self.expr, n), 2 * n,
+                    torch_impl=(lambda *a: self.torch_impl(*a[:n])) if self.torch_impl is not None else None,
+                    partials=(partials + [sympy.S.Zero] * n) if partials is not None else None,
+                    kink=(lambda *a: kink(*a[n:])) if kink is not None else None, convention=self.convention,
+                    err_form=self.err_form)
+
+    # -- numbers
+    @functools.cached_property
+    def _torch(self) -> Callable[..., Any]:
+        if self.torch_impl is not None:
+            return self.torch_impl
+        return _compiled(self.expr, self.nargs, "torch")
+
+    def torch(self, *args: Any) -> Any:
+        """The value on torch tensors (float64 in the reference)."""
+        return self._torch(*args)
+
+    @functools.cached_property
+    def _mp(self) -> Callable[..., Any]:
+        return _compiled(self.expr, self.nargs, "mpmath")
+
+    def mp(self, *args: Any) -> Any:
+        """The value on mpmath numbers (one element)."""
+        return self._mp(*args)
+
+    def sym(self, *args: Any) -> Any:
+        """The value on sympy expressions (one element)."""
+        syms = P[: self.nargs] if not any(q in self.expr.free_symbols for q in Q) else (
+            P[: self.nargs // 2] + Q[: self.nargs // 2])
+        return self.expr.xreplace(dict(zip(syms, args))) if self.expr.free_symbols else self.expr
+
+    @functools.cached_property
+    def _err(self) -> Callable[..., Any]:
+        _, err = rounding_error(self.err_form)
+        return _compiled(err, self.nargs, "torch")
+
+    def rounding(self, *args: Any) -> Any:
+        """A bound on the rounding error of evaluating this value, in units of u (absolute)."""
+        return self._err(*args)
+
+
+_FNS: dict[tuple[str, int], EwFn] = {}
+
+
+def ew_fn(name: str, expr: sympy.Expr, nargs: int, **kw: Any) -> EwFn:
+    """The `EwFn` for `expr` (shared by structure, so partials and compiled code are derived once)."""
+    if set(kw) - {"err_form"}:  # kernels and kinks of a named op: its own function
+        return EwFn(name, expr, nargs, **kw)
+    form = kw.get("err_form")
+    key = (sympy.srepr(expr) + ("" if form is None else "|" + sympy.srepr(form)), nargs)
+    found = _FNS.get(key)
+    if found is None:
+        found = _FNS[key] = EwFn(name, expr, nargs, err_form=form)
+    return found
+
+
+_BRANCHING = (sympy.Piecewise, sympy.Heaviside, sympy.sign, sympy.Abs, sympy.Max, sympy.Min, sympy.floor,
+              sympy.ceiling, sympy.Mod)
+
+
+def branch(expr: sympy.Expr, nargs: int) -> sympy.Expr:
+    """`expr` with every branch decided by the user's values ``q`` instead of ``p`` (see `EwFn.branched`)."""
+    sub = {P[i]: Q[i] for i in range(nargs)}
+
+    def on_user(e: sympy.Expr) -> sympy.Expr:
+        return e.xreplace(sub)
+
+    def walk(e: sympy.Expr) -> sympy.Expr:
+        if not e.args or not e.has(*_BRANCHING):
+            return e
+        if isinstance(e, sympy.Piecewise):
+            return sympy.Piecewise(*[(walk(v), on_user(c)) for v, c in e.args])
+        if isinstance(e, (sympy.Heaviside, sympy.sign, sympy.floor, sympy.ceiling, sympy.Mod)):
+            return on_user(e)
+        if isinstance(e, sympy.Abs):
+            return walk(e.args[0]) * sympy.sign(on_user(e.args[0]))
+        if isinstance(e, (sympy.Max, sympy.Min)):
+            first, rest = e.args[0], e.func(*e.args[1:]) if len(e.args) > 2 else e.args[1]
+            a, b = walk(first), walk(rest)
+            ua, ub = on_user(first), on_user(rest)
+            wins = ua > ub if isinstance(e, sympy.Max) else ua < ub
+            loses = ua < ub if isinstance(e, sympy.Max) else ua > ub
+            # a tie splits evenly, as torch.maximum's gradient does
+            return sympy.Piecewise((a, wins), (b, loses), ((a + b) / 2, True))
+        return e.func(*[walk(a) for a in e.args])
+
+    return walk(expr)
+
+
+def _compiled(expr: sympy.Expr, nargs: int, backend: str) -> Callable[..., Any]:
+    # NB: the sympy -> numbers compiler lives with the reference (it also compiles the
+    # expression path's programs); imported here, at first use, to keep the layers' order.
+    from ..reference.evaluate import MPMATH, TORCH, _compile
+
+    fn = _compile(expr, TORCH if backend == "torch" else MPMATH, {})
+    syms = (P[:nargs] if nargs <= len(P) else P) if nargs <= 8 else P
+    if any(q in expr.free_symbols for q in Q):  # a branched function: k values, then k user values
+        syms = P[: nargs // 2] + Q[: nargs // 2]
+
+    def run(*args: Any) -> Any:
+        return fn(dict(zip(syms, args)))
+
+    return run
+
+
+def rounding_error(expr: sympy.Expr) -> tuple[sympy.Expr, sympy.Expr]:
+    """(expr, bound): `bound` bounds |computed - exact| / u for evaluating `expr` in floating point
+    with exact arguments, to first order (running error analysis on the expression tree).
+
+    Each operation adds one rounding of its result; a sum passes on its terms' absolute errors,
+    so cancellation (``1 - s`` with ``s`` near 1, ``x*x - 1`` near 1) shows as a large bound
+    relative to the value.
+    """
+
+    @functools.lru_cache(maxsize=None)
+    def walk(e: sympy.Expr) -> sympy.Expr:
+        if e.is_Symbol or e.is_Integer or e in (sympy.S.Half, -sympy.S.Half):
+            return sympy.S.Zero
+        if e.is_Number or isinstance(e, sympy.NumberSymbol):
+            return sympy.Abs(e)  # a rounded constant
+        if isinstance(e, sympy.Add):
+            errs = [walk(a) for a in e.args]
+            terms = sympy.Add(*[sympy.Abs(a) for a in e.args], evaluate=False)
+            return sympy.Add(*errs, (len(e.args) - 1) * terms, evaluate=False)
+        if isinstance(e, sympy.Mul):
+            parts = []
+            for i, a in enumerate(e.args):
+                err = walk(a)
+                if err != 0:
+                    others = [sympy.Abs(b) for j, b in enumerate(e.args) if j != i]
+                    parts.append(sympy.Mul(err, *others, evaluate=False))
+            parts.append((len(e.args) - 1) * sympy.Abs(e))
+            return sympy.Add(*parts, evaluate=False)
+        if isinstance(e, sympy.Pow):
+            base, ex = e.args
+            err = walk(base)
+            own = sympy.Abs(e) * (1 if ex.is_Integer and abs(ex) <= 2 else _FUNCTION_ULPS)
+            if err == 0 and not ex.free_symbols:
+                return own
+            d_base = sympy.Abs(ex * base ** (ex - 1)) * err if err != 0 else sympy.S.Zero
+            d_exp = sympy.Abs(e * sympy.log(sympy.Abs(base))) * walk(ex) if ex.free_symbols else sympy.S.Zero
+            return sympy.Add(d_base, d_exp, own, evaluate=False)
+        if isinstance(e, sympy.Piecewise):
+            return sympy.Piecewise(*[(walk(v), c) for v, c in e.args])
+        if isinstance(e, (sympy.Heaviside, sympy.sign, sympy.floor, sympy.ceiling)) or e.is_Relational:
+            return sympy.S.Zero
+        if isinstance(e, (sympy.Max, sympy.Min)):
+            return sympy.Max(*[walk(a) for a in e.args])
+        if isinstance(e, sympy.Function):
+            own = _FUNCTION_ULPS * sympy.Abs(e)
+            parts = [own]
+            for i, a in enumerate(e.args):
+                err = walk(a)
+                if err != 0:
+                    parts.append(sympy.Abs(e.diff(a) if a.is_Symbol else _chain(e, i)) * err)
+            return sympy.Add(*parts, evaluate=False)
+        return _FUNCTION_ULPS * sympy.Abs(e)
+
+    return expr, walk(expr)
+
+
+def _chain(e: sympy.Function, i: int) -> sympy.Expr:
+    """d f / d (argument i) of a function application, as an expression of its arguments."""
+    dummy = sympy.Dummy(real=True)
+    args = list(e.args)
+    args[i] = dummy
+    return sympy.diff(e.func(*args), dummy).subs(dummy, e.args[i])
+
+
+# The arithmetic the rules themselves use.
+_a, _b, _c = P[0], P[1], P[2]
+MUL = ew_fn("mul", _a * _b, 2)
+ADD = ew_fn("add", _a + _b, 2)
+SUB = ew_fn("sub", _a - _b, 2)
+DIV = ew_fn("div", _a / _b, 2)
+NEG = ew_fn("neg", -_a, 1)
+SQUARE = ew_fn("square", _a**2, 1)
+ABS = ew_fn("abs", sympy.Abs(_a), 1)
+IDENT = ew_fn("identity", _a, 1)
+# where(mask, a, b) with a 0/1 float mask: its derivative in the mask is 0, as torch's.
+WHERE = ew_fn("where", sympy.Piecewise((_b, _a > sympy.S.Half), (_c, True)), 3)

@@ -1,0 +1,444 @@
+"""The closed set of primitives, in four groups (tinygrad's and JAX's layout, our rules).
+
+* elementwise: ``ew`` — one `EwFn` (a sympy expression) on broadcast arguments; its
+  derivative is another ``ew``, from sympy.
+* movement and sums (linear; each one's transpose is another): ``reshape``, ``permute``,
+  ``expand``, ``sum``, ``take`` (gather by a flat index map) and ``segsum`` (scatter-add by
+  one), ``cumsum``.  Any view, slice, index, pad, flip, window or im2col is a ``take``
+  with an index map computed once; its transpose is a ``segsum`` — written by us, never
+  torch's backward.
+* bilinear: ``matmul`` (batched, broadcasting; both operands at least 2-D).
+* cuts and bookkeeping: ``stop`` (detach, no_grad, .data, .item(): identity for the value,
+  constant for autograd) and ``opaque`` (a value the tracer could not follow: no rule).
+
+Each primitive gives: the value in torch (float64 in the reference), the value on numpy
+object arrays (mpmath or sympy elements: the high-precision path and the tests' oracle),
+its VJP written with these same primitives (so the sweep can be swept again for second
+order), and how absolute error bounds pass through it plus its own rounding (``err``).
+The linear-algebra primitives live in `gradcheck_sym.ops.linalg`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import sympy
+import torch
+
+from .core import Prim, bind, is_tensor, register
+from .ew import ABS, ADD, MUL, NEG, EwFn, ew_fn
+
+__all__ = [
+    "ew", "reshape", "permute", "expand", "sum_", "take", "segsum", "cumsum", "matmul", "stop", "cast", "opaque",
+    "shape_of", "sum_to", "broadcast_to", "mT", "mul", "add", "neg", "gamma_sum", "ZMUL",
+]
+
+F64 = torch.float64
+_P0, _P1 = sympy.Symbol("p0", real=True), sympy.Symbol("p1", real=True)
+# adjoint * partial, exactly 0 where the adjoint is 0: a branch that where() did not select
+# contributes 0 even where its own derivative is infinite (the math; torch computes NaN).
+ZMUL = ew_fn("zmul", sympy.Piecewise((0, sympy.Eq(_P0, 0)), (_P0 * _P1, True)), 2)
+
+
+# ---------------------------------------------------------------- helpers
+def shape_of(x: Any) -> tuple[int, ...]:
+    return tuple(x.shape) if hasattr(x, "shape") else ()
+
+
+def _is_obj(x: Any) -> bool:
+    return isinstance(x, np.ndarray)
+
+
+def _obj(x: Any) -> Any:
+    """A torch tensor as a numpy object array of mpmath/sympy-ready floats (exact conversion)."""
+    if is_tensor(x):
+        arr = x.detach().cpu()
+        if arr.dtype == torch.bool:
+            return arr.numpy().astype(object)
+        if not arr.is_floating_point():
+            return arr.numpy().astype(object)
+        return arr.to(F64).numpy().astype(object)
+    return x
+
+
+def _np_index(index: Any) -> np.ndarray:
+    return index.detach().cpu().numpy() if is_tensor(index) else np.asarray(index)
+
+
+def gamma_sum(n: int) -> float:
+    """Rounding of a sum of n terms, in units of u of the terms' absolute sum.
+
+    Sequential summation can cost n - 1 roundings; torch's kernels sum in blocks and
+    pairwise, and independent roundings grow like sqrt(n).  This is the allowance used.
+    """
+    if n <= 1:
+        return 0.0
+    return float(n - 1) if n <= 32 else 32.0 + 4.0 * math.sqrt(n)
+
+
+def _abs(x: Any) -> Any:
+    return x.abs() if is_tensor(x) else abs(x)
+
+
+# ---------------------------------------------------------------- elementwise
+def _bshape(args: Sequence[Any]) -> tuple[int, ...]:
+    return tuple(torch.broadcast_shapes(*[shape_of(a) for a in args]))
+
+
+def _ew_impl(*args: Any, fn: EwFn) -> Any:
+    targs = [a if is_tensor(a) else torch.tensor(float(a), dtype=F64) for a in args]
+    out = fn.torch(*targs)
+    if not is_tensor(out):
+        out = torch.tensor(float(out), dtype=F64)
+    shape = _bshape(targs)
+    if tuple(out.shape) != shape:
+        out = out.expand(shape)
+    if out.dtype != F64 and out.dtype != torch.bool:
+        out = out.to(F64)
+    return out
+
+
+def _ew_obj(*args: Any, fn: EwFn) -> Any:
+    args = [_obj(a) for a in args]
+    probe = next((np.asarray(a).flat[0] for a in args if np.asarray(a).size), 0)
+    f = fn.sym if isinstance(probe, sympy.Basic) else fn.mp
+    out = np.frompyfunc(f, fn.nargs, 1)(*args)
+    return np.asarray(out, dtype=object).reshape(np.broadcast_shapes(*[np.shape(a) for a in args]))
+
+
+def _ew_vjp(cts: list[Any], ins: Sequence[Any], outs: Sequence[Any], fn: EwFn) -> list[Any]:
+    g = cts[0]
+    res: list[Any] = []
+    for i, a in enumerate(ins):
+        d = fn.partial(i)
+        if not _differentiable(a) or d.is_zero:
+            res.append(None)
+            continue
+        if d.expr == 1:
+            term = g
+        elif d.expr == -1:
+            term = ew(NEG, g)
+        else:
+            term = ew(ZMUL, g, ew(d, *ins))
+        res.append(sum_to(term, shape_of(a)))
+    return res
+
+
+def _ew_err(errs: list[Any], ins: Sequence[Any], outs: Sequence[Any], u: float, fn: EwFn) -> list[Any]:
+    targs = [a if is_tensor(a) else torch.tensor(float(a), dtype=F64) for a in ins]
+    own = fn.rounding(*targs)
+    total = (u * (own if is_tensor(own) else torch.tensor(float(own), dtype=F64))).expand(_bshape(targs))
+    for i, e in enumerate(errs):
+        if e is None or not _differentiable(ins[i]):
+            continue
+        d = _ew_impl(*targs, fn=fn.partial(i)).abs()
+        total = total + torch.where(e == 0, torch.zeros((), dtype=F64), d * e)
+    return [total]
+
+
+def _differentiable(a: Any) -> bool:
+    if is_tensor(a):
+        return a.is_floating_point()
+    if _is_obj(a):
+        return True
+    return hasattr(a, "var")  # a recorded value
+
+
+register(Prim("ew", _ew_impl, _ew_obj, _ew_vjp, _ew_err))
+
+
+def ew(fn: EwFn, *args: Any) -> Any:
+    """fn applied elementwise to the broadcast arguments."""
+    return bind("ew", *args, fn=fn)
+
+
+def mul(a: Any, b: Any) -> Any:
+    return ew(MUL, a, b)
+
+
+def add(a: Any, b: Any) -> Any:
+    return ew(ADD, a, b)
+
+
+def neg(a: Any) -> Any:
+    return ew(NEG, a)
+
+
+# ---------------------------------------------------------------- movement
+def _reshape_impl(x: Any, shape: tuple[int, ...]) -> Any:
+    return x.reshape(shape)
+
+
+def _permute_impl(x: Any, perm: tuple[int, ...]) -> Any:
+    return x.permute(*perm) if is_tensor(x) else np.transpose(x, perm)
+
+
+def _expand_impl(x: Any, shape: tuple[int, ...]) -> Any:
+    return torch.broadcast_to(x, shape) if is_tensor(x) else np.broadcast_to(x, shape)
+
+
+def _sum_impl(x: Any, dims: tuple[int, ...], keepdim: bool) -> Any:
+    if not dims:
+        return x
+    if is_tensor(x):
+        return x.sum(dim=dims, keepdim=keepdim)
+    out = np.sum(x, axis=dims, keepdims=keepdim)
+    return np.asarray(out, dtype=object)
+
+
+def _take_impl(x: Any, index: Any, fill: bool = False) -> Any:
+    if is_tensor(x):
+        flat = x.reshape(-1)
+        if not fill:
+            return flat[index]
+        safe = index.clamp(min=0)
+        got = flat[safe] if flat.numel() else torch.zeros(index.shape, dtype=x.dtype)
+        return torch.where(index >= 0, got, torch.zeros((), dtype=x.dtype))
+    idx = _np_index(index)
+    flat = np.asarray(x, dtype=object).reshape(-1)
+    out = flat[np.maximum(idx, 0)] if flat.size else np.zeros(idx.shape, dtype=object)
+    if fill:
+        zero = 0 * out.flat[0] if out.size else 0
+        out = np.where(idx >= 0, out, zero)
+    return np.asarray(out, dtype=object)
+
+
+def _segsum_impl(x: Any, index: Any, shape: tuple[int, ...], fill: bool = False) -> Any:
+    size = int(np.prod(shape)) if shape else 1
+    if is_tensor(x):
+        flat_i = index.reshape(-1)
+        flat_x = x.reshape(-1)
+        if fill:
+            keep = flat_i >= 0
+            flat_i, flat_x = flat_i[keep], flat_x[keep]
+        out = torch.zeros(size, dtype=x.dtype)
+        out.index_add_(0, flat_i, flat_x)
+        return out.reshape(shape)
+    idx = _np_index(index).reshape(-1)
+    vals = np.asarray(x, dtype=object).reshape(-1)
+    if fill:
+        keep = idx >= 0
+        idx, vals = idx[keep], vals[keep]
+    zero = 0 * vals[0] if vals.size else 0
+    out = np.full(size, zero, dtype=object)
+    np.add.at(out, idx, vals)
+    return out.reshape(shape)
+
+
+def _cumsum_impl(x: Any, dim: int, reverse: bool = False) -> Any:
+    if is_tensor(x):
+        return x.flip(dim).cumsum(dim).flip(dim) if reverse else x.cumsum(dim)
+    if reverse:
+        return np.flip(np.cumsum(np.flip(x, dim), axis=dim), dim)
+    return np.cumsum(x, axis=dim)
+
+
+def _movement(name: str, impl: Any, vjp: Any, err: Any = None) -> None:
+    def err_rule(errs: list[Any], ins: Sequence[Any], outs: Sequence[Any], u: float, **params: Any) -> list[Any]:
+        return [None if errs[0] is None else impl(errs[0], **params)]
+
+    register(Prim(name, impl, impl, vjp, err or err_rule, linear=True))
+
+
+def reshape(x: Any, shape: Sequence[int]) -> Any:
+    shape = tuple(int(s) for s in shape)
+    return x if shape_of(x) == shape else bind("reshape", x, shape=shape)
+
+
+def permute(x: Any, perm: Sequence[int]) -> Any:
+    perm = tuple(int(p) for p in perm)
+    return x if perm == tuple(range(len(perm))) else bind("permute", x, perm=perm)
+
+
+def expand(x: Any, shape: Sequence[int]) -> Any:
+    shape = tuple(int(s) for s in shape)
+    return x if shape_of(x) == shape else bind("expand", x, shape=shape)
+
+
+def sum_(x: Any, dims: Sequence[int], keepdim: bool = False) -> Any:
+    nd = len(shape_of(x))
+    dims = tuple(sorted(d % nd for d in dims)) if nd else ()
+    return x if not dims else bind("sum", x, dims=dims, keepdim=keepdim)
+
+
+def take(x: Any, index: torch.Tensor) -> Any:
+    """Gather: ``out[j] = x.flatten()[index[j]]`` (0 where ``index[j] == -1``)."""
+    return bind("take", x, index=index, fill=bool((index < 0).any()))
+
+
+def segsum(x: Any, index: torch.Tensor, shape: Sequence[int]) -> Any:
+    """Scatter-add: ``out.flatten()[index[j]] += x[j]`` into zeros of `shape` (entries with -1 dropped)."""
+    return bind("segsum", x, index=index, shape=tuple(int(s) for s in shape), fill=bool((index < 0).any()))
+
+
+def cumsum(x: Any, dim: int, reverse: bool = False) -> Any:
+    return bind("cumsum", x, dim=dim % max(len(shape_of(x)), 1), reverse=reverse)
+
+
+def sum_to(x: Any, shape: Sequence[int]) -> Any:
+    """Sum the broadcast dimensions of `x` away, leaving `shape` (the transpose of broadcasting)."""
+    shape = tuple(shape)
+    xs = shape_of(x)
+    if xs == shape:
+        return x
+    lead = len(xs) - len(shape)
+    dims = tuple(range(lead)) + tuple(lead + i for i, s in enumerate(shape) if s == 1 and xs[lead + i] != 1)
+    return reshape(sum_(x, dims, keepdim=True), shape) if dims else reshape(x, shape)
+
+
+def broadcast_to(x: Any, shape: Sequence[int]) -> Any:
+    shape = tuple(shape)
+    xs = shape_of(x)
+    if xs == shape:
+        return x
+    padded = (1,) * (len(shape) - len(xs)) + xs
+    return expand(reshape(x, padded), shape)
+
+
+def mT(x: Any) -> Any:  # noqa: N802 - torch's name
+    nd = len(shape_of(x))
+    return permute(x, tuple(range(nd - 2)) + (nd - 1, nd - 2))
+
+
+_movement("reshape", _reshape_impl, lambda cts, ins, outs, shape: [reshape(cts[0], shape_of(ins[0]))])
+_movement("permute", _permute_impl,
+          lambda cts, ins, outs, perm: [permute(cts[0], tuple(int(i) for i in np.argsort(perm)))])
+_movement("expand", _expand_impl, lambda cts, ins, outs, shape: [sum_to(cts[0], shape_of(ins[0]))])
+
+
+def _sum_vjp(cts: list[Any], ins: Sequence[Any], outs: Sequence[Any], dims: tuple[int, ...], keepdim: bool) -> list[Any]:
+    xs = shape_of(ins[0])
+    kept = tuple(1 if i in dims else s for i, s in enumerate(xs))
+    return [expand(reshape(cts[0], kept), xs)]
+
+
+def _sum_err(errs: list[Any], ins: Sequence[Any], outs: Sequence[Any], u: float, dims: tuple[int, ...],
+             keepdim: bool) -> list[Any]:
+    n = int(np.prod([shape_of(ins[0])[d] for d in dims])) if dims else 1
+    out = u * gamma_sum(n) * _sum_impl(_abs(ins[0]), dims, keepdim)
+    if errs[0] is not None:
+        out = out + _sum_impl(errs[0], dims, keepdim)
+    return [out]
+
+
+register(Prim("sum", _sum_impl, _sum_impl, _sum_vjp, _sum_err, linear=True))
+
+
+def _take_vjp(cts: list[Any], ins: Sequence[Any], outs: Sequence[Any], index: Any, fill: bool) -> list[Any]:
+    return [bind("segsum", cts[0], index=index, shape=shape_of(ins[0]), fill=fill)]
+
+
+def _take_err(errs: list[Any], ins: Sequence[Any], outs: Sequence[Any], u: float, index: Any, fill: bool) -> list[Any]:
+    return [None if errs[0] is None else _take_impl(errs[0], index, fill)]
+
+
+register(Prim("take", _take_impl, _take_impl, _take_vjp, _take_err, linear=True))
+
+
+def _segsum_vjp(cts: list[Any], ins: Sequence[Any], outs: Sequence[Any], index: Any, shape: tuple[int, ...],
+                fill: bool) -> list[Any]:
+    return [bind("take", cts[0], index=index, fill=fill)]
+
+
+def _segsum_err(errs: list[Any], ins: Sequence[Any], outs: Sequence[Any], u: float, index: Any,
+                shape: tuple[int, ...], fill: bool) -> list[Any]:
+    flat = index.reshape(-1)
+    counts = torch.bincount(flat[flat >= 0], minlength=1)
+    most = int(counts.max()) if counts.numel() else 1
+    out = u * gamma_sum(most) * _segsum_impl(_abs(ins[0]), index, shape, fill)
+    if errs[0] is not None:
+        out = out + _segsum_impl(errs[0], index, shape, fill)
+    return [out]
+
+
+register(Prim("segsum", _segsum_impl, _segsum_impl, _segsum_vjp, _segsum_err, linear=True))
+
+
+def _cumsum_err(errs: list[Any], ins: Sequence[Any], outs: Sequence[Any], u: float, dim: int,
+                reverse: bool) -> list[Any]:
+    n = shape_of(ins[0])[dim] if shape_of(ins[0]) else 1
+    out = u * gamma_sum(n) * _cumsum_impl(_abs(ins[0]), dim, reverse)
+    if errs[0] is not None:
+        out = out + _cumsum_impl(errs[0], dim, reverse)
+    return [out]
+
+
+register(Prim("cumsum", _cumsum_impl, _cumsum_impl,
+              lambda cts, ins, outs, dim, reverse: [cumsum(cts[0], dim, not reverse)], _cumsum_err, linear=True))
+
+
+# ---------------------------------------------------------------- matmul
+def _matmul_impl(a: Any, b: Any) -> Any:
+    if is_tensor(a) and is_tensor(b):
+        return torch.matmul(a, b)
+    return np.asarray(np.matmul(_obj(a), _obj(b)), dtype=object)
+
+
+def _matmul_vjp(cts: list[Any], ins: Sequence[Any], outs: Sequence[Any]) -> list[Any]:
+    g = cts[0]
+    a, b = ins
+    ga = sum_to(matmul(g, mT(b)), shape_of(a)) if _differentiable(a) else None
+    gb = sum_to(matmul(mT(a), g), shape_of(b)) if _differentiable(b) else None
+    return [ga, gb]
+
+
+def _matmul_err(errs: list[Any], ins: Sequence[Any], outs: Sequence[Any], u: float) -> list[Any]:
+    a, b = ins
+    k = shape_of(a)[-1]
+    # A dot product of k terms: up to k roundings (BLAS sums in blocks, with FMA).
+    out = u * float(max(k, 1)) * torch.matmul(a.abs(), b.abs())
+    if errs[0] is not None:
+        out = out + torch.matmul(errs[0], b.abs())
+    if errs[1] is not None:
+        out = out + torch.matmul(a.abs(), errs[1])
+    return [out]
+
+
+register(Prim("matmul", _matmul_impl, _matmul_impl, _matmul_vjp, _matmul_err))
+
+
+def matmul(a: Any, b: Any) -> Any:
+    """Batched matrix product; both operands at least 2-D (batch dimensions broadcast)."""
+    return bind("matmul", a, b)
+
+
+# ---------------------------------------------------------------- cuts and opaque values
+def _identity(x: Any, **params: Any) -> Any:
+    return x
+
+
+register(Prim("stop", _identity, _identity, lambda cts, ins, outs, **p: [cts[0]],
+              lambda errs, ins, outs, u, **p: [errs[0]]))
+
+
+register(Prim("cast", _identity, _identity, lambda cts, ins, outs, **p: [cts[0]],
+              lambda errs, ins, outs, u, **p: [u * _abs(ins[0]) + (0 if errs[0] is None else errs[0])]))
+
+
+def cast(x: Any, dtype: str) -> Any:
+    """The value of `x`, which the user's computation rounds to `dtype` here (see the err rule)."""
+    return bind("cast", x, dtype=dtype)
+
+
+def stop(x: Any, kind: str, cut: int) -> Any:
+    """A gradient cut: the value of `x`; in the cut semantics a constant (see `reference.sweep`)."""
+    return bind("stop", x, kind=kind, cut=cut)
+
+
+def _opaque_impl(*args: Any, value: Any, reason: str) -> Any:
+    return value.to(F64) if value.is_floating_point() else value
+
+
+def _opaque_obj(*args: Any, value: Any, reason: str) -> Any:
+    return _obj(value)
+
+
+register(Prim("opaque", _opaque_impl, _opaque_obj, None,
+              lambda errs, ins, outs, u, value, reason: [u * _abs(outs[0])]))
+
+
+def opaque(*args: Any, value: torch.Tensor, reason: str) -> Any:
+    """A value the tracer saw but cannot model (an op outside the table): no derivative rule."""
+    return bind("opaque", *args, value=value, reason=reason)

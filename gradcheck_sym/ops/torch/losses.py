@@ -1,0 +1,213 @@
+"""Losses, decomposed into log_softmax, picks (takes) by the targets, elementwise math and reductions.
+
+Targets are constants (class indices pick entries with a ``take``); torch's
+conventions are followed where they are documented: ``ignore_index`` entries
+contribute nothing, the mean of a weighted loss divides by the total weight of
+the non-ignored targets, ``label_smoothing`` mixes in the uniform distribution,
+``binary_cross_entropy`` clamps its logs at -100.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sympy
+import torch
+
+from .. import prims as P
+from ..ew import ADD, DIV, MUL, SUB, EwFn, ew_fn, P as X
+from .reduce import softmax
+from .registry import Args, Ctx, Refused, rule
+
+F64 = torch.float64
+x, y, z = X[0], X[1], X[2]
+
+
+def _reduction(a: Args) -> str:
+    if a.get("size_average") is not None or a.get("reduce") is not None:
+        from torch.nn import _reduction as R
+
+        return R.legacy_get_string(a.get("size_average"), a.get("reduce"))
+    return a.reduction
+
+
+def reduce(h: Any, reduction: str, shape: tuple[int, ...], divisor: Any = None) -> Any:
+    if reduction == "none":
+        return P.reshape(h, shape)
+    total = P.sum_(h, tuple(range(len(P.shape_of(h)))))
+    if reduction == "sum":
+        return total
+    if reduction == "mean":
+        n = divisor if divisor is not None else float(max(1, _numel(P.shape_of(h))))
+        return P.ew(DIV, total, n)
+    raise Refused(f"reduction={reduction!r} is not modelled")
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    out = 1
+    for s in shape:
+        out *= s
+    return out
+
+
+def _pointwise(names: tuple[str, ...], make: Any, sig: Any, params: tuple[str, ...] = ()) -> None:
+    def lower(c: Ctx, a: Args) -> Any:
+        fn = make(*[a[p] for p in params])
+        h = P.ew(fn, c.v(a.input), c.v(a.target))
+        shape = tuple(torch.broadcast_shapes(a.input.shape, a.target.shape))
+        h = P.broadcast_to(h, shape)
+        weight = a.get("weight")
+        if weight is not None:
+            h = P.ew(MUL, h, c.v(weight))
+        return reduce(h, _reduction(a), tuple(c.out.shape))
+
+    rule(*names, sig=sig)(lower)
+
+
+_pointwise(("mse_loss",), lambda: ew_fn("se", (x - y) ** 2, 2),
+           lambda input, target, size_average=None, reduce=None, reduction="mean", weight=None: 0)
+_pointwise(("l1_loss",), lambda: EwFn("ae", sympy.Abs(x - y), 2, partials=[sympy.sign(x - y), -sympy.sign(x - y)],
+                                      kink=lambda a, b: a == b, convention="torch returns 0 where input == target"),
+           lambda input, target, size_average=None, reduce=None, reduction="mean": 0)
+
+
+def _smooth_l1(beta: float) -> EwFn:
+    b = sympy.Float(beta, 53)
+    d = x - y
+    if beta == 0:
+        return EwFn("ae", sympy.Abs(d), 2, partials=[sympy.sign(d), -sympy.sign(d)])
+    expr = sympy.Piecewise((d**2 / (2 * b), sympy.Abs(d) < b), (sympy.Abs(d) - b / 2, True))
+    return ew_fn(f"smooth_l1({beta})", expr, 2)
+
+
+def _huber(delta: float) -> EwFn:
+    dl = sympy.Float(delta, 53)
+    d = x - y
+    expr = sympy.Piecewise((d**2 / 2, sympy.Abs(d) < dl), (dl * (sympy.Abs(d) - dl / 2), True))
+    return ew_fn(f"huber({delta})", expr, 2)
+
+
+_pointwise(("smooth_l1_loss",), _smooth_l1,
+           lambda input, target, size_average=None, reduce=None, reduction="mean", beta=1.0: 0, ("beta",))
+_pointwise(("huber_loss",), _huber,
+           lambda input, target, reduction="mean", delta=1.0, weight=None: 0, ("delta",))
+_pointwise(("soft_margin_loss",), lambda: ew_fn("soft_margin", sympy.log(1 + sympy.exp(-y * x)), 2),
+           lambda input, target, size_average=None, reduce=None, reduction="mean": 0)
+
+
+# binary cross entropy: torch clamps each log at -100
+_BCE = EwFn("bce", -(y * sympy.Max(sympy.log(x), -100) + (1 - y) * sympy.Max(sympy.log(1 - x), -100)), 2,
+            torch_impl=lambda a, b: torch.nn.functional.binary_cross_entropy(a, b.expand_as(a) if b.dim() < a.dim()
+                                                                                else b, reduction="none"),
+            partials=[(x - y) / sympy.Max(x * (1 - x), sympy.Float(1e-12, 53)),
+                      sympy.Max(sympy.log(1 - x), -100) - sympy.Max(sympy.log(x), -100)])
+
+
+@rule("binary_cross_entropy", sig=lambda input, target, weight=None, size_average=None, reduce=None,
+      reduction="mean": 0)
+def _bce(c: Ctx, a: Args) -> Any:
+    h = P.ew(_BCE, c.v(a.input), c.v(a.target))
+    if a.weight is not None:
+        h = P.ew(MUL, h, c.v(a.weight))
+    return reduce(P.broadcast_to(h, tuple(a.input.shape)), _reduction(a), tuple(c.out.shape))
+
+
+# log(1 + exp(-x)), stable both ways, with its stable derivative
+_SOFTPLUS_NEG = EwFn("softplus(-x)", sympy.log(1 + sympy.exp(-x)), 1,
+                     torch_impl=lambda t: torch.nn.functional.softplus(-t, threshold=1e30),
+                     partials=[-1 / (1 + sympy.exp(x))])
+
+
+@rule("binary_cross_entropy_with_logits", sig=lambda input, target, weight=None, size_average=None, reduce=None,
+      reduction="mean", pos_weight=None: 0)
+def _bce_logits(c: Ctx, a: Args) -> Any:
+    xh, th = c.v(a.input), c.v(a.target)
+    sp = P.ew(_SOFTPLUS_NEG, xh)  # -log sigmoid(x)
+    # (1 - t) x + lw softplus(-x), lw = 1 + (pos_weight - 1) t
+    lw = 1.0 if a.pos_weight is None else P.ew(ADD, 1.0, P.ew(MUL, P.ew(SUB, c.v(a.pos_weight), 1.0), th))
+    h = P.ew(ADD, P.ew(MUL, P.ew(SUB, 1.0, th), xh), P.ew(MUL, lw, sp))
+    if a.weight is not None:
+        h = P.ew(MUL, h, c.v(a.weight))
+    return reduce(P.broadcast_to(h, tuple(a.input.shape)), _reduction(a), tuple(c.out.shape))
+
+
+def _class_dim(t: torch.Tensor) -> int:
+    return 1 if t.dim() >= 2 else 0
+
+
+def nll(c: Ctx, logp: Any, logits: torch.Tensor, target: torch.Tensor, weight: Any, ignore_index: int,
+        reduction: str, label_smoothing: float, out_shape: tuple[int, ...]) -> Any:
+    """Negative log-likelihood of class-index targets from log-probabilities `logp` (a handle)."""
+    cd = _class_dim(logits)
+    ncls = logits.shape[cd]
+    shape = tuple(logits.shape)
+    keep = target != ignore_index
+    safe = torch.where(keep, target, torch.zeros((), dtype=target.dtype))
+    codes = torch.arange(logits.numel()).reshape(shape)
+    if cd == 1:
+        index = torch.gather(codes, 1, safe.unsqueeze(1)).squeeze(1)
+    else:
+        index = codes[safe]
+    picked = P.take(logp, torch.where(keep, index, torch.full((), -1, dtype=torch.long)))
+    wt = torch.ones(ncls, dtype=F64) if weight is None else weight.detach().to(F64)
+    w_i = torch.where(keep, wt[safe], torch.zeros((), dtype=F64))
+    loss = P.ew(MUL, picked, -w_i)
+    if label_smoothing:
+        eps = float(label_smoothing)
+        wshape = [1] * logits.dim()
+        wshape[cd] = ncls
+        smooth = P.sum_(P.ew(MUL, logp, wt.reshape(wshape)), (cd,))
+        smooth = P.ew(MUL, smooth, torch.where(keep, torch.full((), -eps / ncls, dtype=F64),
+                                               torch.zeros((), dtype=F64)))
+        loss = P.ew(ADD, P.ew(MUL, loss, 1 - eps), smooth)
+    divisor = float(w_i.sum()) if reduction == "mean" else None
+    return reduce(loss, reduction, out_shape, divisor)
+
+
+@rule("nll_loss", sig=lambda input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
+      reduction="mean": 0)
+def _nll(c: Ctx, a: Args) -> Any:
+    return nll(c, c.v(a.input), a.input, a.target, a.weight, int(a.ignore_index), _reduction(a), 0.0,
+               tuple(c.out.shape))
+
+
+@rule("cross_entropy", sig=lambda input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
+      reduction="mean", label_smoothing=0.0: 0)
+def _cross_entropy(c: Ctx, a: Args) -> Any:
+    t = a.input
+    cd = _class_dim(t)
+    logp = softmax(c, c.v(t), t, cd, log=True)
+    reduction = _reduction(a)
+    if a.target.is_floating_point():  # class probabilities
+        ncls = t.shape[cd]
+        p = c.v(a.target)
+        eps = float(a.label_smoothing)
+        if eps:
+            p = P.ew(ADD, P.ew(MUL, p, 1 - eps), eps / ncls)
+        wshape = [1] * t.dim()
+        wshape[cd] = ncls
+        terms = P.ew(MUL, logp, p)
+        if a.weight is not None:
+            terms = P.ew(MUL, terms, P.reshape(c.v(a.weight), tuple(wshape)))
+        loss = P.ew(MUL, P.sum_(terms, (cd,)), -1.0)
+        n = t.numel() // ncls
+        return reduce(loss, reduction, tuple(c.out.shape), float(max(n, 1)) if reduction == "mean" else None)
+    return nll(c, logp, t, a.target, a.weight, int(a.ignore_index), reduction, float(a.label_smoothing),
+               tuple(c.out.shape))
+
+
+def _kl(log_target: bool) -> EwFn:
+    if log_target:
+        return ew_fn("kl(log)", sympy.exp(y) * (y - x), 2)
+    # target * (log target - input), 0 where target == 0 (xlogy)
+    return EwFn("kl", sympy.Piecewise((0, sympy.Eq(y, 0)), (y * (sympy.log(y) - x), True)), 2,
+                torch_impl=lambda a, b: torch.nn.functional.kl_div(a, b.expand_as(a), reduction="none"))
+
+
+@rule("kl_div", sig=lambda input, target, size_average=None, reduce=None, reduction="mean", log_target=False: 0)
+def _kl_div(c: Ctx, a: Args) -> Any:
+    h = P.broadcast_to(P.ew(_kl(bool(a.log_target)), c.v(a.input), c.v(a.target)), tuple(a.input.shape))
+    reduction = _reduction(a)
+    if reduction == "batchmean":
+        return P.ew(DIV, reduce(h, "sum", ()), float(a.input.shape[0] if a.input.dim() else 1))
+    return reduce(h, reduction, tuple(c.out.shape))

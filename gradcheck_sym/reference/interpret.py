@@ -1,0 +1,268 @@
+"""The tensor program's reference: values, the reverse sweep, its second sweep, error bounds.
+
+* `evaluate` runs a `Program`'s equations in float64 torch (or in mpmath / sympy on numpy
+  object arrays): the forward values of the reference.  Torch's *forward* kernels are used
+  (sin, matmul, index_add, ...); never autograd.
+* `sweep` is the reverse sweep: each equation's VJP rule (`gradcheck_sym.ops`) applied from
+  the output back, with full-math semantics or with the cuts as constants.  A primitive
+  without a rule (``opaque``) taints what flows into it: those gradients are *not verified*.
+* `record_sweep` runs the same sweep under a recorder, which writes its equations down:
+  sweeping *that* program gives second derivatives (Hessian-vector products).
+* `error_bounds` propagates absolute error bounds forward over the equations (each
+  primitive's ``err`` rule: the inputs' bounds through the Jacobian's magnitude, plus its own
+  rounding in the user's dtype) — over the forward and the recorded backward together, it
+  bounds how far autograd's gradient can be from the exact one by rounding alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from ..ir.program import Const, Eqn, Program, Var
+from ..ops.core import PRIMS, Interpreter, TorchEager, interpreting
+from ..ops.prims import add, shape_of
+
+__all__ = ["Traced", "Recorder", "ObjectEager", "evaluate", "sweep", "SweepResult", "record_sweep", "error_bounds",
+           "UNIT_ROUNDOFF", "const_value", "AbsEager"]
+
+F64 = torch.float64
+UNIT_ROUNDOFF = {"float64": 2.0**-53, "float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
+
+
+def const_value(c: Any) -> Any:
+    """A constant as the reference uses it: floating tensors in float64."""
+    if isinstance(c, torch.Tensor) and c.is_floating_point() and c.dtype != F64:
+        return c.to(F64)
+    return c
+
+
+# ---------------------------------------------------------------- interpreters
+class ObjectEager(Interpreter):
+    """Evaluate on numpy object arrays (mpmath or sympy elements): the high-precision path and
+    the tests' per-element oracle.  Torch constants are converted exactly."""
+
+    def process(self, prim: Any, args: tuple[Any, ...], params: dict[str, Any]) -> Any:
+        if prim.obj is None:
+            raise NotImplementedError(f"primitive {prim.name} has no object-array rule")
+        return prim.obj(*args, **params)
+
+
+class AbsEager(Interpreter):
+    """Evaluate with every elementwise result and every matmul operand in absolute value: a sweep
+    under it is the *magnitude* sweep (sum over paths of |partials|), with no cancellation — used
+    to find which inputs a kink can reach."""
+
+    def process(self, prim: Any, args: tuple[Any, ...], params: dict[str, Any]) -> Any:
+        if prim.name == "matmul":
+            return prim.impl(*[a.abs() if isinstance(a, torch.Tensor) else abs(a) for a in args], **params)
+        out = prim.impl(*args, **params)
+        return out.abs() if prim.name == "ew" and isinstance(out, torch.Tensor) else out
+
+
+class Traced:
+    """A value being recorded: the number, and the program variable it is."""
+
+    __slots__ = ("value", "var")
+
+    def __init__(self, value: Any, var: Var) -> None:
+        self.value, self.var = value, var
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.value.shape)
+
+    @property
+    def dtype(self) -> Any:
+        return self.value.dtype
+
+
+class Recorder(Interpreter):
+    """Evaluate eagerly *and* write each primitive application down as an equation."""
+
+    def __init__(self, next_id: int, const_base: int) -> None:
+        self.eqns: list[Eqn] = []
+        self.consts: list[Any] = []  # numbered from const_base on, after the program's own
+        self.const_base = const_base
+        self.next_id = next_id
+        self.dtype = "float64"  # the user's dtype of what is being recorded (set by the sweep)
+        self.site = -1
+        self.values: dict[int, Any] = {}
+        self.errs: dict[int, Any] | None = None  # error bounds, tracked as it records when a dict
+        self._eager = TorchEager()
+
+    def process(self, prim: Any, args: tuple[Any, ...], params: dict[str, Any]) -> Any:
+        values = tuple(a.value if isinstance(a, Traced) else a for a in args)
+        out = self._eager.process(prim, values, params)
+        if not any(isinstance(a, Traced) for a in args):
+            return out  # constants only: folded
+        atoms = tuple(a.var if isinstance(a, Traced) else self._const(a) for a in args)
+        outs = out if prim.multiple else (out,)
+        vars_ = []
+        for o in outs:
+            vars_.append(Var(self.next_id, tuple(o.shape), self.dtype))
+            self.next_id += 1
+        self.eqns.append(Eqn(prim.name, atoms, tuple(vars_), dict(params), self.site))
+        for v, o in zip(vars_, outs):
+            self.values[v.id] = o
+        if self.errs is not None and all(isinstance(o, torch.Tensor) and o.is_floating_point() for o in outs):
+            in_errs = [self.errs.get(a.var.id) if isinstance(a, Traced) else None for a in args]
+            u = UNIT_ROUNDOFF.get(self.dtype, 2.0**-53)
+            for v, r in zip(vars_, prim.err(in_errs, list(values), list(outs), u, **params)):
+                if r is not None:
+                    self.errs[v.id] = r
+        traced = tuple(Traced(o, v) for o, v in zip(outs, vars_))
+        return traced if prim.multiple else traced[0]
+
+    def _const(self, value: Any) -> Const:
+        if not isinstance(value, torch.Tensor):
+            value = torch.tensor(float(value), dtype=F64)
+        self.consts.append(value)
+        return Const(self.const_base + len(self.consts) - 1, tuple(value.shape), str(value.dtype).replace("torch.", ""))
+
+
+# ---------------------------------------------------------------- forward
+def evaluate(program: Program, inputs: Sequence[Any], *, interp: Interpreter | None = None) -> dict[int, Any]:
+    """The value of every variable, the inputs given (float64 tensors, or object arrays)."""
+    env: dict[int, Any] = {}
+    obj = isinstance(interp, ObjectEager)
+    consts = [const_value(c) for c in program.consts]
+    for v, x in zip(program.inputs, inputs):
+        env[v.id] = x
+    with interpreting(interp or TorchEager()):
+        for e in program.eqns:
+            ins = [env[a.id] if isinstance(a, Var) else consts[a.index] for a in e.inputs]
+            if obj:
+                ins = [_to_obj(x) for x in ins]
+            out = PRIMS[e.prim].impl(*ins, **e.params) if not obj else PRIMS[e.prim].obj(*ins, **e.params)
+            outs = out if PRIMS[e.prim].multiple else (out,)
+            for v, o in zip(e.outputs, outs):
+                env[v.id] = o
+    return env
+
+
+def _to_obj(x: Any) -> Any:
+    from ..ops.prims import _obj
+
+    return _obj(x)
+
+
+# ---------------------------------------------------------------- reverse
+@dataclass
+class SweepResult:
+    """Cotangents of every variable reached, and the variables whose cotangent is unknown."""
+
+    cts: dict[int, Any]
+    tainted: set[int] = field(default_factory=set)
+    # opaque equations that received a cotangent: (eqn index, reason)
+    blocked: list[tuple[int, str]] = field(default_factory=list)
+
+
+def sweep(
+    program: Program | Sequence[Eqn],
+    env: dict[int, Any],
+    seeds: dict[int, Any],
+    *,
+    cut: bool = False,
+    consts: Sequence[Any] = (),
+    recorder: Recorder | None = None,
+    interp: Interpreter | None = None,
+) -> SweepResult:
+    """The reverse sweep from `seeds` (variable id -> cotangent).
+
+    Args:
+        program: the program (or its equations, for recorded sweeps).
+        env: every variable's value (from `evaluate`; `Traced` values when recording).
+        seeds: the output cotangents.
+        cut: treat ``stop`` equations (detach, no_grad, .data, .item()) as constants.
+        consts: the program's constants (when `program` is a list of equations).
+        recorder: record the sweep's own equations (for second order).
+    """
+    eqns = program.eqns if isinstance(program, Program) else program
+    consts = [const_value(c) for c in (program.consts if isinstance(program, Program) else consts)]
+    cts: dict[int, Any] = dict(seeds)
+    tainted: set[int] = set()
+    blocked: list[tuple[int, str]] = []
+    interp = recorder if recorder is not None else interp or TorchEager()
+    with interpreting(interp):
+        for n in range(len(eqns) - 1, -1, -1):
+            e = eqns[n]
+            gs = [cts.get(v.id) for v in e.outputs]
+            hit = [v.id in tainted for v in e.outputs]
+            if all(g is None for g in gs) and not any(hit):
+                continue
+            in_vars = [a for a in e.inputs if isinstance(a, Var)]
+            if e.prim == "stop" and cut:
+                continue
+            prim = PRIMS[e.prim]
+            if prim.vjp is None or any(hit):
+                if prim.vjp is None and any(g is not None for g in gs):
+                    blocked.append((n, str(e.params.get("reason", e.prim))))
+                tainted.update(a.id for a in in_vars)
+                if prim.vjp is None:
+                    continue
+            if all(g is None for g in gs):
+                continue
+            if recorder is not None:
+                recorder.dtype = e.outputs[0].dtype
+                recorder.site = e.site
+            ins = [env[a.id] if isinstance(a, Var) else consts[a.index] for a in e.inputs]
+            outs = [env[v.id] for v in e.outputs]
+            res = prim.vjp(gs if prim.multiple else [gs[0]], ins, outs, **e.params)
+            for a, r in zip(e.inputs, res):
+                if r is None or not isinstance(a, Var):
+                    continue
+                prev = cts.get(a.id)
+                cts[a.id] = r if prev is None else add(prev, r)
+    return SweepResult(cts, tainted, blocked)
+
+
+def record_sweep(program: Program, env: dict[int, Any], seeds: dict[int, Any], *, cut: bool = False
+                 ) -> tuple[Program, dict[int, Any], SweepResult]:
+    """The sweep, written down.
+
+    Returns:
+        (the program extended by the sweep's equations and constants, the value of every
+        variable of it, the result — its cotangents are `Traced`: ``.var`` names them).
+    """
+    next_id = 1 + max([v.id for v in program.inputs] + [v.id for e in program.eqns for v in e.outputs] + [0])
+    rec = Recorder(next_id, len(program.consts))
+    traced_env = {v.id: Traced(env[v.id], v) for v in program.inputs}
+    for e in program.eqns:
+        for v in e.outputs:
+            traced_env[v.id] = Traced(env[v.id], v)
+    result = sweep(program, traced_env, seeds, cut=cut, recorder=rec)
+    whole = Program(program.inputs, program.input_names, program.eqns + tuple(rec.eqns), program.outputs,
+                    program.consts + tuple(rec.consts), program.sites)
+    return whole, {**env, **rec.values}, result
+
+
+# ---------------------------------------------------------------- error bounds
+def error_bounds(program: Program, env: dict[int, Any], *, start: dict[int, Any] | None = None,
+                 u: float | None = None) -> dict[int, Any]:
+    """Absolute error bounds of every variable of `program`, for a computation in each
+    equation's output dtype (float32 rounding where the user computed in float32).
+
+    Args:
+        program: the forward program, or one extended by `record_sweep`.
+        env: every variable's float64 value.
+        start: bounds of the inputs (default: exact).
+        u: one unit roundoff for every equation (the float64 reference's own: 2**-53), instead of
+            each equation's dtype.
+    """
+    errs: dict[int, Any] = dict(start or {})
+    consts = [const_value(c) for c in program.consts]
+    for e in program.eqns:
+        outs = [env[v.id] for v in e.outputs]
+        if any(isinstance(o, torch.Tensor) and not o.is_floating_point() for o in outs):
+            continue
+        ins = [env[a.id] if isinstance(a, Var) else consts[a.index] for a in e.inputs]
+        in_errs = [errs.get(a.id) if isinstance(a, Var) else None for a in e.inputs]
+        ue = u if u is not None else UNIT_ROUNDOFF.get(e.outputs[0].dtype, 2.0**-53)
+        for v, r in zip(e.outputs, PRIMS[e.prim].err(in_errs, ins, outs, ue, **e.params)):
+            if r is not None:
+                errs[v.id] = r
+    return errs
