@@ -66,6 +66,9 @@ def check_outputs(out: Any) -> list[torch.Tensor]:
         if not isinstance(t, torch.Tensor):
             raise UnsupportedError(f"output {i} is a {type(t).__name__}, not a tensor",
                                    "return a tensor or a tuple of tensors")
+        if t.layout != torch.strided:
+            raise UnsupportedError(f"output {i} is a {str(t.layout).replace('torch.', '')} tensor; the checker "
+                                   "works with dense (strided) tensors", "return t.to_dense()")
         if t.is_complex():
             raise UnsupportedError(f"output {i} is complex ({t.dtype}); the checker works with real numbers",
                                    "return the real and imaginary parts as two real outputs")

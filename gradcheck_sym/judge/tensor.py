@@ -107,6 +107,7 @@ class FunctionJudge:
         self.first: dict[str, Any] = {}
         self.cut_sites: dict[tuple[str, int], dict[str, Any]] = {}
         self.custom: list[str] = []
+        self.empty = False  # some point had no elements to compare at all
 
     # ------------------------------------------------------------ one point
     def point(self, index: int, run: TracedRun) -> None:
@@ -120,6 +121,9 @@ class FunctionJudge:
         if not self._values_hold(index, run):
             return
         rows, self.how = plan_rows(run.shapes)
+        if not rows or all(leaf.numel() == 0 for leaf in run.leaves):
+            self.empty = True
+            return
         has_cuts = bool(tr.cuts)
         for r, row in enumerate(rows):
             seeds = {v.id: s for v, s in zip(prog.outputs, row.seeds) if isinstance(v, Var)}
@@ -172,7 +176,10 @@ class FunctionJudge:
         from ..report.records import Finding
 
         out = self.acc.findings(self.points, str(self.dtype).replace("torch.", ""))
-        if self.checked == 0:
+        if self.checked == 0 and self.empty:
+            out.append(Finding("empty", "info", "", "the inputs or the outputs have no elements: there is no "
+                               "gradient to compare", self.points))
+        elif self.checked == 0:
             out = [Finding(f.kind, "error", f.node, f.message, f.count, f.examples, f.quantity, f.node_id,
                            f.convention, f.cuts, f.file, f.line) if f.kind == "not-verified" else f for f in out]
             if not any(f.kind == "not-verified" for f in out):

@@ -45,6 +45,8 @@ class EwFn:
         kink: ``(*tensors) -> bool tensor``, True where the derivative is undefined (kinks, ties, jumps).
         convention: torch's value there, in words.
         err_form: the formula torch evaluates for this value, for the rounding allowance (default expr).
+        rel_err: a relative error torch's kernel is known to have beyond rounding (hardsigmoid's
+            backward uses a float32 1/6 in every dtype).
     """
 
     def __init__(
@@ -59,6 +61,8 @@ class EwFn:
         convention: str = "",
         err_form: sympy.Expr | None = None,
         grad_forms: Sequence[sympy.Expr | None] | None = None,
+        rel_err: float = 0.0,
+        grad_rel_err: float = 0.0,
     ) -> None:
         self.name = name
         self.expr = expr
@@ -69,6 +73,8 @@ class EwFn:
         self.convention = convention
         self.err_form = err_form if err_form is not None else expr
         self._grad_forms = tuple(grad_forms) if grad_forms is not None else None
+        self.rel_err = rel_err
+        self._grad_rel_err = grad_rel_err
         self._derivs: dict[int, EwFn] = {}
 
     def __repr__(self) -> str:
@@ -82,8 +88,12 @@ class EwFn:
                 expr = self._partials[i]
             else:
                 expr = sympy.diff(self.expr, P[i]) if i < len(P) else sympy.S.Zero
-            form = self._grad_forms[i] if self._grad_forms is not None else None
-            self._derivs[i] = ew_fn(f"d({self.name})/d{P[i]}", expr, self.nargs, err_form=form)
+            form = self._grad_forms[i] if self._grad_forms is not None and i < len(self._grad_forms) else None
+            name = f"d({self.name})/d{P[i] if i < len(P) else i}"
+            if self._grad_rel_err:
+                self._derivs[i] = EwFn(name, expr, self.nargs, err_form=form, rel_err=self._grad_rel_err)
+            else:
+                self._derivs[i] = ew_fn(name, expr, self.nargs, err_form=form)
         return self._derivs[i]
 
     @functools.cached_property
@@ -107,11 +117,13 @@ class EwFn:
         n = self.nargs
         partials = [branch(d, n) for d in self._partials] if self._partials is not None else None
         kink = self.kink
+        forms = list(self._grad_forms) if self._grad_forms is not None else None
         return EwFn(self.name, branch(self.expr, n), 2 * n,
                     torch_impl=(lambda *a: self.torch_impl(*a[:n])) if self.torch_impl is not None else None,
                     partials=(partials + [sympy.S.Zero] * n) if partials is not None else None,
                     kink=(lambda *a: kink(*a[n:])) if kink is not None else None, convention=self.convention,
-                    err_form=self.err_form)
+                    err_form=self.err_form, grad_forms=forms, rel_err=self.rel_err,
+                    grad_rel_err=self._grad_rel_err)
 
     # -- numbers
     @functools.cached_property

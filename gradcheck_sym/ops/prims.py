@@ -130,6 +130,8 @@ def _ew_err(errs: list[Any], ins: Sequence[Any], outs: Sequence[Any], u: float, 
     targs = [a if is_tensor(a) else torch.tensor(float(a), dtype=F64) for a in ins]
     own = fn.rounding(*targs)
     total = (u * (own if is_tensor(own) else torch.tensor(float(own), dtype=F64))).expand(_bshape(targs))
+    if fn.rel_err:
+        total = total + fn.rel_err * outs[0].abs()
     for i, e in enumerate(errs):
         if e is None or not _differentiable(ins[i]):
             continue

@@ -24,7 +24,7 @@ from sympy.codegen.cfunctions import expm1, log1p, log2, log10
 
 from .symbolic import Program, ceiling, floor, lgamma, mod, sign, zmul
 
-__all__ = ["Backend", "TORCH", "MPMATH", "compile_program", "CompiledProgram", "UnevaluableError"]
+__all__ = ["Backend", "TORCH", "MPMATH", "compile_program", "CompiledProgram", "UnevaluableError", "register_function"]
 
 Env = dict[sympy.Symbol, Any]
 Fn = Callable[[Env], Any]
@@ -253,6 +253,16 @@ MPMATH = Backend(
 )
 
 
+# Numeric rules for more sympy functions, registered by the op rules that use them (erfinv, Bessel, ...).
+EXTRA_FUNCS: dict[str, dict[type, Callable[..., Any]]] = {"torch": {}, "mpmath": {}}
+
+
+def register_function(cls: type, torch_fn: Callable[..., Any], mp_fn: Callable[..., Any]) -> None:
+    """How sympy class `cls` is computed in torch and in mpmath (for functions beyond the table above)."""
+    EXTRA_FUNCS["torch"][cls] = torch_fn
+    EXTRA_FUNCS["mpmath"][cls] = mp_fn
+
+
 # ---------------------------------------------------------------- compiler
 def _compile(expr: sympy.Expr, backend: Backend, consts: dict[sympy.Expr, Any]) -> Fn:
     if isinstance(expr, sympy.Symbol):
@@ -308,7 +318,7 @@ def _compile(expr: sympy.Expr, backend: Backend, consts: dict[sympy.Expr, Any]) 
             return out
 
         return piecewise
-    fn = backend.funcs.get(type(expr))
+    fn = backend.funcs.get(type(expr)) or EXTRA_FUNCS[backend.name].get(type(expr))
     if fn is None:
         for cls, f in backend.funcs.items():  # subclasses, e.g. sympy's floor for ours
             if isinstance(expr, cls):
