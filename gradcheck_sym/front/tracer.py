@@ -26,6 +26,7 @@ from __future__ import annotations
 import linecache
 import os
 import sys
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,16 +87,21 @@ class Note:
 
 @dataclass
 class _Rec:
-    """What the tracer knows about one tensor object."""
+    """What the tracer knows about one tensor object (held weakly: the user's tensors die as they would)."""
 
-    tensor: torch.Tensor
+    ref: Any  # weakref.ref to the tensor
     handle: Any
     version: int
     root: _Rec | None = None
+    root_tensor: torch.Tensor | None = None  # an alias keeps its root alive, as a view keeps its base
     root_handle: Any = None
     index: torch.Tensor | None = None  # flat positions in the root, computed when needed
     cut: str | None = None  # an alias made by .detach() or .data stays cut when re-derived
     used: bool = False  # read by an op since its value was bound
+
+    @property
+    def tensor(self) -> torch.Tensor | None:
+        return self.ref()
 
 
 @dataclass
@@ -207,15 +213,22 @@ class Tracer(TorchFunctionMode):
             if r.root is not None:
                 r.root_handle = r.root.handle
             return r
-        r = _Rec(t, handle, t._version, cut=cut)
-        self.recs[id(t)] = r
+        tid = id(t)
+        recs = self.recs
+
+        def gone(_: Any, tid: int = tid) -> None:
+            if recs.get(tid) is r:
+                del recs[tid]
+
+        r = _Rec(weakref.ref(t, gone), handle, t._version, cut=cut)
+        recs[tid] = r
         key = _storage_key(t)
         if key is not None:
             root = self.roots.get(key)
-            if root is None or root.tensor is t:
+            if root is None or root.tensor is None or root.tensor is t:
                 self.roots[key] = r
             elif root is not r:
-                r.root, r.root_handle = root, root.handle
+                r.root, r.root_handle, r.root_tensor = root, root.handle, root.tensor
         return r
 
     def _root_of(self, t: torch.Tensor) -> _Rec | None:
@@ -450,7 +463,7 @@ class Tracer(TorchFunctionMode):
         r = self._bind(out, h, cut=".data")
         if r.root is None:  # .data shares t's storage
             r.root = self.recs[id(t)].root or self.recs[id(t)]
-            r.root_handle = r.root.handle
+            r.root_handle, r.root_tensor = r.root.handle, r.root.tensor
 
     def _data_set(self, t: torch.Tensor, value: torch.Tensor) -> None:
         if not (self.is_traced(t) or self.is_traced(value)):

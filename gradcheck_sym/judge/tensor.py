@@ -31,6 +31,7 @@ import torch
 from ..autograd.user import TracedRun, hvp, vjp
 from ..ir.program import Var
 from ..reference.interpret import UNIT_ROUNDOFF, AbsEager, Traced, error_bounds, record_sweep, sweep
+from .elements import FLOOR_ULPS, SAFETY, classify
 from .tensor_findings import Accumulator, element_name, output_names
 
 __all__ = ["FunctionJudge", "JAC_ROWS", "PROJECTIONS", "HESS_FULL", "HESS_DIRECTIONS"]
@@ -40,9 +41,6 @@ JAC_ROWS = 64
 PROJECTIONS = 3
 HESS_FULL = 32
 HESS_DIRECTIONS = 3
-CHEAP_ULPS = 128.0
-SAFETY = 8.0
-FLOOR_ULPS = 4.0
 PROJECTION_SEED = 20_261_126
 
 
@@ -127,14 +125,19 @@ class FunctionJudge:
         has_cuts = bool(tr.cuts)
         for r, row in enumerate(rows):
             seeds = {v.id: s for v, s in zip(prog.outputs, row.seeds) if isinstance(v, Var)}
-            res = sweep(prog, env, seeds)
+            # The sweep is recorded as it runs: its equations are what the error bounds (needed only where
+            # the cheap test fails) are computed over.
+            recorded = record_sweep(prog, env, seeds)
+            res = recorded[2]
+            cts = {k: (c.value if isinstance(c, Traced) else c) for k, c in res.cts.items()}
             cut = sweep(prog, env, seeds, cut=True).cts if has_cuts else None
             auto = vjp(run, row.seeds)
-            self._cuts_dropped(run, res.cts)
-            self._compare(index, run, row.label, r, auto, res.cts, cut, res.tainted, res.blocked, seeds, hess=None)
+            self._cuts_dropped(run, cts)
+            self._compare(index, run, row.label, r, auto, cts, cut, res.tainted, res.blocked, seeds, hess=None,
+                          recorded=recorded)
             if index == 0 and r == 0:
                 self.first["auto"] = [a.detach().to(F64) for a in auto]
-                self.first["ref"] = [res.cts.get(v.id) for v in prog.inputs]
+                self.first["ref"] = [cts.get(v.id) for v in prog.inputs]
         if self.order >= 2:
             self._hessian(index, run, rows)
 
@@ -204,7 +207,8 @@ class FunctionJudge:
     # ------------------------------------------------------------ comparison
     def _compare(self, index: int, run: TracedRun, label: str, r: int, auto: list[torch.Tensor],
                  ref: dict[int, Any], cut: dict[int, Any] | None, tainted: set[int],
-                 blocked: list[tuple[int, str]], seeds: dict[int, Any], hess: tuple[str, Any] | None) -> None:
+                 blocked: list[tuple[int, str]], seeds: dict[int, Any], hess: tuple[str, Any] | None,
+                 recorded: Any = None) -> None:
         prog = run.program
         bounds: dict[int, Any] | None = None
         reach: torch.Tensor | None = None
@@ -219,52 +223,40 @@ class FunctionJudge:
             rv = ref.get(v.id)
             rv = torch.zeros_like(a) if rv is None else rv.to(F64).expand_as(a)
             self.checked += a.numel()
-            cheap = _cheap(a, rv, self.u, self.rtol, self.atol)
-            if bool(cheap.all()):
-                continue
-            if bounds is None:
-                bounds = self._bounds(run, seeds, hess)
-            tol = self._tolerance(bounds.get(v.id), rv)
-            ok = cheap | ((a - rv).abs() <= tol)
-            nf = ~(torch.isfinite(a) & torch.isfinite(rv))
-            bad = ~ok | nf
-            if not bool(bad.any()):
-                continue
             cv = None
             if cut is not None:
                 c = cut.get(v.id)
                 cv = torch.zeros_like(a) if c is None else c.to(F64).expand_as(a)
-            self._classify(index, run, name, label, i, a, rv, cv, tol, bad, nf, hess,
-                           lambda: self._kink_reach(run, seeds, i) if reach is None else reach)
 
-    def _tolerance(self, e: Any, r: torch.Tensor) -> torch.Tensor:
-        tol = FLOOR_ULPS * (self.u * r.abs() + self.tiny)
-        if e is not None:
-            tol = tol + SAFETY * e.expand_as(r)
-        if self.rtol is not None:
-            tol = tol + self.rtol * r.abs()
-        if self.atol is not None:
-            tol = tol + self.atol
-        return tol
+            def bound(vid: int = v.id) -> Any:
+                nonlocal bounds
+                if bounds is None:
+                    bounds = self._bounds(run, seeds, hess, recorded)
+                return bounds.get(vid)
 
-    def _bounds(self, run: TracedRun, seeds: dict[int, Any], hess: tuple[str, Any] | None) -> dict[int, Any]:
-        """Error bounds of autograd's result for each input: the computation recorded and bounded."""
+            verdicts = classify(a, rv, u=self.u, tiny=self.tiny, bound=bound, cut=cv, rtol=self.rtol,
+                                atol=self.atol, reach=(lambda i=i: self._kink_reach(run, seeds, i)) if hess is None
+                                else None)
+            if verdicts.ok:
+                continue
+            self._record(index, run, name, label, a, rv, cv, verdicts, hess)
+
+    def _bounds(self, run: TracedRun, seeds: dict[int, Any], hess: tuple[str, Any] | None,
+                recorded: Any = None) -> dict[int, Any]:
+        """Error bounds of autograd's result for each input: the computation recorded and bounded.
+
+        The bound is linear in the unit roundoffs (first order), so the float64 reference's own error
+        is the same bound scaled to 2**-53 (exact where the whole computation is in one dtype, an
+        over-estimate where a cast to a narrower dtype sits inside).
+        """
         prog, env = run.program, run.env
-        whole, values, res = record_sweep(prog, env, seeds)
+        # For second order, `recorded` is the sweep of the recorded sweep (itself recorded).
+        whole, values, res = recorded if recorded is not None else record_sweep(prog, env, seeds)
         grads = {v.id: res.cts.get(v.id) for v in prog.inputs}
-        if hess is not None:  # sweep the recorded sweep again, recorded too
-            direction = hess[1]
-            seeds2 = {g.var.id: d for g, d in zip(grads.values(), direction) if isinstance(g, Traced)}
-            whole, values, res = record_sweep(whole, values, seeds2)
-            grads = {v.id: res.cts.get(v.id) for v in prog.inputs}
         e = error_bounds(whole, values)
-        e64 = error_bounds(whole, values, u=2.0**-53)
-        out = {}
-        for vid, g in grads.items():
-            if isinstance(g, Traced):
-                a, b = e.get(g.var.id), e64.get(g.var.id)
-                out[vid] = (a if a is not None else 0) + (b if b is not None else 0)
-        return out
+        scale = 1.0 + 2.0**-53 / self.u
+        return {vid: e[g.var.id] * scale for vid, g in grads.items()
+                if isinstance(g, Traced) and e.get(g.var.id) is not None}
 
     def _kink_reach(self, run: TracedRun, seeds: dict[int, Any], i: int) -> torch.Tensor | None:
         """Which elements of input `i` a kink of the user's run (relu at 0, a tie) can reach."""
@@ -300,41 +292,30 @@ class FunctionJudge:
         reach = sweep(prog, env, kink_seeds, interp=AbsEager()).cts.get(prog.inputs[i].id)
         return None if reach is None else reach > 0
 
-    def _classify(self, index: int, run: TracedRun, name: str, label: str, i: int, a: torch.Tensor,
-                  r: torch.Tensor, c: torch.Tensor | None, tol: torch.Tensor, bad: torch.Tensor,
-                  nf: torch.Tensor, hess: tuple[str, Any] | None, reach_of: Any) -> None:
+    def _record(self, index: int, run: TracedRun, name: str, label: str, a: torch.Tensor, r: torch.Tensor,
+                c: torch.Tensor | None, verdicts: Any, hess: tuple[str, Any] | None) -> None:
         shape = tuple(a.shape)
-        what = "d2" if hess is not None else "d"
         group = f"hessian:{name}" if hess is not None else name
         point = self._point(run, index)
-        flat = torch.nonzero(bad.reshape(-1)).reshape(-1)
-        reach = None
         stale = any(n.kind == "stale-graph" for n in run.tracer.notes)
-        for j in flat.tolist():
-            av, rv = float(a.reshape(-1)[j]), float(r.reshape(-1)[j])
-            tv = float(tol.reshape(-1)[j])
-            quantity = (f"{hess[0]} of {label}, d/d {element_name(name, shape, j)}" if hess is not None else
-                        f"d {label}/d {element_name(name, shape, j)}")
-            if bool(nf.reshape(-1)[j]):
-                agree = (math.isnan(av) and math.isnan(rv)) or av == rv
-                self.acc.element("nonfinite", "info" if agree else "error", group, index, point, quantity, av, rv,
-                                 tv, entries_key=f"{label}:{j}")
-                continue
-            if c is not None:
-                cvv = float(c.reshape(-1)[j])
-                if math.isfinite(cvv) and abs(av - cvv) <= 2 * tv + FLOOR_ULPS * self.u * abs(cvv):
-                    self.acc.untracked("cuts", index, point, quantity, av, rv, cvv, tv)
-                    continue
-            if reach is None:
-                reach = reach_of() if hess is None else None
-                reach = False if reach is None else reach
-            if reach is not False and bool(reach.reshape(-1)[j]):
-                self.acc.element("nondifferentiable", "info", group, index, point, quantity, av, rv, tv,
-                                 entries_key=f"{label}:{j}")
-                continue
-            kind = "stale-graph" if stale else "mismatch"
-            self.acc.element(kind, "error", group, index, point, quantity, av, rv, tv, entries_key=f"{label}:{j}",
-                             what=what)
+
+        def quantity(j: int) -> str:
+            elem = element_name(name, shape, j)
+            return f"{hess[0]} of {label}, d/d {elem}" if hess is not None else f"d {label}/d {elem}"
+
+        tol = verdicts.tol
+        for kind, mask in verdicts.masks.items():
+            if kind == "untracked":
+                self.acc.many("untracked", "error", "cuts", index, point, quantity, a, r, tol, mask, cut=c)
+            elif kind == "nonfinite-agree":
+                self.acc.many("nonfinite", "info", group, index, point, quantity, a, r, tol, mask)
+            elif kind == "nonfinite":
+                self.acc.many("nonfinite", "error", group, index, point, quantity, a, r, tol, mask)
+            elif kind == "nondifferentiable":
+                self.acc.many("nondifferentiable", "info", group, index, point, quantity, a, r, tol, mask)
+            else:
+                self.acc.many("stale-graph" if stale else "mismatch", "error", group, index, point, quantity, a, r,
+                              tol, mask, what="d2" if hess is not None else "d")
 
     # ------------------------------------------------------------ cuts
     def _cuts_dropped(self, run: TracedRun, cts: dict[int, Any]) -> None:
@@ -382,11 +363,13 @@ class FunctionJudge:
                     g = res.cts.get(v.id)
                     if isinstance(g, Traced):
                         seeds2[g.var.id] = d
-                ref2 = sweep(whole, values, seeds2)
-                cts = {v.id: ref2.cts.get(v.id) for v in prog.inputs}
+                rec2 = record_sweep(whole, values, seeds2)
+                ref2 = rec2[2]
+                cts = {v.id: (lambda c: c.value if isinstance(c, Traced) else c)(ref2.cts.get(v.id))
+                       for v in prog.inputs}
                 auto = hvp(run, grads_auto, direction)
                 self._compare(index, run, row.label, r, auto, cts, None, ref2.tainted | res.tainted,
-                              ref2.blocked + res.blocked, seeds, hess=(dlabel, direction))
+                              ref2.blocked + res.blocked, seeds, hess=(dlabel, None), recorded=rec2)
 
     def _point(self, run: TracedRun, index: int) -> dict[str, float]:
         """The point's input values, when small enough to show."""
@@ -399,15 +382,6 @@ class FunctionJudge:
             for j, v in enumerate(flat):
                 out[element_name(name, tuple(t.shape), j)] = v
         return out
-
-
-def _cheap(a: torch.Tensor, r: torch.Tensor, u: float, rtol: float | None, atol: float | None) -> torch.Tensor:
-    bound = r.abs() * (CHEAP_ULPS * u)
-    if rtol is not None:
-        bound = bound + rtol * r.abs()
-    if atol is not None:
-        bound = bound + atol
-    return ((a - r).abs() <= bound) & torch.isfinite(bound) & torch.isfinite(a)
 
 
 def _const(prog: Any, atom: Any) -> Any:

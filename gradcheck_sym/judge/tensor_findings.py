@@ -116,6 +116,26 @@ class Accumulator:
         ex = _example(index, point, a, r, tol, quantity)
         self._example(g, ex, ex.abs_err / tol if ex.abs_err is not None and tol > 0 else math.inf)
 
+    def many(self, kind: str, severity: str, group: str, index: int, point: dict[str, float], quantity: Any,
+             a: Any, r: Any, tol: Any, mask: Any, *, cut: Any = None, what: str = "d") -> None:
+        """All the elements of `mask` at once: counted, and the worst few kept as examples."""
+        g = self._group(kind, severity, group)
+        g.points.add(index)
+        n = int(mask.sum())
+        g.bulk += n
+        g.info.setdefault("what", what)
+        idx = mask.reshape(-1).nonzero().reshape(-1)
+        err = (a - r).abs().reshape(-1)[idx]
+        score = err / tol.reshape(-1)[idx].clamp(min=1e-300)
+        score = score.nan_to_num(1e300, 1e300, 1e300)
+        top = idx[score.topk(min(MAX_EXAMPLES, len(idx))).indices] if len(idx) else idx
+        for j in top.tolist():
+            av, rv, tv = float(a.reshape(-1)[j]), float(r.reshape(-1)[j]), float(tol.reshape(-1)[j])
+            ex = _example(index, point, av, rv, tv, quantity(j))
+            if cut is not None:
+                g.info["cut_value"] = float(cut.reshape(-1)[j])
+            self._example(g, ex, ex.abs_err / tv if ex.abs_err is not None and tv > 0 else math.inf)
+
     def untracked(self, name: str, index: int, point: dict[str, float], quantity: str, a: float, r: float,
                   c: float, tol: float) -> None:
         g = self._group("untracked", "error", name)
@@ -133,7 +153,7 @@ class Accumulator:
         for (kind, severity, key), g in self.groups.items():
             exs = tuple(e for _, _, e in sorted(g.heap, reverse=True))
             where = f"at {len(g.points)} of {n_points} point{'s' if n_points != 1 else ''}"
-            entries = len(g.entries)
+            entries = len(g.entries) + (g.bulk if kind != "not-verified" else 0)
             if entries > 1:
                 where += f" ({entries} entries)"
             out.append(self._finding(kind, severity, key, g, exs, where, harmful, dtype))

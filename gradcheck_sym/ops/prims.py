@@ -319,10 +319,9 @@ def _sum_vjp(cts: list[Any], ins: Sequence[Any], outs: Sequence[Any], dims: tupl
 def _sum_err(errs: list[Any], ins: Sequence[Any], outs: Sequence[Any], u: float, dims: tuple[int, ...],
              keepdim: bool) -> list[Any]:
     n = int(np.prod([shape_of(ins[0])[d] for d in dims])) if dims else 1
-    out = u * gamma_sum(n) * _sum_impl(_abs(ins[0]), dims, keepdim)
-    if errs[0] is not None:
-        out = out + _sum_impl(errs[0], dims, keepdim)
-    return [out]
+    # linear: one reduction of (the inputs' bounds + this sum's own rounding of each term)
+    own = (u * gamma_sum(n)) * _abs(ins[0])
+    return [_sum_impl(own if errs[0] is None else own + errs[0], dims, keepdim)]
 
 
 register(Prim("sum", _sum_impl, _sum_impl, _sum_vjp, _sum_err, linear=True))
@@ -346,13 +345,25 @@ def _segsum_vjp(cts: list[Any], ins: Sequence[Any], outs: Sequence[Any], index: 
 
 def _segsum_err(errs: list[Any], ins: Sequence[Any], outs: Sequence[Any], u: float, index: Any,
                 shape: tuple[int, ...], fill: bool) -> list[Any]:
+    own = (u * gamma_sum(_most(index))) * _abs(ins[0])
+    return [_segsum_impl(own if errs[0] is None else own + errs[0], index, shape, fill)]
+
+
+_MOST: dict[int, tuple[Any, int]] = {}
+
+
+def _most(index: Any) -> int:
+    """How many entries a scatter-add sums at most into one slot (cached per index map)."""
+    hit = _MOST.get(id(index))
+    if hit is not None and hit[0] is index:
+        return hit[1]
     flat = index.reshape(-1)
-    counts = torch.bincount(flat[flat >= 0], minlength=1)
+    counts = torch.bincount(flat[flat >= 0]) if flat.numel() else torch.zeros(1, dtype=torch.long)
     most = int(counts.max()) if counts.numel() else 1
-    out = u * gamma_sum(most) * _segsum_impl(_abs(ins[0]), index, shape, fill)
-    if errs[0] is not None:
-        out = out + _segsum_impl(errs[0], index, shape, fill)
-    return [out]
+    if len(_MOST) > 4096:
+        _MOST.clear()
+    _MOST[id(index)] = (index, most)
+    return most
 
 
 register(Prim("segsum", _segsum_impl, _segsum_impl, _segsum_vjp, _segsum_err, linear=True))
@@ -361,10 +372,8 @@ register(Prim("segsum", _segsum_impl, _segsum_impl, _segsum_vjp, _segsum_err, li
 def _cumsum_err(errs: list[Any], ins: Sequence[Any], outs: Sequence[Any], u: float, dim: int,
                 reverse: bool) -> list[Any]:
     n = shape_of(ins[0])[dim] if shape_of(ins[0]) else 1
-    out = u * gamma_sum(n) * _cumsum_impl(_abs(ins[0]), dim, reverse)
-    if errs[0] is not None:
-        out = out + _cumsum_impl(errs[0], dim, reverse)
-    return [out]
+    own = (u * gamma_sum(n)) * _abs(ins[0])
+    return [_cumsum_impl(own if errs[0] is None else own + errs[0], dim, reverse)]
 
 
 register(Prim("cumsum", _cumsum_impl, _cumsum_impl,
@@ -389,12 +398,14 @@ def _matmul_vjp(cts: list[Any], ins: Sequence[Any], outs: Sequence[Any]) -> list
 def _matmul_err(errs: list[Any], ins: Sequence[Any], outs: Sequence[Any], u: float) -> list[Any]:
     a, b = ins
     k = shape_of(a)[-1]
-    # A dot product of k terms: up to k roundings (BLAS sums in blocks, with FMA).
-    out = u * float(max(k, 1)) * torch.matmul(a.abs(), b.abs())
+    # |a| (k u |b| + E_b) + E_a |b|: a dot product of k terms costs up to k roundings (BLAS sums in
+    # blocks, with FMA), and the operands' bounds pass through the bilinear map.
+    right = (u * float(max(k, 1))) * b.abs()
+    if errs[1] is not None:
+        right = right + errs[1]
+    out = torch.matmul(a.abs(), right)
     if errs[0] is not None:
         out = out + torch.matmul(errs[0], b.abs())
-    if errs[1] is not None:
-        out = out + torch.matmul(a.abs(), errs[1])
     return [out]
 
 

@@ -1,0 +1,102 @@
+"""One verdict per compared element, vectorised: the ladder both `check_function` and `run` use.
+
+For autograd's values ``a`` against the exact ``r`` (same shape):
+
+1. the cheap test: ``|a - r| <= 128 u |r|`` (plus the caller's rtol/atol);
+2. the bound: ``|a - r| <= tol``, ``tol = SAFETY * E + FLOOR_ULPS (u |r| + tiny)`` with ``E`` the rounding
+   error bound of the computation (asked for only when the cheap test fails somewhere);
+3. what still fails is, in this order: ``nonfinite`` (NaN/inf on a side: ``nonfinite-agree`` when both
+   sides agree), ``untracked`` (autograd matches the exact derivative with the cuts as constants),
+   ``nondifferentiable`` (a kink the user's run sat on reaches the element), else ``mismatch``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+__all__ = ["Verdicts", "classify", "CHEAP_ULPS", "SAFETY", "FLOOR_ULPS", "KINDS"]
+
+F64 = torch.float64
+CHEAP_ULPS = 128.0
+SAFETY = 8.0
+FLOOR_ULPS = 4.0
+KINDS = ("nonfinite-agree", "nonfinite", "untracked", "nondifferentiable", "mismatch")
+
+
+@dataclass
+class Verdicts:
+    """Masks (same shape as the values) of the elements of each failing kind, and the tolerance used."""
+
+    masks: dict[str, torch.Tensor]
+    tol: torch.Tensor | None
+    compared: int
+
+    @property
+    def ok(self) -> bool:
+        return not any(bool(m.any()) for m in self.masks.values())
+
+
+def cheap(a: torch.Tensor, r: torch.Tensor, u: float, rtol: float | None, atol: float | None) -> torch.Tensor:
+    bound = r.abs() * (CHEAP_ULPS * u)
+    if rtol:
+        bound = bound + rtol * r.abs()
+    if atol:
+        bound = bound + atol
+    return ((a - r).abs() <= bound) & torch.isfinite(bound) & torch.isfinite(a)
+
+
+def classify(a: torch.Tensor, r: torch.Tensor, *, u: float, tiny: float, bound: Callable[[], Any],
+             cut: torch.Tensor | None = None, reach: Callable[[], Any] | None = None,
+             rtol: float | None = None, atol: float | None = None, slack: torch.Tensor | None = None
+             ) -> Verdicts:
+    """The verdict of every element (see the module docstring).
+
+    Args:
+        a, r: autograd's and the exact values (float64, same shape).
+        u, tiny: the unit roundoff and smallest normal number of the checked dtype.
+        bound: () -> the error bound E (a tensor broadcastable to `a`, or None): called only if needed.
+        cut: the exact values with the cuts as constants, when there are cuts.
+        reach: () -> a bool mask of the elements a kink can reach (or None): called only if needed.
+        slack: an absolute allowance added to the tolerance (e.g. the rounding of an accumulation).
+    """
+    ok = cheap(a, r, u, rtol, atol)
+    if bool(ok.all()):
+        return Verdicts({}, None, a.numel())
+    e = bound()
+    tol = FLOOR_ULPS * (u * r.abs() + tiny)
+    if e is not None:
+        tol = tol + SAFETY * e
+    if rtol:
+        tol = tol + rtol * r.abs()
+    if atol:
+        tol = tol + atol
+    if slack is not None:
+        tol = tol + slack
+    tol = tol.expand_as(a) if tol.shape != a.shape else tol
+    finite = torch.isfinite(a) & torch.isfinite(r)
+    bad = ~ok & ~(finite & ((a - r).abs() <= tol))
+    masks: dict[str, torch.Tensor] = {}
+    if not bool(bad.any()):
+        return Verdicts(masks, tol, a.numel())
+    nf = bad & ~finite
+    if bool(nf.any()):
+        agree = nf & ((torch.isnan(a) & torch.isnan(r)) | (a == r))
+        masks["nonfinite-agree"] = agree
+        masks["nonfinite"] = nf & ~agree
+    rest = bad & finite
+    if cut is not None and bool(rest.any()):
+        c = cut.expand_as(a)
+        untracked = rest & torch.isfinite(c) & ((a - c).abs() <= 2 * tol + FLOOR_ULPS * u * c.abs())
+        masks["untracked"] = untracked
+        rest = rest & ~untracked
+    if reach is not None and bool(rest.any()):
+        kinked = reach()
+        if kinked is not None:
+            nd = rest & kinked.expand_as(a)
+            masks["nondifferentiable"] = nd
+            rest = rest & ~nd
+    masks["mismatch"] = rest
+    return Verdicts({k: m for k, m in masks.items() if bool(m.any())}, tol, a.numel())
