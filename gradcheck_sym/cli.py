@@ -167,14 +167,16 @@ def _run(args: argparse.Namespace) -> int:
     if args.json:
         print(report.to_json())
     else:
-        from .report.render import render_run_text
+        from .report.run_render import render_run_text
 
         print(file=sys.stdout)
         sys.stdout.write(render_run_text(report, width=_width(), color=_color()))
     if args.graph:
-        from .report.picture import run_picture
+        from .report.run_picture import run_picture
 
         _draw(run_picture(report), args.graph)
+    if report.exit_code:
+        return report.exit_code
     return 0 if report.ok else 1
 
 

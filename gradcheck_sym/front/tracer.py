@@ -98,6 +98,8 @@ class _Rec:
     index: torch.Tensor | None = None  # flat positions in the root, computed when needed
     cut: str | None = None  # an alias made by .detach() or .data stays cut when re-derived
     used: bool = False  # read by an op since its value was bound
+    anc: frozenset = frozenset()  # for pictures: the nearest named tensors it was computed from
+    layout: tuple | None = None  # (shape, stride, offset) when it became its storage's root
 
     @property
     def tensor(self) -> torch.Tensor | None:
@@ -135,6 +137,7 @@ class Tracer(TorchFunctionMode):
         self.kwargs: dict = {}
         self.rng_state: torch.Tensor | None = None
         self.before: torch.Tensor | None = None  # an in-place op's target, before the op
+        self._site_index: dict[Site, int] = {}
         self._site = -1
 
     # ------------------------------------------------------------ the program so far
@@ -202,6 +205,10 @@ class Tracer(TorchFunctionMode):
                 handle = self._view_of(alias, t)
             self._bind(t, handle)
             return handle
+        return self._unknown(t)
+
+    def _unknown(self, t: torch.Tensor) -> Any:
+        """A tensor no recorded op made and no known storage holds: a constant, or opaque if it has a graph."""
         if t.requires_grad and t.grad_fn is not None:
             return self._opaque_tensor(t)
         return self.const(t)
@@ -227,6 +234,7 @@ class Tracer(TorchFunctionMode):
             root = self.roots.get(key)
             if root is None or root.tensor is None or root.tensor is t:
                 self.roots[key] = r
+                r.layout = _layout(t)
             elif root is not r:
                 r.root, r.root_handle, r.root_tensor = root, root.handle, root.tensor
         return r
@@ -237,20 +245,20 @@ class Tracer(TorchFunctionMode):
 
     def _index(self, r: _Rec) -> torch.Tensor:
         if r.index is None:
-            r.index = _index_map(r.root.tensor, r.tensor)  # type: ignore[union-attr]
+            r.index = _index_map(r.root.layout, r.tensor)  # type: ignore[union-attr]
         return r.index
 
     def _view_of(self, root: _Rec, t: torch.Tensor) -> Any:
-        if _same_layout(root.tensor, t):
+        if root.layout == _layout(t):
             return root.handle
-        index = _index_map(root.tensor, t)
+        index = _index_map(root.layout, t)
         return P.take(root.handle, index)
 
     def _rederive(self, r: _Rec) -> None:
         root = r.root
         assert root is not None
         with interpreting(self.rec):
-            handle = root.handle if _same_layout(root.tensor, r.tensor) else P.take(root.handle, self._index(r))
+            handle = root.handle if root.layout == _layout(r.tensor) else P.take(root.handle, self._index(r))
             if r.cut is not None:
                 handle = P.stop(handle, r.cut, -1)
         r.handle, r.root_handle = handle, root.handle
@@ -271,7 +279,7 @@ class Tracer(TorchFunctionMode):
         if root is None:
             return
         with interpreting(self.rec):
-            if _same_layout(root.tensor, t):
+            if root.layout == _layout(t):
                 root.handle = new
             else:
                 index = self._index(r)
@@ -304,8 +312,12 @@ class Tracer(TorchFunctionMode):
         custom = _custom_forward() if grad != "on" else None
         if custom and custom not in self.custom:
             self.custom.append(custom)
-        self.sites.append(Site(op, file, line, source, grad, custom))
-        return len(self.sites) - 1
+        site = Site(op, file, line, source, grad, custom)
+        found = self._site_index.get(site)  # a loop makes the same site again and again: one record
+        if found is None:
+            found = self._site_index[site] = len(self.sites)
+            self.sites.append(site)
+        return found
 
     # ------------------------------------------------------------ the mode
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
@@ -329,13 +341,18 @@ class Tracer(TorchFunctionMode):
         site = self._new_site(name)
         text = f"internal error while tracing {name} at {self.sites[site].where}: {type(exc).__name__}: {exc}"
         self.notes.append(Note("internal", site, text))
+        try:
+            deps = [h for h in _flat_handles(self, self.args, self.kwargs) if isinstance(h, Traced)]
+        except Exception:  # noqa: BLE001 - no inputs known: the value is opaque on its own
+            deps = []
         for t in _tensors(out):
             if t.is_floating_point():
                 with interpreting(self.rec):
                     self.rec.site = site
-                    self._bind(t, P.opaque(value=t.detach(), reason=text))
+                    self._bind(t, P.opaque(*deps, value=t.detach(), reason=text))
 
     def _record(self, func: Any, name: str, args: tuple, kwargs: dict, out: Any) -> None:
+        self.args, self.kwargs = args, kwargs
         if name == "__get__":
             prop = getattr(getattr(func, "__self__", None), "__name__", "")
             if prop not in _PROPERTY_TENSORS:
@@ -383,6 +400,10 @@ class Tracer(TorchFunctionMode):
                 continue
             self._check_value(t, h, site)
             self._bind(t, h, cut="detach" if base == "detach" else None)
+            self._on_output(t, h, site)
+
+    def _on_output(self, t: torch.Tensor, h: Any, site: int) -> None:
+        """A hook for subclasses: tensor `t` was made at `site` (the script runner names it)."""
 
     def _lower(self, base: str, swap: bool, args: tuple, kwargs: dict, site: int) -> Any:
         rule = RULES.get(base)
@@ -475,7 +496,10 @@ class Tracer(TorchFunctionMode):
         with interpreting(self.rec):
             self.rec.site = site
             h = self._cut(".data", self._handle(value), site, -site - 1)
-        self._bind(t, h)
+        # `t` now has `value`'s storage: a new record (its old one stays the root of the old storage, with
+        # the old value, for the tensors that still alias it).
+        self.recs.pop(id(t), None)
+        self._bind(t, h, cut=".data")
 
     def _leave(self, name: str, t: Any, out: Any) -> None:
         if not isinstance(t, torch.Tensor) or not self.is_traced(t):
@@ -571,26 +595,33 @@ def _storage_key(t: torch.Tensor) -> tuple[int, int] | None:
     return (ptr, t.element_size())
 
 
-def _positions(t: torch.Tensor) -> torch.Tensor:
-    """Storage positions of each element of `t` (in elements), without materialising the storage."""
-    pos = torch.full((), t.storage_offset(), dtype=torch.long)
-    for d, (n, s) in enumerate(zip(t.shape, t.stride())):
-        shape = [1] * t.dim()
-        shape[d] = n
-        pos = pos + (torch.arange(n) * s).reshape(shape)
-    return pos.expand(tuple(t.shape)) if t.dim() else pos
+def _layout(t: torch.Tensor) -> tuple:
+    return (tuple(t.shape), tuple(t.stride()), t.storage_offset())
 
 
-def _same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.shape == b.shape and a.stride() == b.stride() and a.storage_offset() == b.storage_offset()
+def _positions(layout: tuple) -> torch.Tensor:
+    """Storage positions of each element of a tensor with this (shape, stride, offset), without
+    materialising the storage."""
+    shape, stride, offset = layout
+    pos = torch.full((), offset, dtype=torch.long)
+    for d, (n, s) in enumerate(zip(shape, stride)):
+        dims = [1] * len(shape)
+        dims[d] = n
+        pos = pos + (torch.arange(n) * s).reshape(dims)
+    return pos.expand(tuple(shape)) if shape else pos
 
 
-def _index_map(root: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Flat positions in `root` of each element of `t` (both on one storage); -1 where outside."""
-    pos = _positions(t)
-    if root.is_contiguous():
-        flat = pos - root.storage_offset()
-        ok = (flat >= 0) & (flat < root.numel())
+def _index_map(root: tuple, t: torch.Tensor) -> torch.Tensor:
+    """Flat positions in the root (given by its layout) of each element of `t` (both on one storage);
+    -1 where outside."""
+    pos = _positions(_layout(t))
+    shape, stride, offset = root
+    numel = int(torch.tensor(shape).prod()) if shape else 1
+    contiguous = list(stride) == [int(torch.tensor(shape[i + 1:]).prod()) if i + 1 < len(shape) else 1
+                                  for i in range(len(shape))]
+    if contiguous:
+        flat = pos - offset
+        ok = (flat >= 0) & (flat < numel)
         return torch.where(ok, flat, torch.full((), -1, dtype=torch.long))
     rpos = _positions(root).reshape(-1)
     order = torch.argsort(rpos)

@@ -97,8 +97,8 @@ class Recorder(Interpreter):
     def process(self, prim: Any, args: tuple[Any, ...], params: dict[str, Any]) -> Any:
         values = tuple(a.value if isinstance(a, Traced) else a for a in args)
         out = self._eager.process(prim, values, params)
-        if not any(isinstance(a, Traced) for a in args):
-            return out  # constants only: folded
+        if not any(isinstance(a, Traced) for a in args) and prim.name != "opaque":
+            return out  # constants only: folded (an opaque value stays a variable: it must taint)
         atoms = tuple(a.var if isinstance(a, Traced) else self._const(a) for a in args)
         outs = out if prim.multiple else (out,)
         vars_ = []

@@ -1,0 +1,338 @@
+"""The tracer of a whole script: leaves as inputs, every backward verified as it happens.
+
+On top of `Tracer`: a tensor the script made with ``requires_grad=True`` becomes an input of the
+program when first used, and a *new* input each time it is changed in place (an optimizer step,
+an init): a new value, not a cut.  Each ``.backward()`` / ``torch.autograd.grad(...)`` is
+intercepted: the reference's cotangents are computed from the program so far, the real backward
+runs (the script's, untouched), and each ``.grad`` *increment* is compared with the exact
+contribution — so accumulation, ``zero_()``, ``grad = None`` and gradient clipping between
+backwards need no special case, and an earlier unverified gradient is never taken as exact.
+``create_graph=True`` records the sweep into the program, so a second backward through the
+gradients is verified too.  Hooks, ``retain_grad()`` and reads of a non-leaf's ``.grad`` are
+recorded with their lines.  The program is pruned after each backward to what live tensors
+still need, so long training loops run in bounded memory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..ir.program import Program, Var
+from ..reference.interpret import Traced
+from .tracer import Tracer, _name, _user_frame
+
+__all__ = ["ScriptTracer", "Backward", "TensorInfo"]
+
+F64 = torch.float64
+_ASSIGNS = re.compile(r"^\s*[A-Za-z_][A-Za-z0-9_]*\s*(?:\[[^\]]*\]\s*)?(?:[+\-*/@]|//|\*\*)?=(?!=)")
+_CHECKERS = (os.path.join("torch", "autograd", "gradcheck.py"), os.path.join("torch", "autograd", "functional.py"))
+
+
+@dataclass
+class TensorInfo:
+    """A tensor that took part in autograd (a leaf that requires grad, a retained or a cut tensor)."""
+
+    serial: int
+    ref: Any
+    line: int
+    source: str
+    leaf: bool
+    version: int = 0
+    shape: tuple[int, ...] = ()
+    retains: bool = False
+    hooks: list[int] = field(default_factory=list)
+    grad_fn: str | None = None
+    requires_grad: bool = True
+    value: Any = None
+    cut: str = ""  # how it was cut, in words, if it was
+    hidden: bool = False  # an intermediate of its line's statement, not what the line's name is bound to
+    # per backward that reached it: (backward index, .grad after (float64), exact contribution, status)
+    checks: list[tuple[int, Any, Any, str]] = field(default_factory=list)
+    exact_total: Any = None  # the exact .grad if every contribution since a reset was verified, else None
+
+
+@dataclass
+class Backward:
+    """One backward call of the script (or torch.autograd.grad)."""
+
+    index: int
+    kind: str  # "backward" or "autograd.grad"
+    line: int
+    source: str
+    verified: bool = True
+    reasons: list[str] = field(default_factory=list)
+    checked: int = 0  # tensors compared
+    errors: int = 0
+    skipped: str = ""  # why the call was not compared at all (inside gradcheck, ...)
+    returned: list[tuple[str, Any, Any]] = field(default_factory=list)  # autograd.grad: (name, got, exact)
+
+
+class ScriptTracer(Tracer):
+    """Records a script and verifies its backwards (see the module docstring)."""
+
+    def __init__(self, deadline: float | None = None) -> None:
+        super().__init__()
+        self.infos: dict[int, TensorInfo] = {}  # id(tensor) -> info (alive tensors)
+        self.all_infos: list[TensorInfo] = []
+        self.backwards: list[Backward] = []
+        self.events: list[tuple[str, int, str, str]] = []  # (kind, line, message, tensor key)
+        self.deadline = deadline
+        self.stopped = ""  # why recording stopped (a time budget), if it did
+        self.verifier: Any = None  # set by the runner: verifies one backward (judge.backward)
+        self.edges: set[tuple[int, int, str]] = set()  # named tensor -> named tensor computed from it
+
+    # ------------------------------------------------------------ leaves and infos
+    def _unknown(self, t: torch.Tensor) -> Any:
+        if t.requires_grad and t.is_leaf and t.is_floating_point() and not t.is_complex():
+            return self._new_leaf(t)
+        return super()._unknown(t)
+
+    def _new_leaf(self, t: torch.Tensor) -> Traced:
+        info = self.infos.get(id(t))
+        if info is not None and info.ref() is not t:
+            info = None
+        version = 0 if info is None else info.version + 1
+        handle = self.leaf(t, f"leaf{len(self.inputs)}")
+        if info is None:
+            file, line, source = _user_frame()
+            info = TensorInfo(len(self.all_infos), self._weak(t), line, source, True, 0, tuple(t.shape))
+            self.infos[id(t)] = info
+            self.all_infos.append(info)
+        info.version = version
+        info.value = t.detach().to(F64).clone()
+        return handle
+
+    def _weak(self, t: torch.Tensor) -> Any:
+        import weakref
+
+        tid = id(t)
+        infos = self.infos
+
+        def gone(_: Any) -> None:
+            info = infos.get(tid)
+            if info is not None and info.ref() is None:
+                del infos[tid]
+
+        return weakref.ref(t, gone)
+
+    def _info(self, t: torch.Tensor) -> TensorInfo:
+        info = self.infos.get(id(t))
+        if info is None or info.ref() is not t:
+            file, line, source = _user_frame()
+            info = TensorInfo(len(self.all_infos), self._weak(t), line, source, t.is_leaf, 0, tuple(t.shape),
+                              requires_grad=t.requires_grad)
+            self.infos[id(t)] = info
+            self.all_infos.append(info)
+        return info
+
+    def _on_output(self, t: torch.Tensor, h: Any, site: int) -> None:
+        # Named results that take part in autograd (or were cut) get a row: the lessons' z, w, out.
+        s = self.sites[site]
+        anc: set[int] = set()
+        for a in _walk_tensors((self.args, self.kwargs)):
+            info = self.infos.get(id(a))
+            if info is not None and info.ref() is a:
+                anc.add(info.serial)
+                if info.line == s.line and not (info.leaf or info.retains or info.hooks):
+                    info.hidden = True  # `out = (a * b).sum()`: the product is not `out`
+            else:
+                r = self.recs.get(id(a))
+                if r is not None and r.tensor is a:
+                    anc |= r.anc
+        rec = self.recs.get(id(t))
+        cut = "no_grad" if s.grad != "on" and s.custom is None else ("detach" if self.name == "detach" else "")
+        if s.custom is None and (t.requires_grad or s.grad != "on" or self.name == "detach") and \
+                _ASSIGNS.match(s.source):
+            info = self._info(t)
+            for a in sorted(anc)[:32]:
+                if len(self.edges) < 20_000:
+                    self.edges.add((a, info.serial, cut))
+            if rec is not None:
+                rec.anc = frozenset({info.serial})
+            info.grad_fn = type(t.grad_fn).__name__ if t.grad_fn is not None else None
+            info.requires_grad = t.requires_grad
+            info.value = t.detach().to(F64).clone() if t.numel() <= 64 else None
+            if s.grad != "on":
+                info.cut = "made under no_grad: no grad_fn"
+            elif self.name == "detach":
+                info.cut = "detached: a constant for autograd"
+        elif rec is not None:
+            rec.anc = frozenset(sorted(anc)[:32])
+
+    def _write(self, t: torch.Tensor, new: Any) -> None:
+        if t.is_leaf and t.requires_grad:  # an update or an init of a leaf: a new value, not a cut
+            self._new_leaf(t)
+            return
+        super()._write(t, new)
+
+    # ------------------------------------------------------------ the mode
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if self.deadline is not None and not self.stopped and time.monotonic() > self.deadline:
+            self.stopped = "the time budget (--timeout) ran out: later backwards are not verified"
+        name = _name(func)
+        try:
+            if name == "backward":
+                return self._backward(func, args, kwargs)
+            if func is torch.autograd.grad:
+                return self._grad(func, args, kwargs)
+            if name in ("register_hook", "retain_grad") and args and isinstance(args[0], torch.Tensor):
+                info = self._info(args[0])
+                if name == "retain_grad":
+                    info.retains = True
+                else:
+                    info.hooks.append(_user_frame()[1])
+                return func(*args, **kwargs)
+            if name == "__get__" and getattr(getattr(func, "__self__", None), "__name__", "") == "grad" and args:
+                t = args[0]
+                if isinstance(t, torch.Tensor) and not t.is_leaf and not t.retains_grad:
+                    file, line, source = _user_frame()
+                    self.events.append(("nonleaf-grad", line, f"line {line} `{source}` reads .grad of a non-leaf "
+                                        "tensor: it is None", f"line {line}"))
+                return func(*args, **kwargs)
+            if name.startswith("_foreach_") and name.endswith("_") and args and isinstance(args[0], (list, tuple)):
+                out = func(*args, **kwargs)
+                for t in args[0]:
+                    if isinstance(t, torch.Tensor) and t.is_leaf and t.requires_grad and id(t) in self.recs:
+                        self._new_leaf(t)
+                return out
+        except _Ours:
+            pass
+        if self.stopped:
+            return func(*args, **kwargs)
+        return super().__torch_function__(func, types, args, kwargs)
+
+    # ------------------------------------------------------------ backward
+    def _checking_itself(self) -> bool:
+        frame = sys._getframe(2)
+        while frame is not None:
+            if frame.f_code.co_filename.endswith(_CHECKERS):
+                return True
+            frame = frame.f_back  # type: ignore[assignment]
+        return False
+
+    def _backward(self, func: Any, args: tuple, kwargs: dict) -> Any:
+        if args and isinstance(args[0], torch.Tensor):
+            tensors = [args[0]]
+            grads = [kwargs.get("gradient", args[1] if len(args) > 1 else None)]
+            create = bool(kwargs.get("create_graph", args[3] if len(args) > 3 else False))
+        else:
+            first = args[0] if args else kwargs.get("tensors")
+            tensors = [first] if isinstance(first, torch.Tensor) else list(first)
+            gt = kwargs.get("grad_tensors", args[1] if len(args) > 1 else None)
+            grads = [gt] if isinstance(gt, torch.Tensor) or gt is None else list(gt)
+            grads = grads + [None] * (len(tensors) - len(grads))
+            create = bool(kwargs.get("create_graph", False))
+        return self._around(func, args, kwargs, "backward", tensors, grads, create, None)
+
+    def _grad(self, func: Any, args: tuple, kwargs: dict) -> Any:
+        import inspect
+
+        bound = inspect.signature(torch.autograd.grad).bind(*args, **kwargs)
+        bound.apply_defaults()
+        a = bound.arguments
+        outs = [a["outputs"]] if isinstance(a["outputs"], torch.Tensor) else list(a["outputs"])
+        inputs = [a["inputs"]] if isinstance(a["inputs"], torch.Tensor) else list(a["inputs"])
+        go = a.get("grad_outputs")
+        grads = [go] if isinstance(go, torch.Tensor) or go is None else list(go)
+        grads = grads + [None] * (len(outs) - len(grads))
+        if a.get("is_grads_batched"):
+            return self._skip(func, args, kwargs, "autograd.grad", "is_grads_batched=True is not verified")
+        return self._around(func, args, kwargs, "autograd.grad", outs, grads, bool(a.get("create_graph")), inputs)
+
+    def _skip(self, func: Any, args: tuple, kwargs: dict, kind: str, why: str) -> Any:
+        file, line, source = _user_frame()
+        ev = Backward(len(self.backwards), kind, line, source, verified=False, skipped=why)
+        self.backwards.append(ev)
+        return func(*args, **kwargs)
+
+    def _around(self, func: Any, args: tuple, kwargs: dict, kind: str, outs: list[torch.Tensor],
+                grads: list[Any], create: bool, inputs: list[torch.Tensor] | None) -> Any:
+        if self._checking_itself():
+            return func(*args, **kwargs)  # torch.autograd.gradcheck's own probes: its business
+        file, line, source = _user_frame()
+        ev = Backward(len(self.backwards), kind, line, source)
+        self.backwards.append(ev)
+        if self.stopped:
+            ev.verified, ev.reasons = False, [self.stopped]
+            return func(*args, **kwargs)
+        plan = None
+        try:
+            plan = self.verifier.plan(self, ev, outs, grads, inputs, create)
+        except Exception as exc:  # noqa: BLE001 - our failure: this backward is not verified, the script goes on
+            ev.verified = False
+            ev.reasons.append(f"internal error while deriving it ({type(exc).__name__}: {exc}); please report")
+        result = func(*args, **kwargs)  # the script's own backward: its errors are its own
+        try:
+            if plan is not None:
+                self.verifier.verify(self, ev, plan, result)
+        except Exception as exc:  # noqa: BLE001 - as above
+            ev.verified = False
+            ev.reasons.append(f"internal error while comparing ({type(exc).__name__}: {exc}); please report")
+        try:
+            self.prune()
+        except Exception:  # noqa: BLE001 - pruning is an optimisation; a failure keeps everything
+            pass
+        return result
+
+    # ------------------------------------------------------------ the program
+    def program_so_far(self) -> Program:
+        return Program(tuple(self.inputs), tuple(self.input_names), tuple(self.rec.eqns), (),
+                       tuple(self.rec.consts), tuple(self.sites))
+
+    def prune(self) -> None:
+        """Drop the equations no live tensor needs any more (and their values)."""
+        live: set[int] = set()
+        for r in list(self.recs.values()):
+            if r.tensor is not None and isinstance(r.handle, Traced):
+                live.add(r.handle.var.id)
+            if r.root is not None and isinstance(r.root.handle, Traced):
+                live.add(r.root.handle.var.id)
+        for h in self.items.values():
+            if isinstance(h, Traced):
+                live.add(h.var.id)
+        needed = set(live)
+        keep = []
+        for e in reversed(self.rec.eqns):
+            if any(v.id in needed for v in e.outputs):
+                keep.append(e)
+                for a in e.inputs:
+                    if isinstance(a, Var):
+                        needed.add(a.id)
+        keep.reverse()
+        self.rec.eqns[:] = keep
+        used_consts = {a.index for e in keep for a in e.inputs if not isinstance(a, Var)}
+        for i in range(len(self.rec.consts)):
+            if i not in used_consts and self.rec.consts[i] is not None:
+                self.rec.consts[i] = _DROPPED
+        for vid in [v for v in self.rec.values if v not in needed]:
+            del self.rec.values[vid]
+        alive_inputs = [(v, n) for v, n in zip(self.inputs, self.input_names) if v.id in needed]
+        self.inputs = [v for v, _ in alive_inputs]
+        self.input_names = [n for _, n in alive_inputs]
+        self.cuts = [c for c in self.cuts if any(v in needed for v in c.vars)]
+
+
+class _Ours(Exception):
+    pass
+
+
+def _walk_tensors(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        yield x
+    elif isinstance(x, (list, tuple)):
+        for e in x:
+            yield from _walk_tensors(e)
+    elif isinstance(x, dict):
+        for e in x.values():
+            yield from _walk_tensors(e)
+
+
+_DROPPED = torch.zeros(())  # a constant no equation uses any more

@@ -1,0 +1,258 @@
+"""Verify one backward of a script: the reference before it runs, the `.grad` increments after.
+
+`plan` derives, before the script's backward runs, the exact cotangent of every tensor that can
+receive a gradient (full math, and with the cuts as constants), from the program recorded so far;
+it snapshots their ``.grad``.  `verify` compares, after the backward, each ``.grad`` *increment*
+(after minus before) — or each value ``torch.autograd.grad`` returned — with the exact
+contribution, through the same verdict ladder as `check_function` (`judge.elements`).  A hook on
+the path explains a difference (``hook``); a stale `.data` write explains it (``stale-graph``).
+What flows through something the tracer could not model is *not verified*, and so is a tensor
+whose earlier gradient was not verified: its total is never vouched for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..ir.program import Var
+from ..reference.interpret import UNIT_ROUNDOFF, Traced, error_bounds, record_sweep, sweep
+from .elements import classify
+
+__all__ = ["BackwardVerifier", "Plan"]
+
+F64 = torch.float64
+
+
+@dataclass
+class Plan:
+    seeds: dict[int, Any]
+    recorded: Any  # (program extended by the sweep, values, SweepResult)
+    cts: dict[int, Any]
+    cut: dict[int, Any] | None
+    tainted: set[int]
+    blocked: list[tuple[int, str]]
+    targets: list[tuple[Any, Any, Any]] = field(default_factory=list)  # (info, tensor, .grad before)
+    inputs: list[torch.Tensor] | None = None
+    create: bool = False
+    bounds: dict[int, Any] | None = None
+
+
+class BackwardVerifier:
+    """Plans and verifies backwards for a `ScriptTracer` (see the module docstring)."""
+
+    def plan(self, tr: Any, ev: Any, outs: list[torch.Tensor], grads: list[Any], inputs: list[torch.Tensor] | None,
+             create: bool) -> Plan | None:
+        seeds: dict[int, Any] = {}
+        for out, g in zip(outs, grads):
+            h = tr.v(out)
+            if not isinstance(h, Traced):
+                ev.verified = False
+                ev.reasons.append("its output was not computed by torch ops the tracer saw")
+                return None
+            if g is None:
+                if out.numel() != 1:
+                    return None  # torch raises: "grad can be implicitly created only for scalar outputs"
+                g = torch.ones(tuple(out.shape), dtype=F64)
+            elif isinstance(g, torch.Tensor):
+                g = g.detach().to(F64).expand(tuple(out.shape))
+            else:
+                g = torch.full(tuple(out.shape), float(g), dtype=F64)
+            seeds[h.var.id] = g if h.var.id not in seeds else seeds[h.var.id] + g
+        prog = tr.program_so_far()
+        if create:  # record the sweep into the script's own program: the gradients get handles
+            env = {v.id: Traced(tr.rec.values[v.id], v) for v in prog.inputs}
+            for e in prog.eqns:
+                for v in e.outputs:
+                    env[v.id] = Traced(tr.rec.values[v.id], v)
+            res = sweep(prog, env, seeds, recorder=tr.rec)
+            recorded = None
+            cts = dict(res.cts)
+        else:
+            recorded = record_sweep(prog, tr.rec.values, seeds)
+            res = recorded[2]
+            cts = {k: (c.value if isinstance(c, Traced) else c) for k, c in res.cts.items()}
+        cut = sweep(prog, tr.rec.values, seeds, cut=True).cts if tr.cuts else None
+        plan = Plan(seeds, recorded, cts, cut, res.tainted, res.blocked, inputs=inputs, create=create)
+        if inputs is None:
+            for info in list(tr.infos.values()):
+                t = info.ref()
+                if t is None or not ((t.is_leaf and t.requires_grad) or t.retains_grad):
+                    continue
+                before = None if t.grad is None else t.grad.detach().to(F64).clone()
+                plan.targets.append((info, t, before))
+        return plan
+
+    # ------------------------------------------------------------ after the backward
+    def verify(self, tr: Any, ev: Any, plan: Plan, result: Any) -> None:
+        if plan.inputs is not None:
+            for t, got in zip(plan.inputs, result):
+                self._one(tr, ev, plan, None, t, None, got, returned=True)
+            return
+        targets = set()
+        for info, t, before in plan.targets:
+            targets.add(info.serial)
+            self._one(tr, ev, plan, info, t, before, t.grad, returned=False)
+        for info in list(tr.infos.values()):  # named non-leaf tensors: the gradient they would hold
+            t = info.ref()
+            if t is None or info.serial in targets:
+                continue
+            r = tr.recs.get(id(t))
+            if r is None or r.tensor is not t or not isinstance(r.handle, Traced):
+                continue
+            ct = plan.cts.get(r.handle.var.id)
+            if ct is None and not info.cut:
+                continue
+            ct = ct.value if isinstance(ct, Traced) else ct
+            status = info.cut or ("grad is None: not a leaf" if t.requires_grad else "no grad (does not require grad)")
+            info.checks.append((ev.index, None, ct, status))
+
+    def _one(self, tr: Any, ev: Any, plan: Plan, info: Any, t: torch.Tensor, before: Any, after: Any,
+             returned: bool) -> None:
+        h = tr.recs.get(id(t))
+        var = h.handle.var if h is not None and h.tensor is t and isinstance(h.handle, Traced) else None
+        exact = plan.cts.get(var.id) if var is not None else None
+        exact_t = exact.value if isinstance(exact, Traced) else exact
+        got = None if after is None else after.detach().to(F64)
+        base = before if before is not None else None
+        incr = got if base is None or got is None else got - base
+        if incr is None and exact_t is None:
+            return  # no gradient on either side
+        if info is None:
+            info = tr._info(t)
+        ev.checked += 1
+        shape = tuple(t.shape)
+        r = torch.zeros(shape, dtype=F64) if exact_t is None else exact_t.to(F64).expand(shape)
+        a = torch.zeros(shape, dtype=F64) if incr is None else incr
+        if var is not None and var.id in plan.tainted:
+            ev.verified = False
+            reasons = sorted({reason for _, reason in plan.blocked}) or ["a value the tracer could not follow"]
+            for reason in reasons:
+                if reason not in ev.reasons:
+                    ev.reasons.append(reason)
+            info.exact_total = None
+            self._status(info, ev, got, None, "not verified", t)
+            return
+        u = UNIT_ROUNDOFF.get(str(t.dtype).replace("torch.", ""), 2.0**-53)
+        tiny = torch.finfo(t.dtype).tiny if t.is_floating_point() else 0.0
+        cut = None
+        if plan.cut is not None:
+            c = plan.cut.get(var.id) if var is not None else None
+            cut = torch.zeros(shape, dtype=F64) if c is None else c.to(F64).expand(shape)
+        slack = None if base is None else u * (base.abs() + a.abs()) * 2
+
+        def bound() -> Any:
+            if plan.recorded is None or var is None:
+                return None
+            if plan.bounds is None:
+                whole, values, res = plan.recorded
+                e = error_bounds(whole, values)
+                plan.bounds = {k: e.get(c.var.id) for k, c in res.cts.items() if isinstance(c, Traced)}
+            b = plan.bounds.get(var.id)
+            return None if b is None else b * (1.0 + 2.0**-53 / u)
+
+        verdicts = classify(a, r, u=u, tiny=tiny, bound=bound, cut=cut, slack=slack)
+        total_before = _total_before(info, before, u)
+        status = "ok"
+        if not verdicts.ok:
+            kinds = list(verdicts.masks)
+            status = _worst(kinds)
+            if status == "mismatch":
+                if any(n.kind == "stale-graph" for n in tr.notes):
+                    status = "stale-graph"
+                elif self._hooked(tr, var):
+                    status = "hook"
+            if status in ("mismatch", "untracked", "nonfinite", "stale-graph"):
+                ev.errors += 1
+            tr.events.append((status, ev.line, _message(status, ev, a, r, cut, tr), f"#{info.serial}"))
+        if returned:
+            ev.returned.append((f"#{info.serial}", got, r))
+        # The exact .grad now (what autograd should hold), when the exact value before is known.
+        info.exact_total = None if total_before is False else (r if total_before is None else total_before + r)
+        self._status(info, ev, got, info.exact_total, status, t)
+        if plan.create and got is not None and var is not None and isinstance(exact, Traced):
+            self._bind_grad(tr, t, before, exact)
+
+    def _status(self, info: Any, ev: Any, got: Any, exact: Any, status: str, t: torch.Tensor) -> None:
+        info.checks.append((ev.index, None if got is None else got.clone(), exact, status))
+        if len(info.checks) > 8:  # keep the first and the latest few
+            del info.checks[1]
+        info.grad_fn = type(t.grad_fn).__name__ if t.grad_fn is not None else None
+
+    def _hooked(self, tr: Any, var: Var | None) -> bool:
+        """Whether a tensor hook sits downstream of `var` (between it and the output)."""
+        if var is None:
+            return False
+        hooked = [r for r in tr.recs.values() if r.tensor is not None and id(r.tensor) in tr.infos
+                  and tr.infos[id(r.tensor)].hooks and isinstance(r.handle, Traced)]
+        if not hooked:
+            return False
+        for r in hooked:
+            need = {r.handle.var.id}
+            for e in reversed(tr.rec.eqns):
+                if any(v.id in need for v in e.outputs):
+                    need.update(a.id for a in e.inputs if isinstance(a, Var))
+            if var.id in need:
+                return True
+        return False
+
+    def _bind_grad(self, tr: Any, t: torch.Tensor, before: Any, ct: Traced) -> None:
+        g = t.grad
+        if g is None:
+            return
+        handle = ct
+        prev = tr.recs.get(id(before)) if before is not None else None
+        if prev is not None and isinstance(prev.handle, Traced):
+            from ..ops import prims as P
+            from ..ops.core import interpreting
+
+            with interpreting(tr.rec):
+                handle = P.add(prev.handle, ct)
+        tr._bind(g, handle)
+
+
+def _total_before(info: Any, before: Any, u: float) -> Any:
+    """The exact value of .grad before this backward: None (no gradient or zeroed), the verified total,
+    or False when unknown (an unverified earlier gradient, or .grad changed since in a way not seen)."""
+    if before is None or not bool(before.any()):
+        return None
+    prev = info.exact_total
+    if prev is None:
+        return False
+    prev = prev.expand_as(before)
+    if bool(((before - prev).abs() <= 64 * u * (before.abs() + prev.abs()) + 1e-300).all()):
+        return prev
+    return False
+
+
+def _worst(kinds: list[str]) -> str:
+    for k in ("nonfinite", "mismatch", "untracked", "nondifferentiable", "nonfinite-agree"):
+        if k in kinds:
+            return k
+    return kinds[0]
+
+
+def _fmt(t: Any) -> str:
+    if t is None:
+        return "None"
+    flat = t.reshape(-1)
+    if flat.numel() == 1:
+        return f"{float(flat[0]):.6g}"
+    shown = ", ".join(f"{float(v):.6g}" for v in flat[:4])
+    return f"[{shown}{', ...' if flat.numel() > 4 else ''}] (shape {tuple(t.shape)})"
+
+
+def _message(status: str, ev: Any, a: Any, r: Any, cut: Any, tr: Any) -> str:
+    what = "returned" if ev.kind == "autograd.grad" else "added to .grad"
+    head = f"{ev.kind} at line {ev.line}: the gradient {what} of {{tensor}} is {_fmt(a)}"
+    if status == "untracked":
+        cuts = sorted({(c.kind, tr.sites[c.site].line) for c in tr.cuts})
+        where = ", ".join(f"{'no_grad' if k == 'no_grad' else k} at line {ln}" for k, ln in cuts) or "a cut"
+        return f"{head}, the exact gradient is {_fmt(r)}; the difference is what {where} hides from autograd"
+    if status == "hook":
+        return f"{head}, the plain gradient is {_fmt(r)}: a hook on its way back changed it"
+    if status == "nondifferentiable":
+        return f"{head}, sympy {_fmt(r)}: a kink, tie or jump of the run, where torch follows a convention"
+    return f"{head} where the exact gradient is {_fmt(r)}"

@@ -1,0 +1,187 @@
+"""The report of `gradcheck-sym run`, for people: text that fits the terminal, and HTML for notebooks.
+
+Numbers are never split: every cell is one short token (``0.25``, ``[2x3] -1.2..3.4``) and columns are
+dropped, least useful first, until the table fits the width (``full=True`` keeps them all and every
+row).  Long tables show their first and last rows.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import math
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from .run import RunReport, TensorRow
+
+__all__ = ["render_run_text", "render_run_html", "value_text"]
+
+_SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+_BAD = ("mismatch", "untracked", "stale-graph", "nonfinite", "hook", "not verified")
+# Columns as shown, and the order they are dropped in when the table is too wide.
+_COLUMNS = [("tensor", "left"), ("line", "right"), ("leaf", "left"), ("req.", "left"), ("grad_fn", "left"),
+            ("retains", "left"), ("value", "right"), (".grad", "right"), ("exact", "right"), ("checks", "right"),
+            ("status", "left")]
+_DROP = ["retains", "req.", "line", "leaf", "checks", "grad_fn", "value"]
+MAX_ROWS = 40
+
+
+def _num(x: float) -> str:
+    if math.isnan(x):
+        return "nan"
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return f"{x:.4g}"
+
+
+def value_text(v: Any) -> str:
+    """One short token for a summarised value (see `report.run.summary_value`)."""
+    if v is None:
+        return "None"
+    if isinstance(v, (int, float)):
+        return _num(float(v))
+    if isinstance(v, dict):
+        shape = "x".join(str(s) for s in v["shape"])
+        return f"[{shape}] {_num(v['min'])}..{_num(v['max'])}"
+    flat = _flatten(v)
+    return "[" + ", ".join(_num(x) for x in flat[:4]) + (", ...]" if len(flat) > 4 else "]")
+
+
+def _flatten(v: Any) -> list[float]:
+    if isinstance(v, list):
+        out: list[float] = []
+        for e in v:
+            out += _flatten(e)
+        return out
+    return [float(v)]
+
+
+def _cells(t: TensorRow) -> dict[str, str]:
+    passed, compared = t.checks
+    return {"tensor": t.name, "line": str(t.line), "leaf": "yes" if t.is_leaf else "no",
+            "req.": "yes" if t.requires_grad else "no", "grad_fn": t.grad_fn or "-",
+            "retains": "yes" if t.retains_grad else "no", "value": value_text(t.value),
+            ".grad": value_text(t.grad) if t.grad is not None or t.is_leaf or t.retains_grad else "None",
+            "exact": value_text(t.exact) if t.exact is not None else "-",
+            "checks": f"{passed}/{compared}" if compared else "-", "status": _STATUS.get(t.status, t.status)}
+
+
+# Statuses said short enough for a table cell (the findings say the rest).
+_STATUS = {"grad is None: not a leaf": "not a leaf: no .grad", "made under no_grad: no grad_fn": "no_grad: a constant",
+           "detached: a constant for autograd": "detached: a constant",
+           "no grad (does not require grad)": "no grad", "not reached by a backward": "not reached"}
+
+
+def _fit(rows: list[dict[str, str]], width: int, full: bool) -> list[tuple[str, str]]:
+    """The columns that fit `width` with every cell whole (dropping `_DROP` in order)."""
+    cols = list(_COLUMNS)
+    if full:
+        return cols
+    drop = list(_DROP)
+    while drop:
+        need = sum(max(len(c), *(len(r[c]) for r in rows)) + 3 for c, _ in cols) if rows else 0
+        if need <= width:
+            break
+        name = drop.pop(0)
+        cols = [c for c in cols if c[0] != name]
+    return cols
+
+
+def render_run_text(report: RunReport, *, width: int = 100, color: bool = False, full: bool = False) -> str:
+    """The text report: the teacher's line, the backward calls, the tensors, the findings explained."""
+    buf = io.StringIO()
+    console = Console(file=buf, width=width, color_system="standard" if color else None, force_terminal=color,
+                      highlight=False, emoji=False, soft_wrap=False)
+    console.print(Text(f"gradcheck-sym run {report.script}", style="bold"))
+    console.print(Text(report.teacher_line()))
+    if report.backwards:
+        console.print(Text("backward calls:", style="bold"))
+        for b in report.backwards:
+            calls = f"{b.calls} call{'s' if b.calls != 1 else ''}"
+            state = "verified" if b.not_verified == 0 else (
+                "not verified" if b.verified == 0 else f"{b.verified} verified, {b.not_verified} not")
+            text = f"  line {b.line}: `{_short(b.source, 40)}` {calls}, {state}, {b.compared} gradients compared"
+            if b.errors:
+                text += f", {b.errors} wrong"
+            console.print(Text(text))
+            for reason in b.reasons[:2]:
+                console.print(Text(f"    not verified: {reason}"))
+            for name, got, exact in b.returned[:4]:
+                console.print(Text(f"    returned d/d {name}: {value_text(got)} (exact {value_text(exact)})"))
+    if report.tensors:
+        rows = [_cells(t) for t in report.tensors]
+        shown = rows if full or len(rows) <= MAX_ROWS else rows[: MAX_ROWS // 2] + rows[-MAX_ROWS // 2:]
+        cols = _fit(shown, width, full)
+        table = Table(header_style="bold", pad_edge=False, box=box.SIMPLE_HEAD, collapse_padding=True)
+        for name, justify in [c for c in _COLUMNS if c in cols]:
+            table.add_column(name, justify=justify, no_wrap=True, overflow="ellipsis",  # type: ignore[arg-type]
+                             min_width=len(name))
+        for i, r in enumerate(shown):
+            if len(shown) < len(rows) and i == MAX_ROWS // 2:
+                table.add_row(*[f"... {len(rows) - len(shown)} more" if c == "tensor" else "" for c, _ in
+                                [c for c in _COLUMNS if c in cols]])
+            table.add_row(*[Text(r[c], style="red" if c == "status" and any(w in r[c] for w in _BAD) else "")
+                            for c, _ in [c for c in _COLUMNS if c in cols]])
+        console.print(table)
+    if report.findings:
+        console.print(Text("findings:", style="bold"))
+        for f in report.findings:
+            head = Text()
+            head.append(f"[{f.severity}] ", style=_SEVERITY_STYLE.get(f.severity, ""))
+            head.append(f.kind, style="bold")
+            if f.tensor:
+                head.append(f" {f.tensor}")
+            if f.line:
+                head.append(f" (line {f.line}" + (f", {f.count} times, last at line {f.last_line})"
+                                                  if f.count > 1 else ")"))
+            console.print(head)
+            console.print(Text("    " + f.message))
+            if f.explanation:
+                console.print(Text("    why: " + f.explanation))
+                console.print(Text("    fix: " + f.fix))
+    if report.error:
+        console.print(Text("the script raised (what ran before is verified above):", style="bold red"))
+        console.print(Text(report.error), soft_wrap=True)
+    verdict = Text()
+    errors = sum(1 for f in report.findings if f.severity == "error")
+    if report.ok:
+        verdict.append("OK", style="bold green")
+        verdict.append(f": {report.summary.get('gradients', 0)} gradients checked, no error")
+    else:
+        verdict.append("FAILED", style="bold red")
+        parts = [f"{errors} error finding{'s' if errors != 1 else ''}"] if errors else []
+        if report.error:
+            parts.append("the script raised")
+        elif report.exit_code:
+            parts.append(f"the script exited with status {report.exit_code}")
+        verdict.append(": " + " and ".join(parts))
+    console.print(verdict)
+    return buf.getvalue().rstrip() + "\n"
+
+
+def _short(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def render_run_html(report: RunReport) -> str:
+    """A script run's report for Jupyter."""
+    from .run_picture import run_picture, svg_or_none
+
+    head = "".join(f"<th>{html.escape(c)}</th>" for c, _ in _COLUMNS)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(r[c])}</td>" for c, _ in _COLUMNS) + "</tr>"
+                   for r in (_cells(t) for t in report.tensors))
+    items = "".join(f"<li><b>[{html.escape(f.severity)}] {html.escape(f.kind)}</b> {html.escape(f.message)}"
+                    f"<br><i>why:</i> {html.escape(f.explanation)}<br><i>fix:</i> {html.escape(f.fix)}</li>"
+                    for f in report.findings)
+    svg = svg_or_none(run_picture(report))
+    return (f"<div><h4>gradcheck-sym run {html.escape(report.script)}</h4>"
+            f"<p><b>{'OK' if report.ok else 'FAILED'}</b>: {html.escape(report.teacher_line())}</p>"
+            f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+            + (f"<ul>{items}</ul>" if items else "<p>No findings.</p>")
+            + (f"<pre>{html.escape(report.error)}</pre>" if report.error else "")
+            + (f"<div>{svg}</div>" if svg else "") + "</div>")
