@@ -111,6 +111,7 @@ def check_function(
     order: int = 1,
     rtol: float | None = None,
     atol: float | None = None,
+    intended: Mapping[Any, str] | None = None,
 ) -> Report:
     """Check a PyTorch function, `nn.Module` or custom `autograd.Function.apply` against exact math.
 
@@ -136,6 +137,10 @@ def check_function(
             the backward's own derivative.
         rtol, atol: extra tolerance the caller accepts (e.g. a deliberate epsilon), recorded
             in the report.
+        intended: deviations that are meant, shown as `intended` (info) while everything else is
+            still checked: ``{MyFunction: "straight-through"}``, ``{"ReverseGrad": "reverse:0.1"}``,
+            ``{"model.py:12": "cut"}``, ``{"Spike": "surrogate:1/(1 + abs(x))**2"}`` (see
+            `gradcheck_sym.judge.intended`).
 
     Returns:
         A `Report`; ``report.ok`` is False when an error finding exists (a `not-verified`
@@ -149,7 +154,8 @@ def check_function(
 
     torch_dtype = torch_dtype_of(dtype, order)
     return check_traced_function(fn, inputs, names=names, expected=expected, samples=samples, seed=seed,
-                                 domain=domain, dtype=torch_dtype, order=order, rtol=rtol, atol=atol)
+                                 domain=domain, dtype=torch_dtype, order=order, rtol=rtol, atol=atol,
+                                 intended=intended)
 
 
 def assert_gradients(fn: Callable[..., Any], *inputs: Any, **options: Any) -> Report:

@@ -303,6 +303,7 @@ class ScriptTracer(Tracer):
         for e in reversed(self.rec.eqns):
             if any(v.id in needed for v in e.outputs):
                 keep.append(e)
+                needed.update(v.id for v in e.outputs)
                 for a in e.inputs:
                     if isinstance(a, Var):
                         needed.add(a.id)

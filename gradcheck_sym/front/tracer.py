@@ -36,7 +36,7 @@ from torch.overrides import TorchFunctionMode
 from ..ir.program import Program, Site, Var
 from ..ops import prims as P
 from ..ops.core import interpreting
-from ..ops.ew import WHERE
+from ..ops.ew import IDENT, WHERE
 from ..ops.torch import RULES, Refused, bind_args
 from ..reference.interpret import UNIT_ROUNDOFF, Recorder, Traced
 
@@ -138,6 +138,9 @@ class Tracer(TorchFunctionMode):
         self.rng_state: torch.Tensor | None = None
         self.before: torch.Tensor | None = None  # an in-place op's target, before the op
         self._site_index: dict[Site, int] = {}
+        self.call: int | None = None  # the custom Function call the current op belongs to
+        self._calls: dict[int, int] = {}
+        self.call_of: dict[int, int] = {}  # equation index -> custom Function call
         self._site = -1
 
     # ------------------------------------------------------------ the program so far
@@ -203,6 +206,15 @@ class Tracer(TorchFunctionMode):
         if alias is not None:  # shares storage with a known tensor: a view we did not see made
             with interpreting(self.rec):
                 handle = self._view_of(alias, t)
+                custom = _custom_node(t)
+                if custom is not None and isinstance(handle, Traced):
+                    # a custom Function that returned its input as it is: one equation, its call
+                    self.rec.site = self._new_site(f"{custom}.apply")
+                    self.sites[self.rec.site] = Site(f"{custom}.apply", *_user_frame(), "no_grad", custom)
+                    handle = P.ew(IDENT, handle)
+                    self.call_of[len(self.rec.eqns) - 1] = id(t.grad_fn)
+                    if custom not in self.custom:
+                        self.custom.append(custom)
             self._bind(t, handle)
             return handle
         return self._unknown(t)
@@ -309,9 +321,11 @@ class Tracer(TorchFunctionMode):
         grad = "on" if torch.is_grad_enabled() else "no_grad"
         if torch.is_inference_mode_enabled():
             grad = "inference"
-        custom = _custom_forward() if grad != "on" else None
+        custom, frame = _custom_forward() if grad != "on" else (None, None)
         if custom and custom not in self.custom:
             self.custom.append(custom)
+        # One apply() of a custom Function is one call, told apart from the next by its frame.
+        self.call = None if frame is None else self._calls.setdefault(frame, len(self._calls))
         site = Site(op, file, line, source, grad, custom)
         found = self._site_index.get(site)  # a loop makes the same site again and again: one record
         if found is None:
@@ -382,7 +396,11 @@ class Tracer(TorchFunctionMode):
         self.rec.site = site
         self.rec.dtype = _dtype_name(outs[0] if outs else target)
         self.out, self.name, self.func, self.args, self.kwargs = out, base, func, args, kwargs
+        first_eqn = len(self.rec.eqns)
         handles = self._lower(base, swap, args, kwargs, site)
+        if self.call is not None:
+            for k in range(first_eqn, len(self.rec.eqns)):
+                self.call_of[k] = self.call
         results = handles if isinstance(handles, tuple) else (handles,)
         with interpreting(self.rec):
             if self.sites[site].grad != "on" and self.sites[site].custom is None:
@@ -395,10 +413,15 @@ class Tracer(TorchFunctionMode):
         if target is not None:
             self._write(target, results[0])
             return
+        ins = {id(x) for x in _flat_handles(self, args, kwargs)} if self.call is not None else set()
         for t, h in zip(outs, results):
             if h is None or not t.is_floating_point():
                 continue
             self._check_value(t, h, site)
+            if id(h) in ins:  # inside a custom Function, an input passed on (x.view_as(x)): its own equation
+                with interpreting(self.rec):
+                    h = P.ew(IDENT, h)
+                self.call_of[len(self.rec.eqns) - 1] = self.call  # type: ignore[assignment]
             self._bind(t, h, cut="detach" if base == "detach" else None)
             self._on_output(t, h, site)
 
@@ -658,14 +681,28 @@ def _user_frame() -> tuple[str, int, str]:
     return (file, line, linecache.getline(file, line).strip())
 
 
-def _custom_forward() -> str | None:
-    """The custom autograd.Function whose forward is running, if any (seen on the stack)."""
+def _custom_node(t: torch.Tensor) -> str | None:
+    """The custom Function whose backward node made `t`, if one did."""
+    fn = t.grad_fn
+    if isinstance(fn, torch.autograd.function.BackwardCFunction):
+        name = type(fn).__name__
+        return name[: -len("Backward")] if name.endswith("Backward") else name
+    return None
+
+
+def _custom_forward() -> tuple[str | None, Any]:
+    """The custom autograd.Function whose forward is running, if any (seen on the stack), and the frame
+    of its apply() (one per call)."""
     frame = sys._getframe(2)
+    ctx = None
     while frame is not None:
         code = frame.f_code
         if code.co_name == "apply" and os.path.abspath(code.co_filename) == _FUNCTION_PY:
             cls = frame.f_locals.get("cls")
-            return getattr(cls, "__name__", "Function")
+            # the call's ctx (its backward node, alive as long as its outputs' graph) tells calls apart
+            return getattr(cls, "__name__", "Function"), id(ctx) if ctx is not None else id(frame)
+        if code.co_name == "forward" and "ctx" in frame.f_locals:
+            ctx = frame.f_locals["ctx"]
         frame = frame.f_back  # type: ignore[assignment]
-    return None
+    return None, None
 

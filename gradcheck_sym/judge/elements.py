@@ -6,7 +6,8 @@ For autograd's values ``a`` against the exact ``r`` (same shape):
 2. the bound: ``|a - r| <= tol``, ``tol = SAFETY * E + FLOOR_ULPS (u |r| + tiny)`` with ``E`` the rounding
    error bound of the computation (asked for only when the cheap test fails somewhere);
 3. what still fails is, in this order: ``nonfinite`` (NaN/inf on a side: ``nonfinite-agree`` when both
-   sides agree), ``untracked`` (autograd matches the exact derivative with the cuts as constants),
+   sides agree), ``intended`` (autograd matches the declared deviations' reference, `judge.intended`),
+   ``untracked`` (autograd matches the exact derivative with the cuts as constants),
    ``nondifferentiable`` (a kink the user's run sat on reaches the element), else ``mismatch``.
 """
 
@@ -23,7 +24,7 @@ F64 = torch.float64
 CHEAP_ULPS = 128.0
 SAFETY = 8.0
 FLOOR_ULPS = 4.0
-KINDS = ("nonfinite-agree", "nonfinite", "untracked", "nondifferentiable", "mismatch")
+KINDS = ("nonfinite-agree", "nonfinite", "intended", "untracked", "nondifferentiable", "mismatch")
 
 
 @dataclass
@@ -50,8 +51,8 @@ def cheap(a: torch.Tensor, r: torch.Tensor, u: float, rtol: float | None, atol: 
 
 def classify(a: torch.Tensor, r: torch.Tensor, *, u: float, tiny: float, bound: Callable[[], Any],
              cut: torch.Tensor | None = None, reach: Callable[[], Any] | None = None,
-             rtol: float | None = None, atol: float | None = None, slack: torch.Tensor | None = None
-             ) -> Verdicts:
+             rtol: float | None = None, atol: float | None = None, slack: torch.Tensor | None = None,
+             intended: torch.Tensor | None = None) -> Verdicts:
     """The verdict of every element (see the module docstring).
 
     Args:
@@ -59,6 +60,7 @@ def classify(a: torch.Tensor, r: torch.Tensor, *, u: float, tiny: float, bound: 
         u, tiny: the unit roundoff and smallest normal number of the checked dtype.
         bound: () -> the error bound E (a tensor broadcastable to `a`, or None): called only if needed.
         cut: the exact values with the cuts as constants, when there are cuts.
+        intended: the values with the declared deviations, when some are declared.
         reach: () -> a bool mask of the elements a kink can reach (or None): called only if needed.
         slack: an absolute allowance added to the tolerance (e.g. the rounding of an accumulation).
     """
@@ -87,11 +89,13 @@ def classify(a: torch.Tensor, r: torch.Tensor, *, u: float, tiny: float, bound: 
         masks["nonfinite-agree"] = agree
         masks["nonfinite"] = nf & ~agree
     rest = bad & finite
-    if cut is not None and bool(rest.any()):
-        c = cut.expand_as(a)
-        untracked = rest & torch.isfinite(c) & ((a - c).abs() <= 2 * tol + FLOOR_ULPS * u * c.abs())
-        masks["untracked"] = untracked
-        rest = rest & ~untracked
+    for kind, alt in (("intended", intended), ("untracked", cut)):
+        if alt is None or not bool(rest.any()):
+            continue
+        c = alt.expand_as(a)
+        match = rest & torch.isfinite(c) & ((a - c).abs() <= 2 * tol + FLOOR_ULPS * u * c.abs())
+        masks[kind] = match
+        rest = rest & ~match
     if reach is not None and bool(rest.any()):
         kinked = reach()
         if kinked is not None:

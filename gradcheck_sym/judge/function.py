@@ -74,7 +74,7 @@ def prepare_call(fn: Any, inputs: tuple, names: Sequence[str] | None, dtype: tor
 def check_traced_function(fn: Any, inputs: tuple, *, names: Sequence[str] | None, expected: str | None,
                           samples: int | None, seed: int | None, domain: Mapping[str, Any] | None,
                           dtype: torch.dtype, order: int, rtol: float | None = None,
-                          atol: float | None = None) -> Report:
+                          atol: float | None = None, intended: Any = None) -> Report:
     call, diff, arg_names = prepare_call(fn, inputs, names, dtype)
     if not diff:
         raise InputError("no input needs a gradient: give at least one floating-point tensor "
@@ -87,7 +87,12 @@ def check_traced_function(fn: Any, inputs: tuple, *, names: Sequence[str] | None
     for name, v in (("rtol", rtol), ("atol", atol)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0):
             raise InputError(f"{name} must be a non-negative number, not {v!r}")
-    judge = FunctionJudge(input_names, dtype, order, rtol=rtol, atol=atol, expected=expected is not None)
+    from .intended import parse_intended
+
+    decls = parse_intended(intended)
+    judge = FunctionJudge(input_names, dtype, order, rtol=rtol, atol=atol, expected=expected is not None,
+                          intended=decls)
+    judge.acc.declared = decls
     make = _expected_run(expected, call, input_names) if expected is not None else \
         (lambda vals: run_traced(call, vals, input_names))
     first = make(values)
@@ -174,6 +179,8 @@ def _report(fn: Any, arg_names: list[str], names: list[str], first: TracedRun, j
     if judge.custom:
         notes.append("custom autograd.Function " + ", ".join(judge.custom) + ": math from its forward, autograd "
                      "from its backward")
+    if judge.intended:
+        notes.append("declared deviations: " + ", ".join(f"{d.target}: {d.text}" for d in judge.intended))
     if redrawn:
         notes.append(f"{redrawn} sample{'s' if redrawn != 1 else ''} drawn again (the output was not finite there)")
     rows = _rows(first, judge, names)

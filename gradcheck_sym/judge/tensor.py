@@ -88,7 +88,7 @@ class FunctionJudge:
     """Compares one traced function at each point given to `point`; `findings()` at the end."""
 
     def __init__(self, names: Sequence[str], dtype: torch.dtype, order: int, *, rtol: float | None = None,
-                 atol: float | None = None, expected: bool = False) -> None:
+                 atol: float | None = None, expected: bool = False, intended: list[Any] | None = None) -> None:
         self.names = list(names)
         self.dtype = dtype
         self.order = order
@@ -96,6 +96,7 @@ class FunctionJudge:
         self.tiny = torch.finfo(dtype).tiny
         self.rtol, self.atol = rtol, atol
         self.expected = expected  # the math is an expression: a value that differs is an error
+        self.intended = intended or []  # declared deviations (judge.intended)
         self.acc = Accumulator()
         self.checked = 0
         self.not_verified = 0
@@ -123,6 +124,7 @@ class FunctionJudge:
             self.empty = True
             return
         has_cuts = bool(tr.cuts)
+        declared, cut_pred = self._declared(run)
         for r, row in enumerate(rows):
             seeds = {v.id: s for v, s in zip(prog.outputs, row.seeds) if isinstance(v, Var)}
             # The sweep is recorded as it runs: its equations are what the error bounds (needed only where
@@ -131,10 +133,11 @@ class FunctionJudge:
             res = recorded[2]
             cts = {k: (c.value if isinstance(c, Traced) else c) for k, c in res.cts.items()}
             cut = sweep(prog, env, seeds, cut=True).cts if has_cuts else None
+            intended = sweep(declared, env, seeds, cut=cut_pred).cts if declared is not None else None
             auto = vjp(run, row.seeds)
             self._cuts_dropped(run, cts)
             self._compare(index, run, row.label, r, auto, cts, cut, res.tainted, res.blocked, seeds, hess=None,
-                          recorded=recorded)
+                          recorded=recorded, intended=intended)
             if index == 0 and r == 0:
                 self.first["auto"] = [a.detach().to(F64) for a in auto]
                 self.first["ref"] = [cts.get(v.id) for v in prog.inputs]
@@ -208,7 +211,7 @@ class FunctionJudge:
     def _compare(self, index: int, run: TracedRun, label: str, r: int, auto: list[torch.Tensor],
                  ref: dict[int, Any], cut: dict[int, Any] | None, tainted: set[int],
                  blocked: list[tuple[int, str]], seeds: dict[int, Any], hess: tuple[str, Any] | None,
-                 recorded: Any = None) -> None:
+                 recorded: Any = None, intended: dict[int, Any] | None = None) -> None:
         prog = run.program
         bounds: dict[int, Any] | None = None
         reach: torch.Tensor | None = None
@@ -223,10 +226,8 @@ class FunctionJudge:
             rv = ref.get(v.id)
             rv = torch.zeros_like(a) if rv is None else rv.to(F64).expand_as(a)
             self.checked += a.numel()
-            cv = None
-            if cut is not None:
-                c = cut.get(v.id)
-                cv = torch.zeros_like(a) if c is None else c.to(F64).expand_as(a)
+            cv = _value_for(cut, v.id, a)
+            iv = _value_for(intended, v.id, a)
 
             def bound(vid: int = v.id) -> Any:
                 nonlocal bounds
@@ -234,12 +235,14 @@ class FunctionJudge:
                     bounds = self._bounds(run, seeds, hess, recorded)
                 return bounds.get(vid)
 
-            verdicts = classify(a, rv, u=self.u, tiny=self.tiny, bound=bound, cut=cv, rtol=self.rtol,
+            verdicts = classify(a, rv, u=self.u, tiny=self.tiny, bound=bound, cut=cv, intended=iv, rtol=self.rtol,
                                 atol=self.atol, reach=(lambda i=i: self._kink_reach(run, seeds, i)) if hess is None
                                 else None)
             if verdicts.ok:
                 continue
-            self._record(index, run, name, label, a, rv, cv, verdicts, hess)
+            self._record(index, run, name, label, a, rv, cv, verdicts, hess, iv)
+            if "mismatch" in verdicts.masks and hess is None:
+                self._hint(run, seeds, v.id, a, verdicts)
 
     def _bounds(self, run: TracedRun, seeds: dict[int, Any], hess: tuple[str, Any] | None,
                 recorded: Any = None) -> dict[int, Any]:
@@ -293,7 +296,8 @@ class FunctionJudge:
         return None if reach is None else reach > 0
 
     def _record(self, index: int, run: TracedRun, name: str, label: str, a: torch.Tensor, r: torch.Tensor,
-                c: torch.Tensor | None, verdicts: Any, hess: tuple[str, Any] | None) -> None:
+                c: torch.Tensor | None, verdicts: Any, hess: tuple[str, Any] | None,
+                intended: torch.Tensor | None = None) -> None:
         shape = tuple(a.shape)
         group = f"hessian:{name}" if hess is not None else name
         point = self._point(run, index)
@@ -307,6 +311,8 @@ class FunctionJudge:
         for kind, mask in verdicts.masks.items():
             if kind == "untracked":
                 self.acc.many("untracked", "error", "cuts", index, point, quantity, a, r, tol, mask, cut=c)
+            elif kind == "intended":
+                self.acc.many("intended", "info", group, index, point, quantity, a, r, tol, mask, cut=intended)
             elif kind == "nonfinite-agree":
                 self.acc.many("nonfinite", "info", group, index, point, quantity, a, r, tol, mask)
             elif kind == "nonfinite":
@@ -316,6 +322,69 @@ class FunctionJudge:
             else:
                 self.acc.many("stale-graph" if stale else "mismatch", "error", group, index, point, quantity, a, r,
                               tol, mask, what="d2" if hess is not None else "d")
+
+    # ------------------------------------------------------------ declared deviations
+    def _declared(self, run: TracedRun) -> tuple[Any, Any]:
+        """The program with the declared deviations, and which cuts are declared (None: nothing declared)."""
+        if not self.intended:
+            return None, False
+        from .intended import declared_program
+
+        tr = run.tracer
+        prog, problems = declared_program(run.program, tr.call_of, tr.sites, self.intended)
+        for p in problems:
+            self.acc.problem(p)
+        cuts = [d for d in self.intended if d.is_cut]
+
+        def declared_cut(e: Any) -> bool:
+            site = tr.sites[e.site] if e.site >= 0 else None
+            return site is not None and any(d.matches_cut(site.file, site.line) for d in cuts)
+
+        return prog, (declared_cut if cuts else False)
+
+    def _hint(self, run: TracedRun, seeds: dict[int, Any], vid: int, a: torch.Tensor, verdicts: Any) -> None:
+        """Recognise a common deviation in a mismatch: a custom Function whose backward is a constant times the
+        identity (a straight-through estimator, a gradient-reversal or scaling layer)."""
+        tr = run.tracer
+        if not tr.custom or "hint" in self.acc.hints:
+            return
+        from .intended import Declaration, declared_program
+
+        mask = verdicts.masks["mismatch"]
+        for name in tr.custom:
+            decl = Declaration(name, "straight-through", 1.0, text="straight-through")
+            prog, problems = declared_program(run.program, tr.call_of, tr.sites, [decl])
+            if problems or prog is run.program:
+                continue
+            ident = sweep(prog, run.env, seeds).cts.get(vid)
+            if ident is None:
+                continue
+            ident = ident.to(F64).expand_as(a)
+            # the exact gradient without the Function's path, plus k times its identity path
+            base_prog, _ = declared_program(run.program, tr.call_of, tr.sites,
+                                            [Declaration(name, "scale", 0.0, text="scale:0")])
+            base = sweep(base_prog, run.env, seeds).cts.get(vid)
+            base = torch.zeros_like(a) if base is None else base.to(F64).expand_as(a)
+            path = ident - base
+            denom = float((path * path).sum())
+            if denom == 0:
+                continue
+            k = float(((a - base) * path).sum()) / denom
+            if not bool(((a - (base + k * path)).abs() <= verdicts.tol + 1e-12)[mask].all()):
+                continue
+            k_text = f"{k:.6g}"
+            if abs(k - 1) < 1e-9:
+                what, decl_text = f"passes the gradient through {name} unchanged: a straight-through estimator?", \
+                    "straight-through"
+            elif k < 0:
+                what, decl_text = (f"multiplies the gradient through {name} by {k_text}: a gradient-reversal layer?",
+                                   f"reverse:{-k:.6g}")
+            else:
+                what, decl_text = f"multiplies the gradient through {name} by {k_text}: a gradient scaling?", \
+                    f"scale:{k_text}"
+            self.acc.hints["hint"] = (f" Autograd {what} If that is meant, declare it: check_function(..., "
+                                      f"intended={{'{name}': '{decl_text}'}}) (or --intended {name}={decl_text}).")
+            return
 
     # ------------------------------------------------------------ cuts
     def _cuts_dropped(self, run: TracedRun, cts: dict[int, Any]) -> None:
@@ -382,6 +451,13 @@ class FunctionJudge:
             for j, v in enumerate(flat):
                 out[element_name(name, tuple(t.shape), j)] = v
         return out
+
+
+def _value_for(cts: dict[int, Any] | None, vid: int, like: torch.Tensor) -> torch.Tensor | None:
+    if cts is None:
+        return None
+    c = cts.get(vid)
+    return torch.zeros_like(like) if c is None else c.to(F64).expand_as(like)
 
 
 def _const(prog: Any, atom: Any) -> Any:

@@ -73,7 +73,14 @@ class Accumulator:
     def __init__(self) -> None:
         self.groups: dict[tuple[str, str, str], _Group] = {}
         self.cut_sites: dict[tuple[str, int], dict[str, Any]] = {}
+        self.hints: dict[str, str] = {}  # recognised patterns, appended to the mismatch message
+        self.problems: list[str] = []  # declarations that could not be applied
+        self.declared: list[Any] = []  # the declarations (for the intended findings' words)
         self._seq = 0
+
+    def problem(self, text: str) -> None:
+        if text not in self.problems:
+            self.problems.append(text)
 
     def _group(self, kind: str, severity: str, key: str) -> _Group:
         return self.groups.setdefault((kind, severity, key), _Group(kind, severity, key))
@@ -157,6 +164,8 @@ class Accumulator:
             if entries > 1:
                 where += f" ({entries} entries)"
             out.append(self._finding(kind, severity, key, g, exs, where, harmful, dtype))
+        for p in self.problems:
+            out.append(Finding("not-verified", "warning", "intended", p, 1))
         if not any(f.kind == "untracked" for f in out):
             harmful = []
         for c in cuts:
@@ -197,8 +206,15 @@ class Accumulator:
                 cut_note = (" The gradient is cut at " + ", ".join(f"{_cut_label(c.kind)} ({c.file_name}:{c.line})"
                                                                    for c in harmful)
                             + ", but treating the cuts as constants does not explain it either.")
-            msg = f"autograd's {what} for {name} differs from the exact derivative {where}; {worst}.{cut_note}"
+            msg = (f"autograd's {what} for {name} differs from the exact derivative {where}; {worst}.{cut_note}"
+                   + self.hints.get("hint", ""))
             return Finding(kind, severity, name, msg, count, exs, quantity)
+        if kind == "intended":
+            decls = ", ".join(f"{d.target}: {d.text}" for d in self.declared) or "the declared deviations"
+            msg = (f"the gradient for {key} deviates from the exact derivative {where} as declared ({decls}); "
+                   f"{worst}; with the declared behaviour the value is {fmt(g.info.get('cut_value'))}, which "
+                   "autograd matches")
+            return Finding(kind, severity, key, msg, count, exs, quantity)
         if kind == "untracked":
             locs = tuple(harmful)
             first = locs[0] if locs else None
@@ -209,7 +225,9 @@ class Accumulator:
             msg = (f"the gradient is changed by the cut{'s' if len(locs) > 1 else ''} {names} {where}: "
                    f"{words}, dropping the gradient that flows into it (largest: {dropped}); {worst}; with the cuts "
                    f"treated as constants the exact value is {fmt(g.info.get('cut_value'))}, which autograd matches. "
-                   "Remove the cut, or keep it only where the value is meant to be a constant")
+                   "Remove the cut, or keep it only where the value is meant to be a constant; if it is meant (a "
+                   "straight-through estimator x + (f(x) - x).detach(), a target network, a stop-gradient), declare it: "
+                   f"intended={{'{first.file_name if first else 'file.py'}:{first.line if first else 'LINE'}': 'cut'}}")
             return Finding(kind, severity, _cut_label(first.kind) if first else key, msg, count, exs, quantity, None,
                            "", locs, first.file if first else "", first.line if first else 0)
         if kind == "nonfinite":

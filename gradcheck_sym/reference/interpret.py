@@ -166,7 +166,7 @@ def sweep(
     env: dict[int, Any],
     seeds: dict[int, Any],
     *,
-    cut: bool = False,
+    cut: bool | Any = False,
     consts: Sequence[Any] = (),
     recorder: Recorder | None = None,
     interp: Interpreter | None = None,
@@ -177,7 +177,8 @@ def sweep(
         program: the program (or its equations, for recorded sweeps).
         env: every variable's value (from `evaluate`; `Traced` values when recording).
         seeds: the output cotangents.
-        cut: treat ``stop`` equations (detach, no_grad, .data, .item()) as constants.
+        cut: treat ``stop`` equations (detach, no_grad, .data, .item()) as constants; or a predicate
+            ``(eqn) -> bool`` saying which ones.
         consts: the program's constants (when `program` is a list of equations).
         recorder: record the sweep's own equations (for second order).
     """
@@ -195,7 +196,7 @@ def sweep(
             if all(g is None for g in gs) and not any(hit):
                 continue
             in_vars = [a for a in e.inputs if isinstance(a, Var)]
-            if e.prim == "stop" and cut:
+            if e.prim == "stop" and cut and (cut is True or cut(e)):
                 continue
             prim = PRIMS[e.prim]
             if prim.vjp is None or any(hit):
