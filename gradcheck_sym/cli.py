@@ -41,16 +41,28 @@ def _build_parser() -> argparse.ArgumentParser:
     function.add_argument("--seed", type=int, default=None)
     function.add_argument("--dtype", default="float64", choices=["float64", "float32", "float16", "bfloat16"])
     function.add_argument("--order", type=int, default=1, choices=[1, 2])
+    function.add_argument("--intended", action="append", default=[], metavar="NAME=BEHAVIOUR",
+                          help="a deviation that is meant: a custom Function (STESign=straight-through, "
+                               "Rev=reverse:0.1, Grad=scale:0.5, Spike=surrogate:EXPR) or a cut (model.py:12=cut)")
+    function.add_argument("--rtol", type=float, default=None, help="extra relative tolerance you accept")
+    function.add_argument("--atol", type=float, default=None, help="extra absolute tolerance you accept")
     function.add_argument("--json", action="store_true", help="print the report as JSON")
     function.add_argument("--graph", metavar="FILE", default=None, help="draw the graph (.dot, .svg, .png)")
     run = sub.add_parser("run", help="run a script and verify every backward it does",
-                         usage="gradcheck-sym run SCRIPT [--json] [--graph FILE] [-- SCRIPT ARGS...]",
+                         usage="gradcheck-sym run SCRIPT [--json] [--json-file FILE] [--graph FILE] [--full] "
+                               "[--run-timeout S] [-- SCRIPT ARGS...]",
                          description="Run a Python script as `python SCRIPT args` would, then report what its "
                                      "autograd did, verified against the exact derivatives. The script's own "
                                      "arguments come after --.")
     run.add_argument("script", help="the script")
-    run.add_argument("--json", action="store_true", help="print the report as JSON")
+    run.add_argument("--json", action="store_true",
+                     help="print only the report as JSON on stdout (the script's own output goes to stderr)")
+    run.add_argument("--json-file", default=None, metavar="FILE", help="also write the report as JSON to FILE")
     run.add_argument("--graph", metavar="FILE", default=None, help="draw the graph (.dot, .svg, .png)")
+    run.add_argument("--full", "--wide", action="store_true", dest="full",
+                     help="every column and every row of the table, whatever the width")
+    run.add_argument("--run-timeout", type=float, default=None, dest="run_timeout", metavar="S",
+                     help="stop verifying after S seconds (the script runs on)")
     example = sub.add_parser("example", help=f"check the built-in example {EXAMPLE!r}")
     example.add_argument("--json", action="store_true", help="print the report as JSON")
     sub.add_parser("ops", help="list the functions and operators the checker knows")
@@ -159,18 +171,28 @@ def _check(expression: str, options: dict, *, as_json: bool, graph: str | None =
 
 
 def _run(args: argparse.Namespace) -> int:
+    import contextlib
+
     from .front.script import run_script
 
     sys.stdout.flush()
-    report = run_script(args.script, args.script_args)
+    to_stdout = args.json
+    # With the JSON on stdout, the script's own output goes to stderr: stdout stays one JSON document.
+    redirect = contextlib.redirect_stdout(sys.stderr) if to_stdout else contextlib.nullcontext()
+    timeout = getattr(args, "run_timeout", None) or getattr(args, "timeout", None)
+    with redirect:
+        report = run_script(args.script, args.script_args, timeout=timeout)
     sys.stdout.flush()
-    if args.json:
+    if args.json_file:
+        with open(args.json_file, "w", encoding="utf-8") as f:
+            f.write(report.to_json())
+    if to_stdout:
         print(report.to_json())
     else:
         from .report.run_render import render_run_text
 
         print(file=sys.stdout)
-        sys.stdout.write(render_run_text(report, width=_width(), color=_color()))
+        sys.stdout.write(render_run_text(report, width=_width(), color=_color(), full=args.full))
     if args.graph:
         from .report.run_picture import run_picture
 
@@ -221,8 +243,16 @@ def _function(args: argparse.Namespace) -> int:
         inputs.append(tensor)
     if not inputs:
         raise InputError("give the function's inputs with --input, e.g. --input 'x=[0.3, -1.2, 2.0]'")
+    intended = {}
+    for item in args.intended:
+        key, eq, behaviour = item.rpartition("=")
+        if not eq or not key.strip():
+            raise InputError(f"--intended {item!r}: write NAME=BEHAVIOUR, e.g. --intended STESign=straight-through "
+                             "or --intended model.py:12=cut")
+        intended[key.strip()] = behaviour.strip()
     report = check_function(fn, *inputs, names=names, expected=args.expect, samples=args.samples, seed=args.seed,
-                            dtype=args.dtype, order=args.order)
+                            dtype=args.dtype, order=args.order, rtol=args.rtol, atol=args.atol,
+                            intended=intended or None)
     return _print(report, args.json, args.graph)
 
 
@@ -245,9 +275,9 @@ def _load(target: str) -> object:
     try:
         spec.loader.exec_module(module)
     except Exception as exc:  # noqa: BLE001 - the user's file failed: show its own traceback
-        from .front.trace import FunctionError
+        from .autograd.user import FunctionError
 
-        raise FunctionError(exc) from None
+        raise FunctionError(exc, f"loading {path}") from None
     obj: object = module
     for part in name.split("."):
         if not hasattr(obj, part):

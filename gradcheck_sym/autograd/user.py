@@ -26,12 +26,14 @@ __all__ = ["FunctionError", "TracedRun", "run_traced", "vjp", "hvp", "check_outp
 
 
 class FunctionError(GradcheckSymError):
-    """The user's function raised; carries its own traceback (our frames and torch's removed)."""
+    """The user's function (or its backward) raised; carries its own traceback (our frames and torch's
+    removed)."""
 
-    def __init__(self, exc: BaseException) -> None:
+    def __init__(self, exc: BaseException, what: str = "the function") -> None:
         frames = [f for f in traceback.extract_tb(exc.__traceback__) if not internal_file(f.filename)]
         text = "".join(traceback.format_list(frames)) + "".join(traceback.format_exception_only(type(exc), exc))
-        super().__init__(f"the function raised {type(exc).__name__}: {exc}",
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        super().__init__(f"{what} raised {type(exc).__name__}: {first}",
                          "Traceback (most recent call last):\n" + text.rstrip())
         self.original = exc
 
@@ -111,9 +113,12 @@ def vjp(run: TracedRun, seeds: Sequence[torch.Tensor], *, create_graph: bool = F
             grads.append(s.to(t.dtype))
     if not outs:
         return [torch.zeros_like(leaf) for leaf in run.leaves]
-    with torch.enable_grad():
-        res = torch.autograd.grad(outs, run.leaves, grads, retain_graph=True, create_graph=create_graph,
-                                  allow_unused=True, materialize_grads=True)
+    try:
+        with torch.enable_grad():
+            res = torch.autograd.grad(outs, run.leaves, grads, retain_graph=True, create_graph=create_graph,
+                                      allow_unused=True, materialize_grads=True)
+    except Exception as exc:  # noqa: BLE001 - the user's backward (or torch's, on the user's graph) raised
+        raise FunctionError(exc, "the function's backward") from None
     return list(res)
 
 
@@ -125,7 +130,11 @@ def hvp(run: TracedRun, grads: Sequence[torch.Tensor], direction: Sequence[torch
     total = terms[0]
     for t in terms[1:]:
         total = total + t
-    with torch.enable_grad():
-        res = torch.autograd.grad(total, run.leaves, retain_graph=True, allow_unused=True, materialize_grads=True)
+    try:
+        with torch.enable_grad():
+            res = torch.autograd.grad(total, run.leaves, retain_graph=True, allow_unused=True,
+                                      materialize_grads=True)
+    except Exception as exc:  # noqa: BLE001 - the user's double backward raised
+        raise FunctionError(exc, "the function's double backward") from None
     return list(res)
 

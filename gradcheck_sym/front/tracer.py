@@ -220,10 +220,28 @@ class Tracer(TorchFunctionMode):
         return self._unknown(t)
 
     def _unknown(self, t: torch.Tensor) -> Any:
-        """A tensor no recorded op made and no known storage holds: a constant, or opaque if it has a graph."""
+        """A tensor no recorded op made and no known storage holds: a constant, or opaque if it has a graph
+        or came back from numpy after a traced value left for it."""
         if t.requires_grad and t.grad_fn is not None:
             return self._opaque_tensor(t)
+        if self.leaks and t.is_floating_point() and _external(t):
+            return self.returned_from_numpy(t, "torch.from_numpy")
         return self.const(t)
+
+    def returned_from_numpy(self, t: torch.Tensor, how: str) -> Any:
+        """A tensor made from numpy data after traced values left for numpy: it may be computed from them
+        where the tracer cannot see, so gradients through it are not verified."""
+        site = self._new_site(how)
+        left = ", ".join(sorted({self.sites[s].where for _, s in self.leaks}))
+        text = (f"a tensor made from numpy data at {self.sites[site].where} ({how}) after traced values left torch "
+                f"at {left} (.numpy()): it may be computed from them outside torch, where autograd treats it as a "
+                "constant and the tracer cannot see it: gradients through it are not verified")
+        self.notes.append(Note("opaque", site, text))
+        with interpreting(self.rec):
+            self.rec.site = site
+            handle = P.opaque(*[h for h, _ in self.leaks], value=t.detach(), reason=text)
+        self._bind(t, handle)
+        return handle
 
     def _bind(self, t: torch.Tensor, handle: Any, cut: str | None = None) -> _Rec:
         r = self.recs.get(id(t))
@@ -381,6 +399,10 @@ class Tracer(TorchFunctionMode):
             return
         if name in ("item", "tolist", "numpy"):
             return self._leave(name, args[0], out)
+        if name in ("tensor", "as_tensor", "asarray") and self.leaks and args and \
+                type(args[0]).__module__ == "numpy" and isinstance(out, torch.Tensor) and out.is_floating_point():
+            self.returned_from_numpy(out, name)  # numpy data, after traced values left for numpy
+            return
         base, inplace, swap = _normalise(name)
         if kwargs.get("inplace") is True:  # F.relu(x, inplace=True) and friends
             inplace = True
@@ -679,6 +701,14 @@ def _user_frame() -> tuple[str, int, str]:
         return ("", 0, "")
     file, line = frame.f_code.co_filename, frame.f_lineno
     return (file, line, linecache.getline(file, line).strip())
+
+
+def _external(t: torch.Tensor) -> bool:
+    """Whether `t`'s memory belongs to someone else (numpy, DLPack): its storage cannot be resized."""
+    try:
+        return not t.untyped_storage().resizable()
+    except (RuntimeError, NotImplementedError):
+        return False
 
 
 def _custom_node(t: torch.Tensor) -> str | None:

@@ -135,6 +135,8 @@ class FunctionJudge:
             cut = sweep(prog, env, seeds, cut=True).cts if has_cuts else None
             intended = sweep(declared, env, seeds, cut=cut_pred).cts if declared is not None else None
             auto = vjp(run, row.seeds)
+            if r == 0 and tr.custom:
+                self._reentrant(index, run, row, auto)
             self._cuts_dropped(run, cts)
             self._compare(index, run, row.label, r, auto, cts, cut, res.tainted, res.blocked, seeds, hess=None,
                           recorded=recorded, intended=intended)
@@ -181,7 +183,7 @@ class FunctionJudge:
         """Every finding, errors first; nothing compared is never OK."""
         from ..report.records import Finding
 
-        out = self.acc.findings(self.points, str(self.dtype).replace("torch.", ""))
+        out = self.acc.findings(self.points, str(self.dtype).replace("torch.", ""), judged=self.checked > 0)
         if self.checked == 0 and self.empty:
             out.append(Finding("empty", "info", "", "the inputs or the outputs have no elements: there is no "
                                "gradient to compare", self.points))
@@ -323,6 +325,26 @@ class FunctionJudge:
                 self.acc.many("stale-graph" if stale else "mismatch", "error", group, index, point, quantity, a, r,
                               tol, mask, what="d2" if hess is not None else "d")
 
+    def _reentrant(self, index: int, run: TracedRun, row: Row, first: list[torch.Tensor]) -> None:
+        """A second backward through the same graph must give the same gradient (gradcheck's "Backward is not
+        reentrant"): a custom backward that changes a tensor saved in ctx in place fails this."""
+        from ..autograd.user import FunctionError
+
+        try:
+            again = vjp(run, row.seeds)
+        except FunctionError as exc:
+            self.acc.reentrant(self.names[0], index, {}, ", ".join(run.tracer.custom), "", math.nan, math.nan,
+                               str(exc.message))
+            return
+        for name, a, b in zip(self.names, first, again):
+            a64, b64 = a.detach().to(F64), b.detach().to(F64)
+            differ = ~((a64 == b64) | (torch.isnan(a64) & torch.isnan(b64)))
+            if bool(differ.any()):
+                j = int(differ.reshape(-1).nonzero()[0])
+                self.acc.reentrant(name, index, self._point(run, index), ", ".join(run.tracer.custom),
+                                   element_name(name, tuple(a.shape), j), float(a64.reshape(-1)[j]),
+                                   float(b64.reshape(-1)[j]))
+
     # ------------------------------------------------------------ declared deviations
     def _declared(self, run: TracedRun) -> tuple[Any, Any]:
         """The program with the declared deviations, and which cuts are declared (None: nothing declared)."""
@@ -343,48 +365,32 @@ class FunctionJudge:
         return prog, (declared_cut if cuts else False)
 
     def _hint(self, run: TracedRun, seeds: dict[int, Any], vid: int, a: torch.Tensor, verdicts: Any) -> None:
-        """Recognise a common deviation in a mismatch: a custom Function whose backward is a constant times the
-        identity (a straight-through estimator, a gradient-reversal or scaling layer)."""
+        """Recognise a common deviation in a mismatch: a custom Function whose backward is one constant times
+        the identity (a straight-through estimator, a gradient-reversal or scaling layer), the same constant at
+        every mismatching element of every row (collected here, judged by the findings)."""
         tr = run.tracer
-        if not tr.custom or "hint" in self.acc.hints:
-            return
         from .intended import Declaration, declared_program
 
         mask = verdicts.masks["mismatch"]
         for name in tr.custom:
-            decl = Declaration(name, "straight-through", 1.0, text="straight-through")
-            prog, problems = declared_program(run.program, tr.call_of, tr.sites, [decl])
-            if problems or prog is run.program:
+            seen = self.acc.hint_ks.setdefault(name, [])
+            if seen and seen[-1] is None:
                 continue
-            ident = sweep(prog, run.env, seeds).cts.get(vid)
+            ident_prog, problems = declared_program(run.program, tr.call_of, tr.sites,
+                                                    [Declaration(name, "straight-through", 1.0)])
+            base_prog, _ = declared_program(run.program, tr.call_of, tr.sites, [Declaration(name, "scale", 0.0)])
+            ident = sweep(ident_prog, run.env, seeds).cts.get(vid) if not problems else None
+            base = sweep(base_prog, run.env, seeds).cts.get(vid) if not problems else None
             if ident is None:
+                seen.append(None)
                 continue
             ident = ident.to(F64).expand_as(a)
-            # the exact gradient without the Function's path, plus k times its identity path
-            base_prog, _ = declared_program(run.program, tr.call_of, tr.sites,
-                                            [Declaration(name, "scale", 0.0, text="scale:0")])
-            base = sweep(base_prog, run.env, seeds).cts.get(vid)
             base = torch.zeros_like(a) if base is None else base.to(F64).expand_as(a)
             path = ident - base
-            denom = float((path * path).sum())
-            if denom == 0:
-                continue
-            k = float(((a - base) * path).sum()) / denom
-            if not bool(((a - (base + k * path)).abs() <= verdicts.tol + 1e-12)[mask].all()):
-                continue
-            k_text = f"{k:.6g}"
-            if abs(k - 1) < 1e-9:
-                what, decl_text = f"passes the gradient through {name} unchanged: a straight-through estimator?", \
-                    "straight-through"
-            elif k < 0:
-                what, decl_text = (f"multiplies the gradient through {name} by {k_text}: a gradient-reversal layer?",
-                                   f"reverse:{-k:.6g}")
-            else:
-                what, decl_text = f"multiplies the gradient through {name} by {k_text}: a gradient scaling?", \
-                    f"scale:{k_text}"
-            self.acc.hints["hint"] = (f" Autograd {what} If that is meant, declare it: check_function(..., "
-                                      f"intended={{'{name}': '{decl_text}'}}) (or --intended {name}={decl_text}).")
-            return
+            denom = float((path[mask] ** 2).sum())
+            k = float(((a - base)[mask] * path[mask]).sum()) / denom if denom else math.nan
+            fits = math.isfinite(k) and bool(((a - (base + k * path)).abs() <= verdicts.tol + 1e-12)[mask].all())
+            seen.extend([k] * int(mask.sum()) if fits else [None])
 
     # ------------------------------------------------------------ cuts
     def _cuts_dropped(self, run: TracedRun, cts: dict[int, Any]) -> None:

@@ -73,7 +73,7 @@ class Accumulator:
     def __init__(self) -> None:
         self.groups: dict[tuple[str, str, str], _Group] = {}
         self.cut_sites: dict[tuple[str, int], dict[str, Any]] = {}
-        self.hints: dict[str, str] = {}  # recognised patterns, appended to the mismatch message
+        self.hint_ks: dict[str, list[float | None]] = {}  # per custom Function: the factor fitted per element
         self.problems: list[str] = []  # declarations that could not be applied
         self.declared: list[Any] = []  # the declarations (for the intended findings' words)
         self._seq = 0
@@ -143,6 +143,12 @@ class Accumulator:
                 g.info["cut_value"] = float(cut.reshape(-1)[j])
             self._example(g, ex, ex.abs_err / tv if ex.abs_err is not None and tv > 0 else math.inf)
 
+    def reentrant(self, name: str, index: int, point: dict[str, float], functions: str, element: str, first: float,
+                  second: float, raised: str = "") -> None:
+        g = self._group("not-reentrant", "error", name)
+        g.points.add(index)
+        g.info.update(functions=functions, element=element, first=first, second=second, raised=raised)
+
     def untracked(self, name: str, index: int, point: dict[str, float], quantity: str, a: float, r: float,
                   c: float, tol: float) -> None:
         g = self._group("untracked", "error", name)
@@ -153,7 +159,7 @@ class Accumulator:
         self._example(g, ex, ex.abs_err if ex.abs_err is not None else math.inf)
 
     # ------------------------------------------------------------ findings
-    def findings(self, n_points: int, dtype: str) -> list[Finding]:
+    def findings(self, n_points: int, dtype: str, judged: bool = True) -> list[Finding]:
         out: list[Finding] = []
         cuts = self._cut_locations()
         harmful = [c for c in cuts if c.dropped > 0]
@@ -168,7 +174,7 @@ class Accumulator:
             out.append(Finding("not-verified", "warning", "intended", p, 1))
         if not any(f.kind == "untracked" for f in out):
             harmful = []
-        for c in cuts:
+        for c in cuts if judged else ():
             if c not in harmful:
                 label = _cut_label(c.kind)
                 out.append(Finding("cut", "info", label, (
@@ -176,6 +182,26 @@ class Accumulator:
                     f"{CUT_WORDS.get(c.kind, c.kind)}; it does not change any checked gradient here"),
                     1, (), "", None, "", (c,), c.file, c.line))
         return out
+
+    def _hint(self) -> str:
+        """A declaration to suggest, when one custom Function's backward was one constant k times the identity at
+        every mismatching element (two at least)."""
+        for name, ks in self.hint_ks.items():
+            if len(ks) < 2 or any(k is None for k in ks) or max(ks) - min(ks) > 1e-9 * max(1.0, abs(ks[0])):
+                continue
+            k = ks[0]
+            if abs(k - 1) < 1e-9:
+                what, decl = f"passes the gradient through {name} unchanged: a straight-through estimator?", \
+                    "straight-through"
+            elif k < 0:
+                what, decl = f"multiplies the gradient through {name} by {k:.6g}: a gradient-reversal layer?", \
+                    f"reverse:{-k:.6g}"
+            else:
+                what, decl = f"multiplies the gradient through {name} by {k:.6g}: a gradient scaling?", \
+                    f"scale:{k:.6g}"
+            return (f" Autograd {what} If that is meant, declare it: check_function(..., intended={{'{name}': "
+                    f"'{decl}'}}) (or --intended {name}={decl}).")
+        return ""
 
     def _cut_locations(self) -> list[CutLocation]:
         out = []
@@ -207,7 +233,7 @@ class Accumulator:
                                                                    for c in harmful)
                             + ", but treating the cuts as constants does not explain it either.")
             msg = (f"autograd's {what} for {name} differs from the exact derivative {where}; {worst}.{cut_note}"
-                   + self.hints.get("hint", ""))
+                   + self._hint())
             return Finding(kind, severity, name, msg, count, exs, quantity)
         if kind == "intended":
             decls = ", ".join(f"{d.target}: {d.text}" for d in self.declared) or "the declared deviations"
@@ -273,6 +299,15 @@ class Accumulator:
                    "Python on .item() values); these points are not compared: check them one by one, or give the "
                    "math with expected=")
             return Finding(kind, severity, "", msg, count, exs, "value")
+        if kind == "not-reentrant":
+            i = g.info
+            second = (f"the second one raised: {i['raised']}" if i.get("raised") else
+                      f"d/d {i['element']}: {fmt(i['first'])}, then {fmt(i['second'])}")
+            msg = (f"backward is not reentrant: a second backward pass through the same graph does not repeat the "
+                   f"first for {key} {where} ({second}); the backward "
+                   f"of {i['functions']} changes something it saved for backward (a tensor in ctx modified in place?). "
+                   "Compute into a new tensor instead of modifying a saved one")
+            return Finding(kind, severity, key, msg, count, (), "")
         if kind == "leak":
             site = g.info["site"]
             msg = (f"{g.info['text']} `{site.source}`: what is computed from it outside torch and comes back is a "

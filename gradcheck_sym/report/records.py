@@ -28,6 +28,10 @@ KIND_SEVERITY: dict[str, Severity] = {
     "range": "warning",
     "trace": "warning",
     "stale-graph": "error",
+    "not-verified": "error",
+    "not-reentrant": "error",
+    "intended": "info",
+    "leak": "info",
 }
 
 

@@ -31,6 +31,8 @@ class Refused(Exception):
 
 class Ctx(Protocol):
     out: Any  # the user's result of the op
+    name: str  # the op's name
+    leaks: list[Any]  # traced values that left torch for numpy (.numpy()), with their sites
 
     def v(self, x: Any) -> Any:
         """The traced handle of tensor `x` (float64), a constant, or `x` itself for non-tensors."""
