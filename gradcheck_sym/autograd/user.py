@@ -110,7 +110,7 @@ def vjp(run: TracedRun, seeds: Sequence[torch.Tensor], *, create_graph: bool = F
     for t, s in zip(run.outputs, seeds):
         if t.requires_grad:
             outs.append(t)
-            grads.append(s.to(t.dtype))
+            grads.append(s.to(t.dtype) if s.dtype != t.dtype else s)
     if not outs:
         return [torch.zeros_like(leaf) for leaf in run.leaves]
     try:

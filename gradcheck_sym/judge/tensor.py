@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..autograd.user import TracedRun, hvp, vjp
+from ..autograd.user import FunctionError, TracedRun, hvp, vjp
 from ..ir.program import Var
 from ..reference.interpret import UNIT_ROUNDOFF, AbsEager, Traced, error_bounds, record_sweep, sweep
 from .elements import FLOOR_ULPS, SAFETY, classify
@@ -328,8 +328,6 @@ class FunctionJudge:
     def _reentrant(self, index: int, run: TracedRun, row: Row, first: list[torch.Tensor]) -> None:
         """A second backward through the same graph must give the same gradient (gradcheck's "Backward is not
         reentrant"): a custom backward that changes a tensor saved in ctx in place fails this."""
-        from ..autograd.user import FunctionError
-
         try:
             again = vjp(run, row.seeds)
         except FunctionError as exc:
@@ -428,23 +426,34 @@ class FunctionJudge:
             self.hess_how = f"{HESS_DIRECTIONS} Hessian-vector products H·u ({n_in} input elements; seeded normal u)"
         if len(objectives) < len(rows):
             self.hess_how += f", for {len(objectives)} of the {len(rows)} rows"
+        declared, cut_pred = self._declared(run)
         for r, row in enumerate(objectives):
             seeds = {v.id: s for v, s in zip(prog.outputs, row.seeds) if isinstance(v, Var)}
-            whole, values, res = record_sweep(prog, env, seeds)
-            grads_auto = vjp(run, row.seeds, create_graph=True)
+            first = record_sweep(prog, env, seeds)
+            # The second order of the alternatives too: the cuts as constants, the declared deviations.
+            alts = {"cut": record_sweep(prog, env, seeds, cut=True) if run.tracer.cuts else None,
+                    "intended": record_sweep(declared, env, seeds, cut=cut_pred) if declared is not None else None}
+            # The seeds require grad, as in gradgradcheck: a once_differentiable backward then says so when
+            # differentiated, and a backward that detaches what it saved shows a zero second derivative.
+            grads_auto = vjp(run, [s.clone().requires_grad_(True) for s in row.seeds], create_graph=True)
+            if any(type(g.grad_fn).__name__ in ("Error", "DelayedError") for g in grads_auto):
+                self.acc.not_verified(self.names[0], index, [
+                    "second order: the backward is marked @once_differentiable, so autograd has no second "
+                    "derivative to compare (torch raises if you differentiate it twice)"], 0)
+                return
             for dlabel, direction in directions:
-                seeds2 = {}
-                for v, d in zip(prog.inputs, direction):
-                    g = res.cts.get(v.id)
-                    if isinstance(g, Traced):
-                        seeds2[g.var.id] = d
-                rec2 = record_sweep(whole, values, seeds2)
-                ref2 = rec2[2]
-                cts = {v.id: (lambda c: c.value if isinstance(c, Traced) else c)(ref2.cts.get(v.id))
-                       for v in prog.inputs}
-                auto = hvp(run, grads_auto, direction)
-                self._compare(index, run, row.label, r, auto, cts, None, ref2.tainted | res.tainted,
-                              ref2.blocked + res.blocked, seeds, hess=(dlabel, None), recorded=rec2)
+                rec2, cts = _second(first, prog, direction)
+                alt_cts = {"cut": _second(alts["cut"], prog, direction, cut=True)[1] if alts["cut"] else None,
+                           "intended": _second(alts["intended"], prog, direction, cut=cut_pred)[1]
+                           if alts["intended"] else None}
+                try:
+                    auto = hvp(run, grads_auto, direction)
+                except FunctionError as exc:
+                    self.acc.not_verified(self.names[0], index, [f"second order: {exc.message}"], 0)
+                    return
+                self._compare(index, run, row.label, r, auto, cts, alt_cts["cut"], rec2[2].tainted | first[2].tainted,
+                              rec2[2].blocked + first[2].blocked, seeds, hess=(dlabel, None), recorded=rec2,
+                              intended=alt_cts["intended"])
 
     def _point(self, run: TracedRun, index: int) -> dict[str, float]:
         """The point's input values, when small enough to show."""
@@ -457,6 +466,20 @@ class FunctionJudge:
             for j, v in enumerate(flat):
                 out[element_name(name, tuple(t.shape), j)] = v
         return out
+
+
+def _second(recorded: Any, prog: Any, direction: list[torch.Tensor], cut: Any = False) -> tuple[Any, dict[int, Any]]:
+    """Sweep a recorded sweep with the input-gradient seeds `direction`: a Hessian-vector product."""
+    whole, values, res = recorded
+    seeds2 = {}
+    for v, d in zip(prog.inputs, direction):
+        g = res.cts.get(v.id)
+        if isinstance(g, Traced):
+            seeds2[g.var.id] = d
+    rec2 = record_sweep(whole, values, seeds2, cut=cut)
+    cts = {v.id: (c.value if isinstance(c, Traced) else c) for v in prog.inputs
+           for c in [rec2[2].cts.get(v.id)]}
+    return rec2, cts
 
 
 def _value_for(cts: dict[int, Any] | None, vid: int, like: torch.Tensor) -> torch.Tensor | None:

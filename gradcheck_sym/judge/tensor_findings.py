@@ -283,8 +283,10 @@ class Accumulator:
             return Finding(kind, severity, key, msg, count, exs, quantity)
         if kind == "not-verified":
             reasons = "; ".join(g.info.get("reasons", []))
-            msg = (f"the gradient for {key} ({g.bulk} entries) was not verified {where}: it flows through something "
-                   f"the tracer could not model — {reasons}")
+            entries = f" ({g.bulk} entries)" if g.bulk else ""
+            msg = (f"the gradient for {key}{entries} was not verified {where}: {reasons}" if reasons.startswith(
+                "second order") else f"the gradient for {key}{entries} was not verified {where}: it flows through "
+                f"something the tracer could not model — {reasons}")
             return Finding(kind, severity, key, msg, count, (), "")
         if kind == "outside-domain":
             msg = (f"the output is not a finite real number {where} (NaN: outside the real domain; inf: a pole or "

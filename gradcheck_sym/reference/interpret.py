@@ -221,7 +221,7 @@ def sweep(
     return SweepResult(cts, tainted, blocked)
 
 
-def record_sweep(program: Program, env: dict[int, Any], seeds: dict[int, Any], *, cut: bool = False
+def record_sweep(program: Program, env: dict[int, Any], seeds: dict[int, Any], *, cut: bool | Any = False
                  ) -> tuple[Program, dict[int, Any], SweepResult]:
     """The sweep, written down.
 
