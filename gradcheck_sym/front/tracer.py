@@ -222,11 +222,47 @@ class Tracer(TorchFunctionMode):
     def _unknown(self, t: torch.Tensor) -> Any:
         """A tensor no recorded op made and no known storage holds: a constant, or opaque if it has a graph
         or came back from numpy after a traced value left for it."""
-        if t.requires_grad and t.grad_fn is not None:
-            return self._opaque_tensor(t)
         if self.leaks and t.is_floating_point() and _external(t):
             return self.returned_from_numpy(t, "torch.from_numpy")
+        if t.requires_grad and t.grad_fn is not None:
+            custom = _custom_node(t)
+            if custom is not None:
+                return self._constant_custom(t, custom)
+            return self._opaque_tensor(t)
         return self.const(t)
+
+    def _constant_custom(self, t: torch.Tensor, custom: str) -> Any:
+        """The output of a custom Function whose forward computed it from no traced value (a step, a sign of a
+        comparison): a constant of its inputs — one equation of its call, so a declaration can apply to it."""
+        deps = []
+        for fn, _ in t.grad_fn.next_functions:
+            h = self._handle_of_node(fn)
+            if isinstance(h, Traced):
+                deps.append(h)
+        with interpreting(self.rec):
+            site = self._new_site(f"{custom}.apply")
+            self.sites[site] = Site(f"{custom}.apply", *_user_frame(), "no_grad", custom)
+            self.rec.site = site
+            handle = P.ew(_constant_of(len(deps) + 1), *deps, t.detach().to(F64)) if deps else self.const(t)
+            if deps:
+                self.call_of[len(self.rec.eqns) - 1] = id(t.grad_fn)
+        if custom not in self.custom:
+            self.custom.append(custom)
+        self._bind(t, handle)
+        return handle
+
+    def _handle_of_node(self, fn: Any) -> Any:
+        """The traced handle of the tensor an autograd node belongs to (a leaf's, or a recorded output's)."""
+        if fn is None:
+            return None
+        var = getattr(fn, "variable", None)
+        if isinstance(var, torch.Tensor):
+            return self.v(var)
+        for r in list(self.recs.values()):
+            t = r.tensor
+            if t is not None and t.grad_fn is fn:
+                return r.handle
+        return None
 
     def returned_from_numpy(self, t: torch.Tensor, how: str) -> Any:
         """A tensor made from numpy data after traced values left for numpy: it may be computed from them
@@ -701,6 +737,13 @@ def _user_frame() -> tuple[str, int, str]:
         return ("", 0, "")
     file, line = frame.f_code.co_filename, frame.f_lineno
     return (file, line, linecache.getline(file, line).strip())
+
+
+def _constant_of(n: int) -> Any:
+    """The function of n arguments whose value is the last one: a constant of the others (derivative 0)."""
+    from ..ops.ew import P as X, ew_fn
+
+    return ew_fn("constant", X[n - 1], n)
 
 
 def _external(t: torch.Tensor) -> bool:
