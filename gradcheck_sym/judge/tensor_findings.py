@@ -174,8 +174,9 @@ class Accumulator:
             out.append(Finding("not-verified", "warning", "intended", p, 1))
         if not any(f.kind == "untracked" for f in out):
             harmful = []
+        declared = [d for d in self.declared if getattr(d, "is_cut", False)]
         for c in cuts if judged else ():
-            if c not in harmful:
+            if c not in harmful and not any(d.matches_cut(c.file, c.line) for d in declared):
                 label = _cut_label(c.kind)
                 out.append(Finding("cut", "info", label, (
                     f"the cut {label} ({c.file_name}:{c.line}){' `' + c.source + '`' if c.source else ''}: "

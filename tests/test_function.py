@@ -4,9 +4,9 @@ import pytest
 import torch
 
 import gradcheck_sym as gs
-from gradcheck_sym.front.trace import MAX_INPUT_ELEMENTS, FunctionError
+from gradcheck_sym.autograd.user import FunctionError
 
-from . import catalogue
+from . import catalogue, functions_catalogue
 
 IDS = [c[0] for c in catalogue.CASES]
 
@@ -65,33 +65,44 @@ def test_module_parameters_are_inputs_by_name():
     module = torch.nn.Linear(2, 1).double()
     report = gs.check_function(module, torch.tensor([0.5, -1.0], dtype=torch.float64))
     assert report.ok
-    assert report.variables == ("input[0]", "input[1]", "weight[0,0]", "weight[0,1]", "bias[0]")
+    assert report.variables == ("input", "weight", "bias")
     rows = {r.expression: r for r in report.nodes}
     assert rows["weight[0,1]"].symbolic_grad == pytest.approx(-1.0)
 
 
-def test_expected_expression_instead_of_the_trace():
+def test_an_op_outside_the_table_is_not_verified_never_ok():
     def g(x):
-        return torch.special.bessel_j0(x) * 0 + torch.sin(x) ** 2  # bessel_j0 is not traceable
+        return torch.special.bessel_j0(x) * 0 + torch.sin(x) ** 2  # bessel_j0 has no derivative rule here
 
     x = torch.tensor([0.1, 0.5, 2.0], dtype=torch.float64)
-    with pytest.raises(gs.UnsupportedError) as info:
-        gs.check_function(g, x)
-    assert "'special_bessel_j0'" in str(info.value) and "test_trace.py:" in str(info.value)
-    assert "expected=" in str(info.value)
+    report = gs.check_function(g, x)
+    (f,) = report.errors()
+    assert f.kind == "not-verified" and not report.ok
+    assert "torch op 'special_bessel_j0' is not in the op table (test_function.py:" in f.message
+    partly = gs.check_function(lambda x, y: (torch.special.bessel_j0(x) + y.sin()).sum(), x, x.clone())
+    assert partly.ok and [(f.kind, f.severity, f.node) for f in partly.findings] == [("not-verified", "warning", "x")]
+
+
+def test_expected_expression_instead_of_the_trace():
+    def g(x):
+        return torch.special.bessel_j0(x) * 0 + torch.sin(x) ** 2
+
+    x = torch.tensor([0.1, 0.5, 2.0], dtype=torch.float64)
     report = gs.check_function(g, x, expected="sin(x)**2")
     assert report.ok and "expected expression" in report.derivation
     assert not gs.check_function(g, x, expected="sin(x)**2 + 0.001*x").ok
 
 
-def test_data_dependent_control_flow_is_a_trace_warning():
+def test_data_dependent_control_flow_is_traced_at_each_point():
+    calls = []
+
     def f(x):
+        calls.append(bool(x.sum() > 0))
         return (x * x).sum() if x.sum() > 0 else (x * x * x).sum()
 
-    report = gs.check_function(f, torch.tensor([0.05, -0.01], dtype=torch.float64), samples=30, seed=0)
-    assert report.ok
-    (f_,) = report.by_kind("trace")
-    assert f_.severity == "warning" and f_.count > 0
+    report = gs.check_function(f, torch.tensor([0.05, -0.05], dtype=torch.float64), samples=30, seed=0)
+    assert report.ok and not report.by_kind("trace") and report.n_points == 31
+    assert True in calls and False in calls  # both branches were checked
 
 
 def test_samples_and_domain():
@@ -102,7 +113,8 @@ def test_samples_and_domain():
 
 @pytest.mark.parametrize("fn,message", [
     (lambda x: 3.0, "output 0 is a float, not a tensor\nreturn a tensor or a tuple of tensors"),
-    (lambda x: (x > 0).long(), "output 0 has dtype torch.int64, which has no gradient\nreturn a floating-point tensor"),
+    (lambda x: (x > 0).long(), "output 0 has dtype int64, which has no gradient\nreturn a floating-point tensor (a "
+                               "comparison's result is not differentiable; compute with the values it selects)"),
     (lambda x: x.to(torch.complex128), "output 0 is complex (torch.complex128); the checker works with real numbers\n"
                                        "return the real and imaginary parts as two real outputs"),
 ])
@@ -127,14 +139,15 @@ def test_exception_in_the_function_shows_the_users_traceback():
         gs.check_function(broken, catalogue.MIXED)
     text = str(info.value)
     assert text.startswith("the function raised NameError: name 'undefined_name' is not defined")
-    assert "test_trace.py" in text and "in broken" in text
-    assert "gradcheck_sym" not in text.replace("test_trace", "")
+    assert "test_function.py" in text and "in broken" in text
+    assert "gradcheck_sym" not in text.replace("test_function", "")
 
 
-def test_size_cap_is_a_clear_limit_error():
-    with pytest.raises(gs.LimitError) as info:
-        gs.check_function(torch.sin, torch.zeros(MAX_INPUT_ELEMENTS + 1, dtype=torch.float64))
-    assert str(info.value).startswith(f"the inputs have {MAX_INPUT_ELEMENTS + 1:,} scalar elements")
+def test_no_element_cap_a_vector_output_is_projected():
+    x = torch.linspace(-2, 2, 20_000, dtype=torch.float64)
+    report = gs.check_function(torch.tanh, x)
+    assert report.ok and "3 random projections" in report.derivation
+    assert report.checked == 3 * 20_000
 
 
 def test_assert_gradients_raises_with_the_report():
@@ -151,11 +164,68 @@ def test_pytest_fixture(gradcheck_sym):
     assert "[error] mismatch x" in str(info.value)
 
 
-def test_points_are_batched_with_vmap_where_the_function_allows_it():
-    report = gs.check_function(catalogue.no_grad_norm, catalogue.X23, catalogue.W32, samples=30, seed=1)
-    assert "all points at once with torch.func.vmap(jacrev(fn))" in report.derivation
-    assert [f.kind for f in report.errors()] == ["untracked"]
-    report = gs.check_function(catalogue.good_softplus, catalogue.MIXED, samples=5, seed=1)
-    assert ("the function called once per point (vmap cannot batch it: In order to use an autograd.Function with "
-            "functorch transforms (vmap, grad, jvp, jacrev, ...), it must override the setup_context staticmethod)"
-            in report.derivation)
+@pytest.mark.parametrize("mode", ["f64", "f32", "o2"])
+@pytest.mark.parametrize("case", functions_catalogue.CASES, ids=[c[0] for c in functions_catalogue.CASES])
+def test_functions_catalogue(case, mode):
+    name, fn, inputs, options, expect = case
+    options = dict(options)
+    if mode == "f32":
+        options["dtype"] = "float32"
+    if mode == "o2":
+        options["order"] = 2
+    report = gs.check_function(fn, *inputs, **options)
+    assert sorted({f.kind for f in report.errors()}) == expect[mode], str(report)
+
+
+def test_a_declared_straight_through_estimator_is_intended_info():
+    f = functions_catalogue.CASES[1][1]
+    report = gs.check_function(f, functions_catalogue.X, intended={"STESign": "straight-through"})
+    (finding,) = report.findings
+    assert (finding.kind, finding.severity) == ("intended", "info")
+    assert finding.message.startswith("the gradient for x deviates from the exact derivative at 1 of 1 point (3 "
+                                      "entries) as declared (STESign: straight-through);")
+    undeclared = gs.check_function(f, functions_catalogue.X)
+    assert undeclared.errors()[0].message.endswith(
+        "Autograd passes the gradient through STESign unchanged: a straight-through estimator? If that is meant, "
+        "declare it: check_function(..., intended={'STESign': 'straight-through'}) (or --intended "
+        "STESign=straight-through).")
+
+
+def test_declarations_are_validated():
+    with pytest.raises(gs.InputError) as info:
+        gs.check_function(torch.sin, catalogue.MIXED, intended={"Fn": "sideways"})
+    assert str(info.value) == ("intended['Fn'] = 'sideways': unknown behaviour\nbehaviours: straight-through, "
+                               "scale:F, reverse[:F], surrogate:EXPR (for a Function) or cut (for a cut)")
+
+
+def test_a_declared_cut_is_intended():
+    def f(x):
+        return (x + (x.clamp(-0.5, 0.5) - x).detach()).exp().sum()
+
+    report = gs.check_function(f, catalogue.MIXED)
+    (u,) = report.errors()
+    assert u.kind == "untracked" and u.cuts[0].kind == "detach" and u.line == u.cuts[0].line > 0
+    assert u.cuts[0].source == "return (x + (x.clamp(-0.5, 0.5) - x).detach()).exp().sum()"
+    assert u.cuts[0].dropped > 0
+    ok = gs.check_function(f, catalogue.MIXED, intended={f"test_function.py:{u.line}": "cut"})
+    assert ok.ok and [x.kind for x in ok.findings] == ["intended"]
+
+
+def test_user_tolerance_accepts_a_deliberate_epsilon():
+    f = functions_catalogue.CASES[10][1]  # sqrt(x + 1e-6) with the derivative of sqrt(x)
+    assert not gs.check_function(f, functions_catalogue.XP).ok
+    report = gs.check_function(f, functions_catalogue.XP, rtol=1e-5)
+    assert report.ok and "user tolerance rtol=1e-05" in report.tolerance
+
+
+def test_check_inside_no_grad_still_checks_and_restores_the_mode():
+    with torch.no_grad():
+        report = gs.check_function(catalogue.good_softplus, catalogue.MIXED)
+        assert not torch.is_grad_enabled()
+    assert report.ok
+
+
+def test_sampling_near_the_inputs_stays_in_the_domain():
+    x = torch.tensor([0.01, 0.02], dtype=torch.float64)
+    report = gs.check_function(lambda x: torch.sqrt(x).sum(), x, samples=20, seed=0)
+    assert report.ok and not report.by_kind("outside-domain") and report.n_points == 21
