@@ -335,9 +335,10 @@ class Tracer(TorchFunctionMode):
         if r is None or r.tensor is not t:
             r = self._bind(t, new)
         root_t = r.root.tensor if r.root is not None else None
-        if r.cut == ".data" and root_t is not None and self.sites[self._site].custom is None and (
+        if r.cut in (".data", "detach") and root_t is not None and self.sites[self._site].custom is None and (
                 root_t.grad_fn is not None or (root_t.requires_grad and r.root.used)):
-            self.notes.append(Note("stale-graph", self._site, "in-place change through `.data` of a tensor "
+            how = "`.data`" if r.cut == ".data" else "a `.detach()`ed alias"
+            self.notes.append(Note("stale-graph", self._site, f"in-place change through {how} of a tensor "
                                    + (f"with a graph ({type(root_t.grad_fn).__name__})" if root_t.grad_fn else
                                       "already used in the graph")))
         r.handle, r.version = new, t._version
@@ -503,10 +504,12 @@ class Tracer(TorchFunctionMode):
         text = f"{reason} ({self.sites[site].where}): gradients through it are not verified"
         self.notes.append(Note("opaque", site, text))
         deps = [h for h in _flat_handles(self, args, kwargs) if isinstance(h, Traced)]
+        # an in-place op that returns nothing (x[i] = v) changed its first argument
+        made = _tensors(self.out) or [a for a in args[:1] if isinstance(a, torch.Tensor)]
         with interpreting(self.rec):
             outs = tuple(P.opaque(*deps, value=t.detach(), reason=text) if t.is_floating_point() else None
-                         for t in _tensors(self.out))
-        return outs if isinstance(self.out, (tuple, list)) else outs[0]
+                         for t in made)
+        return outs if isinstance(self.out, (tuple, list)) else (outs[0] if outs else None)
 
     def call_with(self, replace: dict[int, Any]) -> Any:
         """For rules: the op again, with the tensors whose id is in `replace` replaced (a probe)."""
@@ -522,8 +525,11 @@ class Tracer(TorchFunctionMode):
                 return {k: sub(v) for k, v in x.items()}
             return x
 
+        args = sub(self.args)
         with torch.no_grad():
-            return self.func(*sub(self.args), **sub(self.kwargs))
+            out = self.func(*args, **sub(self.kwargs))
+        # x[i] = v returns None: the result is the written tensor
+        return args[0] if out is None and args and isinstance(args[0], torch.Tensor) else out
 
     def cut(self, kind: str, h: Any) -> Any:
         """For rules: `h` cut (detach)."""
@@ -617,6 +623,8 @@ def _normalise(name: str) -> tuple[str, bool, bool]:
         return {"div": "true_divide", "truediv": "true_divide", "sub": "sub", "add": "add", "mul": "mul",
                 "pow": "pow", "matmul": "matmul", "mod": "remainder", "and": "bitwise_and",
                 "or": "bitwise_or", "xor": "bitwise_xor", "floordiv": "floor_divide"}.get(base, base), False, True
+    if name == "__setitem__":  # x[i] = v: an in-place write into x
+        return name, True, False
     if name.startswith("__") and name.endswith("__"):
         base = name[2:-2]
         known = {"add": "add", "sub": "sub", "mul": "mul", "truediv": "true_divide", "div": "true_divide",

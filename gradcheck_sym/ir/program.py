@@ -138,7 +138,7 @@ class Program:
 
     def validate(self) -> None:
         """Check the invariants; raise ValueError naming the first broken one."""
-        from ..ops.prims import PRIMS
+        from ..ops.core import PRIMS
 
         bound: set[int] = set()
         for v in self.inputs:

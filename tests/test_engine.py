@@ -1,0 +1,165 @@
+"""The tensor engine at the rule level: primitives' transposes, the interpreters, aliasing, second order."""
+
+import mpmath
+import numpy as np
+import pytest
+import torch
+
+import gradcheck_sym as gs
+from gradcheck_sym.ir.program import Program
+from gradcheck_sym.ops import prims as P
+from gradcheck_sym.ops.core import interpreting
+from gradcheck_sym.ops.ew import ADD, MUL
+from gradcheck_sym.reference.interpret import ObjectEager, Recorder, Traced, evaluate, record_sweep, sweep
+
+from .oracle import assert_matches_oracle, traced
+
+F64 = torch.float64
+gen = torch.Generator().manual_seed(7)
+
+
+def rand(*shape):
+    return torch.randn(*shape, dtype=F64, generator=gen)
+
+
+def vjp_of(f, x, g):
+    """The VJP of primitive application f at x, through the sweep (the rules under test)."""
+    rec = Recorder(1, 0)
+    from gradcheck_sym.ir.program import Var
+
+    v = Var(0, tuple(x.shape), "float64")
+    with interpreting(rec):
+        out = f(Traced(x, v))
+    prog = Program((v,), ("x",), tuple(rec.eqns), (out.var,), tuple(rec.consts))
+    env = {0: x, **rec.values}
+    return sweep(prog, env, {out.var.id: g}).cts[0], out.value
+
+
+LINEAR = {
+    "reshape": (lambda x: P.reshape(x, (6, 4)), (4, 6)),
+    "permute": (lambda x: P.permute(x, (2, 0, 1)), (2, 3, 4)),
+    "expand": (lambda x: P.expand(x, (5, 3, 4)), (1, 3, 1)),
+    "sum": (lambda x: P.sum_(x, (0, 2), keepdim=False), (3, 4, 5)),
+    "sum keepdim": (lambda x: P.sum_(x, (1,), keepdim=True), (3, 4, 5)),
+    "take": (lambda x: P.take(x, torch.tensor([[3, 0, -1], [3, 5, 1]])), (2, 3)),
+    "segsum": (lambda x: P.segsum(x, torch.tensor([[2, 0, 2], [-1, 1, 0]]), (4,)), (2, 3)),
+    "cumsum": (lambda x: P.cumsum(x, 1), (3, 5)),
+    "reverse cumsum": (lambda x: P.cumsum(x, 0, reverse=True), (4, 2)),
+    "matmul left": (lambda x: P.matmul(x, torch.ones(3, 2, dtype=F64) * 0.5), (4, 3)),
+    "matmul right batched": (lambda x: P.matmul(torch.arange(24.0, dtype=F64).reshape(2, 3, 4), x), (4, 5)),
+}
+
+
+@pytest.mark.parametrize("name", list(LINEAR))
+def test_linear_primitives_satisfy_the_dot_product_identity(name):
+    """<L x, y> = <x, L^T y> at random tensors: the VJP is the exact transpose."""
+    f, shape = LINEAR[name]
+    x = rand(*shape)
+    with interpreting(__import__("gradcheck_sym.ops.core", fromlist=["TorchEager"]).TorchEager()):
+        lx = f(x)
+    y = rand(*lx.shape)
+    lty, _ = vjp_of(f, x, y)
+    assert float((lx * y).sum()) == pytest.approx(float((x * lty).sum()), rel=1e-12, abs=1e-12)
+
+
+def test_elementwise_vjp_undoes_broadcasting_and_uses_sympy_partials():
+    x, w = rand(3, 1), rand(1, 4)
+    assert_matches_oracle(lambda x, w: (torch.sin(x) * torch.exp(w) / (1 + x * x)).sum(), x, w)
+
+
+@pytest.mark.parametrize("fn", [
+    lambda x: torch.nn.functional.conv2d(x, torch.ones(2, 2, 2, 2, dtype=F64) * 0.3, padding=1).tanh().sum(),
+    lambda x: torch.nn.functional.max_pool2d(x, 2, 1).sum() + torch.nn.functional.avg_pool2d(x, 2, ceil_mode=True,
+                                                                                            count_include_pad=False)
+    .square().sum(),
+    lambda x: torch.nn.functional.layer_norm(x, (3,)).pow(3).sum(),
+    lambda x: torch.log_softmax(x, -1).sum() + torch.softmax(x, 1).pow(2).sum(),
+    lambda x: x.cumsum(-1).prod() + x.amax() + x.logsumexp(-1).sum(),
+    lambda x: torch.einsum("bij,bjk->bik", x, x.transpose(-1, -2)).relu().sum(),
+    lambda x: x[:, 1:, ::2].flip(0).sum() + torch.cat([x, x * 2], -1).std() + x.var(1).sum(),
+])
+def test_composites_match_the_per_element_sympy_path(fn):
+    assert_matches_oracle(fn, rand(2, 2, 3))
+
+
+def test_a_matmul_stays_one_equation():
+    run = traced(lambda a, b: (a @ b).sum(), rand(64, 64), rand(64, 64))
+    assert [e.prim for e in run.program.eqns] == ["matmul", "sum"]
+    run.program.validate()
+    assert "= matmul %0 %1" in str(run.program)
+
+
+def test_the_high_precision_path_evaluates_the_same_program_in_mpmath():
+    run = traced(lambda x: (torch.tanh(x) * torch.exp(-x)).sum(), rand(5))
+    x = run.leaves[0].detach()
+    with mpmath.workdps(50):
+        env = evaluate(run.program, [np.array([mpmath.mpf(float(v)) for v in x], dtype=object)],
+                       interp=ObjectEager())
+        exact = env[run.program.outputs[0].id]
+    assert float(exact) == pytest.approx(float(run.env[run.program.outputs[0].id]), rel=1e-15)
+
+
+def test_second_order_is_the_sweep_of_the_recorded_sweep():
+    x = rand(4)
+    f = lambda x: (torch.sin(x) * x.exp()).sum() * x.square().sum()  # noqa: E731
+    run = traced(f, x)
+    prog, env = run.program, run.env
+    whole, values, res = record_sweep(prog, env, {prog.outputs[0].id: torch.ones((), dtype=F64)})
+    g = res.cts[prog.inputs[0].id]
+    u = rand(4)
+    hu = sweep(whole, values, {g.var.id: u}).cts[prog.inputs[0].id]
+    expected = torch.autograd.functional.hessian(f, x) @ u  # torch as the test's oracle
+    torch.testing.assert_close(hu, expected, rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------- aliasing: views and in-place changes
+def _inplace_through_a_view(x):
+    y = x * 1.0
+    v = y[1:]  # a view of y
+    v.mul_(torch.arange(1.0, 4.0, dtype=x.dtype))  # changes y too
+    return (y * y).sum() + v.sum()
+
+
+def _view_then_base_changes(x):
+    y = x * 2  # (exp would save its output: torch's own backward would then refuse the change below)
+    v = y.view(2, 2)
+    y.add_(1.0)  # the view sees it
+    return (v * v).sum()
+
+
+def _detach_alias_changes(x):
+    y = x * 2
+    d = y.detach()
+    d.mul_(3)  # changes y's value (torch: y is not saved, so backward is fine)
+    return (y * x).sum()
+
+
+def _setitem_into_fresh(x):
+    out = torch.zeros_like(x)
+    out[x > 0] = x[x > 0].sqrt()  # the docs' recommended NaN-safe pattern
+    return out.sum()
+
+
+@pytest.mark.parametrize("fn,kinds", [
+    (_inplace_through_a_view, []),
+    (_view_then_base_changes, []),
+    (_detach_alias_changes, ["stale-graph"]),
+    (_setitem_into_fresh, []),
+])
+def test_views_and_in_place_changes_mean_what_they_mean_in_torch(fn, kinds):
+    report = gs.check_function(fn, torch.tensor([0.3, -1.2, 2.0, 0.7], dtype=F64))
+    assert sorted({f.kind for f in report.errors()}) == kinds, str(report)
+
+
+def test_the_value_of_every_traced_op_is_checked_against_torch():
+    run = traced(lambda x: (x.sin() @ x.cos().T).relu().sum(), rand(3, 4))
+    ours = run.env[run.program.outputs[0].id]
+    assert float(ours) == pytest.approx(float(run.outputs[0].detach()), rel=1e-14)
+    assert not run.tracer.notes
+
+
+def test_add_and_mul_rules_are_the_table_s():
+    run = traced(lambda x, y: x * y + x, rand(3), rand(3))
+    fns = [e.params["fn"] for e in run.program.eqns if e.prim == "ew"]
+    assert [f.name for f in fns] == ["mul", "add"]
+    assert fns[0].expr == MUL.expr and fns[1].expr == ADD.expr
