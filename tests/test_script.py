@@ -10,7 +10,7 @@ import pytest
 
 import gradcheck_sym as gs
 from gradcheck_sym.cli import main
-from gradcheck_sym.front.script import EXPLANATIONS
+from gradcheck_sym.report.run import EXPLANATIONS
 
 ROOT = Path(__file__).parent.parent
 LESSONS = sorted((ROOT / "examples" / "lessons").glob("*.py"))
@@ -43,16 +43,18 @@ def _row(report, name):
 def test_the_no_grad_lesson_in_detail():
     report = gs.run_script(str(ROOT / "examples" / "lessons" / "07_no_grad.py"))
     y, z, w, out = (_row(report, n) for n in ("y", "z", "w", "out"))
-    assert (y.is_leaf, y.requires_grad, y.grad_fn, y.grad, y.symbolic_grad) == (True, True, None, ([6.0],), ([15.0],))
-    assert (z.is_leaf, z.grad_fn, z.grad, z.symbolic_grad) == (False, "AddBackward0", (None,), ([6.0],))
-    assert z.status == "grad is None: not a leaf"
+    assert (y.is_leaf, y.requires_grad, y.grad_fn, y.grad, y.exact, y.checks) == (True, True, None, [6.0], [15.0],
+                                                                                   (0, 1))
+    assert (z.is_leaf, z.grad_fn, z.grad, z.exact, z.status) == (False, "AddBackward0", None, [6.0],
+                                                                 "grad is None: not a leaf")
     assert (w.requires_grad, w.grad_fn, w.status) == (False, None, "made under no_grad: no grad_fn")
     assert out.grad_fn == "MulBackward0" and out.value == [18.0]
     (f,) = report.findings
-    assert (f.kind, f.severity, f.line) == ("untracked", "error", 16)
-    assert f.message == ("backward at line 16: .grad of y is 6, the exact gradient is 15; the difference is what "
-                         "no_grad at line 14 hides from autograd")
+    assert (f.kind, f.severity, f.line, f.tensor) == ("untracked", "error", 16, "y")
+    assert f.message == ("backward at line 16: the gradient added to .grad of y is 6, the exact gradient is 15; the "
+                         "difference is what no_grad at line 14 hides from autograd")
     assert (f.explanation, f.fix) == EXPLANATIONS["untracked"]
+    assert report.teacher_line() == ("1 of 1 backward call verified, 1 gradients compared: 1 problem found.")
 
 
 def test_explanations_are_pinned():
@@ -60,32 +62,84 @@ def test_explanations_are_pinned():
         ".data bypasses autograd: the value changed but grad_fn still describes the old value, so backward "
         "differentiates a computation that no longer matches the numbers.",
         "Use .detach() for a constant, or keep the operation in the graph (e.g. z = z * 2).")
-    assert set(EXPLANATIONS) == {"mismatch", "untracked", "stale-graph", "hook", "nonleaf-grad",
-                                 "nondifferentiable", "nonfinite", "not-verified", "no-autograd"}
+    assert set(EXPLANATIONS) == {"mismatch", "untracked", "stale-graph", "hook", "nonleaf-grad", "nondifferentiable",
+                                 "nonfinite", "not-verified", "no-autograd", "self-check"}
 
 
 def test_accumulation_retain_graph_and_grad_none():
     report = gs.run_script(str(ROOT / "examples" / "lessons" / "10_accumulation.py"))
     x = _row(report, "x")
-    assert x.grad == (3.0, 6.0, 4.0) and x.symbolic_grad == (3.0, 6.0, 4.0)
-    returned = report.backwards[-1]["returned"][0]
-    assert returned["tensor"] == "x" and returned["grad"] == pytest.approx(0.0707372, rel=1e-5)
+    assert x.grads == (3.0, 6.0, 4.0) and x.exacts == (3.0, 6.0, 4.0) and x.checks == (4, 4)
+    (name, got, exact) = report.backwards[-1].returned[0]
+    assert name == "x" and got == pytest.approx(0.0707372, rel=1e-5) and exact == pytest.approx(got, rel=1e-6)
 
 
 def test_retain_grad_is_compared():
     report = gs.run_script(str(ROOT / "examples" / "lessons" / "05_retain_grad.py"))
     h = _row(report, "h")
     assert h.retains_grad and h.status == "ok"
-    assert h.grad[0] == pytest.approx(h.symbolic_grad[0], rel=1e-6)
+    assert h.grad == pytest.approx(h.exact, rel=1e-6)
 
 
-def test_json_report(capsys):
+def test_json_report_is_the_only_thing_on_stdout(capsys):
     assert main(["run", str(ROOT / "examples" / "lessons" / "07_no_grad.py"), "--json"]) == 1
-    out = capsys.readouterr().out
-    d = json.loads(out[out.index("{"):])
-    assert d["version"] == 1 and d["kind"] == "run" and d["ok"] is False
-    assert {"name", "line", "is_leaf", "requires_grad", "grad_fn", "grad", "symbolic_grad"} <= set(d["tensors"][0])
-    assert {"kind", "severity", "line", "message"} <= set(d["findings"][0])
+    captured = capsys.readouterr()
+    d = json.loads(captured.out)
+    assert "tensor([6.])" in captured.err  # the script's own print went to stderr
+    assert d["version"] == 2 and d["kind"] == "run" and d["ok"] is False and d["exit_code"] == 0
+    assert d["summary"] == {"backward_calls": 1, "verified": 1, "not_verified": 0, "gradients": 1, "errors": 1}
+    assert {"name", "line", "is_leaf", "requires_grad", "grad_fn", "grad", "exact", "checks"} <= set(d["tensors"][0])
+    assert {"kind", "severity", "line", "message", "count", "last_line"} <= set(d["findings"][0])
+
+
+SCRIPTS = ROOT / "tests" / "scripts"
+
+
+def test_the_exit_code_is_the_script_s(capsys):
+    assert main(["run", str(SCRIPTS / "exit3.py")]) == 3
+    report = gs.run_script(str(SCRIPTS / "exit3.py"))
+    assert report.exit_code == 3 and not report.ok and report.summary["verified"] == 1
+
+
+def test_the_script_is_the_real_main_module(capsys):
+    report = gs.run_script(str(SCRIPTS / "pool.py"))
+    assert report.ok and report.exit_code == 0 and "[1, 4, 9]" in capsys.readouterr().out
+
+
+def test_a_chdir_does_not_move_the_graph(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", str(SCRIPTS / "chdir.py"), "--graph", "rel.dot"]) == 0
+    assert (tmp_path / "rel.dot").exists()
+
+
+def test_a_script_that_checks_itself(capsys):
+    report = gs.run_script(str(SCRIPTS / "selfcheck.py"))
+    assert report.ok and report.summary["verified"] == 1 and _row(report, "x").status == "ok"
+    assert [f.kind for f in report.findings] == ["self-check", "self-check"]
+
+
+def test_a_gradient_penalty_is_verified_through_the_first_gradients(capsys):
+    report = gs.run_script(str(SCRIPTS / "penalty.py"))
+    assert report.ok and report.summary == {"backward_calls": 2, "verified": 2, "not_verified": 0, "gradients": 2,
+                                            "errors": 0}
+
+
+def test_a_backward_in_a_thread_is_seen(capsys):
+    report = gs.run_script(str(SCRIPTS / "threads.py"))
+    assert report.ok and report.summary["verified"] == 1 and _row(report, "w").checks == (1, 1)
+
+
+def test_an_unverified_gradient_is_never_laundered(capsys):
+    report = gs.run_script(str(SCRIPTS / "launder.py"))
+    w = _row(report, "w")
+    assert w.checks == (1, 2) and w.exact is None and w.status == "not verified"
+    assert report.summary["not_verified"] == 1 and report.summary["verified"] == 1
+    assert [f.kind for f in report.findings] == ["not-verified"]
+
+
+def test_eval_mode_dropout_returning_its_input(capsys):
+    report = gs.run_script(str(SCRIPTS / "dropout_eval.py"))
+    assert report.ok and _row(report, "model.0.weight").status == "ok"
 
 
 def _script(tmp_path, text):
@@ -98,10 +152,10 @@ def test_script_that_raises_shows_its_traceback_and_what_was_verified(tmp_path, 
     path = _script(tmp_path, "import torch\nx = torch.tensor(2.0, requires_grad=True)\n(x * x).backward()\n"
                              "raise ValueError('boom')\n")
     assert main(["run", path]) == 1
-    out = capsys.readouterr().out
-    assert "(1 gradients checked)" in out
-    assert re.search(r'File ".*script.py", line 4, in <module>', out) and "ValueError: boom" in out
-    assert "gradcheck_sym" not in out.split("the script raised")[1]
+    captured = capsys.readouterr()
+    assert "1 of 1 backward call verified" in captured.out
+    assert re.search(r'File ".*script.py", line 4, in <module>', captured.err) and "ValueError: boom" in captured.err
+    assert "gradcheck_sym" not in captured.err and "gradcheck_sym" not in captured.out.split("the script raised")[1]
 
 
 def test_script_without_autograd_says_so(tmp_path):
@@ -125,14 +179,14 @@ def test_ordinary_python_still_runs(tmp_path, capsys):
     )
     assert main(["run", _script(tmp_path, text), "--", "--flag", "7"]) == 0
     out = capsys.readouterr().out
-    assert "argv ['--flag', '7']" in out and "backward calls verified: 3" in out
+    assert "argv ['--flag', '7']" in out and "3 of 3 backward calls verified" in out
 
 
 def test_graph_pictures(tmp_path, capsys):
     lesson = str(ROOT / "examples" / "lessons" / "07_no_grad.py")
     main(["run", lesson, "--graph", str(tmp_path / "g.dot")])
     dot = (tmp_path / "g.dot").read_text()
-    assert "no_grad" in dot and "style=dashed" in dot and "y (line 11)" in dot
+    assert "no_grad" in dot and "style=dashed" in dot and 'label="y\nuntracked"' in dot and "legend" in dot
     if shutil.which("dot"):
         main(["run", lesson, "--graph", str(tmp_path / "g.svg")])
         assert (tmp_path / "g.svg").read_text().lstrip().startswith(("<?xml", "<svg"))
@@ -192,10 +246,11 @@ def test_mismatch_kink_and_nonfinite_in_a_script(tmp_path):
         "torch.where(c > 0, torch.sqrt(c), torch.zeros(2)).sum().backward()\n"
     )
     report = gs.run_script(_script(tmp_path, text))
-    assert [(f.kind, f.line) for f in report.findings] == [("mismatch", 12), ("nondifferentiable", 14),
-                                                           ("nonfinite", 16)]
-    assert report.findings[0].message == "backward at line 12: .grad of a is [1, 2] where the exact gradient is [2, 4]"
-    assert "relu is at a kink there" in report.findings[1].message
+    assert sorted((f.kind, f.line) for f in report.findings) == [("mismatch", 12), ("nonfinite", 16)]
+    mismatch = next(f for f in report.findings if f.kind == "mismatch")
+    assert mismatch.message == ("backward at line 12: the gradient added to .grad of a is [1, 2] (shape (2,)) where "
+                                "the exact gradient is [2, 4] (shape (2,))")
+    assert _row(report, "b").status == "ok"  # relu at 0: torch's convention is the reference's
 
 
 def test_a_training_loop_with_an_optimizer(tmp_path):
@@ -210,7 +265,10 @@ def test_a_training_loop_with_an_optimizer(tmp_path):
             "    opt.step()\n")
     report = gs.run_script(_script(tmp_path, text))
     assert report.ok and report.findings == ()
-    assert [b["checked"] for b in report.backwards] == [4, 4, 4]  # weights and biases of both layers
+    (b,) = report.backwards
+    assert (b.calls, b.verified, b.compared) == (3, 3, 12)  # weights and biases of both layers, 3 times
+    assert [r.name for r in report.tensors][:4] == ["model.0.weight", "model.0.bias", "model.2.weight",
+                                                     "model.2.bias"]
 
 
 @pytest.mark.parametrize("path,message", [

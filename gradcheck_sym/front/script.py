@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 import traceback
 import types
@@ -65,6 +66,17 @@ def run_script(path: str, argv: list[str] | None = None, *, timeout: float | Non
     sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
     sys.modules["__main__"] = module
     exit_code, error = 0, None
+    # Threads the script starts record into the same tracer: a torch function mode is per thread, so each
+    # new thread enters it on its first call (then stops profiling).
+    previous_profile = threading.getprofile()
+
+    def enter_in_thread(frame: Any, event: str, arg: Any) -> None:
+        sys.setprofile(None)
+        if previous_profile is not None:
+            sys.setprofile(previous_profile)
+        tracer.__enter__()
+
+    threading.setprofile(enter_in_thread)
     try:
         with tracer:
             exec(code, module.__dict__)  # noqa: S102 - running the user's script is what was asked
@@ -77,6 +89,7 @@ def run_script(path: str, argv: list[str] | None = None, *, timeout: float | Non
         print(error, file=sys.stderr)
         exit_code = 1
     finally:
+        threading.setprofile(previous_profile)
         sys.argv, sys.path[:] = saved[0], saved[1]
         if saved[2] is not None:
             sys.modules["__main__"] = saved[2]
@@ -177,8 +190,8 @@ def _rows(tracer: ScriptTracer, names: dict[int, str]) -> list[TensorRow]:
         compared = [c for c in checks if c[3] not in _NOT_COMPARED]
         passed = sum(1 for c in compared if c[3] in ("ok", "nonfinite-agree", "nondifferentiable"))
         bad = [c[3] for c in compared if c[3] not in ("ok", "nonfinite-agree", "nondifferentiable")]
-        status = bad[-1] if bad else ("ok" if compared else ("not reached by a backward" if last.leaf else
-                                                             (checks[-1][3] if checks else "no backward")))
+        status = bad[-1] if bad else ("ok" if compared else (checks[-1][3] if checks else (
+            "not reached by a backward" if last.leaf else "no backward")))
         count = len(infos)
         display = name if count == 1 else f"{name} ×{count}"
         own = [c for c in last.checks if c[0] not in returned]  # torch.autograd.grad does not fill .grad

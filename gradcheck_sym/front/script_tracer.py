@@ -95,6 +95,8 @@ class ScriptTracer(Tracer):
         return super()._unknown(t)
 
     def _new_leaf(self, t: torch.Tensor) -> Traced:
+        if self._checking_itself(depth=3):  # gradcheck's perturbed copies: its business, not rows of ours
+            return self.leaf(t, f"leaf{len(self.inputs)}")
         info = self.infos.get(id(t))
         if info is not None and info.ref() is not t:
             info = None
@@ -210,8 +212,8 @@ class ScriptTracer(Tracer):
         return super().__torch_function__(func, types, args, kwargs)
 
     # ------------------------------------------------------------ backward
-    def _checking_itself(self) -> bool:
-        frame = sys._getframe(2)
+    def _checking_itself(self, depth: int = 2) -> bool:
+        frame = sys._getframe(depth)
         while frame is not None:
             if frame.f_code.co_filename.endswith(_CHECKERS):
                 return True
@@ -256,7 +258,13 @@ class ScriptTracer(Tracer):
     def _around(self, func: Any, args: tuple, kwargs: dict, kind: str, outs: list[torch.Tensor],
                 grads: list[Any], create: bool, inputs: list[torch.Tensor] | None) -> Any:
         if self._checking_itself():
-            return func(*args, **kwargs)  # torch.autograd.gradcheck's own probes: its business
+            # torch.autograd.gradcheck's own probes at perturbed inputs: its business, said once per line
+            file, line, source = _user_frame()
+            if not any(e[0] == "self-check" and e[1] == line for e in self.events):
+                self.events.append(("self-check", line, f"line {line} `{source}` checks gradients itself (torch's "
+                                    "gradcheck or torch.autograd.functional): its internal backward calls are not "
+                                    "compared here", f"line {line}"))
+            return func(*args, **kwargs)
         file, line, source = _user_frame()
         ev = Backward(len(self.backwards), kind, line, source)
         self.backwards.append(ev)
@@ -264,22 +272,24 @@ class ScriptTracer(Tracer):
             ev.verified, ev.reasons = False, [self.stopped]
             return func(*args, **kwargs)
         plan = None
-        try:
-            plan = self.verifier.plan(self, ev, outs, grads, inputs, create)
-        except Exception as exc:  # noqa: BLE001 - our failure: this backward is not verified, the script goes on
-            ev.verified = False
-            ev.reasons.append(f"internal error while deriving it ({type(exc).__name__}: {exc}); please report")
+        with self.lock:
+            try:
+                plan = self.verifier.plan(self, ev, outs, grads, inputs, create)
+            except Exception as exc:  # noqa: BLE001 - our failure: this backward is not verified, the script goes on
+                ev.verified = False
+                ev.reasons.append(f"internal error while deriving it ({type(exc).__name__}: {exc}); please report")
         result = func(*args, **kwargs)  # the script's own backward: its errors are its own
-        try:
-            if plan is not None:
-                self.verifier.verify(self, ev, plan, result)
-        except Exception as exc:  # noqa: BLE001 - as above
-            ev.verified = False
-            ev.reasons.append(f"internal error while comparing ({type(exc).__name__}: {exc}); please report")
-        try:
-            self.prune()
-        except Exception:  # noqa: BLE001 - pruning is an optimisation; a failure keeps everything
-            pass
+        with self.lock:
+            try:
+                if plan is not None:
+                    self.verifier.verify(self, ev, plan, result)
+            except Exception as exc:  # noqa: BLE001 - as above
+                ev.verified = False
+                ev.reasons.append(f"internal error while comparing ({type(exc).__name__}: {exc}); please report")
+            try:
+                self.prune()
+            except Exception:  # noqa: BLE001 - pruning is an optimisation; a failure keeps everything
+                pass
         return result
 
     # ------------------------------------------------------------ the program

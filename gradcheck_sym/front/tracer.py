@@ -26,6 +26,7 @@ from __future__ import annotations
 import linecache
 import os
 import sys
+import threading
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -138,6 +139,7 @@ class Tracer(TorchFunctionMode):
         self.rng_state: torch.Tensor | None = None
         self.before: torch.Tensor | None = None  # an in-place op's target, before the op
         self._site_index: dict[Site, int] = {}
+        self.lock = threading.RLock()
         self.call: int | None = None  # the custom Function call the current op belongs to
         self._calls: dict[int, int] = {}
         self.call_of: dict[int, int] = {}  # equation index -> custom Function call
@@ -399,11 +401,12 @@ class Tracer(TorchFunctionMode):
         if name.endswith("_") and args and isinstance(args[0], torch.Tensor) and id(args[0]) in self.recs:
             before = args[0].detach().clone()
         out = func(*args, **kwargs)  # the user's computation, exactly as without us
-        self.rng_state, self.before = state, before
-        try:
-            self._record(func, name, args, kwargs, out)
-        except Exception as exc:  # noqa: BLE001 - our failure: a note and opaque values, never the user's error
-            self._internal(name, exc, out)
+        with self.lock:  # a script's threads share one recording
+            self.rng_state, self.before = state, before
+            try:
+                self._record(func, name, args, kwargs, out)
+            except Exception as exc:  # noqa: BLE001 - our failure: a note and opaque values, never the user's error
+                self._internal(name, exc, out)
         return out
 
     def _internal(self, name: str, exc: BaseException, out: Any) -> None:

@@ -77,12 +77,14 @@ class BackwardVerifier:
         cut = sweep(prog, tr.rec.values, seeds, cut=True).cts if tr.cuts else None
         plan = Plan(seeds, recorded, cts, cut, res.tainted, res.blocked, inputs=inputs, create=create)
         if inputs is None:
-            for info in list(tr.infos.values()):
-                t = info.ref()
-                if t is None or not ((t.is_leaf and t.requires_grad) or t.retains_grad):
+            seen = set()
+            for r in list(tr.recs.values()) + [i for i in tr.infos.values()]:
+                t = r.tensor if hasattr(r, "handle") else r.ref()
+                if t is None or id(t) in seen or not ((t.is_leaf and t.requires_grad) or t.retains_grad):
                     continue
+                seen.add(id(t))
                 before = None if t.grad is None else t.grad.detach().to(F64).clone()
-                plan.targets.append((info, t, before))
+                plan.targets.append((tr._info(t), t, before))
         return plan
 
     # ------------------------------------------------------------ after the backward
@@ -122,7 +124,6 @@ class BackwardVerifier:
             return  # no gradient on either side
         if info is None:
             info = tr._info(t)
-        ev.checked += 1
         shape = tuple(t.shape)
         r = torch.zeros(shape, dtype=F64) if exact_t is None else exact_t.to(F64).expand(shape)
         a = torch.zeros(shape, dtype=F64) if incr is None else incr
@@ -135,6 +136,7 @@ class BackwardVerifier:
             info.exact_total = None
             self._status(info, ev, got, None, "not verified", t)
             return
+        ev.checked += 1
         u = UNIT_ROUNDOFF.get(str(t.dtype).replace("torch.", ""), 2.0**-53)
         tiny = torch.finfo(t.dtype).tiny if t.is_floating_point() else 0.0
         cut = None
@@ -169,6 +171,8 @@ class BackwardVerifier:
             tr.events.append((status, ev.line, _message(status, ev, a, r, cut, tr), f"#{info.serial}"))
         if returned:
             ev.returned.append((f"#{info.serial}", got, r))
+            if plan.create and isinstance(exact, Traced) and isinstance(after, torch.Tensor):
+                tr._bind(after, exact)  # the gradient has a graph: later ops on it are traced
         # The exact .grad now (what autograd should hold), when the exact value before is known.
         info.exact_total = None if total_before is False else (r if total_before is None else total_before + r)
         self._status(info, ev, got, info.exact_total, status, t)
