@@ -181,6 +181,8 @@ def _report(fn: Any, arg_names: list[str], names: list[str], first: TracedRun, j
                      "from its backward")
     if judge.intended:
         notes.append("declared deviations: " + ", ".join(f"{d.target}: {d.text}" for d in judge.intended))
+    if judge.precise_used:
+        notes.append("disputed elements re-derived in 50-digit arithmetic (the same rules, in mpmath)")
     if redrawn:
         notes.append(f"{redrawn} sample{'s' if redrawn != 1 else ''} drawn again (the output was not finite there)")
     rows = _rows(first, judge, names)
