@@ -133,7 +133,20 @@ def _module_paths(namespace: dict[str, Any]) -> dict[int, str]:
 def _names(tracer: ScriptTracer, namespace: dict[str, Any]) -> dict[int, str]:
     """info serial -> display name."""
     params = _module_paths(namespace)
-    bound = {id(v): k for k, v in namespace.items() if isinstance(v, torch.Tensor) and not k.startswith("_")}
+    bound: dict[int, str] = {}
+    for k, v in namespace.items():
+        if k.startswith("_"):
+            continue
+        if isinstance(v, torch.Tensor):
+            bound.setdefault(id(v), k)
+        elif isinstance(v, (list, tuple)) and len(v) <= 64:  # p = [w1, w2]: p[0], p[1]
+            for i, e in enumerate(v):
+                if isinstance(e, torch.Tensor):
+                    bound.setdefault(id(e), f"{k}[{i}]")
+        elif isinstance(v, dict) and len(v) <= 64:
+            for key, e in v.items():
+                if isinstance(e, torch.Tensor):
+                    bound.setdefault(id(e), f"{k}[{key!r}]")
     names: dict[int, str] = {}
     for info in tracer.all_infos:
         t = info.ref()
@@ -143,7 +156,12 @@ def _names(tracer: ScriptTracer, namespace: dict[str, Any]) -> dict[int, str]:
             names[info.serial] = bound[id(t)]
         else:
             target = assigned_name(info.source)
-            names[info.serial] = f"{target} (line {info.line})" if target else f"line {info.line}"
+            if target:
+                names[info.serial] = f"{target} (line {info.line})"
+            elif info.leaf:
+                names[info.serial] = f"leaf #{info.serial} (first used at line {info.line})"
+            else:
+                names[info.serial] = f"line {info.line}"
     return names
 
 
@@ -177,11 +195,17 @@ _NOT_COMPARED = ("grad is None: not a leaf", "made under no_grad: no grad_fn", "
 def _rows(tracer: ScriptTracer, names: dict[int, str]) -> list[TensorRow]:
     returned = {b.index for b in tracer.backwards if b.kind == "autograd.grad"}
     groups: dict[tuple[str, int], list[Any]] = {}
+    # the tensors a loop's line made: one row, named as the last one is bound (`pred`, not `pred (line 24)`)
+    plain = {(names[i.serial], i.line) for i in tracer.all_infos if "(" not in names[i.serial]}
     for info in tracer.all_infos:
         if info.hidden or (not info.checks and not info.leaf and not info.retains):
             continue
-        groups.setdefault((names[info.serial], info.line if "(line" in names[info.serial] or
-                           names[info.serial].startswith("line ") else 0), []).append(info)
+        name = names[info.serial]
+        base = name.split(" (line ")[0]
+        if (base, info.line) in plain:
+            name = base
+        groups.setdefault((name, info.line if "(line" in name or name.startswith("line ") or not info.leaf
+                           else -info.serial), []).append(info)
     rows = []
     for (name, _), infos in groups.items():
         last = infos[-1]

@@ -53,6 +53,7 @@ class TensorInfo:
     value: Any = None
     cut: str = ""  # how it was cut, in words, if it was
     hidden: bool = False  # an intermediate of its line's statement, not what the line's name is bound to
+    made: bool = False  # a leaf seen where it was made (its line's name is its name)
     # per backward that reached it: (backward index, .grad after (float64), exact contribution, status)
     checks: list[tuple[int, Any, Any, str]] = field(default_factory=list)
     exact_total: Any = None  # the exact .grad if every contribution since a reset was verified, else None
@@ -102,9 +103,9 @@ class ScriptTracer(Tracer):
             info = None
         version = 0 if info is None else info.version + 1
         handle = self.leaf(t, f"leaf{len(self.inputs)}")
-        if info is None:
+        if info is None:  # first seen in use: its line is not where it was made
             file, line, source = _user_frame()
-            info = TensorInfo(len(self.all_infos), self._weak(t), line, source, True, 0, tuple(t.shape))
+            info = TensorInfo(len(self.all_infos), self._weak(t), line, "", True, 0, tuple(t.shape))
             self.infos[id(t)] = info
             self.all_infos.append(info)
         info.version = version
@@ -209,7 +210,14 @@ class ScriptTracer(Tracer):
             pass
         if self.stopped:
             return func(*args, **kwargs)
-        return super().__torch_function__(func, types, args, kwargs)
+        out = super().__torch_function__(func, types, args, kwargs)
+        if isinstance(out, torch.Tensor) and out.is_leaf and out.requires_grad and out.is_floating_point() \
+                and id(out) not in self.infos:
+            # a leaf made here (torch.tensor(..., requires_grad=True), torch.randn(..., requires_grad=True)):
+            # its row is named after this line
+            with self.lock:
+                self._info(out).made = True
+        return out
 
     # ------------------------------------------------------------ backward
     def _checking_itself(self, depth: int = 2) -> bool:

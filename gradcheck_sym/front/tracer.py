@@ -289,15 +289,17 @@ class Tracer(TorchFunctionMode):
                 r.root_handle = r.root.handle
             return r
         tid = id(t)
-        recs = self.recs
+        recs, roots = self.recs, self.roots
+        key = _storage_key(t)
 
         def gone(_: Any, tid: int = tid) -> None:
             if recs.get(tid) is r:
                 del recs[tid]
+            if key is not None and roots.get(key) is r and r.tensor is None:
+                del roots[key]
 
         r = _Rec(weakref.ref(t, gone), handle, t._version, cut=cut)
         recs[tid] = r
-        key = _storage_key(t)
         if key is not None:
             root = self.roots.get(key)
             if root is None or root.tensor is None or root.tensor is t:
@@ -309,7 +311,11 @@ class Tracer(TorchFunctionMode):
 
     def _root_of(self, t: torch.Tensor) -> _Rec | None:
         key = _storage_key(t)
-        return self.roots.get(key) if key is not None else None
+        root = self.roots.get(key) if key is not None else None
+        if root is not None and root.tensor is None:  # a dead tensor's memory, reused by a new one
+            del self.roots[key]
+            return None
+        return root
 
     def _index(self, r: _Rec) -> torch.Tensor:
         if r.index is None:

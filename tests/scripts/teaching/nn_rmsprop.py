@@ -1,0 +1,17 @@
+"""nn.Sequential, MSELoss, and an optimizer (RMSprop) on the cubic fit: the tutorial's higher-level versions."""
+import math
+
+import torch
+
+x = torch.linspace(-math.pi, math.pi, 200)
+y = torch.sin(x)
+xx = x.unsqueeze(-1).pow(torch.tensor([1, 2, 3]))
+model = torch.nn.Sequential(torch.nn.Linear(3, 1), torch.nn.Flatten(0, 1))
+loss_fn = torch.nn.MSELoss(reduction="sum")
+opt = torch.optim.RMSprop(model.parameters(), lr=1e-3)
+for t in range(40):
+    loss = loss_fn(model(xx), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+print(loss.item())
