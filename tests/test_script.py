@@ -54,7 +54,7 @@ def test_the_no_grad_lesson_in_detail():
     assert f.message == ("backward at line 16: the gradient added to .grad of y is 6, the exact gradient is 15; the "
                          "difference is what no_grad at line 14 hides from autograd")
     assert (f.explanation, f.fix) == EXPLANATIONS["untracked"]
-    assert report.teacher_line() == ("1 of 1 backward call verified, 1 gradients compared: 1 problem found.")
+    assert report.teacher_line() == ("1 of 1 backward call verified, 1 gradient compared: 1 problem found.")
 
 
 def test_explanations_are_pinned():
@@ -269,6 +269,49 @@ def test_a_training_loop_with_an_optimizer(tmp_path):
     assert (b.calls, b.verified, b.compared) == (3, 3, 12)  # weights and biases of both layers, 3 times
     assert [r.name for r in report.tensors][:4] == ["model.0.weight", "model.0.bias", "model.2.weight",
                                                      "model.2.bias"]
+
+
+def test_warnings_and_tracebacks_read_as_without_us(tmp_path):
+    # Warnings raised inside torch name the user's line (not the tracer's), and a traceback keeps
+    # torch's own frames and the exception chain, as Python prints them without gradcheck-sym.
+    import subprocess
+
+    script = ROOT / "tests" / "scripts" / "warn_and_raise.py"
+    plain = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path)
+    ours = subprocess.run([sys.executable, "-m", "gradcheck_sym", "run", str(script)], capture_output=True,
+                          text=True, cwd=tmp_path)
+    assert plain.returncode == ours.returncode == 1
+    assert "warn_and_raise.py:10: UserWarning: Converting a tensor with requires_grad=True" in plain.stderr
+    assert "The above exception was the direct cause" in plain.stderr
+    assert ours.stderr == plain.stderr
+    assert ours.stdout.startswith(plain.stdout)
+
+
+@pytest.mark.parametrize("optimizer", [
+    "torch.optim.Adam(params, lr=0.05, foreach=False)",
+    "torch.optim.Adam(params, lr=0.05, foreach=True, amsgrad=True)",
+    "torch.optim.AdamW(params, lr=0.05, weight_decay=0.1)",
+    "torch.optim.SGD(params, lr=0.1, momentum=0.9, nesterov=True, foreach=False)",
+    "torch.optim.RMSprop(params, lr=0.01, centered=True)",
+])
+def test_optimizer_steps_are_new_leaf_versions(tmp_path, optimizer):
+    # An optimizer's arithmetic runs untraced; a missed update would make the next step's exact
+    # gradient use stale weights, and the comparison would fail.
+    text = ("import torch\ntorch.manual_seed(0)\n"
+            "model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))\n"
+            f"params = list(model.parameters())\nopt = {optimizer}\n"
+            "x = torch.randn(5, 3)\ny = torch.randn(5, 1)\n"
+            "for step in range(4):\n"
+            "    opt.zero_grad()\n"
+            "    loss = torch.nn.functional.mse_loss(model(x), y)\n"
+            "    loss.backward()\n"
+            "    opt.step()\n"
+            "print(float(loss.detach()))\n")
+    path = _script(tmp_path, text)
+    report = gs.run_script(path)
+    assert report.ok and report.findings == (), report
+    (b,) = report.backwards
+    assert (b.calls, b.verified, b.compared) == (4, 4, 16)
 
 
 @pytest.mark.parametrize("path,message", [

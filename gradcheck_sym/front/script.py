@@ -26,7 +26,7 @@ from ..judge.backward import BackwardVerifier
 from ..report.run import EXPLANATIONS, SEVERITY, BackwardRow, RunFinding, RunReport, TensorRow, assigned_name, \
     summary_value
 from .script_tracer import ScriptTracer
-from .tracer import internal_file
+from .tracer import OVERRIDES_PY, hidden_frame
 
 __all__ = ["run_script", "RunReport"]
 
@@ -111,9 +111,25 @@ def _exit_code(exc: SystemExit) -> int:
 
 
 def _traceback(exc: BaseException) -> str:
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not internal_file(f.filename)]
-    return ("Traceback (most recent call last):\n" + "".join(traceback.format_list(frames))
-            + "".join(traceback.format_exception_only(type(exc), exc))).rstrip()
+    """The traceback Python would print without us: our frames (and the dispatch's) left out, chains kept."""
+    te = traceback.TracebackException(type(exc), exc, exc.__traceback__)
+    seen: set[int] = set()
+    todo = [te]
+    while todo:
+        t = todo.pop()
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        frames = list(t.stack)
+        keep = []
+        for i, f in enumerate(frames):
+            delegating = i + 1 < len(frames) and hidden_frame(frames[i + 1].filename, "") and \
+                os.path.abspath(frames[i + 1].filename) == OVERRIDES_PY
+            if not hidden_frame(f.filename, f.name) and not delegating:
+                keep.append(f)
+        t.stack = traceback.StackSummary.from_list(keep)
+        todo.extend(c for c in (t.__cause__, t.__context__) if c is not None)
+    return "".join(te.format()).rstrip()
 
 
 # ---------------------------------------------------------------- the report

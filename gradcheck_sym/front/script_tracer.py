@@ -26,12 +26,40 @@ import torch
 
 from ..ir.program import Program, Var
 from ..reference.interpret import Traced
-from .tracer import Tracer, _name, _user_frame
+from .tracer import Tracer, _name, _user_frame, dispatching_frame
 
 __all__ = ["ScriptTracer", "Backward", "TensorInfo"]
 
 F64 = torch.float64
 _ASSIGNS = re.compile(r"^\s*[A-Za-z_][A-Za-z0-9_]*\s*(?:\[[^\]]*\]\s*)?(?:[+\-*/@]|//|\*\*)?=(?!=)")
+_NOT_FAST = object()
+_OPTIM_DIR = os.path.join("torch", "optim", "")
+_optimizer_code: dict[Any, bool] = {}
+
+
+def _in_optimizer(frame: Any, depth: int = 8) -> bool:
+    """Whether one of the nearest callers is torch.optim's code (cached per code object)."""
+    for _ in range(depth):
+        if frame is None:
+            return False
+        code = frame.f_code
+        hit = _optimizer_code.get(code)
+        if hit is None:
+            hit = _optimizer_code[code] = _OPTIM_DIR in code.co_filename
+        if hit:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _flat(obj: Any) -> list[Any]:
+    if isinstance(obj, (list, tuple)):
+        return [x for o in obj for x in _flat(o)]
+    if isinstance(obj, dict):
+        return [x for o in obj.values() for x in _flat(o)]
+    return [obj]
+
+
 _CHECKERS = (os.path.join("torch", "autograd", "gradcheck.py"), os.path.join("torch", "autograd", "functional.py"))
 
 
@@ -192,16 +220,16 @@ class ScriptTracer(Tracer):
                     info.retains = True
                 else:
                     info.hooks.append(_user_frame()[1])
-                return func(*args, **kwargs)
+                return self.call_as(dispatching_frame(sys._getframe()), func, args, kwargs)
             if name == "__get__" and getattr(getattr(func, "__self__", None), "__name__", "") == "grad" and args:
                 t = args[0]
                 if isinstance(t, torch.Tensor) and not t.is_leaf and not t.retains_grad:
                     file, line, source = _user_frame()
                     self.events.append(("nonleaf-grad", line, f"line {line} `{source}` reads .grad of a non-leaf "
                                         "tensor: it is None", f"line {line}"))
-                return func(*args, **kwargs)
+                return self.call_as(dispatching_frame(sys._getframe()), func, args, kwargs)
             if name.startswith("_foreach_") and name.endswith("_") and args and isinstance(args[0], (list, tuple)):
-                out = func(*args, **kwargs)
+                out = self.call_as(dispatching_frame(sys._getframe()), func, args, kwargs)
                 for t in args[0]:
                     if isinstance(t, torch.Tensor) and t.is_leaf and t.requires_grad and id(t) in self.recs:
                         self._new_leaf(t)
@@ -209,7 +237,11 @@ class ScriptTracer(Tracer):
         except _Ours:
             pass
         if self.stopped:
-            return func(*args, **kwargs)
+            return self.call_as(dispatching_frame(sys._getframe()), func, args, kwargs)
+        if not torch.is_grad_enabled() and _in_optimizer(sys._getframe(1)):
+            fast = self._optimizer_op(func, args, kwargs)
+            if fast is not _NOT_FAST:
+                return fast
         out = super().__torch_function__(func, types, args, kwargs)
         if isinstance(out, torch.Tensor) and out.is_leaf and out.requires_grad and out.is_floating_point() \
                 and id(out) not in self.infos:
@@ -217,6 +249,25 @@ class ScriptTracer(Tracer):
             # its row is named after this line
             with self.lock:
                 self._info(out).made = True
+        return out
+
+    def _optimizer_op(self, func: Any, args: tuple, kwargs: dict) -> Any:
+        """An op inside a torch.optim step, run without tracing.
+
+        An optimizer's step runs under no_grad on leaves and its own state: what it computes
+        never carries a gradient, and an updated parameter is a new leaf version.  Tracing its
+        arithmetic (a dozen ops per parameter per step) was most of the cost of a training loop.
+        Anything else (a non-leaf tensor that requires grad) takes the traced path.
+        """
+        tensors = [t for t in _flat((args, kwargs)) if isinstance(t, torch.Tensor)]
+        if any(t.requires_grad and not t.is_leaf for t in tensors):
+            return _NOT_FAST
+        before = {id(t): t._version for t in tensors if t.requires_grad and id(t) in self.recs}
+        out = self.call_as(dispatching_frame(sys._getframe()), func, args, kwargs)
+        for t in tensors:
+            if id(t) in before and t._version != before.pop(id(t)):
+                with self.lock:
+                    self._new_leaf(t)
         return out
 
     # ------------------------------------------------------------ backward
@@ -261,7 +312,7 @@ class ScriptTracer(Tracer):
         file, line, source = _user_frame()
         ev = Backward(len(self.backwards), kind, line, source, verified=False, skipped=why)
         self.backwards.append(ev)
-        return func(*args, **kwargs)
+        return self.call_as(dispatching_frame(sys._getframe()), func, args, kwargs)
 
     def _around(self, func: Any, args: tuple, kwargs: dict, kind: str, outs: list[torch.Tensor],
                 grads: list[Any], create: bool, inputs: list[torch.Tensor] | None) -> Any:
@@ -272,13 +323,13 @@ class ScriptTracer(Tracer):
                 self.events.append(("self-check", line, f"line {line} `{source}` checks gradients itself (torch's "
                                     "gradcheck or torch.autograd.functional): its internal backward calls are not "
                                     "compared here", f"line {line}"))
-            return func(*args, **kwargs)
+            return self.call_as(dispatching_frame(sys._getframe()), func, args, kwargs)
         file, line, source = _user_frame()
         ev = Backward(len(self.backwards), kind, line, source)
         self.backwards.append(ev)
         if self.stopped:
             ev.verified, ev.reasons = False, [self.stopped]
-            return func(*args, **kwargs)
+            return self.call_as(dispatching_frame(sys._getframe()), func, args, kwargs)
         plan = None
         with self.lock:
             try:

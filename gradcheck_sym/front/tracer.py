@@ -41,7 +41,7 @@ from ..ops.ew import IDENT, WHERE
 from ..ops.torch import RULES, Refused, bind_args
 from ..reference.interpret import UNIT_ROUNDOFF, Recorder, Traced
 
-__all__ = ["Tracer", "Cut", "Note", "internal_file"]
+__all__ = ["Tracer", "Cut", "Note", "internal_file", "hidden_frame", "dispatching_frame"]
 
 F64 = torch.float64
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,6 +64,57 @@ _RANDOM = {"dropout", "dropout1d", "dropout2d", "dropout3d", "feature_dropout", 
 def internal_file(filename: str) -> bool:
     path = os.path.abspath(filename)
     return path.startswith(_PACKAGE_DIR) or path.startswith(_TORCH_DIR)
+
+
+OVERRIDES_PY = os.path.abspath(torch.overrides.__file__)
+TRAMPOLINE = "<gradcheck-sym call>"
+_TEMPLATE = (lambda f, a, k: f(*a, **k)).__code__  # one line: every instruction is on co_firstlineno
+
+
+def dispatching_frame(frame: Any) -> Any:
+    """The frame that called the torch function being handled: the one Python would blame.
+
+    Our own frames are skipped; so are torch.overrides' and the function that delegated to it
+    (``F.mse_loss`` calls ``handle_torch_function``): without a mode, the op ran from its caller.
+    """
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame = frame.f_back
+    if frame is not None and frame.f_code.co_filename == OVERRIDES_PY:
+        while frame is not None and frame.f_code.co_filename == OVERRIDES_PY:
+            frame = frame.f_back
+        frame = frame.f_back if frame is not None else None
+    return frame
+
+
+class CallAs:
+    """Calls the user's torch function from a frame that looks like its caller's line.
+
+    Warnings raised inside torch (C++ ones point at the innermost Python frame; Python ones at
+    ``stacklevel`` frames up) then name the user's file and line, in the user's module's
+    warning registry and filters, exactly as without us, instead of a line of the tracer.
+    """
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[str, int, int], Any] = {}
+
+    def __call__(self, frame: Any, func: Any, args: tuple, kwargs: dict) -> Any:
+        if frame is None:
+            return func(*args, **kwargs)
+        key = (frame.f_code.co_filename, frame.f_lineno, id(frame.f_globals))
+        call = self._cache.get(key)
+        if call is None:
+            import types
+
+            code = _TEMPLATE.replace(co_filename=key[0], co_firstlineno=max(key[1], 1), co_name=TRAMPOLINE,
+                                     co_qualname=TRAMPOLINE)
+            call = self._cache[key] = types.FunctionType(code, frame.f_globals, TRAMPOLINE)
+        return call(func, args, kwargs)
+
+
+def hidden_frame(filename: str, name: str) -> bool:
+    """Frames a traceback of the user's error leaves out: ours, torch.overrides', the trampoline's."""
+    path = os.path.abspath(filename)
+    return path.startswith(_PACKAGE_DIR) or path == OVERRIDES_PY or name == TRAMPOLINE
 
 
 @dataclass(frozen=True)
@@ -144,6 +195,7 @@ class Tracer(TorchFunctionMode):
         self._calls: dict[int, int] = {}
         self.call_of: dict[int, int] = {}  # equation index -> custom Function call
         self._site = -1
+        self.call_as = CallAs()
 
     # ------------------------------------------------------------ the program so far
     def leaf(self, t: torch.Tensor, name: str) -> Traced:
@@ -400,13 +452,14 @@ class Tracer(TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         name = _name(func)
+        caller = dispatching_frame(sys._getframe(1))
         if name in _PASS:
-            return func(*args, **kwargs)
+            return self.call_as(caller, func, args, kwargs)
         state = torch.random.get_rng_state() if name.rstrip("_") in _RANDOM else None
         before = None
         if name.endswith("_") and args and isinstance(args[0], torch.Tensor) and id(args[0]) in self.recs:
             before = args[0].detach().clone()
-        out = func(*args, **kwargs)  # the user's computation, exactly as without us
+        out = self.call_as(caller, func, args, kwargs)  # the user's computation, exactly as without us
         with self.lock:  # a script's threads share one recording
             self.rng_state, self.before = state, before
             try:

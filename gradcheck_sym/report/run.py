@@ -183,7 +183,8 @@ class RunReport:
         parts = [f"{s.get('verified', 0)} of {calls} backward call{'s' if calls != 1 else ''} verified"]
         if s.get("not_verified"):
             parts.append(f"{s['not_verified']} not verified")
-        parts.append(f"{s.get('gradients', 0)} gradients compared")
+        n = s.get("gradients", 0)
+        parts.append(f"{n} gradient{'s' if n != 1 else ''} compared")
         errors = sum(1 for f in self.findings if f.severity == "error")
         verdict = "every gradient matched the exact derivative" if not errors else \
             f"{errors} problem{'s' if errors != 1 else ''} found"
