@@ -29,7 +29,7 @@ F64 = torch.float64
 @dataclass
 class Plan:
     seeds: dict[int, Any]
-    recorded: Any  # (program extended by the sweep, values, SweepResult)
+    recorded: Any  # () -> (program extended by the sweep, values, SweepResult), or None
     cts: dict[int, Any]
     cut: dict[int, Any] | None
     tainted: set[int]
@@ -71,9 +71,13 @@ class BackwardVerifier:
             recorded = None
             cts = dict(res.cts)
         else:
-            recorded = record_sweep(prog, tr.rec.values, seeds)
-            res = recorded[2]
-            cts = {k: (c.value if isinstance(c, Traced) else c) for k, c in res.cts.items()}
+            # The sweep is written down (for its rounding-error bound) only if a comparison needs it.
+            values = tr.rec.values
+            res = sweep(prog, values, seeds)
+            cts = dict(res.cts)
+
+            def recorded() -> Any:
+                return record_sweep(prog, values, seeds)
         cut = sweep(prog, tr.rec.values, seeds, cut=True).cts if tr.cuts else None
         plan = Plan(seeds, recorded, cts, cut, res.tainted, res.blocked, inputs=inputs, create=create)
         if inputs is None:
@@ -149,7 +153,7 @@ class BackwardVerifier:
             if plan.recorded is None or var is None:
                 return None
             if plan.bounds is None:
-                whole, values, res = plan.recorded
+                whole, values, res = plan.recorded()
                 e = error_bounds(whole, values)
                 plan.bounds = {k: e.get(c.var.id) for k, c in res.cts.items() if isinstance(c, Traced)}
             b = plan.bounds.get(var.id)

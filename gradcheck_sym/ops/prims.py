@@ -83,8 +83,25 @@ def _abs(x: Any) -> Any:
 
 
 # ---------------------------------------------------------------- elementwise
+def broadcast_shape(*shapes: Sequence[int]) -> tuple[int, ...]:
+    """numpy's broadcasting of shapes (torch.broadcast_shapes goes through torch._refs: slow per op)."""
+    shapes = [tuple(s) for s in shapes]
+    first = shapes[0]
+    if all(s == first for s in shapes):
+        return first
+    n = max(len(s) for s in shapes)
+    out = [1] * n
+    for s in shapes:
+        for i, d in enumerate(s, n - len(s)):
+            if d != 1:
+                if out[i] not in (1, d):
+                    raise ValueError(f"shapes {shapes} do not broadcast")
+                out[i] = d
+    return tuple(out)
+
+
 def _bshape(args: Sequence[Any]) -> tuple[int, ...]:
-    return tuple(torch.broadcast_shapes(*[shape_of(a) for a in args]))
+    return broadcast_shape(*[shape_of(a) for a in args])
 
 
 def _ew_impl(*args: Any, fn: EwFn) -> Any:

@@ -40,6 +40,24 @@ def const_value(c: Any) -> Any:
     return c
 
 
+class _Consts:
+    """The program's constants, converted by `const_value` when first used.
+
+    A long script's program keeps every constant slot it ever made (pruned ones are placeholders);
+    converting all of them at every sweep was most of the cost of verifying a training loop.
+    """
+
+    def __init__(self, raw: Sequence[Any]) -> None:
+        self.raw = raw
+        self.done: dict[int, Any] = {}
+
+    def __getitem__(self, i: int) -> Any:
+        v = self.done.get(i)
+        if v is None:
+            v = self.done[i] = const_value(self.raw[i])
+        return v
+
+
 # ---------------------------------------------------------------- interpreters
 class ObjectEager(Interpreter):
     """Evaluate on numpy object arrays (mpmath or sympy elements): the high-precision path and
@@ -129,7 +147,7 @@ def evaluate(program: Program, inputs: Sequence[Any], *, interp: Interpreter | N
     """The value of every variable, the inputs given (float64 tensors, or object arrays)."""
     env: dict[int, Any] = {}
     obj = isinstance(interp, ObjectEager)
-    consts = [const_value(c) for c in program.consts]
+    consts = _Consts(program.consts)
     for v, x in zip(program.inputs, inputs):
         env[v.id] = x
     with interpreting(interp or TorchEager()):
@@ -183,7 +201,7 @@ def sweep(
         recorder: record the sweep's own equations (for second order).
     """
     eqns = program.eqns if isinstance(program, Program) else program
-    consts = [const_value(c) for c in (program.consts if isinstance(program, Program) else consts)]
+    consts = _Consts(program.consts if isinstance(program, Program) else consts)
     cts: dict[int, Any] = dict(seeds)
     tainted: set[int] = set()
     blocked: list[tuple[int, str]] = []
@@ -255,7 +273,7 @@ def error_bounds(program: Program, env: dict[int, Any], *, start: dict[int, Any]
             each equation's dtype.
     """
     errs: dict[int, Any] = dict(start or {})
-    consts = [const_value(c) for c in program.consts]
+    consts = _Consts(program.consts)
     for e in program.eqns:
         outs = [env[v.id] for v in e.outputs]
         if any(isinstance(o, torch.Tensor) and not o.is_floating_point() for o in outs):
