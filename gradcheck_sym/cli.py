@@ -50,10 +50,10 @@ def _build_parser() -> argparse.ArgumentParser:
     function.add_argument("--graph", metavar="FILE", default=None, help="draw the graph (.dot, .svg, .png)")
     run = sub.add_parser("run", help="run a script and verify every backward it does",
                          usage="gradcheck-sym run SCRIPT [--json] [--json-file FILE] [--graph FILE] [--full] "
-                               "[--run-timeout S] [-- SCRIPT ARGS...]",
+                               "[--run-timeout S] [SCRIPT ARGS...]",
                          description="Run a Python script as `python SCRIPT args` would, then report what its "
-                                     "autograd did, verified against the exact derivatives. The script's own "
-                                     "arguments come after --.")
+                                     "autograd did, verified against the exact derivatives. Arguments after the "
+                                     "script are the script's (after -- all of them are).")
     run.add_argument("script", help="the script")
     run.add_argument("--json", action="store_true",
                      help="print only the report as JSON on stdout (the script's own output goes to stderr)")
@@ -119,14 +119,46 @@ def _parse_domain(items: list[str]) -> dict[str, tuple[float, float]]:
     return out
 
 
+_RUN_FLAGS = {"--json", "--full", "--wide", "--debug", "-h", "--help"}
+_RUN_VALUED = {"--json-file", "--graph", "--run-timeout", "--timeout"}
+
+
+def _split_run_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """`run`'s own options and the script's arguments.
+
+    As with ``python script.py args``, what follows the script is the script's — except our own
+    options (``run script.py --json``); after ``--`` everything is the script's.
+    """
+    ours, theirs = ["run"], []
+    script_seen = False
+    i = 1
+    while i < len(argv):
+        token = argv[i]
+        name = token.split("=", 1)[0]
+        if token == "--":
+            theirs.extend(argv[i + 1 :])
+            break
+        if name in _RUN_FLAGS or (name in _RUN_VALUED and "=" in token):
+            ours.append(token)
+        elif name in _RUN_VALUED:
+            ours.extend(argv[i : i + 2])
+            i += 1
+        elif not script_seen:
+            ours.append(token)
+            script_seen = True
+        else:
+            theirs.append(token)
+        i += 1
+    return ours, theirs
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     parser = _build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     script_args: list[str] = []
-    if argv[:1] == ["run"] and "--" in argv:  # everything after -- belongs to the script
-        cut = argv.index("--")
-        argv, script_args = argv[:cut], argv[cut + 1 :]
+    if argv[:1] == ["run"]:
+        argv, script_args = _split_run_args(argv)
     args = parser.parse_args(argv)
     args.script_args = script_args
     if getattr(args, "graph", None):

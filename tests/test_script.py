@@ -287,6 +287,34 @@ def test_warnings_and_tracebacks_read_as_without_us(tmp_path):
     assert ours.stdout.startswith(plain.stdout)
 
 
+def _plain_and_ours(tmp_path, script, *args):
+    import subprocess
+
+    plain = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, cwd=tmp_path)
+    ours = subprocess.run([sys.executable, "-m", "gradcheck_sym", "run", "--json", str(script), *args],
+                          capture_output=True, text=True, cwd=tmp_path)
+    # Under --json the script's stdout goes to stderr, after nothing of ours.
+    assert ours.stderr == plain.stderr + plain.stdout
+    return json.loads(ours.stdout)
+
+
+def test_a_tensor_subclass_runs_as_without_us(tmp_path):
+    report = _plain_and_ours(tmp_path, ROOT / "tests" / "scripts" / "subclass.py")
+    first, second = report["backwards"]
+    assert not first["verified"] and first["reasons"] == [
+        "its output is a MaskedTensor (a tensor subclass), whose operations are not traced"]
+    assert second["verified"] == 1 and second["errors"] == 0
+
+
+@pytest.mark.parametrize("backend, verified", [("eager", True), ("aot_eager", False)])
+def test_torch_compile_runs_as_without_us(tmp_path, backend, verified):
+    report = _plain_and_ours(tmp_path, ROOT / "tests" / "scripts" / "compiled.py", backend)
+    (b,) = report["backwards"]
+    assert bool(b["verified"]) is verified
+    if not verified:
+        assert "is not in the op table" in b["reasons"][0]
+
+
 @pytest.mark.parametrize("optimizer", [
     "torch.optim.Adam(params, lr=0.05, foreach=False)",
     "torch.optim.Adam(params, lr=0.05, foreach=True, amsgrad=True)",

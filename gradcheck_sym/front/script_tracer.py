@@ -26,7 +26,7 @@ import torch
 
 from ..ir.program import Program, Var
 from ..reference.interpret import Traced
-from .tracer import Tracer, _name, _user_frame, dispatching_frame
+from .tracer import Tracer, _name, _user_frame, dispatching_frame, foreign_types
 
 __all__ = ["ScriptTracer", "Backward", "TensorInfo"]
 
@@ -205,10 +205,16 @@ class ScriptTracer(Tracer):
 
     # ------------------------------------------------------------ the mode
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        if torch.compiler.is_compiling():
+            # torch.compile traces the user's code through this mode: stay out of its graph (first
+            # thing, before any call dynamo would have to trace).  What it computes is then unseen.
+            return func(*args, **(kwargs or {}))
         kwargs = kwargs or {}
         if self.deadline is not None and not self.stopped and time.monotonic() > self.deadline:
             self.stopped = "the time budget (--timeout) ran out: later backwards are not verified"
         name = _name(func)
+        if foreign_types(types) and name != "backward":
+            return super().__torch_function__(func, types, args, kwargs)  # left alone there
         try:
             if name == "backward":
                 return self._backward(func, args, kwargs)

@@ -17,7 +17,7 @@ Cuts are data: ops run with grad mode off (outside a custom Function's forward),
 equations with their kind and site; a ``.numpy()`` of a traced value is a *leak*:
 a numpy-backed tensor that appears later is computed from it where we cannot
 see, and becomes ``opaque``.  A tensor with a graph that appears without an op we
-saw (TorchScript, a C++ extension, another thread) is ``opaque`` too.  Our own
+saw (torch.compile, TorchScript, a C++ extension, another thread) is ``opaque`` too.  Our own
 failures never reach the user's code: they become notes and opaque values.
 """
 
@@ -42,7 +42,7 @@ from ..ops.ew import IDENT, WHERE
 from ..ops.torch import RULES, Refused, bind_args
 from ..reference.interpret import UNIT_ROUNDOFF, Recorder, Traced
 
-__all__ = ["Tracer", "Cut", "Note", "internal_file", "hidden_frame", "dispatching_frame"]
+__all__ = ["Tracer", "Cut", "Note", "internal_file", "hidden_frame", "dispatching_frame", "foreign_types"]
 
 F64 = torch.float64
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -112,6 +112,12 @@ class CallAs:
                                      co_qualname=TRAMPOLINE)
             call = self._cache[key] = types.FunctionType(code, frame.f_globals, TRAMPOLINE)
         return call(func, args, kwargs)
+
+
+def foreign_types(types: Any) -> str:
+    """The names of the tensor subclasses among a call's `types` ("" when all are plain tensors)."""
+    names = [t.__name__ for t in types or () if t is not torch.Tensor and not issubclass(t, torch.nn.Parameter)]
+    return ", ".join(sorted(set(names)))
 
 
 def hidden_frame(filename: str, name: str) -> bool:
@@ -424,7 +430,8 @@ class Tracer(TorchFunctionMode):
         deps = [h for h in _graph_leaves(t, self) if isinstance(h, Traced)]
         site = self._new_site("(unseen computation)")
         text = (f"a tensor with grad_fn {type(t.grad_fn).__name__} appeared at {self.sites[site].where} without a "
-                "torch op the tracer saw (TorchScript, a C++ extension, another thread?): gradients through it are "
+                "torch op the tracer saw (torch.compile, TorchScript, a C++ extension, another thread?): gradients "
+                "through it are "
                 "not verified")
         self.notes.append(Note("opaque", site, text))
         with interpreting(self.rec):
@@ -453,10 +460,20 @@ class Tracer(TorchFunctionMode):
 
     # ------------------------------------------------------------ the mode
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        if torch.compiler.is_compiling():
+            # torch.compile is tracing the user's function through this mode: stay out of its graph
+            # (the compiled code's outputs are then unseen, and their gradients not verified).
+            return func(*args, **(kwargs or {}))
         kwargs = kwargs or {}
         name = _name(func)
         caller = dispatching_frame(sys._getframe(1))
         if name in _PASS:
+            return self.call_as(caller, func, args, kwargs)
+        subclass = foreign_types(types)
+        if subclass:
+            # A tensor subclass (MaskedTensor, a user's wrapper) has its own semantics; even reading
+            # its values runs its code (and its warnings).  Left alone: its gradients are not verified.
+            self._subclass_note(subclass)
             return self.call_as(caller, func, args, kwargs)
         state = torch.random.get_rng_state() if name.rstrip("_") in _RANDOM else None
         before = None
@@ -470,6 +487,13 @@ class Tracer(TorchFunctionMode):
             except Exception as exc:  # noqa: BLE001 - our failure: a note and opaque values, never the user's error
                 self._internal(name, exc, out)
         return out
+
+    def _subclass_note(self, names: str) -> None:
+        with self.lock:
+            site = self._new_site(names)
+            if not any(n.kind == "subclass" and n.site == site for n in self.notes):
+                self.notes.append(Note("subclass", site, f"operations on a tensor subclass ({names}) are not traced: "
+                                                         "gradients through them are not verified"))
 
     def _internal(self, name: str, exc: BaseException, out: Any) -> None:
         site = self._new_site(name)

@@ -47,10 +47,14 @@ class BackwardVerifier:
              create: bool) -> Plan | None:
         seeds: dict[int, Any] = {}
         for out, g in zip(outs, grads):
+            if type(out) is not torch.Tensor and not isinstance(out, torch.nn.Parameter):
+                ev.verified = False  # a subclass: even looking at it runs its code
+                ev.reasons.append(_unseen(out))
+                return None
             h = tr.v(out)
             if not isinstance(h, Traced):
                 ev.verified = False
-                ev.reasons.append("its output was not computed by torch ops the tracer saw")
+                ev.reasons.append(_unseen(out))
                 return None
             if g is None:
                 if out.numel() != 1:
@@ -219,6 +223,16 @@ class BackwardVerifier:
             with interpreting(tr.rec):
                 handle = P.add(prev.handle, ct)
         tr._bind(g, handle)
+
+
+def _unseen(out: torch.Tensor) -> str:
+    """Why an output has no trace, as precisely as its type and grad_fn tell."""
+    if type(out) is not torch.Tensor and not isinstance(out, torch.nn.Parameter):
+        return f"its output is a {type(out).__name__} (a tensor subclass), whose operations are not traced"
+    fn = type(out.grad_fn).__name__ if out.grad_fn is not None else ""
+    if "Compiled" in fn:
+        return f"its output was computed inside torch.compile ({fn}), which the tracer cannot see into"
+    return "its output was not computed by torch ops the tracer saw"
 
 
 def _total_before(info: Any, before: Any, u: float) -> Any:
