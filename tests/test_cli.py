@@ -1,5 +1,6 @@
 """The command line: transcripts pinned in tests/golden, exit codes, no tracebacks, fast --help."""
 
+import os
 import subprocess
 import sys
 
@@ -66,5 +67,8 @@ def test_console_script_and_module_entry_points():
     out = subprocess.run([sys.executable, "-m", "gradcheck_sym", "check", "x**2", "--at", "x=3"],
                          capture_output=True, text=True)
     assert out.returncode == 0 and "OK" in out.stdout
-    out = subprocess.run(["gradcheck-sym", "example"], capture_output=True, text=True)
+    # The console script installed beside this interpreter (the venv need not be on PATH).
+    script = os.path.join(os.path.dirname(sys.executable), "gradcheck-sym")
+    out = subprocess.run([script if os.path.exists(script) else "gradcheck-sym", "example"], capture_output=True,
+                         text=True)
     assert out.returncode == 0 and "OK" in out.stdout
