@@ -302,25 +302,29 @@ class Tracer(TorchFunctionMode):
             return func(*args, **kwargs)
         state = torch.random.get_rng_state() if name.rstrip("_") in _RANDOM else None
         before = None
-        if name.endswith("_") and args and isinstance(args[0], torch.Tensor) and id(args[0]) in self.recs:
+        in_place = name.endswith("_") or kwargs.get("inplace") is True  # F.elu(x, inplace=True) too
+        if in_place and args and isinstance(args[0], torch.Tensor) and id(args[0]) in self.recs:
             before = args[0].detach().clone()
         out = func(*args, **kwargs)  # the user's computation, exactly as without us
         self.rng_state, self.before = state, before
         try:
             self._record(func, name, args, kwargs, out)
         except Exception as exc:  # noqa: BLE001 - our failure: a note and opaque values, never the user's error
-            self._internal(name, exc, out)
+            self._internal(name, exc, out, args, kwargs)
         return out
 
-    def _internal(self, name: str, exc: BaseException, out: Any) -> None:
+    def _internal(self, name: str, exc: BaseException, out: Any, args: tuple, kwargs: dict) -> None:
         site = self._new_site(name)
         text = f"internal error while tracing {name} at {self.sites[site].where}: {type(exc).__name__}: {exc}"
         self.notes.append(Note("internal", site, text))
+        # the outputs depend on the traced arguments: opaque *with* them, so gradients through them are
+        # reported as not verified (an opaque value without arguments would be a constant: gradient 0)
+        deps = [h for h in _flat_handles(self, args, kwargs) if isinstance(h, Traced)]
         for t in _tensors(out):
             if t.is_floating_point():
                 with interpreting(self.rec):
                     self.rec.site = site
-                    self._bind(t, P.opaque(value=t.detach(), reason=text))
+                    self._bind(t, P.opaque(*deps, value=t.detach(), reason=text))
 
     def _record(self, func: Any, name: str, args: tuple, kwargs: dict, out: Any) -> None:
         if name == "__get__":
@@ -431,7 +435,8 @@ class Tracer(TorchFunctionMode):
         mine, theirs = h.value, t.detach().to(F64)
         u = UNIT_ROUNDOFF.get(_dtype_name(t), 2.0**-53)
         err = self.rec.errs.get(h.var.id) if self.rec.errs is not None else None
-        tol = 64 * u * mine.abs() + 1e-300 + (16 * err if err is not None else 0)
+        # below the dtype's smallest normal number results are subnormal: absolute, not relative, precision
+        tol = 64 * u * mine.abs() + torch.finfo(t.dtype).tiny + (16 * err if err is not None else 0)
         both = torch.isfinite(mine) & torch.isfinite(theirs)
         bad = both & ((mine - theirs).abs() > tol)
         nan_mismatch = torch.isnan(theirs) != torch.isnan(mine)
