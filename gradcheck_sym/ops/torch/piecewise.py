@@ -86,9 +86,11 @@ rule("remainder", sig=lambda input, other, *, out=None: 0)(lambda c, a: apply(c,
 
 # ---------------------------------------------------------------- signs
 # copysign(a, s) = |a| * s with s = +-1 the sign bit of the other argument (a constant: its derivative is
-# 0); copysign_tensor_self_backward takes result / a, masked to 0 where a == 0.
+# 0); copysign_tensor_self_backward takes result / a, masked to 0 where a == 0 (its double backward
+# rounds that exact 0 to a few ulp of 1/a).
 _COPYSIGN = EwFn("copysign", sympy.Abs(x) * y, 2, torch_impl=torch.copysign,
                  partials=[sympy.Piecewise((0, sympy.Eq(x, 0)), (sym().sign(x) * y, True)), _ZERO],
+                 grad_forms=[sympy.Piecewise((0, sympy.Eq(x, 0)), (sympy.Abs(x) * y / x, True)), _ZERO],
                  kink=lambda a, s: a == 0, convention="torch returns 0 at a = 0 (where |a| has a kink)")
 
 
