@@ -477,7 +477,8 @@ class Tracer(TorchFunctionMode):
             return self.call_as(caller, func, args, kwargs)
         state = torch.random.get_rng_state() if name.rstrip("_") in _RANDOM else None
         before = None
-        if name.endswith("_") and args and isinstance(args[0], torch.Tensor) and id(args[0]) in self.recs:
+        in_place = name.endswith("_") or kwargs.get("inplace") is True  # F.elu(x, inplace=True) too
+        if in_place and args and isinstance(args[0], torch.Tensor) and id(args[0]) in self.recs:
             before = args[0].detach().clone()
         out = self.call_as(caller, func, args, kwargs)  # the user's computation, exactly as without us
         with self.lock:  # a script's threads share one recording
@@ -646,7 +647,8 @@ class Tracer(TorchFunctionMode):
         theirs = t.detach().to(F64)
         u = UNIT_ROUNDOFF.get(_dtype_name(t), 2.0**-53)
         err = self.rec.errs.get(h.var.id) if self.rec.errs is not None else None
-        tol = 64 * u * mine.abs() + 1e-300 + (16 * err if err is not None else 0)
+        # below the dtype's smallest normal number results are subnormal: absolute, not relative, precision
+        tol = 64 * u * mine.abs() + torch.finfo(t.dtype).tiny + (16 * err if err is not None else 0)
         both = torch.isfinite(mine) & torch.isfinite(theirs)
         bad = both & ((mine - theirs).abs() > tol)
         nan_mismatch = torch.isnan(theirs) != torch.isnan(mine)

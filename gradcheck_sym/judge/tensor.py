@@ -122,6 +122,8 @@ class FunctionJudge:
         if not self._values_hold(index, run):
             return
         rows, self.how = plan_rows(run.shapes)
+        for row in rows:  # autograd gets each seed in its output's dtype: the reference uses the same numbers
+            row.seeds = [s.to(t.dtype).to(F64) for s, t in zip(row.seeds, run.outputs)]
         if not rows or all(leaf.numel() == 0 for leaf in run.leaves):
             self.empty = True
             return

@@ -90,8 +90,12 @@ class EwFn:
                 expr = sympy.diff(self.expr, P[i]) if i < len(P) else sympy.S.Zero
             form = self._grad_forms[i] if self._grad_forms is not None and i < len(self._grad_forms) else None
             name = f"d({self.name})/d{P[i] if i < len(P) else i}"
-            if self._grad_rel_err:
-                self._derivs[i] = EwFn(name, expr, self.nargs, err_form=form, rel_err=self._grad_rel_err)
+            if self._grad_rel_err or form is not None:
+                # torch's double backward differentiates the formula its backward evaluates: the derivatives
+                # of that formula are the partial's own forms, and a kernel's inaccuracy stays with them
+                forms = [sympy.diff(form, p) for p in P[: self.nargs]] if form is not None else None
+                self._derivs[i] = EwFn(name, expr, self.nargs, err_form=form, grad_forms=forms,
+                                       rel_err=self._grad_rel_err, grad_rel_err=self._grad_rel_err)
             else:
                 self._derivs[i] = ew_fn(name, expr, self.nargs, err_form=form)
         return self._derivs[i]

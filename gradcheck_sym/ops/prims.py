@@ -119,8 +119,8 @@ def _ew_impl(*args: Any, fn: EwFn) -> Any:
 
 def _ew_obj(*args: Any, fn: EwFn) -> Any:
     args = [_obj(a) for a in args]
-    probe = next((np.asarray(a).flat[0] for a in args if np.asarray(a).size), 0)
-    f = fn.sym if isinstance(probe, sympy.Basic) else fn.mp
+    symbolic = any(isinstance(np.asarray(a).flat[0], sympy.Basic) for a in args if np.asarray(a).size)
+    f = fn.sym if symbolic else fn.mp  # any sympy element (a leading Python scalar is not one)
     out = np.frompyfunc(f, fn.nargs, 1)(*args)
     return np.asarray(out, dtype=object).reshape(np.broadcast_shapes(*[np.shape(a) for a in args]))
 
@@ -130,7 +130,8 @@ def _ew_vjp(cts: list[Any], ins: Sequence[Any], outs: Sequence[Any], fn: EwFn) -
     res: list[Any] = []
     for i, a in enumerate(ins):
         d = fn.partial(i)
-        if not _differentiable(a) or d.is_zero:
+        # an exact 0 that torch's formula rounds (its form is not 0) stays, for its rounding bound
+        if not _differentiable(a) or (d.is_zero and d.err_form == 0):
             res.append(None)
             continue
         if d.expr == 1:

@@ -247,13 +247,25 @@ def record_sweep(program: Program, env: dict[int, Any], seeds: dict[int, Any], *
         (the program extended by the sweep's equations and constants, the value of every
         variable of it, the result — its cotangents are `Traced`: ``.var`` names them).
     """
-    next_id = 1 + max([v.id for v in program.inputs] + [v.id for e in program.eqns for v in e.outputs] + [0])
+    next_id = 1 + max([v.id for v in program.inputs] + [v.id for e in program.eqns for v in e.outputs]
+                      + [a.id for e in program.eqns for a in e.inputs if isinstance(a, Var)] + list(seeds) + [0])
     rec = Recorder(next_id, len(program.consts))
     traced_env = {v.id: Traced(env[v.id], v) for v in program.inputs}
     for e in program.eqns:
         for v in e.outputs:
             traced_env[v.id] = Traced(env[v.id], v)
-    result = sweep(program, traced_env, seeds, cut=cut, recorder=rec)
+        for a in e.inputs:  # a seed of an earlier recorded sweep
+            if isinstance(a, Var) and a.id not in traced_env:
+                traced_env[a.id] = Traced(env[a.id], a)
+    # each seed a value of its own (not an input), so what the sweep computes from a seed alone — the sum
+    # that transposes a broadcast — is recorded, and its rounding bounded
+    traced_seeds = {}
+    for vid, s in seeds.items():
+        var = Var(rec.next_id, tuple(s.shape), traced_env[vid].var.dtype if vid in traced_env else "float64")
+        rec.next_id += 1
+        rec.values[var.id] = s
+        traced_seeds[vid] = Traced(s, var)
+    result = sweep(program, traced_env, traced_seeds, cut=cut, recorder=rec)
     whole = Program(program.inputs, program.input_names, program.eqns + tuple(rec.eqns), program.outputs,
                     program.consts + tuple(rec.consts), program.sites)
     return whole, {**env, **rec.values}, result
