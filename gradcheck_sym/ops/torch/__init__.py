@@ -6,6 +6,7 @@ losses.
 """
 
 from . import elementwise, linalg, losses, movement, nn, reduce  # noqa: F401 - registers the rules
+from . import linalg_decomp, linalg_misc, linalg_ops  # noqa: F401 - registers the rules
 from .registry import RULES, Args, Ctx, Refused, Rule, bind_args, rule
 
 __all__ = ["RULES", "Rule", "rule", "Ctx", "Args", "Refused", "bind_args"]
