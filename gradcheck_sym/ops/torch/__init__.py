@@ -6,6 +6,10 @@ indexing, reductions, linear algebra, neural-network layers and losses.
 """
 
 from . import activations, elementwise, linalg, losses, movement, nn, piecewise, reduce, special  # noqa: F401
+from . import linalg_decomp, linalg_misc, linalg_ops  # noqa: F401 - registers the rules
 from .registry import RULES, Args, Ctx, Refused, Rule, bind_args, rule
 
-__all__ = ["RULES", "Rule", "rule", "Ctx", "Args", "Refused", "bind_args"]
+# The factorisations, solves and the like (LAPACK kernels, bounded only normwise); products are not among them.
+LINALG_OPS = frozenset(name for name, r in RULES.items() if r.lower.__module__.rsplit(".", 1)[-1].startswith("linalg_"))
+
+__all__ = ["LINALG_OPS", "RULES", "Rule", "rule", "Ctx", "Args", "Refused", "bind_args"]
