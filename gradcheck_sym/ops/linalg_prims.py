@@ -74,7 +74,12 @@ def _solve_one(a: np.ndarray, b: np.ndarray, tri: str | None = None) -> np.ndarr
     if is_symbolic(a, b):
         return sym_to_np(sym_matrix(a).LUsolve(sym_matrix(b)))
     n, k = b.shape
-    return from_mp(mpmath.lu_solve(mp_matrix(a), mp_matrix(b)), n, k) if n and k else np.empty((n, k), dtype=object)
+    if not (n and k):
+        return np.empty((n, k), dtype=object)
+    # mpmath's lu_solve takes one right-hand side (a column) at a time.
+    am = mp_matrix(a)
+    cols = [from_mp(mpmath.lu_solve(am, mp_matrix(b[:, j : j + 1])), n, 1) for j in range(k)]
+    return np.concatenate(cols, axis=1)
 
 
 def _solve_obj(a: Any, b: Any, tri: str | None = None) -> Any:

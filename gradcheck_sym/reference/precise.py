@@ -40,7 +40,7 @@ def precise_cotangents(program: Program, env: dict[int, Any], seeds: dict[int, t
             values = evaluate(program, inputs, interp=ObjectEager())
             obj_seeds = {k: _obj(s) for k, s in seeds.items()}
             res = sweep(program, values, obj_seeds, cut=cut, interp=ObjectEager())
-    except (NotImplementedError, ZeroDivisionError, ValueError, OverflowError, TypeError):
+    except Exception:  # noqa: BLE001 - a refinement only: without it the float64 verdict stands
         return None
     out = {}
     for v in program.inputs:
