@@ -56,7 +56,8 @@ _PASS = {"size", "dim", "numel", "stride", "storage_offset", "is_contiguous", "i
 _PROPERTY_TENSORS = {"T", "mT", "H", "mH", "real", "data"}
 # Ops that draw random numbers: the generator state before them is kept, so a rule can replay the draw.
 _RANDOM = {"dropout", "dropout1d", "dropout2d", "dropout3d", "feature_dropout", "alpha_dropout",
-           "feature_alpha_dropout", "rrelu", "bernoulli", "normal", "native_dropout"}
+           "feature_alpha_dropout", "rrelu", "bernoulli", "normal", "native_dropout", "fractional_max_pool2d",
+           "fractional_max_pool3d", "fractional_max_pool2d_with_indices", "fractional_max_pool3d_with_indices"}
 
 
 def internal_file(filename: str) -> bool:
@@ -302,7 +303,8 @@ class Tracer(TorchFunctionMode):
             return func(*args, **kwargs)
         state = torch.random.get_rng_state() if name.rstrip("_") in _RANDOM else None
         before = None
-        if name.endswith("_") and args and isinstance(args[0], torch.Tensor) and id(args[0]) in self.recs:
+        in_place = name.endswith("_") or kwargs.get("inplace") is True  # F.dropout(x, inplace=True) too
+        if in_place and args and isinstance(args[0], torch.Tensor) and id(args[0]) in self.recs:
             before = args[0].detach().clone()
         out = func(*args, **kwargs)  # the user's computation, exactly as without us
         self.rng_state, self.before = state, before
