@@ -311,18 +311,22 @@ class Tracer(TorchFunctionMode):
         try:
             self._record(func, name, args, kwargs, out)
         except Exception as exc:  # noqa: BLE001 - our failure: a note and opaque values, never the user's error
-            self._internal(name, exc, out)
+            self._internal(name, exc, out, args, kwargs)
         return out
 
-    def _internal(self, name: str, exc: BaseException, out: Any) -> None:
+    def _internal(self, name: str, exc: BaseException, out: Any, args: tuple, kwargs: dict) -> None:
         site = self._new_site(name)
         text = f"internal error while tracing {name} at {self.sites[site].where}: {type(exc).__name__}: {exc}"
         self.notes.append(Note("internal", site, text))
+        try:  # the opaque values depend on the op's traced inputs: with none, they would fold to constants
+            deps = [h for h in _flat_handles(self, args, kwargs) if isinstance(h, Traced)]
+        except Exception:  # noqa: BLE001 - the failure may be in the bookkeeping itself
+            deps = []
         for t in _tensors(out):
             if t.is_floating_point():
                 with interpreting(self.rec):
                     self.rec.site = site
-                    self._bind(t, P.opaque(value=t.detach(), reason=text))
+                    self._bind(t, P.opaque(*deps, value=t.detach(), reason=text))
 
     def _record(self, func: Any, name: str, args: tuple, kwargs: dict, out: Any) -> None:
         if name == "__get__":

@@ -27,7 +27,7 @@ from .conv import as_batched, batched, ntuple, window_index
 from .movement import probe
 from .registry import Args, Ctx, Refused, rule
 
-__all__ = ["pool_values", "adaptive_windows"]
+__all__ = ["pool_values", "adaptive_windows", "adaptive_avg"]
 
 F64 = torch.float64
 
@@ -149,28 +149,33 @@ def adaptive_windows(size: int, out: int) -> tuple[torch.Tensor, torch.Tensor]:
     return start, end - start
 
 
+def adaptive_avg(c: Ctx, t: torch.Tensor, out_sp: tuple[int, ...], nd: int) -> Any:
+    """Adaptive average pooling of `t` ((N, C, *spatial) or unbatched) to `out_sp`: window sums times
+    1/length per dim (the windows are separable; each dim's index map is padded with -1 to its longest)."""
+    h, xs = as_batched(c, t, nd)
+    idx = torch.arange(math.prod(xs)).reshape(xs)
+    weight = torch.ones((), dtype=F64)
+    for d in range(nd):
+        start, length = adaptive_windows(xs[2 + d], out_sp[d])
+        kmax = int(length.max())
+        pos = start.unsqueeze(1) + torch.arange(kmax).unsqueeze(0)  # (out, kmax)
+        valid = torch.arange(kmax).unsqueeze(0) < length.unsqueeze(1)
+        pos = torch.where(valid, pos, torch.zeros((), dtype=torch.long))
+        dim = 2 + d
+        idx = idx.movedim(dim, -1)[..., pos]  # (..., out, kmax)
+        idx = torch.where(valid, idx, torch.full((), -1, dtype=torch.long))
+        idx = idx.movedim(-2, dim)
+        wd = (1.0 / length.to(F64)).reshape([1] * (2 + d) + [out_sp[d]] + [1] * (nd - d - 1))
+        weight = weight * wd
+    # idx: (N, C, *out, k_1..k_nd)
+    sums = P.sum_(P.take(h, idx), tuple(range(2 + nd, 2 + 2 * nd)))
+    out = P.ew(MUL, sums, weight)
+    return out if batched(t, nd) else P.reshape(out, tuple(P.shape_of(out))[1:])
+
+
 def _adaptive_avg_rule(nd: int) -> Any:
     def lower(c: Ctx, a: Args) -> Any:
-        h, xs = as_batched(c, a.input, nd)
-        out_sp = tuple(c.out.shape[-nd:])
-        # separable windows: the index map of each dim, padded to its longest window with -1
-        idx = torch.arange(math.prod(xs)).reshape(xs)
-        weight = torch.ones((), dtype=F64)
-        for d in range(nd):
-            start, length = adaptive_windows(xs[2 + d], out_sp[d])
-            kmax = int(length.max())
-            pos = start.unsqueeze(1) + torch.arange(kmax).unsqueeze(0)  # (out, kmax)
-            valid = torch.arange(kmax).unsqueeze(0) < length.unsqueeze(1)
-            pos = torch.where(valid, pos, torch.zeros((), dtype=torch.long))
-            dim = 2 + d
-            idx = idx.movedim(dim, -1)[..., pos]  # (..., out, kmax)
-            idx = torch.where(valid, idx, torch.full((), -1, dtype=torch.long))
-            idx = idx.movedim(-2, dim)
-            wd = (1.0 / length.to(F64)).reshape([1] * (2 + d) + [out_sp[d]] + [1] * (nd - d - 1))
-            weight = weight * wd
-        # idx: (N, C, *out, k_1..k_nd)
-        sums = P.sum_(P.take(h, idx), tuple(range(2 + nd, 2 + 2 * nd)))
-        return P.reshape(P.ew(MUL, sums, weight), tuple(c.out.shape))
+        return adaptive_avg(c, a.input, tuple(c.out.shape[-nd:]), nd)
 
     return lower
 
