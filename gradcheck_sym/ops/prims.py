@@ -135,7 +135,10 @@ def _ew_err(errs: list[Any], ins: Sequence[Any], outs: Sequence[Any], u: float, 
     for i, e in enumerate(errs):
         if e is None or not _differentiable(ins[i]):
             continue
-        d = _ew_impl(*targs, fn=fn.partial(i)).abs()
+        if fn is ZMUL:  # its partials are 0 where an adjoint is exactly 0; that 0's rounding error still counts
+            d = targs[1 - i].abs()
+        else:
+            d = _ew_impl(*targs, fn=fn.partial(i)).abs()
         total = total + torch.where(e == 0, torch.zeros((), dtype=F64), d * e)
     return [total]
 

@@ -40,7 +40,7 @@ def _noise_shape(name: str, t: torch.Tensor) -> tuple[int, ...]:
     return tuple(t.shape[:keep]) + (1,) * (t.dim() - keep)
 
 
-def _mask(c: Ctx, t: torch.Tensor, p: float, shape: tuple[int, ...]) -> torch.Tensor:
+def draw_mask(c: Ctx, t: torch.Tensor, p: float, shape: tuple[int, ...]) -> torch.Tensor:
     """The Bernoulli(1 - p) mask torch drew for this call, replayed from the generator state before it."""
     if c.rng_state is None or t.device.type != "cpu":
         raise Refused(f"{c.name}'s mask could not be recovered (not a CPU generator)")
@@ -56,7 +56,7 @@ def _dropout_rule(alpha: bool) -> Any:
             return c.v(t)
         if p == 1:
             return P.ew(MUL, c.v(t), 0.0)
-        mask = _mask(c, t, p, _noise_shape(c.name, t))
+        mask = draw_mask(c, t, p, _noise_shape(c.name, t))
         user = c.user_value(t).to(t.dtype)
         if alpha:
             scale = 1.0 / math.sqrt((_SELU_ALPHA**2 * p + 1) * (1 - p))
