@@ -139,7 +139,9 @@ def _ew_err(errs: list[Any], ins: Sequence[Any], outs: Sequence[Any], u: float, 
             d = targs[1 - i].abs()
         else:
             d = _ew_impl(*targs, fn=fn.partial(i)).abs()
-        total = total + torch.where(e == 0, torch.zeros((), dtype=F64), d * e)
+        # an input's error reaches the output only through a non-zero partial: exp(-inf) = 0 takes none of
+        # the (infinite) error of a -inf score, as with masked_fill(-inf) before softmax
+        total = total + torch.where((e == 0) | (d == 0), torch.zeros((), dtype=F64), d * e)
     return [total]
 
 
