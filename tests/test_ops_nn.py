@@ -48,7 +48,8 @@ KEEP = torch.tensor([[True, True, False, True], [True, False, True, True], [Fals
 # (name, function, inputs): correct torch code; each must check clean
 CASES = [
     ("conv1d", lambda x, w, b: F.conv1d(x, w, b, stride=2, padding=1), (t(2, 2, 7), t(3, 2, 3), t(3))),
-    ("conv2d groups dilation", lambda x, w: F.conv2d(x, w, groups=2, padding=1, dilation=2), (t(1, 2, 3, 4), t(2, 1, 2, 2))),
+    ("conv2d groups dilation", lambda x, w: F.conv2d(x, w, groups=2, padding=1, dilation=2),
+     (t(1, 2, 3, 4), t(2, 1, 2, 2))),
     ("conv2d same", quiet(lambda x, w: F.conv2d(x, w, padding="same")), (t(1, 2, 4, 5), t(2, 2, 2, 3))),
     ("conv3d unbatched", lambda x, w: F.conv3d(x, w, stride=(1, 2, 1)), (t(2, 3, 4, 3), t(2, 2, 2, 2, 2))),
     ("conv_transpose1d", lambda x, w, b: F.conv_transpose1d(x, w, b, stride=2, padding=1, output_padding=1),
@@ -104,17 +105,24 @@ CASES = [
     ("interpolate antialias", lambda x: F.interpolate(x, size=(3, 2), mode="bilinear", antialias=True),
      (t(1, 1, 6, 5),)),
     ("grid_sample bilinear reflection", lambda x, g: F.grid_sample(
-        x, g, mode="bilinear", padding_mode="reflection", align_corners=False), (t(1, 2, 3, 4), t(1, 2, 3, 2, low=-1.6, high=1.6))),
+        x, g, mode="bilinear", padding_mode="reflection", align_corners=False),
+     (t(1, 2, 3, 4), t(1, 2, 3, 2, low=-1.6, high=1.6))),
     ("grid_sample bicubic border", lambda x, g: F.grid_sample(
-        x, g, mode="bicubic", padding_mode="border", align_corners=True), (t(1, 1, 4, 4), t(1, 1, 2, 2, low=-1.3, high=1.3))),
+        x, g, mode="bicubic", padding_mode="border", align_corners=True),
+     (t(1, 1, 4, 4), t(1, 1, 2, 2, low=-1.3, high=1.3))),
     ("grid_sample nearest 3d", lambda x, g: F.grid_sample(
         x, g, mode="nearest", padding_mode="zeros", align_corners=True), (t(1, 1, 2, 3, 2), t(1, 2, 1, 2, 3))),
-    ("sdpa causal", lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True), (t(2, 3, 4), t(2, 3, 4), t(2, 3, 4))),
-    ("sdpa bool mask", lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=KEEP), (t(1, 3, 2), t(1, 4, 2), t(1, 4, 3))),
-    ("sdpa float mask gqa", lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m, enable_gqa=True, scale=0.7),
+    ("sdpa causal", lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+     (t(2, 3, 4), t(2, 3, 4), t(2, 3, 4))),
+    ("sdpa bool mask", lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=KEEP),
+     (t(1, 3, 2), t(1, 4, 2), t(1, 4, 3))),
+    ("sdpa float mask gqa",
+     lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m, enable_gqa=True, scale=0.7),
      (t(1, 4, 3, 2), t(1, 2, 4, 2), t(1, 2, 4, 2), t(3, 4))),
-    ("sdpa dropout", seeded(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, dropout_p=0.3)), (t(2, 3, 4), t(2, 3, 4), t(2, 3, 4))),
-    ("_softmax_backward_data", lambda g, y: torch._softmax_backward_data(g, y, 1, g.dtype), (t(2, 3), t(2, 3, seed=1))),
+    ("sdpa dropout", seeded(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, dropout_p=0.3)),
+     (t(2, 3, 4), t(2, 3, 4), t(2, 3, 4))),
+    ("_softmax_backward_data", lambda g, y: torch._softmax_backward_data(g, y, 1, g.dtype),
+     (t(2, 3), t(2, 3, seed=1))),
 ]
 IDS = [c[0] for c in CASES]
 # the per-element sympy oracle differentiates every element: the tiny cases, one per rule

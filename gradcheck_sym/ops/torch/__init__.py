@@ -7,7 +7,8 @@ losses.
 """
 
 from . import elementwise, linalg, losses, movement, reduce  # noqa: F401 - registers the rules
-from . import attention, conv, dropout, embedding, grid_sample, interpolate, norms, pooling, vectors  # noqa: F401 - neural-network layers
+# neural-network layers
+from . import attention, conv, dropout, embedding, grid_sample, interpolate, norms, pooling, vectors  # noqa: F401
 from .registry import RULES, Args, Ctx, Refused, Rule, bind_args, rule
 
 __all__ = ["RULES", "Rule", "rule", "Ctx", "Args", "Refused", "bind_args"]

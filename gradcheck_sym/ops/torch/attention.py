@@ -1,9 +1,11 @@
 """Attention, decomposed: ``softmax(Q Kᵀ · scale + bias) V`` with matmuls, an additive bias and softmax.
 
 * ``scaled_dot_product_attention`` follows torch's documented reference: the causal and
-  boolean masks are a bias of -inf where attention is not allowed, a float mask is
-  added; grouped-query attention repeats the key/value heads; rows where nothing is
-  allowed give 0 (torch's safe softmax); dropout replays the mask the user's run drew.
+  boolean masks (and -inf entries of a float mask) say which pairs may attend — the
+  others get weight exactly 0, kept out of the arithmetic (a -inf would make every
+  rounding bound NaN) — a float mask is added; grouped-query attention repeats the
+  key/value heads; rows where nothing is allowed give 0 (torch's safe softmax);
+  dropout replays the mask the user's run drew.
 * ``multi_head_attention_forward`` is torch's own sequence: the input projections
   (linear layers), the optional bias_k/bias_v rows and zero attention row, the masks
   made additive (``key_padding_mask`` merged in), the heads as a batch of attentions,
