@@ -59,7 +59,9 @@ _PASS = {"size", "dim", "numel", "stride", "storage_offset", "is_contiguous", "i
 _PROPERTY_TENSORS = {"T", "mT", "H", "mH", "real", "data"}
 # Ops that draw random numbers: the generator state before them is kept, so a rule can replay the draw.
 _RANDOM = {"dropout", "dropout1d", "dropout2d", "dropout3d", "feature_dropout", "alpha_dropout",
-           "feature_alpha_dropout", "rrelu", "bernoulli", "normal", "native_dropout"}
+           "feature_alpha_dropout", "rrelu", "bernoulli", "normal", "native_dropout", "fractional_max_pool2d",
+           "fractional_max_pool3d", "fractional_max_pool2d_with_indices", "fractional_max_pool3d_with_indices",
+           "scaled_dot_product_attention", "multi_head_attention_forward"}
 
 
 @functools.lru_cache(maxsize=4096)

@@ -25,6 +25,8 @@ CUT_WORDS = {
     ".data": ".data reads the value past autograd, which treats it as a constant",
     ".item()": ".item() turns the value into a Python number, a constant for autograd",
     ".tolist()": ".tolist() turns the values into Python numbers, constants for autograd",
+    "non-differentiable output": "torch declares this output of the op non-differentiable: autograd never gives it "
+                                 "a gradient",
 }
 
 

@@ -153,13 +153,13 @@ def _ew_err(errs: list[Any], ins: Sequence[Any], outs: Sequence[Any], u: float, 
     for i, e in enumerate(errs):
         if e is None or not _differentiable(ins[i]):
             continue
-        if fn is ZMUL and i == 0:
-            # An adjoint that is 0 here in exact arithmetic can be rounding noise in autograd's run
-            # (another formula for the same derivative): the noise is still scaled by the partial.
-            d = _abs(targs[1])
+        if fn is ZMUL:  # its partials are 0 where an adjoint is exactly 0; that 0's rounding error still counts
+            d = targs[1 - i].abs()
         else:
             d = _ew_impl(*targs, fn=fn.partial(i)).abs()
-        total = total + torch.where(e == 0, torch.zeros((), dtype=F64), d * e)
+        # an input's error reaches the output only through a non-zero partial: exp(-inf) = 0 takes none of
+        # the (infinite) error of a -inf score, as with masked_fill(-inf) before softmax
+        total = total + torch.where((e == 0) | (d == 0), torch.zeros((), dtype=F64), d * e)
     return [total]
 
 

@@ -2,11 +2,15 @@
 
 Importing this package registers every rule (`RULES`): elementwise functions
 (math and arithmetic, piecewise ops, activations, special functions), movement and
-indexing, reductions, linear algebra, neural-network layers and losses.
+indexing, reductions, linear algebra, neural-network layers (convolution, pooling,
+normalisation, dropout, embeddings, vector geometry, interpolation, attention) and
+losses.
 """
 
-from . import activations, elementwise, linalg, losses, movement, nn, piecewise, reduce, special  # noqa: F401
+from . import activations, elementwise, linalg, losses, movement, piecewise, reduce, special  # noqa: F401
 from . import linalg_decomp, linalg_misc, linalg_ops  # noqa: F401 - registers the rules
+# neural-network layers
+from . import attention, conv, dropout, embedding, grid_sample, interpolate, norms, pooling, vectors  # noqa: F401
 from .registry import RULES, Args, Ctx, Refused, Rule, bind_args, rule
 
 # The factorisations, solves and the like (LAPACK kernels, bounded only normwise); products are not among them.

@@ -1,0 +1,291 @@
+"""Neural-network layers: each rule against sympy on tiny shapes, checked clean in float64 and float32,
+not blind to a wrong gradient, and two real blocks (ResNet, transformer) end to end."""
+
+import inspect
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import gradcheck_sym as gs
+
+from .oracle import assert_matches_oracle
+
+F64 = torch.float64
+
+
+def t(*shape, seed=0, low=-1.0, high=1.0):
+    gen = torch.Generator().manual_seed(seed + 17 * len(shape) + sum(shape))
+    return low + (high - low) * torch.rand(shape, dtype=F64, generator=gen)
+
+
+def seeded(fn, seed=0):
+    """`fn` with the global generator seeded first: dropout and friends draw the same mask every run."""
+
+    def run(*xs):
+        torch.manual_seed(seed)
+        return fn(*xs)
+
+    return run
+
+
+def quiet(fn):
+    """`fn` with torch's performance warnings silenced (pytest turns warnings into errors)."""
+
+    def run(*xs):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return fn(*xs)
+
+    return run
+
+
+IDX = torch.tensor([[1, 0, 3], [2, 2, 4]])
+BAG_IDX, BAG_OFF = torch.tensor([1, 4, 4, 0, 3, 2]), torch.tensor([0, 2, 2, 5])
+KEEP = torch.tensor([[True, True, False, True], [True, False, True, True], [False, False, False, False]])
+
+# (name, function, inputs): correct torch code; each must check clean
+CASES = [
+    ("conv1d", lambda x, w, b: F.conv1d(x, w, b, stride=2, padding=1), (t(2, 2, 7), t(3, 2, 3), t(3))),
+    ("conv2d groups dilation", lambda x, w: F.conv2d(x, w, groups=2, padding=1, dilation=2),
+     (t(1, 2, 3, 4), t(2, 1, 2, 2))),
+    ("conv2d same", quiet(lambda x, w: F.conv2d(x, w, padding="same")), (t(1, 2, 4, 5), t(2, 2, 2, 3))),
+    ("conv3d unbatched", lambda x, w: F.conv3d(x, w, stride=(1, 2, 1)), (t(2, 3, 4, 3), t(2, 2, 2, 2, 2))),
+    ("conv_transpose1d", lambda x, w, b: F.conv_transpose1d(x, w, b, stride=2, padding=1, output_padding=1),
+     (t(2, 2, 4), t(2, 3, 3), t(3))),
+    ("conv_transpose2d groups dilation", lambda x, w: F.conv_transpose2d(x, w, groups=2, dilation=2, stride=2),
+     (t(1, 4, 3, 3), t(4, 1, 2, 2))),
+    ("conv_transpose3d", lambda x, w: F.conv_transpose3d(x, w, padding=1), (t(1, 2, 3, 3, 2), t(2, 2, 2, 2, 2))),
+    ("unfold", lambda x: F.unfold(x, (2, 3), dilation=(1, 2), padding=1, stride=2), (t(2, 2, 4, 5),)),
+    ("fold", lambda x: F.fold(x, (4, 5), (2, 2), padding=1, stride=(2, 1)), (t(2, 8, 18),)),
+    ("max_pool2d ceil", lambda x: F.max_pool2d(x, 3, 2, padding=1, ceil_mode=True), (t(2, 2, 5, 6),)),
+    ("max_pool1d indices", lambda x: F.max_pool1d(x, 2, return_indices=True)[0], (t(2, 3, 7),)),
+    ("avg_pool2d divisor", lambda x: F.avg_pool2d(x, 3, 2, 1, ceil_mode=True, divisor_override=4), (t(1, 2, 5, 5),)),
+    ("avg_pool3d no pad count", lambda x: F.avg_pool3d(x, 2, 1, 1, count_include_pad=False), (t(1, 1, 3, 3, 2),)),
+    ("adaptive_avg_pool2d", lambda x: F.adaptive_avg_pool2d(x, (3, 2)), (t(2, 2, 5, 7),)),
+    ("adaptive_max_pool1d", lambda x: F.adaptive_max_pool1d(x, 3), (t(2, 2, 7),)),
+    ("max_unpool2d", lambda x: F.max_unpool2d(*F.max_pool2d(x, 2, return_indices=True), 2), (t(1, 2, 4, 4),)),
+    ("fractional_max_pool2d", seeded(lambda x: F.fractional_max_pool2d(x, 2, output_size=3)), (t(2, 2, 6, 5),)),
+    ("max_pool2d_with_indices_backward", lambda g, x: torch.ops.aten.max_pool2d_with_indices_backward(
+        g, x, [2, 2], [2, 2], [0, 0], [1, 1], False, F.max_pool2d(x.detach(), 2, return_indices=True)[1]),
+     (t(1, 2, 2, 2), t(1, 2, 4, 4))),
+    ("layer_norm", lambda x, w, b: F.layer_norm(x, (2, 2), w, b), (t(2, 2, 2), t(2, 2), t(2, 2))),
+    ("rms_norm", lambda x, w: F.rms_norm(x, (4,), w, eps=1e-6), (t(2, 3, 4), t(4))),
+    ("batch_norm train", lambda x, w, b: F.batch_norm(x, torch.zeros(3, dtype=x.dtype), torch.ones(3, dtype=x.dtype),
+                                                      w, b, training=True), (t(3, 3, 1), t(3), t(3))),
+    ("batch_norm eval", lambda x, w: F.batch_norm(x, torch.full((3,), 0.1, dtype=x.dtype), torch.full(
+        (3,), 2.0, dtype=x.dtype), w, training=False), (t(4, 3, 2), t(3))),
+    ("group_norm", lambda x, w, b: F.group_norm(x, 2, w, b), (t(1, 4, 2), t(4), t(4))),
+    ("instance_norm", lambda x: F.instance_norm(x), (t(2, 3, 4),)),
+    ("native_group_norm", lambda x: torch.native_group_norm(x, None, None, 1, 4, 2, 2, 1e-5), (t(1, 4, 2),)),
+    ("local_response_norm", lambda x: F.local_response_norm(x, 3, alpha=0.3, beta=0.7, k=1.5), (t(2, 5, 3),)),
+    ("dropout", seeded(lambda x: F.dropout(x, 0.4)), (t(4, 5),)),
+    ("dropout2d", seeded(lambda x: F.dropout2d(x, 0.5)), (t(3, 4, 2, 2),)),
+    ("dropout3d unbatched", seeded(lambda x: F.dropout3d(x, 0.5)), (t(4, 2, 2, 2),)),
+    ("alpha_dropout", seeded(lambda x: F.alpha_dropout(x, 0.3, training=True)), (t(4, 5),)),
+    ("feature_alpha_dropout", seeded(lambda x: F.feature_alpha_dropout(x, 0.5, training=True)), (t(3, 4, 2),)),
+    ("embedding padding_idx", lambda w: F.embedding(IDX, w, padding_idx=2), (t(5, 3),)),
+    ("embedding_bag mean", lambda w: F.embedding_bag(BAG_IDX, w, BAG_OFF, mode="mean", padding_idx=4), (t(5, 3),)),
+    ("embedding_bag max", lambda w: F.embedding_bag(IDX, w, mode="max"), (t(5, 3),)),
+    ("embedding_bag weights", lambda w, p: F.embedding_bag(BAG_IDX, w, BAG_OFF, mode="sum", per_sample_weights=p),
+     (t(5, 3), t(6))),
+    ("normalize", lambda x: F.normalize(x, p=3, dim=0), (t(3, 4),)),
+    ("cosine_similarity", lambda a, b: F.cosine_similarity(a, b, dim=-1), (t(3, 4), t(1, 4))),
+    ("pairwise_distance", lambda a, b: F.pairwise_distance(a, b, p=1.5), (t(3, 4), t(3, 4, seed=1))),
+    ("pdist", lambda x: F.pdist(x), (t(4, 3),)),
+    ("interpolate nearest", lambda x: F.interpolate(x, scale_factor=1.7, mode="nearest"), (t(1, 2, 3, 4),)),
+    ("interpolate nearest-exact", lambda x: F.interpolate(x, size=5, mode="nearest-exact"), (t(1, 2, 3),)),
+    ("interpolate linear", lambda x: F.interpolate(x, size=5, mode="linear", align_corners=True), (t(1, 2, 3),)),
+    ("interpolate bilinear", lambda x: F.interpolate(x, scale_factor=0.6, mode="bilinear"), (t(1, 2, 5, 4),)),
+    ("interpolate bicubic", lambda x: F.interpolate(x, size=(4, 3), mode="bicubic", align_corners=False),
+     (t(1, 1, 3, 5),)),
+    ("interpolate trilinear", lambda x: F.interpolate(x, size=(3, 2, 3), mode="trilinear"), (t(1, 1, 2, 3, 2),)),
+    ("interpolate area", lambda x: F.interpolate(x, size=(2, 3), mode="area"), (t(1, 2, 5, 4),)),
+    ("interpolate antialias", lambda x: F.interpolate(x, size=(3, 2), mode="bilinear", antialias=True),
+     (t(1, 1, 6, 5),)),
+    ("grid_sample bilinear reflection", lambda x, g: F.grid_sample(
+        x, g, mode="bilinear", padding_mode="reflection", align_corners=False),
+     (t(1, 2, 3, 4), t(1, 2, 3, 2, low=-1.6, high=1.6))),
+    ("grid_sample bicubic border", lambda x, g: F.grid_sample(
+        x, g, mode="bicubic", padding_mode="border", align_corners=True),
+     (t(1, 1, 4, 4), t(1, 1, 2, 2, low=-1.3, high=1.3))),
+    ("grid_sample nearest 3d", lambda x, g: F.grid_sample(
+        x, g, mode="nearest", padding_mode="zeros", align_corners=True), (t(1, 1, 2, 3, 2), t(1, 2, 1, 2, 3))),
+    ("sdpa causal", lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+     (t(2, 3, 4), t(2, 3, 4), t(2, 3, 4))),
+    ("sdpa bool mask", lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=KEEP),
+     (t(1, 3, 2), t(1, 4, 2), t(1, 4, 3))),
+    ("sdpa float mask gqa",
+     lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m, enable_gqa=True, scale=0.7),
+     (t(1, 4, 3, 2), t(1, 2, 4, 2), t(1, 2, 4, 2), t(3, 4))),
+    ("sdpa dropout", seeded(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, dropout_p=0.3)),
+     (t(2, 3, 4), t(2, 3, 4), t(2, 3, 4))),
+    ("_softmax_backward_data", lambda g, y: torch._softmax_backward_data(g, y, 1, g.dtype),
+     (t(2, 3), t(2, 3, seed=1))),
+]
+IDS = [c[0] for c in CASES]
+# the per-element sympy oracle differentiates every element: the tiny cases, one per rule
+ORACLE = {"conv1d", "conv2d groups dilation", "conv_transpose2d groups dilation", "fold", "max_pool2d ceil",
+          "avg_pool2d divisor", "adaptive_avg_pool2d", "max_unpool2d", "layer_norm", "rms_norm", "batch_norm train",
+          "group_norm", "local_response_norm", "alpha_dropout", "embedding_bag weights", "embedding_bag max",
+          "normalize", "cosine_similarity", "pairwise_distance", "pdist", "interpolate bicubic",
+          "interpolate antialias", "grid_sample bilinear reflection", "grid_sample bicubic border", "sdpa bool mask",
+          "_softmax_backward_data", "max_pool2d_with_indices_backward", "native_group_norm"}
+
+
+def _clean(report):
+    return report.ok and not [f for f in report.findings if f.severity in ("error", "warning")]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_correct_layer_checks_clean(case, dtype):
+    name, fn, inputs = case
+    report = gs.check_function(fn, *inputs, dtype=dtype)
+    assert _clean(report), str(report)
+    assert report.n_points == 1
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] in ORACLE], ids=lambda c: c[0])
+def test_rule_matches_the_per_element_sympy_oracle(case):
+    name, fn, inputs = case
+    assert_matches_oracle(fn, *inputs)
+
+
+def _scaled(fn, factor=1.0001):
+    """`fn` with a wrong backward: the gradient reaching its first floating output scaled by `factor`."""
+
+    def wrong(*xs):
+        out = fn(*xs)
+        first = out[0] if isinstance(out, tuple) else out
+        first.register_hook(lambda g: g * factor)
+        return out
+
+    return wrong
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_a_wrong_gradient_is_caught(case):
+    name, fn, inputs = case
+    report = gs.check_function(_scaled(fn), *inputs)
+    assert not report.ok and "mismatch" in {f.kind for f in report.errors()}, str(report)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] in (
+    "conv1d", "conv_transpose1d", "layer_norm", "batch_norm train", "local_response_norm", "cosine_similarity",
+    "interpolate bicubic", "grid_sample bilinear reflection", "sdpa causal")], ids=lambda c: c[0])
+def test_second_derivatives_check_clean(case):
+    name, fn, inputs = case
+    assert _clean(gs.check_function(fn, *inputs, order=2))
+
+
+# ---------------------------------------------------------------- behaviours with words
+def test_native_layer_norm_statistics_are_declared_non_differentiable_by_torch():
+    report = gs.check_function(lambda x: torch.native_layer_norm(x, (3,), None, None, 1e-5), t(2, 3))
+    (f,) = report.errors()
+    assert f.kind == "untracked" and f.node == "non-differentiable output"
+    assert "torch declares this output of the op non-differentiable" in f.message
+    # the normalised output alone is checked clean
+    assert _clean(gs.check_function(lambda x: torch.native_layer_norm(x, (3,), None, None, 1e-5)[0], t(2, 3)))
+
+
+def test_unmodelled_arguments_are_refused_by_name():
+    report = gs.check_function(lambda w: F.embedding(IDX, w, max_norm=1.0), t(5, 3))
+    assert not report.ok
+    assert "argument max_norm=1.0 of embedding is not modelled" in str(report)
+
+
+def test_max_unpool_with_duplicate_indices_is_torchs_gradient_error():
+    # overlapping windows pick the same element twice: the forward keeps one copy, torch's backward
+    # sends the gradient to both (which is why torch's own OpInfo skips this gradient test)
+    x = torch.tensor([[[1.0, 3.0, 2.0, 0.0]]], dtype=F64)
+
+    def fn(x):
+        values, indices = F.max_pool1d(x, 2, stride=1, return_indices=True)
+        return F.max_unpool1d(values, indices, 2, stride=1, output_size=(4,))
+
+    report = gs.check_function(fn, x)
+    (f,) = report.errors()
+    assert f.kind == "mismatch"
+
+
+def test_a_failing_rule_is_not_verified_never_a_mismatch(monkeypatch):
+    from gradcheck_sym.ops.torch import RULES
+
+    def broken(c, a):
+        raise RuntimeError("a bug in a rule")
+
+    monkeypatch.setitem(RULES, "layer_norm", RULES["layer_norm"].__class__(
+        "layer_norm", RULES["layer_norm"].signature, broken))
+    report = gs.check_function(lambda x: F.layer_norm(x, (3,)), t(2, 3))
+    assert [f.kind for f in report.errors()] == ["not-verified"]
+    assert "internal error while tracing layer_norm" in str(report)
+
+
+# ---------------------------------------------------------------- real blocks
+def _bn(x, w, b):
+    return F.batch_norm(x, torch.zeros(w.shape, dtype=x.dtype), torch.ones(w.shape, dtype=x.dtype), w, b, training=True)
+
+
+def resnet_block(x, w1, g1, b1, w2, g2, b2, w3, g3, b3, fc_w, fc_b, *, detach_residual=False):
+    h = F.relu(_bn(F.conv2d(x, w1, padding=1), g1, b1))
+    h = F.max_pool2d(h, 2)
+    identity = h.detach() if detach_residual else h
+    out = F.relu(_bn(F.conv2d(h, w2, padding=1), g2, b2))
+    out = _bn(F.conv2d(out, w3, padding=1), g3, b3)
+    out = F.relu(out + identity)  # the residual connection
+    out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+    return F.cross_entropy(F.linear(out, fc_w, fc_b), torch.tensor([1, 3]))
+
+
+def resnet_inputs():
+    c = 4
+    shapes = [(2, 3, 6, 6), (c, 3, 3, 3), (c,), (c,), (c, c, 3, 3), (c,), (c,), (c, c, 3, 3), (c,), (c,), (5, c), (5,)]
+    return [t(*s, seed=i) for i, s in enumerate(shapes)]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_resnet_block_checks_clean(dtype):
+    report = gs.check_function(resnet_block, *resnet_inputs(), dtype=dtype)
+    assert _clean(report), str(report)
+
+
+def test_resnet_block_with_a_detached_residual_names_the_line():
+    report = gs.check_function(lambda *xs: resnet_block(*xs, detach_residual=True), *resnet_inputs())
+    (f,) = report.errors()
+    assert f.kind == "untracked" and f.node == "detach"
+    lines, start = inspect.getsourcelines(resnet_block)
+    line = start + next(i for i, s in enumerate(lines) if "h.detach()" in s)
+    assert f.line == line and f"test_ops_nn.py:{line}" in f.message
+
+
+TOKENS = torch.tensor([[1, 4, 0, 2, 4], [3, 3, 1, 0, 2]])
+
+
+def transformer_block(emb, ln1_w, ln1_b, wq, wk, wv, wo, ln2_w, ln2_b, w1, b1, w2, b2, *, sdpa):
+    x = F.embedding(TOKENS, emb)  # (2, 5, 8)
+    h = F.layer_norm(x, (8,), ln1_w, ln1_b)
+    q, k, v = ((h @ w.T).view(2, 5, 2, 4).transpose(1, 2) for w in (wq, wk, wv))  # 2 heads of 4
+    if sdpa:
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    else:
+        scores = (q @ k.transpose(-2, -1)) / 2.0
+        scores = scores.masked_fill(~torch.ones(5, 5, dtype=torch.bool).tril(), float("-inf"))
+        a = torch.softmax(scores, dim=-1) @ v
+    x = x + a.transpose(1, 2).reshape(2, 5, 8) @ wo.T
+    h = F.layer_norm(x, (8,), ln2_w, ln2_b)
+    x = x + F.linear(F.gelu(F.linear(h, w1, b1)), w2, b2)
+    return x.pow(2).mean()
+
+
+def transformer_inputs():
+    shapes = [(6, 8), (8,), (8,), (8, 8), (8, 8), (8, 8), (8, 8), (8,), (8,), (16, 8), (16,), (8, 16), (8,)]
+    return [t(*s, seed=i) for i, s in enumerate(shapes)]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("sdpa", [False, True], ids=["matmul-softmax", "sdpa"])
+def test_transformer_block_checks_clean(sdpa, dtype):
+    report = gs.check_function(lambda *xs: transformer_block(*xs, sdpa=sdpa), *transformer_inputs(), dtype=dtype)
+    assert _clean(report), str(report)
