@@ -229,3 +229,33 @@ def test_sampling_near_the_inputs_stays_in_the_domain():
     x = torch.tensor([0.01, 0.02], dtype=torch.float64)
     report = gs.check_function(lambda x: torch.sqrt(x).sum(), x, samples=20, seed=0)
     assert report.ok and not report.by_kind("outside-domain") and report.n_points == 21
+
+
+def test_non_finite_output_elements_do_not_hide_the_others():
+    # pow(-2, 0.5) is NaN in torch and in the exact value: that element is left out, pow(-2, 2) is compared
+    report = gs.check_function(lambda b: torch.pow(-2.0, b), torch.tensor([0.5, 2.0], dtype=torch.float64))
+    assert report.ok and report.checked == 1
+    assert [f.kind for f in report.findings if f.kind == "nonfinite-output"] == ["nonfinite-output"]
+    entr = gs.check_function(torch.special.entr, torch.tensor([-0.5, 0.3, 2.0], dtype=torch.float64))
+    assert entr.ok and entr.checked == 4, str(entr)  # 2 finite rows x 3 inputs, less the 2 NaN entries
+    # a wrong gradient on a finite element is still caught beside a NaN one
+    wrong = gs.check_function(_WrongLog.apply, torch.tensor([-1.0, 2.0], dtype=torch.float64))
+    assert not wrong.ok and {f.kind for f in wrong.errors()} == {"mismatch"}, str(wrong)
+
+
+class _WrongLog(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.log(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g / x * 1.001
+
+
+def test_torch_nan_at_a_kink_twice_is_its_convention():
+    # the Hessian of the norm at 0: torch NaN, the subgradient convention 0 — a kink, not an error
+    report = gs.check_function(lambda x: torch.linalg.vector_norm(x), torch.zeros(5, dtype=torch.float64), order=2)
+    assert report.ok and [f.kind for f in report.findings] == ["nondifferentiable"], str(report)

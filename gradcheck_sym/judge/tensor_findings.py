@@ -96,9 +96,10 @@ class Accumulator:
             heapq.heapreplace(g.heap, item)
 
     def point(self, kind: str, severity: str, key: str, index: int, point: dict[str, float],
-              autograd: float | None = None, symbolic: float | None = None) -> None:
+              autograd: float | None = None, symbolic: float | None = None, count: int = 0) -> None:
         g = self._group(kind, severity, key)
         g.points.add(index)
+        g.bulk = max(g.bulk, count)
         if len(g.heap) < MAX_EXAMPLES:
             self._example(g, _example(index, point, autograd, symbolic), 0.0)
 
@@ -294,6 +295,11 @@ class Accumulator:
         if kind == "outside-domain":
             msg = (f"the output is not a finite real number {where} (NaN: outside the real domain; inf: a pole or "
                    f"overflow in {dtype}); these points are not compared")
+            return Finding(kind, severity, "", msg, count, exs, "")
+        if kind == "nonfinite-output":
+            msg = (f"{g.bulk} output element{'s are' if g.bulk != 1 else ' is'} NaN or infinite {where}, alike in torch "
+                   "and in the exact value (outside the real domain, or a pole): those elements are left out (with the "
+                   "gradient entries that autograd makes NaN from them, by 0 * NaN), the others are compared")
             return Finding(kind, severity, "", msg, count, exs, "")
         if kind == "value":
             msg = (f"the function's value differs from the expected expression {where}; {worst}")

@@ -194,13 +194,20 @@ def _m_log(x: Any) -> Any:
     return _real(mpmath.log)(x)
 
 
+def _m_log1p(x: Any) -> Any:
+    # log(1 + x) would lose every digit of x below 10**-dps: mpmath's log1p keeps them.
+    if x == -1:
+        return -mpmath.inf
+    return _real(mpmath.log1p)(x)
+
+
 _MP_FUNCS: dict[type, Callable[..., Any]] = {
     sympy.sin: mpmath.sin, sympy.cos: mpmath.cos, sympy.tan: mpmath.tan,
     sympy.cot: _real(mpmath.cot), sympy.sec: mpmath.sec, sympy.csc: _real(mpmath.csc),
     sympy.asin: _real(mpmath.asin), sympy.acos: _real(mpmath.acos), sympy.atan: mpmath.atan,
     sympy.atan2: mpmath.atan2, sympy.sinh: mpmath.sinh, sympy.cosh: mpmath.cosh, sympy.tanh: mpmath.tanh,
     sympy.asinh: mpmath.asinh, sympy.acosh: _real(mpmath.acosh), sympy.atanh: _real(mpmath.atanh),
-    sympy.exp: mpmath.exp, sympy.log: _m_log, expm1: mpmath.expm1, log1p: lambda x: _m_log(1 + x),
+    sympy.exp: mpmath.exp, sympy.log: _m_log, expm1: mpmath.expm1, log1p: _m_log1p,
     log2: lambda x: _m_log(x) / mpmath.log(2), log10: lambda x: _m_log(x) / mpmath.log(10),
     sympy.Abs: abs, sympy.sign: _m_sign, sign: _m_sign,
     sympy.floor: mpmath.floor, floor: mpmath.floor, sympy.ceiling: mpmath.ceil, ceiling: mpmath.ceil,

@@ -23,6 +23,7 @@ KIND_SEVERITY: dict[str, Severity] = {
     "nonfinite": "error",
     "nondifferentiable": "info",
     "outside-domain": "info",
+    "nonfinite-output": "info",
     "cut": "info",
     "second-opinion": "warning",
     "range": "warning",
