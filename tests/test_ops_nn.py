@@ -182,9 +182,11 @@ def test_second_derivatives_check_clean(case):
 
 # ---------------------------------------------------------------- behaviours with words
 def test_native_layer_norm_statistics_are_declared_non_differentiable_by_torch():
+    # part of the op's definition, not a cut anyone wrote: the statistics' gradient is 0 in the reference too
     report = gs.check_function(lambda x: torch.native_layer_norm(x, (3,), None, None, 1e-5), t(2, 3))
-    (f,) = report.errors()
-    assert f.kind == "untracked" and f.node == "non-differentiable output"
+    assert report.ok and report.checked > 0
+    (f,) = report.findings
+    assert (f.kind, f.severity, f.node) == ("cut", "info", "non-differentiable output")
     assert "torch declares this output of the op non-differentiable" in f.message
     # the normalised output alone is checked clean
     assert _clean(gs.check_function(lambda x: torch.native_layer_norm(x, (3,), None, None, 1e-5)[0], t(2, 3)))

@@ -30,6 +30,9 @@ __all__ = ["Traced", "Recorder", "ObjectEager", "evaluate", "sweep", "SweepResul
            "UNIT_ROUNDOFF", "const_value", "AbsEager"]
 
 F64 = torch.float64
+# Cuts that are part of an op's definition in torch (an output declared non-differentiable): constants in
+# every semantics, the full math's included, since no user code put them there.
+DEFINED_CUTS = frozenset({"non-differentiable output"})
 UNIT_ROUNDOFF = {"float64": 2.0**-53, "float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
 
 
@@ -214,7 +217,7 @@ def sweep(
             if all(g is None for g in gs) and not any(hit):
                 continue
             in_vars = [a for a in e.inputs if isinstance(a, Var)]
-            if e.prim == "stop" and cut and (cut is True or cut(e)):
+            if e.prim == "stop" and ((cut and (cut is True or cut(e))) or e.params.get("kind") in DEFINED_CUTS):
                 continue
             prim = PRIMS[e.prim]
             if prim.vjp is None or any(hit):
