@@ -12,6 +12,7 @@ from .autograd.expression import DTYPES
 from .judge.engine import Checker, ExpressionSubject
 from .errors import GradcheckSymError, InputError
 from .ir.graph import Graph
+from .front.from_sympy import is_sympy, sympy_name, sympy_to_text
 from .front.parse import Limits, parse
 from .judge.points import make_points
 from .report import Report
@@ -21,7 +22,7 @@ __all__ = ["check", "check_graph", "check_function", "assert_gradients"]
 
 
 def check(
-    expression: str,
+    expression: Any,
     *,
     at: Mapping[str, Any] | None = None,
     domain: Mapping[str, Any] | None = None,
@@ -37,7 +38,8 @@ def check(
     """Check torch autograd against exact symbolic derivatives for an expression.
 
     Args:
-        expression: Python-syntax math, e.g. ``"sin(x)*exp(y)"``.
+        expression: Python-syntax math, e.g. ``"sin(x)*exp(y)"``, or a sympy expression (its symbols
+            may key `at` and `domain`).
         at: variable -> value (or list of values: one point per entry).
         domain: variable -> (low, high) box to sample `samples` points from.
         samples: number of sampled points (default 100 with a domain).
@@ -59,12 +61,22 @@ def check(
         >>> check("sin(x)*exp(y)", at={"x": 0.7, "y": 1.3}).ok
         True
     """
+    if is_sympy(expression):
+        # A sympy object, walked against the same whitelist and printed in our syntax: never sympify.
+        expression = sympy_to_text(expression)
+        at = _names_of(at)
+        domain = _names_of(domain)
+        variables = None if variables is None else [sympy_name(v) for v in variables]
     names = set(at or {}) | set(domain or {})
     graph = parse(expression, variables=variables, as_variables=names, limits=limits)
     return check_graph(
         graph, at=at, domain=domain, samples=samples, seed=seed, dtype=dtype, order=order,
         limits=limits, chunk_size=chunk_size, progress=progress,
     )
+
+
+def _names_of(mapping: Mapping[Any, Any] | None) -> dict[str, Any] | None:
+    return None if mapping is None else {sympy_name(k): v for k, v in mapping.items()}
 
 
 def check_graph(

@@ -127,3 +127,23 @@ def test_refused_with_a_typed_error(expr, message):
     with pytest.raises(InputError) as info:
         sympy_to_text(expr)
     assert message in str(info.value)
+
+
+def test_check_takes_a_sympy_expression_with_symbol_keys():
+    import gradcheck_sym as gs
+
+    expr = sp.Abs(x) * sp.sin(y) + sp.Piecewise((x**2, x > 0), (0, True))
+    report = gs.check(expr, at={x: 0.5, y: 1.2})
+    assert report.ok and report.expression == "abs(x)*sin(y) + where(x > 0, x**2, 0)"
+    grads = {row.expression: row.symbolic_grad for row in report.nodes if row.expression in ("x", "y")}
+    assert math.isclose(grads["x"], math.sin(1.2) + 1.0, rel_tol=1e-14)  # |x|' sin(y) + 2x at x = 0.5
+    assert math.isclose(grads["y"], 0.5 * math.cos(1.2), rel_tol=1e-14)
+    sampled = gs.check(sp.Max(x, y) * sp.exp(-x), domain={x: (-1, 1), y: (-1, 1)}, samples=20, seed=1)
+    assert sampled.ok and sampled.n_points == 20
+
+
+def test_check_refuses_unsupported_sympy_with_a_typed_error():
+    import gradcheck_sym as gs
+
+    with pytest.raises(InputError, match="the sympy function gamma is not supported"):
+        gs.check(sp.gamma(x), at={x: 0.5})
