@@ -22,7 +22,7 @@ from ..errors import GradcheckSymError, UnsupportedError
 from ..front.tracer import Tracer, internal_file
 from ..ir.program import Program
 
-__all__ = ["FunctionError", "TracedRun", "run_traced", "vjp", "hvp", "check_outputs"]
+__all__ = ["FunctionError", "TracedRun", "run_traced", "vjp", "hvp", "check_outputs", "Shadow", "shadow_run"]
 
 
 class FunctionError(GradcheckSymError):
@@ -57,6 +57,51 @@ class TracedRun:
     tracer: Tracer
     program: Program
     env: dict[int, Any]
+    rng: torch.Tensor | None = None
+
+
+@dataclass
+class Shadow:
+    """The same call in float64, untraced: its outputs and leaves, for autograd's own products there."""
+
+    leaves: list[torch.Tensor]
+    outputs: list[torch.Tensor]
+
+
+def shadow_run(call: Callable[..., Any], run: TracedRun) -> Shadow | None:
+    """Run the user's function again on float64 copies of the run's inputs, with the run's random state.
+
+    Autograd there applies the same formulas as in the checked dtype, with float64 rounding: the
+    difference of the two is a measurement of the checked dtype's rounding in torch's own kernels.
+    Any trouble (a float32 tensor inside the function, an error, another structure) gives None: the
+    check then relies on the rounding bound alone.  The random state is restored afterwards.
+    """
+    leaves = [leaf.detach().to(torch.float64).requires_grad_(True) for leaf in run.leaves]
+    try:
+        with torch.random.fork_rng(devices=[]), torch.inference_mode(False), torch.enable_grad():
+            if run.rng is not None:
+                torch.random.set_rng_state(run.rng)
+            out = call(leaves, float64=True)
+        outputs = check_outputs(out)
+    except (Exception, SystemExit):  # noqa: BLE001 - a measurement only: without it the bound stands
+        return None
+    if len(outputs) != len(run.outputs) or any(o.dtype != torch.float64 or o.shape != t.shape
+                                                for o, t in zip(outputs, run.outputs)):
+        return None
+    return Shadow(leaves, outputs)
+
+
+def shadow_vjp(shadow: Shadow, seeds: Sequence[torch.Tensor]) -> list[torch.Tensor] | None:
+    """Autograd's vector-Jacobian product in the shadow run (None if its backward fails)."""
+    pairs = [(t, s.to(torch.float64)) for t, s in zip(shadow.outputs, seeds) if t.requires_grad]
+    if not pairs:
+        return [torch.zeros_like(leaf) for leaf in shadow.leaves]
+    try:
+        with torch.enable_grad():
+            return list(torch.autograd.grad([t for t, _ in pairs], shadow.leaves, [s for _, s in pairs],
+                                            retain_graph=True, allow_unused=True, materialize_grads=True))
+    except Exception:  # noqa: BLE001 - as above
+        return None
 
 
 def check_outputs(out: Any) -> list[torch.Tensor]:
@@ -89,6 +134,7 @@ def run_traced(call: Callable[[list[torch.Tensor]], Any], values: Sequence[torch
         FunctionError: the function raised (with its own traceback); SystemExit included.
     """
     leaves = [v.detach().clone().requires_grad_(True) for v in values]
+    rng = torch.random.get_rng_state()  # the shadow run (below) replays the same draws
     tracer = Tracer()
     for leaf, name in zip(leaves, names):
         tracer.leaf(leaf, name)
@@ -101,7 +147,7 @@ def run_traced(call: Callable[[list[torch.Tensor]], Any], values: Sequence[torch
         raise FunctionError(exc) from None
     outputs = check_outputs(out)
     program = tracer.program([tracer.v(t) for t in outputs])
-    return TracedRun(leaves, outputs, [tuple(t.shape) for t in outputs], tracer, program, tracer.env())
+    return TracedRun(leaves, outputs, [tuple(t.shape) for t in outputs], tracer, program, tracer.env(), rng)
 
 
 def vjp(run: TracedRun, seeds: Sequence[torch.Tensor], *, create_graph: bool = False) -> list[torch.Tensor]:
