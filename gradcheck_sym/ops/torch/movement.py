@@ -106,7 +106,7 @@ def _broadcast_tensors(c: Ctx, a: Args) -> Any:
 
 
 @rule("zeros_like", "ones_like", "full_like", "empty_like", "rand_like", "randn_like", "randint_like",
-      "new_zeros", "new_ones", "new_full", "new_empty", "new_tensor", "empty_strided", "new_empty_strided",
+      "new", "new_zeros", "new_ones", "new_full", "new_empty", "new_tensor", "empty_strided", "new_empty_strided",
       sig=lambda *args, **kwargs: 0)
 def _constant_like(c: Ctx, a: Args) -> Any:
     """Shaped like a traced tensor, but not computed from its values: a constant."""
@@ -156,8 +156,11 @@ def _flat_numbers(data: Any) -> list[Any] | None:
 
 
 # ---------------------------------------------------------------- probing
-def probe(c: Ctx) -> Any:
-    """Lower the current op as pure data movement (see the module docstring), or refuse."""
+def probe(c: Ctx, written: torch.Tensor | None = None) -> Any:
+    """Lower the current op as pure data movement (see the module docstring), or refuse.
+
+    `written`: the tensor an op such as ``x[i] = v`` writes into (its result is that tensor).
+    """
     data = [t for t in _walk((c.args, c.kwargs)) if isinstance(t, torch.Tensor) and t.is_floating_point()]
     if not data:
         raise Refused("no floating-point input")
@@ -173,7 +176,13 @@ def probe(c: Ctx) -> Any:
     zeros = {id(t): torch.zeros(t.shape, dtype=F64) for t in data}
     gen = torch.Generator().manual_seed(1234)
     rand = {id(t): torch.rand(t.shape, dtype=F64, generator=gen) + 0.5 for t in data}
-    coded, filled, checked = c.call_with(codes), c.call_with(zeros), c.call_with(rand)
+
+    def run(inputs: dict[int, torch.Tensor]) -> Any:
+        fresh = {k: v.clone() for k, v in inputs.items()}  # an in-place op must not change our codes
+        out = c.call_with(fresh)
+        return fresh[id(written)] if written is not None else out
+
+    coded, filled, checked = run(codes), run(zeros), run(rand)
     outs = coded if isinstance(coded, (tuple, list)) else (coded,)
     fills = filled if isinstance(filled, (tuple, list)) else (filled,)
     checks = checked if isinstance(checked, (tuple, list)) else (checked,)
@@ -227,10 +236,10 @@ rule(
     "diagonal_copy", "diag_embed", "diagflat", "repeat", "tile", "repeat_interleave", "unfold", "unfold_copy",
     "pad", "constant_pad_nd", "reflection_pad1d", "split", "split_with_sizes", "split_with_sizes_copy", "chunk",
     "unsafe_chunk", "unsafe_split", "tensor_split", "hsplit", "vsplit", "dsplit", "unbind", "unbind_copy",
-    "masked_select", "masked_fill", "index_fill", "index_copy", "index_put", "put", "masked_scatter", "scatter",
+    "masked_select", "masked_fill", "index_fill", "index_copy", "masked_scatter",
     "select_scatter", "slice_scatter", "diagonal_scatter", "as_strided", "as_strided_copy", "as_strided_scatter",
     "block_diag", "combinations", "cartesian_prod", "meshgrid", "pixel_shuffle", "pixel_unshuffle",
-    "channel_shuffle", "native_channel_shuffle", "slice", "slice_copy", "_unsafe_view", "fill", "zero",
-    "_unsafe_masked_index", "copy", "__setitem__",
+    "channel_shuffle", "native_channel_shuffle", "slice", "slice.Tensor", "slice_copy", "_unsafe_view", "fill",
+    "zero", "_unsafe_masked_index", "copy", "__setitem__",
     sig=lambda *args, **kwargs: 0,
 )(lambda c, a: probe(c))

@@ -120,6 +120,19 @@ def tie_weights(t: torch.Tensor, dims: tuple[int, ...], kind: str) -> torch.Tens
     return w / w.sum(dim=dims, keepdim=True).clamp(min=1)
 
 
+@functools.lru_cache(maxsize=None)
+def _kink_fn(convention: str) -> EwFn:
+    return EwFn("tie", x, 2, partials=[sympy.S.One, sympy.S.Zero], kink=lambda v, m: m > 0.5, convention=convention)
+
+
+def mark_kinks(h: Any, mask: torch.Tensor, convention: str) -> Any:
+    """`h` unchanged, its elements where `mask` is set declared kinks: a tie, where torch's gradient is a
+    convention the judge reports as `nondifferentiable` instead of judging it."""
+    if not bool(mask.any()):
+        return h
+    return P.ew(_kink_fn(convention), h, mask.to(F64))
+
+
 def weighted_sum(c: Ctx, h: Any, w: torch.Tensor, dims: tuple[int, ...], keepdim: bool) -> Any:
     return P.sum_(P.ew(MUL, h, w), dims, keepdim=keepdim)
 
