@@ -42,8 +42,11 @@ def _same_dtype(c: Ctx, t: torch.Tensor) -> None:
 def _reshape(c: Ctx, a: Args) -> Any:
     # Every argument only says what the output's shape is, and torch's result has it:
     # the elements keep their row-major order.
-    if isinstance(c.out, (tuple, list)):
-        raise Refused("atleast_nd of several tensors is not modelled")
+    if isinstance(c.out, (tuple, list)):  # atleast_nd(x, y, ...): one reshape each
+        ins = [t for t in _walk((a.input, a.args)) if isinstance(t, torch.Tensor)]
+        if len(ins) != len(c.out):
+            raise Refused(f"{c.name} of these arguments is not modelled")
+        return tuple(P.reshape(c.v(t), tuple(o.shape)) if t.is_floating_point() else None for t, o in zip(ins, c.out))
     _same_dtype(c, a.input)
     if c.out.dtype != a.input.dtype:
         raise Refused("view(dtype) reinterprets bits: not differentiable")
@@ -156,11 +159,8 @@ def _flat_numbers(data: Any) -> list[Any] | None:
 
 
 # ---------------------------------------------------------------- probing
-def probe(c: Ctx, written: torch.Tensor | None = None) -> Any:
-    """Lower the current op as pure data movement (see the module docstring), or refuse.
-
-    `written`: the tensor an op such as ``x[i] = v`` writes into (its result is that tensor).
-    """
+def probe(c: Ctx) -> Any:
+    """Lower the current op as pure data movement (see the module docstring), or refuse."""
     data = [t for t in _walk((c.args, c.kwargs)) if isinstance(t, torch.Tensor) and t.is_floating_point()]
     if not data:
         raise Refused("no floating-point input")
@@ -178,9 +178,8 @@ def probe(c: Ctx, written: torch.Tensor | None = None) -> Any:
     rand = {id(t): torch.rand(t.shape, dtype=F64, generator=gen) + 0.5 for t in data}
 
     def run(inputs: dict[int, torch.Tensor]) -> Any:
-        fresh = {k: v.clone() for k, v in inputs.items()}  # an in-place op must not change our codes
-        out = c.call_with(fresh)
-        return fresh[id(written)] if written is not None else out
+        # an in-place op (x[i] = v, masked_fill_) must not change our codes; call_with returns what it wrote
+        return c.call_with({k: v.clone() for k, v in inputs.items()})
 
     coded, filled, checked = run(codes), run(zeros), run(rand)
     outs = coded if isinstance(coded, (tuple, list)) else (coded,)
@@ -214,8 +213,17 @@ def probe(c: Ctx, written: torch.Tensor | None = None) -> Any:
             result = fill
         elif bool((fill != 0).any()):
             result = P.ew(ADD, result, fill)
+        user = c.out if isinstance(c.out, torch.Tensor) else c.args[0] if c.args and isinstance(
+            c.args[0], torch.Tensor) else None  # x[i] = v returns nothing: the result is x
+        if user is not None and any(_finer(t.dtype, user.dtype) for t in data):
+            result = P.cast(result, str(user.dtype).replace("torch.", ""))  # x32[i] = v64 rounds v
         results.append(result)
     return tuple(results) if isinstance(coded, (tuple, list)) else results[0]
+
+
+def _finer(a: torch.dtype, b: torch.dtype) -> bool:
+    """Whether floating dtype `a` holds more precision than `b` (a copy from a into b rounds)."""
+    return a.is_floating_point and b.is_floating_point and torch.finfo(a).eps < torch.finfo(b).eps
 
 
 def _walk(x: Any) -> Any:
