@@ -364,15 +364,18 @@ def _dist(c: Ctx, a: Args) -> Any:
     shape = tuple(torch.broadcast_shapes(a.input.shape, a.other.shape))
     diff_t = (a.input.detach() - a.other.detach())
     h = P.broadcast_to(diff, shape)
-    return P.reshape(_norm_of(h, diff_t, a.p), ())
+    return P.reshape(norm_of(h, diff_t, a.p), ())
 
 
-def _norm_of(h: Any, t: torch.Tensor, p: Any) -> Any:
+def norm_of(h: Any, t: torch.Tensor, p: Any, dims: tuple[int, ...] | None = None, keepdim: bool = False) -> Any:
+    """The p-norm of the handle `h` over `dims` (all by default); `t` holds its values for decisions."""
+
     class _C:  # a handle-only context for vector_norm
         def v(self, _t: Any) -> Any:
             return h
 
-    return vector_norm(_C(), t, p, tuple(range(t.dim())), False)  # type: ignore[arg-type]
+    dims = tuple(range(t.dim())) if dims is None else dims
+    return vector_norm(_C(), t, p, dims, keepdim)  # type: ignore[arg-type]
 
 
 @functools.lru_cache(maxsize=64)

@@ -25,11 +25,20 @@ from .registry import Args, Ctx, Refused, rule
 
 F64 = torch.float64
 _MEAN2 = ew_fn("mean2", (X[0] + X[1]) / 2, 2)
-_a, _b = X[0], X[1]
-# log(exp(a) + exp(b)) with torch's overflow-safe kernel, partials and rounding form
-_LOGADDEXP = EwFn("logaddexp", sympy.log(sympy.exp(_a) + sympy.exp(_b)), 2, torch_impl=torch.logaddexp,
-                  partials=[1 / (1 + sympy.exp(_b - _a)), 1 / (1 + sympy.exp(_a - _b))],
-                  err_form=sympy.Max(_a, _b) + sympy.log(1 + sympy.exp(-sympy.Abs(_a - _b))))
+
+
+def logsumexp_fn(n: int) -> EwFn:
+    """log(exp(p0) + ... + exp(p{n-1})) with torch's overflow-safe kernel, and partials and a rounding form
+    shifted by the largest argument (exp(p_i - max) / sum_j exp(p_j - max): no overflow anywhere)."""
+    args = X[:n]
+    top = sympy.Max(*args)
+    total = sympy.Add(*[sympy.exp(a - top) for a in args])
+    return EwFn(f"logsumexp{n}", sympy.log(sympy.Add(*[sympy.exp(a) for a in args])), n,
+                torch_impl=lambda *t: torch.logsumexp(torch.stack(torch.broadcast_tensors(*t)), 0),
+                partials=[sympy.exp(a - top) / total for a in args], err_form=top + sympy.log(total))
+
+
+_LOGADDEXP = logsumexp_fn(2)
 
 
 def _dim(t: torch.Tensor, dim: Any) -> int:
