@@ -9,9 +9,10 @@ ending in state s at frame t is
 (the skip only onto a label differing from the one two states back): a row vector
 times a constant banded matrix, then an elementwise product.  The loss is
 ``-log(alpha[T-1, S-1] + alpha[T-1, S-2])``.  As in the scaled forward algorithm,
-each frame's alpha is divided by its sum c_t and the emissions by their largest
-value m_t (constants of the user's run), so nothing underflows; the loss adds back
-``sum_t log c_t + m_t``.  Unreachable states are exactly 0; an impossible alignment
+each frame's emissions are divided by a constant of the user's run (the largest
+emission times the sum of that frame's alphas in the user's run), so nothing
+underflows; the loss adds back the sum of their logs.  Constant scales, not the
+traced sums, keep the rounding bound of the recursion linear in the frames.  Unreachable states are exactly 0; an impossible alignment
 is torch's infinite loss.  The reverse sweep is the beta recursion, derived rather
 than written.
 
@@ -34,9 +35,8 @@ from .losses import reduce
 from .registry import Args, Ctx, Refused, rule
 
 F64 = torch.float64
-_x, _y, _z = X[0], X[1], X[2]
+_x, _y = X[0], X[1]
 _EMIT = ew_fn("exp(x-m)", sympy.exp(_x - _y), 2)
-_ACC = ew_fn("acc+on*log(c)", _x + _z * sympy.log(_y), 3)
 _LOG = ew_fn("log", sympy.log(_x), 1)
 
 
@@ -82,41 +82,34 @@ def _ctc_loss(c: Ctx, a: Args) -> Any:
         raise Refused("ctc_loss this large is not modelled (its lattice is unrolled frame by frame)")
     lab, skip = _lattice(labels, int(a.blank), states)
     user = c.user_value(lp).reshape(T, n, C)
-    top = user.max(-1).values  # (T, n): each frame's largest log-probability, a constant shift
     h = P.reshape(c.v(lp), (T * n * C,))
     frame = torch.arange(n).unsqueeze(1) * C + lab  # (n, states): position within one frame
     s = torch.arange(states)
     step = ((s.unsqueeze(1) == s) | (s.unsqueeze(1) == s - 1)).to(F64).expand(n, states, states).clone()
     step[:, torch.arange(states - 2), torch.arange(2, states)] = skip[:, 2:].to(F64)  # the skips
+    shifts = _scales(user, frame, step)
     flat = torch.arange(n * states).reshape(n, states)
     last = (2 * tg_len).unsqueeze(1)  # S - 1 per element
     ends = torch.cat([flat.gather(1, last), flat.gather(1, (last - 1).clamp(min=0))], 1)
     ends = torch.where((tg_len == 0).unsqueeze(1) & (torch.arange(2) == 1), -1, ends)  # one end state if L = 0
-    start = (s <= 1).to(F64).expand(n, states)
-    acc: Any = torch.zeros(n, dtype=F64)
     finals: Any = None
-    alpha: Any = start
+    alpha: Any = (s <= 1).to(F64).expand(n, states)
     for t in range(T):
-        emit = P.ew(_EMIT, P.take(h, t * n * C + frame), top[t].unsqueeze(1))
         if t:
             alpha = P.reshape(P.matmul(P.reshape(alpha, (n, 1, states)), step), (n, states))
-        alpha = P.mul(alpha, emit)
-        total = P.sum_(alpha, (1,))
-        alpha = P.ew(DIV, alpha, P.reshape(total, (n, 1)))
-        active = (in_len > t).to(F64)
-        acc = P.ew(_ACC, acc, total, active)
+        alpha = P.mul(alpha, P.ew(_EMIT, P.take(h, t * n * C + frame), shifts[t].unsqueeze(1)))
         here = in_len - 1 == t
         if bool(here.any()):
             got = P.take(alpha, torch.where(here.unsqueeze(1), ends, torch.full((), -1, dtype=torch.long)))
             finals = got if finals is None else P.add(finals, got)
     if finals is None:
         raise Refused("ctc_loss with no frames is not modelled")
-    shift = (top * (torch.arange(T).unsqueeze(1) < in_len)).sum(0)  # the m_t taken out, per element
+    shift = (shifts * (torch.arange(T).unsqueeze(1) < in_len)).sum(0)  # what was taken out, per element
     # impossible alignments: torch's loss is inf (0 with zero_infinity, its gradient 0 too)
     per = _per_element(c, a, n)
     bad = torch.isinf(per)
     final = P.add(P.sum_(finals, (1,)), bad.to(F64))  # log(1) = 0 where the probability is 0
-    loss = P.mul(P.add(P.add(acc, P.ew(_LOG, final)), shift), -1.0)
+    loss = P.mul(P.add(P.ew(_LOG, final), shift), -1.0)
     if bool(bad.any()):
         loss = P.add(P.mul(loss, (~bad).to(F64)),
                      torch.where(bad, 0.0 if a.zero_infinity else float("inf"), 0.0).to(F64))
@@ -124,6 +117,24 @@ def _ctc_loss(c: Ctx, a: Args) -> Any:
         loss = P.ew(DIV, loss, tg_len.clamp(min=1).to(F64))
         return P.reshape(P.ew(DIV, P.sum_(loss, (0,)), float(n)), tuple(c.out.shape))
     return reduce(loss, a.reduction, tuple(c.out.shape))
+
+
+def _scales(user: torch.Tensor, frame: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """Each frame's log-scale (T, n): its largest log-probability plus the log of the sum of the scaled
+    alphas, from the user's values — constants that keep every alpha near 1 (the scaled forward algorithm
+    with fixed scales: they cancel exactly in the loss, and leave the gradient alone)."""
+    T, n = user.shape[:2]
+    alpha = (torch.arange(step.shape[-1]) <= 1).to(F64).expand(n, -1)
+    out = torch.zeros(T, n, dtype=F64)
+    for t in range(T):
+        top = user[t].max(-1).values
+        if t:
+            alpha = (alpha.unsqueeze(1) @ step).squeeze(1)
+        alpha = alpha * torch.exp(user[t].reshape(-1)[frame] - top.unsqueeze(1))
+        total = alpha.sum(1).clamp(min=torch.finfo(F64).tiny)
+        alpha = alpha / total.unsqueeze(1)
+        out[t] = top + total.log()
+    return out
 
 
 def _per_element(c: Ctx, a: Args, n: int) -> torch.Tensor:
