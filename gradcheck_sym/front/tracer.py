@@ -57,6 +57,7 @@ _PASS = {"size", "dim", "numel", "stride", "storage_offset", "is_contiguous", "i
          "requires_grad_", "__torch_function__", "equal", "allclose", "isclose", "_version", "is_nonzero",
          "is_same_size", "type", "__dlpack__", "__dlpack_device__", "__array_wrap__", "__array_priority__"}
 _PROPERTY_TENSORS = {"T", "mT", "H", "mH", "real", "data"}
+_CASTS = {"to", "float", "double", "half", "bfloat16", "type", "type_as", "copy"}
 # Ops that draw random numbers: the generator state before them is kept, so a rule can replay the draw.
 _RANDOM = {"dropout", "dropout1d", "dropout2d", "dropout3d", "feature_dropout", "alpha_dropout",
            "feature_alpha_dropout", "rrelu", "bernoulli", "normal", "native_dropout", "fractional_max_pool2d",
@@ -553,7 +554,7 @@ class Tracer(TorchFunctionMode):
         site = self._new_site(name)
         self._site = site
         self.rec.site = site
-        self.rec.dtype = _dtype_name(outs[0] if outs else target)
+        self.rec.dtype = self._working_dtype(base, outs[0] if outs else target, args, kwargs)
         self.out, self.name, self.func, self.args, self.kwargs = out, base, func, args, kwargs
         first_eqn = len(self.rec.eqns)
         handles = self._lower(base, swap, args, kwargs, site)
@@ -586,6 +587,17 @@ class Tracer(TorchFunctionMode):
 
     def _on_output(self, t: torch.Tensor, h: Any, site: int) -> None:
         """A hook for subclasses: tensor `t` was made at `site` (the script runner names it)."""
+
+    def _working_dtype(self, base: str, result: torch.Tensor, args: tuple, kwargs: dict) -> str:
+        """The dtype the op's rounding is charged in: its result's, or a coarser one a traced input has (torch
+        computes part of a mixed op, such as loss(x32, target64), in the input's precision); a cast's is its
+        result's."""
+        cast = base in _CASTS
+        dtypes = [result.dtype] + [x.dtype for x in _walk((args, kwargs)) if not cast and isinstance(x, torch.Tensor)
+                                   and x.is_floating_point() and self.is_traced(x)]
+        floating = [d for d in dtypes if d.is_floating_point]
+        coarsest = max(floating, key=lambda d: torch.finfo(d).eps) if floating else result.dtype
+        return _dtype_name(torch.empty(0, dtype=coarsest))
 
     def _lower(self, base: str, swap: bool, args: tuple, kwargs: dict, site: int) -> Any:
         rule = RULES.get(base)
