@@ -254,7 +254,7 @@ class FunctionJudge:
     def _compare(self, index: int, run: TracedRun, label: str, r: int, auto: list[torch.Tensor],
                  ref: dict[int, Any], cut: dict[int, Any] | None, tainted: set[int],
                  blocked: list[tuple[int, str]], seeds: dict[int, Any], hess: tuple[str, Any] | None,
-                 recorded: Any = None, intended: dict[int, Any] | None = None) -> None:
+                 recorded: Any = None, intended: dict[int, Any] | None = None, scale: float = 0.0) -> None:
         prog = run.program
         bounds: dict[int, Any] | None = None
         precise: dict[int, Any] | None = None
@@ -266,11 +266,12 @@ class FunctionJudge:
             self.normwise_used = True
         # A second derivative that is 0 by structure in the reference has no rounding bound, but torch's
         # backward may reach it through a formula that cancels (prod's and cumprod's grad / x): rounding
-        # at the cheap test's level, relative to the largest element of the product, is allowed there.
+        # at the cheap test's level, relative to the largest element of the product or of the gradient it
+        # differentiates (`scale`), is allowed there.
         structural = None
         if hess is not None:
-            top = max((float(g.abs().max()) for g in ref.values() if isinstance(g, torch.Tensor) and g.numel()
-                       and bool(torch.isfinite(g).all())), default=0.0)
+            top = max([scale] + [float(g.abs().max()) for g in ref.values() if isinstance(g, torch.Tensor)
+                                 and g.numel() and bool(torch.isfinite(g).all())])
             structural = torch.tensor(CHEAP_ULPS * self.u * top, dtype=F64)
         slack = normwise if structural is None else structural if normwise is None else normwise + structural
         for i, v in enumerate(prog.inputs):
@@ -500,6 +501,9 @@ class FunctionJudge:
         for r, row in enumerate(objectives):
             seeds = {v.id: s for v, s in zip(prog.outputs, row.seeds) if isinstance(v, Var)}
             first = record_sweep(prog, env, seeds)
+            grads = [(lambda c: c.value if isinstance(c, Traced) else c)(first[2].cts.get(v.id)) for v in prog.inputs]
+            grad_scale = max([float(g.abs().max()) for g in grads if isinstance(g, torch.Tensor) and g.numel()
+                              and bool(torch.isfinite(g).all())] + [0.0])
             # The second order of the alternatives too: the cuts as constants, the declared deviations.
             alts = {"cut": record_sweep(prog, env, seeds, cut=True) if run.tracer.cuts else None,
                     "intended": record_sweep(declared, env, seeds, cut=cut_pred) if declared is not None else None}
@@ -523,7 +527,7 @@ class FunctionJudge:
                     return
                 self._compare(index, run, row.label, r, auto, cts, alt_cts["cut"], rec2[2].tainted | first[2].tainted,
                               rec2[2].blocked + first[2].blocked, seeds, hess=(dlabel, None), recorded=rec2,
-                              intended=alt_cts["intended"])
+                              intended=alt_cts["intended"], scale=grad_scale)
 
     def _point(self, run: TracedRun, index: int) -> dict[str, float]:
         """The point's input values, when small enough to show."""

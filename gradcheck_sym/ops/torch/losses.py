@@ -97,12 +97,16 @@ _pointwise(("soft_margin_loss",), lambda: ew_fn("soft_margin", sympy.log(1 + sym
            lambda input, target, size_average=None, reduce=None, reduction="mean": 0)
 
 
-# binary cross entropy: torch clamps each log at -100
+# binary cross entropy: torch clamps each log at -100; its backward divides by max(x (1 - x), 1e-12) and its
+# double backward by (x + 1e-12)^2 (1 - x + 1e-12)^2 (measured in torch 2.13): the reference follows both.
+_EPS = sympy.Float(1e-12, 53)
+_BCE_DX = EwFn("d(bce)/dx", (x - y) / sympy.Max(x * (1 - x), _EPS), 2,
+               partials=[(x**2 - 2 * x * y + y) / ((x + _EPS) ** 2 * (1 - x + _EPS) ** 2),
+                         -1 / sympy.Max(x * (1 - x), _EPS)])
 _BCE = EwFn("bce", -(y * sympy.Max(sympy.log(x), -100) + (1 - y) * sympy.Max(sympy.log(1 - x), -100)), 2,
             torch_impl=lambda a, b: torch.nn.functional.binary_cross_entropy(a, b.expand_as(a) if b.dim() < a.dim()
                                                                                 else b, reduction="none"),
-            partials=[(x - y) / sympy.Max(x * (1 - x), sympy.Float(1e-12, 53)),
-                      sympy.Max(sympy.log(1 - x), -100) - sympy.Max(sympy.log(x), -100)],
+            partials=[_BCE_DX, sympy.Max(sympy.log(1 - x), -100) - sympy.Max(sympy.log(x), -100)],
             kink=lambda a, b: a * (1 - a) < 1e-12,
             convention="torch clamps the logs at -100 and its backward divides by max(x (1 - x), 1e-12)")
 

@@ -120,8 +120,10 @@ def _multilabel_margin(c: Ctx, a: Args) -> Any:
     return reduce(per_sample, legacy_reduction(a), tuple(c.out.shape))
 
 
+_SIG = 1 / (1 + sympy.exp(-x))
+# torch's double backward of logsigmoid evaluates -s (1 - s), which cancels for large x: for the allowance
 _LOGSIG = EwFn("logsigmoid", -sympy.log(1 + sympy.exp(-x)), 1, torch_impl=torch.nn.functional.logsigmoid,
-               partials=[1 / (1 + sympy.exp(x))])
+               partials=[EwFn("d(logsigmoid)", 1 / (1 + sympy.exp(x)), 1, grad_forms=[-_SIG * (1 - _SIG)])])
 _NEG = ew_fn("neg", -x, 1)
 
 

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -27,18 +28,24 @@ F64 = torch.float64
 _MEAN2 = ew_fn("mean2", (X[0] + X[1]) / 2, 2)
 
 
-def logsumexp_fn(n: int) -> EwFn:
+@functools.lru_cache(maxsize=64)
+def logsumexp_fn(n: int, rel: float = 0.0) -> EwFn:
     """log(exp(p0) + ... + exp(p{n-1})) with torch's overflow-safe kernel, and partials and a rounding form
-    shifted by the largest argument (exp(p_i - max) / sum_j exp(p_j - max): no overflow anywhere)."""
+    shifted by the largest argument (exp(p_i - max) / sum_j exp(p_j - max): no overflow anywhere).
+
+    `rel`: a relative error torch's backward is known to have on the partials and their derivatives.
+    """
     args = X[:n]
     top = sympy.Max(*args)
     total = sympy.Add(*[sympy.exp(a - top) for a in args])
+    partials: list[Any] = [sympy.exp(a - top) / total for a in args]
+    if rel:
+        partials = [EwFn(f"d(logsumexp{n})/dp{i}", e, n, rel_err=rel, grad_rel_err=rel) for i, e in enumerate(partials)]
     return EwFn(f"logsumexp{n}", sympy.log(sympy.Add(*[sympy.exp(a) for a in args])), n,
                 torch_impl=lambda *t: torch.logsumexp(torch.stack(torch.broadcast_tensors(*t)), 0),
-                partials=[sympy.exp(a - top) / total for a in args], err_form=top + sympy.log(total))
+                partials=partials, err_form=top + sympy.log(total))
 
 
-_LOGADDEXP = logsumexp_fn(2)
 
 
 def _dim(t: torch.Tensor, dim: Any) -> int:
@@ -89,21 +96,17 @@ def _logcumsumexp(c: Ctx, a: Args) -> Any:
     if t.dim() == 0 or t.numel() == 0:
         return c.v(t)
     shape = tuple(t.shape)
-
-    def combine(h: Any, earlier: torch.Tensor) -> Any:
-        return P.ew(WHERE, (earlier >= 0).to(F64), P.ew(_LOGADDEXP, h, P.take(h, earlier)), h)
-
-    out = _scan(c.v(t), shape, _dim(t, a.dim), combine)
     # torch's backward works in the log domain (exp(logcumsumexp(log|g| - out) + x), positive and negative
     # parts apart): its exponents carry an absolute rounding of u (|x| + |out|), a relative error of the
-    # gradient the exact derivative does not have.  Declared as the known error of an identity's backward.
-    user = c.user_value(t)
-    scale = float(user.abs().max()) + float(c.out.detach().abs().max())
-    if math.isfinite(scale) and scale > 1:
-        u = torch.finfo(c.out.dtype).eps / 2
-        known = EwFn("logcumsumexp backward", X[0] * X[1], 2, partials=[X[1], X[0]], grad_rel_err=4 * u * scale)
-        out = P.ew(known, out, 1.0)  # times 1, so that the backward evaluates (and bounds) the partial
-    return out
+    # gradient (and of its derivative) that the exact derivative does not have.  Declared on the scan's steps.
+    scale = float(c.user_value(t).abs().max()) + float(c.out.detach().abs().max())
+    rel = 4 * torch.finfo(c.out.dtype).eps / 2 * scale if math.isfinite(scale) and scale > 1 else 0.0
+    step = logsumexp_fn(2, rel)
+
+    def combine(h: Any, earlier: torch.Tensor) -> Any:
+        return P.ew(WHERE, (earlier >= 0).to(F64), P.ew(step, h, P.take(h, earlier)), h)
+
+    return _scan(c.v(t), shape, _dim(t, a.dim), combine)
 
 
 def differences(h: Any, dim: int) -> Any:
