@@ -118,3 +118,9 @@ def test_an_unmodelled_distance_function_is_refused_by_name():
         rand(4, 3, seed=2))
     assert not report.ok
     assert "distance_function" in str(report)
+
+
+def test_ctc_second_order_is_torchs_limit_said_as_such():
+    report = gs.check_function(_ctc, rand(6, 2, 4), order=2)
+    assert [f.kind for f in report.findings] == ["not-verified"]
+    assert "_ctc_loss_backward is not implemented" in report.findings[0].message
