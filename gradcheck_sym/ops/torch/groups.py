@@ -66,10 +66,11 @@ def group_reduce(kind: str, base: Any, base_user: torch.Tensor | None, self_in: 
         out = _extreme(kind, base, base_user, self_flat, vals, vals_user, tgt, shape)
     else:
         raise Refused(f"reduce={kind!r} is not modelled")
-    lonely = size == 0
-    if bool(lonely.any()) and (empty != 0 or kind == "prod"):
-        fill = torch.where(lonely, torch.full((), empty, dtype=F64), torch.zeros((), dtype=F64))
-        out = P.add(out, fill.reshape(shape)) if kind != "prod" else P.add(out, (fill - lonely.to(F64)).reshape(shape))
+    lonely = (size == 0).reshape(shape)
+    # a group without members is `empty` (the product's padding has made it 1, the others 0)
+    shift = empty - (1.0 if kind == "prod" else 0.0)
+    if bool(lonely.any()) and shift != 0:
+        out = P.add(out, torch.where(lonely, shift, 0.0).to(F64))
     return out
 
 
