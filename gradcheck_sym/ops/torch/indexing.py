@@ -1,6 +1,6 @@
-"""Indexed writes that add: scatter_add, index_add, index_put/put with ``accumulate=True``, and ``x[i] = v``.
+"""Indexed writes that add: scatter_add, index_add, index_put/put with ``accumulate=True``.
 
-A write that only copies is data movement (`movement.probe` finds its index map);
+A write that only copies (``x[i] = v``, index_put, put) is data movement (`movement.probe` finds its index map);
 one that *adds* duplicates together is ``input + segsum(values, positions)``: the
 flat output position each value goes to is computed once from the user's index
 tensors (a gather, an index_select or advanced indexing of the output's element
