@@ -12,9 +12,9 @@ times a constant banded matrix, then an elementwise product.  The loss is
 each frame's emissions are divided by a constant of the user's run (the largest
 emission times the sum of that frame's alphas in the user's run), so nothing
 underflows; the loss adds back the sum of their logs.  Constant scales, not the
-traced sums, keep the rounding bound of the recursion linear in the frames.  Unreachable states are exactly 0; an impossible alignment
-is torch's infinite loss.  The reverse sweep is the beta recursion, derived rather
-than written.
+traced sums, keep the rounding bound of the recursion linear in the frames.
+Unreachable states are exactly 0; an impossible alignment is torch's infinite
+loss.  The reverse sweep is the beta recursion, derived rather than written.
 
 Torch's own backward returns ``exp(log_probs) - posterior``: the gradient through a
 log_softmax, right only when `log_probs` are normalised (torch documents that they

@@ -155,5 +155,5 @@ def _quantile(c: Ctx, a: Args) -> Any:
         value = P.permute(value, (len(P.shape_of(value)) - 1,) + tuple(range(len(P.shape_of(value)) - 1)))
     value = P.reshape(value, tuple(c.out.shape))
     if bool(undefined.any()):
-        value = P.add(value, torch.where(undefined, torch.full((), float("nan"), dtype=F64), torch.zeros((), dtype=F64)))
+        value = P.add(value, torch.where(undefined, float("nan"), 0.0).to(F64))
     return value
