@@ -165,7 +165,12 @@ def vjp(run: TracedRun, seeds: Sequence[torch.Tensor], *, create_graph: bool = F
                                       allow_unused=True, materialize_grads=True)
     except Exception as exc:  # noqa: BLE001 - the user's backward (or torch's, on the user's graph) raised
         raise FunctionError(exc, "the function's backward") from None
-    return list(res)
+    return [_dense(g) for g in res]
+
+
+def _dense(g: torch.Tensor) -> torch.Tensor:
+    """A gradient as a strided tensor (gather(..., sparse_grad=True) and embedding(sparse=True) give sparse ones)."""
+    return g.to_dense() if g.layout != torch.strided else g
 
 
 def hvp(run: TracedRun, grads: Sequence[torch.Tensor], direction: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -182,5 +187,5 @@ def hvp(run: TracedRun, grads: Sequence[torch.Tensor], direction: Sequence[torch
                                       materialize_grads=True)
     except Exception as exc:  # noqa: BLE001 - the user's double backward raised
         raise FunctionError(exc, "the function's double backward") from None
-    return list(res)
+    return [_dense(g) for g in res]
 

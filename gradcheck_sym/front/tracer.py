@@ -57,6 +57,7 @@ _PASS = {"size", "dim", "numel", "stride", "storage_offset", "is_contiguous", "i
          "requires_grad_", "__torch_function__", "equal", "allclose", "isclose", "_version", "is_nonzero",
          "is_same_size", "type", "__dlpack__", "__dlpack_device__", "__array_wrap__", "__array_priority__"}
 _PROPERTY_TENSORS = {"T", "mT", "H", "mH", "real", "data"}
+_CASTS = {"to", "float", "double", "half", "bfloat16", "type", "type_as", "copy"}
 # Ops that draw random numbers: the generator state before them is kept, so a rule can replay the draw.
 _RANDOM = {"dropout", "dropout1d", "dropout2d", "dropout3d", "feature_dropout", "alpha_dropout",
            "feature_alpha_dropout", "rrelu", "bernoulli", "normal", "native_dropout", "fractional_max_pool2d",
@@ -287,6 +288,8 @@ class Tracer(TorchFunctionMode):
     def _unknown(self, t: torch.Tensor) -> Any:
         """A tensor no recorded op made and no known storage holds: a constant, or opaque if it has a graph
         or came back from numpy after a traced value left for it."""
+        if self.before is not None and self.args and t is self.args[0]:
+            return self.const(self.before)  # an untracked tensor written in place: its value before the op
         if self.leaks and t.is_floating_point() and _external(t):
             return self.returned_from_numpy(t, "torch.from_numpy")
         if t.requires_grad and t.grad_fn is not None:
@@ -480,11 +483,14 @@ class Tracer(TorchFunctionMode):
         state = torch.random.get_rng_state() if name.rstrip("_") in _RANDOM else None
         before = None
         in_place = name.endswith("_") or kwargs.get("inplace") is True  # F.elu(x, inplace=True) too
-        if in_place and args and isinstance(args[0], torch.Tensor) and id(args[0]) in self.recs:
-            before = args[0].detach().clone()
+        if in_place and args and isinstance(args[0], torch.Tensor):
+            with self.lock:
+                if id(args[0]) in self.recs or self._root_of(args[0]) is not None or _any_traced(self, args[1:],
+                                                                                                  kwargs):
+                    before = args[0].detach().clone()  # an in-place op's target as the op found it, tracked or not
         out = self.call_as(caller, func, args, kwargs)  # the user's computation, exactly as without us
         with self.lock:  # a script's threads share one recording
-            self.rng_state, self.before = state, before
+            self.rng_state, self.before, self.args = state, before, args
             try:
                 self._record(func, name, args, kwargs, out)
             except Exception as exc:  # noqa: BLE001 - our failure: a note and opaque values, never the user's error
@@ -506,11 +512,14 @@ class Tracer(TorchFunctionMode):
             deps = [h for h in _flat_handles(self, self.args, self.kwargs) if isinstance(h, Traced)]
         except Exception:  # noqa: BLE001 - no inputs known: the value is opaque on its own
             deps = []
-        for t in _tensors(out):
+        args = self.args
+        inplace = _normalise(name)[1] and args and isinstance(args[0], torch.Tensor)
+        for t in [args[0]] if inplace else _tensors(out):  # x[i] = v: the written tensor
             if t.is_floating_point():
                 with interpreting(self.rec):
                     self.rec.site = site
-                    self._bind(t, P.opaque(*deps, value=t.detach(), reason=text))
+                    h = P.opaque(*deps, value=t.detach(), reason=text)
+                    self._write(t, h) if inplace else self._bind(t, h)
 
     def _record(self, func: Any, name: str, args: tuple, kwargs: dict, out: Any) -> None:
         self.args, self.kwargs = args, kwargs
@@ -545,7 +554,7 @@ class Tracer(TorchFunctionMode):
         site = self._new_site(name)
         self._site = site
         self.rec.site = site
-        self.rec.dtype = _dtype_name(outs[0] if outs else target)
+        self.rec.dtype = self._working_dtype(base, outs[0] if outs else target, args, kwargs)
         self.out, self.name, self.func, self.args, self.kwargs = out, base, func, args, kwargs
         first_eqn = len(self.rec.eqns)
         handles = self._lower(base, swap, args, kwargs, site)
@@ -578,6 +587,17 @@ class Tracer(TorchFunctionMode):
 
     def _on_output(self, t: torch.Tensor, h: Any, site: int) -> None:
         """A hook for subclasses: tensor `t` was made at `site` (the script runner names it)."""
+
+    def _working_dtype(self, base: str, result: torch.Tensor, args: tuple, kwargs: dict) -> str:
+        """The dtype the op's rounding is charged in: its result's, or a coarser one a traced input has (torch
+        computes part of a mixed op, such as loss(x32, target64), in the input's precision); a cast's is its
+        result's."""
+        cast = base in _CASTS
+        dtypes = [result.dtype] + [x.dtype for x in _walk((args, kwargs)) if not cast and isinstance(x, torch.Tensor)
+                                   and x.is_floating_point() and self.is_traced(x)]
+        floating = [d for d in dtypes if d.is_floating_point]
+        coarsest = max(floating, key=lambda d: torch.finfo(d).eps) if floating else result.dtype
+        return _dtype_name(torch.empty(0, dtype=coarsest))
 
     def _lower(self, base: str, swap: bool, args: tuple, kwargs: dict, site: int) -> Any:
         rule = RULES.get(base)

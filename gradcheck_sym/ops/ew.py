@@ -56,7 +56,7 @@ class EwFn:
         nargs: int,
         *,
         torch_impl: Callable[..., Any] | None = None,
-        partials: Sequence[sympy.Expr] | None = None,
+        partials: Sequence[sympy.Expr | EwFn] | None = None,
         kink: Callable[..., Any] | None = None,
         convention: str = "",
         err_form: sympy.Expr | None = None,
@@ -84,6 +84,9 @@ class EwFn:
     def partial(self, i: int) -> EwFn:
         """d self / d p_i, as an `EwFn` (cached)."""
         if i not in self._derivs:
+            if self._partials is not None and isinstance(self._partials[i], EwFn):  # with its own derivatives
+                self._derivs[i] = self._partials[i]
+                return self._derivs[i]
             if self._partials is not None:
                 expr = self._partials[i]
             else:

@@ -28,7 +28,7 @@ import sympy
 import torch
 
 from .core import Prim, bind, is_tensor, register
-from .ew import ABS, ADD, MUL, NEG, EwFn, ew_fn
+from .ew import ABS, ADD, MUL, NEG, EwFn
 
 __all__ = [
     "ew", "reshape", "permute", "expand", "sum_", "take", "segsum", "cumsum", "matmul", "stop", "cast", "opaque",
@@ -37,9 +37,25 @@ __all__ = [
 
 F64 = torch.float64
 _P0, _P1 = sympy.Symbol("p0", real=True), sympy.Symbol("p1", real=True)
+
+
+class finite_part(sympy.Function):  # noqa: N801 - a sympy function, named like sympy's
+    """x where x is finite, else 0 (for ZMUL's derivative)."""
+
+    nargs = 1
+
+    def fdiff(self, argindex: int = 1) -> sympy.Expr:
+        return sympy.S.One
+
+
 # adjoint * partial, exactly 0 where the adjoint is 0: a branch that where() did not select
 # contributes 0 even where its own derivative is infinite (the math; torch computes NaN).
-ZMUL = ew_fn("zmul", sympy.Piecewise((0, sympy.Eq(_P0, 0)), (_P0 * _P1, True)), 2)
+# Its derivative in the adjoint is the partial — also where the adjoint is 0 (a product of
+# zeros: sympy's derivative of the Piecewise would say 0 there and lose second derivatives),
+# except where the partial is infinite: that stays the strong zero.
+ZMUL = EwFn("zmul", sympy.Piecewise((0, sympy.Eq(_P0, 0)), (_P0 * _P1, True)), 2,
+            partials=[sympy.Piecewise((finite_part(_P1), sympy.Eq(_P0, 0)), (_P1, True)),
+                      sympy.Piecewise((0, sympy.Eq(_P0, 0)), (_P0, True))])
 
 
 # ---------------------------------------------------------------- helpers
@@ -478,3 +494,16 @@ register(Prim("opaque", _opaque_impl, _opaque_obj, None,
 def opaque(*args: Any, value: torch.Tensor, reason: str) -> Any:
     """A value the tracer saw but cannot model (an op outside the table): no derivative rule."""
     return bind("opaque", *args, value=value, reason=reason)
+
+
+def _register_numerics() -> None:
+    # NB: the sympy -> numbers compiler lives with the reference (see `ew._compiled`).
+    import mpmath
+
+    from ..reference.evaluate import register_function
+
+    register_function(finite_part, lambda t: torch.where(torch.isfinite(t), t, torch.zeros((), dtype=t.dtype)),
+                      lambda v: v if mpmath.isfinite(v) else mpmath.mpf(0))
+
+
+_register_numerics()

@@ -42,8 +42,11 @@ def _same_dtype(c: Ctx, t: torch.Tensor) -> None:
 def _reshape(c: Ctx, a: Args) -> Any:
     # Every argument only says what the output's shape is, and torch's result has it:
     # the elements keep their row-major order.
-    if isinstance(c.out, (tuple, list)):
-        raise Refused("atleast_nd of several tensors is not modelled")
+    if isinstance(c.out, (tuple, list)):  # atleast_nd(x, y, ...): one reshape each
+        ins = [t for t in _walk((a.input, a.args)) if isinstance(t, torch.Tensor)]
+        if len(ins) != len(c.out):
+            raise Refused(f"{c.name} of these arguments is not modelled")
+        return tuple(P.reshape(c.v(t), tuple(o.shape)) if t.is_floating_point() else None for t, o in zip(ins, c.out))
     _same_dtype(c, a.input)
     if c.out.dtype != a.input.dtype:
         raise Refused("view(dtype) reinterprets bits: not differentiable")
@@ -106,7 +109,7 @@ def _broadcast_tensors(c: Ctx, a: Args) -> Any:
 
 
 @rule("zeros_like", "ones_like", "full_like", "empty_like", "rand_like", "randn_like", "randint_like",
-      "new_zeros", "new_ones", "new_full", "new_empty", "new_tensor", "empty_strided", "new_empty_strided",
+      "new", "new_zeros", "new_ones", "new_full", "new_empty", "new_tensor", "empty_strided", "new_empty_strided",
       sig=lambda *args, **kwargs: 0)
 def _constant_like(c: Ctx, a: Args) -> Any:
     """Shaped like a traced tensor, but not computed from its values: a constant."""
@@ -173,7 +176,12 @@ def probe(c: Ctx) -> Any:
     zeros = {id(t): torch.zeros(t.shape, dtype=F64) for t in data}
     gen = torch.Generator().manual_seed(1234)
     rand = {id(t): torch.rand(t.shape, dtype=F64, generator=gen) + 0.5 for t in data}
-    coded, filled, checked = c.call_with(codes), c.call_with(zeros), c.call_with(rand)
+
+    def run(inputs: dict[int, torch.Tensor]) -> Any:
+        # an in-place op (x[i] = v, masked_fill_) must not change our codes; call_with returns what it wrote
+        return c.call_with({k: v.clone() for k, v in inputs.items()})
+
+    coded, filled, checked = run(codes), run(zeros), run(rand)
     outs = coded if isinstance(coded, (tuple, list)) else (coded,)
     fills = filled if isinstance(filled, (tuple, list)) else (filled,)
     checks = checked if isinstance(checked, (tuple, list)) else (checked,)
@@ -205,8 +213,17 @@ def probe(c: Ctx) -> Any:
             result = fill
         elif bool((fill != 0).any()):
             result = P.ew(ADD, result, fill)
+        user = c.out if isinstance(c.out, torch.Tensor) else c.args[0] if c.args and isinstance(
+            c.args[0], torch.Tensor) else None  # x[i] = v returns nothing: the result is x
+        if user is not None and any(_finer(t.dtype, user.dtype) for t in data):
+            result = P.cast(result, str(user.dtype).replace("torch.", ""))  # x32[i] = v64 rounds v
         results.append(result)
     return tuple(results) if isinstance(coded, (tuple, list)) else results[0]
+
+
+def _finer(a: torch.dtype, b: torch.dtype) -> bool:
+    """Whether floating dtype `a` holds more precision than `b` (a copy from a into b rounds)."""
+    return a.is_floating_point and b.is_floating_point and torch.finfo(a).eps < torch.finfo(b).eps
 
 
 def _walk(x: Any) -> Any:
@@ -227,10 +244,10 @@ rule(
     "diagonal_copy", "diag_embed", "diagflat", "repeat", "tile", "repeat_interleave", "unfold", "unfold_copy",
     "pad", "constant_pad_nd", "reflection_pad1d", "split", "split_with_sizes", "split_with_sizes_copy", "chunk",
     "unsafe_chunk", "unsafe_split", "tensor_split", "hsplit", "vsplit", "dsplit", "unbind", "unbind_copy",
-    "masked_select", "masked_fill", "index_fill", "index_copy", "index_put", "put", "masked_scatter", "scatter",
+    "masked_select", "masked_fill", "index_fill", "index_copy", "masked_scatter",
     "select_scatter", "slice_scatter", "diagonal_scatter", "as_strided", "as_strided_copy", "as_strided_scatter",
     "block_diag", "combinations", "cartesian_prod", "meshgrid", "pixel_shuffle", "pixel_unshuffle",
-    "channel_shuffle", "native_channel_shuffle", "slice", "slice_copy", "_unsafe_view", "fill", "zero",
-    "_unsafe_masked_index", "copy", "__setitem__",
+    "channel_shuffle", "native_channel_shuffle", "slice", "slice.Tensor", "slice_copy", "_unsafe_view", "fill",
+    "zero", "_unsafe_masked_index", "copy", "__setitem__",
     sig=lambda *args, **kwargs: 0,
 )(lambda c, a: probe(c))
