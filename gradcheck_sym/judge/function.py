@@ -196,8 +196,8 @@ def _report(fn: Any, arg_names: list[str], names: list[str], first: TracedRun, j
     tol = (f"{str(dtype).replace('torch.', '')}: cheap test |a - r| <= 128 ulp, then the rounding bound of the "
            "whole computation (forward and backward, in the dtype) x 8, plus the float64 reference's own"
            + (", plus 32 ulp of the largest element compared with it (linear algebra)" if judge.normwise_used else "")
-           + ("; where smaller, torch's own rounding measured against the same call in float64 (x 8) replaces "
-              "the bound" if judge.measured_used else "")
+           + ("; torch's own rounding, measured against the same call in float64, in place of the bound"
+              if judge.measured_used else "")
            + (f"; user tolerance rtol={judge.rtol}, atol={judge.atol}" if judge.rtol or judge.atol else ""))
     return Report(
         expression=describe_call(fn, arg_names), variables=tuple(names), dtype=str(dtype).replace("torch.", ""),

@@ -304,21 +304,19 @@ class FunctionJudge:
 
             def bound(vid: int = v.id, i: int = i) -> Any:
                 nonlocal bounds
+                if measured is not None:
+                    # Torch's own rounding, measured against the same call in float64, is the allowance:
+                    # |a - exact| <= |a - a64| + |a64 - exact|, the first measured, the second the float64
+                    # run's own error, which scales like the measured one (the same conditioning, 2**-53
+                    # instead of u; a generous factor, over the whole vector so that an exact 0 is not asked
+                    # for).  The worst-case bound compounds through every layer (astronomically in a deep
+                    # float32 net) and is not needed then.
+                    m = measured[i]
+                    self.measured_used = True
+                    return m + 64.0 * (2.0**-53 / self.u) * (float(m.max()) if m.numel() else 0.0)
                 if bounds is None:
                     bounds = self._bounds(run, seeds, hess, recorded)
-                e = bounds.get(vid)
-                if e is None or measured is None:
-                    return e
-                # Where torch's own rounding, measured against the same call in float64, is smaller than
-                # the worst-case bound (which compounds through every layer: astronomically, in a deep
-                # float32 net), it is the allowance: |a - exact| <= |a - a64| + |a64 - exact|.  The float64
-                # run's own error scales like the measured one (the same conditioning, 2**-53 instead of u),
-                # with a generous factor, taken over the whole vector so that an exact 0 is not asked for.
-                m = measured[i]
-                e64 = 64.0 * (2.0**-53 / self.u) * (float(m.max()) if m.numel() else 0.0)
-                tighter = torch.minimum(e.expand_as(m), m + e64)
-                self.measured_used = self.measured_used or bool((tighter < e).any())
-                return tighter
+                return bounds.get(vid)
 
             reach = lambda i=i: self._kink_reach(run, seeds, i)  # noqa: E731 - at order 2 too: a kink of the run
             verdicts = classify(a, rv, u=self.u, tiny=self.tiny, bound=bound, cut=cv, intended=iv, rtol=self.rtol,
