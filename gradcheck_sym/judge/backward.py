@@ -164,6 +164,18 @@ class BackwardVerifier:
             return None if b is None else b * (1.0 + 2.0**-53 / u)
 
         verdicts = classify(a, r, u=u, tiny=tiny, bound=bound, cut=cut, slack=slack)
+        if verdicts.loose and verdicts.ok:
+            # compared, but under a tolerance that says little: this gradient is not vouched for
+            ev.verified = False
+            ev.checked -= 1
+            why = (f"the rounding bound in {str(t.dtype).replace('torch.', '')} exceeds 10% of the largest entry at "
+                   f"{verdicts.loose} entries of {info_name(tr, t)} (a long chain of ill-conditioned operations): the "
+                   "comparison says little there")
+            if why not in ev.reasons:
+                ev.reasons.append(why)
+            info.exact_total = None
+            self._status(info, ev, got, None, "not verified", t)
+            return
         total_before = _total_before(info, before, u)
         status = "ok"
         if not verdicts.ok:
@@ -223,6 +235,12 @@ class BackwardVerifier:
             with interpreting(tr.rec):
                 handle = P.add(prev.handle, ct)
         tr._bind(g, handle)
+
+
+def info_name(tr: Any, t: torch.Tensor) -> str:
+    """A name for `t` in a reason (its row's name when the report has made one)."""
+    info = tr.infos.get(id(t))
+    return getattr(info, "name", "") or f"the tensor of line {getattr(info, 'line', '?')}"
 
 
 def _unseen(out: torch.Tensor) -> str:

@@ -1,0 +1,43 @@
+"""The per-element verdicts (judge/elements.py): the loose-allowance rule in particular."""
+import torch
+
+from gradcheck_sym.judge.elements import LOOSE, classify
+
+U32 = 2.0**-24
+TINY32 = torch.finfo(torch.float32).tiny
+
+
+def _f64(*v: float) -> torch.Tensor:
+    return torch.tensor(v, dtype=torch.float64)
+
+
+def test_an_allowance_above_a_tenth_of_the_largest_entry_is_loose() -> None:
+    r = _f64(1.0, 2.0, 3.0)
+    a = r * (1 + 1e-3)  # fails the cheap test, passes under the bound
+    v = classify(a, r, u=U32, tiny=TINY32, bound=lambda: _f64(0.5, 0.5, 0.5))
+    assert v.ok and v.loose == 3
+
+
+def test_a_cancelled_entry_with_a_large_allowance_of_its_own_is_not_loose() -> None:
+    # the second entry is small by cancellation: its allowance is large relative to itself, but
+    # small relative to the gradient's scale (ordinary floating point, not a bound that says nothing)
+    r = _f64(1.0, 1e-6)
+    a = _f64(1.0, 1.2e-6)
+    v = classify(a, r, u=U32, tiny=TINY32, bound=lambda: _f64(0.0, 1e-6))
+    assert v.ok and v.loose == 0
+
+
+def test_a_tight_allowance_is_not_loose_and_a_mismatch_is_still_one() -> None:
+    r = _f64(1.0, 2.0)
+    a = _f64(1.0 + 1e-4, 2.5)
+    v = classify(a, r, u=U32, tiny=TINY32, bound=lambda: _f64(1e-4 / 8, 1e-4 / 8))
+    assert v.loose == 0
+    assert v.masks["mismatch"].tolist() == [False, True]
+
+
+def test_the_users_rtol_is_a_choice_not_a_looseness() -> None:
+    r = _f64(1.0, 2.0)
+    a = r * 1.2
+    v = classify(a, r, u=U32, tiny=TINY32, bound=lambda: None, rtol=0.5)
+    assert v.ok and v.loose == 0
+    assert LOOSE == 0.1
