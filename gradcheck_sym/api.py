@@ -9,7 +9,9 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping, Sequence
 
 from .autograd.expression import DTYPES
-from .judge.engine import Checker, ExpressionSubject
+from .budget import Deadline
+from .judge.engine import Checker
+from .judge.expression import ExpressionSubject
 from .errors import GradcheckSymError, InputError
 from .ir.graph import Graph
 from .front.parse import Limits, parse
@@ -33,6 +35,7 @@ def check(
     limits: Limits | None = None,
     chunk_size: int | None = None,
     progress: bool | None = None,
+    timeout: float | None = None,
 ) -> Report:
     """Check torch autograd against exact symbolic derivatives for an expression.
 
@@ -48,23 +51,23 @@ def check(
         limits: size limits for parsing and points.
         chunk_size: points per vectorised chunk (default: by memory).
         progress: show a progress bar (default: on a terminal, for long runs).
+        timeout: seconds the whole check may take (default: no limit); beyond it, `TimeLimitError`.
 
     Returns:
         A `Report`; ``report.ok`` is False when an error finding exists.
 
     Raises:
-        GradcheckSymError: bad expression or input (a `ParseError`, `LimitError`, `InputError`, ...).
+        GradcheckSymError: bad expression or input (a `ParseError`, `LimitError`, `InputError`, ...),
+            or `TimeLimitError` when `timeout` passed.
 
     Example:
         >>> check("sin(x)*exp(y)", at={"x": 0.7, "y": 1.3}).ok
         True
     """
+    deadline = Deadline(timeout)
     names = set(at or {}) | set(domain or {})
-    graph = parse(expression, variables=variables, as_variables=names, limits=limits)
-    return check_graph(
-        graph, at=at, domain=domain, samples=samples, seed=seed, dtype=dtype, order=order,
-        limits=limits, chunk_size=chunk_size, progress=progress,
-    )
+    graph = parse(expression, variables=variables, as_variables=names, limits=limits, deadline=deadline)
+    return _check_graph(graph, at, domain, samples, seed, dtype, order, limits, chunk_size, progress, deadline)
 
 
 def check_graph(
@@ -79,15 +82,23 @@ def check_graph(
     limits: Limits | None = None,
     chunk_size: int | None = None,
     progress: bool | None = None,
+    timeout: float | None = None,
 ) -> Report:
     """`check` for a `Graph` built by `parse` or by code. Same arguments and result."""
+    return _check_graph(graph, at, domain, samples, seed, dtype, order, limits, chunk_size, progress,
+                        Deadline(timeout))
+
+
+def _check_graph(graph: Graph, at: Mapping[str, Any] | None, domain: Mapping[str, Any] | None,
+                 samples: int | None, seed: int | None, dtype: str, order: int, limits: Limits | None,
+                 chunk_size: int | None, progress: bool | None, deadline: Deadline) -> Report:
     torch_dtype = torch_dtype_of(dtype, order)
     limits = limits or Limits()
     if not graph.variables and (at or domain):
         raise InputError("the expression has no variables: give no at/domain values")
     points = make_points(graph.variables, at=at, domain=domain, samples=samples, seed=seed, max_points=limits.max_points)
-    subject = ExpressionSubject(graph, derive(graph, order=order))
-    return Checker(subject, points, torch_dtype, order).run(chunk_size, progress)
+    subject = ExpressionSubject(graph, derive(graph, order=order, deadline=deadline), deadline=deadline)
+    return Checker(subject, points, torch_dtype, order, deadline=deadline).run(chunk_size, progress)
 
 
 def torch_dtype_of(dtype: str, order: int) -> Any:

@@ -19,6 +19,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Collection, Sequence
 
+from ..budget import NO_DEADLINE, Deadline
 from ..errors import InputError, LimitError, ParseError, UnknownFunctionError
 from ..ir.graph import Graph, Node
 from ..ops import BINOPS, COMPARISONS, CONSTANTS, FUNCTIONS, suggest
@@ -198,6 +199,7 @@ def parse(
     variables: Sequence[str] | None = None,
     as_variables: Collection[str] = (),
     limits: Limits | None = None,
+    deadline: Deadline | None = None,
 ) -> Graph:
     """Parse expression text into a `Graph`.
 
@@ -208,6 +210,7 @@ def parse(
         as_variables: names to read as variables even where they name a constant
             (``e``, ``pi``) — the names the caller gives values for.
         limits: size limits (`Limits()` by default).
+        deadline: a time budget (`budget.Deadline`), looked at while building the graph.
 
     Returns:
         The graph, one node per operator and call, identical subexpressions shared.
@@ -237,15 +240,17 @@ def parse(
     # Leading spaces would be an IndentationError for Python; they mean nothing here.
     stripped = source.strip()
     tree = _syntax_tree(stripped, limits)
-    return _Builder(_Text(stripped), variables, set(as_variables), limits).build(tree)
+    return _Builder(_Text(stripped), variables, set(as_variables), limits, deadline or NO_DEADLINE).build(tree)
 
 
 class _Builder:
     """Walks the syntax tree without recursion and emits shared graph nodes."""
 
-    def __init__(self, text: _Text, variables: Sequence[str] | None, as_variables: set[str], limits: Limits) -> None:
+    def __init__(self, text: _Text, variables: Sequence[str] | None, as_variables: set[str], limits: Limits,
+                 deadline: Deadline) -> None:
         self.text = text
         self.limits = limits
+        self.deadline = deadline
         self.declared = list(variables) if variables is not None else None
         if self.declared is not None:
             bad = [v for v in self.declared if not isinstance(v, str) or not v.isidentifier()]
@@ -290,6 +295,8 @@ class _Builder:
         stack: list[tuple[ast.AST, int | None, bool, int, bool]] = [(tree.body, None, False, 1, False)]
         pending_regions: dict[int, int] = {}
         while stack:
+            if len(stack) & 1023 == 0:
+                self.deadline.check("parsing")
             node, region, cond_ok, depth, done = stack.pop()
             if depth > self.limits.max_depth:
                 raise LimitError(

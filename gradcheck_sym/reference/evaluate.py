@@ -8,7 +8,12 @@ batch of points in torch float64, or on one point at a time in mpmath at high
 precision for the points whose verdict needs it.
 
 Real semantics throughout: where the real function is undefined the result is
-NaN, as in torch (mpmath would return a complex number).
+NaN, as in torch (mpmath would return a complex number); a constant sympy could
+only write as a non-real number (``sqrt(-2)``, ``AccumBounds(-1, 1)`` for
+``sin(oo)``) is NaN too.  Division by zero, poles and overflow give +-inf as in
+IEEE arithmetic; no evaluation raises.  The mpmath backend has its own
+`mpmath.MPContext` per check (`mpmath_backend`), so concurrent checks never
+share a working precision.
 """
 
 from __future__ import annotations
@@ -22,9 +27,10 @@ import sympy
 import torch
 from sympy.codegen.cfunctions import expm1, log1p, log2, log10
 
+from ..budget import Deadline
 from .symbolic import Program, ceiling, floor, lgamma, mod, sign, zmul
 
-__all__ = ["Backend", "TORCH", "MPMATH", "compile_program", "CompiledProgram", "UnevaluableError"]
+__all__ = ["Backend", "TORCH", "mpmath_backend", "compile_program", "CompiledProgram", "UnevaluableError"]
 
 Env = dict[sympy.Symbol, Any]
 Fn = Callable[[Env], Any]
@@ -45,19 +51,37 @@ class Backend:
     pow: Callable[[Any, sympy.Expr, Any], Any]
     where: Callable[[Any, Any, Any], Any]
     funcs: dict[type, Callable[..., Any]]
+    div: Callable[[Any, Any], Any] = lambda a, b: a / b
+    context: Any = None
 
 
-def _sympy_number(e: sympy.Expr) -> float:
+def _special_number(e: sympy.Expr) -> float | None:
+    """The float for sympy's infinities, NaN and non-real constants; None for an ordinary number."""
     if e is sympy.zoo or e is sympy.oo:
         return math.inf
     if e is -sympy.oo:
         return -math.inf
-    if e is sympy.nan:
+    if e is sympy.nan or e is sympy.I or isinstance(e, sympy.AccumBounds):
         return math.nan
+    return None
+
+
+def _sympy_number(e: sympy.Expr) -> float:
+    special = _special_number(e)
+    if special is not None:
+        return special
     try:
         return float(e)
-    except (OverflowError, TypeError):
+    except OverflowError:
         return math.inf if e > 0 else -math.inf
+    except (TypeError, ValueError):  # not a real number
+        return math.nan
+
+
+def _is_constant(expr: sympy.Expr) -> bool:
+    """A number, a named constant (pi), or a non-real constant sympy cannot evaluate further."""
+    return (expr.is_Number or isinstance(expr, sympy.NumberSymbol) or expr in (sympy.zoo, sympy.nan, sympy.I)
+            or isinstance(expr, sympy.AccumBounds))
 
 
 # ---------------------------------------------------------------- torch
@@ -103,6 +127,10 @@ def _t_reduce(fn: Callable[[Any, Any], Any]) -> Callable[..., Any]:
     return f
 
 
+def _t_logic(fn: Callable[[Any, Any], Any]) -> Callable[..., Any]:
+    return _t_reduce(lambda a, b: fn(torch.as_tensor(a), torch.as_tensor(b)))
+
+
 _TORCH_FUNCS: dict[type, Callable[..., Any]] = {
     sympy.sin: torch.sin, sympy.cos: torch.cos, sympy.tan: torch.tan,
     sympy.cot: lambda x: 1 / torch.tan(x), sympy.sec: lambda x: 1 / torch.cos(x), sympy.csc: lambda x: 1 / torch.sin(x),
@@ -119,6 +147,12 @@ _TORCH_FUNCS: dict[type, Callable[..., Any]] = {
     zmul: _t_zmul,
     sympy.StrictGreaterThan: torch.gt, sympy.GreaterThan: torch.ge, sympy.StrictLessThan: torch.lt,
     sympy.LessThan: torch.le, sympy.Equality: torch.eq, sympy.Unequality: torch.ne,
+    # sympy writes a comparison of a piecewise value as a boolean function (ITE, And, ...).
+    sympy.ITE: lambda c, a, b: torch.where(torch.as_tensor(c), torch.as_tensor(a), torch.as_tensor(b)),
+    sympy.And: _t_logic(torch.logical_and), sympy.Or: _t_logic(torch.logical_or),
+    sympy.Not: lambda a: torch.logical_not(torch.as_tensor(a)), sympy.Xor: _t_logic(torch.logical_xor),
+    # Real semantics: the derivative of Abs(f) mentions re(f) and im(f).
+    sympy.re: lambda x: x, sympy.im: lambda x: torch.where(torch.isnan(x), x, torch.zeros_like(x)),
 }
 
 TORCH = Backend(
@@ -129,133 +163,161 @@ TORCH = Backend(
     pow=_t_pow,
     where=lambda c, a, b: torch.where(c, a, b),
     funcs=_TORCH_FUNCS,
+    div=lambda a, b: a / b,
 )
 
 
 # ---------------------------------------------------------------- mpmath
-_NAN = mpmath.mpf("nan")
-
-
-def _real(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Real-valued version of an mpmath function: NaN where the value is complex or undefined."""
-
-    def f(*args: Any) -> Any:
-        if any(isinstance(a, mpmath.mpf) and mpmath.isnan(a) for a in args):
-            return _NAN
-        try:
-            out = fn(*args)
-        except (ValueError, ZeroDivisionError, OverflowError):
-            return _NAN
-        if isinstance(out, mpmath.mpc):
-            return out.real if out.imag == 0 else _NAN
-        return out
-
-    return f
-
-
-def _m_pow(base: Any, exponent: sympy.Expr, exp_value: Any) -> Any:
-    if mpmath.isnan(base) or mpmath.isnan(exp_value):
-        return _NAN
-    if base == 0 and exp_value < 0:
-        return mpmath.inf  # a pole, as torch's pow(0, negative) gives
-    if base < 0 and not (exponent.is_Integer or mpmath.isint(exp_value)):
-        return _NAN
-    return _real(mpmath.power)(base, exp_value)
-
-
-def _m_heaviside(x: Any, h0: Any = mpmath.mpf(0.5)) -> Any:
-    return mpmath.mpf(1) if x > 0 else mpmath.mpf(0) if x < 0 else h0
-
-
-def _m_sign(x: Any) -> Any:
-    return mpmath.mpf(mpmath.sign(x))
-
-
-def _m_lgamma(x: Any) -> Any:
-    if x <= 0 and mpmath.isint(x):
-        return mpmath.inf
-    return mpmath.log(abs(mpmath.gamma(x)))
-
-
-def _m_polygamma(n: Any, x: Any) -> Any:
-    if x <= 0 and mpmath.isint(x):
-        return _NAN
-    return mpmath.psi(int(n), x)
-
-
-def _m_mod(a: Any, b: Any) -> Any:
-    return a - b * mpmath.floor(a / b)
-
-
-def _m_log(x: Any) -> Any:
-    if x == 0:
-        return -mpmath.inf
-    return _real(mpmath.log)(x)
-
-
-_MP_FUNCS: dict[type, Callable[..., Any]] = {
-    sympy.sin: mpmath.sin, sympy.cos: mpmath.cos, sympy.tan: mpmath.tan,
-    sympy.cot: _real(mpmath.cot), sympy.sec: mpmath.sec, sympy.csc: _real(mpmath.csc),
-    sympy.asin: _real(mpmath.asin), sympy.acos: _real(mpmath.acos), sympy.atan: mpmath.atan,
-    sympy.atan2: mpmath.atan2, sympy.sinh: mpmath.sinh, sympy.cosh: mpmath.cosh, sympy.tanh: mpmath.tanh,
-    sympy.asinh: mpmath.asinh, sympy.acosh: _real(mpmath.acosh), sympy.atanh: _real(mpmath.atanh),
-    sympy.exp: mpmath.exp, sympy.log: _m_log, expm1: mpmath.expm1, log1p: lambda x: _m_log(1 + x),
-    log2: lambda x: _m_log(x) / mpmath.log(2), log10: lambda x: _m_log(x) / mpmath.log(10),
-    sympy.Abs: abs, sympy.sign: _m_sign, sign: _m_sign,
-    sympy.floor: mpmath.floor, floor: mpmath.floor, sympy.ceiling: mpmath.ceil, ceiling: mpmath.ceil,
-    sympy.erf: mpmath.erf, sympy.erfc: mpmath.erfc, sympy.loggamma: _m_lgamma, lgamma: _m_lgamma,
-    sympy.polygamma: _m_polygamma, sympy.Heaviside: _m_heaviside, mod: _m_mod,
-    sympy.Min: lambda *a: _NAN if any(mpmath.isnan(x) for x in a) else min(a),
-    sympy.Max: lambda *a: _NAN if any(mpmath.isnan(x) for x in a) else max(a),
-    sympy.DiracDelta: lambda x, *rest: mpmath.mpf(0),
-    zmul: lambda a, b: mpmath.mpf(0) if a == 0 else a * b,
+_RELATIONS: dict[type, Callable[..., Any]] = {
     sympy.StrictGreaterThan: lambda a, b: a > b, sympy.GreaterThan: lambda a, b: a >= b,
     sympy.StrictLessThan: lambda a, b: a < b, sympy.LessThan: lambda a, b: a <= b,
     sympy.Equality: lambda a, b: a == b, sympy.Unequality: lambda a, b: a != b,
+    sympy.ITE: lambda c, a, b: a if c else b, sympy.And: lambda *a: all(a), sympy.Or: lambda *a: any(a),
+    sympy.Not: lambda a: not a, sympy.Xor: lambda *a: sum(bool(x) for x in a) % 2 == 1,
 }
+# Values beyond 2**MAX_MAG (or below 2**-MAX_MAG) are far outside every float dtype: they are
+# made infinite (or 0) at once, so that no later step spends its time on exponents of
+# billions of bits (sin(exp(1e100)) would need that many bits of pi).
+MAX_MAG = 16_384
 
 
-def _m_const(e: sympy.Expr) -> Any:
-    if e is sympy.zoo or e is sympy.oo:
-        return mpmath.inf
-    if e is -sympy.oo:
-        return -mpmath.inf
-    if e is sympy.nan:
-        return _NAN
-    if e.is_Rational:
-        return mpmath.mpf(e.p) / e.q
-    if e.is_Float:
-        return mpmath.mpf(e._mpf_)
-    return mpmath.mpf(sympy.N(e, mpmath.mp.dps + 10))
+def mpmath_backend(dps: int) -> Backend:
+    """An mpmath backend at `dps` digits with its own context (thread-safe: nothing global changes).
 
+    Every function is total and real: NaN where the real value is undefined or complex,
+    +-inf at poles and overflow (IEEE semantics, as torch); no exception escapes.
+    """
+    ctx = mpmath.MPContext()
+    ctx.dps = dps
+    mpf, inf, nan = ctx.mpf, ctx.inf, ctx.nan
+    zero, one = ctx.mpf(0), ctx.mpf(1)
 
-def _m_sum(xs: list[Any]) -> Any:
-    return mpmath.fsum(xs)
+    def tame(v: Any) -> Any:
+        if type(v) is mpf:
+            sign, man, exp, bc = v._mpf_
+            if man and exp + bc > MAX_MAG:
+                return -inf if sign else inf
+            if man and exp + bc < -MAX_MAG:
+                return zero
+        return v
 
+    def real(fn: Callable[..., Any]) -> Callable[..., Any]:
+        def f(*args: Any) -> Any:
+            if any(type(a) is mpf and ctx.isnan(a) for a in args):
+                return nan
+            try:
+                out = fn(*args)
+            except (ValueError, ZeroDivisionError, OverflowError, TypeError):
+                return nan
+            if isinstance(out, ctx.mpc):
+                return out.real if out.imag == 0 else nan
+            return tame(out)
 
-def _m_prod(xs: list[Any]) -> Any:
-    out = xs[0]
-    for x in xs[1:]:
-        out = out * x
-    return out
+        return f
 
+    def div(a: Any, b: Any) -> Any:
+        if b == 0:
+            if ctx.isnan(a) or a == 0:
+                return nan
+            return inf if a > 0 else -inf
+        return tame(a / b)
 
-MPMATH = Backend(
-    "mpmath",
-    const=_m_const,
-    add=_m_sum,
-    mul=_m_prod,
-    pow=_m_pow,
-    where=lambda c, a, b: a if c else b,
-    funcs=_MP_FUNCS,
-)
+    def power(base: Any, exponent: sympy.Expr, e: Any) -> Any:
+        if ctx.isnan(base) or ctx.isnan(e):
+            return nan
+        if base == 0 and e < 0:
+            return inf  # a pole, as torch's pow(0, negative) gives
+        if base < 0 and not (exponent.is_Integer or ctx.isint(e)):
+            return nan
+        return real(ctx.power)(base, e)
+
+    def heaviside(x: Any, h0: Any = ctx.mpf(0.5)) -> Any:
+        return nan if ctx.isnan(x) else one if x > 0 else zero if x < 0 else h0
+
+    def log(x: Any) -> Any:
+        return -inf if x == 0 else real(ctx.log)(x)
+
+    def lgamma(x: Any) -> Any:
+        if ctx.isinf(x):
+            return inf
+        if x <= 0 and ctx.isint(x):
+            return inf
+        return real(lambda v: ctx.log(abs(ctx.gamma(v))))(x)
+
+    def polygamma(n: Any, x: Any) -> Any:
+        if ctx.isnan(x) or (x <= 0 and ctx.isint(x)) or x == -inf:
+            return nan
+        if x == inf:
+            return inf if int(n) == 0 else zero
+        return real(ctx.psi)(int(n), x)
+
+    def erf(x: Any) -> Any:  # beyond 1e8 the value is 1 to far more than 2**-MAX_MAG
+        return nan if ctx.isnan(x) else ctx.sign(x) * one if abs(x) > 1e8 else real(ctx.erf)(x)
+
+    def erfc(x: Any) -> Any:
+        return nan if ctx.isnan(x) else zero if x > 1e8 else 2 * one if x < -1e8 else real(ctx.erfc)(x)
+
+    def mod(a: Any, b: Any) -> Any:
+        return real(lambda p, q: p - q * ctx.floor(p / q))(a, b)
+
+    def minmax(pick: Callable[..., Any]) -> Callable[..., Any]:
+        return lambda *a: nan if any(ctx.isnan(x) for x in a) else pick(a)
+
+    def where(c: Any, a: Any, b: Any) -> Any:
+        return a if c else b
+
+    funcs: dict[type, Callable[..., Any]] = {
+        sympy.sin: real(ctx.sin), sympy.cos: real(ctx.cos), sympy.tan: real(ctx.tan),
+        sympy.cot: real(ctx.cot), sympy.sec: real(ctx.sec), sympy.csc: real(ctx.csc),
+        sympy.asin: real(ctx.asin), sympy.acos: real(ctx.acos), sympy.atan: real(ctx.atan),
+        sympy.atan2: real(ctx.atan2), sympy.sinh: real(ctx.sinh), sympy.cosh: real(ctx.cosh),
+        sympy.tanh: real(ctx.tanh), sympy.asinh: real(ctx.asinh), sympy.acosh: real(ctx.acosh),
+        sympy.atanh: real(ctx.atanh), sympy.exp: real(ctx.exp), sympy.log: log, expm1: real(ctx.expm1),
+        log1p: lambda x: log(1 + x), log2: lambda x: div(log(x), ctx.log(2)), log10: lambda x: div(log(x), ctx.log(10)),
+        sympy.Abs: abs, sympy.sign: lambda x: nan if ctx.isnan(x) else mpf(ctx.sign(x)),
+        sign: lambda x: nan if ctx.isnan(x) else mpf(ctx.sign(x)),
+        sympy.floor: real(ctx.floor), floor: real(ctx.floor), sympy.ceiling: real(ctx.ceil), ceiling: real(ctx.ceil),
+        sympy.erf: erf, sympy.erfc: erfc, sympy.loggamma: lgamma, lgamma: lgamma,
+        sympy.polygamma: polygamma, sympy.Heaviside: heaviside, mod: mod,
+        sympy.Min: minmax(min), sympy.Max: minmax(max),
+        sympy.DiracDelta: lambda x, *rest: zero,
+        zmul: lambda a, b: zero if a == 0 else tame(a * b),
+        sympy.re: lambda x: x, sympy.im: lambda x: nan if ctx.isnan(x) else zero,
+        **_RELATIONS,
+    }
+
+    def const(e: sympy.Expr) -> Any:
+        number = _special_number(e)
+        if number is not None:
+            return mpf(number)
+        if e.is_Rational:
+            return div(mpf(e.p), mpf(e.q))
+        if e.is_Float:
+            return tame(mpf(e._mpf_))
+        named = {sympy.pi: ctx.pi, sympy.E: ctx.e, sympy.EulerGamma: ctx.euler, sympy.Catalan: ctx.catalan,
+                 sympy.GoldenRatio: ctx.phi}
+        if e in named:
+            return +named[e]
+        return nan
+
+    def add(xs: list[Any]) -> Any:
+        return tame(ctx.fsum(xs))
+
+    def mul(xs: list[Any]) -> Any:
+        out = xs[0]
+        for x in xs[1:]:
+            out = out * x
+        return tame(out)
+
+    return Backend("mpmath", const=const, add=add, mul=mul, pow=power, where=where, funcs=funcs, div=div,
+                   context=ctx)
 
 
 # ---------------------------------------------------------------- compiler
 def _compile(expr: sympy.Expr, backend: Backend, consts: dict[sympy.Expr, Any]) -> Fn:
     if isinstance(expr, sympy.Symbol):
         return lambda env: env[expr]
-    if expr.is_Number or isinstance(expr, sympy.NumberSymbol) or expr in (sympy.zoo, sympy.nan):
+    if _is_constant(expr):
         if expr not in consts:
             consts[expr] = backend.const(expr)
         value = consts[expr]
@@ -279,11 +341,11 @@ def _compile(expr: sympy.Expr, backend: Backend, consts: dict[sympy.Expr, Any]) 
         # a * b**-1 is computed as a / b: one kernel instead of a reciprocal and a product.
         num = [a for a in expr.args if not (isinstance(a, sympy.Pow) and a.exp == -1)]
         den = [a.base for a in expr.args if isinstance(a, sympy.Pow) and a.exp == -1]
-        mul = backend.mul
+        mul, div = backend.mul, backend.div
         if num and den:
             n_parts = [_compile(a, backend, consts) for a in num]
             d_parts = [_compile(a, backend, consts) for a in den]
-            return lambda env: mul([p(env) for p in n_parts]) / mul([d(env) for d in d_parts])
+            return lambda env: div(mul([p(env) for p in n_parts]), mul([d(env) for d in d_parts]))
         parts = [_compile(a, backend, consts) for a in expr.args]
         return lambda env: mul([p(env) for p in parts])
     if isinstance(expr, sympy.Pow):
@@ -337,15 +399,21 @@ class CompiledProgram:
     steps: list[tuple[sympy.Symbol, Fn]]
     frees: list[list[sympy.Symbol]]
 
-    def run(self, env: Env, keep: set[sympy.Symbol] | None = None) -> Env:
+    def run(self, env: Env, keep: set[sympy.Symbol] | None = None, deadline: Deadline | None = None) -> Env:
         """Evaluate every step into `env` (updated and returned).
 
         Args:
             env: values of the inputs.
             keep: symbols to keep; others are dropped after their last use to bound
                 memory (None keeps everything).
+            deadline: checked before every step (raises `TimeLimitError` when spent).
+
+        Raises:
+            TimeLimitError: the deadline passed.
         """
         for i, (sym, fn) in enumerate(self.steps):
+            if deadline is not None:
+                deadline.check("evaluating the reference")
             env[sym] = fn(env)
             if keep is not None:
                 for dead in self.frees[i]:
@@ -354,10 +422,20 @@ class CompiledProgram:
         return env
 
 
-def compile_program(program: Program, backend: Backend, extra: dict[str, sympy.Expr] | None = None) -> CompiledProgram:
-    """Compile `program` (plus named `extra` expressions as final steps) for `backend`."""
+def compile_program(program: Program, backend: Backend, extra: dict[str, sympy.Expr] | None = None,
+                    deadline: Deadline | None = None) -> CompiledProgram:
+    """Compile `program` (plus named `extra` expressions as final steps) for `backend`.
+
+    Raises:
+        UnevaluableError: a sympy object without a numeric rule.
+        TimeLimitError: the deadline passed.
+    """
     consts: dict[sympy.Expr, Any] = {}
-    steps = [(sym, _compile(expr, backend, consts)) for sym, expr in program.steps]
+    steps = []
+    for sym, expr in program.steps:
+        if deadline is not None:
+            deadline.check("compiling the reference")
+        steps.append((sym, _compile(expr, backend, consts)))
     exprs = [expr for _, expr in program.steps]
     if extra:
         for name, expr in extra.items():

@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterable, Sequence
 import sympy
 from sympy.codegen.cfunctions import expm1, log1p, log2, log10
 
+from ..budget import NO_DEADLINE, Deadline
 from ..ir.graph import Graph
 from ..ops import OPS
 
@@ -271,6 +272,7 @@ def sweep(
     output: sympy.Expr,
     partials_of: Callable[[sympy.Symbol, sympy.Expr], Iterable[tuple[sympy.Symbol, sympy.Expr]]],
     prefix: str,
+    deadline: Deadline | None = None,
 ) -> tuple[list[tuple[sympy.Symbol, sympy.Expr]], dict[sympy.Symbol, sympy.Expr]]:
     """One reverse sweep: adjoint steps for `output` over `steps`.
 
@@ -279,6 +281,7 @@ def sweep(
         output: the expression differentiated (a step symbol, an input or a number).
         partials_of: ``(symbol, expr) -> [(dependency, d expr / d dependency), ...]``.
         prefix: names the new adjoint symbols (``a`` gives ``a[k]``).
+        deadline: checked at every step (`TimeLimitError` when spent).
 
     Returns:
         (new steps, adjoint of every symbol reached, inputs included).
@@ -292,6 +295,8 @@ def sweep(
     if isinstance(output, sympy.Symbol):
         contributions[output] = [sympy.S.One]
     for index in range(len(steps) - 1, -1, -1):
+        if deadline is not None:
+            deadline.check("deriving the gradients")
         sym, expr = steps[index]
         terms = contributions.pop(sym, None)
         if not terms:
@@ -328,7 +333,8 @@ def _generic_partials(sym: sympy.Symbol, expr: sympy.Expr, known: set[sympy.Symb
 
 
 def derive(
-    graph: Graph, *, order: int = 1, whole_max_nodes: int = 60, outputs: Sequence[int] | None = None
+    graph: Graph, *, order: int = 1, whole_max_nodes: int = 60, outputs: Sequence[int] | None = None,
+    deadline: Deadline | None = None,
 ) -> Derivation:
     """Derive the symbolic reference for `graph`.
 
@@ -339,10 +345,15 @@ def derive(
             second opinion only up to this many graph nodes (it swells beyond).
         outputs: node ids to differentiate, one sweep each (Jacobian rows); the first is the
             primary output (`adjoints`, `hessian`, `whole` refer to it). Default: `graph.output`.
+        deadline: the check's time budget, looked at every node and step.
 
     Returns:
         A `Derivation`.
+
+    Raises:
+        TimeLimitError: the deadline passed.
     """
+    deadline = deadline or NO_DEADLINE
     inputs = tuple(_var_symbol(v) for v in graph.variables)
     values: dict[int, sympy.Expr] = {}
     steps: list[tuple[sympy.Symbol, sympy.Expr]] = []
@@ -351,6 +362,7 @@ def derive(
     relations: dict[int, sympy.Expr] = {}
     for node in graph.nodes:
         k = node.id
+        deadline.check("deriving the values")
         if node.op == "var":
             values[k] = _var_symbol(node.name or "")
             continue
@@ -400,7 +412,7 @@ def derive(
         return partials
 
     def adjoints_for(output: int, cut: bool, prefix: str) -> tuple[list[tuple[sympy.Symbol, sympy.Expr]], dict[int, sympy.Expr]]:
-        new_steps, adj_map = sweep(steps, values[output], node_partials(cut), prefix)
+        new_steps, adj_map = sweep(steps, values[output], node_partials(cut), prefix, deadline)
         adj = {k: adj_map.get(v, sympy.S.Zero) if isinstance(v, sympy.Symbol) else sympy.S.Zero
                for k, v in values.items() if graph.depends_on_vars[k] and graph.nodes[k].op not in OPS_COMPARE}
         return new_steps, adj
@@ -431,7 +443,7 @@ def derive(
         mag_steps: list[tuple[sympy.Symbol, sympy.Expr]] = []
         mag_rows: list[dict[int, sympy.Expr]] = []
         for i, output in enumerate(outputs if outputs is not None else (graph.output,)):
-            new_steps, mag_map = sweep(steps, values[output], mag_partials, f"m{'' if i == 0 else f'{i}:'}")
+            new_steps, mag_map = sweep(steps, values[output], mag_partials, f"m{'' if i == 0 else f'{i}:'}", deadline)
             mag_steps += new_steps
             mag_rows.append({k: mag_map.get(v, sympy.S.Zero) if isinstance(v, sympy.Symbol) else sympy.S.Zero
                              for k, v in values.items() if k in adjoints})
@@ -440,7 +452,8 @@ def derive(
     adj_steps = [st for st in all_steps[len(steps):] if str(st[0]).startswith("a[")]
     hessian = None
     if order >= 2:
-        hessian, hess_steps = _hessian(graph, inputs, steps + adj_steps, adjoints, step_info, node_partials(False))
+        hessian, hess_steps = _hessian(graph, inputs, steps + adj_steps, adjoints, step_info, node_partials(False),
+                                       deadline)
         all_steps += hess_steps
     method = f"reverse sweep over the graph ({len(steps)} nodes, {len(all_steps)} program steps)"
     if extra_rows:
@@ -462,6 +475,7 @@ def _hessian(
     adjoints: dict[int, sympy.Expr],
     step_info: dict[sympy.Symbol, tuple[int, tuple[sympy.Expr, ...]]],
     forward_partials: Callable[[sympy.Symbol, sympy.Expr], list[tuple[sympy.Symbol, sympy.Expr]]],
+    deadline: Deadline,
 ) -> tuple[tuple[tuple[sympy.Expr, ...], ...], list[tuple[sympy.Symbol, sympy.Expr]]]:
     """Second derivatives: one more reverse sweep over the gradient program per variable."""
     known = {s for s, _ in program} | set(inputs)
@@ -486,7 +500,7 @@ def _hessian(
                 continue
         else:
             g_steps = []
-        steps_i, adj = sweep(program + g_steps, g, partials, f"h{i}")
+        steps_i, adj = sweep(program + g_steps, g, partials, f"h{i}", deadline)
         new_steps += g_steps + steps_i
         rows.append(tuple(adj.get(x, sympy.S.Zero) for x in inputs))
     return tuple(rows), new_steps
