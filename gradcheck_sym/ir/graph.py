@@ -141,6 +141,27 @@ class Graph:
         return tuple(out)
 
     @cached_property
+    def requires_grad(self) -> tuple[bool, ...]:
+        """For each node, whether torch's tensor for it requires grad (has a gradient at all).
+
+        A variable does; an op does when an argument does, through no cut — except that a
+        comparison never does (its value is boolean) and `where` only through its two branches
+        (its condition is boolean).  So ``where(x > 0, 2, 3)`` is a constant for autograd: its
+        gradient is "none" on both sides, never 0 against a symbolic adjoint.
+        """
+        out: list[bool] = []
+        for node in self.nodes:
+            if node.op == "var":
+                out.append(True)
+            elif node.op == "const" or node.cut is not None or OPS[node.op].kind == "compare":
+                out.append(False)
+            elif node.op == "where":
+                out.append(out[node.args[1]] or out[node.args[2]])
+            else:
+                out.append(any(out[a] for a in node.args))
+        return tuple(out)
+
+    @cached_property
     def reaches_output(self) -> tuple[bool, ...]:
         """For each node, whether the output uses it."""
         used = [False] * len(self.nodes)

@@ -116,7 +116,15 @@ class Detailed:
         tol = tl.tolerance(noise, r, c.u, ref_is_64, tiny)
         if q.hess is not None:  # a Hessian entry: see tolerance.HESSIAN_ULPS
             g = c.graph
-            scale = sum(c.ref_at(ch, f"q{c.qindex(g.var_ids[g.variables[v]])}", idx).abs() for v in q.hess)
+            # The first-order gradients' scale: their exact values, or the magnitude of their terms
+            # where those cancel (sigmoid's out*(1 - out) is 0 in torch once out rounds to 1).
+            scale = 0
+            for v in q.hess:
+                qi = c.qindex(g.var_ids[g.variables[v]])
+                if qi < 0:
+                    continue
+                grad = c.ref_at(ch, f"q{qi}", idx).abs()
+                scale = scale + torch.maximum(grad, c.refs.magnitude(c.quantities[qi], ch.x64, idx, ch.start))
             # A NaN gradient leaves the rounding bound of the Hessian entry unknown there.
             scale = torch.nan_to_num(torch.as_tensor(scale, dtype=torch.float64), nan=math.inf)
             tol = tol + tl.HESSIAN_ULPS * c.u * (scale + r.abs())

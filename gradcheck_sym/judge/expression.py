@@ -55,7 +55,7 @@ class _ExpressionRun:
     def tensors(self) -> Iterable[tuple[str, torch.Tensor]]:
         g = self.graph
         for node in g.nodes:
-            if not g.tracked[node.id]:
+            if not g.requires_grad[node.id]:
                 continue
             if node.op != "var":  # a variable's value is exact in the dtype
                 yield f"the value of {g.label(node.id)}", self.run.values[node.id]
@@ -105,7 +105,7 @@ class ExpressionSubject:
             k = node.id
             # Cut nodes, nodes inside no_grad and nodes fed only through cuts have no .grad
             # in torch by design; what the cuts drop is judged upstream (see the regions).
-            if k not in d.adjoints or not g.tracked[k]:
+            if k not in d.adjoints or not g.requires_grad[k]:
                 continue
             text = node.name if node.op == "var" else g.label(k)
             label = f"d out/d {text}" if node.op == "var" else f"d out/d ({text})"
@@ -117,8 +117,9 @@ class ExpressionSubject:
             all_kinks = frozenset(kink_map)
             for i, xi in enumerate(g.variables):
                 for j, xj in enumerate(g.variables):
+                    cut = d.cut_hessian[i][j] if d.cut_hessian is not None else None
                     qs.append(Quantity(f"hess:{xi},{xj}", f"d2 out/d{xi} d{xj}", f"{xi}, {xj}", None,
-                                       d.hessian[i][j], None, all_kinks, hess=(i, j), group="hessian"))
+                                       d.hessian[i][j], cut, all_kinks, hess=(i, j), group="hessian"))
         return qs
 
     def regions(self) -> list[Region]:
@@ -135,12 +136,13 @@ class ExpressionSubject:
         if detail is not None and detail < n:
             # Intermediate nodes are compared on the first `detail` points only: retain_grad()
             # on every node there, and the whole batch run as plain user code would be.
-            run = run_autograd(self.graph, xd, order=order, retain=False)
-            small = run_autograd(self.graph, {k: v[:detail] for k, v in xd.items()}, order=order) if detail else None
+            run = run_autograd(self.graph, xd, order=order, retain=False, deadline=self.deadline)
+            small = run_autograd(self.graph, {k: v[:detail] for k, v in xd.items()}, order=order,
+                                 meta=self._first is None, deadline=self.deadline) if detail else None
             if self._first is None and small is not None:
                 self._first = small
             return _ExpressionRun(run, self.graph, n, small, detail)
-        run = run_autograd(self.graph, xd, order=order)
+        run = run_autograd(self.graph, xd, order=order, meta=self._first is None, deadline=self.deadline)
         if self._first is None:
             self._first = run
         return _ExpressionRun(run, self.graph, n)
@@ -150,7 +152,8 @@ class ExpressionSubject:
         n = len(next(iter(xd.values()))) if xd else 1
         dtype = next(iter(xd.values())).dtype if xd else torch.float64
         perturb = tl.noise_factors(self._perturbable, n, tl.UNIT_ROUNDOFF[dtype], self._approx, dtype, count)
-        run = run_autograd(self.graph, {k: v.repeat(count) for k, v in xd.items()}, order=order, perturb=perturb)
+        run = run_autograd(self.graph, {k: v.repeat(count) for k, v in xd.items()}, order=order, perturb=perturb,
+                           deadline=self.deadline)
         whole = _ExpressionRun(run, self.graph, n * count)
         return [_Slice(whole, t * n, n) for t in range(count)]
 

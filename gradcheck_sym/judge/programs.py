@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import sympy
 import torch
 
-from ..budget import Deadline
+from ..budget import BudgetExceeded, Deadline, run_bounded
 from ..ir.graph import Graph
 from ..ops import OPS
 from ..reference.evaluate import TORCH, CompiledProgram, UnevaluableError, compile_program, mpmath_backend
@@ -74,13 +74,14 @@ class References:
         # The second opinion has its own program: it runs on the first NODE_POINTS points only.
         self.whole: CompiledProgram | None = None
         if derivation.whole is not None:
-            self.whole = compile_program(Program(derivation.program.inputs, ()), TORCH,
+            self.whole = compile_program(Program(derivation.program.inputs, derivation.constants), TORCH,
                                          {f"w:{name}": e for name, e in derivation.whole.items()})
         self._mag: CompiledProgram | None = None
         self._mag_env: Env = {}
         self._mag_env_key: int | None = None
         self._mp: CompiledProgram | None = None
         self.mp_budget = tl.MP_BUDGET
+        self.mp_seconds = tl.MP_SECONDS
         self.mp_points = 0
         self.mp_skipped: dict[str, int] = {}  # why -> points where the mpmath reference was skipped
 
@@ -143,6 +144,9 @@ class References:
             (one column per quantity over all candidates, mask of the candidates computed), or None.
         """
         chosen = torch.nonzero(want).flatten().tolist()
+        if self.mp_seconds <= 0:
+            self._skip(f"its time budget of {tl.MP_SECONDS:g} s was spent", len(chosen))
+            return None
         affordable = max(0, self.mp_budget // max(self.steps, 1))
         if len(chosen) > affordable:
             self._skip("the budget of high-precision work was spent", len(chosen) - affordable)
@@ -163,15 +167,29 @@ class References:
         done = torch.zeros(m, dtype=torch.bool)
         ctx = self._mp.backend.context
         wanted = [self.syms[f"q{qi}"] for qi in range(n_quantities)]
-        for j in chosen:
-            p = int(idx[j])
-            env = {_sym(name): ctx.mpf(float(x64[name][p])) for name in names}
-            env = self._mp.run(env, keep=self.keep, deadline=self.deadline)
-            for qi, sym in enumerate(wanted):
-                cols[qi][j] = float(env[sym])
-            done[j] = True
+        program = self._mp
+
+        def compute() -> None:
+            for j in chosen:
+                p = int(idx[j])
+                env = {_sym(name): ctx.mpf(float(x64[name][p])) for name in names}
+                env = program.run(env, keep=self.keep, deadline=self.deadline)
+                for qi, sym in enumerate(wanted):
+                    cols[qi][j] = float(env[sym])
+                done[j] = True
+
+        # mpmath is pure Python: a point that takes too long is interrupted (see budget.run_bounded).
+        started = time.monotonic()
+        try:
+            run_bounded(compute, self.deadline.within(self.mp_seconds), name="gradcheck-sym-mpmath")
+        except BudgetExceeded:
+            self.deadline.check("computing the high-precision reference")
+            self._skip(f"its time budget of {tl.MP_SECONDS:g} s was spent", len(chosen) - int(done.sum()))
+            self.mp_seconds = 0.0
+        finally:
+            self.mp_seconds = max(0.0, self.mp_seconds - (time.monotonic() - started))
         self.mp_points += int(done.sum())
-        return cols, done
+        return (cols, done) if bool(done.any()) else None
 
     def _skip(self, why: str, count: int) -> None:
         self.mp_skipped[why] = self.mp_skipped.get(why, 0) + count

@@ -21,8 +21,8 @@
   reproducible.
 * **tolerance**: ``tol = NOISE_SAFETY * noise + FLOOR_ULPS * (u * |r| + tiny)``, ``tiny``
   the dtype's smallest normal number, so that underflow is not an error (doubled
-  when the reference is float64 in a float64 check because the mpmath budget
-  `MP_BUDGET` was spent).  A relative error of 1e-6 at a well-conditioned point
+  when the reference is float64 in a float64 check because the mpmath budget of work,
+  `MP_BUDGET`, or of time, `MP_SECONDS`, was spent: the report says so).  A relative error of 1e-6 at a well-conditioned point
   in float64 is far above it (the noise there is ~1e-16) and is reported.
 * **rounding inside kernels**: a fused backward (gelu's ``Phi(x) + x*phi(x)``) can cancel
   internally, where no perturbation reaches; ``MAGNITUDE_ULPS * u * M`` is added, ``M`` the
@@ -50,7 +50,7 @@ import math
 import torch
 
 __all__ = [
-    "UNIT_ROUNDOFF", "CHEAP_ULPS", "NOISE_SAFETY", "NOISE_TRIALS", "FLOOR_ULPS", "MP_DPS", "MP_BUDGET",
+    "UNIT_ROUNDOFF", "CHEAP_ULPS", "NOISE_SAFETY", "NOISE_TRIALS", "FLOOR_ULPS", "MP_DPS", "MP_BUDGET", "MP_SECONDS",
     "cheap_pass", "noise_factors", "tolerance",
 ]
 
@@ -65,8 +65,10 @@ NOISE_SAFETY = 8.0
 NOISE_TRIALS = 5
 FLOOR_ULPS = 4.0
 MP_DPS = 50
-# Points x program steps evaluated in mpmath per check (about 10 s of work at most).
+# Points x program steps evaluated in mpmath per check (about 10 s of work at most), and the time
+# that work may take per check; points beyond either get the float64 reference, tolerance doubled.
 MP_BUDGET = 2_000_000
+MP_SECONDS = 5.0
 NOISE_SEED = 20_241_126
 # Hessian entries: the perturbed re-runs do not reach the rounding inside the second backward
 # pass, so these also get HESSIAN_ULPS ulps of the first-order gradients' scale

@@ -38,6 +38,11 @@ class Op:
             sympy derivative does not evaluate to a number (``floor``, ``Mod``).
         approx_rtol: relative error torch's kernel is known to have against the exact
             function or its derivative (e.g. softplus switches to the identity above 20).
+        kernel: optional ``(s, out, *exprs) -> tuple``: each partial derivative written the way
+            torch's backward computes it, when that form cancels where the exact one does not
+            (sigmoid's backward is ``out * (1 - out)`` from the rounded output: 0 once out rounds
+            to 1).  Only the magnitude sweep reads it, to bound that rounding; the reference
+            keeps the exact derivative.
         box: a sampling box per argument where the op is smooth and real (for tests).
         doc: one line for `gradcheck-sym ops`.
     """
@@ -52,6 +57,7 @@ class Op:
     convention: str = ""
     partials: Callable[..., tuple[Any, ...]] | None = None
     approx_rtol: float = 0.0
+    kernel: Callable[..., tuple[Any, ...]] | None = None
     box: tuple[tuple[float, float], ...] = field(default=((-2.0, 2.0),))
     doc: str = ""
 
@@ -183,6 +189,9 @@ _FUNCTION_LIST: list[Op] = [
         lambda t, x: t.sigmoid(x),
         lambda s, x: 1 / (1 + s.exp(-x)),
         box=((-4, 4),),
+        kernel=lambda s, out, x: (out * (1 - out),),
+        convention="torch's backward computes out * (1 - out): 0 where out rounds to 1 (x > 37 in float64, "
+                   "x > 17 in float32), an absolute error of about one ulp of out",
         doc="logistic sigmoid 1/(1 + exp(-x))",
     ),
     _f(

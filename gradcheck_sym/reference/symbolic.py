@@ -28,6 +28,7 @@ For small graphs the whole expression is also differentiated with
 from __future__ import annotations
 
 import functools
+import math
 import types
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
@@ -35,7 +36,7 @@ from typing import Any, Callable, Iterable, Sequence
 import sympy
 from sympy.codegen.cfunctions import expm1, log1p, log2, log10
 
-from ..budget import NO_DEADLINE, Deadline
+from ..budget import NO_DEADLINE, BudgetExceeded, Deadline, run_bounded
 from ..ir.graph import Graph
 from ..ops import OPS
 
@@ -162,6 +163,9 @@ class Derivation:
         extra_rows: for each further output of `derive(outputs=...)`, its (adjoints, cut_adjoints).
         magnitudes: derives, on first call, (the forward steps plus the magnitude sweeps, and per
             output: node id -> the sum over paths of |adjoint x partial| terms); see `magnitude`.
+        cut_hessian: the Hessian with the cuts treated as constants (order 2 with cuts), else None.
+        constants: the program's steps that hold constants sympy must not compute with (see
+            `_opaque`); `whole` refers to their symbols.
     """
 
     program: Program
@@ -173,6 +177,8 @@ class Derivation:
     method: str
     extra_rows: tuple[tuple[dict[int, sympy.Expr], dict[int, sympy.Expr] | None], ...] = ()
     magnitudes: Callable[[], tuple[Program, tuple[dict[int, sympy.Expr], ...]]] | None = None
+    cut_hessian: tuple[tuple[sympy.Expr, ...], ...] | None = None
+    constants: tuple[tuple[sympy.Symbol, sympy.Expr], ...] = ()
 
 
 def const_expr(value: int | float | str) -> sympy.Expr:
@@ -187,6 +193,11 @@ def const_expr(value: int | float | str) -> sympy.Expr:
 
 
 OPS_COMPARE = {name for name, op in OPS.items() if op.kind == "compare"}
+# Constants beyond these are opaque to sympy (see _opaque).
+OPAQUE_INT = 1000
+OPAQUE_FLOAT = 1e6
+# The second opinion (sympy.diff of the whole expression) may take this long before it is skipped.
+WHOLE_SECONDS = 2.0
 _REUSE_VALUE = {"exp", "tanh"}
 # Functions whose value (in a partial derivative) can be exactly 0 by selection.
 _SELECTORS = (sympy.Piecewise, sympy.Heaviside, sympy.sign, sympy.DiracDelta, sympy.Max, sympy.Min)
@@ -236,7 +247,7 @@ def magnitude(expr: sympy.Expr) -> sympy.Expr:
     if isinstance(expr, zmul):
         return zmul(magnitude(expr.args[0]), magnitude(expr.args[1]), evaluate=False)
     if expr.is_Symbol or expr.is_Number or isinstance(expr, sympy.NumberSymbol):
-        return sympy.Abs(expr, evaluate=False) if not (expr.is_Number and expr >= 0) else expr
+        return expr if expr.is_Number and expr.is_extended_nonnegative else sympy.Abs(expr, evaluate=False)
     return sympy.Abs(expr, evaluate=False)
 
 
@@ -360,6 +371,7 @@ def derive(
     # Per forward step: its node and the expressions of its arguments, for the partials.
     step_info: dict[sympy.Symbol, tuple[int, tuple[sympy.Expr, ...]]] = {}
     relations: dict[int, sympy.Expr] = {}
+    const_syms: set[sympy.Symbol] = set()  # constants sympy only sees as symbols (see _opaque)
     for node in graph.nodes:
         k = node.id
         deadline.check("deriving the values")
@@ -368,6 +380,11 @@ def derive(
             continue
         if node.op == "const":
             values[k] = const_expr(node.value)  # type: ignore[arg-type]
+            if _opaque(node.value):
+                sym = sympy.Symbol(f"v[{k}]", real=True)
+                steps.append((sym, values[k]))
+                values[k] = sym
+                const_syms.add(sym)
             continue
         args = tuple(relations.get(a, values.get(a)) for a in node.args)
         op = OPS[node.op]
@@ -390,6 +407,8 @@ def derive(
 
     def node_partials(cut: bool) -> Callable[[sympy.Symbol, sympy.Expr], list[tuple[sympy.Symbol, sympy.Expr]]]:
         def partials(sym: sympy.Symbol, expr: sympy.Expr) -> list[tuple[sympy.Symbol, sympy.Expr]]:
+            if sym not in step_info:  # a constant's step
+                return []
             k, args = step_info[sym]
             node = graph.nodes[k]
             if cut and node.op in ("detach", "no_grad"):
@@ -405,7 +424,7 @@ def derive(
                 mapping = dict(zip(_P, args))
                 mapping[_OUT] = sym
                 raw = [(a, _substitute(d, mapping)) for a, d in zip(args, templates)]
-            found = [(a, d) for a, d in raw if isinstance(a, sympy.Symbol) and d != 0]
+            found = [(a, d) for a, d in raw if isinstance(a, sympy.Symbol) and d != 0 and a not in const_syms]
             cache[(False, sym)] = found
             return found
 
@@ -436,8 +455,17 @@ def derive(
         mag_cache: dict[sympy.Symbol, list[tuple[sympy.Symbol, sympy.Expr]]] = {}
 
         def mag_partials(sym: sympy.Symbol, expr: sympy.Expr) -> list[tuple[sympy.Symbol, sympy.Expr]]:
+            if sym not in step_info:
+                return []
             if sym not in mag_cache:
-                mag_cache[sym] = [(a, magnitude(d)) for a, d in node_partials(False)(sym, expr)]
+                k, args = step_info[sym]
+                kernel = OPS[graph.nodes[k].op].kernel if graph.nodes[k].op in OPS else None
+                if kernel is not None:  # the partials as torch's backward computes them (see ops.Op.kernel)
+                    forms = kernel(S, sym, *args)
+                    mag_cache[sym] = [(a, magnitude(d)) for a, d in zip(args, forms)
+                                      if isinstance(a, sympy.Symbol) and a not in const_syms]
+                else:
+                    mag_cache[sym] = [(a, magnitude(d)) for a, d in node_partials(False)(sym, expr)]
             return mag_cache[sym]
 
         mag_steps: list[tuple[sympy.Symbol, sympy.Expr]] = []
@@ -450,22 +478,33 @@ def derive(
         return Program(inputs, tuple(steps + mag_steps)), tuple(mag_rows)
 
     adj_steps = [st for st in all_steps[len(steps):] if str(st[0]).startswith("a[")]
-    hessian = None
+    hessian = cut_hessian = None
     if order >= 2:
         hessian, hess_steps = _hessian(graph, inputs, steps + adj_steps, adjoints, step_info, node_partials(False),
-                                       deadline)
+                                       deadline, const_syms=const_syms)
         all_steps += hess_steps
-    method = f"reverse sweep over the graph ({len(steps)} nodes, {len(all_steps)} program steps)"
+        if cut_adjoints is not None:  # what autograd computes when it treats the cuts as constants
+            cut_steps = [st for st in all_steps[len(steps):] if str(st[0]).startswith("c[")]
+            cut_hessian, more = _hessian(graph, inputs, steps + cut_steps, cut_adjoints, step_info,
+                                         node_partials(True), deadline, prefix="k", const_syms=const_syms)
+            all_steps += more
+    method = f"reverse sweep over the graph ({len(step_info)} nodes, {len(all_steps)} program steps)"
     if extra_rows:
         method = method.replace("reverse sweep", f"{len(rows)} reverse sweeps (one per output element)")
+    # Steps that sympy folded into an opaque number (10**20 from 10 and 20, zoo from 1/0) are
+    # opaque constants for the second opinion too.
+    opaque = const_syms | {sym for sym, expr in steps if not expr.free_symbols and _opaque_number(expr)}
     whole = None
-    if len(graph.nodes) <= whole_max_nodes:
-        whole, why = _whole_expression_gradient(graph, inputs, values, steps)
+    if not graph.variables:
+        method += "; no second opinion (no variables)"
+    elif len(graph.nodes) <= whole_max_nodes:
+        whole, why = _whole_expression_gradient(graph, inputs, values, steps, opaque, deadline)
         method += "; second opinion: sympy.diff of the whole expression" if whole else f"; no second opinion ({why})"
     else:
         method += f"; no second opinion (sympy.diff of the whole expression is used up to {whole_max_nodes} nodes)"
+    constants = tuple(st for st in steps if st[0] in opaque)
     return Derivation(Program(inputs, tuple(all_steps)), values, adjoints, cut_adjoints, hessian, whole, method,
-                      extra_rows, magnitudes)
+                      extra_rows, magnitudes, cut_hessian, constants)
 
 
 def _hessian(
@@ -476,9 +515,14 @@ def _hessian(
     step_info: dict[sympy.Symbol, tuple[int, tuple[sympy.Expr, ...]]],
     forward_partials: Callable[[sympy.Symbol, sympy.Expr], list[tuple[sympy.Symbol, sympy.Expr]]],
     deadline: Deadline,
+    prefix: str = "h",
+    const_syms: set[sympy.Symbol] = frozenset(),  # type: ignore[assignment]
 ) -> tuple[tuple[tuple[sympy.Expr, ...], ...], list[tuple[sympy.Symbol, sympy.Expr]]]:
-    """Second derivatives: one more reverse sweep over the gradient program per variable."""
-    known = {s for s, _ in program} | set(inputs)
+    """Second derivatives: one more reverse sweep over the gradient program per variable.
+
+    `prefix` names the new symbols (``h0[...]``, ``gh[0]``), so that two Hessians can share a program.
+    """
+    known = ({s for s, _ in program} | set(inputs)) - const_syms
 
     def partials(sym: sympy.Symbol, expr: sympy.Expr) -> list[tuple[sympy.Symbol, sympy.Expr]]:
         if sym in step_info:
@@ -492,7 +536,7 @@ def _hessian(
         if not isinstance(g, sympy.Symbol):
             g_steps: list[tuple[sympy.Symbol, sympy.Expr]] = []
             if g.free_symbols & known:  # an input's adjoint is an inline sum: give it a step
-                sym = sympy.Symbol(f"g[{i}]", real=True)
+                sym = sympy.Symbol(f"g{prefix}[{i}]" if prefix != "h" else f"g[{i}]", real=True)
                 g_steps = [(sym, g)]
                 g = sym
             else:
@@ -500,7 +544,7 @@ def _hessian(
                 continue
         else:
             g_steps = []
-        steps_i, adj = sweep(program + g_steps, g, partials, f"h{i}", deadline)
+        steps_i, adj = sweep(program + g_steps, g, partials, f"{prefix}{i}", deadline)
         new_steps += g_steps + steps_i
         rows.append(tuple(adj.get(x, sympy.S.Zero) for x in inputs))
     return tuple(rows), new_steps
@@ -511,18 +555,65 @@ def _whole_expression_gradient(
     inputs: tuple[sympy.Symbol, ...],
     values: dict[int, sympy.Expr],
     steps: list[tuple[sympy.Symbol, sympy.Expr]],
+    const_syms: set[sympy.Symbol],
+    deadline: Deadline,
 ) -> tuple[dict[str, sympy.Expr] | None, str]:
-    """`sympy.diff` of the output written out as one expression (small graphs only)."""
-    try:
+    """`sympy.diff` of the output written out as one expression (small graphs only), or None and why not.
+
+    Written out, the expression lets sympy combine constants and simplify, which can take
+    unbounded time (``sin(x+1)*sin(x+2)*...*sin(x+40)``) or fail (``max(x, 1/0)``): the work is
+    bounded by `WHOLE_SECONDS` (and the check's deadline) and any failure is a skipped second
+    opinion, said in the report, never an error of the check.
+    """
+
+    def work() -> dict[str, sympy.Expr]:
         full: dict[sympy.Symbol, sympy.Expr] = {}
         for sym, expr in steps:
-            full[sym] = expr.xreplace(full)
+            if sym not in const_syms:  # opaque constants stay symbols (see _opaque)
+                full[sym] = expr.xreplace(full)
         out = values[graph.output]
         out = full.get(out, out) if isinstance(out, sympy.Symbol) else out
-        grads = {name: sympy.diff(out, x) for name, x in zip(graph.variables, inputs)}
+        return {name: sympy.diff(out, x) for name, x in zip(graph.variables, inputs)}
+
+    seconds = deadline.within(WHOLE_SECONDS)
+    try:
+        grads = run_bounded(work, seconds, name="gradcheck-sym-second-opinion")
+    except BudgetExceeded:
+        deadline.check("deriving the second opinion")
+        return None, f"sympy.diff of the whole expression took more than {seconds:.2g} s"
     except (RecursionError, MemoryError):
         return None, "the whole expression is too deep for sympy"
-    bad = [g for g in grads.values() if g.has(sympy.Derivative, sympy.Subs)]
-    if bad:
+    except Exception as exc:  # noqa: BLE001 - sympy failing on the written-out form: the opinion is skipped
+        return None, f"sympy could not differentiate the whole expression: {type(exc).__name__}"
+    if any(g.has(sympy.Derivative, sympy.Subs) for g in grads.values()):
         return None, "sympy.diff left an unevaluated derivative"
+    if any(g.has(sympy.I, sympy.AccumBounds) for g in grads.values()):
+        return None, "the whole expression involves non-real values"
     return grads, ""
+
+
+def _opaque(value: int | float | str | None) -> bool:
+    """Whether sympy should see this constant as a symbol rather than a number.
+
+    Exact arithmetic on large integers can take unbounded time in sympy (``digamma(10**20)``
+    sums a harmonic series, ``acos(n)`` factors ``1 - n**2``), and huge, tiny or infinite floats
+    meet slow or failing paths (``softplus(1e30)``, ``max(x, 1e400)``).  Such a constant gets a
+    program step of its own and sympy only ever sees its symbol; the numbers are computed by
+    `evaluate`, in float64 or mpmath.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if isinstance(value, int):
+        return abs(value) > OPAQUE_INT
+    return not math.isfinite(value) or abs(value) > OPAQUE_FLOAT or 0 < abs(value) < 1 / OPAQUE_FLOAT
+
+
+def _opaque_number(e: sympy.Expr) -> bool:
+    """`_opaque` for a folded step's constant value (any constant that is not a small rational or float)."""
+    if e.is_Integer:
+        return abs(e) > OPAQUE_INT
+    if e.is_Rational:
+        return abs(e.p) > OPAQUE_INT or e.q > OPAQUE_INT
+    if e.is_Float:
+        return _opaque(float(e)) if e.is_finite else True
+    return True  # zoo, nan, oo, and constant expressions such as digamma(10**20) or cos(3)
