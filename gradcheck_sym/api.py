@@ -12,7 +12,7 @@ from .autograd.expression import DTYPES
 from .budget import Deadline
 from .judge.engine import Checker
 from .judge.expression import ExpressionSubject
-from .errors import GradcheckSymError, InputError
+from .errors import GradcheckSymError, InputError, InternalError, UnsupportedError
 from .ir.graph import Graph
 from .front.parse import Limits, parse
 from .judge.points import make_points
@@ -58,7 +58,8 @@ def check(
 
     Raises:
         GradcheckSymError: bad expression or input (a `ParseError`, `LimitError`, `InputError`, ...),
-            or `TimeLimitError` when `timeout` passed.
+            `TimeLimitError` when `timeout` passed, or `InternalError` (a bug in gradcheck-sym: please
+            report it; the original exception is its `cause`).
 
     Example:
         >>> check("sin(x)*exp(y)", at={"x": 0.7, "y": 1.3}).ok
@@ -66,7 +67,12 @@ def check(
     """
     deadline = Deadline(timeout)
     names = set(at or {}) | set(domain or {})
-    graph = parse(expression, variables=variables, as_variables=names, limits=limits, deadline=deadline)
+    try:
+        graph = parse(expression, variables=variables, as_variables=names, limits=limits, deadline=deadline)
+    except GradcheckSymError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - see _check_graph
+        raise InternalError(exc) from exc
     return _check_graph(graph, at, domain, samples, seed, dtype, order, limits, chunk_size, progress, deadline)
 
 
@@ -92,6 +98,21 @@ def check_graph(
 def _check_graph(graph: Graph, at: Mapping[str, Any] | None, domain: Mapping[str, Any] | None,
                  samples: int | None, seed: int | None, dtype: str, order: int, limits: Limits | None,
                  chunk_size: int | None, progress: bool | None, deadline: Deadline) -> Report:
+    try:
+        return _check_graph_unguarded(graph, at, domain, samples, seed, dtype, order, limits, chunk_size, progress,
+                                      deadline)
+    except GradcheckSymError:
+        raise
+    except MemoryError:
+        raise UnsupportedError("the check ran out of memory",
+                               "check fewer points at once (chunk_size=...) or fewer points") from None
+    except Exception as exc:  # noqa: BLE001 - no input should get here: a bug, said as one
+        raise InternalError(exc) from exc
+
+
+def _check_graph_unguarded(graph: Graph, at: Mapping[str, Any] | None, domain: Mapping[str, Any] | None,
+                           samples: int | None, seed: int | None, dtype: str, order: int, limits: Limits | None,
+                           chunk_size: int | None, progress: bool | None, deadline: Deadline) -> Report:
     torch_dtype = torch_dtype_of(dtype, order)
     limits = limits or Limits()
     if not graph.variables and (at or domain):

@@ -48,6 +48,13 @@ class Limits:
     max_int_digits: int = 10_000
     max_points: int = 1_000_000_000
 
+    def __post_init__(self) -> None:
+        for name in ("max_chars", "max_depth", "max_nodes", "max_int_digits", "max_points"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(f"Limits({name}={value!r}): a limit must be a positive integer",
+                                 f"--{name.replace('_', '-')} on the command line takes the same")
+
 
 _BINOP_NAMES = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div", ast.Pow: "pow", ast.Mod: "mod"}
 _UNARY_NAMES = {ast.USub: "neg", ast.UAdd: "pos"}
