@@ -37,6 +37,15 @@ class GradcheckSymError(Exception):
         return self.message + (f"\n{self.hint}" if self.hint else "")
 
 
+def unusual_letters(name: str) -> str:
+    """Words naming the non-ASCII letters of `name` ("" for ASCII), for errors about names:
+    Cyrillic 'х' and Latin 'x' look the same and are different names."""
+    import unicodedata
+
+    odd = sorted({unicodedata.name(c, f"U+{ord(c):04X}") for c in name if ord(c) > 127})
+    return f" ({name!r} is written with {', '.join(odd)})" if odd else ""
+
+
 def _caret_block(source: str, line: int, col: int, end_col: int | None) -> str:
     """The offending line of `source` with carets under columns [col, end_col)."""
     lines = source.splitlines() or [""]

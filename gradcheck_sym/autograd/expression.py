@@ -67,9 +67,14 @@ class AutogradRun:
         # frees the whole chain at once, recursively — through Python where grad_fn objects
         # exist (`meta`, hooks), which overflows the C stack for a chain of ~40,000 nodes
         # (x+x+...+x): a segfault.
-        values = self.values
-        for k in sorted(values, reverse=True):
-            del values[k]
+        # A finalizer may run in any thread, also in a worker being interrupted (budget.run_bounded):
+        # nothing may escape it; whatever is left is then released the usual way.
+        try:
+            values = self.values
+            for k in sorted(values, reverse=True):
+                del values[k]
+        except BaseException:  # noqa: BLE001, S110
+            pass
 
 
 def _number(value: Any) -> float:

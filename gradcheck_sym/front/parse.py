@@ -6,23 +6,34 @@ op table and one comparison as the condition of ``where`` are accepted.
 Everything else is rejected with a `ParseError` that points at the column.
 
 Python's own parser recurses once per nesting level (``x+x+...+x`` nests one
-level per ``+``), so it runs in a thread with a large stack; deeper input
-than `Limits.max_depth` is refused before any later stage can recurse on it.
+level per ``+``): it runs in a thread with a large stack, and text that may
+nest deeper than it can build at the recursion limit in force is read by
+`deep.read_deep` into the same tree, without recursion (the limit is never
+changed).  Deeper input than `Limits.max_depth` is refused before any later
+stage can recurse on it.
+
+Names are compared as written: Python reads fullwidth ``ｘ`` and mathematical
+``𝑥`` as ``x`` (NFKC); here they are an error that says so, never silently the
+same variable.  Letters that only look alike (Cyrillic ``х``) are different
+names, and an error about them names the letter.
 """
 
 from __future__ import annotations
 
 import ast
+import io
 import math
+import re
 import sys
-import threading
+import tokenize
 from dataclasses import dataclass
 from typing import Any, Collection, Sequence
 
-from ..budget import NO_DEADLINE, Deadline
-from ..errors import InputError, LimitError, ParseError, UnknownFunctionError
+from ..budget import NO_DEADLINE, Deadline, run_bounded
+from ..errors import InputError, LimitError, ParseError, UnknownFunctionError, unusual_letters
 from ..ir.graph import Graph, Node
 from ..ops import BINOPS, COMPARISONS, CONSTANTS, FUNCTIONS, suggest
+from .deep import read_deep
 
 __all__ = ["Limits", "parse"]
 
@@ -90,34 +101,6 @@ _REJECTED: dict[type, tuple[str, str]] = {
     ast.Yield: ("'yield' is not allowed", "give a numeric expression"),
     ast.YieldFrom: ("'yield' is not allowed", "give a numeric expression"),
 }
-_STACK_BYTES = 512 * 1024 * 1024
-
-
-def _run_with_big_stack(fn: Any) -> Any:
-    """Run `fn()` in a thread with a large C stack and recursion limit; re-raise its exception."""
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        old = sys.getrecursionlimit()
-        sys.setrecursionlimit(max(old, 1_000_000))
-        try:
-            box["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - handed back to the caller's thread
-            box["error"] = exc
-        finally:
-            sys.setrecursionlimit(old)
-
-    old_size = threading.stack_size()
-    threading.stack_size(_STACK_BYTES)
-    try:
-        thread = threading.Thread(target=target, name="gradcheck-sym-parse")
-        thread.start()
-    finally:
-        threading.stack_size(old_size)
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
 
 
 class _Text:
@@ -125,6 +108,8 @@ class _Text:
 
     def __init__(self, source: str) -> None:
         self.source = source
+        self.parse_source = source  # what Python's parser reads (long integers as placeholders)
+        self.big_ints: dict[str, int] = {}  # placeholder name -> the integer it stands for
         self.lines = source.splitlines() or [""]
         self._ascii = source.isascii()
         self._encoded = [ln.encode() for ln in self.lines] if not self._ascii else []
@@ -145,27 +130,131 @@ class _Text:
         line, col, end_line, end_col = self.span(node)
         return cls(message, self.source, line, col, end_col if end_line == line else None, hint)
 
+    def byte_error(self, message: str, start: tuple[int, int], end: tuple[int, int], hint: str = "") -> ParseError:
+        """A ParseError between two (line, UTF-8 byte column) positions, as ast and `deep` give them."""
+        col, end_col = self.col(start[0], start[1]), self.col(end[0], end[1])
+        return ParseError(message, self.source, start[0], col, end_col if end[0] == start[0] else None, hint)
 
-def _syntax_tree(source: str, limits: Limits) -> ast.Expression:
-    text = _Text(source)
+    def char_error(self, message: str, start: tuple[int, int], end: tuple[int, int], hint: str = "") -> ParseError:
+        """A ParseError between two (line, character column) positions, as `tokenize` gives them."""
+        return ParseError(message, self.source, start[0], start[1], end[1] if end[0] == start[0] else None, hint)
 
-    def do_parse() -> ast.Expression:
-        return ast.parse(source, mode="eval")
+    def written(self, node: ast.AST) -> str:
+        """The text of `node` as written (one line)."""
+        line, col, end_line, end_col = self.span(node)
+        return self.lines[line - 1][col:end_col] if line == end_line and 0 < line <= len(self.lines) else ""
 
+
+def _syntax_tree(text: _Text, limits: Limits, deadline: Deadline) -> ast.Expression:
+    """Python's syntax tree of the text: by `ast.parse` when it can build it, else by `deep.read_deep`.
+
+    `ast.parse` builds its tree recursively, up to about three times the recursion limit in
+    force; the limit is never raised here (that would change it for the whole process and
+    every thread).  Text that may nest deeper (`_depth_bound`) is read by `deep.read_deep`,
+    which gives the same tree without recursion.  `ast.parse` runs in a worker thread with a
+    large C stack, because its C parser recurses too.
+    """
+    source = text.parse_source
+    if _depth_bound(source) <= 3 * sys.getrecursionlimit() - _DEPTH_MARGIN:
+        try:
+            return run_bounded(lambda: ast.parse(source, mode="eval"), None, name="gradcheck-sym-parse")
+        except RecursionError:
+            pass  # the bound was too optimistic: read it without recursion
+        except MemoryError:
+            raise LimitError("the expression is too large for Python's parser", "max_chars", len(source),
+                             limits.max_chars) from None
+        except SyntaxError as exc:
+            raise _syntax_error(exc, text) from None
+        except ValueError as exc:  # null bytes
+            raise ParseError(f"cannot read the expression: {exc}", text.source, 1, 0) from None
+    if "\0" in source:
+        raise ParseError("cannot read the expression: it contains a null character", text.source, 1,
+                         source.index("\0"))
+    return read_deep(source, text.byte_error, deadline)
+
+
+# ast.parse starts counting at (the caller's depth) x 3: a margin for the worker's own frames.
+_DEPTH_MARGIN = 200
+_TOKEN = re.compile(r"[()\[\]{}]|[A-Za-z0-9_.]+|[^\sA-Za-z0-9_.()\[\]{}]+")
+
+
+def _depth_bound(source: str) -> int:
+    """An upper bound on the depth of Python's syntax tree for `source`.
+
+    Within one level of brackets the tree over its atoms is at most as deep as that level has
+    tokens; a bracket adds its own levels (a call and its argument) to the deepest one inside.
+    """
+    counts, deepest = [0], [0]
+    for m in _TOKEN.finditer(source):
+        t = m.group()
+        if t in "([{":
+            counts.append(0)
+            deepest.append(0)
+        elif t in ")]}" and len(counts) > 1:
+            inner = counts.pop() + deepest.pop() + 2
+            deepest[-1] = max(deepest[-1], inner)
+        else:
+            counts[-1] += 1
+    while len(counts) > 1:
+        inner = counts.pop() + deepest.pop() + 2
+        deepest[-1] = max(deepest[-1], inner)
+    return counts[0] + deepest[0] + 2
+
+
+_LONG_INT = re.compile(r"(?<![\w.])[0-9][0-9_]*(?![\w.])")
+_NUMBER_THEN_NAME = re.compile(r"[0-9][A-Za-z_]")
+
+
+def _prescan(text: _Text, limits: Limits) -> None:
+    """What Python's parser would refuse or warn about on stderr, said our way first.
+
+    * Integer literals longer than Python's int-str limit (4,300 digits): Python refuses
+      them; within `Limits.max_int_digits` they are read here and stand in the text as a
+      placeholder name of the same length (columns are unchanged).
+    * A number followed directly by a name (``1if``, ``2x``) and escapes in strings make
+      Python's parser print a SyntaxWarning on stderr; they are errors here.
+    """
+    source = text.source
+    cap = sys.get_int_max_str_digits() if hasattr(sys, "get_int_max_str_digits") else 0
+    if cap and re.search(r"[0-9_]{%d}" % (cap + 1), source):
+        pieces, last = [], 0
+        for m in _LONG_INT.finditer(source):
+            digits = m.group().replace("_", "")
+            if len(digits) <= cap:
+                continue
+            if len(digits) > limits.max_int_digits:
+                raise LimitError(f"an integer literal has {len(digits):,} digits; the limit is "
+                                 f"{limits.max_int_digits:,}", "max_int_digits", len(digits), limits.max_int_digits)
+            name = f"__int{len(text.big_ints)}_"
+            name += "_" * (len(m.group()) - len(name))
+            text.big_ints[name] = _big_int(digits)
+            pieces += [source[last : m.start()], name]
+            last = m.end()
+        text.parse_source = "".join(pieces) + source[last:]
+    if _NUMBER_THEN_NAME.search(source) or ("\\" in source and ("'" in source or '"' in source)):
+        _scan_tokens(text)
+
+
+def _scan_tokens(text: _Text) -> None:
     try:
-        return _run_with_big_stack(do_parse)
-    except (RecursionError, MemoryError):
-        raise LimitError(
-            "the expression nests too deeply for Python's parser",
-            "max_depth",
-            0,
-            limits.max_depth,
-            hint="split it into smaller pieces, or build the graph with gradcheck_sym.Graph",
-        ) from None
-    except SyntaxError as exc:
-        raise _syntax_error(exc, text) from None
-    except ValueError as exc:  # e.g. null bytes, or an integer literal too long to convert
-        raise ParseError(f"cannot read the expression: {exc}", source, 1, 0) from None
+        tokens = list(tokenize.generate_tokens(io.StringIO(text.parse_source).readline))
+    except (tokenize.TokenError, SyntaxError, IndentationError):
+        return  # Python's parser says what is wrong
+    for tok, after in zip(tokens, tokens[1:]):
+        if tok.type == tokenize.STRING and "\\" in tok.string:
+            raise text.char_error("strings are not allowed", tok.start, tok.end, "give a numeric expression")
+        if tok.type == tokenize.NUMBER and after.type == tokenize.NAME and after.start == tok.end:
+            raise text.char_error("invalid decimal literal", tok.start, after.end,
+                                  "is an operator or a space missing after the number (write 2*x)?")
+
+
+def _big_int(digits: str) -> int:
+    """int(digits) for any length: Python's int-str limit applies to one conversion, so 4,000 digits at a time."""
+    value = 0
+    for i in range(0, len(digits), 4000):
+        chunk = digits[i : i + 4000]
+        value = value * 10 ** len(chunk) + int(chunk)
+    return value
 
 
 def _syntax_error(exc: SyntaxError, text: _Text) -> ParseError:
@@ -246,8 +335,11 @@ def parse(
         raise ParseError("the expression is empty", source, 1, 0, None, "give an expression such as sin(x) * y")
     # Leading spaces would be an IndentationError for Python; they mean nothing here.
     stripped = source.strip()
-    tree = _syntax_tree(stripped, limits)
-    return _Builder(_Text(stripped), variables, set(as_variables), limits, deadline or NO_DEADLINE).build(tree)
+    text = _Text(stripped)
+    deadline = deadline or NO_DEADLINE
+    _prescan(text, limits)
+    tree = _syntax_tree(text, limits, deadline)
+    return _Builder(text, variables, set(as_variables), limits, deadline).build(tree)
 
 
 class _Builder:
@@ -364,19 +456,23 @@ class _Builder:
             if not isinstance(value, (int, float)):
                 raise err(f"{value!r} is not a number", node, "give a numeric expression")
             if isinstance(value, int) and value.bit_length() > self.limits.max_int_digits * 3.33:
+                digits = len(self.text.written(node).replace("_", "")) or int(value.bit_length() * 0.30103) + 1
                 raise LimitError(
-                    f"an integer literal has more than {self.limits.max_int_digits:,} digits",
-                    "max_int_digits", len(str(value)), self.limits.max_int_digits,
+                    f"an integer literal has {digits:,} digits; the limit is {self.limits.max_int_digits:,}",
+                    "max_int_digits", digits, self.limits.max_int_digits,
                 )
             return []
         if isinstance(node, ast.Name):
+            if node.id in self.text.big_ints:  # a long integer literal (see _prescan)
+                return []
+            self._check_written(node.id, node)
             if node.id.startswith("__"):
                 raise err(f"the name {node.id!r} is not allowed (names starting with '__' are reserved)", node,
                           "rename the variable")
             if self.declared is not None and node.id not in self.declared and not (
                 node.id in CONSTANTS and node.id not in self.as_variables
             ):
-                raise err(f"unknown variable {node.id!r}", node,
+                raise err(f"unknown variable {node.id!r}{unusual_letters(node.id)}", node,
                           "declared variables: " + ", ".join(self.declared) if self.declared else "")
             return []
         if isinstance(node, ast.Call):
@@ -396,6 +492,17 @@ class _Builder:
         raise err(f"{type(node).__name__} syntax is not allowed in an expression", node,
                   "use numbers, names, + - * / ** %, and function calls")
 
+    def _check_written(self, name: str, node: ast.AST) -> None:
+        """Refuse a name Python merged with another by its compatibility form (NFKC)."""
+        if self.text.source.isascii():
+            return
+        written = self.text.written(node)
+        if written and written != name:
+            raise self.text.error(
+                f"the name {written!r} is written with compatibility characters (fullwidth or mathematical "
+                f"letters) that Python reads as {name!r}", node,
+                f"write {name!r}: gradcheck-sym does not merge names that are written differently")
+
     def _call_children(self, node: ast.Call) -> list[tuple[ast.AST, bool]]:
         err = self.text.error
         func = node.func
@@ -405,6 +512,7 @@ class _Builder:
                           "call functions by name, e.g. sin(x) rather than torch.sin(x)")
             raise err("only named functions can be called", func, "call a function by name, e.g. sin(x)")
         name = func.id
+        self._check_written(name, func)
         if name.startswith("__"):
             raise err(f"the name {name!r} is not allowed (names starting with '__' are reserved)", func,
                       "call a function of the op table, e.g. sin(x)")
@@ -455,6 +563,8 @@ class _Builder:
         if isinstance(node, ast.Constant):
             return self._const(node.value, span, region)
         if isinstance(node, ast.Name):
+            if node.id in self.text.big_ints:
+                return self._const(self.text.big_ints[node.id], span, region)
             if node.id in CONSTANTS and node.id not in self.as_variables:
                 return self._add(("const", CONSTANTS[node.id], region), op="const", value=CONSTANTS[node.id],
                                  span=span, region=region)
@@ -475,8 +585,12 @@ class _Builder:
             for b in args[1:]:
                 k = self._add((name, (k, b), region), op=name, args=(k, b), span=span, region=region)
             return k
-        node_region = region
-        return self._add((name, tuple(args), node_region), op=name, args=tuple(args), span=span, region=node_region)
+        if name == "pow":  # pow(a, b) is a ** b: the same guard and the same exact integers
+            self._check_power(args[0], args[1], node)
+            k = self._add(("pow", tuple(args), region), op="pow", args=tuple(args), span=span, region=region)
+            self._track_int(k, "pow", tuple(args))
+            return k
+        return self._add((name, tuple(args), region), op=name, args=tuple(args), span=span, region=region)
 
     def _const(self, value: int | float, span: tuple[int, int, int, int], region: int | None) -> int:
         k = self._add(("const", type(value).__name__, value, region), op="const", value=value, span=span,
@@ -498,21 +612,24 @@ class _Builder:
             self.int_values[k] = vals[0] ** vals[1]  # type: ignore[operator]
 
     def _check_power(self, base: int, exponent: int, node: ast.AST) -> None:
-        """Refuse constant powers that sympy would expand into enormous exact numbers."""
+        """Refuse constant powers that sympy would expand into enormous exact numbers (``**`` and pow())."""
         if self.has_var[exponent] or self.has_var[base]:
             return
         e = self.int_values.get(exponent)
-        if e is None:
+        if e is None or e == 0:
             return
         b = self.int_values.get(base)
-        digits = abs(e) * (math.log10(abs(b)) if b not in (None, 0) and abs(b) > 1 else 1.0)
         if b in (0, 1, -1):
-            digits = 1
-        if digits > self.limits.max_int_digits:
+            return
+        # digits = |e| * log10|b|, in logarithms: |e| may itself have thousands of digits (2**10**400)
+        log_digits = math.log10(abs(e)) + (math.log10(math.log10(abs(b))) if b is not None and abs(b) > 1 else 0.0)
+        if log_digits > math.log10(self.limits.max_int_digits):
             line, col, end_line, end_col = self.text.span(node)
             shown = self.text.lines[line - 1][col:end_col] if line == end_line else "power"
+            digits = 10.0**log_digits if log_digits < 300 else math.inf
+            about = f"{digits:.3g}" if digits < math.inf else f"1e+{log_digits:.0f}"
             raise LimitError(
-                f"the constant power {shown} would have about {digits:.3g} digits;"
+                f"the constant power {shown} would have about {about} digits;"
                 f" the limit is {self.limits.max_int_digits:,}",
                 "max_int_digits", int(min(digits, 10**18)), self.limits.max_int_digits,
                 hint="write the number as a float (e.g. 1e300) or raise Limits(max_int_digits=...)",

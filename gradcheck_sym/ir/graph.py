@@ -215,7 +215,7 @@ class Graph:
         if node.op == "var":
             return str(node.name)
         if node.op == "const":
-            return str(node.value)
+            return _const_text(node.value)
         if node.origin:
             return f"{node.op} at {node.origin}"
         return f"{node.op}(" + ", ".join(f"%{a}" for a in node.args) + ")"
@@ -226,7 +226,7 @@ class Graph:
             if n.op == "var":
                 rhs = f"var {n.name}"
             elif n.op == "const":
-                rhs = f"const {n.value}"
+                rhs = f"const {_const_text(n.value)}"
             else:
                 rhs = f"{n.op} " + " ".join(f"%{a}" for a in n.args)
             text = self.label(n.id) if n.op not in ("var", "const") and n.span else ""
@@ -235,3 +235,22 @@ class Graph:
             lines.append(f"%{n.id} = {rhs}{region}{extra}")
         lines.append(f"output %{self.output}")
         return "\n".join(lines)
+
+
+def _const_text(value: int | float | str | None) -> str:
+    """A constant for people: integers of more than 50 digits shortened (Python refuses str() of
+    one beyond 4,300 digits)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 166:
+        magnitude = abs(value)
+        digits = _digits(magnitude)
+        head = str(magnitude // 10 ** (digits - 10))
+        return f"{'-' if value < 0 else ''}{head}...({digits:,} digits)"
+    return str(value)
+
+
+def _digits(value: int) -> int:
+    """The number of decimal digits of a large positive integer, without str()."""
+    import math
+
+    estimate = int(value.bit_length() * math.log10(2))
+    return estimate + 1 if value >= 10**estimate else estimate
