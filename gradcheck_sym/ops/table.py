@@ -41,8 +41,9 @@ class Op:
         kernel: optional ``(s, out, *exprs) -> tuple``: each partial derivative written the way
             torch's backward computes it, when that form cancels where the exact one does not
             (sigmoid's backward is ``out * (1 - out)`` from the rounded output: 0 once out rounds
-            to 1).  Only the magnitude sweep reads it, to bound that rounding; the reference
-            keeps the exact derivative.
+            to 1), or with a term for rounding inside the kernel's argument reduction (digamma's
+            reflection ``pi / tan(pi x)`` for x < 0: ``x psi''(x)``).  Only the magnitude sweep
+            reads it, to bound that rounding; the reference keeps the exact derivative.
         box: a sampling box per argument where the op is smooth and real (for tests).
         doc: one line for `gradcheck-sym ops`.
     """
@@ -100,7 +101,10 @@ _FUNCTION_LIST: list[Op] = [
     _f("acosh", lambda t, x: t.acosh(x), lambda s, x: s.acosh(x), box=((1.1, 4),), doc="inverse hyperbolic cosine"),
     _f("atanh", lambda t, x: t.atanh(x), lambda s, x: s.atanh(x), box=((-0.9, 0.9),), doc="inverse hyperbolic tangent"),
     _f("exp", lambda t, x: t.exp(x), lambda s, x: s.exp(x), box=((-3, 3),), doc="exponential"),
-    _f("expm1", lambda t, x: t.expm1(x), lambda s, x: s.expm1(x), box=((-3, 3),), doc="exp(x) - 1, accurate near 0"),
+    _f("expm1", lambda t, x: t.expm1(x), lambda s, x: s.expm1(x), box=((-3, 3),),
+       kernel=lambda s, out, x: (out + 1,),
+       convention="torch's backward computes out + 1: 0 where out rounds to -1 (x < -37 in float64)",
+       doc="exp(x) - 1, accurate near 0"),
     _f(
         "log",
         lambda t, x, b=None: t.log(x) if b is None else t.log(x) / t.log(b),
@@ -225,6 +229,7 @@ _FUNCTION_LIST: list[Op] = [
         # NB: the sampling box stops short of x = 1.4616, the root of digamma (lgamma's
         # derivative), where torch's float32 digamma has ~3e-5 relative error.
         box=((0.2, 1.3),),
+        kernel=lambda s, out, x: (s.polygamma(0, x) + x * s.polygamma(1, x),),
         convention="log|gamma(x)|, real also for negative x; poles at 0, -1, -2, ...",
         doc="log of the absolute value of the gamma function",
     ),
@@ -233,6 +238,8 @@ _FUNCTION_LIST: list[Op] = [
         lambda t, x: t.digamma(x),
         lambda s, x: s.polygamma(0, x),
         box=((0.5, 5),),
+        # For x < 0 torch reflects (pi / tan(pi x)): rounding x*pi costs about |x psi''(x)| ulps.
+        kernel=lambda s, out, x: (s.polygamma(1, x) + x * s.polygamma(2, x),),
         # torch's trigamma (the derivative) agrees with mpmath only to ~4e-10 (reference table)
         approx_rtol=2e-9,
         doc="digamma (psi) function, the derivative of lgamma",
@@ -242,6 +249,7 @@ _FUNCTION_LIST: list[Op] = [
         lambda t, x: t.digamma(x + 1) + 0.57721566490153286061,
         lambda s, x: s.polygamma(0, x + 1) + s.EulerGamma,
         box=((0.5, 20),),
+        kernel=lambda s, out, x: (s.polygamma(1, x + 1) + (x + 1) * s.polygamma(2, x + 1),),
         approx_rtol=2e-9,
         doc="harmonic number H(x) = digamma(x + 1) + Euler's gamma",
     ),

@@ -237,7 +237,7 @@ def mpmath_backend(dps: int) -> Backend:
     def log(x: Any) -> Any:
         return -inf if x == 0 else real(ctx.log)(x)
 
-    def lgamma(x: Any) -> Any:
+    def log_gamma(x: Any) -> Any:
         if ctx.isinf(x):
             return inf
         if x <= 0 and ctx.isint(x):
@@ -257,7 +257,7 @@ def mpmath_backend(dps: int) -> Backend:
     def erfc(x: Any) -> Any:
         return nan if ctx.isnan(x) else zero if x > 1e8 else 2 * one if x < -1e8 else real(ctx.erfc)(x)
 
-    def mod(a: Any, b: Any) -> Any:
+    def remainder(a: Any, b: Any) -> Any:
         return real(lambda p, q: p - q * ctx.floor(p / q))(a, b)
 
     def minmax(pick: Callable[..., Any]) -> Callable[..., Any]:
@@ -277,8 +277,8 @@ def mpmath_backend(dps: int) -> Backend:
         sympy.Abs: abs, sympy.sign: lambda x: nan if ctx.isnan(x) else mpf(ctx.sign(x)),
         sign: lambda x: nan if ctx.isnan(x) else mpf(ctx.sign(x)),
         sympy.floor: real(ctx.floor), floor: real(ctx.floor), sympy.ceiling: real(ctx.ceil), ceiling: real(ctx.ceil),
-        sympy.erf: erf, sympy.erfc: erfc, sympy.loggamma: lgamma, lgamma: lgamma,
-        sympy.polygamma: polygamma, sympy.Heaviside: heaviside, mod: mod,
+        sympy.erf: erf, sympy.erfc: erfc, sympy.loggamma: log_gamma, lgamma: log_gamma,
+        sympy.polygamma: polygamma, sympy.Heaviside: heaviside, mod: remainder,
         sympy.Min: minmax(min), sympy.Max: minmax(max),
         sympy.DiracDelta: lambda x, *rest: zero,
         zmul: lambda a, b: zero if a == 0 else tame(a * b),

@@ -236,7 +236,8 @@ def magnitude(expr: sympy.Expr) -> sympy.Expr:
     """The expression with every sum of terms replaced by the sum of their absolute values.
 
     |magnitude(d)| bounds what rounding inside a kernel computing ``d`` is relative to: for
-    gelu'(x) = Phi(x) + x*phi(x) near its root the value is tiny but the terms are not.
+    gelu'(x) = Phi(x) + x*phi(x) near its root the value is tiny but the terms are not; for
+    atanh'(x) = 1/(1 - x**2) near x = 1 the power of a cancelling sum carries its relative error.
     """
     if isinstance(expr, sympy.Add):
         return sympy.Add(*[magnitude(a) for a in expr.args], evaluate=False)
@@ -246,6 +247,12 @@ def magnitude(expr: sympy.Expr) -> sympy.Expr:
         return sympy.Piecewise(*[(magnitude(e), c) for e, c in expr.args])
     if isinstance(expr, zmul):
         return zmul(magnitude(expr.args[0]), magnitude(expr.args[1]), evaluate=False)
+    if isinstance(expr, sympy.Pow) and expr.base.has(sympy.Add):
+        # A power's relative error is |p| times its base's, and a sum that cancels (1 - x**2 near
+        # x = 1, the derivative of atanh) has relative error u * magnitude / |sum|.
+        base, p = expr.args
+        return sympy.Mul(sympy.Abs(expr, evaluate=False), sympy.Abs(p, evaluate=False), magnitude(base),
+                         sympy.Pow(sympy.Abs(base, evaluate=False), -1, evaluate=False), evaluate=False)
     if expr.is_Symbol or expr.is_Number or isinstance(expr, sympy.NumberSymbol):
         return expr if expr.is_Number and expr.is_extended_nonnegative else sympy.Abs(expr, evaluate=False)
     return sympy.Abs(expr, evaluate=False)
