@@ -84,16 +84,16 @@ def _set_pos(node: ast.AST, start: Pos, end: Pos) -> ast.AST:
 
 def _tokens(source: str, error: Callable[..., ParseError]) -> list[_Tok]:
     lines = source.splitlines(keepends=True) or [""]
+    ascii_rows = [line.isascii() for line in lines]
     byte_cols: dict[int, list[int]] = {}
 
     def pos(row: int, col: int) -> Pos:
-        line = lines[row - 1] if 0 < row <= len(lines) else ""
-        if line.isascii():
+        if not 0 < row <= len(lines) or ascii_rows[row - 1]:
             return (row, col)
         table = byte_cols.get(row)
         if table is None:  # byte offset of every character of the line, computed once
             table = [0]
-            for ch in line:
+            for ch in lines[row - 1]:
                 table.append(table[-1] + len(ch.encode()))
             byte_cols[row] = table
         return (row, table[min(col, len(table) - 1)])

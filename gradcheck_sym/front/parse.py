@@ -111,7 +111,7 @@ class _Text:
         self.parse_source = source  # what Python's parser reads (long integers as placeholders)
         self.big_ints: dict[str, int] = {}  # placeholder name -> the integer it stands for
         self.lines = source.splitlines() or [""]
-        self._ascii = source.isascii()
+        self._ascii = self.is_ascii = source.isascii()
         self._encoded = [ln.encode() for ln in self.lines] if not self._ascii else []
 
     def col(self, line: int, byte_col: int) -> int:
@@ -494,7 +494,7 @@ class _Builder:
 
     def _check_written(self, name: str, node: ast.AST) -> None:
         """Refuse a name Python merged with another by its compatibility form (NFKC)."""
-        if self.text.source.isascii():
+        if self.text.is_ascii:
             return
         written = self.text.written(node)
         if written and written != name:

@@ -64,13 +64,24 @@ class References:
         for k in self.kink_nodes:
             for a in graph.nodes[k].args:
                 extra[f"v{a}"] = derivation.values[a]
-        self.extra = extra
-        self.syms = {name: _sym(f"extra[{name}]") for name in extra}
+        # Identical expressions are computed once (x+x+...+x: 45,000 adjoints, all 1); the leading
+        # ones apart from the rest, which are computed at every point.
+        self.extra: dict[str, sympy.Expr] = {}
+        self.syms: dict[str, sympy.Symbol] = {}
+        canonical: dict[tuple[bool, sympy.Expr], sympy.Symbol] = {}
+        for name, e in extra.items():
+            key = (name in self.leading_only, e)
+            if key not in canonical:
+                canonical[key] = _sym(f"extra[{name}]")
+                self.extra[name] = e
+            self.syms[name] = canonical[key]
         self.keep = set(self.syms.values())
         deadline.check("compiling the reference")
         self.compiled = compile_program(derivation.program, TORCH,
-                                        {k: e for k, e in extra.items() if k not in self.leading_only})
-        self.compiled_leading = compile_program(derivation.program, TORCH, extra) if self.leading_only else None
+                                        {k: e for k, e in self.extra.items() if k not in self.leading_only}, deadline)
+        # The same program with every extra: its steps are shared with `compiled`.
+        self.compiled_leading = (compile_program(derivation.program, TORCH, self.extra, deadline,
+                                                 base=self.compiled) if self.leading_only else None)
         # The second opinion has its own program: it runs on the first NODE_POINTS points only.
         self.whole: CompiledProgram | None = None
         if derivation.whole is not None:
@@ -104,7 +115,7 @@ class References:
                                              deadline=self.deadline)
             for name in self.leading_only:  # left short: only their leading points are used
                 sym = self.syms.get(name)
-                if sym is not None and sym in lead:
+                if sym is not None and sym in lead and name in self.extra:
                     out[sym] = full(lead[sym], sub)
         return out
 

@@ -19,7 +19,7 @@ share a working precision.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import mpmath
@@ -398,6 +398,8 @@ class CompiledProgram:
     backend: Backend
     steps: list[tuple[sympy.Symbol, Fn]]
     frees: list[list[sympy.Symbol]]
+    n_program: int = 0  # the program's own steps come first; the extras after them
+    program_last: dict[sympy.Symbol, int] = field(default_factory=dict)
 
     def run(self, env: Env, keep: set[sympy.Symbol] | None = None, deadline: Deadline | None = None) -> Env:
         """Evaluate every step into `env` (updated and returned).
@@ -423,31 +425,42 @@ class CompiledProgram:
 
 
 def compile_program(program: Program, backend: Backend, extra: dict[str, sympy.Expr] | None = None,
-                    deadline: Deadline | None = None) -> CompiledProgram:
+                    deadline: Deadline | None = None, base: CompiledProgram | None = None) -> CompiledProgram:
     """Compile `program` (plus named `extra` expressions as final steps) for `backend`.
+
+    Args:
+        program: the straight-line program.
+        backend: torch or an mpmath backend.
+        extra: name -> expression, evaluated after the program as ``extra[name]``.
+        deadline: looked at every step.
+        base: a compilation of the same program for the same backend: its steps are reused
+            and only `extra` is compiled (two programs that differ in their extras).
 
     Raises:
         UnevaluableError: a sympy object without a numeric rule.
         TimeLimitError: the deadline passed.
     """
     consts: dict[sympy.Expr, Any] = {}
-    steps = []
-    for sym, expr in program.steps:
+    if base is not None and base.backend is backend and base.n_program == len(program.steps):
+        steps = list(base.steps[: base.n_program])
+        last = dict(base.program_last)
+    else:
+        steps = []
+        last = {}
+        for i, (sym, expr) in enumerate(program.steps):
+            if deadline is not None:
+                deadline.check("compiling the reference")
+            steps.append((sym, _compile(expr, backend, consts)))
+            for s in expr.free_symbols:  # the last use of each symbol: temporaries are dropped after it
+                last[s] = i
+    program_last = dict(last)
+    for name, expr in (extra or {}).items():
         if deadline is not None:
             deadline.check("compiling the reference")
-        steps.append((sym, _compile(expr, backend, consts)))
-    exprs = [expr for _, expr in program.steps]
-    if extra:
-        for name, expr in extra.items():
-            sym = sympy.Symbol(f"extra[{name}]", real=True)
-            steps.append((sym, _compile(expr, backend, consts)))
-            exprs.append(expr)
-    # Last use of each symbol, so temporaries can be dropped early.
-    last: dict[sympy.Symbol, int] = {}
-    for i, expr in enumerate(exprs):
         for s in expr.free_symbols:
-            last[s] = i  # type: ignore[index]
+            last[s] = len(steps)
+        steps.append((sympy.Symbol(f"extra[{name}]", real=True), _compile(expr, backend, consts)))
     frees: list[list[sympy.Symbol]] = [[] for _ in steps]
     for s, i in last.items():
-        frees[i].append(s)
-    return CompiledProgram(backend, steps, frees)
+        frees[i].append(s)  # type: ignore[arg-type]
+    return CompiledProgram(backend, steps, frees, len(program.steps), program_last)
