@@ -66,6 +66,11 @@ def check(
         True
     """
     deadline = Deadline(timeout)
+    for name, mapping in (("at", at), ("domain", domain)):
+        if mapping is not None and not isinstance(mapping, Mapping):
+            raise InputError(f"{name} must be a mapping of variable names to values, not {type(mapping).__name__}")
+    if variables is not None and (isinstance(variables, str) or not isinstance(variables, Sequence)):
+        raise InputError(f"variables must be a list of names, not {variables!r}")
     names = set(at or {}) | set(domain or {})
     try:
         graph = parse(expression, variables=variables, as_variables=names, limits=limits, deadline=deadline)
@@ -114,7 +119,18 @@ def _check_graph_unguarded(graph: Graph, at: Mapping[str, Any] | None, domain: M
                            samples: int | None, seed: int | None, dtype: str, order: int, limits: Limits | None,
                            chunk_size: int | None, progress: bool | None, deadline: Deadline) -> Report:
     torch_dtype = torch_dtype_of(dtype, order)
-    limits = limits or Limits()
+    limits = limits if limits is not None else Limits()
+    if not isinstance(limits, Limits):
+        raise InputError(f"limits must be a gradcheck_sym.Limits, not {type(limits).__name__}")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise InputError(f"chunk_size must be a positive integer, not {chunk_size!r}")
+    if not isinstance(graph, Graph):
+        raise InputError(f"check_graph takes a gradcheck_sym.Graph, not {type(graph).__name__}: "
+                         "use gs.check for expression text")
+    try:
+        graph.validate()
+    except ValueError as exc:
+        raise InputError(f"the graph is not valid: {exc}", "build it with gs.parse, or see Graph.validate") from None
     if not graph.variables and (at or domain):
         raise InputError("the expression has no variables: give no at/domain values")
     points = make_points(graph.variables, at=at, domain=domain, samples=samples, seed=seed, max_points=limits.max_points)

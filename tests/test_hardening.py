@@ -149,3 +149,25 @@ def test_non_real_whole_expression_skips_the_second_opinion():
     r = gs.check("(-8)**x", at={"x": 2.0})  # d/dx = (-8)**x * log(-8): log(8) + I*pi in sympy, NaN in torch
     assert "no second opinion (the whole expression involves non-real values)" in r.derivation
     assert r.ok and _kinds(r) == [("nonfinite", "info")] and math.isnan(_rows(r)["x"].symbolic_grad)
+
+
+# ---------------------------------------------------------------- bad arguments of the API are typed errors
+@pytest.mark.parametrize("call,message", [
+    (lambda: gs.check("x", at={"x": 1}, chunk_size="a"), "chunk_size must be a positive integer, not 'a'"),
+    (lambda: gs.check("x", at={"x": 1}, limits=5), "limits must be a gradcheck_sym.Limits, not int"),
+    (lambda: gs.check("x", at=[1]), "at must be a mapping of variable names to values, not list"),
+    (lambda: gs.check("x", at={"x": 1}, variables=5), "variables must be a list of names, not 5"),
+    (lambda: gs.check_graph("x"), "check_graph takes a gradcheck_sym.Graph, not str: use gs.check for expression text"),
+    (lambda: gs.check_graph(gs.Graph((), 0, ("x",))), "the graph is not valid: output is not a node"),
+    (lambda: gs.Limits(max_points=0), "Limits(max_points=0): a limit must be a positive integer"),
+    (lambda: gs.check("x", at={"x": 1}, timeout=-1), "timeout must be a positive number of seconds, not -1"),
+])
+def test_bad_arguments_are_input_errors(call, message):
+    with pytest.raises(gs.InputError) as info:
+        call()
+    assert str(info.value).splitlines()[0] == message
+
+
+def test_a_box_wider_than_the_largest_float_is_sampled_inside_it():
+    r = gs.check("x*x", domain={"x": (-1e308, 1e308)}, samples=50, seed=0)
+    assert r.n_points == 50 and -1e308 <= r.first_point["x"] <= 1e308 and not math.isnan(r.first_point["x"])

@@ -323,7 +323,9 @@ def parse(
         %2 = div %0 %1   # x/y
         output %2
     """
-    limits = limits or Limits()
+    limits = limits if limits is not None else Limits()
+    if not isinstance(limits, Limits):
+        raise InputError(f"limits must be a gradcheck_sym.Limits, not {type(limits).__name__}")
     if not isinstance(source, str):
         raise InputError(f"the expression must be a string, not {type(source).__name__}")
     if len(source) > limits.max_chars:

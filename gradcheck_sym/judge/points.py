@@ -55,7 +55,11 @@ class PointSet:
             for name in self.names:
                 if name in self.boxes:
                     lo, hi = self.boxes[name]
-                    drawn = torch.rand(m - lead, generator=streams[name], dtype=torch.float64).mul_(hi - lo).add_(lo)
+                    drawn = torch.rand(m - lead, generator=streams[name], dtype=torch.float64)
+                    if math.isinf(hi - lo):  # a box wider than the largest float: lo (1 - r) + hi r
+                        drawn = lo * (1 - drawn) + hi * drawn
+                    else:
+                        drawn = drawn.mul_(hi - lo).add_(lo)
                     if lead:
                         drawn = torch.cat([torch.tensor([self.first[name]], dtype=torch.float64), drawn])  # type: ignore[index]
                     chunk[name] = drawn

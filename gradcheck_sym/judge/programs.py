@@ -210,5 +210,10 @@ class References:
         expr = self.d.values[k]
         if isinstance(expr, sympy.Symbol):
             return float(full(env[expr], m)[j])
-        return float(expr) if expr.is_Number else math.nan
+        if not expr.is_Number:
+            return math.nan
+        try:
+            return float(expr)
+        except OverflowError:
+            return math.inf if expr > 0 else -math.inf
 
