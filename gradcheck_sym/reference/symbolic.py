@@ -281,6 +281,21 @@ def _rebuild(expr: sympy.Expr, mapping: dict[sympy.Symbol, sympy.Expr]) -> sympy
     return expr.func(*args, evaluate=False)
 
 
+def _folded_away(expr: sympy.Expr, args: tuple[sympy.Expr, ...]) -> bool:
+    """Whether sympy's evaluation of a node's value lost what IEEE arithmetic keeps.
+
+    ``0*y`` folds to 0, but torch's value is -0.0 for negative y (and 1/(0*y) is then -inf);
+    ``log2(0)`` folds to ``zoo``, an infinity without a sign, where torch has -inf.  Such a
+    value is built unevaluated instead, so the backends compute it as torch does.  (Partial
+    derivatives stay folded: they are the exact math.)
+    """
+    if all(isinstance(a, sympy.Symbol) for a in args):
+        return False
+    if expr.has(sympy.zoo, sympy.nan):
+        return True
+    return expr.is_Number and any(isinstance(a, sympy.Symbol) for a in args)
+
+
 def _var_symbol(name: str) -> sympy.Symbol:
     return sympy.Symbol(name, real=True)
 
@@ -403,7 +418,10 @@ def derive(
             expr = sympy.Piecewise((args[1], args[0]), (args[2], True))
         else:
             template, _ = _TEMPLATES.get(node.op, len(args))
-            expr = _substitute(template, dict(zip(_P, args)))
+            mapping = dict(zip(_P, args))
+            expr = _substitute(template, mapping)
+            if _folded_away(expr, args):  # keep what torch computes: the sign of 0*y, -inf for log2(0)
+                expr = _rebuild(template, mapping)
         # Every op node gets a step, even x*0 or detach(x): its adjoint is reported.
         sym = sympy.Symbol(f"v[{k}]", real=True)
         steps.append((sym, expr))
