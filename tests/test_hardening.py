@@ -14,7 +14,7 @@ import pytest
 
 import gradcheck_sym as gs
 from gradcheck_sym.judge import tolerance as tl
-from gradcheck_sym.reference import symbolic
+from gradcheck_sym.reference import opinion
 
 
 def _rows(report):
@@ -50,7 +50,7 @@ def test_special_functions_of_huge_integers_are_not_evaluated_exactly(text, grad
 
 
 def test_a_slow_second_opinion_is_skipped_with_a_note(monkeypatch):
-    monkeypatch.setattr(symbolic, "WHOLE_SECONDS", 0.01)  # this one takes sympy ~0.5 s
+    monkeypatch.setattr(opinion, "WHOLE_SECONDS", 0.01)  # this one takes sympy ~0.5 s
     r = gs.check("max(max(max(max(max(max(max(max(x,y),z),x*y),y*z),x*z),x+y),y+z),x+z)",
                  at={"x": 0.3, "y": 0.2, "z": 0.1})
     assert r.ok

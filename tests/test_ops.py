@@ -64,7 +64,8 @@ def test_every_function_has_a_sampling_box_and_doc():
 @pytest.mark.parametrize("name,n", CASES)
 def test_the_high_precision_program_agrees_with_float64_over_the_box(name, n):
     # Every rule of the mpmath backend runs here: each op's value, gradient and Hessian at 5 points.
-    from gradcheck_sym.reference.evaluate import TORCH, compile_program, mpmath_backend
+    from gradcheck_sym.reference.evaluate import TORCH, compile_program
+    from gradcheck_sym.reference.precise import mpmath_backend
     from gradcheck_sym.reference.symbolic import derive
 
     op = OPS[name]

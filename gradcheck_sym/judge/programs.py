@@ -20,7 +20,8 @@ import torch
 from ..budget import BudgetExceeded, Deadline, run_bounded
 from ..ir.graph import Graph
 from ..ops import OPS
-from ..reference.evaluate import TORCH, CompiledProgram, UnevaluableError, compile_program, mpmath_backend
+from ..reference.evaluate import TORCH, CompiledProgram, UnevaluableError, compile_program
+from ..reference.precise import mpmath_backend
 from ..reference.symbolic import Derivation, Program
 from . import tolerance as tl
 from .compare import Quantity, full

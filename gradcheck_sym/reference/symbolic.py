@@ -22,7 +22,7 @@ Two details keep the numbers right where a naive chain rule would not:
   hold away from the jumps; the jumps themselves are kinks (see `ops`).
 
 For small graphs the whole expression is also differentiated with
-`sympy.diff`, as an independent second opinion.
+`sympy.diff`, as an independent second opinion (`opinion`).
 """
 
 from __future__ import annotations
@@ -36,9 +36,10 @@ from typing import Any, Callable, Iterable, Sequence
 import sympy
 from sympy.codegen.cfunctions import expm1, log1p, log2, log10
 
-from ..budget import NO_DEADLINE, BudgetExceeded, Deadline, run_bounded
+from ..budget import NO_DEADLINE, Deadline
 from ..ir.graph import Graph
 from ..ops import OPS
+from .opinion import whole_expression_gradient
 
 __all__ = ["Program", "Derivation", "derive", "S", "zmul", "sweep"]
 
@@ -196,8 +197,7 @@ OPS_COMPARE = {name for name, op in OPS.items() if op.kind == "compare"}
 # Constants beyond these are opaque to sympy (see _opaque).
 OPAQUE_INT = 1000
 OPAQUE_FLOAT = 1e6
-# The second opinion (sympy.diff of the whole expression) may take this long before it is skipped.
-WHOLE_SECONDS = 2.0
+
 _REUSE_VALUE = {"exp", "tanh"}
 # Functions whose value (in a partial derivative) can be exactly 0 by selection.
 _SELECTORS = (sympy.Piecewise, sympy.Heaviside, sympy.sign, sympy.DiracDelta, sympy.Max, sympy.Min)
@@ -523,7 +523,7 @@ def derive(
     if not graph.variables:
         method += "; no second opinion (no variables)"
     elif len(graph.nodes) <= whole_max_nodes:
-        whole, why = _whole_expression_gradient(graph, inputs, values, steps, opaque, deadline)
+        whole, why = whole_expression_gradient(graph, inputs, values, steps, opaque, deadline)
         method += "; second opinion: sympy.diff of the whole expression" if whole else f"; no second opinion ({why})"
     else:
         method += f"; no second opinion (sympy.diff of the whole expression is used up to {whole_max_nodes} nodes)"
@@ -573,48 +573,6 @@ def _hessian(
         new_steps += g_steps + steps_i
         rows.append(tuple(adj.get(x, sympy.S.Zero) for x in inputs))
     return tuple(rows), new_steps
-
-
-def _whole_expression_gradient(
-    graph: Graph,
-    inputs: tuple[sympy.Symbol, ...],
-    values: dict[int, sympy.Expr],
-    steps: list[tuple[sympy.Symbol, sympy.Expr]],
-    const_syms: set[sympy.Symbol],
-    deadline: Deadline,
-) -> tuple[dict[str, sympy.Expr] | None, str]:
-    """`sympy.diff` of the output written out as one expression (small graphs only), or None and why not.
-
-    Written out, the expression lets sympy combine constants and simplify, which can take
-    unbounded time (``sin(x+1)*sin(x+2)*...*sin(x+40)``) or fail (``max(x, 1/0)``): the work is
-    bounded by `WHOLE_SECONDS` (and the check's deadline) and any failure is a skipped second
-    opinion, said in the report, never an error of the check.
-    """
-
-    def work() -> dict[str, sympy.Expr]:
-        full: dict[sympy.Symbol, sympy.Expr] = {}
-        for sym, expr in steps:
-            if sym not in const_syms:  # opaque constants stay symbols (see _opaque)
-                full[sym] = expr.xreplace(full)
-        out = values[graph.output]
-        out = full.get(out, out) if isinstance(out, sympy.Symbol) else out
-        return {name: sympy.diff(out, x) for name, x in zip(graph.variables, inputs)}
-
-    seconds = deadline.within(WHOLE_SECONDS)
-    try:
-        grads = run_bounded(work, seconds, name="gradcheck-sym-second-opinion")
-    except BudgetExceeded:
-        deadline.check("deriving the second opinion")
-        return None, f"sympy.diff of the whole expression took more than {seconds:.2g} s"
-    except (RecursionError, MemoryError):
-        return None, "the whole expression is too deep for sympy"
-    except Exception as exc:  # noqa: BLE001 - sympy failing on the written-out form: the opinion is skipped
-        return None, f"sympy could not differentiate the whole expression: {type(exc).__name__}"
-    if any(g.has(sympy.Derivative, sympy.Subs) for g in grads.values()):
-        return None, "sympy.diff left an unevaluated derivative"
-    if any(g.has(sympy.I, sympy.AccumBounds) for g in grads.values()):
-        return None, "the whole expression involves non-real values"
-    return grads, ""
 
 
 def _opaque(value: int | float | str | None) -> bool:
