@@ -184,3 +184,10 @@ def test_a_box_wider_than_the_largest_float_is_sampled_inside_it():
 def test_constant_folds_keep_what_ieee_arithmetic_keeps(text, options):
     r = gs.check(text, **options)
     assert not r.by_kind("mismatch")  # the fuzz found these two as false alarms
+
+
+def test_a_constant_pole_that_floats_miss_is_undefined_not_a_number():
+    # cot(pi) is a pole; in bfloat16 torch computes cot(3.140625) = -1032, in float64 -8.2e15
+    r = gs.check("(z) ** (cot(pi))", domain={"z": (1.0, 1.0)}, samples=3, seed=787, dtype="bfloat16")
+    assert r.ok and _kinds(r) == [("outside-domain", "info")]
+    assert _kinds(gs.check("x*log2(0)", at={"x": 1.0})) == [("outside-domain", "info")]  # -inf, as in torch

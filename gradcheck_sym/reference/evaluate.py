@@ -55,12 +55,18 @@ class Backend:
 
 
 def special_number(e: sympy.Expr) -> float | None:
-    """The float for sympy's infinities, NaN and non-real constants; None for an ordinary number."""
-    if e is sympy.zoo or e is sympy.oo:
+    """The float for sympy's infinities, NaN and non-real constants; None for an ordinary number.
+
+    ``zoo``, an infinity without a sign, is NaN: sympy keeps it only for a constant at a pole
+    that floats miss (``cot(pi)``, finite at the rounded pi), where the value is undefined;
+    a pole that floats see (``1/0``, ``log2(0)``) is computed as torch computes it (see
+    `symbolic.derive`).
+    """
+    if e is sympy.oo:
         return math.inf
     if e is -sympy.oo:
         return -math.inf
-    if e is sympy.nan or e is sympy.I or isinstance(e, sympy.AccumBounds):
+    if e is sympy.zoo or e is sympy.nan or e is sympy.I or isinstance(e, sympy.AccumBounds):
         return math.nan
     return None
 
@@ -97,9 +103,15 @@ def _t_pow(base: torch.Tensor, exponent: sympy.Expr, exp_value: Any) -> torch.Te
         return torch.rsqrt(base)
     if exponent == 2:
         return base * base
+    if exponent == 0:  # IEEE's pow(nan, 0) is 1; the math of an undefined base is undefined
+        return torch.where(torch.isnan(base), base, torch.ones_like(base))
     if exponent.is_Integer and abs(int(exponent)) < 2**53:
         return torch.pow(base, int(exponent))
-    return torch.pow(base, exp_value)
+    out = torch.pow(base, exp_value)
+    if exponent.is_Number:
+        return out
+    # IEEE's pow(1, nan) and pow(nan, 0) are 1: a NaN base or exponent is undefined here, as in mpmath
+    return torch.where(torch.isnan(base) | torch.isnan(torch.as_tensor(exp_value)), torch.nan, out)
 
 
 def _t_heaviside(x: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:

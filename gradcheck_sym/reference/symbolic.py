@@ -281,19 +281,28 @@ def _rebuild(expr: sympy.Expr, mapping: dict[sympy.Symbol, sympy.Expr]) -> sympy
     return expr.func(*args, evaluate=False)
 
 
-def _folded_away(expr: sympy.Expr, args: tuple[sympy.Expr, ...]) -> bool:
+def _folded_away(expr: sympy.Expr, args: tuple[sympy.Expr, ...], template: sympy.Expr,
+                 mapping: dict[sympy.Symbol, sympy.Expr]) -> bool:
     """Whether sympy's evaluation of a node's value lost what IEEE arithmetic keeps.
 
     ``0*y`` folds to 0, but torch's value is -0.0 for negative y (and 1/(0*y) is then -inf);
     ``log2(0)`` folds to ``zoo``, an infinity without a sign, where torch has -inf.  Such a
-    value is built unevaluated instead, so the backends compute it as torch does.  (Partial
-    derivatives stay folded: they are the exact math.)
+    value is built unevaluated instead, so the backends compute it as torch does.  But a
+    constant pole that float64 misses because its argument is rounded (``cot(pi)``: finite
+    in floats) stays ``zoo``: the output is not a real number there.  (Partial derivatives
+    stay folded: they are the exact math.)
     """
-    if all(isinstance(a, sympy.Symbol) for a in args):
+    symbols = [isinstance(a, sympy.Symbol) for a in args]
+    if all(symbols):
         return False
     if expr.has(sympy.zoo, sympy.nan):
-        return True
-    return expr.is_Number and any(isinstance(a, sympy.Symbol) for a in args)
+        if any(symbols):
+            return True
+        from .evaluate import TORCH, _compile  # a constant: what float64 makes of it
+
+        value = float(_compile(_rebuild(template, mapping), TORCH, {})({}))
+        return math.isinf(value)
+    return expr.is_Number and any(symbols)
 
 
 def _var_symbol(name: str) -> sympy.Symbol:
@@ -420,7 +429,7 @@ def derive(
             template, _ = _TEMPLATES.get(node.op, len(args))
             mapping = dict(zip(_P, args))
             expr = _substitute(template, mapping)
-            if _folded_away(expr, args):  # keep what torch computes: the sign of 0*y, -inf for log2(0)
+            if _folded_away(expr, args, template, mapping):  # keep what torch computes: the sign of 0*y, -inf for log2(0)
                 expr = _rebuild(template, mapping)
         # Every op node gets a step, even x*0 or detach(x): its adjoint is reported.
         sym = sympy.Symbol(f"v[{k}]", real=True)
