@@ -4,7 +4,7 @@ Run:  python benchmarks/fuzz.py                      (2,400 generated cases + th
       python benchmarks/fuzz.py --cases 300 --workers 2 --seed 1 --json fuzz.json
 
 Each case runs in a long-lived worker process (so a segfault is seen as a crash, not the end of
-the run), through `gradcheck_sym.check` or, for about one case in five, through the command line
+the run; torch and sympy are imported before its first case), through `gradcheck_sym.check` or, for about one case in five, through the command line
 in-process (`cli.main`: exit 0/1 report, 2 typed error, 3 internal error).  A case that has not
 ended after `--hang` seconds (30) is a hang: its worker is killed and replaced.
 
@@ -120,6 +120,11 @@ def worker() -> None:
     import warnings
 
     warnings.simplefilter("ignore")
+    import gradcheck_sym.api  # noqa: F401 - torch and sympy imported before the first case's clock starts
+    import gradcheck_sym.cli  # noqa: F401
+
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
     for line in sys.stdin:
         c = json.loads(line)
         c["_cpu0"] = time.process_time()  # CPU seconds of this process (all its threads), besides wall time
@@ -136,6 +141,8 @@ class _Worker:
                                      cwd=str(ROOT))
         self.case: dict[str, Any] | None = None
         self.started = 0.0
+        assert self.proc.stdout is not None
+        self.proc.stdout.readline()  # "ready": imports done, so a case's time is its own
 
     def send(self, c: dict[str, Any]) -> None:
         self.case, self.started = c, time.perf_counter()

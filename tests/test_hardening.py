@@ -191,3 +191,24 @@ def test_a_constant_pole_that_floats_miss_is_undefined_not_a_number():
     r = gs.check("(z) ** (cot(pi))", domain={"z": (1.0, 1.0)}, samples=3, seed=787, dtype="bfloat16")
     assert r.ok and _kinds(r) == [("outside-domain", "info")]
     assert _kinds(gs.check("x*log2(0)", at={"x": 1.0})) == [("outside-domain", "info")]  # -inf, as in torch
+
+
+def test_where_rounding_changes_the_value_itself_the_point_is_ill_conditioned_not_compared():
+    # float16: x1**2 at x1 = -82.25 is off by 1, so sin(x1**2) is noise; the gradients are of another number
+    r = gs.check("tan(sin(x1 ** 2) * cos(x1) - 0.75)", domain={"x1": (-100.0, 100.0)}, samples=50, seed=955,
+                 dtype="float16")
+    assert r.ok and _kinds(r) == [("ill-conditioned", "info")] and r.findings[0].count == 36
+    assert "rounding changes the number itself; these points are not compared" in r.findings[0].message
+
+
+@pytest.mark.parametrize("text,x,dtype", [("asinh(x)", 2e19, "bfloat16"), ("asinh(x)", 1e20, "float32"),
+                                          ("asinh(((x) - (10**20)) / (3))", 1e16, "bfloat16")])
+def test_an_overflow_inside_a_kernel_is_a_range_warning(text, x, dtype):
+    r = gs.check(text, at={"x": x}, dtype=dtype)
+    assert r.ok and {k for k, _ in _kinds(r)} == {"range"}
+    assert "computes x**2 + 1 = " in r.findings[0].message and f"outside the range of {dtype}" in r.findings[0].message
+
+
+def test_acosh_far_out_is_no_false_alarm():
+    # torch computes (x*x - 1)**(-1/2), which overflows at 1e200 where sympy's form does not
+    assert not gs.check("acosh(x)", at={"x": 1e200}).by_kind("mismatch")

@@ -20,6 +20,8 @@ import sympy
 import torch
 
 from ..ops import OPS
+from ..reference.evaluate import TORCH, UnevaluableError, _compile
+from ..reference.symbolic import _P, _TEMPLATES, S
 from ..report import messages as msg
 from . import tolerance as tl
 from .compare import Quantity, example, full
@@ -197,5 +199,58 @@ class Detailed:
             args = [c.refs.value(env, a, m, j) for a in node.args]
             if all(math.isfinite(x) and x != 0 for x in args):
                 return f"{g.label(node.id)} overflows {c.dtype_name}"
+        return self._kernel_range(env, m, j)
+
+    def _kernel_range(self, env: dict[sympy.Symbol, Any], m: int, j: int) -> str | None:
+        """A term inside some op's derivative that leaves the dtype's range at candidate `j`, or None.
+
+        A kernel computes its derivative in the dtype: asinh's ``1/sqrt(x*x + 1)`` squares x, which
+        overflows bfloat16 beyond 1.8e19 (and float64 beyond 1.3e154), so the gradient is 0 where
+        the exact one is 1/|x|.  Each term of each op's partial derivatives is evaluated in float64
+        at the node's arguments.
+        """
+        c = self.c
+        info = torch.finfo(c.dtype)
+        for node in c.graph.nodes:
+            if node.op in ("var", "const", "where") or OPS[node.op].kind != "function" and OPS[node.op].kind != "binop":
+                continue
+            if not c.graph.requires_grad[node.id]:
+                continue
+            args = [c.refs.value(env, a, m, j) for a in node.args]
+            if not all(math.isfinite(x) for x in args):
+                continue
+            for text, term in _partial_terms(node.op, len(args)):
+                value = abs(float(term({p: torch.tensor(x, dtype=torch.float64) for p, x in zip(_P, args)})))
+                if value > info.max or 0 < value < info.tiny:
+                    shown = "inf" if math.isinf(value) else f"{value:.3g}"
+                    return (f"the derivative of {c.graph.label(node.id)} computes {text} = {shown} there, outside "
+                            f"the range of {c.dtype_name}")
         return None
+
+
+_TERMS: dict[tuple[str, int], list[tuple[str, Any]]] = {}
+
+
+def _partial_terms(opname: str, nargs: int) -> list[tuple[str, Any]]:
+    """The products, powers and sums inside an op's partial derivatives, compiled for torch (cached)."""
+    key = (opname, nargs)
+    if key not in _TERMS:
+        expr, partials = _TEMPLATES.get(opname, nargs)
+        kernel = OPS[opname].kernel
+        if kernel is not None:  # the form torch's backward computes
+            partials = tuple(partials) + tuple(kernel(S, expr, *_P[:nargs]))
+        terms: dict[sympy.Expr, None] = {}
+        for d in partials:
+            for sub in sympy.preorder_traversal(d):
+                if isinstance(sub, (sympy.Mul, sympy.Pow, sympy.Add)) and sub.free_symbols <= set(_P[:nargs]):
+                    terms[sub] = None
+        found = []
+        for sub in terms:
+            try:
+                found.append((str(sub).replace("p[0]", "x").replace("p[1]", "y").replace("p[2]", "z"),
+                              _compile(sub, TORCH, {})))
+            except UnevaluableError:
+                continue
+        _TERMS[key] = found
+    return _TERMS[key]
 

@@ -132,14 +132,14 @@ class Checker:
         forward = getattr(self.s, "check_forward", None)
         if forward:
             diverged = self._diverged(ch, refs, autos, outside, forward)
-            if forward == "trace":  # the traced math does not hold there: do not compare
+            if forward in ("trace", "conditioning"):  # the values differ there: gradients are not compared
                 outside |= diverged
         kinks = self._kinks(ch)
         candidates = torch.zeros(n, dtype=torch.bool)
         per_q_bad: list[torch.Tensor | None] = []
         # Intermediate nodes are compared on the first NODE_POINTS points only (see tolerance);
         # the inputs' gradients and the Hessian at every point.
-        if forward == "trace":
+        if forward in ("trace", "conditioning"):
             inside = ~outside
         valid = int(inside.sum())
         valid_sub = int(inside[:sub].sum())
@@ -244,16 +244,22 @@ class Checker:
 
         kind "trace": a data-dependent trace (warning; those points are skipped).
         kind "value": the function differs from an `expected` expression (an error).
+        kind "conditioning": an expression whose value in the dtype is not the exact one: rounding
+            changes it there (info; those points are skipped: the gradients would be of a
+            different number).
         """
         bad = torch.zeros(ch.n, dtype=torch.bool)
+        factor = tl.CONDITION_RTOL_FACTOR if kind == "conditioning" else tl.TRACE_RTOL_FACTOR
         for r, a in zip(refs, autos):
-            loose = tl.TRACE_RTOL_FACTOR * math.sqrt(self.u) * (r.abs() + a.abs()) + torch.finfo(self.dtype).tiny
+            loose = factor * math.sqrt(self.u) * (r.abs() + a.abs()) + torch.finfo(self.dtype).tiny
             bad |= (r - a).abs() > loose
         bad &= ~outside
         for i in torch.nonzero(bad).flatten().tolist():
             ex = example(ch.start + i, self.point(ch, i), float(autos[0][i]), float(refs[0][i]), quantity="out")
             if kind == "trace":
                 self.acc.add("trace", "warning", "", ex, 0.0)
+            elif kind == "conditioning":
+                self.acc.add("ill-conditioned", "info", "", ex, 0.0)
             else:
                 self.acc.add("mismatch", "error", "value", ex, ex.abs_err or 0.0, value=True)
         return bad

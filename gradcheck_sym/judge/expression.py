@@ -89,6 +89,9 @@ class ExpressionSubject:
         self.deadline = deadline
         self.derivation = derivation
         self.outputs = (graph.output,)
+        # Points where torch's value is not the exact one (beyond 100 sqrt(u) relative) are not
+        # compared: rounding in the dtype changed the number itself (see engine._diverged).
+        self.check_forward = "conditioning"
         self.title = graph.source or str(graph)
         self._first: AutogradRun | None = None
         # Integer constants are exact in every dtype (and perturbing the 2 of x**2 would make

@@ -56,6 +56,8 @@ def build_finding(kind: str, severity: Severity, key: str, count: int, examples:
         return finding(kind, "info", "", msg.OUTSIDE_DOMAIN.format(where=where, dtype=dtype_name), count, examples)
     if kind == "trace":
         return finding(kind, "warning", "", msg.TRACE_DIVERGED.format(where=where), count, examples)
+    if kind == "ill-conditioned":
+        return finding(kind, "info", "", msg.ILL_CONDITIONED.format(where=where, dtype=dtype_name), count, examples)
     if info.get("value"):
         ex = examples[0]
         return finding(kind, "error", "value", msg.VALUE_DIFFERS.format(

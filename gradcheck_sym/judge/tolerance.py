@@ -36,6 +36,9 @@
 * **kinks and ties** (``abs`` at 0, ``max`` ties, ``where`` at its boundary,
   ``floor`` at integers): the derivative is undefined; differences there are
   `nondifferentiable` (info) with torch's convention, never mismatches.
+* **ill-conditioned points**: where the output's value in the dtype differs from the exact one
+  by more than `CONDITION_RTOL_FACTOR` sqrt(u) relative, rounding changed the number itself; the
+  point is `ill-conditioned` (info) and not compared (its gradients are of another number).
 * **non-finite values**: a point whose output value is NaN/inf is
   `outside-domain` (info, counted).  Elsewhere, a NaN/inf gradient from either
   side is `nonfinite`: info when both sides agree, an error when they do not —
@@ -85,6 +88,11 @@ MAGNITUDE_ULPS = 8.0
 # A traced function's value must match the traced math to 100 sqrt(u) relative, else the
 # trace does not hold at that point (data-dependent control flow).
 TRACE_RTOL_FACTOR = 100.0
+# An expression's value in the dtype must match the exact value (float64 for narrower dtypes) to
+# sqrt(u) relative (plus the dtype's smallest normal number), else rounding changed the number
+# itself there (x**2 at x = 82.25 in float16 is off by 1, and sin of it is noise): the point is
+# `ill-conditioned` (info) and its gradients are not compared.
+CONDITION_RTOL_FACTOR = 1.0
 
 
 def cheap_pass(a: torch.Tensor, r: torch.Tensor, u: float) -> torch.Tensor:

@@ -69,6 +69,11 @@ def _f(name: str, torch: Callable[..., Any], sympy: Callable[..., Any], arity: i
     return Op(name, ar, torch, sympy, box=box, **kw)
 
 
+def sympy_half(s: Any) -> Any:
+    """-1/2 as an exact sympy number (the namespace `s` is sympy's)."""
+    return -s.Rational(1, 2)
+
+
 def _eq(t: Any, a: Any, b: Any) -> Any:
     return a == b
 
@@ -98,7 +103,9 @@ _FUNCTION_LIST: list[Op] = [
     _f("cosh", lambda t, x: t.cosh(x), lambda s, x: s.cosh(x), doc="hyperbolic cosine"),
     _f("tanh", lambda t, x: t.tanh(x), lambda s, x: s.tanh(x), doc="hyperbolic tangent"),
     _f("asinh", lambda t, x: t.asinh(x), lambda s, x: s.asinh(x), box=((-4, 4),), doc="inverse hyperbolic sine"),
-    _f("acosh", lambda t, x: t.acosh(x), lambda s, x: s.acosh(x), box=((1.1, 4),), doc="inverse hyperbolic cosine"),
+    _f("acosh", lambda t, x: t.acosh(x), lambda s, x: s.acosh(x), box=((1.1, 4),),
+       # torch's backward is (x*x - 1)**(-1/2): x*x overflows where sympy's 1/(sqrt(x-1)*sqrt(x+1)) does not
+       kernel=lambda s, out, x: ((x**2 - 1) ** sympy_half(s),), doc="inverse hyperbolic cosine"),
     _f("atanh", lambda t, x: t.atanh(x), lambda s, x: s.atanh(x), box=((-0.9, 0.9),), doc="inverse hyperbolic tangent"),
     _f("exp", lambda t, x: t.exp(x), lambda s, x: s.exp(x), box=((-3, 3),), doc="exponential"),
     _f("expm1", lambda t, x: t.expm1(x), lambda s, x: s.expm1(x), box=((-3, 3),),

@@ -9,7 +9,7 @@ Fields used below: ``where`` ("at 3 of 100 points"), ``what`` (the compared quan
 from __future__ import annotations
 
 __all__ = [
-    "OUTSIDE_DOMAIN", "TRACE_DIVERGED", "VALUE_DIFFERS", "NONDIFFERENTIABLE", "NONDIFFERENTIABLE_EXAMPLE",
+    "OUTSIDE_DOMAIN", "TRACE_DIVERGED", "ILL_CONDITIONED", "VALUE_DIFFERS", "NONDIFFERENTIABLE", "NONDIFFERENTIABLE_EXAMPLE",
     "SECOND_OPINION", "MISMATCH", "MISMATCH_CUTS", "UNTRACKED", "UNTRACKED_TAIL_ONE", "UNTRACKED_TAIL_MANY",
     "DROPPED_ONE", "DROPPED_MANY", "NONFINITE_AGREE", "NONFINITE_RANGE", "NONFINITE", "WHERE_NAN_HINT",
     "STALE_GRAPH", "RANGE", "CUT_HARMLESS", "DETACH_DOES", "NO_GRAD_DOES", "TOLERANCE_LINE", "TOLERANCE_WHY",
@@ -26,6 +26,11 @@ TRACE_DIVERGED = (
     "the traced computation does not reproduce the function's value {where} (its control flow or "
     "its indexing depends on the values, e.g. `if x.sum() > 0`); these points are not compared: "
     "check them one by one, or give the math with expected="
+)
+ILL_CONDITIONED = (
+    "torch's value of the output in {dtype} is not the exact value {where} (it differs by more than 100 sqrt(u) "
+    "relative): the expression is too ill-conditioned there for {dtype}, rounding changes the number itself; "
+    "these points are not compared"
 )
 VALUE_DIFFERS = (
     "the function's value differs from the expected expression {where}; worst at point {index} "

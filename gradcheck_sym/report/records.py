@@ -28,6 +28,7 @@ KIND_SEVERITY: dict[str, Severity] = {
     "range": "warning",
     "trace": "warning",
     "stale-graph": "error",
+    "ill-conditioned": "info",
 }
 
 
@@ -63,7 +64,8 @@ class Finding:
     """One verdict about one node (or Hessian entry), over all the points where it holds.
 
     Attributes:
-        kind: "mismatch", "untracked", "nondifferentiable", "nonfinite", "outside-domain", "cut", "second-opinion".
+        kind: "mismatch", "untracked", "nondifferentiable", "nonfinite", "outside-domain", "ill-conditioned", "cut",
+            "second-opinion", ... (see `KIND_SEVERITY`).
         severity: "error", "warning" or "info".
         node: the node's expression as written (or ``d2/dx dy`` for Hessian entries; "" for the whole point).
         message: one paragraph in words.
