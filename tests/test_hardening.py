@@ -212,3 +212,9 @@ def test_an_overflow_inside_a_kernel_is_a_range_warning(text, x, dtype):
 def test_acosh_far_out_is_no_false_alarm():
     # torch computes (x*x - 1)**(-1/2), which overflows at 1e200 where sympy's form does not
     assert not gs.check("acosh(x)", at={"x": 1e200}).by_kind("mismatch")
+
+
+def test_clamp_with_equal_bounds_is_a_tie_with_torchs_convention():
+    r = gs.check("clamp(z, y, y)", at={"z": [1.0], "y": [710.0]}, dtype="float16")  # torch passes y no gradient
+    assert r.ok and _kinds(r) == [("nondifferentiable", "info")]
+    assert "where lo == hi it passes none to lo or hi" in r.findings[0].message

@@ -49,6 +49,7 @@ class Chunk:
     xd: dict[str, torch.Tensor]  # the same in the dtype
     autograd: Run
     env: dict[sympy.Symbol, Any]
+    outside: torch.Tensor | None = None  # points not compared (outside the domain, ill-conditioned, ...)
 
 
 class Checker:
@@ -136,45 +137,68 @@ class Checker:
                 outside |= diverged
         kinks = self._kinks(ch)
         candidates = torch.zeros(n, dtype=torch.bool)
-        per_q_bad: list[torch.Tensor | None] = []
         # Intermediate nodes are compared on the first NODE_POINTS points only (see tolerance);
         # the inputs' gradients and the Hessian at every point.
         if forward in ("trace", "conditioning"):
             inside = ~outside
+        ch.outside = ~inside
         valid = int(inside.sum())
         valid_sub = int(inside[:sub].sum())
+        per_q_bad: list[torch.Tensor | None] = [None] * len(self.quantities)
+        leading: list[int] = []
         for i, q in enumerate(self.quantities):
-            every_point = q.is_input or q.hess is not None
-            if not every_point and sub == 0:
-                per_q_bad.append(None)
+            if not (q.is_input or q.hess is not None):
+                leading.append(i)  # intermediate nodes: compared in groups, on the leading points
                 continue
-            a = run.quantity(q)  # intermediates: the leading `sub` points only
+            a = run.quantity(q)
             r = self.ref(ch, f"q{i}")
-            # bad = inside and not passing (one comparison of booleans: True > False); for an
-            # intermediate node a mask over the leading `sub` points only.
-            if every_point:
-                bad = inside > tl.cheap_pass(a, r, self.u)
-                self.checked += valid
-            else:
-                bad = inside[:sub] > tl.cheap_pass(a[:sub], r[:sub], self.u)
-                self.checked += valid_sub
-            kinked = self.kinked(q, kinks)
-            if kinked is not None:
-                bad = bad | (kinked & inside)[: len(bad)]
-                self._record_kinks(ch, q, kinks, a, r[: len(a)])
-            any_bad = bool(bad.any())
-            if any_bad and len(bad) < n:
-                bad = torch.cat([bad, torch.zeros(n - len(bad), dtype=torch.bool)])
-            per_q_bad.append(bad if any_bad else None)
-            if any_bad:
-                candidates |= bad
-            if start == 0:
-                self.first[q.key] = (float(a[0]), float(r[0]))
+            bad = inside > tl.cheap_pass(a, r, self.u)  # inside and not passing (True > False)
+            self.checked += valid
+            self._note_bad(ch, i, q, bad, a, r, kinks, per_q_bad, candidates)
+        if sub:
+            # One cheap test per group of intermediate nodes (x+x+...+x has 45,000 of them), in groups
+            # of at most 2**22 values, each quantity a row.
+            size = max(1, 2**22 // sub)
+            for g in range(0, len(leading), size):
+                group = leading[g : g + size]
+                a_rows = torch.stack([run.quantity(self.quantities[i])[:sub] for i in group])
+                r_rows = torch.stack([self.ref(ch, f"q{i}")[:sub] for i in group])
+                bad_rows = inside[:sub].unsqueeze(0) > tl.cheap_pass(a_rows, r_rows, self.u)
+                self.checked += valid_sub * len(group)
+                flagged = bad_rows.any(dim=1).tolist()
+                firsts = (a_rows[:, 0].tolist(), r_rows[:, 0].tolist()) if start == 0 else None
+                for k, i in enumerate(group):
+                    q = self.quantities[i]
+                    if firsts is not None:
+                        self.first[q.key] = (firsts[0][k], firsts[1][k])
+                    if flagged[k] or self.kinked(q, kinks) is not None:
+                        self._note_bad(ch, i, q, bad_rows[k], a_rows[k], r_rows[k], kinks, per_q_bad, candidates,
+                                       record_first=False)
         self._second_opinion(ch, outside, kinks, sub)
         if bool(candidates.any()):
             self.detailed.run(ch, candidates, per_q_bad, kinks)
         if start == 0:
             self.first["point"] = {name: float(t[0]) for name, t in x64.items()}
+
+    def _note_bad(self, ch: Chunk, i: int, q: Quantity, bad: torch.Tensor, a: torch.Tensor, r: torch.Tensor,
+                  kinks: dict[int, torch.Tensor], per_q_bad: list[torch.Tensor | None], candidates: torch.Tensor,
+                  record_first: bool = True) -> None:
+        """Quantity `i` failed the cheap test where `bad` (or sits at a kink): note it for the detailed test.
+
+        `bad` covers every point of the chunk, or the leading points only for an intermediate node.
+        """
+        n = ch.n
+        kinked = self.kinked(q, kinks)
+        if kinked is not None:
+            bad = bad | (kinked & ~ch.outside)[: len(bad)]
+            self._record_kinks(ch, q, kinks, a, r[: len(a)])
+        if bool(bad.any()):
+            if len(bad) < n:
+                bad = torch.cat([bad, torch.zeros(n - len(bad), dtype=torch.bool)])
+            per_q_bad[i] = bad
+            candidates |= bad
+        if record_first and ch.start == 0:
+            self.first[q.key] = (float(a[0]), float(r[0]))
 
     # ------------------------------------------------------------ reading the reference
     def ref(self, ch: Chunk, name: str) -> torch.Tensor:

@@ -179,8 +179,9 @@ _FUNCTION_LIST: list[Op] = [
         lambda t, x, lo, hi: t.clamp(x, lo, hi),
         lambda s, x, lo, hi: s.Min(s.Max(x, lo), hi),
         3,
-        kink=lambda t, x, lo, hi: (x == lo) | (x == hi),
-        convention="torch passes the whole gradient to x at the bounds (bounds included: 1 to x, 0 to lo and hi)",
+        kink=lambda t, x, lo, hi: (x == lo) | (x == hi) | (lo == hi),
+        convention="torch passes the whole gradient to x at the bounds (bounds included: 1 to x, 0 to lo and hi); "
+                   "where lo == hi it passes none to lo or hi",
         box=((-2, 2), (-3, -2.5), (2.5, 3)),
         doc="clamp(x, lo, hi): x limited to [lo, hi]",
     ),

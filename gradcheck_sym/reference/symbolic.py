@@ -344,8 +344,9 @@ def sweep(
         if not terms:
             continue
         # Sums and products are built unevaluated: sympy's canonicalisation is the slow part of
-        # a sweep, and the program is evaluated numerically, so it buys nothing here.
-        total = terms[0] if len(terms) == 1 else sympy.Add(*terms, evaluate=False)
+        # a sweep, and the program is evaluated numerically, so it buys nothing here.  Numbers are
+        # added up exactly (x+x+...+x: the adjoint of x is 45,000, not a sum of 45,000 ones).
+        total = terms[0] if len(terms) == 1 else _sum(terms)
         if total.is_Number or total.is_Symbol:
             adj = total
         else:
@@ -361,8 +362,21 @@ def sweep(
             if strong or partial.has(*_SELECTORS):
                 selectable.add(dep)
     for sym, terms in contributions.items():  # inputs: never assigned by a step
-        adjoint[sym] = terms[0] if len(terms) == 1 else sympy.Add(*terms, evaluate=False)
+        adjoint[sym] = terms[0] if len(terms) == 1 else _sum(terms)
     return new_steps, adjoint
+
+
+def _sum(terms: list[sympy.Expr]) -> sympy.Expr:
+    """The terms added up, unevaluated but for their numbers, which are added exactly."""
+    numbers = [t for t in terms if t.is_Number]
+    if len(numbers) < 2:
+        return sympy.Add(*terms, evaluate=False)
+    rest = [t for t in terms if not t.is_Number]
+    total = sympy.Add(*numbers)
+    if not rest:
+        return total
+    return sympy.Add(*rest, total, evaluate=False) if total != 0 else (
+        rest[0] if len(rest) == 1 else sympy.Add(*rest, evaluate=False))
 
 
 def _generic_partials(sym: sympy.Symbol, expr: sympy.Expr, known: set[sympy.Symbol]) -> list[tuple[sympy.Symbol, sympy.Expr]]:
