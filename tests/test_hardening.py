@@ -218,3 +218,38 @@ def test_clamp_with_equal_bounds_is_a_tie_with_torchs_convention():
     r = gs.check("clamp(z, y, y)", at={"z": [1.0], "y": [710.0]}, dtype="float16")  # torch passes y no gradient
     assert r.ok and _kinds(r) == [("nondifferentiable", "info")]
     assert "where lo == hi it passes none to lo or hi" in r.findings[0].message
+
+
+def test_a_subnormal_intermediate_is_a_range_warning_not_a_mismatch():
+    # d out/d D underflows to 1.7e-315 (subnormal): its absolute rounding, times 2e307, is 1e-9 relative
+    r = gs.check("x1/(pow(x4, 2)*(-0.25*x1*x3*x4+x2-8.43*x4*x5)*sin(x3+log(x2)))+x4*x5",
+                 domain={"x1": (-1e300, 1e300), "x2": (-1e-8, 1e-8), "x3": (-3.0, 3.0), "x4": (700.0, 720.0),
+                         "x5": (0.0, 0.0)}, samples=3, seed=220)
+    assert r.ok and {k for k, _ in _kinds(r)} == {"range", "outside-domain"}
+    message = r.by_kind("range")[0].message
+    assert "is below the smallest normal number of float64" in message and "float64 gets it right" not in message
+
+
+def test_a_removable_singularity_is_outside_the_domain():
+    # harmonic(tan(0)) = 0 exactly, but not in float32 nor at 50 digits without cancellation to zero
+    r = gs.check("(ceil(2)) + (((2) * (erf(y))) / (harmonic(tan(y))))", at={"y": 1e-300}, dtype="float32")
+    assert r.ok and _kinds(r) == [("outside-domain", "info")]
+
+
+def test_a_second_opinion_disagreement_is_reported_when_it_holds_in_high_precision():
+    import dataclasses
+
+    import torch
+
+    from gradcheck_sym.judge.engine import Checker
+    from gradcheck_sym.judge.expression import ExpressionSubject
+    from gradcheck_sym.judge.points import make_points
+    from gradcheck_sym.reference.symbolic import derive
+
+    graph = gs.parse("sin(x)*y")
+    d = derive(graph)
+    wrong = dataclasses.replace(d, whole={"x": 2 * d.whole["x"], "y": d.whole["y"]})
+    r = Checker(ExpressionSubject(graph, wrong), make_points(graph.variables, at={"x": [0.3], "y": [2.0]}),
+                torch.float64, 1).run()
+    (f,) = r.by_kind("second-opinion")
+    assert f.node == "x" and f.examples[0].autograd == pytest.approx(2 * 2.0 * math.cos(0.3))

@@ -40,6 +40,7 @@ class _Candidates:
 
     idx: torch.Tensor
     run64: Run | None
+    base: Run
     env_all: dict[sympy.Symbol, Any] | None = field(default=None)
 
 
@@ -64,7 +65,7 @@ class Detailed:
         base = c.s.autograd(sub_xd, c.order, None)
         trials = c.s.trials(sub_xd, c.order, tl.NOISE_TRIALS)
         run64 = None if is64 else c.s.autograd({k: v.to(torch.float64) for k, v in sub_xd.items()}, c.order, None)
-        cands = _Candidates(idx, run64)
+        cands = _Candidates(idx, run64, base)
         tiny = torch.finfo(c.dtype).tiny
         pending: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]] = []
         need_hp = torch.zeros(m, dtype=torch.bool)
@@ -94,8 +95,21 @@ class Detailed:
                 need_hp |= still
         if not pending:
             return
-        hp = c.refs.high_precision(ch.x64, idx, need_hp, len(c.quantities)) if is64 else None
+        # The exact reference where float64's disagrees (for narrow dtypes too: float64 itself can be
+        # garbage, e.g. 0/0 at a removable singularity); where the exact output is not a real number
+        # the point is outside the domain after all.
+        hp = c.refs.high_precision(ch.x64, idx, need_hp, len(c.quantities))
+        undefined = torch.zeros(m, dtype=torch.bool)
+        if hp is not None:
+            for col in hp[0][len(c.quantities):]:
+                undefined |= hp[1] & ~torch.isfinite(col)
+            for j in torch.nonzero(undefined).flatten().tolist():
+                i = int(idx[j])
+                auto = float(base.outputs()[0][j])
+                c.acc.add("outside-domain", "info", "", example(ch.start + i, c.point(ch, i), auto,
+                                                                 float(hp[0][len(c.quantities)][j])), 0.0)
         for qi, a, r64, noise, kinked, still in pending:
+            still = still & ~undefined
             q = c.quantities[qi]
             has_hp = hp is not None
             r = torch.where(hp[1], hp[0][qi], r64) if hp is not None else r64
@@ -179,8 +193,15 @@ class Detailed:
         became inf from finite, non-zero arguments (overflow, e.g. exp(909); 1/0 is a pole).
         """
         c = self.c
+        info = torch.finfo(c.dtype)
+        for label, t in cands.base.tensors():  # gradual underflow: rounding is absolute below `tiny`
+            if t is None or t.dtype == torch.bool:
+                continue
+            v = abs(float(full(t.detach(), len(cands.idx))[j]))
+            if 0 < v < info.tiny:
+                return (f"{label} ({v:.3g}) is below the smallest normal number of {c.dtype_name}, where "
+                        "rounding loses relative precision")
         if cands.run64 is not None:
-            info = torch.finfo(c.dtype)
             for label, t in cands.run64.tensors():
                 if t is None or t.dtype == torch.bool:
                     continue
@@ -212,7 +233,7 @@ class Detailed:
         c = self.c
         info = torch.finfo(c.dtype)
         for node in c.graph.nodes:
-            if node.op in ("var", "const", "where") or OPS[node.op].kind != "function" and OPS[node.op].kind != "binop":
+            if node.op in ("var", "const", "where") or OPS[node.op].kind not in ("function", "binop"):
                 continue
             if not c.graph.requires_grad[node.id]:
                 continue

@@ -118,7 +118,8 @@ def build_finding(kind: str, severity: Severity, key: str, count: int, examples:
     elif kind == "stale-graph":
         message = msg.STALE_GRAPH.format(what=what, where=where, worst=worst)
     elif kind == "range":
-        message = msg.RANGE.format(what=what, where=where, why=info.get("overflow"), dtype=dtype_name, worst=worst)
+        message = msg.RANGE.format(what=what, where=where, why=info.get("overflow"), dtype=dtype_name, worst=worst,
+                                   in_float64=msg.RANGE_IN_FLOAT64 if dtype_name != "float64" else "")
     else:
         message = f"{q.label}: {worst}"
     node = "hessian" if q.hess is not None and entries > 1 else q.node

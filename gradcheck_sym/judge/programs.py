@@ -96,6 +96,7 @@ class References:
         self.mp_seconds = tl.MP_SECONDS
         self.mp_points = 0
         self.mp_skipped: dict[str, int] = {}  # why -> points where the mpmath reference was skipped
+        self._confirmed = 0  # second-opinion disagreements checked in high precision
 
     @property
     def steps(self) -> int:
@@ -153,7 +154,8 @@ class References:
         `mp_skipped` with the reason, for the report.
 
         Returns:
-            (one column per quantity over all candidates, mask of the candidates computed), or None.
+            (one column per quantity over all candidates, then one per output, mask of the candidates
+            computed), or None.
         """
         chosen = torch.nonzero(want).flatten().tolist()
         if self.mp_seconds <= 0:
@@ -178,7 +180,10 @@ class References:
         cols = [torch.full((m,), math.nan, dtype=torch.float64) for _ in range(n_quantities)]
         done = torch.zeros(m, dtype=torch.bool)
         ctx = self._mp.backend.context
+        # The quantities' references, then the outputs' exact values (is the point in the domain at all?)
         wanted = [self.syms[f"q{qi}"] for qi in range(n_quantities)]
+        wanted += [sym for name, sym in self.syms.items() if name.startswith("out")]
+        cols += [torch.full((m,), math.nan, dtype=torch.float64) for _ in range(len(wanted) - n_quantities)]
         program = self._mp
 
         def compute() -> None:
@@ -202,6 +207,35 @@ class References:
             self.mp_seconds = max(0.0, self.mp_seconds - (time.monotonic() - started))
         self.mp_points += int(done.sum())
         return (cols, done) if bool(done.any()) else None
+
+    def confirm_second_opinion(self, x64: dict[str, torch.Tensor], i: int, name: str, qi: int) -> bool:
+        """Whether the sweep's and sympy.diff's d out/d `name` still disagree at point `i` in
+        `tl.MP_DPS`-digit arithmetic (False when that cannot be computed within a second)."""
+        if self.d.whole is None or self._confirmed >= 10:
+            return False
+        self._confirmed += 1
+        backend = mpmath_backend(tl.MP_DPS)
+        ctx = backend.context
+
+        def compute() -> tuple[Any, Any]:
+            whole = compile_program(Program(self.d.program.inputs, self.d.constants), backend,
+                                    {"w": self.d.whole[name]})
+            sweep = compile_program(self.d.program, backend, {"q": self.extra[self._canonical(f"q{qi}")]})
+            point = {_sym(v): ctx.mpf(float(t[i])) for v, t in x64.items()}
+            return (whole.run(dict(point))[_sym("extra[w]")], sweep.run(dict(point))[_sym("extra[q]")])
+
+        try:
+            w, r = run_bounded(compute, self.deadline.within(1.0), name="gradcheck-sym-second-opinion")
+        except (BudgetExceeded, UnevaluableError):
+            return False
+        if not (ctx.isfinite(w) and ctx.isfinite(r)):
+            return False
+        return abs(w - r) > ctx.mpf(10) ** (-tl.MP_DPS // 2) * (abs(w) + abs(r))
+
+    def _canonical(self, name: str) -> str:
+        """The name under which the expression of extra `name` is compiled (identical ones are shared)."""
+        sym = self.syms[name]
+        return next(k for k in self.extra if self.syms[k] == sym)
 
     def _skip(self, why: str, count: int) -> None:
         self.mp_skipped[why] = self.mp_skipped.get(why, 0) + count

@@ -52,6 +52,7 @@ class Backend:
     funcs: dict[type, Callable[..., Any]]
     div: Callable[[Any, Any], Any] = lambda a, b: a / b
     context: Any = None
+    sub: Callable[[Any, Any], Any] = lambda a, b: a - b
 
 
 def special_number(e: sympy.Expr) -> float | None:
@@ -164,6 +165,8 @@ _TORCH_FUNCS: dict[type, Callable[..., Any]] = {
     sympy.Not: lambda a: torch.logical_not(torch.as_tensor(a)), sympy.Xor: _t_logic(torch.logical_xor),
     # Real semantics: the derivative of Abs(f) mentions re(f) and im(f).
     sympy.re: lambda x: x, sympy.im: lambda x: torch.where(torch.isnan(x), x, torch.zeros_like(x)),
+    sympy.conjugate: lambda x: x,
+    sympy.arg: lambda x: torch.where(x < 0, torch.full_like(x, math.pi), torch.where(torch.isnan(x), x, x * 0)),
 }
 
 TORCH = Backend(
@@ -198,7 +201,8 @@ def _compile(expr: sympy.Expr, backend: Backend, consts: dict[sympy.Expr, Any]) 
             p_parts = [_compile(a, backend, consts) for a in plus]
             m_parts = [_compile(a, backend, consts) for a in minus]
             add = backend.add
-            return lambda env: add([p(env) for p in p_parts]) - add([m(env) for m in m_parts])
+            sub = backend.sub
+            return lambda env: sub(add([p(env) for p in p_parts]), add([m(env) for m in m_parts]))
         parts = [_compile(a, backend, consts) for a in expr.args]
         add = backend.add
         return lambda env: add([p(env) for p in parts])

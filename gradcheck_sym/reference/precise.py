@@ -136,6 +136,8 @@ def mpmath_backend(dps: int) -> Backend:
         sympy.DiracDelta: lambda x, *rest: zero,
         zmul: lambda a, b: zero if a == 0 else tame(a * b),
         sympy.re: lambda x: x, sympy.im: lambda x: nan if ctx.isnan(x) else zero,
+        sympy.conjugate: lambda x: x,
+        sympy.arg: lambda x: nan if ctx.isnan(x) else +ctx.pi if x < 0 else zero,
         **_RELATIONS,
     }
 
@@ -153,8 +155,22 @@ def mpmath_backend(dps: int) -> Backend:
             return +named[e]
         return nan
 
+    # A sum that cancels to within the working precision is 0: psi(1) + EulerGamma is ~1e-51 at
+    # 50 digits, exactly 0 in the math (and 2*erf(y)/harmonic(y) at y = 0 is then 0/0, undefined).
+    # Float64-derived values never cancel that far: their differences are at least 2**-52 relative.
+    negligible = ctx.mpf(2) ** -(ctx.prec - 8)
+
+    def cancelled(total: Any, terms: list[Any]) -> Any:
+        if total == 0 or not ctx.isfinite(total):
+            return total
+        big = max((abs(t) for t in terms if type(t) is mpf and ctx.isfinite(t)), default=zero)
+        return zero if abs(total) < big * negligible else total
+
     def add(xs: list[Any]) -> Any:
-        return tame(ctx.fsum(xs))
+        return tame(cancelled(ctx.fsum(xs), xs))
+
+    def sub(a: Any, b: Any) -> Any:
+        return tame(cancelled(a - b, [a, b]))
 
     def mul(xs: list[Any]) -> Any:
         out = xs[0]
@@ -163,4 +179,4 @@ def mpmath_backend(dps: int) -> Backend:
         return tame(out)
 
     return Backend("mpmath", const=const, add=add, mul=mul, pow=power, where=where, funcs=funcs, div=div,
-                   context=ctx)
+                   context=ctx, sub=sub)

@@ -12,7 +12,7 @@ __all__ = [
     "OUTSIDE_DOMAIN", "TRACE_DIVERGED", "ILL_CONDITIONED", "VALUE_DIFFERS", "NONDIFFERENTIABLE", "NONDIFFERENTIABLE_EXAMPLE",
     "SECOND_OPINION", "MISMATCH", "MISMATCH_CUTS", "UNTRACKED", "UNTRACKED_TAIL_ONE", "UNTRACKED_TAIL_MANY",
     "DROPPED_ONE", "DROPPED_MANY", "NONFINITE_AGREE", "NONFINITE_RANGE", "NONFINITE", "WHERE_NAN_HINT",
-    "STALE_GRAPH", "RANGE", "CUT_HARMLESS", "DETACH_DOES", "NO_GRAD_DOES", "TOLERANCE_LINE", "TOLERANCE_WHY",
+    "STALE_GRAPH", "RANGE", "RANGE_IN_FLOAT64", "CUT_HARMLESS", "DETACH_DOES", "NO_GRAD_DOES", "TOLERANCE_LINE", "TOLERANCE_WHY",
     "REFERENCE_MP", "REFERENCE_64", "REFERENCE_64_SPENT", "REFERENCE_64_TIME", "SECOND_OPINION_SKIPPED",
     "HIGH_PRECISION_SKIPPED", "WORST", "WORST_ERROR", "WORST_TOL",
 ]
@@ -72,8 +72,9 @@ STALE_GRAPH = (
 )
 RANGE = (
     "autograd's {what} is off {where} because {why}: a limit of "
-    "{dtype}, not a wrong derivative (float64 gets it right); {worst}"
+    "{dtype}, not a wrong derivative{in_float64}; {worst}"
 )
+RANGE_IN_FLOAT64 = " (float64 gets it right)"
 CUT_HARMLESS = "the cut {label} ({where_cut}){source}: {does}; it does not change any checked gradient here"
 WORST = "worst at point {index} ({point}){label}: autograd {autograd}, exact {symbolic}"
 WORST_ERROR = ", error {abs_err:.3g}"
