@@ -13,7 +13,16 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .errors import GradcheckSymError, InputError, LimitError, ParseError, UnknownFunctionError, UnsupportedError
+from .errors import (
+    GradcheckSymError,
+    InputError,
+    InternalError,
+    LimitError,
+    ParseError,
+    TimeLimitError,
+    UnknownFunctionError,
+    UnsupportedError,
+)
 from .ir.graph import Graph, Node
 from .front.parse import Limits, parse
 
@@ -40,6 +49,8 @@ __all__ = [
     "LimitError",
     "InputError",
     "UnsupportedError",
+    "TimeLimitError",
+    "InternalError",
     "__version__",
 ]
 

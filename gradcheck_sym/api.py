@@ -9,8 +9,10 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping, Sequence
 
 from .autograd.expression import DTYPES
-from .judge.engine import Checker, ExpressionSubject
-from .errors import GradcheckSymError, InputError
+from .budget import Deadline
+from .judge.engine import Checker
+from .judge.expression import ExpressionSubject
+from .errors import GradcheckSymError, InputError, InternalError, UnsupportedError
 from .ir.graph import Graph
 from .front.from_sympy import is_sympy, sympy_name, sympy_to_text
 from .front.parse import Limits, parse
@@ -34,6 +36,7 @@ def check(
     limits: Limits | None = None,
     chunk_size: int | None = None,
     progress: bool | None = None,
+    timeout: float | None = None,
 ) -> Report:
     """Check torch autograd against exact symbolic derivatives for an expression.
 
@@ -50,12 +53,15 @@ def check(
         limits: size limits for parsing and points.
         chunk_size: points per vectorised chunk (default: by memory).
         progress: show a progress bar (default: on a terminal, for long runs).
+        timeout: seconds the whole check may take (default: no limit); beyond it, `TimeLimitError`.
 
     Returns:
         A `Report`; ``report.ok`` is False when an error finding exists.
 
     Raises:
-        GradcheckSymError: bad expression or input (a `ParseError`, `LimitError`, `InputError`, ...).
+        GradcheckSymError: bad expression or input (a `ParseError`, `LimitError`, `InputError`, ...),
+            `TimeLimitError` when `timeout` passed, or `InternalError` (a bug in gradcheck-sym: please
+            report it; the original exception is its `cause`).
 
     Example:
         >>> check("sin(x)*exp(y)", at={"x": 0.7, "y": 1.3}).ok
@@ -67,12 +73,20 @@ def check(
         at = _names_of(at)
         domain = _names_of(domain)
         variables = None if variables is None else [sympy_name(v) for v in variables]
+    deadline = Deadline(timeout)
+    for name, mapping in (("at", at), ("domain", domain)):
+        if mapping is not None and not isinstance(mapping, Mapping):
+            raise InputError(f"{name} must be a mapping of variable names to values, not {type(mapping).__name__}")
+    if variables is not None and (isinstance(variables, str) or not isinstance(variables, Sequence)):
+        raise InputError(f"variables must be a list of names, not {variables!r}")
     names = set(at or {}) | set(domain or {})
-    graph = parse(expression, variables=variables, as_variables=names, limits=limits)
-    return check_graph(
-        graph, at=at, domain=domain, samples=samples, seed=seed, dtype=dtype, order=order,
-        limits=limits, chunk_size=chunk_size, progress=progress,
-    )
+    try:
+        graph = parse(expression, variables=variables, as_variables=names, limits=limits, deadline=deadline)
+    except GradcheckSymError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - see _check_graph
+        raise InternalError(exc) from exc
+    return _check_graph(graph, at, domain, samples, seed, dtype, order, limits, chunk_size, progress, deadline)
 
 
 def _names_of(mapping: Mapping[Any, Any] | None) -> dict[str, Any] | None:
@@ -91,15 +105,49 @@ def check_graph(
     limits: Limits | None = None,
     chunk_size: int | None = None,
     progress: bool | None = None,
+    timeout: float | None = None,
 ) -> Report:
     """`check` for a `Graph` built by `parse` or by code. Same arguments and result."""
+    return _check_graph(graph, at, domain, samples, seed, dtype, order, limits, chunk_size, progress,
+                        Deadline(timeout))
+
+
+def _check_graph(graph: Graph, at: Mapping[str, Any] | None, domain: Mapping[str, Any] | None,
+                 samples: int | None, seed: int | None, dtype: str, order: int, limits: Limits | None,
+                 chunk_size: int | None, progress: bool | None, deadline: Deadline) -> Report:
+    try:
+        return _check_graph_unguarded(graph, at, domain, samples, seed, dtype, order, limits, chunk_size, progress,
+                                      deadline)
+    except GradcheckSymError:
+        raise
+    except MemoryError:
+        raise UnsupportedError("the check ran out of memory",
+                               "check fewer points at once (chunk_size=...) or fewer points") from None
+    except Exception as exc:  # noqa: BLE001 - no input should get here: a bug, said as one
+        raise InternalError(exc) from exc
+
+
+def _check_graph_unguarded(graph: Graph, at: Mapping[str, Any] | None, domain: Mapping[str, Any] | None,
+                           samples: int | None, seed: int | None, dtype: str, order: int, limits: Limits | None,
+                           chunk_size: int | None, progress: bool | None, deadline: Deadline) -> Report:
     torch_dtype = torch_dtype_of(dtype, order)
-    limits = limits or Limits()
+    limits = limits if limits is not None else Limits()
+    if not isinstance(limits, Limits):
+        raise InputError(f"limits must be a gradcheck_sym.Limits, not {type(limits).__name__}")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise InputError(f"chunk_size must be a positive integer, not {chunk_size!r}")
+    if not isinstance(graph, Graph):
+        raise InputError(f"check_graph takes a gradcheck_sym.Graph, not {type(graph).__name__}: "
+                         "use gs.check for expression text")
+    try:
+        graph.validate()
+    except ValueError as exc:
+        raise InputError(f"the graph is not valid: {exc}", "build it with gs.parse, or see Graph.validate") from None
     if not graph.variables and (at or domain):
         raise InputError("the expression has no variables: give no at/domain values")
     points = make_points(graph.variables, at=at, domain=domain, samples=samples, seed=seed, max_points=limits.max_points)
-    subject = ExpressionSubject(graph, derive(graph, order=order))
-    return Checker(subject, points, torch_dtype, order).run(chunk_size, progress)
+    subject = ExpressionSubject(graph, derive(graph, order=order, deadline=deadline), deadline=deadline)
+    return Checker(subject, points, torch_dtype, order, deadline=deadline).run(chunk_size, progress)
 
 
 def torch_dtype_of(dtype: str, order: int) -> Any:

@@ -1,38 +1,86 @@
 """The command line: a thin layer over `gradcheck_sym.check`.
 
-``main(argv) -> int`` is testable in-process.  Exit codes: 0 no error finding,
-1 an error finding, 2 bad input (with a message, never a traceback).  Only
-argparse and the error classes are imported up front, so ``--help`` starts
+``main(argv) -> int`` is testable in-process.  Exit codes: 0 no error finding, 1 an error
+finding, 2 bad input or a time limit (`GradcheckSymError`: one clear message, never a
+traceback), 3 an internal error (a bug: "internal error, please report", the traceback only
+with ``--debug`` or ``GRADCHECK_SYM_DEBUG=1``).  With ``--json`` errors are JSON on stdout
+too.  Only argparse and the error classes are imported up front, so ``--help`` starts
 without torch or sympy.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
+import json
+import math
 import os
+import re
 import sys
-from typing import Sequence
+import traceback
+from typing import Any, Callable, NoReturn, Sequence
 
-from .errors import GradcheckSymError, InputError
+from .errors import GradcheckSymError, InputError, InternalError
 
-__all__ = ["main", "EXAMPLE"]
+__all__ = ["main", "EXAMPLE", "EXIT_OK", "EXIT_FINDINGS", "EXIT_ERROR", "EXIT_INTERNAL"]
 
 EXAMPLE = "sin(x)*exp(y) + log(1 + x**2)/y"
+EXIT_OK, EXIT_FINDINGS, EXIT_ERROR, EXIT_INTERNAL = 0, 1, 2, 3
+_SCHEMA_VERSION = 1  # of the JSON error object; the same as the reports' (report.records.SCHEMA_VERSION)
+_EPILOG = ("exit codes: 0 no error finding, 1 an error finding, 2 bad input or a time limit, "
+           "3 internal error (please report)")
+
+
+class _UsageError(InputError):
+    """A command line argparse cannot read (argparse's own error, raised instead of exiting)."""
+
+    def __init__(self, message: str, hint: str, usage: str) -> None:
+        super().__init__(message, hint)
+        self.usage = usage
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(message, f"see `{self.prog} --help`", self.format_usage().rstrip())
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
+    return value
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="gradcheck-sym",
-        description="Check torch autograd against exact symbolic derivatives (sympy).",
-        epilog="exit codes: 0 no error finding, 1 an error finding, 2 bad input",
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    check = sub.add_parser("check", help="check an expression", description="Check an expression's gradients.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--timeout", type=_seconds, default=None, metavar="SECONDS",
+                        help="stop with an error (exit 2) when the check takes longer")
+    common.add_argument("--debug", action="store_true",
+                        help="show the traceback of an internal error (also GRADCHECK_SYM_DEBUG=1)")
+    parser = _Parser(prog="gradcheck-sym", description="Check torch autograd against exact symbolic derivatives "
+                     "(sympy).", epilog=_EPILOG)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    check = sub.add_parser("check", help="check an expression", description="Check an expression's gradients. "
+                           "An expression that starts with '-' is read as the expression, not as an option.",
+                           parents=[common], epilog=_EPILOG)
     check.add_argument("expression", help='Python-syntax math, e.g. "sin(x)*exp(y)"')
     _check_options(check)
-    function = sub.add_parser("function", help="check a PyTorch function from a Python file",
+    function = sub.add_parser("function", help="check a PyTorch function from a Python file", parents=[common],
                               description="Check a PyTorch function, module or custom autograd.Function.apply "
-                                          "defined in a Python file.")
+                                          "defined in a Python file.", epilog=_EPILOG)
     function.add_argument("target", metavar="FILE.py:NAME", help="e.g. model.py:f or model.py:MySoftplus.apply")
     function.add_argument("--input", action="append", default=[], metavar="x=[0.3, -1.2]",
                           help="an input as name=number or name=nested list (repeat, in call order)")
@@ -48,12 +96,12 @@ def _build_parser() -> argparse.ArgumentParser:
     function.add_argument("--atol", type=float, default=None, help="extra absolute tolerance you accept")
     function.add_argument("--json", action="store_true", help="print the report as JSON")
     function.add_argument("--graph", metavar="FILE", default=None, help="draw the graph (.dot, .svg, .png)")
-    run = sub.add_parser("run", help="run a script and verify every backward it does",
+    run = sub.add_parser("run", help="run a script and verify every backward it does", parents=[common],
                          usage="gradcheck-sym run SCRIPT [--json] [--json-file FILE] [--graph FILE] [--full] "
-                               "[--run-timeout S] [SCRIPT ARGS...]",
+                               "[--timeout S] [SCRIPT ARGS...]",
                          description="Run a Python script as `python SCRIPT args` would, then report what its "
                                      "autograd did, verified against the exact derivatives. Arguments after the "
-                                     "script are the script's (after -- all of them are).")
+                                     "script are the script's (after -- all of them are).", epilog=_EPILOG)
     run.add_argument("script", help="the script")
     run.add_argument("--json", action="store_true",
                      help="print only the report as JSON on stdout (the script's own output goes to stderr)")
@@ -61,12 +109,18 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--graph", metavar="FILE", default=None, help="draw the graph (.dot, .svg, .png)")
     run.add_argument("--full", "--wide", action="store_true", dest="full",
                      help="every column and every row of the table, whatever the width")
-    run.add_argument("--run-timeout", type=float, default=None, dest="run_timeout", metavar="S",
-                     help="stop verifying after S seconds (the script runs on)")
-    example = sub.add_parser("example", help=f"check the built-in example {EXAMPLE!r}")
+    run.add_argument("--run-timeout", type=_seconds, default=None, dest="run_timeout", metavar="S",
+                     help="the same as --timeout: stop verifying after S seconds (the script runs on)")
+    example = sub.add_parser("example", help=f"check the built-in example {EXAMPLE!r}", parents=[common])
     example.add_argument("--json", action="store_true", help="print the report as JSON")
-    sub.add_parser("ops", help="list the functions and operators the checker knows")
+    ops = sub.add_parser("ops", help="list the functions and operators the checker knows", parents=[common])
+    ops.add_argument("--json", action="store_true", help="print the list as JSON")
     return parser
+
+
+_LIMIT_OPTIONS = [("max-chars", "longest expression text"), ("max-depth", "deepest nesting"),
+                  ("max-nodes", "most graph nodes"), ("max-int-digits", "largest integer constant, in digits"),
+                  ("max-points", "most points in one check")]
 
 
 def _check_options(p: argparse.ArgumentParser) -> None:
@@ -80,9 +134,44 @@ def _check_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--order", type=int, default=1, choices=[1, 2], help="2 also checks the Hessian")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--graph", metavar="FILE", default=None, help="draw the graph (.dot, .svg, .png)")
-    for name, help_ in [("max-chars", "longest expression text"), ("max-depth", "deepest nesting"),
-                        ("max-nodes", "most graph nodes"), ("max-int-digits", "largest constant power, in digits")]:
-        p.add_argument(f"--{name}", type=int, default=None, help=f"limit: {help_}")
+    for name, help_ in _LIMIT_OPTIONS:
+        p.add_argument(f"--{name}", type=_positive_int, default=None, metavar="N", help=f"limit: {help_}")
+
+
+# Options of `check` that take a value (the expression is the one positional argument).
+_CHECK_VALUED = {"--at", "--domain", "--samples", "--seed", "--dtype", "--order", "--graph", "--timeout",
+                 *(f"--{name}" for name, _ in _LIMIT_OPTIONS)}
+_CHECK_FLAGS = {"--json", "--debug", "-h", "--help"}
+_LONG_OPTION = re.compile(r"--[A-Za-z][A-Za-z0-9-]*(=.*)?")
+
+
+def _protect_expression(argv: list[str]) -> list[str]:
+    """`check -x*y ...`: the expression starts with '-'; give it to argparse as a positional.
+
+    The first argument after ``check`` that starts with '-' and is neither an option of
+    `check` nor shaped like a long option (``--name``) is the expression; a leading space
+    makes argparse read it as one (the expression's spaces are stripped when it is parsed).
+    """
+    if argv[:1] != ["check"]:
+        return argv
+    out, i = ["check"], 1
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            return out + argv[i:]
+        if arg.split("=", 1)[0] in _CHECK_VALUED:
+            step = 1 if "=" in arg else 2
+            out += argv[i : i + step]
+            i += step
+            continue
+        if arg.startswith("-") and arg not in _CHECK_FLAGS and not _LONG_OPTION.fullmatch(arg):
+            out += [" " + arg] + argv[i + 1 :]
+            return out
+        if not arg.startswith("-"):  # the expression is given: the rest is options
+            return out + argv[i:]
+        out.append(arg)
+        i += 1
+    return out
 
 
 def _parse_at(items: list[str]) -> dict[str, list[float]]:
@@ -94,6 +183,8 @@ def _parse_at(items: list[str]) -> dict[str, list[float]]:
             name = name.strip()
             if not eq or not name:
                 raise InputError(f"--at {item!r}: write name=value pairs separated by commas, e.g. --at x=0.7,y=1.3")
+            if name in point:
+                raise InputError(f"--at {item!r}: {name} is given twice", "give each variable once per --at")
             try:
                 point[name] = float(text)
             except ValueError:
@@ -107,15 +198,21 @@ def _parse_at(items: list[str]) -> dict[str, list[float]]:
 
 def _parse_domain(items: list[str]) -> dict[str, tuple[float, float]]:
     out: dict[str, tuple[float, float]] = {}
+    given: dict[str, str] = {}
     for item in items:
         name, eq, text = item.partition("=")
         lo, colon, hi = text.partition(":")
-        if not eq or not colon or not name.strip():
+        name = name.strip()
+        if not eq or not colon or not name:
             raise InputError(f"--domain {item!r}: write name=low:high, e.g. --domain x=-1:1")
+        if name in given:
+            raise InputError(f"--domain {item!r}: {name} already has --domain {given[name]!r}",
+                             "give one --domain per variable")
         try:
-            out[name.strip()] = (float(lo), float(hi))
+            out[name] = (float(lo), float(hi))
         except ValueError:
             raise InputError(f"--domain {item!r}: low and high must be numbers") from None
+        given[name] = item
     return out
 
 
@@ -152,48 +249,120 @@ def _split_run_args(argv: list[str]) -> tuple[list[str], list[str]]:
     return ours, theirs
 
 
+def _debug(argv: Sequence[str]) -> bool:
+    return "--debug" in argv or os.environ.get("GRADCHECK_SYM_DEBUG", "") not in ("", "0")
+
+
+def _wants_json(argv: Sequence[str]) -> bool:
+    own = list(argv[: argv.index("--")]) if "--" in argv else list(argv)
+    return "--json" in own
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit code."""
-    parser = _build_parser()
+    """Run the command line; return the exit code (see the module docstring)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        try:
+            return _main(argv)
+        except GradcheckSymError:
+            raise
+        except KeyboardInterrupt:
+            print("gradcheck-sym: interrupted", file=sys.stderr)
+            return 130
+        except BrokenPipeError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the last line of defence: a bug, reported as one
+            raise InternalError(exc) from exc
+    except BrokenPipeError:
+        return _broken_pipe()
+    except GradcheckSymError as exc:
+        try:
+            return _report_error(exc, argv)
+        except BrokenPipeError:
+            return _broken_pipe()
+
+
+def _broken_pipe() -> int:
+    """The reader went away (`| head`): stop writing, quietly (Python's own advice)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout without a file descriptor (tests)
+        pass
+    return 141  # 128 + SIGPIPE, as a shell reports a command killed by it
+
+
+def _report_error(exc: GradcheckSymError, argv: Sequence[str]) -> int:
+    internal = isinstance(exc, InternalError)
+    code = EXIT_INTERNAL if internal else EXIT_ERROR
+    if _wants_json(argv):
+        error: dict[str, Any] = {"type": type(exc).__name__, "exit_code": code, "message": exc.message,
+                                 "hint": exc.hint, "text": str(exc)}
+        for attr in ("line", "col", "limit", "value", "maximum", "seconds", "stage"):
+            if hasattr(exc, attr):
+                error["column" if attr == "col" else attr] = getattr(exc, attr)
+        if internal:
+            cause = exc.cause  # type: ignore[attr-defined]
+            error["cause"] = f"{type(cause).__name__}: {cause}"
+            if _debug(argv):
+                error["traceback"] = "".join(traceback.format_exception(cause))
+        print(json.dumps({"version": _SCHEMA_VERSION, "ok": False, "error": error}, indent=2, default=str))
+    else:
+        if isinstance(exc, _UsageError):
+            print(exc.usage, file=sys.stderr)
+        print(f"gradcheck-sym: error: {exc}", file=sys.stderr)
+    if internal and _debug(argv):
+        traceback.print_exception(exc.cause, file=sys.stderr)  # type: ignore[attr-defined]
+    return code
+
+
+def _main(argv: list[str]) -> int:
+    parser = _build_parser()
     script_args: list[str] = []
     if argv[:1] == ["run"]:
         argv, script_args = _split_run_args(argv)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(_protect_expression(argv))
+    except SystemExit as exc:  # --help
+        return exc.code if isinstance(exc.code, int) else EXIT_OK
     args.script_args = script_args
+    if args.command is None:
+        parser.print_help()
+        return EXIT_ERROR
     if getattr(args, "graph", None):
         from .report.picture import check_picture_path
 
-        try:
-            check_picture_path(args.graph)
-        except GradcheckSymError as exc:
-            print(f"gradcheck-sym: error: {exc}", file=sys.stderr)
-            return 2
-    if args.command is None:
-        parser.print_help()
-        return 2
-    try:
-        if args.command == "ops":
-            return _ops()
-        if args.command == "function":
-            return _function(args)
-        if args.command == "run":
-            return _run(args)
-        if args.command == "example":
-            return _check(EXAMPLE, {"at": {"x": [0.7], "y": [1.3]}}, as_json=args.json)
-        at = _parse_at(args.at)
-        domain = _parse_domain(args.domain)
-        from .front.parse import Limits
+        check_picture_path(args.graph)
+    if args.command == "ops":
+        return _ops(args.json)
+    if args.command == "function":
+        return _function(args)
+    if args.command == "run":
+        return _run(args)
+    if args.command == "example":
+        return _check(EXAMPLE, {"at": {"x": [0.7], "y": [1.3]}, "timeout": args.timeout}, as_json=args.json)
+    at = _parse_at(args.at)
+    domain = _parse_domain(args.domain)
+    from .front.parse import Limits
 
-        limits = Limits(**{k: v for k, v in {
-            "max_chars": args.max_chars, "max_depth": args.max_depth, "max_nodes": args.max_nodes,
-            "max_int_digits": args.max_int_digits}.items() if v is not None})
-        options = dict(at=at or None, domain=domain or None, samples=args.samples, seed=args.seed,
-                       dtype=args.dtype, order=args.order, limits=limits)
-        return _check(args.expression, options, as_json=args.json, graph=args.graph)
-    except GradcheckSymError as exc:
-        print(f"gradcheck-sym: error: {exc}", file=sys.stderr)
-        return 2
+    limits = Limits(**{k: v for k, v in {
+        "max_chars": args.max_chars, "max_depth": args.max_depth, "max_nodes": args.max_nodes,
+        "max_int_digits": args.max_int_digits, "max_points": args.max_points}.items() if v is not None})
+    options = dict(at=at or None, domain=domain or None, samples=args.samples, seed=args.seed,
+                   dtype=args.dtype, order=args.order, limits=limits, timeout=args.timeout)
+    return _check(args.expression, options, as_json=args.json, graph=args.graph)
+
+
+def _with_timeout(fn: Callable[..., Any], options: dict[str, Any], timeout: float | None) -> dict[str, Any]:
+    """`options` plus ``timeout=`` when `fn` takes it (the function and script paths are growing it)."""
+    if timeout is not None:
+        try:
+            takes = "timeout" in inspect.signature(fn).parameters
+        except (TypeError, ValueError):
+            takes = False
+        if takes:
+            return {**options, "timeout": timeout}
+    return options
 
 
 def _check(expression: str, options: dict, *, as_json: bool, graph: str | None = None) -> int:
@@ -211,7 +380,7 @@ def _run(args: argparse.Namespace) -> int:
     to_stdout = args.json
     # With the JSON on stdout, the script's own output goes to stderr: stdout stays one JSON document.
     redirect = contextlib.redirect_stdout(sys.stderr) if to_stdout else contextlib.nullcontext()
-    timeout = getattr(args, "run_timeout", None) or getattr(args, "timeout", None)
+    timeout = args.run_timeout or args.timeout  # under run, a time limit stops the verifying, not the script
     with redirect:
         report = run_script(args.script, args.script_args, timeout=timeout)
     sys.stdout.flush()
@@ -254,8 +423,6 @@ def _color() -> bool:
 
 
 def _function(args: argparse.Namespace) -> int:
-    import json
-
     import torch
 
     from .api import check_function
@@ -282,9 +449,9 @@ def _function(args: argparse.Namespace) -> int:
             raise InputError(f"--intended {item!r}: write NAME=BEHAVIOUR, e.g. --intended STESign=straight-through "
                              "or --intended model.py:12=cut")
         intended[key.strip()] = behaviour.strip()
-    report = check_function(fn, *inputs, names=names, expected=args.expect, samples=args.samples, seed=args.seed,
-                            dtype=args.dtype, order=args.order, rtol=args.rtol, atol=args.atol,
-                            intended=intended or None)
+    options = dict(names=names, expected=args.expect, samples=args.samples, seed=args.seed, dtype=args.dtype,
+                   order=args.order, rtol=args.rtol, atol=args.atol, intended=intended or None)
+    report = check_function(fn, *inputs, **_with_timeout(check_function, options, args.timeout))
     return _print(report, args.json, args.graph)
 
 
@@ -331,12 +498,19 @@ def _print(report: object, as_json: bool, graph: str | None = None) -> int:
         from .report.picture import report_picture
 
         _draw(report_picture(report), graph)
-    return 0 if report.ok else 1  # type: ignore[attr-defined]
+    return EXIT_OK if report.ok else EXIT_FINDINGS  # type: ignore[attr-defined]
 
 
-def _ops() -> int:
+def _ops(as_json: bool = False) -> int:
     from .ops import BINOPS, FUNCTIONS, UNARYOPS
 
+    if as_json:
+        print(json.dumps({"version": _SCHEMA_VERSION, "functions": [
+            {"name": name, "arity": list(op.arity), "doc": op.doc, "convention": op.convention}
+            for name, op in sorted(FUNCTIONS.items())],
+            "operators": [op.symbol for op in [*BINOPS.values(), *UNARYOPS.values()]],
+            "comparisons": ["<", "<=", ">", ">=", "==", "!="], "constants": ["pi", "e"]}, indent=2))
+        return EXIT_OK
     print("functions:")
     for name, op in sorted(FUNCTIONS.items()):
         lo, hi = op.arity

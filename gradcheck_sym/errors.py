@@ -2,7 +2,8 @@
 
 Every error says what went wrong, where (a caret under the column, or the
 name of the offending value) and what to do.  The command line turns any of
-them into exit code 2 and prints no traceback.
+them into exit code 2 and prints no traceback; anything else that escapes is
+an `InternalError` (exit code 3, "internal error, please report").
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ __all__ = [
     "LimitError",
     "InputError",
     "UnsupportedError",
+    "TimeLimitError",
+    "InternalError",
 ]
 
 
@@ -32,6 +35,15 @@ class GradcheckSymError(Exception):
 
     def __str__(self) -> str:
         return self.message + (f"\n{self.hint}" if self.hint else "")
+
+
+def unusual_letters(name: str) -> str:
+    """Words naming the non-ASCII letters of `name` ("" for ASCII), for errors about names:
+    Cyrillic 'х' and Latin 'x' look the same and are different names."""
+    import unicodedata
+
+    odd = sorted({unicodedata.name(c, f"U+{ord(c):04X}") for c in name if ord(c) > 127})
+    return f" ({name!r} is written with {', '.join(odd)})" if odd else ""
 
 
 def _caret_block(source: str, line: int, col: int, end_col: int | None) -> str:
@@ -118,3 +130,35 @@ class InputError(GradcheckSymError, ValueError):
 
 class UnsupportedError(GradcheckSymError):
     """Valid input that the checker or torch cannot evaluate (e.g. an op without a float16 kernel)."""
+
+
+class TimeLimitError(GradcheckSymError):
+    """The check did not finish within its time limit (``timeout=``, ``--timeout``).
+
+    Attributes:
+        seconds: the limit in force.
+        stage: what was running when the time ran out ("deriving", "compiling the reference", ...).
+    """
+
+    def __init__(self, message: str, seconds: float, stage: str = "",
+                 hint: str = "raise the limit with timeout=... (--timeout on the command line), or check fewer "
+                             "points or a smaller expression") -> None:
+        super().__init__(message, hint)
+        self.seconds = seconds
+        self.stage = stage
+
+
+class InternalError(GradcheckSymError):
+    """A bug in gradcheck-sym: an exception no input should cause.
+
+    The command line reports it with exit code 3 and asks for a report; `cause` is the
+    original exception (its traceback is shown with ``--debug`` or ``GRADCHECK_SYM_DEBUG=1``).
+    """
+
+    def __init__(self, cause: BaseException) -> None:
+        text = str(cause).splitlines()[0] if str(cause) else ""
+        super().__init__(
+            f"internal error, please report: {type(cause).__name__}" + (f": {text[:300]}" if text else ""),
+            "this is a bug in gradcheck-sym, not in your input: please report it with the command that caused it; "
+            "re-run with --debug (or GRADCHECK_SYM_DEBUG=1) for the traceback")
+        self.cause = cause

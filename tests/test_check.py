@@ -199,3 +199,24 @@ def test_deep_composition_derives_without_swell():
         text = f"{'sin' if i % 2 else 'cos'}({text})"
     r = gs.check(text, domain={"x": (-1, 1), "y": (-1, 1)}, samples=1000, seed=0)
     assert r.ok and "reverse sweep" in r.derivation
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode", "set_grad_enabled"])
+def test_a_check_under_the_callers_no_grad_is_unaffected_and_the_mode_comes_back(mode):
+    ctx = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode,
+           "set_grad_enabled": lambda: torch.set_grad_enabled(False)}[mode]
+    with ctx():
+        r = gs.check("x*tanh(x)", at={"x": 0.5})
+        assert not torch.is_grad_enabled()
+        assert torch.is_inference_mode_enabled() == (mode == "inference_mode")
+    assert r.ok and r.findings == ()
+    assert torch.is_grad_enabled()
+
+
+def test_the_high_precision_reference_has_its_own_mpmath_context():
+    import mpmath
+
+    before = mpmath.mp.dps
+    r = gs.check("x*detach(tanh(x))", at={"x": 0.5})  # its untracked verdict uses the 50-digit reference
+    assert r.high_precision_points == 1 and [f.kind for f in r.findings] == ["untracked"]
+    assert mpmath.mp.dps == before

@@ -1,6 +1,7 @@
 """The command line: transcripts pinned in tests/golden, exit codes, no tracebacks, fast --help."""
 
 import os
+import json
 import subprocess
 import sys
 
@@ -72,3 +73,105 @@ def test_console_script_and_module_entry_points():
     out = subprocess.run([script if os.path.exists(script) else "gradcheck-sym", "example"], capture_output=True,
                          text=True)
     assert out.returncode == 0 and "OK" in out.stdout
+
+
+# ---------------------------------------------------------------- issue 12: every input ends in a report or a clear error
+def test_an_expression_that_starts_with_a_minus_is_the_expression(capsys):
+    assert main(["check", "-x*y", "--at", "x=1,y=2"]) == 0
+    assert capsys.readouterr().out.startswith("gradcheck-sym -x*y\n")
+    assert main(["check", "--at", "x=1,y=2", "-x*y", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["expression"] == "-x*y"
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["check", "x", "--at", "x=1,x=2"], "gradcheck-sym: error: --at 'x=1,x=2': x is given twice\n"
+                                        "give each variable once per --at\n"),
+    (["check", "x", "--domain", "x=0:1", "--domain", "x=2:3"],
+     "gradcheck-sym: error: --domain 'x=2:3': x already has --domain 'x=0:1'\ngive one --domain per variable\n"),
+    (["check", "x", "--domain", "x=0:1", "--samples", "10", "--max-points", "5"],
+     "gradcheck-sym: error: 10 points is more than the limit of 5\n"
+     "raise it with Limits(max_points=...) in Python or --max-points on the command line\n"),
+])
+def test_repeated_names_and_limits_are_clear_errors(argv, message, capsys):
+    assert main(argv) == 2
+    assert capsys.readouterr().err == message
+
+
+@pytest.mark.parametrize("option,value,words", [
+    ("--max-nodes", "-5", "argument --max-nodes: must be a positive integer, not -5"),
+    ("--max-depth", "0", "argument --max-depth: must be a positive integer, not 0"),
+    ("--timeout", "-1", "argument --timeout: must be a positive number of seconds, not -1"),
+    ("--timeout", "nan", "argument --timeout: must be a positive number of seconds, not nan"),
+])
+def test_negative_limits_and_timeouts_are_refused(option, value, words, capsys):
+    assert main(["check", "x", "--at", "x=1", option, value]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: gradcheck-sym check ")
+    assert err.endswith(f"gradcheck-sym: error: {words}\nsee `gradcheck-sym check --help`\n")
+
+
+def test_errors_are_json_under_json(capsys):
+    assert main(["check", "sinn(x)", "--at", "x=1", "--json"]) == 2
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert json.loads(out) == {"version": 1, "ok": False, "error": {
+        "type": "UnknownFunctionError", "exit_code": 2, "message": "unknown function 'sinn'",
+        "hint": "did you mean 'sin' or 'sinh'?", "line": 1, "column": 0,
+        "text": "unknown function 'sinn'\n  sinn(x)\n  ^^^^\ndid you mean 'sin' or 'sinh'?"}}
+
+
+@pytest.mark.parametrize("argv,kind", [
+    (["function", "no_such_file.py:f", "--input", "x=1", "--json"], "InputError"),
+    (["run", "no_such_file.py", "--json"], "InputError"),
+    (["check", "x", "--json", "--bogus"], "_UsageError"),
+    (["ops", "--json", "--bogus"], "_UsageError"),
+])
+def test_every_command_gives_json_errors(argv, kind, capsys):
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert json.loads(out)["error"]["type"] == kind and err == ""
+
+
+def test_an_internal_error_exits_3_without_a_traceback(monkeypatch, capsys):
+    import gradcheck_sym.api
+
+    def broken(*args, **kwargs):
+        raise ValueError("boom")
+
+    monkeypatch.setattr(gradcheck_sym.api, "check", broken)
+    monkeypatch.delenv("GRADCHECK_SYM_DEBUG", raising=False)
+    assert main(["check", "x", "--at", "x=1"]) == 3
+    assert capsys.readouterr().err == (
+        "gradcheck-sym: error: internal error, please report: ValueError: boom\n"
+        "this is a bug in gradcheck-sym, not in your input: please report it with the command that caused it; "
+        "re-run with --debug (or GRADCHECK_SYM_DEBUG=1) for the traceback\n")
+    assert main(["check", "x", "--at", "x=1", "--debug"]) == 3
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and 'raise ValueError("boom")' in err
+    monkeypatch.setenv("GRADCHECK_SYM_DEBUG", "1")
+    assert main(["check", "x", "--at", "x=1", "--json"]) == 3
+    error = json.loads(capsys.readouterr().out)["error"]
+    assert (error["type"], error["exit_code"], error["cause"]) == ("InternalError", 3, "ValueError: boom")
+    assert "Traceback" in error["traceback"]
+
+
+def test_a_time_limit_is_a_clear_error(capsys):
+    text = " + ".join(f"sin(x*{i})" for i in range(1, 3000))
+    assert main(["check", text, "--at", "x=0.5", "--timeout", "0.3"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gradcheck-sym: error: the check did not finish within its time limit of 0.3 s (stopped while ")
+    assert err.endswith("raise the limit with timeout=... (--timeout on the command line), or check fewer points "
+                        "or a smaller expression\n")
+
+
+def test_every_command_takes_timeout_and_debug(capsys):
+    assert main(["ops", "--timeout", "5", "--debug"]) == 0
+    assert main(["example", "--timeout", "60"]) == 0
+    capsys.readouterr()
+
+
+def test_a_closed_pipe_ends_quietly():
+    text = " + ".join(f"sin(x*{i})" for i in range(300))  # a JSON report of ~300 KB, more than a pipe holds
+    out = subprocess.run(["bash", "-o", "pipefail", "-c", f"gradcheck-sym check '{text}' --at x=0.5 --json | head -1"],
+                         capture_output=True, text=True)
+    assert out.stdout == "{\n" and out.stderr == "" and out.returncode == 141

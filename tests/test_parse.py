@@ -4,7 +4,10 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+import gradcheck_sym as gs
 from gradcheck_sym import LimitError, Limits, ParseError, UnknownFunctionError, parse
 
 
@@ -118,3 +121,103 @@ def test_parsing_never_imports_torch_or_sympy():
     code = "import sys, gradcheck_sym as gs; gs.parse('sin(x)*y'); print('torch' in sys.modules, 'sympy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False False"
+
+
+# ---------------------------------------------------------------- issue 12
+@pytest.mark.parametrize("text,message", [
+    ("x*pow(7, 10**20)", "the constant power pow(7, 10**20) would have about 8.45e+19 digits; the limit is 10,000"),
+    ("2**(10**400)", "the constant power 2**(10**400) would have about 1e+399 digits; the limit is 10,000"),
+    ("x*" + "9" * 10_001, "an integer literal has 10,001 digits; the limit is 10,000"),
+])
+def test_constant_powers_and_literals_beyond_the_limit_are_refused(text, message):
+    with pytest.raises(LimitError) as info:
+        parse(text)
+    assert str(info.value).splitlines()[0] == message and info.value.limit == "max_int_digits"
+
+
+def test_integer_literals_beyond_pythons_int_str_limit_are_read():
+    g = parse("x*" + "1" + "0" * 5000)  # 5,001 digits: Python's own conversion stops at 4,300
+    (const,) = [n for n in g.nodes if n.op == "const"]
+    assert const.value == 10**5000
+    assert "1000000000...(5,001 digits)" in str(g)
+
+
+@pytest.mark.parametrize("text,message", [
+    ("1if x else 2", "invalid decimal literal\n  1if x else 2\n  ^^^\n"
+                     "is an operator or a space missing after the number (write 2*x)?"),
+    ('x*"\\d"', 'strings are not allowed\n  x*"\\d"\n    ^^^^\ngive a numeric expression'),
+])
+def test_what_python_would_warn_about_is_an_error_and_no_warning(text, message):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(ParseError) as info:
+            parse(text)
+    assert str(info.value) == message and caught == []
+
+
+def test_compatibility_letters_are_not_merged_and_lookalikes_are_named():
+    with pytest.raises(ParseError) as info:
+        parse("\uff58 + x")  # fullwidth x
+    assert str(info.value) == (
+        "the name 'ｘ' is written with compatibility characters (fullwidth or mathematical letters) that Python "
+        "reads as 'x'\n  ｘ + x\n  ^\nwrite 'x': gradcheck-sym does not merge names that are written differently")
+    with pytest.raises(ParseError, match="that Python reads as 'sin'"):
+        parse("\U0001d42c\U0001d422\U0001d427(x)")  # mathematical bold sin
+    assert parse("\u0445 + x").variables == ("\u0445", "x")  # Cyrillic х is another letter: another name
+    with pytest.raises(gs.InputError) as info:
+        gs.check("\u0445 + 1", at={"x": 1.0})
+    assert str(info.value) == ("unknown variable 'x' in at: the expression uses х ('х' is written with CYRILLIC "
+                               "SMALL LETTER HA)")
+
+
+def test_deep_input_is_read_without_changing_the_recursion_limit():
+    import threading
+
+    limit = sys.getrecursionlimit()
+    results = []
+
+    def work():
+        results.append(len(parse("+".join(["x"] * 30_000)).nodes))
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+        assert sys.getrecursionlimit() == limit
+    for t in threads:
+        t.join()
+    assert results == [30_000] * 4 and sys.getrecursionlimit() == limit
+
+
+def test_the_deep_reader_gives_pythons_tree_positions_included():
+    import ast
+
+    from gradcheck_sym.front.deep import read_deep
+
+    def error(message, start, end, hint=""):
+        return ParseError(message, "", start[0], start[1], end[1], hint)
+
+    for text in ["(x+y)*z", "-(x)**2", "2**-x**2*3", "x < (y) < z", "f((x), y,)", "sin(x)*exp(y) + log(1 + x**2)/y",
+                 "where(x > 0, sqrt(x), 0)", "not x", "1 is not 2", "x // 2 @ y | z ^ w & v << 1 >> 2", "ｘ + 𝑥",
+                 "1e5 + 0x1F + 1_000 + 2j + .5 + 5.", "max(x, y, z)", "f()", "((x))", "x - -y"]:
+        assert ast.dump(read_deep(text, error), include_attributes=True) == ast.dump(
+            ast.parse(text, mode="eval"), include_attributes=True), text
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(st.randoms(use_true_random=False))
+def test_the_deep_reader_agrees_with_python_on_the_grammar(rng):
+    import ast
+
+    from gradcheck_sym.front.deep import read_deep
+
+    from .grammar import expression
+
+    text = expression(rng, rng.randint(1, 6), hostile=rng.random() < 0.5).replace("1" + "0" * 5000, "7")
+
+    def error(message, start, end, hint=""):
+        return ParseError(message, "", start[0], start[1], end[1], hint)
+
+    assert ast.dump(read_deep(text, error), include_attributes=True) == ast.dump(
+        ast.parse(text, mode="eval"), include_attributes=True)

@@ -14,11 +14,13 @@ repeated with every node's value and incoming gradient multiplied by
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from ..budget import Deadline
 from ..errors import UnsupportedError
 from ..ir.graph import Graph
 from ..ops import OPS
@@ -59,20 +61,44 @@ class AutogradRun:
     meta: dict[int, NodeMeta]
     hessian: list[list[torch.Tensor]] | None = None
 
+    def __del__(self) -> None:
+        # Release the graph from the output backwards.  Each tensor holds its own grad_fn, so
+        # each release frees one node.  In the other order the output's tensor goes last and
+        # frees the whole chain at once, recursively — through Python where grad_fn objects
+        # exist (`meta`, hooks), which overflows the C stack for a chain of ~40,000 nodes
+        # (x+x+...+x): a segfault.
+        # A finalizer may run in any thread, also in a worker being interrupted (budget.run_bounded):
+        # nothing may escape it; whatever is left is then released the usual way.
+        try:
+            values = self.values
+            for k in sorted(values, reverse=True):
+                del values[k]
+        except BaseException:  # noqa: BLE001, S110
+            pass
+
+
+def _number(value: Any) -> float:
+    """A constant's value as a float (pi and e by name; integers beyond the float range are +-inf)."""
+    if value == "pi":
+        return math.pi
+    if value == "E":
+        return math.e
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
 
 def _const_value(value: Any, dtype: torch.dtype) -> torch.Tensor:
-    import math
+    return torch.tensor(_number(value), dtype=dtype)
 
-    if value == "pi":
-        v = math.pi
-    elif value == "E":
-        v = math.e
-    else:
-        try:
-            v = float(value)
-        except OverflowError:
-            v = math.inf if value > 0 else -math.inf
-    return torch.tensor(v, dtype=dtype)
+
+def _scalar(value: Any) -> int | float:
+    """A constant as the Python number user code would pass: an int where torch takes it (int64),
+    else the float it rounds to (torch refuses larger ints)."""
+    if isinstance(value, int) and -(2**63) <= value < 2**63:
+        return value
+    return _number(value)
 
 
 def run_autograd(
@@ -82,6 +108,8 @@ def run_autograd(
     order: int = 1,
     perturb: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
     retain: bool = True,
+    meta: bool = False,
+    deadline: Deadline | None = None,
 ) -> AutogradRun:
     """Evaluate `graph` with torch on a batch and back-propagate from the output.
 
@@ -91,18 +119,23 @@ def run_autograd(
         order: 2 also computes the Hessian of the output by double backward.
         perturb: node id -> (value factor, gradient factor) for the noise estimate.
         retain: call `retain_grad()` on every non-leaf (False: only the leaves get `.grad`).
+        meta: record `grad_fn`, `is_leaf`, ... per node (`AutogradRun.meta`; empty otherwise).
+        deadline: looked at before every node.
 
     Returns:
         An `AutogradRun`.
 
     Raises:
-        UnsupportedError: torch has no kernel for an op in this dtype.
+        UnsupportedError: torch has no kernel for an op in this dtype, or cannot differentiate it.
+        TimeLimitError: the deadline passed.
     """
     dtype = next(iter(inputs.values())).dtype if inputs else torch.float64
     values: dict[int, torch.Tensor] = {}
     leaves: list[torch.Tensor] = []
     for node in graph.nodes:
         k = node.id
+        if deadline is not None:
+            deadline.check("running autograd")
         if node.op == "var":
             t = inputs[node.name or ""].detach().requires_grad_(True)  # a new leaf; its storage is only read
             leaves.append(t)
@@ -118,8 +151,10 @@ def run_autograd(
                 # PowBackward0 with an int exponent, as in user code), and they are faster.
                 consts = [graph.nodes[a].op == "const" and not isinstance(graph.nodes[a].value, str)
                           for a in node.args]
+                if node.op == "mod":  # torch.remainder(number, tensor) has no derivative: a tensor there
+                    consts[0] = False
                 if any(consts) and not all(consts):
-                    args = [graph.nodes[a].value if c else v for a, c, v in zip(node.args, consts, args)]
+                    args = [_scalar(graph.nodes[a].value) if c else v for a, c, v in zip(node.args, consts, args)]
             ctx = torch.no_grad() if node.region is not None or node.op == "no_grad" else contextlib.nullcontext()
             try:
                 with ctx:
@@ -139,15 +174,23 @@ def run_autograd(
     out = values[graph.output]
     if not out.requires_grad:
         grads: dict[int, torch.Tensor | None] = {k: None for k in values}
-        return AutogradRun(values, grads, _meta(values), None)
+        return AutogradRun(values, grads, _meta(values) if meta else {}, None)
     total = out.sum() if out.dim() else out
-    total.backward(retain_graph=order >= 2)
-    grads = {k: (t.grad if t.requires_grad and (retain or t.is_leaf) else None) for k, t in values.items()}
-    hessian = _hessian(graph, values, total) if order >= 2 else None
-    meta = _meta(values)
+    try:
+        total.backward(retain_graph=order >= 2)
+        # Read the gradients before the double backward, which adds to retained .grad attributes.
+        grads = {k: (t.grad if t.requires_grad and (retain or t.is_leaf) else None) for k, t in values.items()}
+        hessian = _hessian(graph, values, total) if order >= 2 else None
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        hint = ("turn torch's anomaly detection off for the check (it stops at the NaN gradients the check is "
+                "meant to find)" if torch.is_anomaly_enabled() else "use --dtype float64, or rewrite that part")
+        raise UnsupportedError(f"torch's autograd cannot differentiate this expression in {dtype}: {first}",
+                               hint) from None
+    info = _meta(values) if meta else {}
     if not retain:  # a bulk run: keep the output's value, free the intermediates' memory
         values = {k: v for k, v in values.items() if k == graph.output or graph.nodes[k].op == "var"}
-    return AutogradRun(values, grads, meta, hessian)
+    return AutogradRun(values, grads, info, hessian)
 
 
 def _meta(values: dict[int, torch.Tensor]) -> dict[int, NodeMeta]:

@@ -6,22 +6,30 @@ op table and one comparison as the condition of ``where`` are accepted.
 Everything else is rejected with a `ParseError` that points at the column.
 
 Python's own parser recurses once per nesting level (``x+x+...+x`` nests one
-level per ``+``), so it runs in a thread with a large stack; deeper input
-than `Limits.max_depth` is refused before any later stage can recurse on it.
+level per ``+``): it runs in a thread with a large stack, and text that may
+nest deeper than it can build at the recursion limit in force is read by
+`deep.read_deep` into the same tree, without recursion (the limit is never
+changed).  Deeper input than `Limits.max_depth` is refused before any later
+stage can recurse on it.
+
+Names are compared as written: Python reads fullwidth ``ｘ`` and mathematical
+``𝑥`` as ``x`` (NFKC); here they are an error that says so, never silently the
+same variable.  Letters that only look alike (Cyrillic ``х``) are different
+names, and an error about them names the letter.
 """
 
 from __future__ import annotations
 
 import ast
 import math
-import sys
-import threading
 from dataclasses import dataclass
 from typing import Any, Collection, Sequence
 
-from ..errors import InputError, LimitError, ParseError, UnknownFunctionError
+from ..budget import NO_DEADLINE, Deadline
+from ..errors import InputError, LimitError, ParseError, UnknownFunctionError, unusual_letters
 from ..ir.graph import Graph, Node
 from ..ops import BINOPS, COMPARISONS, CONSTANTS, FUNCTIONS, suggest
+from .text import Text, prescan, syntax_tree
 
 __all__ = ["Limits", "parse"]
 
@@ -46,6 +54,13 @@ class Limits:
     max_nodes: int = 200_000
     max_int_digits: int = 10_000
     max_points: int = 1_000_000_000
+
+    def __post_init__(self) -> None:
+        for name in ("max_chars", "max_depth", "max_nodes", "max_int_digits", "max_points"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(f"Limits({name}={value!r}): a limit must be a positive integer",
+                                 f"--{name.replace('_', '-')} on the command line takes the same")
 
 
 _BINOP_NAMES = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div", ast.Pow: "pow", ast.Mod: "mod"}
@@ -82,114 +97,6 @@ _REJECTED: dict[type, tuple[str, str]] = {
     ast.Yield: ("'yield' is not allowed", "give a numeric expression"),
     ast.YieldFrom: ("'yield' is not allowed", "give a numeric expression"),
 }
-_STACK_BYTES = 512 * 1024 * 1024
-
-
-def _run_with_big_stack(fn: Any) -> Any:
-    """Run `fn()` in a thread with a large C stack and recursion limit; re-raise its exception."""
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        old = sys.getrecursionlimit()
-        sys.setrecursionlimit(max(old, 1_000_000))
-        try:
-            box["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - handed back to the caller's thread
-            box["error"] = exc
-        finally:
-            sys.setrecursionlimit(old)
-
-    old_size = threading.stack_size()
-    threading.stack_size(_STACK_BYTES)
-    try:
-        thread = threading.Thread(target=target, name="gradcheck-sym-parse")
-        thread.start()
-    finally:
-        threading.stack_size(old_size)
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
-
-
-class _Text:
-    """The source text with conversions from ast's UTF-8 byte columns to character columns."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.lines = source.splitlines() or [""]
-        self._ascii = source.isascii()
-        self._encoded = [ln.encode() for ln in self.lines] if not self._ascii else []
-
-    def col(self, line: int, byte_col: int) -> int:
-        if self._ascii or line < 1 or line > len(self.lines):
-            return byte_col
-        return len(self._encoded[line - 1][:byte_col].decode(errors="ignore"))
-
-    def span(self, node: ast.AST) -> tuple[int, int, int, int]:
-        line = getattr(node, "lineno", 1)
-        end_line = getattr(node, "end_lineno", line) or line
-        col = self.col(line, getattr(node, "col_offset", 0))
-        end_col = self.col(end_line, getattr(node, "end_col_offset", None) or 0)
-        return (line, col, end_line, end_col)
-
-    def error(self, message: str, node: ast.AST, hint: str = "", cls: type[ParseError] = ParseError) -> ParseError:
-        line, col, end_line, end_col = self.span(node)
-        return cls(message, self.source, line, col, end_col if end_line == line else None, hint)
-
-
-def _syntax_tree(source: str, limits: Limits) -> ast.Expression:
-    text = _Text(source)
-
-    def do_parse() -> ast.Expression:
-        return ast.parse(source, mode="eval")
-
-    try:
-        return _run_with_big_stack(do_parse)
-    except (RecursionError, MemoryError):
-        raise LimitError(
-            "the expression nests too deeply for Python's parser",
-            "max_depth",
-            0,
-            limits.max_depth,
-            hint="split it into smaller pieces, or build the graph with gradcheck_sym.Graph",
-        ) from None
-    except SyntaxError as exc:
-        raise _syntax_error(exc, text) from None
-    except ValueError as exc:  # e.g. null bytes, or an integer literal too long to convert
-        raise ParseError(f"cannot read the expression: {exc}", source, 1, 0) from None
-
-
-def _syntax_error(exc: SyntaxError, text: _Text) -> ParseError:
-    source = text.source
-    msg = exc.msg or "invalid syntax"
-    line = exc.lineno or 1
-    col = max((exc.offset or 1) - 1, 0)
-    end = (exc.end_offset - 1) if exc.end_offset and exc.end_lineno == exc.lineno and exc.end_offset > exc.offset else None
-    if "too many nested parentheses" in msg:
-        return ParseError(
-            "Python's parser accepts at most 200 nested parentheses",
-            source, line, col, None,
-            "build deeper compositions with the Graph API (gradcheck_sym.Graph)",
-        )
-    # A statement (import, assignment, ...) is valid Python but not an expression: say so.
-    try:
-        module = ast.parse(source, mode="exec")
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        module = None
-    if module is not None and module.body:
-        stmt = next((s for s in module.body if not isinstance(s, ast.Expr)), None)
-        if isinstance(stmt, (ast.Import, ast.ImportFrom)):
-            return text.error("imports are not allowed", stmt, "give one expression, e.g. sin(x) * y")
-        if stmt is not None:
-            kind = type(stmt).__name__.lower()
-            return text.error(f"statements ({kind}) are not allowed", stmt, "give one expression, e.g. sin(x) * y")
-        if len(module.body) > 1:
-            return text.error("give one expression, not several lines", module.body[1], "join them with an operator")
-    hint = "check the expression near the caret"
-    if msg.startswith("invalid syntax. Perhaps you forgot a comma"):
-        msg, hint = "invalid syntax", "is an operator missing between two terms (write 2*x, not 2 x)?"
-    return ParseError(msg, source, line, col, end, hint)
 
 
 def parse(
@@ -198,6 +105,7 @@ def parse(
     variables: Sequence[str] | None = None,
     as_variables: Collection[str] = (),
     limits: Limits | None = None,
+    deadline: Deadline | None = None,
 ) -> Graph:
     """Parse expression text into a `Graph`.
 
@@ -208,6 +116,7 @@ def parse(
         as_variables: names to read as variables even where they name a constant
             (``e``, ``pi``) — the names the caller gives values for.
         limits: size limits (`Limits()` by default).
+        deadline: a time budget (`budget.Deadline`), looked at while building the graph.
 
     Returns:
         The graph, one node per operator and call, identical subexpressions shared.
@@ -224,7 +133,9 @@ def parse(
         %2 = div %0 %1   # x/y
         output %2
     """
-    limits = limits or Limits()
+    limits = limits if limits is not None else Limits()
+    if not isinstance(limits, Limits):
+        raise InputError(f"limits must be a gradcheck_sym.Limits, not {type(limits).__name__}")
     if not isinstance(source, str):
         raise InputError(f"the expression must be a string, not {type(source).__name__}")
     if len(source) > limits.max_chars:
@@ -236,16 +147,21 @@ def parse(
         raise ParseError("the expression is empty", source, 1, 0, None, "give an expression such as sin(x) * y")
     # Leading spaces would be an IndentationError for Python; they mean nothing here.
     stripped = source.strip()
-    tree = _syntax_tree(stripped, limits)
-    return _Builder(_Text(stripped), variables, set(as_variables), limits).build(tree)
+    text = Text(stripped)
+    deadline = deadline or NO_DEADLINE
+    prescan(text, limits.max_int_digits)
+    tree = syntax_tree(text, limits.max_chars, deadline)
+    return _Builder(text, variables, set(as_variables), limits, deadline).build(tree)
 
 
 class _Builder:
     """Walks the syntax tree without recursion and emits shared graph nodes."""
 
-    def __init__(self, text: _Text, variables: Sequence[str] | None, as_variables: set[str], limits: Limits) -> None:
+    def __init__(self, text: Text, variables: Sequence[str] | None, as_variables: set[str], limits: Limits,
+                 deadline: Deadline) -> None:
         self.text = text
         self.limits = limits
+        self.deadline = deadline
         self.declared = list(variables) if variables is not None else None
         if self.declared is not None:
             bad = [v for v in self.declared if not isinstance(v, str) or not v.isidentifier()]
@@ -290,6 +206,8 @@ class _Builder:
         stack: list[tuple[ast.AST, int | None, bool, int, bool]] = [(tree.body, None, False, 1, False)]
         pending_regions: dict[int, int] = {}
         while stack:
+            if len(stack) & 1023 == 0:
+                self.deadline.check("parsing")
             node, region, cond_ok, depth, done = stack.pop()
             if depth > self.limits.max_depth:
                 raise LimitError(
@@ -350,19 +268,23 @@ class _Builder:
             if not isinstance(value, (int, float)):
                 raise err(f"{value!r} is not a number", node, "give a numeric expression")
             if isinstance(value, int) and value.bit_length() > self.limits.max_int_digits * 3.33:
+                digits = len(self.text.written(node).replace("_", "")) or int(value.bit_length() * 0.30103) + 1
                 raise LimitError(
-                    f"an integer literal has more than {self.limits.max_int_digits:,} digits",
-                    "max_int_digits", len(str(value)), self.limits.max_int_digits,
+                    f"an integer literal has {digits:,} digits; the limit is {self.limits.max_int_digits:,}",
+                    "max_int_digits", digits, self.limits.max_int_digits,
                 )
             return []
         if isinstance(node, ast.Name):
+            if node.id in self.text.big_ints:  # a long integer literal (see _prescan)
+                return []
+            self._check_written(node.id, node)
             if node.id.startswith("__"):
                 raise err(f"the name {node.id!r} is not allowed (names starting with '__' are reserved)", node,
                           "rename the variable")
             if self.declared is not None and node.id not in self.declared and not (
                 node.id in CONSTANTS and node.id not in self.as_variables
             ):
-                raise err(f"unknown variable {node.id!r}", node,
+                raise err(f"unknown variable {node.id!r}{unusual_letters(node.id)}", node,
                           "declared variables: " + ", ".join(self.declared) if self.declared else "")
             return []
         if isinstance(node, ast.Call):
@@ -382,6 +304,17 @@ class _Builder:
         raise err(f"{type(node).__name__} syntax is not allowed in an expression", node,
                   "use numbers, names, + - * / ** %, and function calls")
 
+    def _check_written(self, name: str, node: ast.AST) -> None:
+        """Refuse a name Python merged with another by its compatibility form (NFKC)."""
+        if self.text.is_ascii:
+            return
+        written = self.text.written(node)
+        if written and written != name:
+            raise self.text.error(
+                f"the name {written!r} is written with compatibility characters (fullwidth or mathematical "
+                f"letters) that Python reads as {name!r}", node,
+                f"write {name!r}: gradcheck-sym does not merge names that are written differently")
+
     def _call_children(self, node: ast.Call) -> list[tuple[ast.AST, bool]]:
         err = self.text.error
         func = node.func
@@ -391,6 +324,7 @@ class _Builder:
                           "call functions by name, e.g. sin(x) rather than torch.sin(x)")
             raise err("only named functions can be called", func, "call a function by name, e.g. sin(x)")
         name = func.id
+        self._check_written(name, func)
         if name.startswith("__"):
             raise err(f"the name {name!r} is not allowed (names starting with '__' are reserved)", func,
                       "call a function of the op table, e.g. sin(x)")
@@ -441,6 +375,8 @@ class _Builder:
         if isinstance(node, ast.Constant):
             return self._const(node.value, span, region)
         if isinstance(node, ast.Name):
+            if node.id in self.text.big_ints:
+                return self._const(self.text.big_ints[node.id], span, region)
             if node.id in CONSTANTS and node.id not in self.as_variables:
                 return self._add(("const", CONSTANTS[node.id], region), op="const", value=CONSTANTS[node.id],
                                  span=span, region=region)
@@ -461,8 +397,12 @@ class _Builder:
             for b in args[1:]:
                 k = self._add((name, (k, b), region), op=name, args=(k, b), span=span, region=region)
             return k
-        node_region = region
-        return self._add((name, tuple(args), node_region), op=name, args=tuple(args), span=span, region=node_region)
+        if name == "pow":  # pow(a, b) is a ** b: the same guard and the same exact integers
+            self._check_power(args[0], args[1], node)
+            k = self._add(("pow", tuple(args), region), op="pow", args=tuple(args), span=span, region=region)
+            self._track_int(k, "pow", tuple(args))
+            return k
+        return self._add((name, tuple(args), region), op=name, args=tuple(args), span=span, region=region)
 
     def _const(self, value: int | float, span: tuple[int, int, int, int], region: int | None) -> int:
         k = self._add(("const", type(value).__name__, value, region), op="const", value=value, span=span,
@@ -484,21 +424,24 @@ class _Builder:
             self.int_values[k] = vals[0] ** vals[1]  # type: ignore[operator]
 
     def _check_power(self, base: int, exponent: int, node: ast.AST) -> None:
-        """Refuse constant powers that sympy would expand into enormous exact numbers."""
+        """Refuse constant powers that sympy would expand into enormous exact numbers (``**`` and pow())."""
         if self.has_var[exponent] or self.has_var[base]:
             return
         e = self.int_values.get(exponent)
-        if e is None:
+        if e is None or e == 0:
             return
         b = self.int_values.get(base)
-        digits = abs(e) * (math.log10(abs(b)) if b not in (None, 0) and abs(b) > 1 else 1.0)
         if b in (0, 1, -1):
-            digits = 1
-        if digits > self.limits.max_int_digits:
+            return
+        # digits = |e| * log10|b|, in logarithms: |e| may itself have thousands of digits (2**10**400)
+        log_digits = math.log10(abs(e)) + (math.log10(math.log10(abs(b))) if b is not None and abs(b) > 1 else 0.0)
+        if log_digits > math.log10(self.limits.max_int_digits):
             line, col, end_line, end_col = self.text.span(node)
             shown = self.text.lines[line - 1][col:end_col] if line == end_line else "power"
+            digits = 10.0**log_digits if log_digits < 300 else math.inf
+            about = f"{digits:.3g}" if digits < math.inf else f"1e+{log_digits:.0f}"
             raise LimitError(
-                f"the constant power {shown} would have about {digits:.3g} digits;"
+                f"the constant power {shown} would have about {about} digits;"
                 f" the limit is {self.limits.max_int_digits:,}",
                 "max_int_digits", int(min(digits, 10**18)), self.limits.max_int_digits,
                 hint="write the number as a float (e.g. 1e300) or raise Limits(max_int_digits=...)",

@@ -141,6 +141,27 @@ class Graph:
         return tuple(out)
 
     @cached_property
+    def requires_grad(self) -> tuple[bool, ...]:
+        """For each node, whether torch's tensor for it requires grad (has a gradient at all).
+
+        A variable does; an op does when an argument does, through no cut — except that a
+        comparison never does (its value is boolean) and `where` only through its two branches
+        (its condition is boolean).  So ``where(x > 0, 2, 3)`` is a constant for autograd: its
+        gradient is "none" on both sides, never 0 against a symbolic adjoint.
+        """
+        out: list[bool] = []
+        for node in self.nodes:
+            if node.op == "var":
+                out.append(True)
+            elif node.op == "const" or node.cut is not None or OPS[node.op].kind == "compare":
+                out.append(False)
+            elif node.op == "where":
+                out.append(out[node.args[1]] or out[node.args[2]])
+            else:
+                out.append(any(out[a] for a in node.args))
+        return tuple(out)
+
+    @cached_property
     def reaches_output(self) -> tuple[bool, ...]:
         """For each node, whether the output uses it."""
         used = [False] * len(self.nodes)
@@ -194,7 +215,7 @@ class Graph:
         if node.op == "var":
             return str(node.name)
         if node.op == "const":
-            return str(node.value)
+            return _const_text(node.value)
         if node.origin:
             return f"{node.op} at {node.origin}"
         return f"{node.op}(" + ", ".join(f"%{a}" for a in node.args) + ")"
@@ -205,7 +226,7 @@ class Graph:
             if n.op == "var":
                 rhs = f"var {n.name}"
             elif n.op == "const":
-                rhs = f"const {n.value}"
+                rhs = f"const {_const_text(n.value)}"
             else:
                 rhs = f"{n.op} " + " ".join(f"%{a}" for a in n.args)
             text = self.label(n.id) if n.op not in ("var", "const") and n.span else ""
@@ -214,3 +235,22 @@ class Graph:
             lines.append(f"%{n.id} = {rhs}{region}{extra}")
         lines.append(f"output %{self.output}")
         return "\n".join(lines)
+
+
+def _const_text(value: int | float | str | None) -> str:
+    """A constant for people: integers of more than 50 digits shortened (Python refuses str() of
+    one beyond 4,300 digits)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 166:
+        magnitude = abs(value)
+        digits = _digits(magnitude)
+        head = str(magnitude // 10 ** (digits - 10))
+        return f"{'-' if value < 0 else ''}{head}...({digits:,} digits)"
+    return str(value)
+
+
+def _digits(value: int) -> int:
+    """The number of decimal digits of a large positive integer, without str()."""
+    import math
+
+    estimate = int(value.bit_length() * math.log10(2))
+    return estimate + 1 if value >= 10**estimate else estimate

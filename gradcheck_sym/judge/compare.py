@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sympy
+import torch
 
 from ..report import Example, Finding, Severity
 
-__all__ = ["Quantity", "Accumulator"]
+__all__ = ["Quantity", "Accumulator", "example", "finding", "fmt", "full", "point_text"]
 
 MAX_EXAMPLES = 3
 
@@ -157,3 +158,23 @@ def finding(
     convention: str = "",
 ) -> Finding:
     return Finding(kind, severity, node, message, count, examples, quantity, node_id, convention)
+
+
+def point_text(point: dict[str, float]) -> str:
+    """A point for messages: up to 8 values."""
+    items = list(point.items())
+    text = ", ".join(f"{k}={v:.6g}" for k, v in items[:8])
+    return text + (f", ... ({len(items)} values)" if len(items) > 8 else "")
+
+
+def full(t: Any, n: int) -> torch.Tensor:
+    """`t` as a float64 (or bool) tensor of shape (n,), broadcasting scalars."""
+    if isinstance(t, bool):
+        return torch.full((n,), t, dtype=torch.bool)
+    if not isinstance(t, torch.Tensor):
+        t = torch.tensor(float(t), dtype=torch.float64)
+    if t.dtype != torch.bool and t.dtype != torch.float64:
+        t = t.to(torch.float64)
+    if t.dim() == 0:
+        return t.expand(n)
+    return t

@@ -16,7 +16,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, unusual_letters
 
 __all__ = ["PointSet", "make_points"]
 
@@ -55,7 +55,11 @@ class PointSet:
             for name in self.names:
                 if name in self.boxes:
                     lo, hi = self.boxes[name]
-                    drawn = torch.rand(m - lead, generator=streams[name], dtype=torch.float64).mul_(hi - lo).add_(lo)
+                    drawn = torch.rand(m - lead, generator=streams[name], dtype=torch.float64)
+                    if math.isinf(hi - lo):  # a box wider than the largest float: lo (1 - r) + hi r
+                        drawn = lo * (1 - drawn) + hi * drawn
+                    else:
+                        drawn = drawn.mul_(hi - lo).add_(lo)
                     if lead:
                         drawn = torch.cat([torch.tensor([self.first[name]], dtype=torch.float64), drawn])  # type: ignore[index]
                     chunk[name] = drawn
@@ -129,15 +133,16 @@ def make_points(
     for where, mapping in (("at", at), ("domain", domain)):
         for name in mapping:
             if name not in known:
-                listed = ", ".join(variables) if variables else "no variables"
-                raise InputError(f"unknown variable {name!r} in {where}: the expression uses {listed}")
+                listed = ", ".join(v + unusual_letters(v) for v in variables) if variables else "no variables"
+                raise InputError(f"unknown variable {name!r}{unusual_letters(name)} in {where}: the expression uses "
+                                 f"{listed}")
     both = set(at) & set(domain)
     if both:
         raise InputError(f"{sorted(both)[0]!r} is given in both at and domain: give it once")
     missing = [v for v in variables if v not in at and v not in domain]
     if missing:
         raise InputError(
-            f"no value for {missing[0]!r}: give it in at (e.g. --at {missing[0]}=0.5) "
+            f"no value for {missing[0]!r}{unusual_letters(missing[0])}: give it in at (e.g. --at {missing[0]}=0.5) "
             f"or domain (e.g. --domain {missing[0]}=-1:1)"
         )
     if samples is not None:

@@ -21,8 +21,8 @@
   reproducible.
 * **tolerance**: ``tol = NOISE_SAFETY * noise + FLOOR_ULPS * (u * |r| + tiny)``, ``tiny``
   the dtype's smallest normal number, so that underflow is not an error (doubled
-  when the reference is float64 in a float64 check because the mpmath budget
-  `MP_BUDGET` was spent).  A relative error of 1e-6 at a well-conditioned point
+  when the reference is float64 in a float64 check because the mpmath budget of work,
+  `MP_BUDGET`, or of time, `MP_SECONDS`, was spent: the report says so).  A relative error of 1e-6 at a well-conditioned point
   in float64 is far above it (the noise there is ~1e-16) and is reported.
 * **rounding inside kernels**: a fused backward (gelu's ``Phi(x) + x*phi(x)``) can cancel
   internally, where no perturbation reaches; ``MAGNITUDE_ULPS * u * M`` is added, ``M`` the
@@ -36,6 +36,9 @@
 * **kinks and ties** (``abs`` at 0, ``max`` ties, ``where`` at its boundary,
   ``floor`` at integers): the derivative is undefined; differences there are
   `nondifferentiable` (info) with torch's convention, never mismatches.
+* **ill-conditioned points**: where the output's value in the dtype differs from the exact one
+  by more than `CONDITION_RTOL_FACTOR` sqrt(u) relative, rounding changed the number itself; the
+  point is `ill-conditioned` (info) and not compared (its gradients are of another number).
 * **non-finite values**: a point whose output value is NaN/inf is
   `outside-domain` (info, counted).  Elsewhere, a NaN/inf gradient from either
   side is `nonfinite`: info when both sides agree, an error when they do not —
@@ -50,7 +53,7 @@ import math
 import torch
 
 __all__ = [
-    "UNIT_ROUNDOFF", "CHEAP_ULPS", "NOISE_SAFETY", "NOISE_TRIALS", "FLOOR_ULPS", "MP_DPS", "MP_BUDGET",
+    "UNIT_ROUNDOFF", "CHEAP_ULPS", "NOISE_SAFETY", "NOISE_TRIALS", "FLOOR_ULPS", "MP_DPS", "MP_BUDGET", "MP_SECONDS",
     "cheap_pass", "noise_factors", "tolerance",
 ]
 
@@ -65,8 +68,10 @@ NOISE_SAFETY = 8.0
 NOISE_TRIALS = 5
 FLOOR_ULPS = 4.0
 MP_DPS = 50
-# Points x program steps evaluated in mpmath per check (about 10 s of work at most).
+# Points x program steps evaluated in mpmath per check (about 10 s of work at most), and the time
+# that work may take per check; points beyond either get the float64 reference, tolerance doubled.
 MP_BUDGET = 2_000_000
+MP_SECONDS = 5.0
 NOISE_SEED = 20_241_126
 # Hessian entries: the perturbed re-runs do not reach the rounding inside the second backward
 # pass, so these also get HESSIAN_ULPS ulps of the first-order gradients' scale
@@ -83,6 +88,11 @@ MAGNITUDE_ULPS = 8.0
 # A traced function's value must match the traced math to 100 sqrt(u) relative, else the
 # trace does not hold at that point (data-dependent control flow).
 TRACE_RTOL_FACTOR = 100.0
+# An expression's value in the dtype must match the exact value (float64 for narrower dtypes) to
+# sqrt(u) relative (plus the dtype's smallest normal number), else rounding changed the number
+# itself there (x**2 at x = 82.25 in float16 is off by 1, and sin of it is noise): the point is
+# `ill-conditioned` (info) and its gradients are not compared.
+CONDITION_RTOL_FACTOR = 1.0
 
 
 def cheap_pass(a: torch.Tensor, r: torch.Tensor, u: float) -> torch.Tensor:

@@ -218,9 +218,10 @@ def branch(expr: sympy.Expr, nargs: int) -> sympy.Expr:
 def _compiled(expr: sympy.Expr, nargs: int, backend: str) -> Callable[..., Any]:
     # NB: the sympy -> numbers compiler lives with the reference (it also compiles the
     # expression path's programs); imported here, at first use, to keep the layers' order.
-    from ..reference.evaluate import MPMATH, TORCH, _compile
+    from ..reference.evaluate import TORCH, _compile
+    from ..reference.mp_backend import GLOBAL
 
-    fn = _compile(expr, TORCH if backend == "torch" else MPMATH, {})
+    fn = _compile(expr, TORCH if backend == "torch" else GLOBAL, {})
     syms = (P[:nargs] if nargs <= len(P) else P) if nargs <= 8 else P
     if any(q in expr.free_symbols for q in Q):  # a branched function: k values, then k user values
         syms = P[: nargs // 2] + Q[: nargs // 2]

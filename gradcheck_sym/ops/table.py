@@ -38,6 +38,12 @@ class Op:
             sympy derivative does not evaluate to a number (``floor``, ``Mod``).
         approx_rtol: relative error torch's kernel is known to have against the exact
             function or its derivative (e.g. softplus switches to the identity above 20).
+        kernel: optional ``(s, out, *exprs) -> tuple``: each partial derivative written the way
+            torch's backward computes it, when that form cancels where the exact one does not
+            (sigmoid's backward is ``out * (1 - out)`` from the rounded output: 0 once out rounds
+            to 1), or with a term for rounding inside the kernel's argument reduction (digamma's
+            reflection ``pi / tan(pi x)`` for x < 0: ``x psi''(x)``).  Only the magnitude sweep
+            reads it, to bound that rounding; the reference keeps the exact derivative.
         box: a sampling box per argument where the op is smooth and real (for tests).
         doc: one line for `gradcheck-sym ops`.
     """
@@ -52,6 +58,7 @@ class Op:
     convention: str = ""
     partials: Callable[..., tuple[Any, ...]] | None = None
     approx_rtol: float = 0.0
+    kernel: Callable[..., tuple[Any, ...]] | None = None
     box: tuple[tuple[float, float], ...] = field(default=((-2.0, 2.0),))
     doc: str = ""
 
@@ -60,6 +67,11 @@ def _f(name: str, torch: Callable[..., Any], sympy: Callable[..., Any], arity: i
     ar = (arity, arity) if isinstance(arity, int) else arity
     box = kw.pop("box", None) or ((-2.0, 2.0),) * ar[1]
     return Op(name, ar, torch, sympy, box=box, **kw)
+
+
+def sympy_half(s: Any) -> Any:
+    """-1/2 as an exact sympy number (the namespace `s` is sympy's)."""
+    return -s.Rational(1, 2)
 
 
 def _eq(t: Any, a: Any, b: Any) -> Any:
@@ -91,10 +103,15 @@ _FUNCTION_LIST: list[Op] = [
     _f("cosh", lambda t, x: t.cosh(x), lambda s, x: s.cosh(x), doc="hyperbolic cosine"),
     _f("tanh", lambda t, x: t.tanh(x), lambda s, x: s.tanh(x), doc="hyperbolic tangent"),
     _f("asinh", lambda t, x: t.asinh(x), lambda s, x: s.asinh(x), box=((-4, 4),), doc="inverse hyperbolic sine"),
-    _f("acosh", lambda t, x: t.acosh(x), lambda s, x: s.acosh(x), box=((1.1, 4),), doc="inverse hyperbolic cosine"),
+    _f("acosh", lambda t, x: t.acosh(x), lambda s, x: s.acosh(x), box=((1.1, 4),),
+       # torch's backward is (x*x - 1)**(-1/2): x*x overflows where sympy's 1/(sqrt(x-1)*sqrt(x+1)) does not
+       kernel=lambda s, out, x: ((x**2 - 1) ** sympy_half(s),), doc="inverse hyperbolic cosine"),
     _f("atanh", lambda t, x: t.atanh(x), lambda s, x: s.atanh(x), box=((-0.9, 0.9),), doc="inverse hyperbolic tangent"),
     _f("exp", lambda t, x: t.exp(x), lambda s, x: s.exp(x), box=((-3, 3),), doc="exponential"),
-    _f("expm1", lambda t, x: t.expm1(x), lambda s, x: s.expm1(x), box=((-3, 3),), doc="exp(x) - 1, accurate near 0"),
+    _f("expm1", lambda t, x: t.expm1(x), lambda s, x: s.expm1(x), box=((-3, 3),),
+       kernel=lambda s, out, x: (out + 1,),
+       convention="torch's backward computes out + 1: 0 where out rounds to -1 (x < -37 in float64)",
+       doc="exp(x) - 1, accurate near 0"),
     _f(
         "log",
         lambda t, x, b=None: t.log(x) if b is None else t.log(x) / t.log(b),
@@ -162,8 +179,9 @@ _FUNCTION_LIST: list[Op] = [
         lambda t, x, lo, hi: t.clamp(x, lo, hi),
         lambda s, x, lo, hi: s.Min(s.Max(x, lo), hi),
         3,
-        kink=lambda t, x, lo, hi: (x == lo) | (x == hi),
-        convention="torch passes the whole gradient to x at the bounds (bounds included: 1 to x, 0 to lo and hi)",
+        kink=lambda t, x, lo, hi: (x == lo) | (x == hi) | (lo == hi),
+        convention="torch passes the whole gradient to x at the bounds (bounds included: 1 to x, 0 to lo and hi); "
+                   "where lo == hi it passes none to lo or hi",
         box=((-2, 2), (-3, -2.5), (2.5, 3)),
         doc="clamp(x, lo, hi): x limited to [lo, hi]",
     ),
@@ -183,6 +201,9 @@ _FUNCTION_LIST: list[Op] = [
         lambda t, x: t.sigmoid(x),
         lambda s, x: 1 / (1 + s.exp(-x)),
         box=((-4, 4),),
+        kernel=lambda s, out, x: (out * (1 - out),),
+        convention="torch's backward computes out * (1 - out): 0 where out rounds to 1 (x > 37 in float64, "
+                   "x > 17 in float32), an absolute error of about one ulp of out",
         doc="logistic sigmoid 1/(1 + exp(-x))",
     ),
     _f(
@@ -216,6 +237,7 @@ _FUNCTION_LIST: list[Op] = [
         # NB: the sampling box stops short of x = 1.4616, the root of digamma (lgamma's
         # derivative), where torch's float32 digamma has ~3e-5 relative error.
         box=((0.2, 1.3),),
+        kernel=lambda s, out, x: (s.polygamma(0, x) + x * s.polygamma(1, x),),
         convention="log|gamma(x)|, real also for negative x; poles at 0, -1, -2, ...",
         doc="log of the absolute value of the gamma function",
     ),
@@ -224,6 +246,8 @@ _FUNCTION_LIST: list[Op] = [
         lambda t, x: t.digamma(x),
         lambda s, x: s.polygamma(0, x),
         box=((0.5, 5),),
+        # For x < 0 torch reflects (pi / tan(pi x)): rounding x*pi costs about |x psi''(x)| ulps.
+        kernel=lambda s, out, x: (s.polygamma(1, x) + x * s.polygamma(2, x),),
         # torch's trigamma (the derivative) agrees with mpmath only to ~4e-10 (reference table)
         approx_rtol=2e-9,
         doc="digamma (psi) function, the derivative of lgamma",
@@ -233,6 +257,7 @@ _FUNCTION_LIST: list[Op] = [
         lambda t, x: t.digamma(x + 1) + 0.57721566490153286061,
         lambda s, x: s.polygamma(0, x + 1) + s.EulerGamma,
         box=((0.5, 20),),
+        kernel=lambda s, out, x: (s.polygamma(1, x + 1) + (x + 1) * s.polygamma(2, x + 1),),
         approx_rtol=2e-9,
         doc="harmonic number H(x) = digamma(x + 1) + Euler's gamma",
     ),

@@ -8,23 +8,30 @@ batch of points in torch float64, or on one point at a time in mpmath at high
 precision for the points whose verdict needs it.
 
 Real semantics throughout: where the real function is undefined the result is
-NaN, as in torch (mpmath would return a complex number).
+NaN, as in torch (mpmath would return a complex number); a constant sympy could
+only write as a non-real number (``sqrt(-2)``, ``AccumBounds(-1, 1)`` for
+``sin(oo)``) is NaN too.  Division by zero, poles and overflow give +-inf as in
+IEEE arithmetic; no evaluation raises.  The mpmath backend has its own
+`mpmath.MPContext` per check (`precise.mpmath_backend`), so concurrent checks
+never share a working precision.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import mpmath
 import sympy
 import torch
 from sympy.codegen.cfunctions import expm1, log1p, log2, log10
 
+from ..budget import Deadline
 from .symbolic import Program, ceiling, floor, lgamma, mod, sign, zmul
 
-__all__ = ["Backend", "TORCH", "MPMATH", "compile_program", "CompiledProgram", "UnevaluableError", "register_function"]
+__all__ = ["Backend", "TORCH", "compile_program", "CompiledProgram", "UnevaluableError", "special_number",
+           "register_function", "EXTRA_FUNCS", "MP_LOCK"]
 
 Env = dict[sympy.Symbol, Any]
 Fn = Callable[[Env], Any]
@@ -45,19 +52,62 @@ class Backend:
     pow: Callable[[Any, sympy.Expr, Any], Any]
     where: Callable[[Any, Any, Any], Any]
     funcs: dict[type, Callable[..., Any]]
+    div: Callable[[Any, Any], Any] = lambda a, b: a / b
+    context: Any = None
+    sub: Callable[[Any, Any], Any] = lambda a, b: a - b
+
+    def extra(self, cls: type) -> Callable[..., Any] | None:
+        """A registered rule for `cls` (see `register_function`), adapted to this backend."""
+        fn = EXTRA_FUNCS.get(self.name, {}).get(cls)
+        if fn is None or self.context is None:
+            return fn
+        ctx = self.context
+
+        def in_global_context(*args: Any) -> Any:
+            import mpmath
+
+            if ctx is mpmath.mp:
+                return fn(*args)
+            with MP_LOCK, mpmath.workdps(ctx.dps):
+                out = fn(*[mpmath.mpf(a) if isinstance(a, ctx.mpf) else a for a in args])
+            return ctx.mpf(out) if isinstance(out, mpmath.mpf) else out
+
+        return in_global_context
 
 
-def _sympy_number(e: sympy.Expr) -> float:
-    if e is sympy.zoo or e is sympy.oo:
+def special_number(e: sympy.Expr) -> float | None:
+    """The float for sympy's infinities, NaN and non-real constants; None for an ordinary number.
+
+    ``zoo``, an infinity without a sign, is NaN: sympy keeps it only for a constant at a pole
+    that floats miss (``cot(pi)``, finite at the rounded pi), where the value is undefined;
+    a pole that floats see (``1/0``, ``log2(0)``) is computed as torch computes it (see
+    `symbolic.derive`).
+    """
+    if e is sympy.oo:
         return math.inf
     if e is -sympy.oo:
         return -math.inf
-    if e is sympy.nan:
+    if e is sympy.zoo or e is sympy.nan or e is sympy.I or isinstance(e, sympy.AccumBounds):
         return math.nan
+    return None
+
+
+def _sympy_number(e: sympy.Expr) -> float:
+    special = special_number(e)
+    if special is not None:
+        return special
     try:
         return float(e)
-    except (OverflowError, TypeError):
+    except OverflowError:
         return math.inf if e > 0 else -math.inf
+    except (TypeError, ValueError):  # not a real number
+        return math.nan
+
+
+def _is_constant(expr: sympy.Expr) -> bool:
+    """A number, a named constant (pi), or a non-real constant sympy cannot evaluate further."""
+    return (expr.is_Number or isinstance(expr, sympy.NumberSymbol) or expr in (sympy.zoo, sympy.nan, sympy.I)
+            or isinstance(expr, sympy.AccumBounds))
 
 
 # ---------------------------------------------------------------- torch
@@ -74,9 +124,15 @@ def _t_pow(base: torch.Tensor, exponent: sympy.Expr, exp_value: Any) -> torch.Te
         return torch.rsqrt(base)
     if exponent == 2:
         return base * base
+    if exponent == 0:  # IEEE's pow(nan, 0) is 1; the math of an undefined base is undefined
+        return torch.where(torch.isnan(base), base, torch.ones_like(base))
     if exponent.is_Integer and abs(int(exponent)) < 2**53:
         return torch.pow(base, int(exponent))
-    return torch.pow(base, exp_value)
+    out = torch.pow(base, exp_value)
+    if exponent.is_Number:
+        return out
+    # IEEE's pow(1, nan) and pow(nan, 0) are 1: a NaN base or exponent is undefined here, as in mpmath
+    return torch.where(torch.isnan(base) | torch.isnan(torch.as_tensor(exp_value)), torch.nan, out)
 
 
 def _t_heaviside(x: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:
@@ -103,6 +159,10 @@ def _t_reduce(fn: Callable[[Any, Any], Any]) -> Callable[..., Any]:
     return f
 
 
+def _t_logic(fn: Callable[[Any, Any], Any]) -> Callable[..., Any]:
+    return _t_reduce(lambda a, b: fn(torch.as_tensor(a), torch.as_tensor(b)))
+
+
 _TORCH_FUNCS: dict[type, Callable[..., Any]] = {
     sympy.sin: torch.sin, sympy.cos: torch.cos, sympy.tan: torch.tan,
     sympy.cot: lambda x: 1 / torch.tan(x), sympy.sec: lambda x: 1 / torch.cos(x), sympy.csc: lambda x: 1 / torch.sin(x),
@@ -119,7 +179,14 @@ _TORCH_FUNCS: dict[type, Callable[..., Any]] = {
     zmul: _t_zmul,
     sympy.StrictGreaterThan: torch.gt, sympy.GreaterThan: torch.ge, sympy.StrictLessThan: torch.lt,
     sympy.LessThan: torch.le, sympy.Equality: torch.eq, sympy.Unequality: torch.ne,
-    sympy.And: _t_reduce(torch.logical_and), sympy.Or: _t_reduce(torch.logical_or), sympy.Not: torch.logical_not,
+    # sympy writes a comparison of a piecewise value as a boolean function (ITE, And, ...).
+    sympy.ITE: lambda c, a, b: torch.where(torch.as_tensor(c), torch.as_tensor(a), torch.as_tensor(b)),
+    sympy.And: _t_logic(torch.logical_and), sympy.Or: _t_logic(torch.logical_or),
+    sympy.Not: lambda a: torch.logical_not(torch.as_tensor(a)), sympy.Xor: _t_logic(torch.logical_xor),
+    # Real semantics: the derivative of Abs(f) mentions re(f) and im(f).
+    sympy.re: lambda x: x, sympy.im: lambda x: torch.where(torch.isnan(x), x, torch.zeros_like(x)),
+    sympy.conjugate: lambda x: x,
+    sympy.arg: lambda x: torch.where(x < 0, torch.full_like(x, math.pi), torch.where(torch.isnan(x), x, x * 0)),
 }
 
 TORCH = Backend(
@@ -130,142 +197,19 @@ TORCH = Backend(
     pow=_t_pow,
     where=lambda c, a, b: torch.where(c, a, b),
     funcs=_TORCH_FUNCS,
-)
-
-
-# ---------------------------------------------------------------- mpmath
-_NAN = mpmath.mpf("nan")
-
-
-def _real(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Real-valued version of an mpmath function: NaN where the value is complex or undefined."""
-
-    def f(*args: Any) -> Any:
-        if any(isinstance(a, mpmath.mpf) and mpmath.isnan(a) for a in args):
-            return _NAN
-        try:
-            out = fn(*args)
-        except (ValueError, ZeroDivisionError, OverflowError):
-            return _NAN
-        if isinstance(out, mpmath.mpc):
-            return out.real if out.imag == 0 else _NAN
-        return out
-
-    return f
-
-
-def _m_pow(base: Any, exponent: sympy.Expr, exp_value: Any) -> Any:
-    if mpmath.isnan(base) or mpmath.isnan(exp_value):
-        return _NAN
-    if base == 0 and exp_value < 0:
-        return mpmath.inf  # a pole, as torch's pow(0, negative) gives
-    if base < 0 and not (exponent.is_Integer or mpmath.isint(exp_value)):
-        return _NAN
-    return _real(mpmath.power)(base, exp_value)
-
-
-def _m_heaviside(x: Any, h0: Any = mpmath.mpf(0.5)) -> Any:
-    return mpmath.mpf(1) if x > 0 else mpmath.mpf(0) if x < 0 else h0
-
-
-def _m_sign(x: Any) -> Any:
-    return mpmath.mpf(mpmath.sign(x))
-
-
-def _m_lgamma(x: Any) -> Any:
-    if x <= 0 and mpmath.isint(x):
-        return mpmath.inf
-    return mpmath.log(abs(mpmath.gamma(x)))
-
-
-def _m_polygamma(n: Any, x: Any) -> Any:
-    if x <= 0 and mpmath.isint(x):
-        return _NAN
-    return mpmath.psi(int(n), x)
-
-
-def _m_mod(a: Any, b: Any) -> Any:
-    return a - b * mpmath.floor(a / b)
-
-
-def _m_log(x: Any) -> Any:
-    if x == 0:
-        return -mpmath.inf
-    return _real(mpmath.log)(x)
-
-
-def _m_log1p(x: Any) -> Any:
-    # log(1 + x) would lose every digit of x below 10**-dps: mpmath's log1p keeps them.
-    if x == -1:
-        return -mpmath.inf
-    return _real(mpmath.log1p)(x)
-
-
-_MP_FUNCS: dict[type, Callable[..., Any]] = {
-    sympy.sin: mpmath.sin, sympy.cos: mpmath.cos, sympy.tan: mpmath.tan,
-    sympy.cot: _real(mpmath.cot), sympy.sec: mpmath.sec, sympy.csc: _real(mpmath.csc),
-    sympy.asin: _real(mpmath.asin), sympy.acos: _real(mpmath.acos), sympy.atan: mpmath.atan,
-    sympy.atan2: mpmath.atan2, sympy.sinh: mpmath.sinh, sympy.cosh: mpmath.cosh, sympy.tanh: mpmath.tanh,
-    sympy.asinh: mpmath.asinh, sympy.acosh: _real(mpmath.acosh), sympy.atanh: _real(mpmath.atanh),
-    sympy.exp: mpmath.exp, sympy.log: _m_log, expm1: mpmath.expm1, log1p: _m_log1p,
-    log2: lambda x: _m_log(x) / mpmath.log(2), log10: lambda x: _m_log(x) / mpmath.log(10),
-    sympy.Abs: abs, sympy.sign: _m_sign, sign: _m_sign,
-    sympy.floor: mpmath.floor, floor: mpmath.floor, sympy.ceiling: mpmath.ceil, ceiling: mpmath.ceil,
-    sympy.erf: mpmath.erf, sympy.erfc: mpmath.erfc, sympy.loggamma: _m_lgamma, lgamma: _m_lgamma,
-    sympy.polygamma: _m_polygamma, sympy.Heaviside: _m_heaviside, mod: _m_mod,
-    sympy.Min: lambda *a: _NAN if any(mpmath.isnan(x) for x in a) else min(a),
-    sympy.Max: lambda *a: _NAN if any(mpmath.isnan(x) for x in a) else max(a),
-    sympy.DiracDelta: lambda x, *rest: mpmath.mpf(0),
-    zmul: lambda a, b: mpmath.mpf(0) if a == 0 else a * b,
-    sympy.StrictGreaterThan: lambda a, b: a > b, sympy.GreaterThan: lambda a, b: a >= b,
-    sympy.StrictLessThan: lambda a, b: a < b, sympy.LessThan: lambda a, b: a <= b,
-    sympy.Equality: lambda a, b: a == b, sympy.Unequality: lambda a, b: a != b,
-    sympy.And: lambda *a: all(a), sympy.Or: lambda *a: any(a), sympy.Not: lambda a: not a,
-}
-
-
-def _m_const(e: sympy.Expr) -> Any:
-    if e is sympy.zoo or e is sympy.oo:
-        return mpmath.inf
-    if e is -sympy.oo:
-        return -mpmath.inf
-    if e is sympy.nan:
-        return _NAN
-    if e.is_Rational:
-        return mpmath.mpf(e.p) / e.q
-    if e.is_Float:
-        return mpmath.mpf(e._mpf_)
-    return mpmath.mpf(sympy.N(e, mpmath.mp.dps + 10))
-
-
-def _m_sum(xs: list[Any]) -> Any:
-    return mpmath.fsum(xs)
-
-
-def _m_prod(xs: list[Any]) -> Any:
-    out = xs[0]
-    for x in xs[1:]:
-        out = out * x
-    return out
-
-
-MPMATH = Backend(
-    "mpmath",
-    const=_m_const,
-    add=_m_sum,
-    mul=_m_prod,
-    pow=_m_pow,
-    where=lambda c, a, b: a if c else b,
-    funcs=_MP_FUNCS,
+    div=lambda a, b: a / b,
 )
 
 
 # Numeric rules for more sympy functions, registered by the op rules that use them (erfinv, Bessel, ...).
+# Their mpmath side works in mpmath's global context: it runs holding MP_LOCK, at the precision of the
+# backend that calls it (see `mp_backend`), so concurrent checks never see each other's precision.
 EXTRA_FUNCS: dict[str, dict[type, Callable[..., Any]]] = {"torch": {}, "mpmath": {}}
+MP_LOCK = threading.RLock()
 
 
 def register_function(cls: type, torch_fn: Callable[..., Any], mp_fn: Callable[..., Any]) -> None:
-    """How sympy class `cls` is computed in torch and in mpmath (for functions beyond the table above)."""
+    """How sympy class `cls` is computed in torch and in mpmath (for functions beyond the tables)."""
     EXTRA_FUNCS["torch"][cls] = torch_fn
     EXTRA_FUNCS["mpmath"][cls] = mp_fn
 
@@ -274,7 +218,7 @@ def register_function(cls: type, torch_fn: Callable[..., Any], mp_fn: Callable[.
 def _compile(expr: sympy.Expr, backend: Backend, consts: dict[sympy.Expr, Any]) -> Fn:
     if isinstance(expr, sympy.Symbol):
         return lambda env: env[expr]
-    if expr.is_Number or isinstance(expr, sympy.NumberSymbol) or expr in (sympy.zoo, sympy.nan):
+    if _is_constant(expr):
         if expr not in consts:
             consts[expr] = backend.const(expr)
         value = consts[expr]
@@ -290,7 +234,8 @@ def _compile(expr: sympy.Expr, backend: Backend, consts: dict[sympy.Expr, Any]) 
             p_parts = [_compile(a, backend, consts) for a in plus]
             m_parts = [_compile(a, backend, consts) for a in minus]
             add = backend.add
-            return lambda env: add([p(env) for p in p_parts]) - add([m(env) for m in m_parts])
+            sub = backend.sub
+            return lambda env: sub(add([p(env) for p in p_parts]), add([m(env) for m in m_parts]))
         parts = [_compile(a, backend, consts) for a in expr.args]
         add = backend.add
         return lambda env: add([p(env) for p in parts])
@@ -298,11 +243,11 @@ def _compile(expr: sympy.Expr, backend: Backend, consts: dict[sympy.Expr, Any]) 
         # a * b**-1 is computed as a / b: one kernel instead of a reciprocal and a product.
         num = [a for a in expr.args if not (isinstance(a, sympy.Pow) and a.exp == -1)]
         den = [a.base for a in expr.args if isinstance(a, sympy.Pow) and a.exp == -1]
-        mul = backend.mul
+        mul, div = backend.mul, backend.div
         if num and den:
             n_parts = [_compile(a, backend, consts) for a in num]
             d_parts = [_compile(a, backend, consts) for a in den]
-            return lambda env: mul([p(env) for p in n_parts]) / mul([d(env) for d in d_parts])
+            return lambda env: div(mul([p(env) for p in n_parts]), mul([d(env) for d in d_parts]))
         parts = [_compile(a, backend, consts) for a in expr.args]
         return lambda env: mul([p(env) for p in parts])
     if isinstance(expr, sympy.Pow):
@@ -325,7 +270,7 @@ def _compile(expr: sympy.Expr, backend: Backend, consts: dict[sympy.Expr, Any]) 
             return out
 
         return piecewise
-    fn = backend.funcs.get(type(expr)) or EXTRA_FUNCS[backend.name].get(type(expr))
+    fn = backend.funcs.get(type(expr)) or backend.extra(type(expr))
     if fn is None:
         for cls, f in backend.funcs.items():  # subclasses, e.g. sympy's floor for ours
             if isinstance(expr, cls):
@@ -355,16 +300,24 @@ class CompiledProgram:
     backend: Backend
     steps: list[tuple[sympy.Symbol, Fn]]
     frees: list[list[sympy.Symbol]]
+    n_program: int = 0  # the program's own steps come first; the extras after them
+    program_last: dict[sympy.Symbol, int] = field(default_factory=dict)
 
-    def run(self, env: Env, keep: set[sympy.Symbol] | None = None) -> Env:
+    def run(self, env: Env, keep: set[sympy.Symbol] | None = None, deadline: Deadline | None = None) -> Env:
         """Evaluate every step into `env` (updated and returned).
 
         Args:
             env: values of the inputs.
             keep: symbols to keep; others are dropped after their last use to bound
                 memory (None keeps everything).
+            deadline: checked before every step (raises `TimeLimitError` when spent).
+
+        Raises:
+            TimeLimitError: the deadline passed.
         """
         for i, (sym, fn) in enumerate(self.steps):
+            if deadline is not None:
+                deadline.check("evaluating the reference")
             env[sym] = fn(env)
             if keep is not None:
                 for dead in self.frees[i]:
@@ -373,22 +326,43 @@ class CompiledProgram:
         return env
 
 
-def compile_program(program: Program, backend: Backend, extra: dict[str, sympy.Expr] | None = None) -> CompiledProgram:
-    """Compile `program` (plus named `extra` expressions as final steps) for `backend`."""
+def compile_program(program: Program, backend: Backend, extra: dict[str, sympy.Expr] | None = None,
+                    deadline: Deadline | None = None, base: CompiledProgram | None = None) -> CompiledProgram:
+    """Compile `program` (plus named `extra` expressions as final steps) for `backend`.
+
+    Args:
+        program: the straight-line program.
+        backend: torch or an mpmath backend.
+        extra: name -> expression, evaluated after the program as ``extra[name]``.
+        deadline: looked at every step.
+        base: a compilation of the same program for the same backend: its steps are reused
+            and only `extra` is compiled (two programs that differ in their extras).
+
+    Raises:
+        UnevaluableError: a sympy object without a numeric rule.
+        TimeLimitError: the deadline passed.
+    """
     consts: dict[sympy.Expr, Any] = {}
-    steps = [(sym, _compile(expr, backend, consts)) for sym, expr in program.steps]
-    exprs = [expr for _, expr in program.steps]
-    if extra:
-        for name, expr in extra.items():
-            sym = sympy.Symbol(f"extra[{name}]", real=True)
+    if base is not None and base.backend is backend and base.n_program == len(program.steps):
+        steps = list(base.steps[: base.n_program])
+        last = dict(base.program_last)
+    else:
+        steps = []
+        last = {}
+        for i, (sym, expr) in enumerate(program.steps):
+            if deadline is not None:
+                deadline.check("compiling the reference")
             steps.append((sym, _compile(expr, backend, consts)))
-            exprs.append(expr)
-    # Last use of each symbol, so temporaries can be dropped early.
-    last: dict[sympy.Symbol, int] = {}
-    for i, expr in enumerate(exprs):
+            for s in expr.free_symbols:  # the last use of each symbol: temporaries are dropped after it
+                last[s] = i
+    program_last = dict(last)
+    for name, expr in (extra or {}).items():
+        if deadline is not None:
+            deadline.check("compiling the reference")
         for s in expr.free_symbols:
-            last[s] = i  # type: ignore[index]
+            last[s] = len(steps)
+        steps.append((sympy.Symbol(f"extra[{name}]", real=True), _compile(expr, backend, consts)))
     frees: list[list[sympy.Symbol]] = [[] for _ in steps]
     for s, i in last.items():
-        frees[i].append(s)
-    return CompiledProgram(backend, steps, frees)
+        frees[i].append(s)  # type: ignore[arg-type]
+    return CompiledProgram(backend, steps, frees, len(program.steps), program_last)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..ir.program import Program
+from .evaluate import MP_LOCK
 from .interpret import ObjectEager, evaluate, sweep
 
 __all__ = ["precise_cotangents", "MAX_ELEMENTS", "DIGITS"]
@@ -35,7 +36,7 @@ def precise_cotangents(program: Program, env: dict[int, Any], seeds: dict[int, t
     if program_size(program) > MAX_ELEMENTS:
         return None
     try:
-        with mpmath.workdps(DIGITS):
+        with MP_LOCK, mpmath.workdps(DIGITS):  # mpmath's global context: one such sweep at a time
             inputs = [_obj(env[v.id]) for v in program.inputs]
             values = evaluate(program, inputs, interp=ObjectEager())
             obj_seeds = {k: _obj(s) for k, s in seeds.items()}

@@ -22,12 +22,13 @@ Two details keep the numbers right where a naive chain rule would not:
   hold away from the jumps; the jumps themselves are kinks (see `ops`).
 
 For small graphs the whole expression is also differentiated with
-`sympy.diff`, as an independent second opinion.
+`sympy.diff`, as an independent second opinion (`opinion`).
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import types
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
@@ -35,8 +36,10 @@ from typing import Any, Callable, Iterable, Sequence
 import sympy
 from sympy.codegen.cfunctions import expm1, log1p, log2, log10
 
+from ..budget import NO_DEADLINE, Deadline
 from ..ir.graph import Graph
 from ..ops import OPS
+from .opinion import whole_expression_gradient
 
 __all__ = ["Program", "Derivation", "derive", "S", "zmul", "sweep"]
 
@@ -161,6 +164,9 @@ class Derivation:
         extra_rows: for each further output of `derive(outputs=...)`, its (adjoints, cut_adjoints).
         magnitudes: derives, on first call, (the forward steps plus the magnitude sweeps, and per
             output: node id -> the sum over paths of |adjoint x partial| terms); see `magnitude`.
+        cut_hessian: the Hessian with the cuts treated as constants (order 2 with cuts), else None.
+        constants: the program's steps that hold constants sympy must not compute with (see
+            `_opaque`); `whole` refers to their symbols.
     """
 
     program: Program
@@ -172,6 +178,8 @@ class Derivation:
     method: str
     extra_rows: tuple[tuple[dict[int, sympy.Expr], dict[int, sympy.Expr] | None], ...] = ()
     magnitudes: Callable[[], tuple[Program, tuple[dict[int, sympy.Expr], ...]]] | None = None
+    cut_hessian: tuple[tuple[sympy.Expr, ...], ...] | None = None
+    constants: tuple[tuple[sympy.Symbol, sympy.Expr], ...] = ()
 
 
 def const_expr(value: int | float | str) -> sympy.Expr:
@@ -186,6 +194,10 @@ def const_expr(value: int | float | str) -> sympy.Expr:
 
 
 OPS_COMPARE = {name for name, op in OPS.items() if op.kind == "compare"}
+# Constants beyond these are opaque to sympy (see _opaque).
+OPAQUE_INT = 1000
+OPAQUE_FLOAT = 1e6
+
 _REUSE_VALUE = {"exp", "tanh"}
 # Functions whose value (in a partial derivative) can be exactly 0 by selection.
 _SELECTORS = (sympy.Piecewise, sympy.Heaviside, sympy.sign, sympy.DiracDelta, sympy.Max, sympy.Min)
@@ -224,7 +236,8 @@ def magnitude(expr: sympy.Expr) -> sympy.Expr:
     """The expression with every sum of terms replaced by the sum of their absolute values.
 
     |magnitude(d)| bounds what rounding inside a kernel computing ``d`` is relative to: for
-    gelu'(x) = Phi(x) + x*phi(x) near its root the value is tiny but the terms are not.
+    gelu'(x) = Phi(x) + x*phi(x) near its root the value is tiny but the terms are not; for
+    atanh'(x) = 1/(1 - x**2) near x = 1 the power of a cancelling sum carries its relative error.
     """
     if isinstance(expr, sympy.Add):
         return sympy.Add(*[magnitude(a) for a in expr.args], evaluate=False)
@@ -234,8 +247,14 @@ def magnitude(expr: sympy.Expr) -> sympy.Expr:
         return sympy.Piecewise(*[(magnitude(e), c) for e, c in expr.args])
     if isinstance(expr, zmul):
         return zmul(magnitude(expr.args[0]), magnitude(expr.args[1]), evaluate=False)
+    if isinstance(expr, sympy.Pow) and expr.base.has(sympy.Add):
+        # A power's relative error is |p| times its base's, and a sum that cancels (1 - x**2 near
+        # x = 1, the derivative of atanh) has relative error u * magnitude / |sum|.
+        base, p = expr.args
+        return sympy.Mul(sympy.Abs(expr, evaluate=False), sympy.Abs(p, evaluate=False), magnitude(base),
+                         sympy.Pow(sympy.Abs(base, evaluate=False), -1, evaluate=False), evaluate=False)
     if expr.is_Symbol or expr.is_Number or isinstance(expr, sympy.NumberSymbol):
-        return sympy.Abs(expr, evaluate=False) if not (expr.is_Number and expr >= 0) else expr
+        return expr if expr.is_Number and expr.is_extended_nonnegative else sympy.Abs(expr, evaluate=False)
     return sympy.Abs(expr, evaluate=False)
 
 
@@ -262,6 +281,30 @@ def _rebuild(expr: sympy.Expr, mapping: dict[sympy.Symbol, sympy.Expr]) -> sympy
     return expr.func(*args, evaluate=False)
 
 
+def _folded_away(expr: sympy.Expr, args: tuple[sympy.Expr, ...], template: sympy.Expr,
+                 mapping: dict[sympy.Symbol, sympy.Expr]) -> bool:
+    """Whether sympy's evaluation of a node's value lost what IEEE arithmetic keeps.
+
+    ``0*y`` folds to 0, but torch's value is -0.0 for negative y (and 1/(0*y) is then -inf);
+    ``log2(0)`` folds to ``zoo``, an infinity without a sign, where torch has -inf.  Such a
+    value is built unevaluated instead, so the backends compute it as torch does.  But a
+    constant pole that float64 misses because its argument is rounded (``cot(pi)``: finite
+    in floats) stays ``zoo``: the output is not a real number there.  (Partial derivatives
+    stay folded: they are the exact math.)
+    """
+    symbols = [isinstance(a, sympy.Symbol) for a in args]
+    if all(symbols):
+        return False
+    if expr.has(sympy.zoo, sympy.nan):
+        if any(symbols):
+            return True
+        from .evaluate import TORCH, _compile  # a constant: what float64 makes of it
+
+        value = float(_compile(_rebuild(template, mapping), TORCH, {})({}))
+        return math.isinf(value)
+    return expr.is_Number and any(symbols)
+
+
 def _var_symbol(name: str) -> sympy.Symbol:
     return sympy.Symbol(name, real=True)
 
@@ -271,6 +314,7 @@ def sweep(
     output: sympy.Expr,
     partials_of: Callable[[sympy.Symbol, sympy.Expr], Iterable[tuple[sympy.Symbol, sympy.Expr]]],
     prefix: str,
+    deadline: Deadline | None = None,
 ) -> tuple[list[tuple[sympy.Symbol, sympy.Expr]], dict[sympy.Symbol, sympy.Expr]]:
     """One reverse sweep: adjoint steps for `output` over `steps`.
 
@@ -279,6 +323,7 @@ def sweep(
         output: the expression differentiated (a step symbol, an input or a number).
         partials_of: ``(symbol, expr) -> [(dependency, d expr / d dependency), ...]``.
         prefix: names the new adjoint symbols (``a`` gives ``a[k]``).
+        deadline: checked at every step (`TimeLimitError` when spent).
 
     Returns:
         (new steps, adjoint of every symbol reached, inputs included).
@@ -292,13 +337,16 @@ def sweep(
     if isinstance(output, sympy.Symbol):
         contributions[output] = [sympy.S.One]
     for index in range(len(steps) - 1, -1, -1):
+        if deadline is not None:
+            deadline.check("deriving the gradients")
         sym, expr = steps[index]
         terms = contributions.pop(sym, None)
         if not terms:
             continue
         # Sums and products are built unevaluated: sympy's canonicalisation is the slow part of
-        # a sweep, and the program is evaluated numerically, so it buys nothing here.
-        total = terms[0] if len(terms) == 1 else sympy.Add(*terms, evaluate=False)
+        # a sweep, and the program is evaluated numerically, so it buys nothing here.  Numbers are
+        # added up exactly (x+x+...+x: the adjoint of x is 45,000, not a sum of 45,000 ones).
+        total = terms[0] if len(terms) == 1 else _sum(terms)
         if total.is_Number or total.is_Symbol:
             adj = total
         else:
@@ -314,8 +362,21 @@ def sweep(
             if strong or partial.has(*_SELECTORS):
                 selectable.add(dep)
     for sym, terms in contributions.items():  # inputs: never assigned by a step
-        adjoint[sym] = terms[0] if len(terms) == 1 else sympy.Add(*terms, evaluate=False)
+        adjoint[sym] = terms[0] if len(terms) == 1 else _sum(terms)
     return new_steps, adjoint
+
+
+def _sum(terms: list[sympy.Expr]) -> sympy.Expr:
+    """The terms added up, unevaluated but for their numbers, which are added exactly."""
+    numbers = [t for t in terms if t.is_Number]
+    if len(numbers) < 2:
+        return sympy.Add(*terms, evaluate=False)
+    rest = [t for t in terms if not t.is_Number]
+    total = sympy.Add(*numbers)
+    if not rest:
+        return total
+    return sympy.Add(*rest, total, evaluate=False) if total != 0 else (
+        rest[0] if len(rest) == 1 else sympy.Add(*rest, evaluate=False))
 
 
 def _generic_partials(sym: sympy.Symbol, expr: sympy.Expr, known: set[sympy.Symbol]) -> list[tuple[sympy.Symbol, sympy.Expr]]:
@@ -328,7 +389,8 @@ def _generic_partials(sym: sympy.Symbol, expr: sympy.Expr, known: set[sympy.Symb
 
 
 def derive(
-    graph: Graph, *, order: int = 1, whole_max_nodes: int = 60, outputs: Sequence[int] | None = None
+    graph: Graph, *, order: int = 1, whole_max_nodes: int = 60, outputs: Sequence[int] | None = None,
+    deadline: Deadline | None = None,
 ) -> Derivation:
     """Derive the symbolic reference for `graph`.
 
@@ -339,23 +401,35 @@ def derive(
             second opinion only up to this many graph nodes (it swells beyond).
         outputs: node ids to differentiate, one sweep each (Jacobian rows); the first is the
             primary output (`adjoints`, `hessian`, `whole` refer to it). Default: `graph.output`.
+        deadline: the check's time budget, looked at every node and step.
 
     Returns:
         A `Derivation`.
+
+    Raises:
+        TimeLimitError: the deadline passed.
     """
+    deadline = deadline or NO_DEADLINE
     inputs = tuple(_var_symbol(v) for v in graph.variables)
     values: dict[int, sympy.Expr] = {}
     steps: list[tuple[sympy.Symbol, sympy.Expr]] = []
     # Per forward step: its node and the expressions of its arguments, for the partials.
     step_info: dict[sympy.Symbol, tuple[int, tuple[sympy.Expr, ...]]] = {}
     relations: dict[int, sympy.Expr] = {}
+    const_syms: set[sympy.Symbol] = set()  # constants sympy only sees as symbols (see _opaque)
     for node in graph.nodes:
         k = node.id
+        deadline.check("deriving the values")
         if node.op == "var":
             values[k] = _var_symbol(node.name or "")
             continue
         if node.op == "const":
             values[k] = const_expr(node.value)  # type: ignore[arg-type]
+            if _opaque(node.value):
+                sym = sympy.Symbol(f"v[{k}]", real=True)
+                steps.append((sym, values[k]))
+                values[k] = sym
+                const_syms.add(sym)
             continue
         args = tuple(relations.get(a, values.get(a)) for a in node.args)
         op = OPS[node.op]
@@ -367,7 +441,10 @@ def derive(
             expr = sympy.Piecewise((args[1], args[0]), (args[2], True))
         else:
             template, _ = _TEMPLATES.get(node.op, len(args))
-            expr = _substitute(template, dict(zip(_P, args)))
+            mapping = dict(zip(_P, args))
+            expr = _substitute(template, mapping)
+            if _folded_away(expr, args, template, mapping):  # keep what torch computes: the sign of 0*y, -inf for log2(0)
+                expr = _rebuild(template, mapping)
         # Every op node gets a step, even x*0 or detach(x): its adjoint is reported.
         sym = sympy.Symbol(f"v[{k}]", real=True)
         steps.append((sym, expr))
@@ -378,6 +455,8 @@ def derive(
 
     def node_partials(cut: bool) -> Callable[[sympy.Symbol, sympy.Expr], list[tuple[sympy.Symbol, sympy.Expr]]]:
         def partials(sym: sympy.Symbol, expr: sympy.Expr) -> list[tuple[sympy.Symbol, sympy.Expr]]:
+            if sym not in step_info:  # a constant's step
+                return []
             k, args = step_info[sym]
             node = graph.nodes[k]
             if cut and node.op in ("detach", "no_grad"):
@@ -393,14 +472,14 @@ def derive(
                 mapping = dict(zip(_P, args))
                 mapping[_OUT] = sym
                 raw = [(a, _substitute(d, mapping)) for a, d in zip(args, templates)]
-            found = [(a, d) for a, d in raw if isinstance(a, sympy.Symbol) and d != 0]
+            found = [(a, d) for a, d in raw if isinstance(a, sympy.Symbol) and d != 0 and a not in const_syms]
             cache[(False, sym)] = found
             return found
 
         return partials
 
     def adjoints_for(output: int, cut: bool, prefix: str) -> tuple[list[tuple[sympy.Symbol, sympy.Expr]], dict[int, sympy.Expr]]:
-        new_steps, adj_map = sweep(steps, values[output], node_partials(cut), prefix)
+        new_steps, adj_map = sweep(steps, values[output], node_partials(cut), prefix, deadline)
         adj = {k: adj_map.get(v, sympy.S.Zero) if isinstance(v, sympy.Symbol) else sympy.S.Zero
                for k, v in values.items() if graph.depends_on_vars[k] and graph.nodes[k].op not in OPS_COMPARE}
         return new_steps, adj
@@ -424,35 +503,56 @@ def derive(
         mag_cache: dict[sympy.Symbol, list[tuple[sympy.Symbol, sympy.Expr]]] = {}
 
         def mag_partials(sym: sympy.Symbol, expr: sympy.Expr) -> list[tuple[sympy.Symbol, sympy.Expr]]:
+            if sym not in step_info:
+                return []
             if sym not in mag_cache:
-                mag_cache[sym] = [(a, magnitude(d)) for a, d in node_partials(False)(sym, expr)]
+                k, args = step_info[sym]
+                kernel = OPS[graph.nodes[k].op].kernel if graph.nodes[k].op in OPS else None
+                if kernel is not None:  # the partials as torch's backward computes them (see ops.Op.kernel)
+                    forms = kernel(S, sym, *args)
+                    mag_cache[sym] = [(a, magnitude(d)) for a, d in zip(args, forms)
+                                      if isinstance(a, sympy.Symbol) and a not in const_syms]
+                else:
+                    mag_cache[sym] = [(a, magnitude(d)) for a, d in node_partials(False)(sym, expr)]
             return mag_cache[sym]
 
         mag_steps: list[tuple[sympy.Symbol, sympy.Expr]] = []
         mag_rows: list[dict[int, sympy.Expr]] = []
         for i, output in enumerate(outputs if outputs is not None else (graph.output,)):
-            new_steps, mag_map = sweep(steps, values[output], mag_partials, f"m{'' if i == 0 else f'{i}:'}")
+            new_steps, mag_map = sweep(steps, values[output], mag_partials, f"m{'' if i == 0 else f'{i}:'}", deadline)
             mag_steps += new_steps
             mag_rows.append({k: mag_map.get(v, sympy.S.Zero) if isinstance(v, sympy.Symbol) else sympy.S.Zero
                              for k, v in values.items() if k in adjoints})
         return Program(inputs, tuple(steps + mag_steps)), tuple(mag_rows)
 
     adj_steps = [st for st in all_steps[len(steps):] if str(st[0]).startswith("a[")]
-    hessian = None
+    hessian = cut_hessian = None
     if order >= 2:
-        hessian, hess_steps = _hessian(graph, inputs, steps + adj_steps, adjoints, step_info, node_partials(False))
+        hessian, hess_steps = _hessian(graph, inputs, steps + adj_steps, adjoints, step_info, node_partials(False),
+                                       deadline, const_syms=const_syms)
         all_steps += hess_steps
-    method = f"reverse sweep over the graph ({len(steps)} nodes, {len(all_steps)} program steps)"
+        if cut_adjoints is not None:  # what autograd computes when it treats the cuts as constants
+            cut_steps = [st for st in all_steps[len(steps):] if str(st[0]).startswith("c[")]
+            cut_hessian, more = _hessian(graph, inputs, steps + cut_steps, cut_adjoints, step_info,
+                                         node_partials(True), deadline, prefix="k", const_syms=const_syms)
+            all_steps += more
+    method = f"reverse sweep over the graph ({len(step_info)} nodes, {len(all_steps)} program steps)"
     if extra_rows:
         method = method.replace("reverse sweep", f"{len(rows)} reverse sweeps (one per output element)")
+    # Steps that sympy folded into an opaque number (10**20 from 10 and 20, zoo from 1/0) are
+    # opaque constants for the second opinion too.
+    opaque = const_syms | {sym for sym, expr in steps if not expr.free_symbols and _opaque_number(expr)}
     whole = None
-    if len(graph.nodes) <= whole_max_nodes:
-        whole, why = _whole_expression_gradient(graph, inputs, values, steps)
+    if not graph.variables:
+        method += "; no second opinion (no variables)"
+    elif len(graph.nodes) <= whole_max_nodes:
+        whole, why = whole_expression_gradient(graph, inputs, values, steps, opaque, deadline)
         method += "; second opinion: sympy.diff of the whole expression" if whole else f"; no second opinion ({why})"
     else:
         method += f"; no second opinion (sympy.diff of the whole expression is used up to {whole_max_nodes} nodes)"
+    constants = tuple(st for st in steps if st[0] in opaque)
     return Derivation(Program(inputs, tuple(all_steps)), values, adjoints, cut_adjoints, hessian, whole, method,
-                      extra_rows, magnitudes)
+                      extra_rows, magnitudes, cut_hessian, constants)
 
 
 def _hessian(
@@ -462,9 +562,15 @@ def _hessian(
     adjoints: dict[int, sympy.Expr],
     step_info: dict[sympy.Symbol, tuple[int, tuple[sympy.Expr, ...]]],
     forward_partials: Callable[[sympy.Symbol, sympy.Expr], list[tuple[sympy.Symbol, sympy.Expr]]],
+    deadline: Deadline,
+    prefix: str = "h",
+    const_syms: set[sympy.Symbol] = frozenset(),  # type: ignore[assignment]
 ) -> tuple[tuple[tuple[sympy.Expr, ...], ...], list[tuple[sympy.Symbol, sympy.Expr]]]:
-    """Second derivatives: one more reverse sweep over the gradient program per variable."""
-    known = {s for s, _ in program} | set(inputs)
+    """Second derivatives: one more reverse sweep over the gradient program per variable.
+
+    `prefix` names the new symbols (``h0[...]``, ``gh[0]``), so that two Hessians can share a program.
+    """
+    known = ({s for s, _ in program} | set(inputs)) - const_syms
 
     def partials(sym: sympy.Symbol, expr: sympy.Expr) -> list[tuple[sympy.Symbol, sympy.Expr]]:
         if sym in step_info:
@@ -478,7 +584,7 @@ def _hessian(
         if not isinstance(g, sympy.Symbol):
             g_steps: list[tuple[sympy.Symbol, sympy.Expr]] = []
             if g.free_symbols & known:  # an input's adjoint is an inline sum: give it a step
-                sym = sympy.Symbol(f"g[{i}]", real=True)
+                sym = sympy.Symbol(f"g{prefix}[{i}]" if prefix != "h" else f"g[{i}]", real=True)
                 g_steps = [(sym, g)]
                 g = sym
             else:
@@ -486,29 +592,34 @@ def _hessian(
                 continue
         else:
             g_steps = []
-        steps_i, adj = sweep(program + g_steps, g, partials, f"h{i}")
+        steps_i, adj = sweep(program + g_steps, g, partials, f"{prefix}{i}", deadline)
         new_steps += g_steps + steps_i
         rows.append(tuple(adj.get(x, sympy.S.Zero) for x in inputs))
     return tuple(rows), new_steps
 
 
-def _whole_expression_gradient(
-    graph: Graph,
-    inputs: tuple[sympy.Symbol, ...],
-    values: dict[int, sympy.Expr],
-    steps: list[tuple[sympy.Symbol, sympy.Expr]],
-) -> tuple[dict[str, sympy.Expr] | None, str]:
-    """`sympy.diff` of the output written out as one expression (small graphs only)."""
-    try:
-        full: dict[sympy.Symbol, sympy.Expr] = {}
-        for sym, expr in steps:
-            full[sym] = expr.xreplace(full)
-        out = values[graph.output]
-        out = full.get(out, out) if isinstance(out, sympy.Symbol) else out
-        grads = {name: sympy.diff(out, x) for name, x in zip(graph.variables, inputs)}
-    except (RecursionError, MemoryError):
-        return None, "the whole expression is too deep for sympy"
-    bad = [g for g in grads.values() if g.has(sympy.Derivative, sympy.Subs)]
-    if bad:
-        return None, "sympy.diff left an unevaluated derivative"
-    return grads, ""
+def _opaque(value: int | float | str | None) -> bool:
+    """Whether sympy should see this constant as a symbol rather than a number.
+
+    Exact arithmetic on large integers can take unbounded time in sympy (``digamma(10**20)``
+    sums a harmonic series, ``acos(n)`` factors ``1 - n**2``), and huge, tiny or infinite floats
+    meet slow or failing paths (``softplus(1e30)``, ``max(x, 1e400)``).  Such a constant gets a
+    program step of its own and sympy only ever sees its symbol; the numbers are computed by
+    `evaluate`, in float64 or mpmath.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if isinstance(value, int):
+        return abs(value) > OPAQUE_INT
+    return not math.isfinite(value) or abs(value) > OPAQUE_FLOAT or 0 < abs(value) < 1 / OPAQUE_FLOAT
+
+
+def _opaque_number(e: sympy.Expr) -> bool:
+    """`_opaque` for a folded step's constant value (any constant that is not a small rational or float)."""
+    if e.is_Integer:
+        return abs(e) > OPAQUE_INT
+    if e.is_Rational:
+        return abs(e.p) > OPAQUE_INT or e.q > OPAQUE_INT
+    if e.is_Float:
+        return _opaque(float(e)) if e.is_finite else True
+    return True  # zoo, nan, oo, and constant expressions such as digamma(10**20) or cos(3)
