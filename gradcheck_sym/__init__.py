@@ -40,6 +40,7 @@ __all__ = [
     "LimitError",
     "InputError",
     "UnsupportedError",
+    "check_many",
     "__version__",
 ]
 
@@ -54,12 +55,14 @@ _LAZY = {
     "Finding": "report",
     "Example": "report",
     "NodeRow": "report",
+    "check_many": "scale",
 }
 
 if TYPE_CHECKING:
     from .api import assert_gradients, check, check_function, check_graph
     from .report import Example, Finding, NodeRow, Report
     from .front.script import RunReport, run_script
+    from .scale import check_many
 
 
 def __getattr__(name: str) -> Any:
