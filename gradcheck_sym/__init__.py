@@ -40,6 +40,9 @@ __all__ = [
     "LimitError",
     "InputError",
     "UnsupportedError",
+    "audit_torch",
+    "audit_package",
+    "audited",
     "check_many",
     "__version__",
 ]
@@ -55,6 +58,9 @@ _LAZY = {
     "Finding": "report",
     "Example": "report",
     "NodeRow": "report",
+    "audit_torch": "audit",
+    "audit_package": "audit",
+    "audited": "audit",
     "check_many": "scale",
 }
 
@@ -62,6 +68,7 @@ if TYPE_CHECKING:
     from .api import assert_gradients, check, check_function, check_graph
     from .report import Example, Finding, NodeRow, Report
     from .front.script import RunReport, run_script
+    from .audit import audit_package, audit_torch, audited
     from .scale import check_many
 
 

@@ -287,9 +287,9 @@ def _ops() -> int:
     return 0
 
 
-# -- batch: many checks on all cores or a Dask cluster (gradcheck_sym.scale) ----------------------------------------
+# -- audit and batch: many checks on all cores or a Dask cluster (gradcheck_sym.scale, gradcheck_sym.audit) -------
 
-SCALE_COMMANDS = ("batch",)
+SCALE_COMMANDS = ("batch", "audit")
 
 
 def _add_scale_commands(sub: argparse._SubParsersAction) -> None:
@@ -309,6 +309,37 @@ def _add_scale_commands(sub: argparse._SubParsersAction) -> None:
     batch.add_argument("--order", type=int, default=1, choices=[1, 2])
     batch.add_argument("--full", action="store_true", help="put each row's whole report in its line")
     _executor_options(batch)
+    audit = sub.add_parser(
+        "audit", help="audit torch's own op formulas (audit torch) or a package's custom Functions (audit PACKAGE)",
+        description="`audit torch`: every OpInfo entry of the installed torch (sample and reference inputs) checked "
+                    "against the exact derivatives and compared with torch.autograd.gradcheck. `audit PACKAGE`: the "
+                    "torch.autograd.Function subclasses and @gradcheck_sym.audited functions of an importable "
+                    "package, with inputs from their sample_inputs() hooks.",
+        epilog="exit codes: 0 nothing failed, 1 a check failed (audit PACKAGE: or could not be run), 2 bad input, "
+               "3 internal error")
+    audit.add_argument("target", metavar="torch|PACKAGE", help="`torch`, or an importable package (or its directory)")
+    audit.add_argument("--ops", default=None, metavar="NAMES", help="torch: op names or globs, comma-separated "
+                                                                    "(e.g. 'sin,nn.functional.*')")
+    audit.add_argument("--dtype", default="float64", metavar="DTYPES",
+                       help="torch: comma-separated dtypes (float64, float32, float16, bfloat16)")
+    audit.add_argument("--device", default="cpu", help="torch: where the samples live (default cpu)")
+    audit.add_argument("--order", type=int, default=1, choices=[1, 2],
+                       help="2: second order (entries that support gradgrad; compared with gradgradcheck)")
+    audit.add_argument("--samples-per-op", type=int, default=None, metavar="N",
+                       help="torch: at most N sample inputs and N reference inputs per entry")
+    audit.add_argument("--random-points", type=int, default=0, metavar="K",
+                       help="also check K random points near each sample")
+    audit.add_argument("--inject", default=None, metavar="EPS[,EPS]",
+                       help="torch: also inject these relative gradient errors after each op of a verified sample "
+                            "(each must be caught)")
+    audit.add_argument("--config", default=None, metavar="PYPROJECT",
+                       help="PACKAGE: the pyproject.toml with [tool.gradcheck-sym] (default: found above the package)")
+    audit.add_argument("--json", default=None, metavar="FILE",
+                       help="write the records as JSON Lines (a header line, then one line per entry)")
+    audit.add_argument("--markdown", default=None, metavar="FILE", help="write a markdown report")
+    audit.add_argument("--html", default=None, metavar="FILE", help="write an HTML report")
+    audit.add_argument("--resume", action="store_true", help="skip the entries already in --json FILE")
+    _executor_options(audit)
 
 
 def _executor_options(p: argparse.ArgumentParser) -> None:
@@ -321,7 +352,7 @@ def _executor_options(p: argparse.ArgumentParser) -> None:
 
 
 def _scale_main(args: argparse.Namespace) -> int:
-    """`batch`: typed errors exit 2, Ctrl-C says how far the output got, our bugs exit 3."""
+    """`batch` and `audit`: typed errors exit 2, Ctrl-C says how far the output got, our bugs exit 3."""
     client = None
     try:
         if args.workers is not None and args.workers < 1:
@@ -332,7 +363,11 @@ def _scale_main(args: argparse.Namespace) -> int:
             from .scale.execute import connect
 
             client = connect(args.scheduler)
-        return _batch(args, client)
+        if args.command == "batch":
+            return _batch(args, client)
+        from .audit.command import audit_command
+
+        return audit_command(args, client, stdout=sys.stdout, width=_width(), color=_color())
     except GradcheckSymError as exc:
         print(f"gradcheck-sym: error: {exc}", file=sys.stderr)
         return 2
