@@ -38,3 +38,15 @@ def sleep(task):
     """A C call the deadline cannot interrupt: only the pool's kill stops it."""
     time.sleep(task)
     return task
+
+
+def start_pool_and_die(task):
+    """In a child process: start a pool, give its worker a long task, then die without cleaning up."""
+    from gradcheck_sym.scale import ProcessPool
+
+    pool = ProcessPool(1)
+    pool.start()
+    pid = pool.pids[0]
+    pool._workers[0].conn.send((0, sleep, 600))
+    Path(task).write_text(str(pid))
+    os._exit(0)

@@ -91,6 +91,26 @@ def test_timeouts_soft_inside_the_task_and_hard_by_killing_the_worker():
                    1: 0.01}
 
 
+def test_workers_exit_when_the_process_that_started_them_dies(tmp_path):
+    import multiprocessing
+
+    marker = tmp_path / "pid"
+    owner = multiprocessing.get_context("spawn").Process(target=scale_tasks.start_pool_and_die, args=(str(marker),))
+    owner.start()
+    owner.join(60)
+    worker = int(marker.read_text())
+    deadline_ = time.monotonic() + 60  # the owner's forkserver may still be importing torch when it dies
+    while time.monotonic() < deadline_:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(worker, signal.SIGKILL)
+        pytest.fail("the worker outlived the process that started it")
+
+
 def test_a_worker_killed_from_outside_mid_run_changes_no_result(serial_output):
     tasks = make_tasks(ROWS)
     results = [None] * len(tasks)

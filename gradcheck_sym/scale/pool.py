@@ -17,7 +17,9 @@ gives each worker its own pipe and watches it:
   (``spawn`` where there is no forkserver), so starting or replacing one is cheap
   and never forks a process that has run torch;
 - a worker's stdout goes to stderr (the parent may be writing JSON lines to stdout)
-  and it ignores Ctrl-C (the parent stops the workers and says what was written).
+  and it ignores Ctrl-C (the parent stops the workers and says what was written);
+- a worker exits within a second once the process that started the pool is gone, even
+  in the middle of a task (no orphan keeps a core busy).
 """
 
 from __future__ import annotations
@@ -84,7 +86,26 @@ def beat() -> None:
         _BEAT[0]()
 
 
-def _worker_main(conn: Connection, preload: Sequence[str]) -> None:
+def _exit_when_gone(pid: int) -> None:
+    """Exit this worker once the process that started the pool is gone.
+
+    A worker busy in a long task does not read its pipe, so it would not notice; its parent
+    is the forkserver, so ``PR_SET_PDEATHSIG`` would not help either.
+    """
+    while True:
+        time.sleep(1.0)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            os._exit(1)
+        except PermissionError:  # a new process has that id: ours is gone
+            os._exit(1)
+
+
+def _worker_main(conn: Connection, preload: Sequence[str], owner: int) -> None:
+    import threading
+
+    threading.Thread(target=_exit_when_gone, args=(owner,), daemon=True).start()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.dup2(2, 1)
     for name in preload:
@@ -147,7 +168,7 @@ def warm_up(preload: Sequence[str] = ()) -> None:
 class _Worker:
     def __init__(self, ctx: Any, preload: Sequence[str]) -> None:
         self.conn, child = ctx.Pipe(duplex=True)
-        self.process = ctx.Process(target=_worker_main, args=(child, tuple(preload)), daemon=True)
+        self.process = ctx.Process(target=_worker_main, args=(child, tuple(preload), os.getpid()), daemon=True)
         self.process.start()
         child.close()
         self.index: int | None = None  # the task it runs
