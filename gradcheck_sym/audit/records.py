@@ -283,9 +283,8 @@ class AuditResult:
         theirs = [s.gradcheck.seconds for s in traced if s.gradcheck.verdict in ("pass", "fail")]
         reasons: dict[str, list[str]] = {}
         for e in entries:
-            if not any(s.traced for s in e.samples):
-                why = e.reasons()[0] if e.reasons() else e.status
-                reasons.setdefault(why, []).append(e.name)
+            if e.status == "not-traced":  # no sample traced, and none crashed, timed out or hit a tool error
+                reasons.setdefault(e.reasons()[0], []).append(e.name)
         injected = [e for e in entries if e.injections]
         inj: dict[str, Any] = {}
         for k, eps in enumerate(self.settings.get("inject") or ()):
@@ -297,6 +296,9 @@ class AuditResult:
         return {
             "entries": len(entries),
             "skipped_entries": len(self.entries) - len(entries),
+            "entries_by_status": {st: sum(e.status == st for e in entries) for st in
+                                  ("verified", "partly-traced", "not-traced", "failed", "tool-error", "timeout",
+                                   "crashed")},
             "traced_every_sample": sum(e.status in ("verified", "failed") and e.count("not-traced") == 0
                                        for e in entries),
             "traced_some_sample": sum(any(s.traced for s in e.samples) for e in entries),

@@ -59,7 +59,8 @@ def _summary_lines(result: "AuditResult") -> list[str]:
     s = result.summary()
     n = s["entries"] or 1
     lines = [
-        f"entries: {s['entries']}" + (f" (+{s['skipped_entries']} skipped)" if s["skipped_entries"] else ""),
+        f"entries: {s['entries']}" + (f" (+{s['skipped_entries']} skipped)" if s["skipped_entries"] else "") + ": "
+        + ", ".join(f"{v} {k}" for k, v in s["entries_by_status"].items() if v),
         f"traced on every sample: {s['traced_every_sample']} ({100 * s['traced_every_sample'] / n:.0f}%); "
         f"on some sample: {s['traced_some_sample']} ({100 * s['traced_some_sample'] / n:.0f}%)",
         f"samples: {s['samples']}: " + ", ".join(f"{v} {k}" for k, v in s["samples_by_status"].items() if v),
@@ -80,7 +81,7 @@ def _sections(result: "AuditResult") -> list[tuple[str, list[str]]]:
     out: list[tuple[str, list[str]]] = []
     reasons = result.summary()["not_traced_reasons"]
     if reasons:
-        out.append(("not traced (entries with no traced sample), by reason",
+        out.append(("not traced (entries with no traced sample and no error), by reason",
                     [f"{len(names)} x {reason}: " + ", ".join(names[:12]) + (" ..." if len(names) > 12 else "")
                      for reason, names in reasons.items()]))
     skipped = [e for e in result.entries if e.status == "skipped"]
