@@ -297,3 +297,27 @@ def test_ctrl_c_then_resume_equals_an_uninterrupted_run(rows_file, tmp_path, cap
     assert 2 <= written < len(ROWS)
     assert main(argv + ["--resume"]) == 0
     assert out.read_text() == serial_output
+
+
+# -- our own bugs: counted, exit 3, never a traceback -------------------------------------------------------------
+
+
+def test_an_internal_error_in_a_row_is_reported_not_hidden(monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("gradcheck_sym.api.check", boom)
+    (r,) = gs.check_many([{"id": "x", "expr": "sin(x)", "at": {"x": 1}}], executor=SerialExecutor())
+    assert (r.status, r.error_type, r.error) == ("internal-error", "RuntimeError",
+                                                 "internal error, please report: RuntimeError: boom")
+
+
+def test_an_internal_error_of_the_command_exits_3_in_one_line(monkeypatch, rows_file, capsys):
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("gradcheck_sym.scale.batch.batch_file", boom)
+    assert main(["batch", str(rows_file)]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("gradcheck-sym: internal error, please report: RuntimeError: boom (at test_scale.py:")
+    assert "Traceback" not in err and err.count("\n") == 1

@@ -81,13 +81,15 @@ def injected(fn: Callable[..., Any], k: int, eps: float) -> Callable[..., Any]:
 
 
 def injection_test(fn: Callable[..., Any], inputs: Sequence[Any], names: Sequence[str], eps: float, *,
-                   sample: str, dtype: str = "float64", seed: int = 0, gradcheck: bool = True) -> Injection:
+                   sample: str, dtype: str = "float64", seed: int = 0, gradcheck: bool = True,
+                   timeout: float | None = None) -> Injection:
     """Inject `eps` after each differentiable op in turn; record whether gradcheck-sym (and gradcheck) catch it.
 
-    A check that raises counts as not caught.
+    A check that raises or runs past `timeout` counts as not caught.
     """
     import gradcheck_sym as gs
 
+    from ..scale.guard import TaskTimeout, deadline
     from ..scale.pool import beat
     from .sample import run_gradcheck
 
@@ -97,9 +99,11 @@ def injection_test(fn: Callable[..., Any], inputs: Sequence[Any], names: Sequenc
         beat()
         bad = injected(fn, k, eps)
         try:
-            caught.append(not gs.check_function(bad, *inputs, names=list(names), seed=seed, dtype=dtype).ok)
-        except Exception:  # noqa: BLE001 - a check that cannot run catches nothing
+            with deadline(timeout):
+                caught.append(not gs.check_function(bad, *inputs, names=list(names), seed=seed, dtype=dtype).ok)
+        except (Exception, TaskTimeout):  # noqa: BLE001 - a check that cannot run catches nothing
             caught.append(False)
         if gradcheck and dtype == "float64":
-            theirs.append(run_gradcheck(bad, inputs, 1).verdict == "fail")
+            beat()
+            theirs.append(run_gradcheck(bad, inputs, 1, timeout=timeout).verdict == "fail")
     return Injection(eps, sample, tuple(ops), tuple(caught), tuple(theirs))

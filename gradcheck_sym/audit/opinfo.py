@@ -176,7 +176,10 @@ def sample_call(op: Any, sample: Any) -> tuple[Any, list[Any], list[str]]:
 
 
 def _fingerprint(sample: Any) -> str:
-    """Equal for two SampleInputs with the same tensors (values, shapes, dtypes) and arguments."""
+    """Equal for two SampleInputs with the same tensors (values, shapes, dtypes) and arguments.
+
+    A tensor whose bytes cannot be read (sparse, nested) makes the sample unique: never a duplicate.
+    """
     import torch
 
     h = hashlib.sha256()
@@ -184,9 +187,13 @@ def _fingerprint(sample: Any) -> str:
     def add(x: Any) -> None:
         if isinstance(x, torch.Tensor):
             t = x.detach().cpu()
-            h.update(f"T{tuple(t.shape)}{t.dtype}{t.requires_grad}{tuple(t.stride())}".encode())
-            h.update(t.contiguous().view(-1).numpy().tobytes() if t.dtype != torch.bfloat16 else
-                     t.float().contiguous().view(-1).numpy().tobytes())
+            h.update(f"T{tuple(t.shape)}{t.dtype}{t.layout}{t.requires_grad}".encode())
+            try:
+                h.update(t.to(torch.float64 if t.is_floating_point() else t.dtype).contiguous().view(-1)
+                         .numpy().tobytes())
+                h.update(str(tuple(t.stride())).encode())
+            except Exception:  # noqa: BLE001 - unreadable bytes: this sample is its own
+                h.update(f"id{id(x)}".encode())
         elif isinstance(x, (list, tuple)):
             h.update(f"{type(x).__name__}[".encode())
             for e in x:
@@ -274,7 +281,7 @@ def run_op(task: OpTask) -> EntryAudit:
         for eps in task.inject:
             for label, (fn, leaves, names) in calls.items():
                 injections.append(injection_test(fn, leaves, names, eps, sample=label, dtype=task.dtype,
-                                                 seed=stable_seed(task.name, "inject", eps)))
+                                                 seed=stable_seed(task.name, "inject", eps), timeout=task.timeout))
     status = entry_status(samples)
     if not samples and not note:
         note = "no sample inputs"

@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from ..errors import GradcheckSymError, LimitError, UnsupportedError
 from ..scale.guard import TaskTimeout, deadline
+from ..scale.pool import beat
 from .records import Gradcheck, SampleAudit, Worst
 
 __all__ = ["check_sample", "reason_of", "worst_of", "describe_inputs", "run_gradcheck"]
@@ -220,6 +221,7 @@ def check_sample(fn: Callable[..., Any], inputs: Sequence[Any], names: Sequence[
         return make("timeout", reason=f"the plain call ran past the {timeout:g} s timeout")
     except Exception as exc:  # noqa: BLE001 - a sample torch itself cannot run: nothing to check
         return make("skipped", reason=f"the sample raises in plain torch: {type(exc).__name__}: {reason_of(str(exc))}")
+    beat()
     subject = fn if order == 1 else _scalarize(fn, example, seed)
     if order == 2 and not any(True for _ in _float_outputs(example)):
         return make("skipped", reason="no differentiable output")
@@ -266,6 +268,7 @@ def check_sample(fn: Callable[..., Any], inputs: Sequence[Any], names: Sequence[
         reason, detail = _tool_error(exc)
         result = make("tool-error", reason=reason, detail=detail, seconds=time.perf_counter() - start)
     if gradcheck and dtype == "float64":
+        beat()
         g = run_gradcheck(fn, inputs, order, nondet_tol=nondet_tol, fast_mode=fast_mode, timeout=timeout)
     else:
         g = Gradcheck("not-run", "gradcheck runs in float64 only" if gradcheck else "")

@@ -146,7 +146,7 @@ def _context() -> Any:
     return multiprocessing.get_context("spawn")
 
 
-_BASE_PRELOAD = ["torch", "sympy", "gradcheck_sym.api"]
+_BASE_PRELOAD = ["torch", "sympy", "gradcheck_sym.api", "gradcheck_sym.scale._warm"]
 
 
 def warm_up(preload: Sequence[str] = ()) -> None:
