@@ -127,8 +127,8 @@ def _sample(monkeypatch, outcome):
     return check_sample(torch.sin, [torch.tensor([0.5], dtype=torch.float64)], ["x"], source="sample", index=0)
 
 
-def _report(*findings):
-    return Report("f", ("x",), "float64", 1, 1, None, "", "", tuple(findings), ())
+def _report(*findings, checked=1):
+    return Report("f", ("x",), "float64", 1, 1, None, "", "", tuple(findings), (), checked=checked)
 
 
 def test_classification_of_refusals_findings_and_our_own_errors(monkeypatch):
@@ -149,6 +149,18 @@ def test_classification_of_refusals_findings_and_our_own_errors(monkeypatch):
                                                   "ZeroDivisionError: division by zero")
     s = _sample(monkeypatch, _report())
     assert s.status == "verified"
+    s = _sample(monkeypatch, _report(Finding("outside-domain", "info", "", "the output is NaN."), checked=0))
+    assert (s.status, s.reason) == ("not-traced", "nothing was compared: an output is NaN or infinite at every point "
+                                                  "(outside-domain)")
+
+
+def test_an_entry_torch_itself_expects_to_fail_says_so():
+    result = gs.audit_torch("float", samples_per_op=1, sources=("sample",), executor=SerialExecutor())
+    (entry,) = result.entries
+    assert entry.note == "torch's own TestBwdGradients.test_fn_grad expects this entry to fail"
+    ((_, sample, text),) = result.disagreements()
+    assert (sample.status, sample.gradcheck.verdict) == ("verified", "fail")
+    assert text.endswith("Note: torch's own TestBwdGradients.test_fn_grad expects this entry to fail.")
 
 
 def test_disagreements_are_explained():

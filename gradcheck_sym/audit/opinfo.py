@@ -175,6 +175,38 @@ def sample_call(op: Any, sample: Any) -> tuple[Any, list[Any], list[str]]:
     return fn, leaves, names
 
 
+def torch_expectation(op: Any, dtype: str, device: str, order: int) -> str:
+    """What torch's own gradient test does with this entry ("" when it runs it and expects a pass).
+
+    Read from the entry's DecorateInfo: TestBwdGradients (test_fn_grad, or test_fn_gradgrad at order 2)
+    marked skip or expectedFailure for this dtype and device. A disagreement with gradcheck on such an
+    entry is one torch already knows about.
+    """
+    import torch
+
+    test = "test_fn_grad" if order == 1 else "test_fn_gradgrad"
+    kind = torch.device(device).type
+    for info in getattr(op, "decorators", ()) or ():
+        if getattr(info, "cls_name", None) not in ("TestBwdGradients", "TestGradients"):
+            continue
+        if getattr(info, "test_name", None) not in (None, test):
+            continue
+        dtypes = getattr(info, "dtypes", None)
+        if dtypes and _dtype(dtype) not in dtypes:
+            continue
+        if getattr(info, "device_type", None) not in (None, kind):
+            continue
+        if not getattr(info, "active_if", True):
+            continue
+        for deco in getattr(info, "decorators", ()):
+            name = getattr(deco, "__qualname__", "") or getattr(deco, "__name__", "")
+            if "expectedFailure" in name:
+                return f"torch's own TestBwdGradients.{test} expects this entry to fail"
+            if "skip" in name.lower():
+                return f"torch's own TestBwdGradients.{test} skips this entry"
+    return ""
+
+
 def _fingerprint(sample: Any) -> str:
     """Equal for two SampleInputs with the same tensors (values, shapes, dtypes) and arguments.
 
@@ -285,5 +317,7 @@ def run_op(task: OpTask) -> EntryAudit:
     status = entry_status(samples)
     if not samples and not note:
         note = "no sample inputs"
+    expectation = torch_expectation(op, task.dtype, task.device, task.order)
+    note = "; ".join(x for x in (note, expectation) if x)
     return EntryAudit(task.name, "opinfo", task.dtype, task.order, status, note, tuple(samples), duplicates,
                       tuple(injections))

@@ -84,6 +84,8 @@ class SampleAudit:
         checked: comparisons made.
         seconds: wall time of the check.
         gradcheck: torch's verdict on the same inputs.
+        cpu_seconds: CPU time of the whole sample (plain call, check and gradcheck) on its thread:
+            what a machine's other load does not inflate, for estimates of a full audit's cost.
     """
 
     source: str
@@ -98,6 +100,7 @@ class SampleAudit:
     checked: int = 0
     seconds: float = 0.0
     gradcheck: Gradcheck = Gradcheck("not-run")
+    cpu_seconds: float = 0.0
 
     @property
     def label(self) -> str:
@@ -267,11 +270,12 @@ class AuditResult:
         return [(e, s) for e in self.entries for s in e.samples]
 
     def disagreements(self) -> list[tuple[EntryAudit, SampleAudit, str]]:
+        """Every sample whose verdict differs from gradcheck's, with the explanation (and the entry's note)."""
         out = []
         for e, s in self.samples():
             text = s.disagreement()
             if text:
-                out.append((e, s, text))
+                out.append((e, s, f"{text} Note: {e.note}." if e.note else text))
         return out
 
     def summary(self) -> dict[str, Any]:
@@ -368,9 +372,9 @@ def entry_dict(entry: EntryAudit, times: bool = True) -> dict[str, Any]:
 
 
 def strip_times(d: Any) -> Any:
-    """A copy without the wall-time fields ("seconds"): what must be equal across executors and resumes."""
+    """A copy without the time fields ("seconds", "cpu_seconds"): what must be equal across executors and resumes."""
     if isinstance(d, dict):
-        return {k: strip_times(v) for k, v in d.items() if k not in ("seconds", "median_seconds",
+        return {k: strip_times(v) for k, v in d.items() if k not in ("seconds", "cpu_seconds", "median_seconds",
                                                                       "gradcheck_median_seconds")}
     if isinstance(d, list):
         return [strip_times(v) for v in d]
@@ -386,7 +390,7 @@ def entry_from_dict(d: dict[str, Any]) -> EntryAudit:
         return SampleAudit(
             s["source"], s["index"], s["inputs"], s["status"], s.get("reason", ""), s.get("detail", ""),
             tuple(tuple(f) for f in s.get("findings", ())), worst, s.get("points", 0), s.get("checked", 0),
-            s.get("seconds", 0.0), Gradcheck(**s.get("gradcheck", {"verdict": "not-run"})))
+            s.get("seconds", 0.0), Gradcheck(**s.get("gradcheck", {"verdict": "not-run"})), s.get("cpu_seconds", 0.0))
 
     return EntryAudit(
         d["name"], d["kind"], d["dtype"], d["order"], d["status"], d.get("note", ""),

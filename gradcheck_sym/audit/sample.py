@@ -10,7 +10,9 @@ when the engine behind them changes. How a result is classified:
 - it raises another typed error → not traced, except `FunctionError` (the function
   raised under the checker) while the same call runs in plain torch → tool error;
 - it raises anything else → tool error (a bug of ours: counted, never hidden);
-- otherwise verified, or failed when the report has an error finding.
+- otherwise verified, or failed when the report has an error finding; but an OK report
+  that compared nothing (``checked == 0``) is not traced ("nothing was compared"), or
+  skipped when every differentiable input is empty.
 """
 
 from __future__ import annotations
@@ -210,6 +212,7 @@ def check_sample(fn: Callable[..., Any], inputs: Sequence[Any], names: Sequence[
     import gradcheck_sym as gs
 
     described = describe_inputs(names, inputs)
+    cpu = time.thread_time()
 
     def make(status: str, **kw: Any) -> SampleAudit:
         return SampleAudit(source, index, described, status, **kw)  # type: ignore[arg-type]
@@ -240,6 +243,15 @@ def check_sample(fn: Callable[..., Any], inputs: Sequence[Any], names: Sequence[
         if not_verified:
             result = make("not-traced", reason=reason_of(not_verified[0].message), detail=not_verified[0].message,
                           **common)
+        elif not errors and report.checked == 0:
+            # An OK report that compared nothing is no verification (issue 9's silent "ok").
+            if _numel(inputs) == 0:
+                result = make("skipped", reason="every differentiable input is empty", **common)
+            else:
+                outside = report.by_kind("outside-domain")
+                why = ": an output is NaN or infinite at every point (outside-domain)" if outside else ""
+                result = make("not-traced", reason="nothing was compared" + why,
+                              detail=outside[0].message if outside else "", **common)
         elif errors:
             result = make("failed", reason=f"{errors[0].kind} {errors[0].node}: {reason_of(errors[0].message)}",
                           detail=errors[0].message, **common)
@@ -273,7 +285,8 @@ def check_sample(fn: Callable[..., Any], inputs: Sequence[Any], names: Sequence[
     else:
         g = Gradcheck("not-run", "gradcheck runs in float64 only" if gradcheck else "")
     return SampleAudit(result.source, result.index, result.inputs, result.status, result.reason, result.detail,
-                       result.findings, result.worst, result.points, result.checked, result.seconds, g)
+                       result.findings, result.worst, result.points, result.checked, result.seconds, g,
+                       time.thread_time() - cpu)
 
 
 def _numel(x: Any) -> int:
