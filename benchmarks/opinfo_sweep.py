@@ -108,4 +108,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt as exc:
+        print(f"interrupted ({getattr(exc, 'written', '?')} entries written): run again with --resume to finish",
+              file=sys.stderr)
+        sys.exit(130)

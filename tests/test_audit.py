@@ -285,3 +285,12 @@ def test_audited_marks_without_changing_the_function():
     assert f.__gradcheck_sym_audit__.order == 2
     with pytest.raises(InputError):
         audited(order=3)
+
+
+def test_an_entry_checked_in_parts_is_the_entry_checked_whole():
+    options = dict(samples_per_op=3, inject=(1e-4,), executor=SerialExecutor())
+    # where's samples 0.. include one that is not verified first, so its injection runs in the last phase
+    whole = gs.audit_torch("where,clamp", samples_per_task=100, **options)
+    parts = gs.audit_torch("where,clamp", samples_per_task=1, **options)
+    assert strip_times(parts.to_dict()) == strip_times(whole.to_dict())
+    assert all(e.injections for e in whole.entries if e.count("verified"))

@@ -19,14 +19,15 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 from ..errors import InputError, UnsupportedError
 from ..scale.guard import TaskTimeout, stable_seed, task_conditions
 from ..scale.pool import beat
 from .records import EntryAudit, SampleAudit, entry_status
 
-__all__ = ["OpTask", "load_op_db", "select_ops", "run_op", "sample_call", "DTYPES"]
+__all__ = ["OpTask", "SampleCount", "load_op_db", "select_ops", "run_op", "sample_call", "torch_expectation",
+           "DTYPES"]
 
 DTYPES = ("float64", "float32", "float16", "bfloat16")
 
@@ -114,7 +115,16 @@ def select_ops(ops: str | Sequence[str] | None = None, device: str = "cpu") -> l
 
 @dataclass(frozen=True)
 class OpTask:
-    """One entry at one dtype and order: what a worker needs to audit it."""
+    """One entry at one dtype and order, or a part of it: what a worker needs to audit it.
+
+    Attributes:
+        part: "entry" (every sample, then the injection), "count" (how many distinct samples:
+            a `SampleCount`), "samples" (the samples at positions `span`, and the injection if the
+            span starts at 0 and one of them is verified) or "inject" (the injection only, into the
+            sample at position `inject_at`). Positions count the distinct samples in order, sample
+            inputs first; the samples are drawn the same way in every part, so the parts of an
+            entry checked on different workers are the entry checked in one piece.
+    """
 
     name: str
     dtype: str = "float64"
@@ -125,6 +135,19 @@ class OpTask:
     inject: tuple[float, ...] = ()
     timeout: float | None = None
     sources: tuple[str, ...] = ("sample", "reference")
+    part: Literal["entry", "count", "samples", "inject"] = "entry"
+    span: tuple[int, int] | None = None
+    inject_at: int | None = None
+
+
+@dataclass(frozen=True)
+class SampleCount:
+    """The answer to a "count" part: distinct samples, duplicates skipped, a note; or the entry, skipped."""
+
+    n: int
+    duplicates: int = 0
+    note: str = ""
+    skipped: EntryAudit | None = None
 
 
 def sample_call(op: Any, sample: Any) -> tuple[Any, list[Any], list[str]]:
@@ -245,16 +268,19 @@ def _fingerprint(sample: Any) -> str:
     return h.hexdigest()
 
 
-def _samples(op: Any, task: OpTask) -> Iterator[tuple[str, int, Any] | str]:
-    """(source, index, SampleInput) in order, and the string "duplicate" for each reference input already seen."""
+def _samples(op: Any, task: OpTask, stop: int | None = None) -> Iterator[tuple[int, str, int, Any] | str]:
+    """(position, source, index, SampleInput) for the distinct samples before position `stop`, in order; the
+    string "duplicate" for each reference input equal to one already seen."""
     import torch
 
     seen: set[str] = set()
+    position = 0
     for source in task.sources:
         maker = op.sample_inputs if source == "sample" else op.reference_inputs
         n = 0
         for index, sample in enumerate(maker(task.device, torch.float64, requires_grad=True)):
-            if task.samples_per_op is not None and n >= task.samples_per_op:
+            if (task.samples_per_op is not None and n >= task.samples_per_op) or (stop is not None and
+                                                                                  position >= stop):
                 break
             fp = _fingerprint(sample)
             if fp in seen:
@@ -262,38 +288,58 @@ def _samples(op: Any, task: OpTask) -> Iterator[tuple[str, int, Any] | str]:
                 continue
             seen.add(fp)
             n += 1
-            yield source, index, sample
+            yield position, source, index, sample
+            position += 1
 
 
-def run_op(task: OpTask) -> EntryAudit:
-    """Audit one entry (every sample, then the error injection); never raises."""
-    beat()
+def _refusal(task: OpTask) -> EntryAudit | None:
+    """The entry, skipped, when it cannot be audited at this dtype and order (None when it can)."""
     op = _by_name().get(task.name)
+
+    def skipped(note: str) -> EntryAudit:
+        return EntryAudit(task.name, "opinfo", task.dtype, task.order, "skipped", note=note)
+
     if op is None:
-        return EntryAudit(task.name, "opinfo", task.dtype, task.order, "skipped",
-                          note=f"no OpInfo entry {task.name!r} in this torch")
+        return skipped(f"no OpInfo entry {task.name!r} in this torch")
     if not auditable(op, task.dtype, task.device):
-        return EntryAudit(task.name, "opinfo", task.dtype, task.order, "skipped",
-                          note=f"no autograd support in {task.dtype} on {task.device}")
+        return skipped(f"no autograd support in {task.dtype} on {task.device}")
     if task.order == 2 and not op.supports_gradgrad:
-        return EntryAudit(task.name, "opinfo", task.dtype, task.order, "skipped",
-                          note="the entry does not support gradgrad (supports_gradgrad=False)")
+        return skipped("the entry does not support gradgrad (supports_gradgrad=False)")
+    return None
+
+
+def run_op(task: OpTask) -> EntryAudit | SampleCount:
+    """Audit one entry, or the part of it `task.part` says (see `OpTask`); never raises."""
+    beat()
+    refusal = _refusal(task)
+    if refusal is not None:
+        return SampleCount(0, skipped=refusal) if task.part == "count" else refusal
+    op = _by_name()[task.name]
     from .inject import injection_test
     from .sample import check_sample
 
+    start, stop = task.span if task.span is not None else (0, None)
+    if task.part == "inject":
+        start, stop = task.inject_at, task.inject_at + 1  # type: ignore[operator]
     samples: list[SampleAudit] = []
     calls: dict[str, tuple[Any, list[Any], list[str]]] = {}
-    duplicates = 0
+    duplicates = distinct = 0
     note = ""
     with task_conditions(stable_seed("gradcheck-sym audit", task.name)):
         try:
-            for item in _samples(op, task):
+            for item in _samples(op, task, stop):
                 if item == "duplicate":
                     duplicates += 1
                     continue
-                source, index, sample = item  # type: ignore[misc]
+                position, source, index, sample = item  # type: ignore[misc]
+                distinct += 1
+                if task.part == "count" or position < start:
+                    continue
                 beat()
                 fn, leaves, names = sample_call(op, sample)
+                if task.part == "inject":
+                    calls[f"{source} {index}"] = (fn, leaves, names)
+                    continue
                 if not leaves:
                     samples.append(SampleAudit(source, index, "", "skipped", reason="no input requires grad"))
                     continue
@@ -303,21 +349,31 @@ def run_op(task: OpTask) -> EntryAudit:
                     timeout=task.timeout, nondet_tol=op.gradcheck_nondet_tol,
                     fast_mode=bool(op.gradcheck_fast_mode))
                 samples.append(result)
-                if result.status == "verified" and task.inject and not calls:
+                if result.status == "verified" and task.inject and start == 0 and not calls:
                     calls[result.label] = (fn, leaves, names)
         except TaskTimeout:
             note = "sample generation ran past the timeout"
         except Exception as exc:  # noqa: BLE001 - torch's sample generator failed: not ours, said as such
             note = f"torch's sample inputs could not be generated: {type(exc).__name__}: {exc}"
+        if task.part == "count":
+            return SampleCount(distinct, duplicates, note)
         injections = []
         for eps in task.inject:
             for label, (fn, leaves, names) in calls.items():
                 injections.append(injection_test(fn, leaves, names, eps, sample=label, dtype=task.dtype,
                                                  seed=stable_seed(task.name, "inject", eps), timeout=task.timeout))
-    status = entry_status(samples)
+    if task.part != "entry":
+        return EntryAudit(task.name, "opinfo", task.dtype, task.order, entry_status(samples), note, tuple(samples),
+                          duplicates, tuple(injections))
+    return finish_entry(op, task, samples, duplicates, note, injections)
+
+
+def finish_entry(op: Any, task: OpTask, samples: Sequence[SampleAudit], duplicates: int, note: str,
+                 injections: Sequence[Any]) -> EntryAudit:
+    """The entry from all its samples: status, notes (and what torch's own test expects)."""
     if not samples and not note:
         note = "no sample inputs"
     expectation = torch_expectation(op, task.dtype, task.device, task.order)
     note = "; ".join(x for x in (note, expectation) if x)
-    return EntryAudit(task.name, "opinfo", task.dtype, task.order, status, note, tuple(samples), duplicates,
-                      tuple(injections))
+    return EntryAudit(task.name, "opinfo", task.dtype, task.order, entry_status(samples), note, tuple(samples),
+                      duplicates, tuple(injections))
