@@ -51,6 +51,10 @@ __all__ = [
     "UnsupportedError",
     "TimeLimitError",
     "InternalError",
+    "audit_torch",
+    "audit_package",
+    "audited",
+    "check_many",
     "__version__",
 ]
 
@@ -65,12 +69,18 @@ _LAZY = {
     "Finding": "report",
     "Example": "report",
     "NodeRow": "report",
+    "audit_torch": "audit",
+    "audit_package": "audit",
+    "audited": "audit",
+    "check_many": "scale",
 }
 
 if TYPE_CHECKING:
     from .api import assert_gradients, check, check_function, check_graph
     from .report import Example, Finding, NodeRow, Report
     from .front.script import RunReport, run_script
+    from .audit import audit_package, audit_torch, audited
+    from .scale import check_many
 
 
 def __getattr__(name: str) -> Any:

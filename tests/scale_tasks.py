@@ -1,0 +1,59 @@
+"""Task functions for the process-pool tests: module-level, so the workers can import them by name."""
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from gradcheck_sym.scale.guard import deadline
+
+
+def square(task):
+    return task * task
+
+
+def die_once(task):
+    """Kills its own worker the first time (a marker file remembers), then answers."""
+    marker = Path(task["marker"])
+    if task.get("die") and not marker.exists():
+        marker.write_text("died")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return task["value"]
+
+
+def always_exit(task):
+    if task.get("die"):
+        os._exit(3)
+    return task["value"]
+
+
+def spin(task):
+    """A Python loop the deadline can stop (between bytecodes)."""
+    with deadline(task["deadline"]):
+        while True:
+            pass
+
+
+def sleep(task):
+    """A C call the deadline cannot interrupt: only the pool's kill stops it."""
+    time.sleep(task)
+    return task
+
+
+def start_pool_and_die(task):
+    """In a child process: start a pool, give its worker a long task, then die without cleaning up."""
+    from gradcheck_sym.scale import ProcessPool
+
+    pool = ProcessPool(1)
+    pool.start()
+    pid = pool.pids[0]
+    pool._workers[0].conn.send((0, sleep, 600))
+    Path(task).write_text(str(pid))
+    os._exit(0)
+
+
+def busyloop(n):
+    s = 0
+    for i in range(n):
+        s += i
+    return s
