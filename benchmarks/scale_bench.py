@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     # -- Dask -------------------------------------------------------------------------------------
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
                       silence_logs=50) as cluster, Client(cluster) as client:
         client.run(lambda: __import__("gradcheck_sym.api") and __import__(OPINFO))  # import before timing
         td, dask_out = timed(lambda: lines(gs.check_many(rows, executor=client)))

@@ -18,6 +18,7 @@ from .front.from_sympy import is_sympy, sympy_name, sympy_to_text
 from .front.parse import Limits, parse
 from .judge.points import make_points
 from .report import Report
+from .report.records import Formula
 from .reference.symbolic import derive
 
 __all__ = ["check", "check_graph", "check_function", "assert_gradients"]
@@ -67,8 +68,10 @@ def check(
         >>> check("sin(x)*exp(y)", at={"x": 0.7, "y": 1.3}).ok
         True
     """
+    user_symbols = None
     if is_sympy(expression):
         # A sympy object, walked against the same whitelist and printed in our syntax: never sympify.
+        user_symbols = {str(s): s for s in expression.free_symbols}
         expression = sympy_to_text(expression)
         at = _names_of(at)
         domain = _names_of(domain)
@@ -86,7 +89,19 @@ def check(
         raise
     except Exception as exc:  # noqa: BLE001 - see _check_graph
         raise InternalError(exc) from exc
-    return _check_graph(graph, at, domain, samples, seed, dtype, order, limits, chunk_size, progress, deadline)
+    report = _check_graph(graph, at, domain, samples, seed, dtype, order, limits, chunk_size, progress, deadline)
+    return report if user_symbols is None else _in_user_symbols(report, user_symbols)
+
+
+def _in_user_symbols(report: Report, symbols: dict[str, Any]) -> Report:
+    """The report's formulas in the user's own sympy symbols (with their assumptions), not ours."""
+    import dataclasses
+
+    def own(f: Formula) -> Formula:
+        e = f.expr.xreplace({s: symbols[str(s)] for s in f.expr.free_symbols if str(s) in symbols})
+        return dataclasses.replace(f, expr=e)
+
+    return dataclasses.replace(report, derivatives=tuple(own(f) for f in report.derivatives))
 
 
 def _names_of(mapping: Mapping[Any, Any] | None) -> dict[str, Any] | None:

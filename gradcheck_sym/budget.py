@@ -130,7 +130,6 @@ def run_bounded(fn: Callable[[], T], seconds: float | None, *, name: str = "grad
     lock = threading.Lock()  # `done` is set and read under it: no interruption lands after the work
 
     def target() -> None:
-        me = threading.get_ident()
         while True:
             try:
                 if not box.get("ran"):
@@ -143,7 +142,8 @@ def run_bounded(fn: Callable[[], T], seconds: float | None, *, name: str = "grad
                         box["error"] = exc
                 with lock:
                     box["done"] = True
-                _set_async(me, None)  # an interruption still pending is dropped
+                if box.get("sent"):
+                    consume_pending(_Interrupted)
                 return
             except _Interrupted:  # landed outside `fn`: finish quietly
                 continue
@@ -167,9 +167,23 @@ def run_bounded(fn: Callable[[], T], seconds: float | None, *, name: str = "grad
     raise BudgetExceeded(f"over {seconds:g} s")
 
 
-def _set_async(ident: int, exc: type[BaseException] | None) -> None:
-    obj = ctypes.py_object(exc) if exc is not None else ctypes.c_void_p(None)
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), obj)
+def _set_async(ident: int, exc: type[BaseException]) -> None:
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(exc))
+
+
+def consume_pending(exc: type[BaseException]) -> None:
+    """Let an asynchronous `exc` still pending for this thread land here, and drop it.
+
+    Never cleared with ``PyThreadState_SetAsyncExc(id, NULL)``: in CPython 3.11 that leaves the
+    interpreter's eval breaker flagged, and threads started later under a threading profile hook
+    (what `run` installs to follow a script's threads) never reached their target.  A pending
+    exception is delivered at the next backward jump, so a short loop takes it.
+    """
+    try:
+        for _ in range(64):
+            pass
+    except exc:
+        pass
 
 
 def _interrupt(worker: threading.Thread, box: dict[str, Any], lock: threading.Lock) -> None:
@@ -180,6 +194,7 @@ def _interrupt(worker: threading.Thread, box: dict[str, Any], lock: threading.Lo
         with lock:
             if box.get("done") or worker.ident is None:
                 break
+            box["sent"] = True
             _set_async(worker.ident, _Interrupted)
         worker.join(0.05)
     worker.join(0.5)

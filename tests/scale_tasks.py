@@ -57,3 +57,30 @@ def busyloop(n):
     for i in range(n):
         s += i
     return s
+
+
+def dask_round_trip(rows_path: str, out_dir: str) -> None:
+    """In a process of its own (the test's process never loads distributed, whose threads outlive a closed
+    cluster): a real LocalCluster, `check_many` through a Client and `batch --scheduler`, outputs to files."""
+    import json
+
+    import distributed
+
+    import gradcheck_sym as gs
+    from gradcheck_sym.cli import main
+    from gradcheck_sym.scale.batch import result_line
+
+    rows = [json.loads(line) for line in Path(rows_path).read_text().splitlines()]
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                       silence_logs=50)
+    try:
+        with distributed.Client(cluster) as client:
+            results = gs.check_many(rows, executor=client, chunksize=2)
+        Path(out_dir, "client.jsonl").write_text("".join(result_line(r) for r in results))
+        head = Path(out_dir, "rows4.jsonl")
+        head.write_text("".join(json.dumps(r) + "\n" for r in rows[:4]))
+        code = main(["batch", str(head), "-o", str(Path(out_dir, "batch.jsonl")), "--scheduler",
+                     cluster.scheduler_address])
+        Path(out_dir, "code").write_text(str(code))
+    finally:
+        cluster.close()

@@ -74,3 +74,28 @@ def test_a_check_over_its_timeout_is_a_time_limit_error():
 
 def test_a_check_within_its_timeout_is_unchanged():
     assert gs.check("sin(x)*exp(y)", at={"x": 0.7, "y": 1.3}, timeout=60).ok
+
+
+def test_a_finished_bounded_run_leaves_no_pending_interruption_behind():
+    # Once, every run ended by clearing its thread's async exception (a NULL PyThreadState_SetAsyncExc),
+    # which flags the interpreter's eval breaker; a thread started later under a threading profile hook
+    # (what `run` installs to follow a script's threads) then never reached its target.
+    import sys
+    import threading
+
+    from gradcheck_sym.budget import run_bounded
+
+    assert run_bounded(lambda: 41 + 1, 5.0) == 42
+    ran = threading.Event()
+
+    def hook(frame, event, arg):
+        sys.setprofile(None)
+
+    threading.setprofile(hook)
+    try:
+        t = threading.Thread(target=ran.set, daemon=True)
+        t.start()
+        t.join(10)
+    finally:
+        threading.setprofile(None)
+    assert ran.is_set()

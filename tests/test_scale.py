@@ -4,6 +4,8 @@ import _thread
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +22,7 @@ from gradcheck_sym.scale.guard import TaskTimeout, deadline, stable_seed
 from . import scale_tasks
 from .conftest import corpus_entries
 
+ROOT = Path(__file__).resolve().parents[1]
 ROWS = [{"id": e["id"], "expr": e["expr"], "vars": e["vars"], "samples": 10} for e in corpus_entries()[::20]]
 
 
@@ -152,26 +155,17 @@ def test_a_row_past_its_timeout_is_reported():
     assert (r.status, r.error) == ("timeout", "the check ran past the 0.05 s timeout")
 
 
-@pytest.fixture(scope="module")
-def dask_cluster():
-    distributed = pytest.importorskip("distributed")
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                                       silence_logs=50)
-    yield cluster
-    cluster.close()
-
-
-@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::ResourceWarning")
-def test_a_dask_cluster_gives_the_same_bytes(dask_cluster, serial_output, tmp_path, capsys):
-    from distributed import Client
-
-    with Client(dask_cluster) as client:
-        assert lines(gs.check_many(ROWS, executor=client, chunksize=2)) == serial_output
+def test_a_dask_cluster_gives_the_same_bytes(serial_output, tmp_path):
+    pytest.importorskip("distributed")
     rows = tmp_path / "rows.jsonl"
-    rows.write_text("".join(json.dumps(r) + "\n" for r in ROWS[:4]))
-    out = tmp_path / "out.jsonl"
-    assert main(["batch", str(rows), "-o", str(out), "--scheduler", dask_cluster.scheduler_address]) == 0
-    assert out.read_text() == "".join(serial_output.splitlines(keepends=True)[:4])
+    rows.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    code = f"from tests import scale_tasks; scale_tasks.dask_round_trip({str(rows)!r}, {str(tmp_path)!r})"
+    done = subprocess.run([sys.executable, "-W", "ignore", "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "client.jsonl").read_text() == serial_output
+    assert (tmp_path / "code").read_text() == "0"
+    assert (tmp_path / "batch.jsonl").read_text() == "".join(serial_output.splitlines(keepends=True)[:4])
 
 
 # -- gradcheck-sym batch ------------------------------------------------------------------------------------------

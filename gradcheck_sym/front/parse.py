@@ -29,6 +29,7 @@ from ..budget import NO_DEADLINE, Deadline
 from ..errors import InputError, LimitError, ParseError, UnknownFunctionError, unusual_letters
 from ..ir.graph import Graph, Node
 from ..ops import BINOPS, COMPARISONS, CONSTANTS, FUNCTIONS, suggest
+from .sympy_names import RENAMED, rewrite_sympy_names
 from .text import Text, prescan, syntax_tree
 
 __all__ = ["Limits", "parse"]
@@ -150,7 +151,7 @@ def parse(
     text = Text(stripped)
     deadline = deadline or NO_DEADLINE
     prescan(text, limits.max_int_digits)
-    tree = syntax_tree(text, limits.max_chars, deadline)
+    tree = rewrite_sympy_names(syntax_tree(text, limits.max_chars, deadline), stripped, text.error)
     return _Builder(text, variables, set(as_variables), limits, deadline).build(tree)
 
 
@@ -309,7 +310,7 @@ class _Builder:
         if self.text.is_ascii:
             return
         written = self.text.written(node)
-        if written and written != name:
+        if written and written != name and RENAMED.get(written) != name:
             raise self.text.error(
                 f"the name {written!r} is written with compatibility characters (fullwidth or mathematical "
                 f"letters) that Python reads as {name!r}", node,

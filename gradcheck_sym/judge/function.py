@@ -9,6 +9,7 @@ was not.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import os
 import sys
@@ -19,7 +20,7 @@ import torch
 from ..autograd.user import TracedRun, run_traced
 from ..errors import GradcheckSymError, InputError
 from ..front.parse import parse
-from ..report.records import NodeRow, Report
+from ..report.records import Formula, NodeRow, Report
 from .samples import check_domain, sample_points
 from .tensor import FunctionJudge
 from .tensor_findings import element_name
@@ -119,7 +120,8 @@ def check_traced_function(fn: Any, inputs: tuple, *, names: Sequence[str] | None
                 continue
             k += 1
             judge.point(k, run)
-    return _report(fn, arg_names, input_names, first, judge, dtype, order, used_seed, expected, redrawn)
+    report = _report(fn, arg_names, input_names, first, judge, dtype, order, used_seed, expected, redrawn)
+    return dataclasses.replace(report, derivatives=getattr(make, "formulas", ()))
 
 
 def _expected_run(expected: str, call: Callable[[list[torch.Tensor]], Any], names: list[str]) -> Any:
@@ -144,6 +146,9 @@ def _expected_run(expected: str, call: Callable[[list[torch.Tensor]], Any], name
 
     syms = {sympy.Symbol(n, real=True): X[i] for i, n in enumerate(names)}
     fn = EwFn(f"expected {expected}", expr.xreplace(syms), len(names))
+    # the exact derivatives as formulas, per input (elementwise: the same formula for every element)
+    formulas = tuple(Formula(n, i, str(g), sympy.latex(g), g) for i, n in enumerate(names)
+                     if n in graph.variables for g in [sympy.diff(expr, sympy.Symbol(n, real=True))])
 
     def make(vals: list[torch.Tensor]) -> TracedRun:
         leaves = [v.detach().clone().requires_grad_(True) for v in vals]
@@ -170,6 +175,7 @@ def _expected_run(expected: str, call: Callable[[list[torch.Tensor]], Any], name
                              f"{shape}") from None
         return TracedRun(leaves, outputs, [shape], tr, tr.program([h]), tr.env())
 
+    make.formulas = formulas  # type: ignore[attr-defined]
     return make
 
 

@@ -12,7 +12,8 @@ import json
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Literal
 
-__all__ = ["SCHEMA_VERSION", "Severity", "Example", "CutLocation", "Finding", "NodeRow", "Report", "KIND_SEVERITY"]
+__all__ = ["SCHEMA_VERSION", "Severity", "Example", "CutLocation", "Finding", "NodeRow", "Formula", "Report",
+           "KIND_SEVERITY"]
 
 SCHEMA_VERSION = 1
 Severity = Literal["error", "warning", "info"]
@@ -138,6 +139,20 @@ class NodeRow:
 
 
 @dataclass(frozen=True)
+class Formula:
+    """An exact derivative as a formula, d(output)/d(`of`), written in the variables.
+
+    `expr` is the sympy object (not in the JSON: `text` and `latex` are its printed forms).
+    """
+
+    of: str
+    node: int
+    text: str
+    latex: str
+    expr: Any = field(default=None, compare=False, repr=False, metadata={"json": False})
+
+
+@dataclass(frozen=True)
 class Report:
     """The result of one check.
 
@@ -157,6 +172,9 @@ class Report:
         first_point: the first point (the table's values are there).
         edges: (from node id, to node id, cut) between the table's nodes, for pictures; cut
             names the cut ("detach", "no_grad") on an edge autograd does not follow.
+        derivatives: the exact derivatives as formulas (sympy objects, text and LaTeX): of the
+            output with respect to each variable, then to each intermediate node, where the
+            written-out formula is small (see `reference.formulas`).
     """
 
     expression: str
@@ -173,11 +191,20 @@ class Report:
     high_precision_points: int = 0
     first_point: dict[str, float] = field(default_factory=dict)
     edges: tuple[tuple[int, int, str], ...] = ()
+    derivatives: tuple[Formula, ...] = ()
 
     @property
     def ok(self) -> bool:
         """False exactly when a finding of severity "error" exists."""
         return not any(f.severity == "error" for f in self.findings)
+
+    def derivative(self, of: str) -> Any:
+        """The exact d(output)/d(`of`) as a sympy expression (`of`: a variable or a node's text)."""
+        for f in self.derivatives:
+            if f.of == of:
+                return f.expr
+        known = ", ".join(f.of for f in self.derivatives) or "none (the formulas were too large to write out)"
+        raise KeyError(f"no derivative formula for {of!r}; there are: {known}")
 
     def errors(self) -> list[Finding]:
         return [f for f in self.findings if f.severity == "error"]
@@ -221,7 +248,7 @@ def _finite_json(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_finite_json(v) for v in obj]
     if is_dataclass(obj):
-        return {f.name: _finite_json(getattr(obj, f.name)) for f in _fields(type(obj))}
+        return {f.name: _finite_json(getattr(obj, f.name)) for f in _fields(type(obj)) if f.metadata.get("json", True)}
     return obj
 
 

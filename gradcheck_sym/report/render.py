@@ -224,7 +224,18 @@ def render_html(report: Report) -> str:
             f"<p>{report.n_points} points, {html.escape(report.dtype)}, order {report.order}. "
             f"<b>{html.escape(verdict)}</b></p>"
             + _html_table(["node", "grad_fn", "leaf", "value", "autograd grad", "symbolic grad", "status"], rows)
-            + _html_findings(report.findings) + _html_graph(report_picture(report)) + "</div>")
+            + _html_formulas(report) + _html_findings(report.findings) + _html_graph(report_picture(report))
+            + "</div>")
+
+
+def _html_formulas(report: Report) -> str:
+    """The exact derivatives as LaTeX (Jupyter typesets $$...$$ in HTML output)."""
+    variables = [f for f in report.derivatives if f.of in report.variables]
+    if not variables:
+        return ""
+    items = "".join(f"<li>$$\\frac{{\\partial f}}{{\\partial {html.escape(f.of)}}} = {html.escape(f.latex)}$$</li>"
+                    for f in variables)
+    return f"<p>exact derivatives (sympy; <code>report.derivative(name)</code> gives the object):</p><ul>{items}</ul>"
 
 
 def render_run_html(report: Any) -> str:

@@ -77,9 +77,11 @@ def deadline(seconds: float | None) -> Iterator[None]:
             state["done"] = True
         timer.cancel()
         if state["fired"]:
-            # Fired just as the block ended: clear the exception if it is still pending,
-            # so it cannot surface later in code that has nothing to do with the task.
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(tid), None)
+            # Fired just as the block ended: take the exception if it is still pending, so it
+            # cannot surface later in code that has nothing to do with the task.
+            from ..budget import consume_pending
+
+            consume_pending(TaskTimeout)
 
 
 @contextlib.contextmanager
