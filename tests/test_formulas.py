@@ -44,7 +44,7 @@ def test_a_cut_keeps_the_full_math_derivative():
 
 def test_the_html_view_typesets_the_formulas():
     html = gs.check("x**3", at={"x": 2.0})._repr_html_()
-    assert "$$\\frac{\\partial f}{\\partial x} = 3 x^{2}$$" in html
+    assert "<li>d out / d <code>x</code>: $$3 x^{2}$$</li>" in html
 
 
 def test_an_unknown_name_says_which_exist():
@@ -74,3 +74,31 @@ def test_check_function_with_expected_gives_the_elementwise_formula_per_input():
     s = sp.Symbol("x", real=True)
     assert r.ok and [f.of for f in r.derivatives] == ["x"]
     assert sp.simplify(r.derivative("x") - 2 * sp.sin(s) * sp.cos(s)) == 0
+
+
+def test_a_small_traced_call_gets_its_formulas_per_input_element():
+    import torch
+
+    x = torch.tensor([0.3, -1.2], dtype=torch.float64)
+    r = gs.check_function(lambda x: (torch.tanh(x) * x).sum(), x)
+    x0 = sp.Symbol("x_0", real=True)
+    assert [f.of for f in r.derivatives] == ["x[0]", "x[1]"]
+    assert sp.simplify(r.derivative("x[0]") - sp.diff(sp.tanh(x0) * x0, x0)) == 0
+
+
+def test_a_matrix_input_is_named_by_its_index_and_vector_outputs_by_theirs():
+    import torch
+
+    x = torch.tensor([0.3, -1.2], dtype=torch.float64)
+    w = torch.tensor([[0.5, 1.0], [2.0, -1.0]], dtype=torch.float64)
+    r = gs.check_function(lambda x, w: w @ x, x, w)
+    assert len(r.derivatives) == 12  # 2 outputs x (2 + 4) input elements
+    assert r.derivative("out[1]/w[1,0]") == sp.Symbol("x_0", real=True)
+    assert r.derivative("out[0]/x[1]") == sp.Symbol("w_0_1", real=True)
+
+
+def test_a_large_traced_call_writes_no_formula():
+    import torch
+
+    r = gs.check_function(lambda x: x.exp().sum(), torch.linspace(0, 1, 100, dtype=torch.float64))
+    assert r.ok and r.derivatives == ()

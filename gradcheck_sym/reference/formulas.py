@@ -51,3 +51,59 @@ def formulas(graph: Graph, d: Derivation, names: dict[int, str]) -> list[tuple[s
         if sympy.count_ops(expr) <= MAX_OPS:
             out.append((name, k, expr))
     return out
+
+
+# A traced function's formulas: its program evaluated on sympy symbols (one per input element) -- the
+# primitives' object-array rules, no derivative rule -- then `sympy.diff`.  Only for tiny calls.
+MAX_TRACED_INPUTS = 8  # input elements
+MAX_TRACED_OUTPUTS = 4  # output elements
+TRACED_SECONDS = 2.0
+
+
+def traced_formulas(program: Any, names: list[str], shapes: list[tuple[int, ...]]
+                    ) -> list[tuple[str, int, Any]]:
+    """[(of, input element index, sympy expr)] for a small traced call: d out[i]/d name[j], written in the
+    input elements (``w[0,1]`` is the symbol ``w_0_1``); [] when the call is larger than the bounds above,
+    an op has no object-array rule, a formula exceeds `MAX_OPS`, or sympy takes over `TRACED_SECONDS`."""
+    import numpy as np
+
+    from ..budget import BudgetExceeded, run_bounded
+    from ..ir.program import Var
+    from .interpret import ObjectEager, evaluate
+
+    sizes = [int(np.prod(s)) if s else 1 for s in shapes]
+    if sum(sizes) > MAX_TRACED_INPUTS:
+        return []
+    labels, arrays = [], []
+    for name, shape in zip(names, shapes):
+        index = [tuple(int(i) for i in np.unravel_index(j, shape)) for j in range(int(np.prod(shape)))] \
+            if shape else [()]
+        flat = [sympy.Symbol("_".join([name, *map(str, ix)]), real=True) for ix in index]
+        labels.append([f"{name}[{','.join(map(str, ix))}]" if shape else name for ix in index])
+        arrays.append(np.array(flat, dtype=object).reshape(shape))
+
+    def work() -> list[tuple[str, int, Any]]:
+        env = evaluate(program, arrays, interp=ObjectEager())
+        outs = []
+        for v in program.outputs:
+            if isinstance(v, Var):
+                outs += list(np.asarray(env[v.id], dtype=object).reshape(-1))
+        if len(outs) > MAX_TRACED_OUTPUTS or not all(isinstance(o, sympy.Basic) for o in outs):
+            return []
+        found = []
+        for i, out in enumerate(outs):
+            head = "out" if len(outs) == 1 else f"out[{i}]"
+            for arr, labs in zip(arrays, labels):
+                for k, (sym, lab) in enumerate(zip(arr.reshape(-1), labs)):
+                    g = sympy.diff(out, sym)
+                    if sympy.count_ops(g) > MAX_OPS:
+                        return []
+                    found.append((f"{head}/{lab}" if len(outs) > 1 else lab, k, g))
+        return found
+
+    try:
+        return run_bounded(work, TRACED_SECONDS, name="gradcheck-sym-formulas")
+    except BudgetExceeded:
+        return []
+    except Exception:  # noqa: BLE001 - a primitive without an object rule for symbols: no formula
+        return []

@@ -229,13 +229,16 @@ def render_html(report: Report) -> str:
 
 
 def _html_formulas(report: Report) -> str:
-    """The exact derivatives as LaTeX (Jupyter typesets $$...$$ in HTML output)."""
-    variables = [f for f in report.derivatives if f.of in report.variables]
-    if not variables:
+    """The exact derivatives as LaTeX (Jupyter typesets $$...$$ in HTML output); intermediate nodes' after
+    the variables', at most 12."""
+    shown = [f for f in report.derivatives if f.of in report.variables] or list(report.derivatives)
+    if not shown:
         return ""
-    items = "".join(f"<li>$$\\frac{{\\partial f}}{{\\partial {html.escape(f.of)}}} = {html.escape(f.latex)}$$</li>"
-                    for f in variables)
-    return f"<p>exact derivatives (sympy; <code>report.derivative(name)</code> gives the object):</p><ul>{items}</ul>"
+    items = "".join(f"<li>d out / d <code>{html.escape(f.of)}</code>: $${html.escape(f.latex)}$$</li>"
+                    for f in shown[:12])
+    more = f"<li>... and {len(shown) - 12} more</li>" if len(shown) > 12 else ""
+    return (f"<p>exact derivatives (sympy; <code>report.derivative(name)</code> gives the object):</p>"
+            f"<ul>{items}{more}</ul>")
 
 
 def render_run_html(report: Any) -> str:
