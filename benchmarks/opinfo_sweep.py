@@ -49,7 +49,8 @@ def _table(order1: AuditResult, order2: AuditResult | None, seconds: dict[str, f
     for eps, inj in s["injection"].items():
         rows.append((f"injected {eps} after each op: caught at every op (entries)",
                      f"{inj['caught']} of {inj['entries']} ({100 * inj['caught'] / max(inj['entries'], 1):.1f}%); "
-                     f"gradcheck {inj['gradcheck_caught']} of {inj['entries']}"))
+                     f"gradcheck {inj['gradcheck_caught']} of {inj['entries']}; no effect (gradient 0) on "
+                     f"{inj.get('no_effect', 0)}"))
     if order2 is not None:
         t = order2.summary()
         rows.append(("order 2 (gradgrad entries): traced on some sample", f"{t['traced_some_sample']} of "

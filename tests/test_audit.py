@@ -293,3 +293,14 @@ def test_an_entry_checked_in_parts_is_the_entry_checked_whole():
     parts = gs.audit_torch("where,clamp", samples_per_task=1, **options)
     assert strip_times(parts.to_dict()) == strip_times(whole.to_dict())
     assert all(e.injections for e in whole.entries if e.count("verified"))
+
+
+def test_an_injection_that_changes_no_gradient_is_not_a_miss():
+    # floor's gradient is 0: an error injected into the gradient flowing into it changes nothing autograd
+    # computes, so there is nothing to catch (once, every such entry counted as "missed")
+    result = gs.audit_torch("floor", samples_per_op=1, sources=("sample",), inject=(1e-4,), executor=SerialExecutor())
+    (inj,) = result.entries[0].injections
+    assert inj.caught == (None,) and not inj.effective and inj.missed == []
+    assert result.summary()["injection"]["0.0001"] == {"entries": 0, "caught": 0, "gradcheck_caught": 0,
+                                                       "no_effect": 1}
+    assert "floor eps=0.0001 (sample 0, 1 ops): no effect" in str(result)

@@ -146,23 +146,34 @@ class Injection:
         eps: the relative error (the incoming gradient of op k's output is multiplied by 1 + eps).
         sample: which sample ("sample 0").
         ops: the ops it was injected after, in call order.
-        caught: for each op, whether gradcheck-sym reported an error.
-        gradcheck_caught: for each op, whether gradcheck failed (empty when not run).
+        caught: for each op, whether gradcheck-sym reported an error; None where the injected error
+            did not change autograd's gradient at all (the op's gradient is 0 there: floor, ceil,
+            rounding division), so there was nothing to catch.
+        gradcheck_caught: for each op, whether gradcheck failed (empty when not run; None as above).
     """
 
     eps: float
     sample: str
     ops: tuple[str, ...]
-    caught: tuple[bool, ...]
-    gradcheck_caught: tuple[bool, ...] = ()
+    caught: tuple[bool | None, ...]
+    gradcheck_caught: tuple[bool | None, ...] = ()
+
+    @property
+    def effective(self) -> bool:
+        """Whether the error changed autograd's gradient after some op (else nothing was tested)."""
+        return any(c is not None for c in self.caught)
 
     @property
     def all_caught(self) -> bool:
-        return all(self.caught)
+        return all(c for c in self.caught if c is not None)
+
+    @property
+    def gradcheck_all_caught(self) -> bool:
+        return bool(self.gradcheck_caught) and all(c for c in self.gradcheck_caught if c is not None)
 
     @property
     def missed(self) -> list[str]:
-        return [f"{k}:{op}" for k, (op, c) in enumerate(zip(self.ops, self.caught)) if not c]
+        return [f"{k}:{op}" for k, (op, c) in enumerate(zip(self.ops, self.caught)) if c is False]
 
 
 @dataclass(frozen=True)
@@ -292,11 +303,12 @@ class AuditResult:
         injected = [e for e in entries if e.injections]
         inj: dict[str, Any] = {}
         for k, eps in enumerate(self.settings.get("inject") or ()):
-            with_eps = [e for e in injected if len(e.injections) > k]
+            tried = [e for e in injected if len(e.injections) > k]
+            with_eps = [e for e in tried if e.injections[k].effective]
             inj[f"{eps:g}"] = {"entries": len(with_eps),
                                "caught": sum(e.injections[k].all_caught for e in with_eps),
-                               "gradcheck_caught": sum(all(e.injections[k].gradcheck_caught or [False])
-                                                       for e in with_eps)}
+                               "gradcheck_caught": sum(e.injections[k].gradcheck_all_caught for e in with_eps),
+                               "no_effect": len(tried) - len(with_eps)}
         return {
             "entries": len(entries),
             "skipped_entries": len(self.entries) - len(entries),

@@ -72,7 +72,9 @@ def _summary_lines(result: "AuditResult") -> list[str]:
     ]
     for eps, inj in s["injection"].items():
         lines.append(f"injected relative error {eps} after each op: caught on {inj['caught']} of {inj['entries']} "
-                     f"entries (every op); gradcheck: {inj['gradcheck_caught']} of {inj['entries']}")
+                     f"entries (every op); gradcheck: {inj['gradcheck_caught']} of {inj['entries']}"
+                     + (f"; no effect on {inj['no_effect']} (gradient 0 through every op)" if inj.get("no_effect")
+                        else ""))
     return lines
 
 
@@ -101,10 +103,15 @@ def _sections(result: "AuditResult") -> list[tuple[str, list[str]]]:
         lines = []
         for e in injected:
             for i in e.injections:
+                if not i.effective:
+                    lines.append(f"{e.name} eps={i.eps:g} ({i.sample}, {len(i.ops)} ops): no effect (autograd's "
+                                 "gradient is 0 through every op: nothing to catch)")
+                    continue
                 missed = "all caught" if i.all_caught else "missed after " + ", ".join(i.missed)
-                gc = sum(i.gradcheck_caught)
+                tried = sum(c is not None for c in i.caught)
+                gc = sum(bool(c) for c in i.gradcheck_caught)
                 lines.append(f"{e.name} eps={i.eps:g} ({i.sample}, {len(i.ops)} ops): {missed}; gradcheck caught "
-                             f"{gc} of {len(i.ops)}")
+                             f"{gc} of {tried}")
         out.append(("error injection", lines))
     return out
 
