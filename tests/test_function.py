@@ -259,3 +259,18 @@ def test_torch_nan_at_a_kink_twice_is_its_convention():
     # the Hessian of the norm at 0: torch NaN, the subgradient convention 0 — a kink, not an error
     report = gs.check_function(lambda x: torch.linalg.vector_norm(x), torch.zeros(5, dtype=torch.float64), order=2)
     assert report.ok and [f.kind for f in report.findings] == ["nondifferentiable"], str(report)
+
+
+def test_ops_in_another_thread_are_not_verified_and_show_no_exact_value():
+    import threading
+
+    def h(x):
+        box = {}
+        t = threading.Thread(target=lambda: box.setdefault("y", torch.tanh(x) * 2))
+        t.start()
+        t.join()
+        return box["y"].sum()
+
+    report = gs.check_function(h, torch.tensor([0.3, -1.2, 2.0], dtype=torch.float64))
+    assert not report.ok and [f.kind for f in report.errors()] == ["not-verified"]
+    assert all(row.symbolic_grad is None and row.status == "not-verified" for row in report.nodes)
