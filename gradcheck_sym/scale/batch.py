@@ -243,19 +243,25 @@ def _points(value: Any, bad: Any) -> dict[str, Any]:
                     raise bad(f"at {value!r}: write name=value pairs, e.g. x=0.7,y=1.3 (points separated by ;)")
                 out.setdefault(name.strip(), []).append(_number(text, bad, f"at {value!r}"))
         return out
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            raise bad(f"at {value!r} is not valid JSON") from None
-    if not isinstance(value, dict):
-        raise bad(f"at must be an object {{name: value}}, not {value!r}")
+    value = _json_object(value, "at", "{name: value}", bad)
     for name, v in value.items():
         items = v if isinstance(v, list) else [v]
         for x in items:
             if isinstance(x, bool) or not isinstance(x, (int, float)):
                 raise bad(f"at: the value of {name!r} must be a number or a list of numbers, not {v!r}")
     return dict(value)
+
+
+def _json_object(value: Any, what: str, shape: str, bad: Any) -> dict[str, Any]:
+    """`value` as a JSON object (given as one, or as its text)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise bad(f"{what} {value!r} is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise bad(f"{what} must be an object {shape}, not {value!r}")
+    return value
 
 
 def _box(value: Any, key: str, bad: Any) -> dict[str, tuple[float, float]]:
@@ -269,13 +275,7 @@ def _box(value: Any, key: str, bad: Any) -> dict[str, tuple[float, float]]:
                 raise bad(f"{key} {value!r}: write name=low:high pairs, e.g. x=-1:1,y=0.5:2")
             out[name.strip()] = (_number(lo, bad, key), _number(hi, bad, key))
         return out
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            raise bad(f"{key} {value!r} is not valid JSON") from None
-    if not isinstance(value, dict):
-        raise bad(f"{key} must be an object {{name: [low, high]}}, not {value!r}")
+    value = _json_object(value, key, "{name: [low, high]}", bad)
     out = {}
     for name, v in value.items():
         if not isinstance(v, (list, tuple)) or len(v) != 2:
