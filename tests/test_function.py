@@ -274,3 +274,11 @@ def test_ops_in_another_thread_are_not_verified_and_show_no_exact_value():
     report = gs.check_function(h, torch.tensor([0.3, -1.2, 2.0], dtype=torch.float64))
     assert not report.ok and [f.kind for f in report.errors()] == ["not-verified"]
     assert all(row.symbolic_grad is None and row.status == "not-verified" for row in report.nodes)
+
+
+def test_integer_outputs_beside_floating_ones_are_left_out():
+    x = torch.tensor([[[0.3, -1.2, 2.0, 0.7]]], dtype=torch.float64)
+    report = gs.check_function(lambda x: torch.nn.functional.adaptive_max_pool1d(x, 2, return_indices=True), x)
+    assert report.ok and report.checked > 0
+    with pytest.raises(gs.UnsupportedError, match="output 0 has dtype int64, which has no gradient"):
+        gs.check_function(lambda x: x.argmax(-1, keepdim=True), x)

@@ -105,10 +105,17 @@ def shadow_vjp(shadow: Shadow, seeds: Sequence[torch.Tensor]) -> list[torch.Tens
 
 
 def check_outputs(out: Any) -> list[torch.Tensor]:
-    """The function's output as a list of floating tensors, or a clear error."""
+    """The function's output as a list of floating tensors, or a clear error.
+
+    Integer and boolean tensors beside floating ones (max_pool's indices, frexp's exponents) carry no
+    gradient and are left out; an output that is only such tensors is refused.
+    """
     outs = list(out) if isinstance(out, (tuple, list)) else [out]
     if not outs:
         raise UnsupportedError("the function returned nothing to differentiate", "return a tensor or a tuple of tensors")
+    floating = [t for t in outs if isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex())]
+    if floating and len(floating) < len(outs) and all(isinstance(t, torch.Tensor) for t in outs):
+        outs = floating
     for i, t in enumerate(outs):
         if not isinstance(t, torch.Tensor):
             raise UnsupportedError(f"output {i} is a {type(t).__name__}, not a tensor",
