@@ -26,7 +26,7 @@ from ..judge.backward import BackwardVerifier
 from ..report.run import EXPLANATIONS, SEVERITY, BackwardRow, RunFinding, RunReport, TensorRow, assigned_name, \
     summary_value
 from .script_tracer import ScriptTracer
-from .tracer import OVERRIDES_PY, hidden_frame
+from .tracer_sites import OVERRIDES_PY, hidden_frame
 
 __all__ = ["run_script", "RunReport"]
 

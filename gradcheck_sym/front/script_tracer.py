@@ -26,7 +26,9 @@ import torch
 
 from ..ir.program import Program, Var
 from ..reference.interpret import Traced
-from .tracer import Tracer, _name, _user_frame, dispatching_frame, foreign_types
+from .tracer import Tracer
+from .tracer_calls import _name, foreign_types
+from .tracer_sites import _user_frame, dispatching_frame
 
 __all__ = ["ScriptTracer", "Backward", "TensorInfo"]
 

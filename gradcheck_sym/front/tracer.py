@@ -19,16 +19,16 @@ a numpy-backed tensor that appears later is computed from it where we cannot
 see, and becomes ``opaque``.  A tensor with a graph that appears without an op we
 saw (torch.compile, TorchScript, a C++ extension, another thread) is ``opaque`` too.  Our own
 failures never reach the user's code: they become notes and opaque values.
+
+The bookkeeping lives beside this module: `tracer_sites` (where in the user's source),
+`tracer_calls` (naming a call), `tracer_storage` (records per tensor, shared storage) and
+`tracer_handles` (handles for the rules, cuts through values); `Tracer` composes them.
 """
 
 from __future__ import annotations
 
-import functools
-import linecache
-import os
 import sys
 import threading
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,136 +38,21 @@ from torch.overrides import TorchFunctionMode
 from ..ir.program import Program, Site, Var
 from ..ops import prims as P
 from ..ops.core import interpreting
-from ..ops.ew import IDENT, WHERE
+from ..ops.ew import IDENT
 from ..ops.torch import RULES, Refused, bind_args
 from ..reference.interpret import UNIT_ROUNDOFF, Recorder, Traced
+from .tracer_calls import (_CASTS, _PASS, _PROPERTY_TENSORS, _RANDOM, _dtype_name, _name, _normalise, _tensors, _walk,
+                           foreign_types)
+from .tracer_handles import Handles, _any_traced, _flat_handles
+from .tracer_sites import (CallAs, Cut, Note, _custom_forward, _user_frame, dispatching_frame, hidden_frame,
+                           internal_file)
+from .tracer_storage import _Rec
+
+# Cut, Note and the frame helpers are defined beside this module and stay importable from here.
 
 __all__ = ["Tracer", "Cut", "Note", "internal_file", "hidden_frame", "dispatching_frame", "foreign_types"]
 
 F64 = torch.float64
-_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
-_FUNCTION_PY = os.path.abspath(torch.autograd.function.__file__)
-# Calls that read metadata or manage state: never recorded.
-_PASS = {"size", "dim", "numel", "stride", "storage_offset", "is_contiguous", "is_floating_point", "is_complex",
-         "element_size", "nelement", "ndimension", "data_ptr", "get_device", "untyped_storage", "_is_view",
-         "is_set_to", "has_names", "__len__", "__bool__", "__int__", "__float__", "__index__", "__format__",
-         "__repr__", "__str__", "__hash__", "__iter__", "__contains__", "__reduce_ex__", "__deepcopy__", "__array__",
-         "__setstate__", "_set_grad_enabled", "register_hook", "retain_grad", "backward", "grad", "is_leaf",
-         "requires_grad_", "__torch_function__", "equal", "allclose", "isclose", "_version", "is_nonzero",
-         "is_same_size", "type", "__dlpack__", "__dlpack_device__", "__array_wrap__", "__array_priority__"}
-_PROPERTY_TENSORS = {"T", "mT", "H", "mH", "real", "data"}
-_CASTS = {"to", "float", "double", "half", "bfloat16", "type", "type_as", "copy"}
-# Ops that draw random numbers: the generator state before them is kept, so a rule can replay the draw.
-_RANDOM = {"dropout", "dropout1d", "dropout2d", "dropout3d", "feature_dropout", "alpha_dropout",
-           "feature_alpha_dropout", "rrelu", "bernoulli", "normal", "native_dropout", "fractional_max_pool2d",
-           "fractional_max_pool3d", "fractional_max_pool2d_with_indices", "fractional_max_pool3d_with_indices",
-           "scaled_dot_product_attention", "multi_head_attention_forward"}
-
-
-@functools.lru_cache(maxsize=4096)
-def internal_file(filename: str) -> bool:
-    """Ours or torch's (cached: asked for every frame of every traced op)."""
-    path = os.path.abspath(filename)
-    return path.startswith(_PACKAGE_DIR) or path.startswith(_TORCH_DIR)
-
-
-OVERRIDES_PY = os.path.abspath(torch.overrides.__file__)
-TRAMPOLINE = "<gradcheck-sym call>"
-_TEMPLATE = (lambda f, a, k: f(*a, **k)).__code__  # one line: every instruction is on co_firstlineno
-
-
-def dispatching_frame(frame: Any) -> Any:
-    """The frame that called the torch function being handled: the one Python would blame.
-
-    Our own frames are skipped; so are torch.overrides' and the function that delegated to it
-    (``F.mse_loss`` calls ``handle_torch_function``): without a mode, the op ran from its caller.
-    """
-    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
-        frame = frame.f_back
-    if frame is not None and frame.f_code.co_filename == OVERRIDES_PY:
-        while frame is not None and frame.f_code.co_filename == OVERRIDES_PY:
-            frame = frame.f_back
-        frame = frame.f_back if frame is not None else None
-    return frame
-
-
-class CallAs:
-    """Calls the user's torch function from a frame that looks like its caller's line.
-
-    Warnings raised inside torch (C++ ones point at the innermost Python frame; Python ones at
-    ``stacklevel`` frames up) then name the user's file and line, in the user's module's
-    warning registry and filters, exactly as without us, instead of a line of the tracer.
-    """
-
-    def __init__(self) -> None:
-        self._cache: dict[tuple[str, int, int], Any] = {}
-
-    def __call__(self, frame: Any, func: Any, args: tuple, kwargs: dict) -> Any:
-        if frame is None:
-            return func(*args, **kwargs)
-        key = (frame.f_code.co_filename, frame.f_lineno, id(frame.f_globals))
-        call = self._cache.get(key)
-        if call is None:
-            import types
-
-            code = _TEMPLATE.replace(co_filename=key[0], co_firstlineno=max(key[1], 1), co_name=TRAMPOLINE,
-                                     co_qualname=TRAMPOLINE)
-            call = self._cache[key] = types.FunctionType(code, frame.f_globals, TRAMPOLINE)
-        return call(func, args, kwargs)
-
-
-def foreign_types(types: Any) -> str:
-    """The names of the tensor subclasses among a call's `types` ("" when all are plain tensors)."""
-    names = [t.__name__ for t in types or () if t is not torch.Tensor and not issubclass(t, torch.nn.Parameter)]
-    return ", ".join(sorted(set(names)))
-
-
-def hidden_frame(filename: str, name: str) -> bool:
-    """Frames a traceback of the user's error leaves out: ours, torch.overrides', the trampoline's."""
-    path = os.path.abspath(filename)
-    return path.startswith(_PACKAGE_DIR) or path == OVERRIDES_PY or name == TRAMPOLINE
-
-
-@dataclass(frozen=True)
-class Cut:
-    """A place where the gradient is cut: kind (no_grad, detach, .data, .item(), .tolist()), the site,
-    and the ``stop`` variables it made."""
-
-    kind: str
-    site: int
-    region: int
-    vars: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class Note:
-    """Something the trace could not follow: kind ("opaque", "stale-graph", "leak", "internal"), site, text."""
-
-    kind: str
-    site: int
-    text: str
-
-
-@dataclass
-class _Rec:
-    """What the tracer knows about one tensor object (held weakly: the user's tensors die as they would)."""
-
-    ref: Any  # weakref.ref to the tensor
-    handle: Any
-    version: int
-    root: _Rec | None = None
-    root_tensor: torch.Tensor | None = None  # an alias keeps its root alive, as a view keeps its base
-    root_handle: Any = None
-    index: torch.Tensor | None = None  # flat positions in the root, computed when needed
-    cut: str | None = None  # an alias made by .detach() or .data stays cut when re-derived
-    used: bool = False  # read by an op since its value was bound
-    anc: frozenset = frozenset()  # for pictures: the nearest named tensors it was computed from
-    layout: tuple | None = None  # (shape, stride, offset) when it became its storage's root
-
-    @property
-    def tensor(self) -> torch.Tensor | None:
-        return self.ref()
 
 
 @dataclass
@@ -176,7 +61,7 @@ class _Region:
     on: bool = True
 
 
-class Tracer(TorchFunctionMode):
+class Tracer(Handles, TorchFunctionMode):
     """Records a function's torch ops as a `Program` (see the module docstring)."""
 
     def __init__(self) -> None:
@@ -235,215 +120,6 @@ class Tracer(TorchFunctionMode):
 
     def env(self) -> dict[int, Any]:
         return self.rec.values
-
-    # ------------------------------------------------------------ handles
-    def v(self, x: Any) -> Any:
-        """The handle of `x` for rules: traced value, float64 constant, or `x` itself."""
-        if isinstance(x, torch.Tensor):
-            return self._handle(x)
-        if isinstance(x, float) and x in self.items:
-            return self.items[x]
-        if isinstance(x, (list, tuple)):
-            return type(x)(self.v(e) for e in x)
-        return x
-
-    def const(self, x: torch.Tensor) -> torch.Tensor:
-        return x.detach().to(F64) if x.is_floating_point() else x.detach()
-
-    def user_value(self, x: Any) -> Any:
-        """For rules: `x` as the user's run had it when the op started (float64), for decisions."""
-        if isinstance(x, torch.Tensor):
-            if self.before is not None and self.args and x is self.args[0]:
-                x = self.before
-            return x.detach().to(F64) if x.is_floating_point() else x.detach()
-        return x
-
-    def is_traced(self, x: Any) -> bool:
-        return isinstance(self.v(x), Traced)
-
-    def _handle(self, t: torch.Tensor) -> Any:
-        r = self.recs.get(id(t))
-        if r is not None and r.tensor is t:
-            if r.root is not None and r.root.handle is not r.root_handle:
-                self._rederive(r)
-            r.used = True
-            return r.handle
-        alias = self._root_of(t)
-        if alias is not None:  # shares storage with a known tensor: a view we did not see made
-            with interpreting(self.rec):
-                handle = self._view_of(alias, t)
-                custom = _custom_node(t)
-                if custom is not None and isinstance(handle, Traced):
-                    # a custom Function that returned its input as it is: one equation, its call
-                    self.rec.site = self._new_site(f"{custom}.apply")
-                    self.sites[self.rec.site] = Site(f"{custom}.apply", *_user_frame(), "no_grad", custom)
-                    handle = P.ew(IDENT, handle)
-                    self.call_of[len(self.rec.eqns) - 1] = id(t.grad_fn)
-                    if custom not in self.custom:
-                        self.custom.append(custom)
-            self._bind(t, handle)
-            return handle
-        return self._unknown(t)
-
-    def _unknown(self, t: torch.Tensor) -> Any:
-        """A tensor no recorded op made and no known storage holds: a constant, or opaque if it has a graph
-        or came back from numpy after a traced value left for it."""
-        if self.before is not None and self.args and t is self.args[0]:
-            return self.const(self.before)  # an untracked tensor written in place: its value before the op
-        if self.leaks and t.is_floating_point() and _external(t):
-            return self.returned_from_numpy(t, "torch.from_numpy")
-        if t.requires_grad and t.grad_fn is not None:
-            custom = _custom_node(t)
-            if custom is not None:
-                return self._constant_custom(t, custom)
-            return self._opaque_tensor(t)
-        return self.const(t)
-
-    def _constant_custom(self, t: torch.Tensor, custom: str) -> Any:
-        """The output of a custom Function whose forward computed it from no traced value (a step, a sign of a
-        comparison): a constant of its inputs — one equation of its call, so a declaration can apply to it."""
-        deps = []
-        for fn, _ in t.grad_fn.next_functions:
-            h = self._handle_of_node(fn)
-            if isinstance(h, Traced):
-                deps.append(h)
-        with interpreting(self.rec):
-            site = self._new_site(f"{custom}.apply")
-            self.sites[site] = Site(f"{custom}.apply", *_user_frame(), "no_grad", custom)
-            self.rec.site = site
-            handle = P.ew(_constant_of(len(deps) + 1), *deps, t.detach().to(F64)) if deps else self.const(t)
-            if deps:
-                self.call_of[len(self.rec.eqns) - 1] = id(t.grad_fn)
-        if custom not in self.custom:
-            self.custom.append(custom)
-        self._bind(t, handle)
-        return handle
-
-    def _handle_of_node(self, fn: Any) -> Any:
-        """The traced handle of the tensor an autograd node belongs to (a leaf's, or a recorded output's)."""
-        if fn is None:
-            return None
-        var = getattr(fn, "variable", None)
-        if isinstance(var, torch.Tensor):
-            return self.v(var)
-        for r in list(self.recs.values()):
-            t = r.tensor
-            if t is not None and t.grad_fn is fn:
-                return r.handle
-        return None
-
-    def returned_from_numpy(self, t: torch.Tensor, how: str) -> Any:
-        """A tensor made from numpy data after traced values left for numpy: it may be computed from them
-        where the tracer cannot see, so gradients through it are not verified."""
-        site = self._new_site(how)
-        left = ", ".join(sorted({self.sites[s].where for _, s in self.leaks}))
-        text = (f"a tensor made from numpy data at {self.sites[site].where} ({how}) after traced values left torch "
-                f"at {left} (.numpy()): it may be computed from them outside torch, where autograd treats it as a "
-                "constant and the tracer cannot see it: gradients through it are not verified")
-        self.notes.append(Note("opaque", site, text))
-        with interpreting(self.rec):
-            self.rec.site = site
-            handle = P.opaque(*[h for h, _ in self.leaks], value=t.detach(), reason=text)
-        self._bind(t, handle)
-        return handle
-
-    def _bind(self, t: torch.Tensor, handle: Any, cut: str | None = None) -> _Rec:
-        r = self.recs.get(id(t))
-        if r is not None and r.tensor is t:  # the same tensor again (an op that returned its input)
-            r.handle, r.version, r.cut, r.used = handle, t._version, cut, False
-            if r.root is not None:
-                r.root_handle = r.root.handle
-            return r
-        tid = id(t)
-        recs, roots = self.recs, self.roots
-        key = _storage_key(t)
-
-        def gone(_: Any, tid: int = tid) -> None:
-            if recs.get(tid) is r:
-                del recs[tid]
-            if key is not None and roots.get(key) is r and r.tensor is None:
-                del roots[key]
-
-        r = _Rec(weakref.ref(t, gone), handle, t._version, cut=cut)
-        recs[tid] = r
-        if key is not None:
-            root = self.roots.get(key)
-            if root is None or root.tensor is None or root.tensor is t:
-                self.roots[key] = r
-                r.layout = _layout(t)
-            elif root is not r:
-                r.root, r.root_handle, r.root_tensor = root, root.handle, root.tensor
-        return r
-
-    def _root_of(self, t: torch.Tensor) -> _Rec | None:
-        key = _storage_key(t)
-        root = self.roots.get(key) if key is not None else None
-        if root is not None and root.tensor is None:  # a dead tensor's memory, reused by a new one
-            del self.roots[key]
-            return None
-        return root
-
-    def _index(self, r: _Rec) -> torch.Tensor:
-        if r.index is None:
-            r.index = _index_map(r.root.layout, r.tensor)  # type: ignore[union-attr]
-        return r.index
-
-    def _view_of(self, root: _Rec, t: torch.Tensor) -> Any:
-        if root.layout == _layout(t):
-            return root.handle
-        index = _index_map(root.layout, t)
-        return P.take(root.handle, index)
-
-    def _rederive(self, r: _Rec) -> None:
-        root = r.root
-        assert root is not None
-        with interpreting(self.rec):
-            handle = root.handle if root.layout == _layout(r.tensor) else P.take(root.handle, self._index(r))
-            if r.cut is not None:
-                handle = P.stop(handle, r.cut, -1)
-        r.handle, r.root_handle = handle, root.handle
-
-    def _write(self, t: torch.Tensor, new: Any) -> None:
-        """`t` was changed in place to `new` (a handle): change it, its storage's root and (lazily) views."""
-        r = self.recs.get(id(t))
-        if r is None or r.tensor is not t:
-            r = self._bind(t, new)
-        root_t = r.root.tensor if r.root is not None else None
-        if r.cut in (".data", "detach") and root_t is not None and self.sites[self._site].custom is None and (
-                root_t.grad_fn is not None or (root_t.requires_grad and r.root.used)):
-            how = "`.data`" if r.cut == ".data" else "a `.detach()`ed alias"
-            self.notes.append(Note("stale-graph", self._site, f"in-place change through {how} of a tensor "
-                                   + (f"with a graph ({type(root_t.grad_fn).__name__})" if root_t.grad_fn else
-                                      "already used in the graph")))
-        r.handle, r.version = new, t._version
-        root = r.root
-        if root is None:
-            return
-        with interpreting(self.rec):
-            if root.layout == _layout(t):
-                root.handle = new
-            else:
-                index = self._index(r)
-                mask = P.segsum(torch.ones(index.shape, dtype=F64), index, tuple(root.tensor.shape)) > 0
-                scattered = P.segsum(new, index, tuple(root.tensor.shape))
-                root.handle = P.ew(WHERE, mask.to(F64), scattered, root.handle)
-        root.version = root.tensor._version
-        r.root_handle = root.handle
-
-    def _opaque_tensor(self, t: torch.Tensor) -> Any:
-        """A tensor with a graph that no op we saw made: what it depends on, from its grad_fn."""
-        deps = [h for h in _graph_leaves(t, self) if isinstance(h, Traced)]
-        site = self._new_site("(unseen computation)")
-        text = (f"a tensor with grad_fn {type(t.grad_fn).__name__} appeared at {self.sites[site].where} without a "
-                "torch op the tracer saw (torch.compile, TorchScript, a C++ extension, another thread?): gradients "
-                "through it are "
-                "not verified")
-        self.notes.append(Note("opaque", site, text))
-        with interpreting(self.rec):
-            self.rec.site = site
-            handle = P.opaque(*deps, value=t.detach(), reason=text)
-        self._bind(t, handle)
-        return handle
 
     # ------------------------------------------------------------ sites
     def _new_site(self, op: str) -> int:
@@ -643,18 +319,6 @@ class Tracer(TorchFunctionMode):
         # x[i] = v returns None: the result is the written tensor
         return args[0] if out is None and args and isinstance(args[0], torch.Tensor) else out
 
-    def cut(self, kind: str, h: Any) -> Any:
-        """For rules: `h` cut (detach)."""
-        return self._cut(kind, h, self._site, -self._site - 1)
-
-    def _cut(self, kind: str, h: Any, site: int, region: int) -> Any:
-        if not isinstance(h, Traced):
-            return h
-        out = P.stop(h, kind, region)
-        if isinstance(out, Traced):
-            self.cuts.append(Cut(kind, site, region, (out.var.id,)))
-        return out
-
     def _check_value(self, t: torch.Tensor, h: Any, site: int) -> None:
         """The rule's float64 value must reproduce torch's: else it is our error (a note, and opaque)."""
         if not isinstance(h, Traced) or tuple(h.value.shape) != tuple(t.shape):
@@ -677,231 +341,3 @@ class Tracer(TorchFunctionMode):
         if bool(bad.any()) or bool((nan_mismatch & (mine.abs() < torch.finfo(t.dtype).max)).any()):
             worst = float(((mine - theirs).abs() / (mine.abs() + 1e-300)).nan_to_num(1.0).max()) if mine.numel() else 0
             raise RuntimeError(f"the rule's value differs from torch's (relative {worst:.3g})")
-
-    # ------------------------------------------------------------ cuts through values
-    def _data_get(self, t: torch.Tensor, out: torch.Tensor) -> None:
-        if not self.is_traced(t) or not t.is_floating_point():
-            return
-        site = self._new_site(".data")
-        with interpreting(self.rec):
-            self.rec.site = site
-            h = self._cut(".data", self._handle(t), site, -site - 1)
-        r = self._bind(out, h, cut=".data")
-        if r.root is None:  # .data shares t's storage
-            r.root = self.recs[id(t)].root or self.recs[id(t)]
-            r.root_handle, r.root_tensor = r.root.handle, r.root.tensor
-
-    def _data_set(self, t: torch.Tensor, value: torch.Tensor) -> None:
-        if not (self.is_traced(t) or self.is_traced(value)):
-            return
-        site = self._new_site(".data =")
-        if t.grad_fn is not None and self.sites[site].custom is None:
-            self.notes.append(Note("stale-graph", site, f"`.data` assignment to a tensor with a graph "
-                                                        f"({type(t.grad_fn).__name__})"))
-        with interpreting(self.rec):
-            self.rec.site = site
-            h = self._cut(".data", self._handle(value), site, -site - 1)
-        # `t` now has `value`'s storage: a new record (its old one stays the root of the old storage, with
-        # the old value, for the tensors that still alias it).
-        self.recs.pop(id(t), None)
-        self._bind(t, h, cut=".data")
-
-    def _leave(self, name: str, t: Any, out: Any) -> None:
-        if not isinstance(t, torch.Tensor) or not self.is_traced(t):
-            return
-        site = self._new_site(f".{name}()")
-        if name == "numpy":
-            self.leaks.append((self._handle(t), site))
-            self.notes.append(Note("leak", site, f"a traced value left torch at {self.sites[site].where} (.numpy())"))
-            return
-        custom = self.sites[site].custom is not None
-        with interpreting(self.rec):
-            self.rec.site = site
-            h = self._handle(t)
-            flat = P.reshape(h, (t.numel(),))
-            values = [out] if name == "item" else list(torch.as_tensor(out, dtype=F64).reshape(-1).tolist())
-            for i, value in enumerate(values):
-                if not isinstance(value, float):
-                    continue
-                elem = P.take(flat, torch.tensor(i))
-                self.items[value] = elem if custom else self._cut(f".{name}()", elem, site, -site - 1)
-
-
-# ---------------------------------------------------------------- helpers
-def _name(func: Any) -> str:
-    return getattr(func, "__name__", "") or type(func).__name__
-
-
-def _normalise(name: str) -> tuple[str, bool, bool]:
-    """(base op name, in place?, arguments swapped?)."""
-    if name.startswith("__i") and name.endswith("__") and name not in ("__index__", "__int__", "__invert__"):
-        return name[3:-2], True, False
-    if name.startswith("__r") and name.endswith("__") and name not in ("__repr__", "__reduce_ex__"):
-        base = name[3:-2]
-        return {"div": "true_divide", "truediv": "true_divide", "sub": "sub", "add": "add", "mul": "mul",
-                "pow": "pow", "matmul": "matmul", "mod": "remainder", "and": "bitwise_and",
-                "or": "bitwise_or", "xor": "bitwise_xor", "floordiv": "floor_divide"}.get(base, base), False, True
-    if name == "__setitem__":  # x[i] = v: an in-place write into x
-        return name, True, False
-    if name.startswith("__") and name.endswith("__"):
-        base = name[2:-2]
-        known = {"add": "add", "sub": "sub", "mul": "mul", "truediv": "true_divide", "div": "true_divide",
-                 "pow": "pow", "matmul": "matmul", "neg": "neg", "pos": "positive", "abs": "abs",
-                 "mod": "remainder", "floordiv": "floor_divide", "and": "bitwise_and", "or": "bitwise_or",
-                 "xor": "bitwise_xor", "invert": "bitwise_not", "gt": "gt", "ge": "ge", "lt": "lt", "le": "le",
-                 "eq": "eq", "ne": "ne"}
-        return known.get(base, name), False, False
-    if name.endswith("_") and not name.endswith("__") and len(name) > 1:
-        return name[:-1], True, False
-    return name, False, False
-
-
-def _dtype_name(t: Any) -> str:
-    return str(getattr(t, "dtype", "float64")).replace("torch.", "")
-
-
-def _tensors(out: Any) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, (tuple, list)):
-        return [t for t in out if isinstance(t, torch.Tensor)]
-    return []
-
-
-def _walk(x: Any) -> Any:
-    if isinstance(x, (list, tuple)):
-        for e in x:
-            yield from _walk(e)
-    elif isinstance(x, dict):
-        for e in x.values():
-            yield from _walk(e)
-    else:
-        yield x
-
-
-def _any_traced(tr: Tracer, args: tuple, kwargs: dict) -> bool:
-    for x in _walk((args, kwargs)):
-        if isinstance(x, torch.Tensor) and x.is_floating_point() and tr.is_traced(x):
-            return True
-        if isinstance(x, float) and x in tr.items:
-            return True
-    return False
-
-
-def _flat_handles(tr: Tracer, args: tuple, kwargs: dict) -> list[Any]:
-    return [tr.v(x) for x in _walk((args, kwargs)) if isinstance(x, torch.Tensor) and x.is_floating_point()]
-
-
-def _storage_key(t: torch.Tensor) -> tuple[int, int] | None:
-    try:
-        ptr = t.untyped_storage().data_ptr()
-    except (RuntimeError, NotImplementedError):
-        return None
-    if ptr == 0 or t.device.type == "meta":
-        return None
-    return (ptr, t.element_size())
-
-
-def _layout(t: torch.Tensor) -> tuple:
-    return (tuple(t.shape), tuple(t.stride()), t.storage_offset())
-
-
-def _positions(layout: tuple) -> torch.Tensor:
-    """Storage positions of each element of a tensor with this (shape, stride, offset), without
-    materialising the storage."""
-    shape, stride, offset = layout
-    pos = torch.full((), offset, dtype=torch.long)
-    for d, (n, s) in enumerate(zip(shape, stride)):
-        dims = [1] * len(shape)
-        dims[d] = n
-        pos = pos + (torch.arange(n) * s).reshape(dims)
-    return pos.expand(tuple(shape)) if shape else pos
-
-
-def _index_map(root: tuple, t: torch.Tensor) -> torch.Tensor:
-    """Flat positions in the root (given by its layout) of each element of `t` (both on one storage);
-    -1 where outside."""
-    pos = _positions(_layout(t))
-    shape, stride, offset = root
-    numel = int(torch.tensor(shape).prod()) if shape else 1
-    contiguous = list(stride) == [int(torch.tensor(shape[i + 1:]).prod()) if i + 1 < len(shape) else 1
-                                  for i in range(len(shape))]
-    if contiguous:
-        flat = pos - offset
-        ok = (flat >= 0) & (flat < numel)
-        return torch.where(ok, flat, torch.full((), -1, dtype=torch.long))
-    rpos = _positions(root).reshape(-1)
-    order = torch.argsort(rpos)
-    sorted_pos = rpos[order]
-    found = torch.searchsorted(sorted_pos, pos.reshape(-1)).clamp(max=max(len(sorted_pos) - 1, 0))
-    ok = sorted_pos[found] == pos.reshape(-1)
-    return torch.where(ok, order[found], torch.full((), -1, dtype=torch.long)).reshape(pos.shape)
-
-
-def _graph_leaves(t: torch.Tensor, tr: Tracer) -> list[Any]:
-    """Handles of the known tensors an autograd graph reaches (its leaves), read from grad_fn."""
-    out, seen, stack = [], set(), [t.grad_fn]
-    while stack:
-        fn = stack.pop()
-        if fn is None or id(fn) in seen:
-            continue
-        seen.add(id(fn))
-        var = getattr(fn, "variable", None)
-        if isinstance(var, torch.Tensor):
-            h = tr.v(var)
-            if isinstance(h, Traced):
-                out.append(h)
-        stack.extend(f for f, _ in getattr(fn, "next_functions", ()))
-    return out
-
-
-def _user_frame() -> tuple[str, int, str]:
-    frame = sys._getframe(2)
-    while frame is not None and internal_file(frame.f_code.co_filename):
-        frame = frame.f_back  # type: ignore[assignment]
-    if frame is None:
-        return ("", 0, "")
-    file, line = frame.f_code.co_filename, frame.f_lineno
-    return (file, line, linecache.getline(file, line).strip())
-
-
-def _constant_of(n: int) -> Any:
-    """The function of n arguments whose value is the last one: a constant of the others (derivative 0)."""
-    from ..ops.ew import P as X, ew_fn
-
-    return ew_fn("constant", X[n - 1], n)
-
-
-def _external(t: torch.Tensor) -> bool:
-    """Whether `t`'s memory belongs to someone else (numpy, DLPack): its storage cannot be resized."""
-    try:
-        return not t.untyped_storage().resizable()
-    except (RuntimeError, NotImplementedError):
-        return False
-
-
-def _custom_node(t: torch.Tensor) -> str | None:
-    """The custom Function whose backward node made `t`, if one did."""
-    fn = t.grad_fn
-    if isinstance(fn, torch.autograd.function.BackwardCFunction):
-        name = type(fn).__name__
-        return name[: -len("Backward")] if name.endswith("Backward") else name
-    return None
-
-
-def _custom_forward() -> tuple[str | None, Any]:
-    """The custom autograd.Function whose forward is running, if any (seen on the stack), and the frame
-    of its apply() (one per call)."""
-    frame = sys._getframe(2)
-    ctx = None
-    while frame is not None:
-        code = frame.f_code
-        if code.co_name == "apply" and os.path.abspath(code.co_filename) == _FUNCTION_PY:
-            cls = frame.f_locals.get("cls")
-            # the call's ctx (its backward node, alive as long as its outputs' graph) tells calls apart
-            return getattr(cls, "__name__", "Function"), id(ctx) if ctx is not None else id(frame)
-        if code.co_name == "forward" and "ctx" in frame.f_locals:
-            ctx = frame.f_locals["ctx"]
-        frame = frame.f_back  # type: ignore[assignment]
-    return None, None
-

@@ -21,7 +21,8 @@ import torch
 
 from ..ops import OPS
 from ..reference.evaluate import TORCH, UnevaluableError, _compile
-from ..reference.symbolic import _P, _TEMPLATES, S
+from ..reference.sympy_functions import S
+from ..reference.templates import _P, _TEMPLATES
 from ..report import messages as msg
 from . import tolerance as tl
 from .compare import Quantity, example, full

@@ -19,31 +19,30 @@ float64.  What fails is classified: the cuts explain it (`untracked`), a kink th
 user's run sat on (`nondifferentiable`), a stale graph, non-finite values, or a
 `mismatch`.  Gradients that flow through something the tracer could not model are
 `not-verified`, never compared and never OK by default.
+
+What is compared lives in `tensor_rows` (the rows and the second order), how a failure is
+explained in `tensor_explain`; `FunctionJudge` composes them with the comparison itself.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
 
-from ..autograd.user import FunctionError, TracedRun, hvp, shadow_run, shadow_vjp, vjp
+from ..autograd.user import TracedRun, shadow_run, shadow_vjp, vjp
 from ..ir.program import Var
 from ..ops.torch import LINALG_OPS
-from ..reference.interpret import UNIT_ROUNDOFF, AbsEager, Traced, error_bounds, record_sweep, sweep
+from ..reference.interpret import UNIT_ROUNDOFF, Traced, error_bounds, record_sweep, sweep
 from ..reference.precise import precise_cotangents
 from .elements import CHEAP_ULPS, FLOOR_ULPS, SAFETY, classify
+from .tensor_explain import Explain, _on_a_kink
 from .tensor_findings import Accumulator, element_name, output_names
+from .tensor_rows import HESS_DIRECTIONS, HESS_FULL, JAC_ROWS, PROJECTIONS, SecondOrder, plan_rows
 
 __all__ = ["FunctionJudge", "JAC_ROWS", "PROJECTIONS", "HESS_FULL", "HESS_DIRECTIONS"]
 
 F64 = torch.float64
-JAC_ROWS = 64
-PROJECTIONS = 3
-HESS_FULL = 32
-HESS_DIRECTIONS = 3
 # A normwise floor, in ulps of the largest element of the compared vector (one row's gradient or one
 # Hessian-vector product, over all inputs).  Our bound E is componentwise for the formula we record;
 # torch's backward may evaluate the same derivative by another formula (a dense product where ours keeps
@@ -52,50 +51,9 @@ HESS_DIRECTIONS = 3
 # Only programs with linear-algebra ops get it: elsewhere the per-element bound is the whole story, and a
 # normwise floor would hide an error in a small element beside a large one.
 NORMWISE_ULPS = 32.0
-PROJECTION_SEED = 20_261_126
 
 
-@dataclass
-class Row:
-    """One seed over the outputs: a Jacobian row, or a random projection."""
-
-    label: str  # what is differentiated, e.g. "out[2]" or "v1·out"
-    seeds: list[torch.Tensor]  # per output tensor, float64, the output's shape
-
-
-def plan_rows(shapes: Sequence[tuple[int, ...]]) -> tuple[list[Row], str]:
-    """The rows compared, and how they were chosen (for the report)."""
-    sizes = [math.prod(s) for s in shapes]
-    total = sum(sizes)
-    names = output_names(shapes)
-    if total <= JAC_ROWS:
-        rows = []
-        k = 0
-        for o, shape in enumerate(shapes):
-            for i in range(sizes[o]):
-                seeds = [torch.zeros(s, dtype=F64) for s in shapes]
-                seeds[o].view(-1)[i] = 1.0
-                rows.append(Row(names[k], seeds))
-                k += 1
-        how = "the gradient" if total == 1 else f"the full Jacobian ({total} output elements, one sweep each)"
-        return rows, how
-    gen = torch.Generator().manual_seed(PROJECTION_SEED)
-    rows = [Row(f"v{p + 1}·out", [torch.randn(s, dtype=F64, generator=gen) for s in shapes])
-            for p in range(PROJECTIONS)]
-    return rows, (f"{PROJECTIONS} random projections vᵀJ of the Jacobian ({total} output elements; seeded "
-                  f"normal v)")
-
-
-@dataclass
-class _RowResult:
-    ref: dict[int, Any]  # input var id -> full-math cotangent
-    cut: dict[int, Any] | None
-    tainted: set[int]
-    blocked: list[tuple[int, str]]
-    cts: dict[int, Any] = field(default_factory=dict)
-
-
-class FunctionJudge:
+class FunctionJudge(Explain, SecondOrder):
     """Compares one traced function at each point given to `point`; `findings()` at the end."""
 
     def __init__(self, names: Sequence[str], dtype: torch.dtype, order: int, *, rtol: float | None = None,
@@ -218,14 +176,6 @@ class FunctionJudge:
                     self.acc.point("trace", "warning", "", index, self._point(run, index), autograd=a, symbolic=r)
                 return None
         return masks if any(m is not None for m in masks) else []
-
-    def _notes(self, index: int, run: TracedRun) -> None:
-        for note in run.tracer.notes:
-            site = run.tracer.sites[note.site]
-            if note.kind == "stale-graph":
-                self.acc.note("stale-graph", "error", f"{site.where}", index, note.text, site)
-            elif note.kind == "leak":
-                self.acc.note("leak", "info", f"{site.where}", index, note.text, site)
 
     # ------------------------------------------------------------ results
     def findings(self) -> list[Any]:
@@ -384,201 +334,6 @@ class FunctionJudge:
                 return None
         return sh
 
-    def _nonfinite_reach(self, run: TracedRun, finite: list[Any]) -> dict[int, torch.Tensor]:
-        """Input elements that the non-finite output elements depend on (a magnitude sweep from them)."""
-        prog = run.program
-        seeds = {v.id: 1.0 - m for v, m in zip(prog.outputs, finite) if m is not None and isinstance(v, Var)}
-        cts = sweep(prog, run.env, seeds, interp=AbsEager()).cts
-        out = {}
-        for v in prog.inputs:
-            c = cts.get(v.id)
-            if c is not None:
-                out[v.id] = ((c != 0) | torch.isnan(c)).expand(tuple(v.shape))
-        return out
-
-    def _kink_reach(self, run: TracedRun, seeds: dict[int, Any], i: int) -> torch.Tensor | None:
-        """Which elements of input `i` a kink of the user's run (relu at 0, a tie) can reach."""
-        prog, env = run.program, run.env
-        full = sweep(prog, env, seeds).cts
-        kink_seeds: dict[int, Any] = {}
-        for e, mask in _kinks(run):
-            g = full.get(e.outputs[0].id)
-            weight = mask.to(F64) * (g.abs() if g is not None else 1.0)
-            for a in e.inputs:
-                if isinstance(a, Var) and env[a.id].is_floating_point():
-                    w = weight.expand(torch.broadcast_shapes(weight.shape, tuple(a.shape)))
-                    while w.dim() > len(a.shape):
-                        w = w.sum(0)
-                    for d, s in enumerate(a.shape):
-                        if s == 1 and w.shape[d] != 1:
-                            w = w.sum(d, keepdim=True)
-                    kink_seeds[a.id] = kink_seeds.get(a.id, 0) + w
-        if not kink_seeds:
-            return None
-        reach = sweep(prog, env, kink_seeds, interp=AbsEager()).cts.get(prog.inputs[i].id)
-        return None if reach is None else reach > 0
-
-    def _record(self, index: int, run: TracedRun, name: str, label: str, a: torch.Tensor, r: torch.Tensor,
-                c: torch.Tensor | None, verdicts: Any, hess: tuple[str, Any] | None,
-                intended: torch.Tensor | None = None) -> None:
-        shape = tuple(a.shape)
-        group = f"hessian:{name}" if hess is not None else name
-        point = self._point(run, index)
-        stale = any(n.kind == "stale-graph" for n in run.tracer.notes)
-
-        def quantity(j: int) -> str:
-            elem = element_name(name, shape, j)
-            return f"{hess[0]} of {label}, d/d {elem}" if hess is not None else f"d {label}/d {elem}"
-
-        tol = verdicts.tol
-        for kind, mask in verdicts.masks.items():
-            if kind == "untracked":
-                self.acc.many("untracked", "error", "cuts", index, point, quantity, a, r, tol, mask, cut=c)
-            elif kind == "intended":
-                self.acc.many("intended", "info", group, index, point, quantity, a, r, tol, mask, cut=intended)
-            elif kind == "nonfinite-agree":
-                self.acc.many("nonfinite", "info", group, index, point, quantity, a, r, tol, mask)
-            elif kind == "nonfinite":
-                self.acc.many("nonfinite", "error", group, index, point, quantity, a, r, tol, mask)
-            elif kind == "nondifferentiable":
-                self.acc.many("nondifferentiable", "info", group, index, point, quantity, a, r, tol, mask)
-            else:
-                self.acc.many("stale-graph" if stale else "mismatch", "error", group, index, point, quantity, a, r,
-                              tol, mask, what="d2" if hess is not None else "d")
-
-    def _reentrant(self, index: int, run: TracedRun, row: Row, first: list[torch.Tensor]) -> None:
-        """A second backward through the same graph must give the same gradient (gradcheck's "Backward is not
-        reentrant"): a custom backward that changes a tensor saved in ctx in place fails this."""
-        try:
-            again = vjp(run, row.seeds)
-        except FunctionError as exc:
-            self.acc.reentrant(self.names[0], index, {}, ", ".join(run.tracer.custom), "", math.nan, math.nan,
-                               str(exc.message))
-            return
-        for name, a, b in zip(self.names, first, again):
-            a64, b64 = a.detach().to(F64), b.detach().to(F64)
-            differ = ~((a64 == b64) | (torch.isnan(a64) & torch.isnan(b64)))
-            if bool(differ.any()):
-                j = int(differ.reshape(-1).nonzero()[0])
-                self.acc.reentrant(name, index, self._point(run, index), ", ".join(run.tracer.custom),
-                                   element_name(name, tuple(a.shape), j), float(a64.reshape(-1)[j]),
-                                   float(b64.reshape(-1)[j]))
-
-    # ------------------------------------------------------------ declared deviations
-    def _declared(self, run: TracedRun) -> tuple[Any, Any]:
-        """The program with the declared deviations, and which cuts are declared (None: nothing declared)."""
-        if not self.intended:
-            return None, False
-        from .intended import declared_program
-
-        tr = run.tracer
-        prog, problems = declared_program(run.program, tr.call_of, tr.sites, self.intended)
-        for p in problems:
-            self.acc.problem(p)
-        cuts = [d for d in self.intended if d.is_cut]
-
-        def declared_cut(e: Any) -> bool:
-            site = tr.sites[e.site] if e.site >= 0 else None
-            return site is not None and any(d.matches_cut(site.file, site.line) for d in cuts)
-
-        return prog, (declared_cut if cuts else False)
-
-    def _hint(self, run: TracedRun, seeds: dict[int, Any], vid: int, a: torch.Tensor, verdicts: Any) -> None:
-        """Recognise a common deviation in a mismatch: a custom Function whose backward is one constant times
-        the identity (a straight-through estimator, a gradient-reversal or scaling layer), the same constant at
-        every mismatching element of every row (collected here, judged by the findings)."""
-        tr = run.tracer
-        from .intended import Declaration, declared_program
-
-        mask = verdicts.masks["mismatch"]
-        for name in tr.custom:
-            seen = self.acc.hint_ks.setdefault(name, [])
-            if seen and seen[-1] is None:
-                continue
-            ident_prog, problems = declared_program(run.program, tr.call_of, tr.sites,
-                                                    [Declaration(name, "straight-through", 1.0)])
-            base_prog, _ = declared_program(run.program, tr.call_of, tr.sites, [Declaration(name, "scale", 0.0)])
-            ident = sweep(ident_prog, run.env, seeds).cts.get(vid) if not problems else None
-            base = sweep(base_prog, run.env, seeds).cts.get(vid) if not problems else None
-            if ident is None:
-                seen.append(None)
-                continue
-            ident = ident.to(F64).expand_as(a)
-            base = torch.zeros_like(a) if base is None else base.to(F64).expand_as(a)
-            path = ident - base
-            denom = float((path[mask] ** 2).sum())
-            k = float(((a - base)[mask] * path[mask]).sum()) / denom if denom else math.nan
-            fits = math.isfinite(k) and bool(((a - (base + k * path)).abs() <= verdicts.tol + 1e-12)[mask].all())
-            seen.extend([k] * int(mask.sum()) if fits else [None])
-
-    # ------------------------------------------------------------ cuts
-    def _cuts_dropped(self, run: TracedRun, cts: dict[int, Any]) -> None:
-        """For each cut, the largest full-math gradient flowing into it (0: a harmless cut)."""
-        tr = run.tracer
-        for cut in tr.cuts:
-            site = tr.sites[cut.site]
-            key = ("no_grad block" if cut.kind == "no_grad" else cut.kind,
-                   cut.region if cut.kind == "no_grad" else cut.site)
-            info = self.cut_sites.setdefault(key, {"kind": cut.kind, "site": site, "dropped": 0.0})
-            for vid in cut.vars:
-                g = cts.get(vid)
-                if g is not None:
-                    m = float(g.abs().max()) if g.numel() else 0.0
-                    if math.isfinite(m):
-                        info["dropped"] = max(info["dropped"], m)
-        self.acc.cut_sites = self.cut_sites
-
-    # ------------------------------------------------------------ second order
-    def _hessian(self, index: int, run: TracedRun, rows: list[Row]) -> None:
-        prog, env = run.program, run.env
-        n_in = sum(v_numel(v) for v in prog.inputs)
-        objectives = rows if len(rows) <= 8 else rows[:2]
-        if n_in <= HESS_FULL:
-            directions = []
-            for k in range(n_in):
-                d = [torch.zeros(v.shape, dtype=F64) for v in prog.inputs]
-                _flat_set(d, k)
-                directions.append((f"column {k}", d))
-            self.hess_how = f"the whole Hessian ({n_in} input elements, one sweep of the sweep each)"
-        else:
-            gen = torch.Generator().manual_seed(PROJECTION_SEED + 1)
-            directions = [(f"H·u{k + 1}", [torch.randn(v.shape, dtype=F64, generator=gen) for v in prog.inputs])
-                          for k in range(HESS_DIRECTIONS)]
-            self.hess_how = f"{HESS_DIRECTIONS} Hessian-vector products H·u ({n_in} input elements; seeded normal u)"
-        if len(objectives) < len(rows):
-            self.hess_how += f", for {len(objectives)} of the {len(rows)} rows"
-        declared, cut_pred = self._declared(run)
-        for r, row in enumerate(objectives):
-            seeds = {v.id: s for v, s in zip(prog.outputs, row.seeds) if isinstance(v, Var)}
-            first = record_sweep(prog, env, seeds)
-            grads = [(lambda c: c.value if isinstance(c, Traced) else c)(first[2].cts.get(v.id)) for v in prog.inputs]
-            grad_scale = max([float(g.abs().max()) for g in grads if isinstance(g, torch.Tensor) and g.numel()
-                              and bool(torch.isfinite(g).all())] + [0.0])
-            # The second order of the alternatives too: the cuts as constants, the declared deviations.
-            alts = {"cut": record_sweep(prog, env, seeds, cut=True) if run.tracer.cuts else None,
-                    "intended": record_sweep(declared, env, seeds, cut=cut_pred) if declared is not None else None}
-            # The seeds require grad, as in gradgradcheck: a once_differentiable backward then says so when
-            # differentiated, and a backward that detaches what it saved shows a zero second derivative.
-            grads_auto = vjp(run, [s.clone().requires_grad_(True) for s in row.seeds], create_graph=True)
-            if any(type(g.grad_fn).__name__ in ("Error", "DelayedError") for g in grads_auto):
-                self.acc.not_verified(self.names[0], index, [
-                    "second order: the backward is marked @once_differentiable, so autograd has no second "
-                    "derivative to compare (torch raises if you differentiate it twice)"], 0)
-                return
-            for dlabel, direction in directions:
-                rec2, cts = _second(first, prog, direction)
-                alt_cts = {"cut": _second(alts["cut"], prog, direction, cut=True)[1] if alts["cut"] else None,
-                           "intended": _second(alts["intended"], prog, direction, cut=cut_pred)[1]
-                           if alts["intended"] else None}
-                try:
-                    auto = hvp(run, grads_auto, direction)
-                except FunctionError as exc:
-                    self.acc.not_verified(self.names[0], index, [f"second order: {exc.message}"], 0)
-                    return
-                self._compare(index, run, row.label, r, auto, cts, alt_cts["cut"], rec2[2].tainted | first[2].tainted,
-                              rec2[2].blocked + first[2].blocked, seeds, hess=(dlabel, None), recorded=rec2,
-                              intended=alt_cts["intended"], scale=grad_scale)
-
     def _point(self, run: TracedRun, index: int) -> dict[str, float]:
         """The point's input values, when small enough to show."""
         total = sum(t.numel() for t in run.leaves)
@@ -592,61 +347,8 @@ class FunctionJudge:
         return out
 
 
-def _kinks(run: TracedRun) -> Any:
-    """(equation, mask) for each elementwise op of the run that sits exactly on one of its kinks."""
-    prog, env = run.program, run.env
-    for e in prog.eqns:
-        fn = e.params.get("fn") if e.prim == "ew" else None
-        if fn is None or fn.kink is None:
-            continue
-        vals = [env[a.id] if isinstance(a, Var) else _const(prog, a) for a in e.inputs]
-        try:
-            mask = torch.as_tensor(fn.kink(*[v if isinstance(v, torch.Tensor) else torch.tensor(float(v), dtype=F64)
-                                             for v in vals]))
-        except Exception:  # noqa: BLE001 - a kink predicate that cannot run here: no kink claimed
-            continue
-        if bool(mask.any()):
-            yield e, mask
-
-
-def _on_a_kink(run: TracedRun) -> bool:
-    return next(_kinks(run), None) is not None
-
-
-def _second(recorded: Any, prog: Any, direction: list[torch.Tensor], cut: Any = False) -> tuple[Any, dict[int, Any]]:
-    """Sweep a recorded sweep with the input-gradient seeds `direction`: a Hessian-vector product."""
-    whole, values, res = recorded
-    seeds2 = {}
-    for v, d in zip(prog.inputs, direction):
-        g = res.cts.get(v.id)
-        if isinstance(g, Traced):
-            seeds2[g.var.id] = d
-    rec2 = record_sweep(whole, values, seeds2, cut=cut)
-    cts = {v.id: (c.value if isinstance(c, Traced) else c) for v in prog.inputs
-           for c in [rec2[2].cts.get(v.id)]}
-    return rec2, cts
-
-
 def _value_for(cts: dict[int, Any] | None, vid: int, like: torch.Tensor) -> torch.Tensor | None:
     if cts is None:
         return None
     c = cts.get(vid)
     return torch.zeros_like(like) if c is None else c.to(F64).expand_as(like)
-
-
-def _const(prog: Any, atom: Any) -> Any:
-    c = prog.consts[atom.index]
-    return c.to(F64) if isinstance(c, torch.Tensor) and c.is_floating_point() else c
-
-
-def v_numel(v: Var) -> int:
-    return math.prod(v.shape)
-
-
-def _flat_set(tensors: list[torch.Tensor], k: int) -> None:
-    for t in tensors:
-        if k < t.numel():
-            t.view(-1)[k] = 1.0
-            return
-        k -= t.numel()
-

@@ -28,7 +28,8 @@ import torch
 from sympy.codegen.cfunctions import expm1, log1p, log2, log10
 
 from ..budget import Deadline
-from .symbolic import Program, ceiling, floor, lgamma, mod, sign, zmul
+from .symbolic import Program
+from .sympy_functions import ceiling, floor, lgamma, mod, sign, zmul
 
 __all__ = ["Backend", "TORCH", "compile_program", "CompiledProgram", "UnevaluableError", "special_number",
            "register_function", "EXTRA_FUNCS", "MP_LOCK"]

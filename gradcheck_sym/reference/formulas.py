@@ -29,7 +29,7 @@ def formulas(graph: Graph, d: Derivation, names: dict[int, str]) -> list[tuple[s
     """
     if d.program.size() > MAX_PROGRAM_OPS:
         return []
-    # the constants sympy must not compute with stay unevaluated (see symbolic._opaque)
+    # the constants sympy must not compute with stay unevaluated (see templates._opaque)
     full: dict[sympy.Symbol, Any] = {s: sympy.UnevaluatedExpr(e) for s, e in d.constants}
     for sym, expr in d.program.steps:
         if sym not in full:

@@ -17,7 +17,7 @@ import sympy
 from sympy.codegen.cfunctions import expm1, log1p, log2, log10
 
 from .evaluate import Backend, special_number
-from .symbolic import ceiling, floor, lgamma, mod, sign, zmul
+from .sympy_functions import ceiling, floor, lgamma, mod, sign, zmul
 
 __all__ = ["mpmath_backend", "MAX_MAG", "GLOBAL"]
 

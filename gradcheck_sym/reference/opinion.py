@@ -37,7 +37,7 @@ def whole_expression_gradient(
         values: node id -> its symbol or number.
         steps: the forward steps.
         opaque: symbols left as they are (constants sympy must not compute with, see
-            `symbolic._opaque`).
+            `templates._opaque`).
         deadline: the check's deadline; the work gets at most `WHOLE_SECONDS` of it.
     """
 

@@ -1,0 +1,133 @@
+"""Where a traced op happened in the user's source, and the records the trace keeps per site.
+
+The tracer runs inside the user's call stack: these helpers find the frame Python would blame
+for an op (ours and torch's frames skipped), call the user's torch function from a frame that
+looks like that line (so torch's warnings name the user's file), and spot a custom
+``autograd.Function`` whose forward is running.  `Cut` and `Note` are what the trace records
+against a site: the gradient cuts and the things it could not follow.  None of it needs the
+tracer's state, so the script runner and the traceback filter use it directly.
+"""
+
+from __future__ import annotations
+
+import functools
+import linecache
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+__all__ = ["Cut", "Note", "internal_file", "hidden_frame", "dispatching_frame", "CallAs", "OVERRIDES_PY",
+           "TRAMPOLINE"]
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
+_FUNCTION_PY = os.path.abspath(torch.autograd.function.__file__)
+
+
+@functools.lru_cache(maxsize=4096)
+def internal_file(filename: str) -> bool:
+    """Ours or torch's (cached: asked for every frame of every traced op)."""
+    path = os.path.abspath(filename)
+    return path.startswith(_PACKAGE_DIR) or path.startswith(_TORCH_DIR)
+
+
+OVERRIDES_PY = os.path.abspath(torch.overrides.__file__)
+TRAMPOLINE = "<gradcheck-sym call>"
+_TEMPLATE = (lambda f, a, k: f(*a, **k)).__code__  # one line: every instruction is on co_firstlineno
+
+
+def dispatching_frame(frame: Any) -> Any:
+    """The frame that called the torch function being handled: the one Python would blame.
+
+    Our own frames are skipped; so are torch.overrides' and the function that delegated to it
+    (``F.mse_loss`` calls ``handle_torch_function``): without a mode, the op ran from its caller.
+    """
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame = frame.f_back
+    if frame is not None and frame.f_code.co_filename == OVERRIDES_PY:
+        while frame is not None and frame.f_code.co_filename == OVERRIDES_PY:
+            frame = frame.f_back
+        frame = frame.f_back if frame is not None else None
+    return frame
+
+
+class CallAs:
+    """Calls the user's torch function from a frame that looks like its caller's line.
+
+    Warnings raised inside torch (C++ ones point at the innermost Python frame; Python ones at
+    ``stacklevel`` frames up) then name the user's file and line, in the user's module's
+    warning registry and filters, exactly as without us, instead of a line of the tracer.
+    """
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[str, int, int], Any] = {}
+
+    def __call__(self, frame: Any, func: Any, args: tuple, kwargs: dict) -> Any:
+        if frame is None:
+            return func(*args, **kwargs)
+        key = (frame.f_code.co_filename, frame.f_lineno, id(frame.f_globals))
+        call = self._cache.get(key)
+        if call is None:
+            import types
+
+            code = _TEMPLATE.replace(co_filename=key[0], co_firstlineno=max(key[1], 1), co_name=TRAMPOLINE,
+                                     co_qualname=TRAMPOLINE)
+            call = self._cache[key] = types.FunctionType(code, frame.f_globals, TRAMPOLINE)
+        return call(func, args, kwargs)
+
+
+def hidden_frame(filename: str, name: str) -> bool:
+    """Frames a traceback of the user's error leaves out: ours, torch.overrides', the trampoline's."""
+    path = os.path.abspath(filename)
+    return path.startswith(_PACKAGE_DIR) or path == OVERRIDES_PY or name == TRAMPOLINE
+
+
+@dataclass(frozen=True)
+class Cut:
+    """A place where the gradient is cut: kind (no_grad, detach, .data, .item(), .tolist()), the site,
+    and the ``stop`` variables it made."""
+
+    kind: str
+    site: int
+    region: int
+    vars: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Note:
+    """Something the trace could not follow: kind ("opaque", "stale-graph", "leak", "internal"), site, text."""
+
+    kind: str
+    site: int
+    text: str
+
+
+def _user_frame() -> tuple[str, int, str]:
+    frame = sys._getframe(2)
+    while frame is not None and internal_file(frame.f_code.co_filename):
+        frame = frame.f_back  # type: ignore[assignment]
+    if frame is None:
+        return ("", 0, "")
+    file, line = frame.f_code.co_filename, frame.f_lineno
+    return (file, line, linecache.getline(file, line).strip())
+
+
+def _custom_forward() -> tuple[str | None, Any]:
+    """The custom autograd.Function whose forward is running, if any (seen on the stack), and the frame
+    of its apply() (one per call)."""
+    frame = sys._getframe(2)
+    ctx = None
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "apply" and os.path.abspath(code.co_filename) == _FUNCTION_PY:
+            cls = frame.f_locals.get("cls")
+            # the call's ctx (its backward node, alive as long as its outputs' graph) tells calls apart
+            return getattr(cls, "__name__", "Function"), id(ctx) if ctx is not None else id(frame)
+        if code.co_name == "forward" and "ctx" in frame.f_locals:
+            ctx = frame.f_locals["ctx"]
+        frame = frame.f_back  # type: ignore[assignment]
+    return None, None
+
