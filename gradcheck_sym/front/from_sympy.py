@@ -14,7 +14,7 @@ that the report speaks of ``x - y`` and ``x/y`` again.
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable
+from typing import Any
 
 import sympy as sp
 

@@ -11,7 +11,7 @@ mixin of `FunctionJudge`: it compares through the judge's `_compare`).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
@@ -60,15 +60,6 @@ def plan_rows(shapes: Sequence[tuple[int, ...]]) -> tuple[list[Row], str]:
             for p in range(PROJECTIONS)]
     return rows, (f"{PROJECTIONS} random projections vᵀJ of the Jacobian ({total} output elements; seeded "
                   f"normal v)")
-
-
-@dataclass
-class _RowResult:
-    ref: dict[int, Any]  # input var id -> full-math cotangent
-    cut: dict[int, Any] | None
-    tainted: set[int]
-    blocked: list[tuple[int, str]]
-    cts: dict[int, Any] = field(default_factory=dict)
 
 
 class SecondOrder:

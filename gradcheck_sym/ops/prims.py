@@ -28,7 +28,7 @@ import sympy
 import torch
 
 from .core import Prim, bind, is_tensor, register
-from .ew import ABS, ADD, MUL, NEG, EwFn
+from .ew import ADD, MUL, NEG, EwFn
 
 __all__ = [
     "ew", "reshape", "permute", "expand", "sum_", "take", "segsum", "cumsum", "matmul", "stop", "cast", "opaque",

@@ -6,7 +6,7 @@ sampling box for the generated per-op tests.  The parser's whitelist, the
 sympy builder, the torch evaluator and the reports all read this table.
 
 The callables take the backend module first (`t` is torch, `s` is the sympy
-namespace of `gradcheck_sym.symbolic`), so that this module imports neither
+namespace of `gradcheck_sym.reference.sympy_functions`), so that this module imports neither
 torch nor sympy: parsing and `gradcheck-sym --help` stay fast.
 """
 
@@ -29,7 +29,7 @@ class Op:
         name: the name in the expression language (``sin``) or of the operator (``mul``).
         arity: (fewest, most) arguments.
         torch: ``(torch, *tensors) -> tensor``.
-        sympy: ``(s, *exprs) -> expr`` with ``s`` the sympy namespace of `symbolic`.
+        sympy: ``(s, *exprs) -> expr`` with ``s`` the sympy namespace of `reference.sympy_functions`.
         kind: function call, binary/unary operator, comparison, or gradient cut.
         symbol: how an operator is written (``*``); empty for functions.
         kink: ``(torch, *tensors) -> bool tensor``, True where the derivative is undefined.

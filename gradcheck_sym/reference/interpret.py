@@ -17,14 +17,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
-import numpy as np
 import torch
 
 from ..ir.program import Const, Eqn, Program, Var
 from ..ops.core import PRIMS, Interpreter, TorchEager, interpreting
-from ..ops.prims import add, shape_of
+from ..ops.prims import add
 
 __all__ = ["Traced", "Recorder", "ObjectEager", "evaluate", "sweep", "SweepResult", "record_sweep", "error_bounds",
            "UNIT_ROUNDOFF", "const_value", "AbsEager"]

@@ -14,7 +14,7 @@ All three show the same sections, built once as plain data here:
 from __future__ import annotations
 
 import html
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ..audit.records import AuditResult, EntryAudit
