@@ -51,3 +51,11 @@ def test_the_scale_of_a_backward_call_covers_a_gradient_that_is_zero_in_the_math
     bound = lambda: _f64(1e-3, 1e-3)  # noqa: E731
     assert classify(a, r, u=U32, tiny=TINY32, bound=bound).loose == 2
     assert classify(a, r, u=U32, tiny=TINY32, bound=bound, scale=0.15).loose == 0
+
+
+def test_a_gradient_that_is_zero_in_the_math_compared_within_rounding_of_zero_is_not_loose():
+    # normalize of a scalar: x/|x| is constant, autograd's gradient is rounding noise around 0; the allowance
+    # (1e-15) is far above the exact values (1e-17) but far below sqrt(u): a meaningful comparison
+    r = _f64(1e-17)
+    a = _f64(-2e-16)
+    assert classify(a, r, u=2.0**-53, tiny=2.2e-308, bound=lambda: _f64(1e-15)).loose == 0

@@ -288,9 +288,10 @@ class Accumulator:
         if kind == "not-verified":
             reasons = "; ".join(g.info.get("reasons", []))
             entries = f" ({g.bulk} entries)" if g.bulk else ""
-            msg = (f"the gradient for {key}{entries} was not verified {where}: {reasons}" if reasons.startswith(
-                "second order") else f"the gradient for {key}{entries} was not verified {where}: it flows through "
-                f"something the tracer could not model — {reasons}")
+            plain = reasons.startswith(("second order", "the rounding bound"))  # reasons that explain themselves
+            msg = (f"the gradient for {key}{entries} was not verified {where}: {reasons}" if plain else
+                   f"the gradient for {key}{entries} was not verified {where}: it flows through something the "
+                   f"tracer could not model — {reasons}")
             return Finding(kind, severity, key, msg, count, (), "")
         if kind == "outside-domain":
             msg = (f"the output is not a finite real number {where} (NaN: outside the real domain; inf: a pole or "
