@@ -315,3 +315,14 @@ def test_an_internal_error_of_the_command_exits_3_in_one_line(monkeypatch, rows_
     err = capsys.readouterr().err
     assert err.startswith("gradcheck-sym: internal error, please report: RuntimeError: boom (at test_scale.py:")
     assert "Traceback" not in err and err.count("\n") == 1
+
+
+def test_a_worker_that_allocates_too_much_fails_its_task_not_the_machine():
+    from gradcheck_sym.scale.pool import memory_share
+
+    assert memory_share(2) >= 4 << 30
+    with ProcessPool(1) as pool:
+        pool.memory = 4 << 30  # the workers start on first use: a 4 GiB cap
+        results = dict(pool.run(scale_tasks.allocate, [{"gib": 8}, {"gib": 0}]))
+    assert isinstance(results[0], TaskFailure) and "MemoryError" in results[0].message
+    assert results[1] == 0

@@ -102,9 +102,39 @@ def _exit_when_gone(pid: int) -> None:
             os._exit(1)
 
 
-def _worker_main(conn: Connection, preload: Sequence[str], owner: int) -> None:
+def memory_share(workers: int) -> int | None:
+    """Bytes of address space a worker may use: its share of this machine's memory (None: unknown).
+
+    A check whose peer runs away (torch's gradcheck in slow mode on a large Jacobian once took 19 GB
+    and the kernel's OOM killer with it) then fails with MemoryError in its own worker, reported as
+    that task's error, instead of taking the machine down. Never below 4 GiB (torch alone maps ~1.5).
+    """
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+    return max(4 << 30, int(total * 0.85 / max(workers, 1)))
+
+
+def _cap_memory(limit: int | None) -> None:
+    if limit is None:
+        return
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        if hard != resource.RLIM_INFINITY:
+            limit = min(limit, hard)
+        if soft == resource.RLIM_INFINITY or soft > limit:
+            resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    except (ImportError, ValueError, OSError):  # not on this platform: no cap
+        pass
+
+
+def _worker_main(conn: Connection, preload: Sequence[str], owner: int, memory: int | None = None) -> None:
     import threading
 
+    _cap_memory(memory)
     threading.Thread(target=_exit_when_gone, args=(owner,), daemon=True).start()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.dup2(2, 1)
@@ -166,9 +196,10 @@ def warm_up(preload: Sequence[str] = ()) -> None:
 
 
 class _Worker:
-    def __init__(self, ctx: Any, preload: Sequence[str]) -> None:
+    def __init__(self, ctx: Any, preload: Sequence[str], memory: int | None = None) -> None:
         self.conn, child = ctx.Pipe(duplex=True)
-        self.process = ctx.Process(target=_worker_main, args=(child, tuple(preload), os.getpid()), daemon=True)
+        self.process = ctx.Process(target=_worker_main, args=(child, tuple(preload), os.getpid(), memory),
+                                   daemon=True)
         self.process.start()
         child.close()
         self.index: int | None = None  # the task it runs
@@ -205,6 +236,7 @@ class ProcessPool:
 
             raise InputError(f"workers must be a positive integer, not {workers!r}")
         self.n = workers or default_workers()
+        self.memory = memory_share(self.n)
         self.timeout = timeout
         self.grace = grace
         self.preload = ("gradcheck_sym.scale.pool", *preload)
@@ -233,7 +265,7 @@ class ProcessPool:
     def start(self) -> None:
         """Start the workers now (otherwise `run` starts them)."""
         while len(self._workers) < self.n:
-            self._workers.append(_Worker(self._ctx, self.preload))
+            self._workers.append(_Worker(self._ctx, self.preload, self.memory))
 
     def close(self) -> None:
         """Stop every worker (a running task is abandoned)."""
@@ -326,5 +358,5 @@ class ProcessPool:
         w.stop()
         self.restarts += 1
         i = self._workers.index(w)
-        new = _Worker(self._ctx, self.preload)
+        new = _Worker(self._ctx, self.preload, self.memory)
         self._workers[i] = new
