@@ -34,17 +34,16 @@ _EPILOG = ("exit codes: 0 no error finding, 1 an error finding, 2 bad input or a
            "3 internal error (please report)")
 
 
-class _UsageError(InputError):
+class UsageError(InputError):
     """A command line argparse cannot read (argparse's own error, raised instead of exiting)."""
-
-    def __init__(self, message: str, hint: str, usage: str) -> None:
-        super().__init__(message, hint)
-        self.usage = usage
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        raise _UsageError(message, f"see `{self.prog} --help`", self.format_usage().rstrip())
+        raise UsageError(message, f"see `{self.prog} --help`")
+
+
+_COMMANDS = ("check", "function", "run", "example", "ops", "batch", "audit")
 
 
 def _positive_int(text: str) -> int:
@@ -203,12 +202,12 @@ def _parse_at(items: list[str]) -> dict[str, list[float]]:
 def _parse_domain(items: list[str]) -> dict[str, tuple[float, float]]:
     out: dict[str, tuple[float, float]] = {}
     given: dict[str, str] = {}
-    for item in items:
+    for item in [part for given_item in items for part in given_item.split(",") if part.strip()]:
         name, eq, text = item.partition("=")
         lo, colon, hi = text.partition(":")
         name = name.strip()
         if not eq or not colon or not name:
-            raise InputError(f"--domain {item!r}: write name=low:high, e.g. --domain x=-1:1")
+            raise InputError(f"--domain {item!r}: write name=low:high, e.g. --domain x=-1:1,y=0:2")
         if name in given:
             raise InputError(f"--domain {item!r}: {name} already has --domain {given[name]!r}",
                              "give one --domain per variable")
@@ -312,8 +311,6 @@ def _report_error(exc: GradcheckSymError, argv: Sequence[str]) -> int:
                 error["traceback"] = "".join(traceback.format_exception(cause))
         print(json.dumps({"version": _SCHEMA_VERSION, "ok": False, "error": error}, indent=2, default=str))
     else:
-        if isinstance(exc, _UsageError):
-            print(exc.usage, file=sys.stderr)
         print(f"gradcheck-sym: error: {exc}", file=sys.stderr)
     if internal and _debug(argv):
         traceback.print_exception(exc.cause, file=sys.stderr)  # type: ignore[attr-defined]
@@ -327,6 +324,10 @@ def _main(argv: list[str]) -> int:
         argv, script_args = _split_run_args(argv)
     try:
         args = parser.parse_args(_protect_expression(argv))
+    except UsageError as exc:
+        if argv and argv[0] in _COMMANDS and "`gradcheck-sym --help`" in exc.hint:
+            raise UsageError(exc.message, f"see `gradcheck-sym {argv[0]} --help`") from None
+        raise
     except SystemExit as exc:  # --help
         return exc.code if isinstance(exc.code, int) else EXIT_OK
     args.script_args = script_args

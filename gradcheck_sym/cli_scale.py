@@ -70,6 +70,8 @@ def _add_scale_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _executor_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true",
+                   help="show the traceback of an internal error (also GRADCHECK_SYM_DEBUG=1)")
     p.add_argument("--workers", type=int, default=None, metavar="N", help="worker processes (default: all cores)")
     p.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="run on a Dask cluster (e.g. tcp://10.0.0.5:8786; needs gradcheck-sym[dask])")
@@ -104,12 +106,14 @@ def _scale_main(args: argparse.Namespace) -> int:
             if output else "the output is incomplete"
         print(f"gradcheck-sym: interrupted: {where}", file=sys.stderr)
         return 130
-    except Exception as exc:  # noqa: BLE001 - our bug: one line, never a traceback
+    except Exception as exc:  # noqa: BLE001 - our bug: one line; the traceback only when asked for
         import traceback
 
         frame = traceback.extract_tb(exc.__traceback__)[-1]
         print(f"gradcheck-sym: internal error, please report: {type(exc).__name__}: {exc} "
               f"(at {os.path.basename(frame.filename)}:{frame.lineno})", file=sys.stderr)
+        if args.debug or os.environ.get("GRADCHECK_SYM_DEBUG", "") not in ("", "0"):
+            traceback.print_exception(exc, file=sys.stderr)
         return 3
     finally:
         if client is not None:

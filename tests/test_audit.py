@@ -304,3 +304,12 @@ def test_an_injection_that_changes_no_gradient_is_not_a_miss():
     assert result.summary()["injection"]["0.0001"] == {"entries": 0, "caught": 0, "gradcheck_caught": 0,
                                                        "no_effect": 1}
     assert "floor eps=0.0001 (sample 0, 1 ops): no effect" in str(result)
+
+
+def test_a_partly_traced_entry_lists_its_reasons_and_nan_samples_are_explained():
+    result = gs.audit_torch("sin", sources=("reference",), executor=SerialExecutor())
+    text = str(result)
+    assert "samples not traced in partly traced entries, by reason:" in text
+    assert "x every differentiable input is empty: sin reference" in text
+    dis = [t for _, _, t in result.disagreements()]
+    assert dis and all("the sample holds NaN or infinite values" in t for t in dis)

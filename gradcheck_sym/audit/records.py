@@ -129,8 +129,13 @@ class SampleAudit:
             return f"gradcheck-sym: {self.reason}; gradcheck passes.{where}"
         if self.status == "verified" and g.verdict == "fail":
             kink = any(k == "nondifferentiable" for k, _ in self.findings)
+            nonfinite = any(k in ("nonfinite-output", "nonfinite") for k, _ in self.findings) or \
+                "nan" in g.message.lower().split("numerical:", 1)[-1][:200]
             cause = ("the point is at a kink: gradcheck's finite differences straddle it, while the exact check "
                      "uses torch's documented convention there" if kink else
+                     "the sample holds NaN or infinite values: gradcheck's finite differences are NaN there (it "
+                     "compares NaN with NaN and fails), while gradcheck-sym leaves out the entries that are not "
+                     "finite on both sides and compares the rest" if nonfinite else
                      "autograd equals the exact derivative at every compared entry, so gradcheck's finite "
                      "differences are the inaccurate side here (cancellation, or a function that is not smooth "
                      "within eps 1e-6 of the point)")

@@ -86,6 +86,16 @@ def _sections(result: "AuditResult") -> list[tuple[str, list[str]]]:
         out.append(("not traced (entries with no traced sample and no error), by reason",
                     [f"{len(names)} x {reason}: " + ", ".join(names[:12]) + (" ..." if len(names) > 12 else "")
                      for reason, names in reasons.items()]))
+    partly: dict[str, list[str]] = {}
+    for e in result.entries:
+        if e.status == "partly-traced":
+            for s in e.samples:
+                if s.status in ("not-traced", "skipped") and s.reason:
+                    partly.setdefault(s.reason.split(":")[0][:200], []).append(f"{e.name} {s.label}")
+    if partly:
+        out.append(("samples not traced in partly traced entries, by reason",
+                    [f"{len(names)} x {reason}: " + ", ".join(names[:8]) + (" ..." if len(names) > 8 else "")
+                     for reason, names in partly.items()]))
     skipped = [e for e in result.entries if e.status == "skipped"]
     if skipped:
         out.append((f"not checked ({len(skipped)})", [f"{e.name} {e.dtype}: {e.note}" for e in skipped]))
