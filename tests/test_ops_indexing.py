@@ -175,3 +175,14 @@ def test_as_strided_scatter_finding_is_torchs():
     report = gs.check_function(f, x, src)
     assert [f.node for f in report.findings if f.kind == "mismatch"] == ["x"]
     assert not torch.autograd.gradcheck(f, (x.requires_grad_(), src.requires_grad_()), raise_exception=False)
+
+
+@pytest.mark.parametrize("shift", [torch.fft.fftshift, torch.fft.ifftshift])
+def test_fft_shifts_are_permutations_with_exact_adjoints(shift):
+    x = torch.arange(12, dtype=torch.float64).reshape(3, 4) / 7
+    w = torch.linspace(-1, 1, 12, dtype=torch.float64).reshape(3, 4)
+    report = gs.check_function(lambda x: (shift(x, dim=(0, 1)) * w).sum(), x)
+    assert report.ok and report.checked == 12 and not report.by_kind("not-verified")
+    # the exact gradient is w shifted back: the inverse permutation of the one forward applied
+    back = torch.fft.ifftshift if shift is torch.fft.fftshift else torch.fft.fftshift
+    assert torch.tensor([r.symbolic_grad for r in report.nodes]).reshape(3, 4).allclose(back(w, dim=(0, 1)))

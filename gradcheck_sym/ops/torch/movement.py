@@ -248,6 +248,6 @@ rule(
     "select_scatter", "slice_scatter", "diagonal_scatter", "as_strided", "as_strided_copy", "as_strided_scatter",
     "block_diag", "combinations", "cartesian_prod", "meshgrid", "pixel_shuffle", "pixel_unshuffle",
     "channel_shuffle", "native_channel_shuffle", "slice", "slice.Tensor", "slice_copy", "_unsafe_view", "fill",
-    "zero", "_unsafe_masked_index", "copy", "__setitem__",
+    "zero", "_unsafe_masked_index", "copy", "__setitem__", "fft_fftshift", "fft_ifftshift",
     sig=lambda *args, **kwargs: 0,
 )(lambda c, a: probe(c))
