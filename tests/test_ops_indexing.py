@@ -185,4 +185,4 @@ def test_fft_shifts_are_permutations_with_exact_adjoints(shift):
     assert report.ok and report.checked == 12 and not report.by_kind("not-verified")
     # the exact gradient is w shifted back: the inverse permutation of the one forward applied
     back = torch.fft.ifftshift if shift is torch.fft.fftshift else torch.fft.fftshift
-    assert torch.tensor([r.symbolic_grad for r in report.nodes]).reshape(3, 4).allclose(back(w, dim=(0, 1)))
+    assert torch.tensor([r.symbolic_grad for r in report.nodes], dtype=torch.float64).reshape(3, 4).allclose(back(w, dim=(0, 1)))
