@@ -102,3 +102,15 @@ def test_a_large_traced_call_writes_no_formula():
 
     r = gs.check_function(lambda x: x.exp().sum(), torch.linspace(0, 1, 100, dtype=torch.float64))
     assert r.ok and r.derivatives == ()
+
+
+def test_formulas_are_written_only_when_read(monkeypatch):
+    import torch
+
+    calls = []
+    real = fm.traced_formulas
+    monkeypatch.setattr(fm, "traced_formulas", lambda *a: calls.append(1) or real(*a))
+    r = gs.check_function(lambda x: (x * x).sum(), torch.tensor([0.5], dtype=torch.float64))
+    assert r.ok and calls == []  # a check that never looks at them pays nothing
+    assert r.derivative("x[0]") == 2 * sp.Symbol("x_0", real=True) and calls == [1]
+    assert len(r.derivatives) == 1 and calls == [1]  # computed once

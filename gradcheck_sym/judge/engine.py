@@ -27,7 +27,7 @@ from ..budget import NO_DEADLINE, Deadline
 from ..ops import OPS
 from ..reference.formulas import formulas
 from ..report import Report
-from ..report.records import Formula, NodeRow
+from ..report.records import Formula, LazyFormulas
 from . import tolerance as tl
 from .compare import Accumulator, Quantity, example, full
 from .findings import build_finding, cut_findings, sort_findings, tolerance_line
@@ -323,6 +323,8 @@ class Checker:
         findings += cut_findings(self.regions, {key for _, _, key in self.acc.keys()}) + self.s.extra_findings()
         derivation = "; ".join([self.d.method] + self.s.notes() + self.notes + self.detailed.notes())
         rows = tuple(self.s.rows(self.first, self.points.n))
+        # computed when first read (the report keeps the graph and derivation, not this engine's tensors)
+        graph, d, names = self.graph, self.d, {r.id: r.expression for r in rows}
         return Report(
             expression=self.s.title,
             variables=self.graph.variables,
@@ -338,16 +340,17 @@ class Checker:
             high_precision_points=self.refs.mp_points,
             first_point=self.first.get("point", {}),
             edges=tuple(self.s.edges()),
-            derivatives=self._formulas(rows),
+            derivatives=LazyFormulas(lambda: _formulas(graph, d, names)),
         )
 
-    def _formulas(self, rows: tuple[NodeRow, ...]) -> tuple[Formula, ...]:
-        """The exact derivatives as formulas, where small (a teacher shows them beside the numbers)."""
-        try:
-            found = formulas(self.graph, self.d, {r.id: r.expression for r in rows})
-            return tuple(Formula(of, k, str(e), sympy.latex(e), e) for of, k, e in found)
-        except Exception:  # noqa: BLE001 - a presentation extra: the check's verdicts stand without it
-            return ()
+
+def _formulas(graph: Any, d: Any, names: dict[int, str]) -> tuple[Formula, ...]:
+    """The exact derivatives as formulas, where small (a teacher shows them beside the numbers)."""
+    try:
+        found = formulas(graph, d, names)
+        return tuple(Formula(of, k, str(e), sympy.latex(e), e) for of, k, e in found)
+    except Exception:  # noqa: BLE001 - a presentation extra: the check's verdicts stand without it
+        return ()
 
 
 class _Progress:

@@ -20,7 +20,7 @@ import torch
 from ..autograd.user import TracedRun, run_traced
 from ..errors import GradcheckSymError, InputError
 from ..front.parse import parse
-from ..report.records import Formula, NodeRow, Report
+from ..report.records import Formula, LazyFormulas, NodeRow, Report
 from .samples import check_domain, sample_points
 from .tensor import FunctionJudge
 from .tensor_findings import element_name
@@ -121,7 +121,9 @@ def check_traced_function(fn: Any, inputs: tuple, *, names: Sequence[str] | None
             k += 1
             judge.point(k, run)
     report = _report(fn, arg_names, input_names, first, judge, dtype, order, used_seed, expected, redrawn)
-    return dataclasses.replace(report, derivatives=getattr(make, "formulas", None) or _formulas(first, input_names))
+    formulas = getattr(make, "formulas", None)
+    return dataclasses.replace(report, derivatives=formulas if formulas is not None else
+                               LazyFormulas(lambda: _formulas(first, input_names)))
 
 
 def _formulas(run: TracedRun, names: list[str]) -> tuple[Formula, ...]:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 __all__ = ["SCHEMA_VERSION", "Severity", "Example", "CutLocation", "Finding", "NodeRow", "Formula", "Report",
            "KIND_SEVERITY"]
@@ -152,6 +153,33 @@ class Formula:
     expr: Any = field(default=None, compare=False, repr=False, metadata={"json": False})
 
 
+class LazyFormulas(Sequence):
+    """`Report.derivatives` computed on first use: writing out a traced call's formulas costs sympy work
+    that a check which never looks at them should not pay (it doubled the median check of a small op)."""
+
+    def __init__(self, compute: Callable[[], tuple[Formula, ...]]) -> None:
+        self._compute: Callable[[], tuple[Formula, ...]] | None = compute
+        self._value: tuple[Formula, ...] = ()
+
+    def _get(self) -> tuple[Formula, ...]:
+        if self._compute is not None:
+            compute, self._compute = self._compute, None
+            self._value = tuple(compute())
+        return self._value
+
+    def __getitem__(self, i: Any) -> Any:
+        return self._get()[i]
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+    def __eq__(self, other: object) -> bool:
+        return self._get() == (tuple(other) if isinstance(other, Sequence) else other)
+
+    def __repr__(self) -> str:
+        return repr(self._get())
+
+
 @dataclass(frozen=True)
 class Report:
     """The result of one check.
@@ -191,7 +219,7 @@ class Report:
     high_precision_points: int = 0
     first_point: dict[str, float] = field(default_factory=dict)
     edges: tuple[tuple[int, int, str], ...] = ()
-    derivatives: tuple[Formula, ...] = ()
+    derivatives: Sequence[Formula] = ()
 
     @property
     def ok(self) -> bool:
@@ -245,7 +273,7 @@ def _finite_json(obj: Any) -> Any:
         return obj
     if isinstance(obj, dict):
         return {k: _finite_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
+    if isinstance(obj, (list, tuple, LazyFormulas)):
         return [_finite_json(v) for v in obj]
     if is_dataclass(obj):
         return {f.name: _finite_json(getattr(obj, f.name)) for f in _fields(type(obj)) if f.metadata.get("json", True)}
