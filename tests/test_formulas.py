@@ -114,3 +114,14 @@ def test_formulas_are_written_only_when_read(monkeypatch):
     assert r.ok and calls == []  # a check that never looks at them pays nothing
     assert r.derivative("x[0]") == 2 * sp.Symbol("x_0", real=True) and calls == [1]
     assert len(r.derivatives) == 1 and calls == [1]  # computed once
+
+
+def test_a_report_with_formulas_pickles():
+    import pickle
+
+    import torch
+
+    for r in (gs.check("sin(x)*y", at={"x": 0.7, "y": 1.3}),
+              gs.check_function(lambda x: (x * x).sum(), torch.tensor([0.5], dtype=torch.float64))):
+        back = pickle.loads(pickle.dumps(r))
+        assert back.derivatives == r.derivatives and back.to_json() == r.to_json()

@@ -179,6 +179,11 @@ class LazyFormulas(Sequence):
     def __repr__(self) -> str:
         return repr(self._get())
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # a report sent to another process (a pool or Dask worker's result) carries the formulas
+        # themselves, not the closure that computes them
+        return (tuple, (self._get(),))
+
 
 @dataclass(frozen=True)
 class Report:
