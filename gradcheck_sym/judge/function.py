@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from ..autograd.user import TracedRun, run_traced
-from ..errors import GradcheckSymError, InputError
+from ..errors import GradcheckSymError, InputError, UnsupportedError
 from ..front.parse import parse
 from ..report.records import Formula, LazyFormulas, NodeRow, Report
 from .samples import check_domain, sample_points
@@ -50,6 +50,9 @@ def prepare_call(fn: Any, inputs: tuple, names: Sequence[str] | None, dtype: tor
     for i, (name, x) in enumerate(zip(names, inputs)):
         if isinstance(x, torch.Tensor) and x.is_complex():
             raise InputError(f"input {name!r} is complex; the checker works with real numbers")
+        if isinstance(x, torch.Tensor) and x.layout != torch.strided:
+            raise UnsupportedError(f"input {name!r} is a {str(x.layout).replace('torch.', '')} tensor; the checker "
+                                   "works with dense (strided) tensors", "pass x.to_dense()")
         if isinstance(x, torch.Tensor) and x.device.type == "meta":
             raise InputError(f"input {name!r} is on the meta device: it has no values to check")
         if isinstance(x, torch.Tensor) and x.is_floating_point():
