@@ -284,6 +284,7 @@ def test_integer_outputs_beside_floating_ones_are_left_out():
         gs.check_function(lambda x: x.argmax(-1, keepdim=True), x)
 
 
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
 def test_a_sparse_input_is_refused_by_name_not_a_tool_error():
     x = torch.tensor([[0.0, 1.5], [2.0, 0.0]], dtype=torch.float64).to_sparse_csr()
     with pytest.raises(gs.UnsupportedError, match="input 'x' is a sparse_csr tensor; the checker works with dense"):
