@@ -27,6 +27,7 @@ import torch
 from ..ir.program import Program, Var
 from ..reference.interpret import Traced
 from .tracer import Tracer
+from ..ops.core import leaves
 from .tracer_calls import _name, foreign_types
 from .tracer_sites import _user_frame, dispatching_frame
 
@@ -403,14 +404,7 @@ class _Ours(Exception):
 
 
 def _walk_tensors(x: Any) -> Any:
-    if isinstance(x, torch.Tensor):
-        yield x
-    elif isinstance(x, (list, tuple)):
-        for e in x:
-            yield from _walk_tensors(e)
-    elif isinstance(x, dict):
-        for e in x.values():
-            yield from _walk_tensors(e)
+    return (t for t in leaves(x) if isinstance(t, torch.Tensor))
 
 
 _DROPPED = torch.zeros(())  # a constant no equation uses any more

@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from ..ops.core import leaves
+
 __all__ = ["foreign_types"]
 
 # Calls that read metadata or manage state: never recorded.
@@ -77,12 +79,4 @@ def _tensors(out: Any) -> list[torch.Tensor]:
     return []
 
 
-def _walk(x: Any) -> Any:
-    if isinstance(x, (list, tuple)):
-        for e in x:
-            yield from _walk(e)
-    elif isinstance(x, dict):
-        for e in x.values():
-            yield from _walk(e)
-    else:
-        yield x
+_walk = leaves  # the arguments' leaves, in order

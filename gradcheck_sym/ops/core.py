@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["Prim", "PRIMS", "register", "bind", "Interpreter", "TorchEager", "interpreting", "current"]
+__all__ = ["Prim", "PRIMS", "register", "bind", "Interpreter", "TorchEager", "interpreting", "current", "leaves"]
 
 # vjp(cts, ins, outs, **params) -> one cotangent (or None) per input.
 Vjp = Callable[..., list[Any]]
@@ -103,6 +103,18 @@ class interpreting:  # noqa: N801 - used as a context manager, like torch.no_gra
 def bind(name: str, *args: Any, **params: Any) -> Any:
     """Apply primitive `name` to `args` with the current interpreter."""
     return _STACK.items[-1].process(PRIMS[name], args, params)
+
+
+def leaves(x: Any) -> Any:
+    """The leaves of nested lists, tuples and dicts (a call's arguments), in order."""
+    if isinstance(x, (list, tuple)):
+        for e in x:
+            yield from leaves(e)
+    elif isinstance(x, dict):
+        for e in x.values():
+            yield from leaves(e)
+    else:
+        yield x
 
 
 def is_tensor(x: Any) -> bool:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from .. import prims as P
+from ..core import leaves
 from ..ew import ADD, MUL
 from .registry import Args, Ctx, Refused, rule
 
@@ -226,15 +227,7 @@ def _finer(a: torch.dtype, b: torch.dtype) -> bool:
     return a.is_floating_point and b.is_floating_point and torch.finfo(a).eps < torch.finfo(b).eps
 
 
-def _walk(x: Any) -> Any:
-    if isinstance(x, (list, tuple)):
-        for e in x:
-            yield from _walk(e)
-    elif isinstance(x, dict):
-        for e in x.values():
-            yield from _walk(e)
-    else:
-        yield x
+_walk = leaves  # the arguments' leaves, in order
 
 
 rule(
