@@ -25,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -33,19 +33,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from models import ResNet18, ResNetLoss  # noqa: E402
+from run import median_time  # noqa: E402
 
 import gradcheck_sym as gs  # noqa: E402
 
 ROWS: list[str] = []
-
-
-def median_time(fn: Callable[[], Any], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def row(what: str, ours: float, theirs: float, target: str, note: str = "") -> None:

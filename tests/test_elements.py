@@ -59,3 +59,22 @@ def test_a_gradient_that_is_zero_in_the_math_compared_within_rounding_of_zero_is
     r = _f64(1e-17)
     a = _f64(-2e-16)
     assert classify(a, r, u=2.0**-53, tiny=2.2e-308, bound=lambda: _f64(1e-15)).loose == 0
+
+
+def test_a_loose_comparison_is_not_verified_with_its_reason(monkeypatch):
+    # a worst-case bound far above the gradient (a deep float32 chain) is simulated by marking every passing
+    # entry loose: the report then says so, counts nothing as verified, and is not OK
+    import dataclasses
+
+    import gradcheck_sym as gs
+    from gradcheck_sym.judge import tensor
+
+    real = tensor.classify
+    monkeypatch.setattr(tensor, "classify", lambda *a, **k: dataclasses.replace(real(*a, **k), loose=3))
+    report = gs.check_function(lambda x: (x * x).sum(), torch.tensor([0.5, 1.0, 2.0]), dtype="float32")
+    (f,) = report.errors()
+    assert f.kind == "not-verified" and report.checked == 0
+    assert f.message == ("the gradient for x (3 entries) was not verified at 1 of 1 point: the rounding bound of "
+                         "the computation in float32 exceeds the gradient's largest entry (a long chain of "
+                         "ill-conditioned operations): a comparison says nothing there; check in float64, or as a "
+                         "module (whose float64 twin measures the rounding)")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from ..report.records import CutLocation, Example, Finding
+from .compare import fmt
 
 __all__ = ["Accumulator", "element_name", "output_names", "CUT_WORDS"]
 
@@ -49,14 +50,6 @@ def output_names(shapes: Sequence[tuple[int, ...]]) -> list[str]:
         n = math.prod(shape)
         names += [element_name(base, shape, j) for j in range(n)]
     return names
-
-
-def fmt(x: float | None) -> str:
-    if x is None:
-        return "None"
-    if x != x:
-        return "nan"
-    return f"{x:.6g}"
 
 
 @dataclass

@@ -11,16 +11,14 @@ import io
 import math
 from typing import Any
 
-import numpy as np
 
-from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from .records import Finding, Report
 
-__all__ = ["render_text", "render_json", "render_html", "render_run_text", "render_run_html"]
+__all__ = ["render_text", "render_json", "render_html"]
 
 _SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 
@@ -117,79 +115,6 @@ def render_json(report: Report) -> str:
     return report.to_json()
 
 
-def _val(v: Any) -> str:
-    if v is None:
-        return "None"
-    if isinstance(v, list):
-        flat = np.asarray(v, dtype=float).flatten()
-        return "[" + ", ".join(_num(float(x)) for x in flat[:4]) + (", ...]" if flat.size > 4 else "]")
-    return _num(float(v))
-
-
-def render_run_text(report: Any, *, width: int = 110, color: bool = False) -> str:
-    """The text report of `gradcheck-sym run`: per-tensor table, backwards, findings explained."""
-    buf = io.StringIO()
-    console = Console(file=buf, width=width, color_system="standard" if color else None, force_terminal=color,
-                      highlight=False, emoji=False, soft_wrap=False)
-    console.print(Text(f"gradcheck-sym run {report.script}", style="bold"))
-    n_back = len(report.backwards)
-    console.print(f"backward calls verified: {n_back}"
-                  + "".join(f"\n  line {b['line']}: `{b['source']}` ({b['checked']} gradients checked"
-                            f"{', ' + str(b['errors']) + ' wrong' if b['errors'] else ''})"
-                            + "".join(f"\n    returned d/d {r['tensor']}: {_val(r['grad'])} (exact {_val(r['exact'])})"
-                                      for r in b.get("returned", []))
-                            for b in report.backwards))
-    if report.tensors:
-        table = Table(header_style="bold", pad_edge=False, box=box.SIMPLE_HEAD)
-        for col, justify in [("tensor", "left"), ("line", "right"), ("leaf", "left"), ("req. grad", "left"),
-                             ("grad_fn", "left"), ("retains", "left"), ("value", "right"), (".grad", "right"),
-                             ("exact grad", "right"), ("status", "left")]:
-            table.add_column(col, justify=justify, overflow="fold")  # type: ignore[arg-type]
-        for t in report.tensors:
-            # after each backward, oldest first (the last three)
-            grad = " → ".join(_val(g) for g in t.grad[-3:]) if t.grad else "None"
-            sym = " → ".join(_val(g) for g in t.symbolic_grad[-3:]) if t.symbolic_grad else "-"
-            table.add_row(t.name, str(t.line), "yes" if t.is_leaf else "no", "yes" if t.requires_grad else "no",
-                          t.grad_fn or "-", "yes" if t.retains_grad else "no", _val(t.value), grad, sym,
-                          Text(t.status, style="red" if any(w in t.status for w in ("mismatch", "untracked", "stale",
-                                                                                    "nonfinite,")) else ""))
-        console.print(table)
-    if report.findings:
-        console.print(Text("findings:", style="bold"))
-        for f in report.findings:
-            line = Text()
-            line.append(f"[{f.severity}] ", style=_SEVERITY_STYLE.get(f.severity, ""))
-            line.append(f.kind, style="bold")
-            if f.line:
-                line.append(f" (line {f.line})")
-            console.print(line)
-            console.print(Text("    " + f.message))
-            console.print(Text("    why: " + f.explanation))
-            console.print(Text("    fix: " + f.fix))
-    if report.error:
-        console.print(Text("the script raised (what ran before is verified above):", style="bold red"))
-        console.print(Text(report.error), soft_wrap=True)  # a traceback is not re-wrapped
-    verdict = Text()
-    errors = sum(1 for f in report.findings if f.severity == "error")
-    if report.ok:
-        checked = sum(b["checked"] for b in report.backwards)
-        warnings_ = sum(1 for f in report.findings if f.severity == "warning")
-        verdict.append("OK", style="bold green")
-        if not report.backwards:
-            verdict.append(": nothing to verify")
-        elif warnings_:
-            verdict.append(f": no error ({checked} gradients checked; {warnings_} warning"
-                           f"{'s' if warnings_ != 1 else ''} above)")
-        else:
-            verdict.append(f": every gradient matches the exact derivative ({checked} checked)")
-    else:
-        verdict.append("FAILED", style="bold red")
-        verdict.append(f": {errors} error finding{'s' if errors != 1 else ''}" + (" and the script raised"
-                                                                                    if report.error else ""))
-    console.print(verdict)
-    return buf.getvalue().rstrip() + "\n"
-
-
 def _html_table(headers: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
@@ -239,19 +164,3 @@ def _html_formulas(report: Report) -> str:
     more = f"<li>... and {len(shown) - 12} more</li>" if len(shown) > 12 else ""
     return (f"<p>exact derivatives (sympy; <code>report.derivative(name)</code> gives the object):</p>"
             f"<ul>{items}{more}</ul>")
-
-
-def render_run_html(report: Any) -> str:
-    """A script run's report for Jupyter."""
-    from .picture import run_picture
-
-    rows = [[t.name, str(t.line), "yes" if t.is_leaf else "no", "yes" if t.requires_grad else "no", t.grad_fn or "-",
-             _val(t.value), _val(t.grad[-1]) if t.grad else "None", _val(t.symbolic_grad[-1]) if t.symbolic_grad else "-",
-             t.status] for t in report.tensors]
-    verdict = "OK" if report.ok else "FAILED"
-    return (f"<div><h4>gradcheck-sym run {html.escape(report.script)}</h4><p><b>{verdict}</b></p>"
-            + _html_table(["tensor", "line", "leaf", "requires_grad", "grad_fn", "value", ".grad", "exact grad",
-                           "status"], rows)
-            + _html_findings(report.findings)
-            + (f"<pre>{html.escape(report.error)}</pre>" if report.error else "")
-            + _html_graph(run_picture(report)) + "</div>")

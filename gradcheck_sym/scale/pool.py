@@ -103,7 +103,7 @@ def _exit_when_gone(pid: int) -> None:
 
 
 def memory_share(workers: int) -> int | None:
-    """Bytes of address space a worker may use: its share of this machine's memory (None: unknown).
+    """Bytes of memory a worker may write: its share of this machine's memory (None: unknown).
 
     A check whose peer runs away (torch's gradcheck in slow mode on a large Jacobian once took 19 GB
     and the kernel's OOM killer with it) then fails with MemoryError in its own worker, reported as
@@ -122,11 +122,13 @@ def _cap_memory(limit: int | None) -> None:
     try:
         import resource
 
-        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        # RLIMIT_DATA (private writable memory), not RLIMIT_AS: a CUDA context reserves tens of GB of
+        # address space it never writes, which an address-space cap would refuse
+        soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
         if hard != resource.RLIM_INFINITY:
             limit = min(limit, hard)
         if soft == resource.RLIM_INFINITY or soft > limit:
-            resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+            resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
     except (ImportError, ValueError, OSError):  # not on this platform: no cap
         pass
 
