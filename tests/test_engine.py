@@ -10,7 +10,8 @@ from gradcheck_sym.ir.program import Program
 from gradcheck_sym.ops import prims as P
 from gradcheck_sym.ops.core import interpreting
 from gradcheck_sym.ops.ew import ADD, MUL
-from gradcheck_sym.reference.interpret import ObjectEager, Recorder, Traced, evaluate, record_sweep, sweep
+from gradcheck_sym.reference.interpret import (ObjectEager, Recorder, Traced, error_bounds, evaluate, record_sweep,
+                                               sweep)
 
 from .oracle import assert_matches_oracle, traced
 
@@ -110,6 +111,34 @@ def test_second_order_is_the_sweep_of_the_recorded_sweep():
     hu = sweep(whole, values, {g.var.id: u}).cts[prog.inputs[0].id]
     expected = torch.autograd.functional.hessian(f, x) @ u  # torch as the test's oracle
     torch.testing.assert_close(hu, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_bounds_tracked_while_recording_the_sweep_equal_error_bounds_of_the_whole():
+    # The tracer tracks the forward's bounds; the sweep's are tracked as it records: the same numbers as
+    # bounding the whole program from scratch, here in float32 where the bounds matter.
+    x = rand(6).float()
+    run = traced(lambda x: (torch.tanh(x) * x.exp() - x.square().sum()).abs().sum(), x)
+    prog, env = run.program, run.env
+    seeds = {prog.outputs[0].id: torch.ones((), dtype=F64)}
+    whole, values, res = record_sweep(prog, env, seeds, errs=run.tracer.rec.errs)
+    fresh = error_bounds(whole, values)
+    grads = [res.cts[v.id].var.id for v in prog.inputs]
+    assert all(res.errs[g].abs().max() > 0 for g in grads)  # a bound was computed, not a zero
+    for g in grads:
+        torch.testing.assert_close(res.errs[g], fresh[g], rtol=1e-13, atol=0)
+    skipped = error_bounds(whole, values, start=run.tracer.rec.errs, skip=len(prog.eqns))
+    for g in grads:
+        torch.testing.assert_close(skipped[g], fresh[g], rtol=1e-13, atol=0)
+
+
+def test_a_sweep_says_whether_a_cut_was_reached():
+    x = rand(3)
+    reached = traced(lambda x: (x.detach() * x).sum(), x)
+    untouched = traced(lambda x: (x * x).sum() + x.detach().sum().item() * 0, x)
+    for run, expected in ((reached, True), (untouched, False)):
+        prog = run.program
+        res = sweep(prog, run.env, {prog.outputs[0].id: torch.ones((), dtype=F64)})
+        assert res.cut_reached is expected
 
 
 # ---------------------------------------------------------------- aliasing: views and in-place changes

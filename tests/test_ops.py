@@ -85,3 +85,37 @@ def test_the_high_precision_program_agrees_with_float64_over_the_box(name, n):
         for key in extra:
             s = sympy.Symbol(f"extra[{key}]", real=True)
             assert math.isclose(float(hp[s]), float(lo[s]), rel_tol=1e-9, abs_tol=1e-12), (name, key, point)
+
+
+def test_binding_positional_arguments_quickly_agrees_with_inspect():
+    # The tracer binds most calls without inspect: the result (values, defaults, order) and the refusals
+    # must be inspect's, for every rule and every number of positional arguments.
+    from gradcheck_sym.ops.torch import RULES
+    from gradcheck_sym.ops.torch.registry import Refused, bind_args
+
+    tried = 0
+    for rule in RULES.values():
+        params = list(rule.signature.parameters.values())
+        for n in range(len(params) + 1):
+            args = tuple(object() for _ in range(n))
+            try:
+                expected = rule.signature.bind(*args)
+            except TypeError:
+                expected = None
+            if expected is not None:
+                expected.apply_defaults()
+            try:
+                got = bind_args(rule, args, {})
+            except Refused:
+                got = "refused"
+            if expected is None:
+                assert got == "refused", (rule.name, n)
+                continue
+            tried += 1
+            refused = any(name in expected.arguments and expected.arguments[name] is not
+                          rule.signature.parameters[name].default for name in rule.refuse)
+            if refused:
+                assert got == "refused", (rule.name, n)
+            else:
+                assert list(got.items()) == list(expected.arguments.items()), (rule.name, n)
+    assert tried > 500

@@ -19,12 +19,12 @@ import os
 import re
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
-from ..ir.program import Program, Var
+from ..ir.program import Const, Program, Var
 from ..reference.interpret import Traced
 from .tracer import Tracer
 from ..ops.core import leaves
@@ -386,13 +386,21 @@ class ScriptTracer(Tracer):
                     if isinstance(a, Var):
                         needed.add(a.id)
         keep.reverse()
+        # The constants the kept equations use, renumbered from 0: a loop makes new constants every
+        # iteration, and slots kept for dropped ones made every later prune and sweep longer.
+        used = sorted({a.index for e in keep for a in e.inputs if isinstance(a, Const)})
+        remap = {old: new for new, old in enumerate(used)}
+        if any(old != new for old, new in remap.items()):
+            keep = [e if all(isinstance(a, Var) for a in e.inputs) else replace(
+                e, inputs=tuple(a if isinstance(a, Var) else replace(a, index=remap[a.index]) for a in e.inputs))
+                for e in keep]
         self.rec.eqns[:] = keep
-        used_consts = {a.index for e in keep for a in e.inputs if not isinstance(a, Var)}
-        for i in range(len(self.rec.consts)):
-            if i not in used_consts and self.rec.consts[i] is not None:
-                self.rec.consts[i] = _DROPPED
+        self.rec.consts[:] = [self.rec.consts[i] for i in used]
         for vid in [v for v in self.rec.values if v not in needed]:
             del self.rec.values[vid]
+        if self.rec.errs is not None:
+            for vid in [v for v in self.rec.errs if v not in needed]:
+                del self.rec.errs[vid]
         alive_inputs = [(v, n) for v, n in zip(self.inputs, self.input_names) if v.id in needed]
         self.inputs = [v for v, _ in alive_inputs]
         self.input_names = [n for _, n in alive_inputs]
@@ -406,5 +414,3 @@ class _Ours(Exception):
 def _walk_tensors(x: Any) -> Any:
     return (t for t in leaves(x) if isinstance(t, torch.Tensor))
 
-
-_DROPPED = torch.zeros(())  # a constant no equation uses any more

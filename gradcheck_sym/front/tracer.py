@@ -61,6 +61,16 @@ class _Region:
     on: bool = True
 
 
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_EPS = {d: torch.finfo(d).eps for d in _FLOATS}
+_DTYPE_NAMES = {d: str(d).replace("torch.", "") for d in _FLOATS}
+
+
+def _eps(dtype: torch.dtype) -> float:
+    e = _EPS.get(dtype)
+    return e if e is not None else torch.finfo(dtype).eps
+
+
 class Tracer(Handles, TorchFunctionMode):
     """Records a function's torch ops as a `Program` (see the module docstring)."""
 
@@ -268,12 +278,14 @@ class Tracer(Handles, TorchFunctionMode):
         """The dtype the op's rounding is charged in: its result's, or a coarser one a traced input has (torch
         computes part of a mixed op, such as loss(x32, target64), in the input's precision); a cast's is its
         result's."""
-        cast = base in _CASTS
-        dtypes = [result.dtype] + [x.dtype for x in _walk((args, kwargs)) if not cast and isinstance(x, torch.Tensor)
-                                   and x.is_floating_point() and self.is_traced(x)]
-        floating = [d for d in dtypes if d.is_floating_point]
-        coarsest = max(floating, key=lambda d: torch.finfo(d).eps) if floating else result.dtype
-        return _dtype_name(torch.empty(0, dtype=coarsest))
+        coarsest = result.dtype
+        if base not in _CASTS:
+            eps = _eps(coarsest) if coarsest.is_floating_point else 0.0
+            for x in _walk((args, kwargs)):
+                if isinstance(x, torch.Tensor) and x.dtype != coarsest and x.is_floating_point() and \
+                        _eps(x.dtype) > eps and self.is_traced(x):
+                    coarsest, eps = x.dtype, _eps(x.dtype)
+        return _DTYPE_NAMES.get(coarsest) or str(coarsest).replace("torch.", "")
 
     def _lower(self, base: str, swap: bool, args: tuple, kwargs: dict, site: int) -> Any:
         rule = RULES.get(base)
@@ -335,8 +347,11 @@ class Tracer(Handles, TorchFunctionMode):
         err = self.rec.errs.get(h.var.id) if self.rec.errs is not None else None
         # below the dtype's smallest normal number results are subnormal: absolute, not relative, precision
         tol = 64 * u * mine.abs() + torch.finfo(t.dtype).tiny + (16 * err if err is not None else 0)
+        diff = (mine - theirs).abs()
+        if bool((diff <= tol).all()):
+            return  # every element within the bound (a NaN or infinity on either side goes on below)
         both = torch.isfinite(mine) & torch.isfinite(theirs)
-        bad = both & ((mine - theirs).abs() > tol)
+        bad = both & (diff > tol)
         nan_mismatch = torch.isnan(theirs) != torch.isnan(mine)
         if bool(bad.any()) or bool((nan_mismatch & (mine.abs() < torch.finfo(t.dtype).max)).any()):
             worst = float(((mine - theirs).abs() / (mine.abs() + 1e-300)).nan_to_num(1.0).max()) if mine.numel() else 0

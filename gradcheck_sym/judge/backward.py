@@ -43,6 +43,10 @@ class Plan:
 class BackwardVerifier:
     """Plans and verifies backwards for a `ScriptTracer` (see the module docstring)."""
 
+    def __init__(self) -> None:
+        # line -> how often its backwards needed a rounding bound lately (a moving average of 0s and 1s)
+        self.bounded: dict[int, float] = {}
+
     def plan(self, tr: Any, ev: Any, outs: list[torch.Tensor], grads: list[Any], inputs: list[torch.Tensor] | None,
              create: bool) -> Plan | None:
         seeds: dict[int, Any] = {}
@@ -75,14 +79,25 @@ class BackwardVerifier:
             recorded = None
             cts = dict(res.cts)
         else:
-            # The sweep is written down (for its rounding-error bound) only if a comparison needs it.
-            values = tr.rec.values
-            res = sweep(prog, values, seeds)
-            cts = dict(res.cts)
+            values, errs = tr.rec.values, tr.rec.errs
+            if self.bounded.get(ev.line, 0.0) > 0.7:
+                # this line's backwards (a loop's) nearly always need their rounding bound: the sweep is
+                # written down at once, its bounds tracked as it records (else a plain sweep is cheaper)
+                done = record_sweep(prog, values, seeds, errs=errs)
+                res = done[2]
+                cts = {k: c.value if isinstance(c, Traced) else c for k, c in res.cts.items()}
 
-            def recorded() -> Any:
-                return record_sweep(prog, values, seeds)
-        cut = sweep(prog, tr.rec.values, seeds, cut=True).cts if tr.cuts else None
+                def recorded() -> Any:
+                    return done
+            else:
+                # written down (for its rounding-error bound) only if a comparison needs it
+                res = sweep(prog, values, seeds)
+                cts = dict(res.cts)
+
+                def recorded() -> Any:
+                    return record_sweep(prog, values, seeds, errs=errs)
+        # the cotangents with the cuts as constants: the same as the plain ones unless a cut is reached
+        cut = (sweep(prog, tr.rec.values, seeds, cut=True).cts if res.cut_reached else cts) if tr.cuts else None
         plan = Plan(seeds, recorded, cts, cut, res.tainted, res.blocked, inputs=inputs, create=create)
         if inputs is None:
             seen = set()
@@ -97,6 +112,12 @@ class BackwardVerifier:
 
     # ------------------------------------------------------------ after the backward
     def verify(self, tr: Any, ev: Any, plan: Plan, result: Any) -> None:
+        try:
+            self._verify(tr, ev, plan, result)
+        finally:
+            self.bounded[ev.line] = 0.8 * self.bounded.get(ev.line, 0.0) + 0.2 * (plan.bounds is not None)
+
+    def _verify(self, tr: Any, ev: Any, plan: Plan, result: Any) -> None:
         if plan.inputs is not None:
             scale = _scale(tr, plan, plan.inputs)
             for t, got in zip(plan.inputs, result):
@@ -158,7 +179,7 @@ class BackwardVerifier:
                 return None
             if plan.bounds is None:
                 whole, values, res = plan.recorded()
-                e = error_bounds(whole, values)
+                e = res.errs if res.errs is not None else error_bounds(whole, values)
                 plan.bounds = {k: e.get(c.var.id) for k, c in res.cts.items() if isinstance(c, Traced)}
             b = plan.bounds.get(var.id)
             return None if b is None else b * (1.0 + 2.0**-53 / u)

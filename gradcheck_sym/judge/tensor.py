@@ -307,7 +307,8 @@ class FunctionJudge(Explain, SecondOrder):
         # For second order, `recorded` is the sweep of the recorded sweep (itself recorded).
         whole, values, res = recorded if recorded is not None else record_sweep(prog, env, seeds)
         grads = {v.id: res.cts.get(v.id) for v in prog.inputs}
-        e = error_bounds(whole, values)
+        # the forward program's bounds were tracked as it was traced: only the sweep's are computed here
+        e = error_bounds(whole, values, start=run.tracer.rec.errs, skip=len(prog.eqns))
         scale = 1.0 + 2.0**-53 / self.u
         return {vid: e[g.var.id] * scale for vid, g in grads.items()
                 if isinstance(g, Traced) and e.get(g.var.id) is not None}

@@ -107,14 +107,18 @@ def bind(name: str, *args: Any, **params: Any) -> Any:
 
 def leaves(x: Any) -> Any:
     """The leaves of nested lists, tuples and dicts (a call's arguments), in order."""
-    if isinstance(x, (list, tuple)):
-        for e in x:
-            yield from leaves(e)
-    elif isinstance(x, dict):
-        for e in x.values():
-            yield from leaves(e)
-    else:
+    if not isinstance(x, (list, tuple, dict)):
         yield x
+        return
+    stack = [iter(x.values() if isinstance(x, dict) else x)]
+    while stack:
+        for e in stack[-1]:
+            if isinstance(e, (list, tuple, dict)):
+                stack.append(iter(e.values() if isinstance(e, dict) else e))
+                break
+            yield e
+        else:
+            stack.pop()
 
 
 def is_tensor(x: Any) -> bool:

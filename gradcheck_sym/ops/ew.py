@@ -160,7 +160,7 @@ class EwFn:
     @functools.cached_property
     def _err(self) -> Callable[..., Any]:
         _, err = rounding_error(self.err_form)
-        return _compiled(err, self.nargs, "torch")
+        return _compiled(_drop_zeros(err), self.nargs, "torch")
 
     def rounding(self, *args: Any) -> Any:
         """A bound on the rounding error of evaluating this value, in units of u (absolute)."""
@@ -230,6 +230,20 @@ def _compiled(expr: sympy.Expr, nargs: int, backend: str) -> Callable[..., Any]:
         return fn(dict(zip(syms, args)))
 
     return run
+
+
+def _drop_zeros(e: sympy.Expr) -> sympy.Expr:
+    """`e` without the exact zero terms an unevaluated sum keeps (each would be one more kernel)."""
+    if not e.args:
+        return e
+    args = [_drop_zeros(a) for a in e.args]
+    if isinstance(e, sympy.Add):
+        args = [a for a in args if a != 0]
+        if not args:
+            return sympy.S.Zero
+        if len(args) == 1:
+            return args[0]
+    return e.func(*args, evaluate=False) if isinstance(e, (sympy.Add, sympy.Mul)) else e.func(*args)
 
 
 def rounding_error(expr: sympy.Expr) -> tuple[sympy.Expr, sympy.Expr]:

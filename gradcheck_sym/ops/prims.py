@@ -172,10 +172,19 @@ def _ew_err(errs: list[Any], ins: Sequence[Any], outs: Sequence[Any], u: float, 
         if fn is ZMUL:  # its partials are 0 where an adjoint is exactly 0; that 0's rounding error still counts
             d = targs[1 - i].abs()
         else:
-            d = _ew_impl(*targs, fn=fn.partial(i)).abs()
-        # an input's error reaches the output only through a non-zero partial: exp(-inf) = 0 takes none of
-        # the (infinite) error of a -inf score, as with masked_fill(-inf) before softmax
-        total = total + torch.where((e == 0) | (d == 0), torch.zeros((), dtype=F64), d * e)
+            part = fn.partial(i)
+            if part.torch_impl is None and part.expr.is_Number:  # a constant partial (add, sub, scaling)
+                c = abs(float(part.expr))
+                if c != 0:
+                    total = total + (e if c == 1 else c * e)
+                continue
+            d = _ew_impl(*targs, fn=part).abs()
+        term = d * e
+        if bool(torch.isnan(term).any()):
+            # an input's error reaches the output only through a non-zero partial: exp(-inf) = 0 takes none
+            # of the (infinite) error of a -inf score, as with masked_fill(-inf) before softmax
+            term = torch.where((e == 0) | (d == 0), torch.zeros((), dtype=F64), term)
+        total = total + term
     return [total]
 
 

@@ -179,6 +179,10 @@ class SweepResult:
     tainted: set[int] = field(default_factory=set)
     # opaque equations that received a cotangent: (eqn index, reason)
     blocked: list[tuple[int, str]] = field(default_factory=list)
+    # whether a cut (a ``stop`` equation) received a cotangent: if none did, cutting changes nothing
+    cut_reached: bool = False
+    # error bounds of every recorded variable, when `record_sweep` was asked to track them
+    errs: dict[int, Any] | None = None
 
 
 def sweep(
@@ -207,6 +211,7 @@ def sweep(
     cts: dict[int, Any] = dict(seeds)
     tainted: set[int] = set()
     blocked: list[tuple[int, str]] = []
+    reached = False
     interp = recorder if recorder is not None else interp or TorchEager()
     with interpreting(interp):
         for n in range(len(eqns) - 1, -1, -1):
@@ -216,8 +221,10 @@ def sweep(
             if all(g is None for g in gs) and not any(hit):
                 continue
             in_vars = [a for a in e.inputs if isinstance(a, Var)]
-            if e.prim == "stop" and ((cut and (cut is True or cut(e))) or e.params.get("kind") in DEFINED_CUTS):
-                continue
+            if e.prim == "stop":
+                reached = True
+                if (cut and (cut is True or cut(e))) or e.params.get("kind") in DEFINED_CUTS:
+                    continue
             prim = PRIMS[e.prim]
             if prim.vjp is None or any(hit):
                 if prim.vjp is None and any(g is not None for g in gs):
@@ -238,12 +245,16 @@ def sweep(
                     continue
                 prev = cts.get(a.id)
                 cts[a.id] = r if prev is None else add(prev, r)
-    return SweepResult(cts, tainted, blocked)
+    return SweepResult(cts, tainted, blocked, reached)
 
 
-def record_sweep(program: Program, env: dict[int, Any], seeds: dict[int, Any], *, cut: bool | Any = False
-                 ) -> tuple[Program, dict[int, Any], SweepResult]:
+def record_sweep(program: Program, env: dict[int, Any], seeds: dict[int, Any], *, cut: bool | Any = False,
+                 errs: dict[int, Any] | None = None) -> tuple[Program, dict[int, Any], SweepResult]:
     """The sweep, written down.
+
+    With `errs` (the error bounds of the program's variables, as `error_bounds` gives them), the bounds
+    of the sweep's own variables are tracked as it records, into the result's ``errs``: the same numbers
+    as `error_bounds` of the whole, without going over the forward program again.
 
     Returns:
         (the program extended by the sweep's equations and constants, the value of every
@@ -252,6 +263,8 @@ def record_sweep(program: Program, env: dict[int, Any], seeds: dict[int, Any], *
     next_id = 1 + max([v.id for v in program.inputs] + [v.id for e in program.eqns for v in e.outputs]
                       + [a.id for e in program.eqns for a in e.inputs if isinstance(a, Var)] + list(seeds) + [0])
     rec = Recorder(next_id, len(program.consts))
+    if errs is not None:
+        rec.errs = dict(errs)
     traced_env = {v.id: Traced(env[v.id], v) for v in program.inputs}
     for e in program.eqns:
         for v in e.outputs:
@@ -268,6 +281,7 @@ def record_sweep(program: Program, env: dict[int, Any], seeds: dict[int, Any], *
         rec.values[var.id] = s
         traced_seeds[vid] = Traced(s, var)
     result = sweep(program, traced_env, traced_seeds, cut=cut, recorder=rec)
+    result.errs = rec.errs
     whole = Program(program.inputs, program.input_names, program.eqns + tuple(rec.eqns), program.outputs,
                     program.consts + tuple(rec.consts), program.sites)
     return whole, {**env, **rec.values}, result
@@ -275,7 +289,7 @@ def record_sweep(program: Program, env: dict[int, Any], seeds: dict[int, Any], *
 
 # ---------------------------------------------------------------- error bounds
 def error_bounds(program: Program, env: dict[int, Any], *, start: dict[int, Any] | None = None,
-                 u: float | None = None) -> dict[int, Any]:
+                 u: float | None = None, skip: int = 0) -> dict[int, Any]:
     """Absolute error bounds of every variable of `program`, for a computation in each
     equation's output dtype (float32 rounding where the user computed in float32).
 
@@ -285,10 +299,12 @@ def error_bounds(program: Program, env: dict[int, Any], *, start: dict[int, Any]
         start: bounds of the inputs (default: exact).
         u: one unit roundoff for every equation (the float64 reference's own: 2**-53), instead of
             each equation's dtype.
+        skip: the first `skip` equations are already bounded in `start` (the forward program, whose
+            bounds the tracer tracked as it recorded).
     """
     errs: dict[int, Any] = dict(start or {})
     consts = _Consts(program.consts)
-    for e in program.eqns:
+    for e in program.eqns[skip:]:
         outs = [env[v.id] for v in e.outputs]
         if any(isinstance(o, torch.Tensor) and not o.is_floating_point() for o in outs):
             continue

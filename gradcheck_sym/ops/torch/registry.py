@@ -95,6 +95,21 @@ def rule(*names: str, sig: Callable[..., Any], refuse: tuple[str, ...] = (), doc
 
 def bind_args(r: Rule, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Args:
     """The user's arguments bound to the rule's signature; `Refused` naming what is not modelled."""
+    fast = _positional(r)
+    if fast is not None and not kwargs and len(args) <= len(fast):
+        # positional arguments only (most calls): the signature's binding without inspect's generality
+        names, defaults = fast
+        a = Args(zip(names, args))
+        for name in names[len(args):]:
+            d = defaults[name]
+            if d is inspect.Parameter.empty:
+                break  # a required argument missing: inspect says which
+            a[name] = d
+        else:
+            for name in r.refuse:
+                if name in a and not _is_default(a[name], defaults[name]):
+                    raise Refused(f"argument {name}={_short(a[name])} of {r.name} is not modelled")
+            return a
     try:
         bound = r.signature.bind(*args, **kwargs)
     except TypeError as exc:
@@ -109,6 +124,22 @@ def bind_args(r: Rule, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Args:
         if name in a and not _is_default(a[name], r.signature.parameters[name].default):
             raise Refused(f"argument {name}={_short(a[name])} of {r.name} is not modelled")
     return a
+
+
+_FAST: dict[str, Any] = {}
+
+
+def _positional(r: Rule) -> Any:
+    """(names, defaults) when every parameter of the rule's signature can be given by position, else None."""
+    found = _FAST.get(r.name, False)
+    if found is False:
+        params = list(r.signature.parameters.values())
+        plain = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        found = None
+        if all(p.kind in plain for p in params):
+            found = (tuple(p.name for p in params), {p.name: p.default for p in params})
+        _FAST[r.name] = found
+    return found
 
 
 def _is_default(value: Any, default: Any) -> bool:
