@@ -313,3 +313,28 @@ def test_a_partly_traced_entry_lists_its_reasons_and_nan_samples_are_explained()
     assert "x every differentiable input is empty: sin reference" in text
     dis = [t for _, _, t in result.disagreements()]
     assert dis and all("the sample holds NaN or infinite values" in t for t in dis)
+
+
+class _OutEqualsInBackward(torch.autograd.Function):
+    """Its backward writes with out=: fine once, and raising when differentiated again (torch's rule)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return torch.mul(g, 2 * x, out=torch.empty_like(x))
+
+
+def test_a_second_backward_that_raises_in_plain_torch_is_torch_s_not_a_tool_error():
+    x = [torch.tensor([0.5, 1.5], dtype=torch.float64)]
+    first = check_sample(_OutEqualsInBackward.apply, x, ["x"], source="sample", index=0)
+    assert first.status == "verified"
+    second = check_sample(_OutEqualsInBackward.apply, x, ["x"], source="sample", index=0, order=2)
+    assert second.status == "skipped"
+    assert second.reason.startswith("torch's own second-order backward raises in plain torch: RuntimeError: mul(): "
+                                    "functions with out=")
+    assert second.gradcheck.verdict == "error"  # gradgradcheck raises the same way

@@ -8,7 +8,8 @@ when the engine behind them changes. How a result is classified:
   ``not-verified`` finding → not traced (the reason: the message's first sentence,
   without its file:line, so the same reason groups across entries);
 - it raises another typed error → not traced, except `FunctionError` (the function
-  raised under the checker) while the same call runs in plain torch → tool error;
+  raised under the checker): skipped when plain torch's backward (second backward for
+  order 2) raises too, else (the same call runs in plain torch) → tool error;
 - it raises anything else → tool error (a bug of ours: counted, never hidden);
 - otherwise verified, or failed when the report has an error finding; but an OK report
   that compared nothing (``checked == 0``) is not traced ("nothing was compared"), or
@@ -133,6 +134,30 @@ def _leaves(inputs: Sequence[Any]) -> list[Any]:
 
     return [x.detach().clone().requires_grad_() if isinstance(x, torch.Tensor) and x.is_floating_point() else x
             for x in inputs]
+
+
+def _plain_backward_error(subject: Callable[..., Any], inputs: Sequence[Any], order: int) -> str | None:
+    """The error plain torch raises differentiating `subject` (twice for order 2), or None when it runs."""
+    import torch
+    import torch.utils._pytree as pytree
+
+    args = _leaves(inputs)
+    xs = [x for x in args if isinstance(x, torch.Tensor) and x.requires_grad]
+    try:
+        outs = [t for t in pytree.tree_leaves(subject(*args))
+                if isinstance(t, torch.Tensor) and t.is_floating_point() and t.requires_grad]
+        if not outs or not xs:
+            return None
+        # for order 2 the output gradients take part in the second derivative (as in gradgradcheck)
+        seeds = [torch.ones_like(t).requires_grad_(order == 2) for t in outs]
+        grads = torch.autograd.grad(outs, xs, seeds, create_graph=order == 2, allow_unused=True)
+        if order == 2:
+            again = [g.sum() for g in grads if g is not None and g.requires_grad]
+            if again:
+                torch.autograd.grad(sum(again), xs, allow_unused=True)
+    except Exception as exc:  # noqa: BLE001 - torch's own error: its text is the answer
+        return f"{type(exc).__name__}: {reason_of(str(exc))}"
+    return None
 
 
 def run_gradcheck(fn: Callable[..., Any], inputs: Sequence[Any], order: int, *, nondet_tol: float = 0.0,
@@ -268,7 +293,14 @@ def check_sample(fn: Callable[..., Any], inputs: Sequence[Any], names: Sequence[
     except UnsupportedError as exc:
         result = make("not-traced", reason=reason_of(str(exc)), detail=str(exc), seconds=time.perf_counter() - start)
     except GradcheckSymError as exc:
-        if _is_function_error(exc):
+        plain = _plain_backward_error(subject, inputs, order) if _is_function_error(exc) else None
+        if plain is not None:
+            # torch's own backward raises the same way (a second-order formula written with out=, say):
+            # nothing of ours failed, and there is nothing to compare
+            result = make("skipped", reason=f"torch's own {'second-order ' if order == 2 else ''}backward raises in "
+                                            f"plain torch: {plain}", detail=str(exc),
+                          seconds=time.perf_counter() - start)
+        elif _is_function_error(exc):
             raised = reason_of(str(exc)).removeprefix("the function raised ")
             result = make("tool-error", reason="the function raised under the checker but runs in plain torch: "
                                                + raised, detail=str(exc),

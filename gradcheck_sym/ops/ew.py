@@ -47,6 +47,10 @@ class EwFn:
         err_form: the formula torch evaluates for this value, for the rounding allowance (default expr).
         rel_err: a relative error torch's kernel is known to have beyond rounding (hardsigmoid's
             backward uses a float32 1/6 in every dtype).
+        rel_scale: what `rel_err` is relative to besides the value itself: a derivative of a partial
+            torch computes inaccurately is a sum of terms as large as that partial, which may cancel to
+            0 in the math but not in torch's formula (logcumsumexp's second derivative where one element
+            dominates its prefix).
     """
 
     def __init__(
@@ -63,6 +67,7 @@ class EwFn:
         grad_forms: Sequence[sympy.Expr | None] | None = None,
         rel_err: float = 0.0,
         grad_rel_err: float = 0.0,
+        rel_scale: sympy.Expr | None = None,
     ) -> None:
         self.name = name
         self.expr = expr
@@ -75,6 +80,7 @@ class EwFn:
         self._grad_forms = tuple(grad_forms) if grad_forms is not None else None
         self.rel_err = rel_err
         self._grad_rel_err = grad_rel_err
+        self.rel_scale = rel_scale
         self._derivs: dict[int, EwFn] = {}
 
     def __repr__(self) -> str:
@@ -98,7 +104,8 @@ class EwFn:
                 # of that formula are the partial's own forms, and a kernel's inaccuracy stays with them
                 forms = [sympy.diff(form, p) for p in P[: self.nargs]] if form is not None else None
                 self._derivs[i] = EwFn(name, expr, self.nargs, err_form=form, grad_forms=forms,
-                                       rel_err=self._grad_rel_err, grad_rel_err=self._grad_rel_err)
+                                       rel_err=self._grad_rel_err, grad_rel_err=self._grad_rel_err,
+                                       rel_scale=self.expr if self._grad_rel_err else None)
             else:
                 self._derivs[i] = ew_fn(name, expr, self.nargs, err_form=form)
         return self._derivs[i]
@@ -130,6 +137,7 @@ class EwFn:
                     partials=(partials + [sympy.S.Zero] * n) if partials is not None else None,
                     kink=(lambda *a: kink(*a[n:])) if kink is not None else None, convention=self.convention,
                     err_form=self.err_form, grad_forms=forms, rel_err=self.rel_err,
+                    rel_scale=branch(self.rel_scale, n) if self.rel_scale is not None else None,
                     grad_rel_err=self._grad_rel_err)
 
     # -- numbers
@@ -161,6 +169,15 @@ class EwFn:
     def _err(self) -> Callable[..., Any]:
         _, err = rounding_error(self.err_form)
         return _compiled(_drop_zeros(err), self.nargs, "torch")
+
+    @functools.cached_property
+    def _rel_scale(self) -> Callable[..., Any]:
+        return _compiled(self.rel_scale, self.nargs, "torch")
+
+    def rel_scale_value(self, *args: Any) -> Any:
+        """|rel_scale| on torch tensors (see the class docstring)."""
+        out = self._rel_scale(*args)
+        return out.abs() if hasattr(out, "abs") else abs(float(out))
 
     def rounding(self, *args: Any) -> Any:
         """A bound on the rounding error of evaluating this value, in units of u (absolute)."""

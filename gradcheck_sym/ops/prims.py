@@ -166,6 +166,8 @@ def _ew_err(errs: list[Any], ins: Sequence[Any], outs: Sequence[Any], u: float, 
     total = (u * (own if is_tensor(own) else torch.tensor(float(own), dtype=F64))).expand(_bshape(targs))
     if fn.rel_err:
         total = total + fn.rel_err * outs[0].abs()
+        if fn.rel_scale is not None:
+            total = total + fn.rel_err * fn.rel_scale_value(*targs)
     for i, e in enumerate(errs):
         if e is None or not _differentiable(ins[i]):
             continue
