@@ -123,3 +123,15 @@ def test_logcumsumexp_second_order_where_one_element_dominates_its_prefix():
     w = torch.rand(5, 5, 5, generator=g, dtype=torch.float64) + 0.5
     report = gs.check_function(lambda t: (torch.logcumsumexp(t, 0) * w).sum(), x, order=2)
     assert report.ok and report.checked > 0
+
+
+def test_logcumsumexp_where_an_element_is_its_own_prefix_carries_torch_s_log_domain_error():
+    # x[0, 0, 3] is the smallest of its large line: out[0, 0, 3] is x[0, 0, 3] alone (derivative 1, every
+    # other term exp(-1694) = 0), which torch computes as exp(log g - out + x) with an error of about
+    # u * 1e4: a false alarm once, at a random point near an OpInfo reference input.
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(5, 5, 5, generator=g, dtype=torch.float64) * 18 - 9
+    x[0, :, 3] = torch.tensor([9070.8135, 10764.4149, 10015.0121, 10318.0754, 10532.3586], dtype=torch.float64)
+    x[0, 0, :] = torch.tensor([10786.6168, 9615.3502, 10250.4480, 9070.8135, 9157.8907], dtype=torch.float64)
+    report = gs.check_function(lambda t: torch.logcumsumexp(t, 1), x)
+    assert report.ok and report.checked > 0

@@ -46,13 +46,13 @@ class Verdicts:
 
 
 def cheap(a: torch.Tensor, r: torch.Tensor, u: float, rtol: float | None, atol: float | None) -> torch.Tensor:
-    bound = r.abs() * (CHEAP_ULPS * u)
-    if rtol:
-        bound = bound + rtol * r.abs()
+    bound = r.abs().mul_(CHEAP_ULPS * u + (rtol or 0.0))
     if atol:
-        bound = bound + atol
-    d = (a - r).abs()
-    return (d <= bound) & torch.isfinite(d)  # d is finite exactly where both sides are (or an overflow)
+        bound.add_(atol)
+    # An infinite reference gets a bound of 0: an infinite or NaN difference is never <= 0, so the
+    # element goes on to the ladder (as a NaN difference fails the comparison by itself).
+    bound.nan_to_num_(nan=0.0, posinf=0.0)
+    return (a - r).abs_() <= bound
 
 
 def classify(a: torch.Tensor, r: torch.Tensor, *, u: float, tiny: float, bound: Callable[[], Any],

@@ -150,7 +150,7 @@ def _ew_vjp(cts: list[Any], ins: Sequence[Any], outs: Sequence[Any], fn: EwFn) -
         if not _differentiable(a) or (d.is_zero and d.err_form == 0):
             res.append(None)
             continue
-        if d.expr == 1:
+        if d.expr == 1 and not d.rel_err:  # (a 1 torch computes inexactly is evaluated, for its error)
             term = g
         elif d.expr == -1:
             term = ew(NEG, g)

@@ -106,7 +106,17 @@ def _logcumsumexp(c: Ctx, a: Args) -> Any:
     def combine(h: Any, earlier: torch.Tensor) -> Any:
         return P.ew(WHERE, (earlier >= 0).to(F64), P.ew(step, h, P.take(h, earlier)), h)
 
-    return _scan(c.v(t), shape, _dim(t, a.dim), combine)
+    out = _scan(c.v(t), shape, _dim(t, a.dim), combine)
+    # ... and every path of it, the one where out_k is x_k alone too (the first element of a scan, or an
+    # element that dominates its prefix): there the derivative is 1 in the math, computed in the log domain
+    return P.ew(_log_domain(rel), out) if rel else out
+
+
+@functools.lru_cache(maxsize=64)
+def _log_domain(rel: float) -> EwFn:
+    """The identity, whose derivative 1 torch computes with a relative error `rel` (see logcumsumexp)."""
+    one = EwFn("d(log-domain)/dp0", sympy.S.One, 1, rel_err=rel)
+    return EwFn("log-domain", X[0], 1, partials=[one])
 
 
 def differences(h: Any, dim: int) -> Any:
