@@ -220,3 +220,19 @@ def test_the_high_precision_reference_has_its_own_mpmath_context():
     r = gs.check("x*detach(tanh(x))", at={"x": 0.5})  # its untracked verdict uses the 50-digit reference
     assert r.high_precision_points == 1 and [f.kind for f in r.findings] == ["untracked"]
     assert mpmath.mp.dps == before
+
+
+def test_a_program_checked_again_reuses_its_float64_compilation(monkeypatch):
+    import gradcheck_sym.reference.evaluate as evaluate
+
+    compiled = []
+    real = evaluate._compile_program
+    monkeypatch.setattr(evaluate, "_compile_program", lambda *a: compiled.append(a[0]) or real(*a))
+    text = "sin(x)*exp(y) + log(1 + x**3)/y + z*z*z"  # an expression no other test compiles
+    first = gs.check(text, at={"x": [0.3, 0.5], "y": [1.5, 2.0], "z": [0.1, 0.2]})
+    n = len(compiled)
+    again = gs.check(text, at={"x": [0.7], "y": [1.1], "z": [-0.4]})
+    assert n > 0 and len(compiled) == n  # nothing compiled the second time
+    assert first.ok and again.ok and again.checked > 0
+    other = gs.check("sin(x)*exp(y) + log(1 + x**3)/y + z*z", at={"x": [0.7], "y": [1.1], "z": [-0.4]})
+    assert other.ok and len(compiled) > n  # a different program is compiled

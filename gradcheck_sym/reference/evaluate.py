@@ -343,6 +343,33 @@ def compile_program(program: Program, backend: Backend, extra: dict[str, sympy.E
         UnevaluableError: a sympy object without a numeric rule.
         TimeLimitError: the deadline passed.
     """
+    # The float64 compilation of a program checked before (the same expression again, at other points,
+    # in a test suite or a loop) is reused: the closures are pure functions of the program's text.
+    key = None
+    if backend is TORCH:
+        key = (tuple(program.steps), tuple((extra or {}).items()),
+               None if base is None else (len(base.steps), base.n_program))
+        with _COMPILED_LOCK:
+            found = _COMPILED.get(key)
+            if found is not None:
+                _COMPILED[key] = _COMPILED.pop(key)  # most recently used last
+                return found
+    compiled = _compile_program(program, backend, extra, deadline, base)
+    if key is not None:
+        with _COMPILED_LOCK:
+            _COMPILED[key] = compiled
+            while len(_COMPILED) > _COMPILED_MAX:
+                _COMPILED.pop(next(iter(_COMPILED)))
+    return compiled
+
+
+_COMPILED: dict[Any, CompiledProgram] = {}
+_COMPILED_MAX = 16
+_COMPILED_LOCK = threading.Lock()
+
+
+def _compile_program(program: Program, backend: Backend, extra: dict[str, sympy.Expr] | None,
+                     deadline: Deadline | None, base: CompiledProgram | None) -> CompiledProgram:
     consts: dict[sympy.Expr, Any] = {}
     if base is not None and base.backend is backend and base.n_program == len(program.steps):
         steps = list(base.steps[: base.n_program])
