@@ -126,11 +126,13 @@ def classify(a: torch.Tensor, r: torch.Tensor, *, u: float, tiny: float, bound: 
             kinked = None if k is None else sub(k)
         return kinked
 
-    if scale is None:
-        scale = float(r.abs().nan_to_num(0.0, 0.0, 0.0).max()) if r.numel() else 0.0
     # ... and above sqrt(u) in absolute terms: a gradient that is 0 in the math (a normalised scalar,
     # a bias before batch norm) is compared within rounding of 0, which is a statement worth making.
-    loose_mask = ~bad & (own > LOOSE * scale) & (own > u**0.5) & (R != 0)
+    loose_mask = ~bad & (own > u**0.5) & (R != 0)
+    if bool(loose_mask.any()):  # (the scale is a pass over the whole tensor: only when it can matter)
+        if scale is None:
+            scale = float(r.abs().nan_to_num(0.0, 0.0, 0.0).max()) if r.numel() else 0.0
+        loose_mask = loose_mask & (own > LOOSE * scale)
     if bool(loose_mask.any()) and reach is not None:
         k = kinks()  # at a jump the run sat on, the allowance is the jump: that is its convention, not looseness
         if k is not None:
