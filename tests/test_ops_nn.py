@@ -291,3 +291,35 @@ def transformer_inputs():
 def test_transformer_block_checks_clean(sdpa, dtype):
     report = gs.check_function(lambda *xs: transformer_block(*xs, sdpa=sdpa), *transformer_inputs(), dtype=dtype)
     assert _clean(report), str(report)
+
+
+def test_a_conv_bias_before_batch_norm_in_float32_is_no_false_alarm():
+    # The bias's gradient is 0 in the math (batch norm takes the mean out); torch's float32 and float64 runs
+    # both give exactly 0, the float64 reference 1e-16: the measured allowance was 0 and flagged it.
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1))
+    x = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+    report = gs.check_function(net, x, dtype="float32")
+    assert report.ok and report.checked > 0
+    # a wrong bias gradient is still found: the allowance added is float64 rounding at the gradients' scale
+    class Bump(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, t):
+            return t.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            return g + 1e-4
+
+    class Wrong(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.rest = net[0], net[1:]
+
+        def forward(self, t):
+            return self.rest(Bump.apply(self.conv(t)))
+
+    wrong = gs.check_function(Wrong(), x, dtype="float32")
+    assert not wrong.ok and "0.bias" not in {f.node for f in report.findings}
+    assert any(f.node == "conv.bias" for f in wrong.errors())

@@ -232,7 +232,8 @@ def audit_torch(ops: str | Sequence[str] | None = None, *, dtypes: str | Sequenc
         inject: relative gradient errors to inject after each op of one verified sample per entry.
         sources: "sample" (sample_inputs) and/or "reference" (reference_inputs).
         executor: None for a process pool; or a ``concurrent.futures.Executor`` / Dask client.
-        workers: the pool's size (default: all cores).
+        workers: the pool's size (default: all cores; with a device other than the CPU the entries run in
+            this process, one after another: a forked worker cannot use CUDA again).
         timeout: seconds per check (and per gradcheck) before it is reported as a timeout.
         chunksize: entries per submission to an executor.
         output: stream the records to this JSON Lines file.
@@ -280,6 +281,11 @@ def audit_torch(ops: str | Sequence[str] | None = None, *, dtypes: str | Sequenc
     bad_sources = set(sources) - {"sample", "reference"}
     if bad_sources or not sources:
         raise InputError(f"sources must be 'sample' and/or 'reference', not {list(sources)}")
+    if executor is None and dev.type != "cpu":
+        # Importing op_db initialises CUDA, which a forked worker cannot use again: one process, in order.
+        from ..scale.execute import SerialExecutor
+
+        executor = SerialExecutor()
     if executor is None:
         warm_up([_OPINFO_MODULE])  # the forkserver imports op_db while this process does the same
     selected = select_ops(ops, device)

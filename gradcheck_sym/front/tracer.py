@@ -66,6 +66,14 @@ _EPS = {d: torch.finfo(d).eps for d in _FLOATS}
 _DTYPE_NAMES = {d: str(d).replace("torch.", "") for d in _FLOATS}
 
 
+def _off_cpu(args: tuple, kwargs: dict) -> str:
+    """The device of the first tensor argument that is not on the CPU ("" when all are)."""
+    for x in _walk((args, kwargs)):
+        if isinstance(x, torch.Tensor) and x.device.type not in ("cpu", "meta"):
+            return str(x.device)
+    return ""
+
+
 def _eps(dtype: torch.dtype) -> float:
     e = _EPS.get(dtype)
     return e if e is not None else torch.finfo(dtype).eps
@@ -160,6 +168,12 @@ class Tracer(Handles, TorchFunctionMode):
         caller = dispatching_frame(sys._getframe(1))
         if name in _PASS:
             return self.call_as(caller, func, args, kwargs)
+        device = _off_cpu(args, kwargs)
+        if device:
+            # The reference lives on the CPU (its index maps, masks and constants): ops on another device are
+            # left alone, as a subclass is, and the gradients through them are not verified.
+            self._device_note(device)
+            return self.call_as(caller, func, args, kwargs)
         subclass = foreign_types(types)
         if subclass:
             # A tensor subclass (MaskedTensor, a user's wrapper) has its own semantics; even reading
@@ -189,6 +203,14 @@ class Tracer(Handles, TorchFunctionMode):
             if not any(n.kind == "subclass" and n.site == site for n in self.notes):
                 self.notes.append(Note("subclass", site, f"operations on a tensor subclass ({names}) are not traced: "
                                                          "gradients through them are not verified"))
+
+    def _device_note(self, device: str) -> None:
+        with self.lock:
+            if any(n.kind == "device" for n in self.notes):
+                return
+            site = self._new_site(device)
+            self.notes.append(Note("device", site, f"operations on {device} tensors are not traced (the reference "
+                                                   "runs on the CPU): gradients through them are not verified"))
 
     def _internal(self, name: str, exc: BaseException, out: Any) -> None:
         site = self._new_site(name)

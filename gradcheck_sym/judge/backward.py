@@ -51,8 +51,8 @@ class BackwardVerifier:
              create: bool) -> Plan | None:
         seeds: dict[int, Any] = {}
         for out, g in zip(outs, grads):
-            if type(out) is not torch.Tensor and not isinstance(out, torch.nn.Parameter):
-                ev.verified = False  # a subclass: even looking at it runs its code
+            if (type(out) is not torch.Tensor and not isinstance(out, torch.nn.Parameter)) or out.device.type != "cpu":
+                ev.verified = False  # a subclass (even looking at it runs its code), or a GPU's tensor
                 ev.reasons.append(_unseen(out))
                 return None
             h = tr.v(out)
@@ -288,6 +288,9 @@ def _unseen(out: torch.Tensor) -> str:
     if type(out) is not torch.Tensor and not isinstance(out, torch.nn.Parameter):
         return f"its output is a {type(out).__name__} (a tensor subclass), whose operations are not traced"
     fn = type(out.grad_fn).__name__ if out.grad_fn is not None else ""
+    if out.device.type != "cpu":
+        return (f"its output is on {out.device}: operations on {out.device.type} tensors are not traced (the "
+                "reference runs on the CPU)")
     if "Compiled" in fn:
         return f"its output was computed inside torch.compile ({fn}), which the tracer cannot see into"
     return "its output was not computed by torch ops the tracer saw"

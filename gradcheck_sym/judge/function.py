@@ -55,12 +55,17 @@ def prepare_call(fn: Any, inputs: tuple, names: Sequence[str] | None, dtype: tor
                                    "works with dense (strided) tensors", "pass x.to_dense()")
         if isinstance(x, torch.Tensor) and x.device.type == "meta":
             raise InputError(f"input {name!r} is on the meta device: it has no values to check")
+        if isinstance(x, torch.Tensor) and x.device.type != "cpu":
+            raise _on_device(f"input {name!r}", x.device)
         if isinstance(x, torch.Tensor) and x.is_floating_point():
             positions.append(i)
             diff.append((name, x.detach().to(dtype)))
     params: list[tuple[str, torch.Tensor]] = []
     buffers: list[tuple[str, torch.Tensor]] = []
     if isinstance(fn, torch.nn.Module):
+        for n, t in list(fn.named_parameters()) + list(fn.named_buffers()):
+            if t.device.type != "cpu":
+                raise _on_device(f"the module's {n!r}", t.device)
         params = [(n, p.detach().to(dtype)) for n, p in fn.named_parameters()]
         buffers = [(n, b.detach().clone()) for n, b in fn.named_buffers()]
     n_diff = len(diff)
@@ -106,6 +111,10 @@ def check_traced_function(fn: Any, inputs: tuple, *, names: Sequence[str] | None
     make = _expected_run(expected, call, input_names) if expected is not None else \
         (lambda vals: run_traced(call, vals, input_names))
     first = make(values)
+    for note in getattr(first.tracer, "notes", ()):
+        if note.kind == "device":  # part of the function ran on a GPU: nothing there can be compared
+            raise UnsupportedError(f"{first.tracer.sites[note.site].where}: {note.text}",
+                                   "check that part on the CPU (the same math, with torch's CPU kernels)")
     judge.point(0, first)
     used_seed = None
     redrawn = 0
@@ -275,3 +284,11 @@ def describe_call(fn: Any, names: Sequence[str]) -> str:
     where = f" ({os.path.basename(file)})" if file else ""
     return f"{qual}({', '.join(names)}){where}"
 
+
+def _on_device(what: str, device: torch.device) -> UnsupportedError:
+    # The reference (and its index maps, masks and constants) lives on the CPU; mixing devices inside it
+    # raised torch's "Expected all tensors to be on the same device" from within the check.
+    return UnsupportedError(f"{what} is on {device}: the tensor engine's reference runs on the CPU, and gradients "
+                            f"computed on {device.type} are not verified yet",
+                            "check on the CPU (move the inputs, and a module, there with .cpu()): the same math, "
+                            "though torch's CPU kernels are then what is checked")
