@@ -258,8 +258,9 @@ class FunctionJudge(Explain, SecondOrder):
                 # float32 and float64 runs both give an exact 0 (a bias before batch norm), the measurement is 0
                 # and cannot stand for the reference's cancellation (1e-16 where the math says 0).
                 nonlocal row_top
-                if row_top is None:
-                    row_top = max([float(x.abs().nan_to_num(0.0, 0.0, 0.0).max()) for x in ref.values()
+                if row_top is None:  # over the inputs' gradients (`ref` holds every variable's cotangent)
+                    grads = [ref.get(u.id) for u in prog.inputs]
+                    row_top = max([float(x.abs().nan_to_num(0.0, 0.0, 0.0).max()) for x in grads
                                    if isinstance(x, torch.Tensor) and x.numel()] + [0.0])
                 return CHEAP_ULPS * 2.0**-53 * row_top
 
