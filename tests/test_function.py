@@ -289,3 +289,35 @@ def test_a_sparse_input_is_refused_by_name_not_a_tool_error():
     x = torch.tensor([[0.0, 1.5], [2.0, 0.0]], dtype=torch.float64).to_sparse_csr()
     with pytest.raises(gs.UnsupportedError, match="input 'x' is a sparse_csr tensor; the checker works with dense"):
         gs.check_function(lambda x: x.to_dense().sum(), x)
+
+
+class _OnGPU(torch.Tensor):
+    """A CPU tensor that says it is on a GPU: the device checks run on machines without one (tests/test_cuda.py
+    runs the real thing where torch sees CUDA)."""
+
+    @property
+    def device(self):
+        return torch.device("cuda", 0)
+
+
+def test_tensors_on_a_gpu_are_refused_by_name():
+    x = torch.randn(3, dtype=torch.float64).as_subclass(_OnGPU)
+    with pytest.raises(gs.UnsupportedError) as info:
+        gs.check_function(lambda x: x.sin().sum(), x)
+    assert str(info.value).splitlines() == [
+        "input 'x' is on cuda:0: the tensor engine's reference runs on the CPU, and gradients computed on cuda are "
+        "not verified yet",
+        "check on the CPU (move the inputs, and a module, there with .cpu()): the same math, though torch's CPU "
+        "kernels are then what is checked"]
+
+
+def test_a_function_that_computes_on_a_gpu_inside_is_refused_by_its_line(monkeypatch):
+    import gradcheck_sym.front.tracer as tracer
+
+    on_gpu = torch.ones(3, dtype=torch.float64)
+    monkeypatch.setattr(tracer, "_off_cpu", lambda args, kwargs: "cuda:0" if any(
+        a is on_gpu for a in tracer._walk((args, kwargs))) else "")
+    with pytest.raises(gs.UnsupportedError, match=r"^test_function\.py:\d+: operations on cuda:0 tensors are not traced "
+                                               r"\(the reference runs on the CPU\): gradients through them are not "
+                                               r"verified\n"):
+        gs.check_function(lambda x: (x * on_gpu).sum() + x.sum(), torch.randn(3, dtype=torch.float64))

@@ -98,7 +98,8 @@ class Cut:
 
 @dataclass(frozen=True)
 class Note:
-    """Something the trace could not follow: kind ("opaque", "stale-graph", "leak", "internal"), site, text."""
+    """Something the trace could not follow: kind ("opaque", "stale-graph", "leak", "internal", "subclass",
+    "device"), site, text."""
 
     kind: str
     site: int

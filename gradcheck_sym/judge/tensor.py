@@ -218,6 +218,18 @@ class FunctionJudge(Explain, SecondOrder):
         bounds: dict[int, Any] | None = None
         row_top: float | None = None
         precise: dict[int, Any] | None = None
+
+        def own64() -> float:
+            # The float64 reference's own rounding at the scale of this row's gradients: where torch's float32
+            # and float64 runs both give an exact 0 (a bias before batch norm), the measurement is 0 and cannot
+            # stand for the reference's cancellation (1e-16 where the math says 0).
+            nonlocal row_top
+            if row_top is None:  # over the inputs' gradients (`ref` holds every variable's cotangent)
+                grads = [ref.get(u.id) for u in prog.inputs]
+                row_top = max([float(x.abs().nan_to_num(0.0, 0.0, 0.0).max()) for x in grads
+                               if isinstance(x, torch.Tensor) and x.numel()] + [0.0])
+            return CHEAP_ULPS * 2.0**-53 * row_top
+
         normwise = None
         if any(site.op in LINALG_OPS for site in prog.sites):
             largest = max([float(x.abs().nan_to_num(0.0, 0.0, 0.0).max()) for x in ref.values()
@@ -252,17 +264,6 @@ class FunctionJudge(Explain, SecondOrder):
             self.checked += a.numel()
             cv = _value_for(cut, v.id, a)
             iv = _value_for(intended, v.id, a)
-
-            def own64() -> float:
-                # The float64 reference's own rounding at the scale of this row's gradients: where torch's
-                # float32 and float64 runs both give an exact 0 (a bias before batch norm), the measurement is 0
-                # and cannot stand for the reference's cancellation (1e-16 where the math says 0).
-                nonlocal row_top
-                if row_top is None:  # over the inputs' gradients (`ref` holds every variable's cotangent)
-                    grads = [ref.get(u.id) for u in prog.inputs]
-                    row_top = max([float(x.abs().nan_to_num(0.0, 0.0, 0.0).max()) for x in grads
-                                   if isinstance(x, torch.Tensor) and x.numel()] + [0.0])
-                return CHEAP_ULPS * 2.0**-53 * row_top
 
             def bound(vid: int = v.id, i: int = i) -> Any:
                 nonlocal bounds

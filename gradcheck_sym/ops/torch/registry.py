@@ -95,51 +95,53 @@ def rule(*names: str, sig: Callable[..., Any], refuse: tuple[str, ...] = (), doc
 
 def bind_args(r: Rule, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Args:
     """The user's arguments bound to the rule's signature; `Refused` naming what is not modelled."""
-    fast = _positional(r)
-    if fast is not None and not kwargs and len(args) <= len(fast):
-        # positional arguments only (most calls): the signature's binding without inspect's generality
-        names, defaults = fast
-        a = Args(zip(names, args))
-        for name in names[len(args):]:
-            d = defaults[name]
-            if d is inspect.Parameter.empty:
-                break  # a required argument missing: inspect says which
-            a[name] = d
-        else:
-            for name in r.refuse:
-                if name in a and not _is_default(a[name], defaults[name]):
-                    raise Refused(f"argument {name}={_short(a[name])} of {r.name} is not modelled")
-            return a
-    try:
-        bound = r.signature.bind(*args, **kwargs)
-    except TypeError as exc:
-        names = set(r.signature.parameters)
-        extra = [k for k in kwargs if k not in names]
-        if extra:
-            raise Refused(f"argument {extra[0]}= of {r.name} is not modelled") from None
-        raise Refused(f"this call of {r.name} is not modelled ({exc})") from None
-    bound.apply_defaults()
-    a = Args(bound.arguments)
+    a = None if kwargs else _bind_positional(r, args)
+    if a is None:
+        try:
+            bound = r.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            names = set(r.signature.parameters)
+            extra = [k for k in kwargs if k not in names]
+            if extra:
+                raise Refused(f"argument {extra[0]}= of {r.name} is not modelled") from None
+            raise Refused(f"this call of {r.name} is not modelled ({exc})") from None
+        bound.apply_defaults()
+        a = Args(bound.arguments)
     for name in r.refuse:
         if name in a and not _is_default(a[name], r.signature.parameters[name].default):
             raise Refused(f"argument {name}={_short(a[name])} of {r.name} is not modelled")
     return a
 
 
-_FAST: dict[str, Any] = {}
-
-
-def _positional(r: Rule) -> Any:
-    """(names, defaults) when every parameter of the rule's signature can be given by position, else None."""
-    found = _FAST.get(r.name, False)
+def _bind_positional(r: Rule, args: tuple[Any, ...]) -> Args | None:
+    """`inspect`'s binding of positional arguments alone, without its generality (most calls, on the tracer's
+    hot path); None where inspect must do it (too many arguments, a required one missing, ``*args``)."""
+    found = _PARAMS.get(r.name, False)
     if found is False:
-        params = list(r.signature.parameters.values())
-        plain = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-        found = None
-        if all(p.kind in plain for p in params):
-            found = (tuple(p.name for p in params), {p.name: p.default for p in params})
-        _FAST[r.name] = found
-    return found
+        found = _PARAMS[r.name] = _positional(r.signature)
+    if found is None:
+        return None
+    positional, params = found
+    if len(args) > len(positional):
+        return None
+    a = Args(zip(positional, args))
+    for p in params:  # the rest take their defaults, in the signature's order (as apply_defaults does)
+        if p.name not in a:
+            if p.default is p.empty:
+                return None
+            a[p.name] = p.default
+    return a
+
+
+def _positional(sig: inspect.Signature) -> tuple[tuple[str, ...], tuple[inspect.Parameter, ...]] | None:
+    """(the names that can be given by position, every parameter), or None for ``*args``/``**kwargs``."""
+    params = tuple(sig.parameters.values())
+    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
+        return None
+    return tuple(p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)), params
+
+
+_PARAMS: dict[str, Any] = {}  # rule name -> _positional(its signature)
 
 
 def _is_default(value: Any, default: Any) -> bool:
