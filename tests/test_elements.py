@@ -78,3 +78,40 @@ def test_a_loose_comparison_is_not_verified_with_its_reason(monkeypatch):
                          "the computation in float32 exceeds the gradient's largest entry (a long chain of "
                          "ill-conditioned operations): a comparison says nothing there; check in float64, or as a "
                          "module (whose float64 twin measures the rounding)")
+
+
+def test_a_measured_noise_replaces_a_loose_bound_and_still_finds_a_mismatch() -> None:
+    # the worst case (0.5) says nothing about entries near 1; a measured noise of 1e-5 does: the first two
+    # entries (off by 3e-5, above the cheap test) pass under it and count as verified, the third (off by
+    # 1e-3) is a mismatch
+    r = _f64(1.0, 2.0, 3.0)
+    a = r + _f64(3e-5, -3e-5, 1e-3)
+    asked = []
+
+    def measured():
+        asked.append(1)
+        return _f64(1e-5, 1e-5, 1e-5)
+
+    v = classify(a, r, u=U32, tiny=TINY32, bound=lambda: _f64(0.5, 0.5, 0.5), measured=measured)
+    assert v.loose == 0 and v.masks["mismatch"].tolist() == [False, False, True] and asked == [1]
+    # without a measurement the worst case stands: nothing is a mismatch, everything is loose
+    v = classify(a, r, u=U32, tiny=TINY32, bound=lambda: _f64(0.5, 0.5, 0.5), measured=lambda: None)
+    assert v.ok and v.loose == 3
+    # a measurement larger than the worst case does not widen it
+    v = classify(a, r, u=U32, tiny=TINY32, bound=lambda: _f64(1e-4, 1e-4, 1e-4), measured=lambda: _f64(1.0, 1, 1))
+    assert v.masks["mismatch"].tolist() == [False, False, True]
+
+
+def test_a_measured_noise_is_not_asked_for_where_the_bound_is_tight() -> None:
+    r = _f64(1.0, 2.0)
+    a = r * (1 + 1e-5)
+    v = classify(a, r, u=U32, tiny=TINY32, bound=lambda: _f64(1e-5, 1e-5),
+                 measured=lambda: (_ for _ in ()).throw(AssertionError("asked for")))
+    assert v.ok and v.loose == 0
+
+
+def test_a_measured_noise_as_large_as_the_gradient_is_still_loose() -> None:
+    r = _f64(1.0, 2.0)
+    a = r * (1 + 1e-3)
+    v = classify(a, r, u=U32, tiny=TINY32, bound=lambda: _f64(5.0, 5.0), measured=lambda: _f64(1.0, 1.0))
+    assert v.ok and v.loose == 2

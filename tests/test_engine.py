@@ -6,12 +6,13 @@ import pytest
 import torch
 
 import gradcheck_sym as gs
+from gradcheck_sym.autograd.user import run_traced
 from gradcheck_sym.ir.program import Program
 from gradcheck_sym.ops import prims as P
 from gradcheck_sym.ops.core import interpreting
 from gradcheck_sym.ops.ew import ADD, MUL
-from gradcheck_sym.reference.interpret import (ObjectEager, Recorder, Traced, error_bounds, evaluate, record_sweep,
-                                               sweep)
+from gradcheck_sym.reference.interpret import (ObjectEager, Recorder, Traced, error_bounds, evaluate, evaluate_rounded,
+                                               record_sweep, sweep)
 
 from .oracle import assert_matches_oracle, traced
 
@@ -129,6 +130,29 @@ def test_bounds_tracked_while_recording_the_sweep_equal_error_bounds_of_the_whol
     skipped = error_bounds(whole, values, start=run.tracer.rec.errs, skip=len(prog.eqns))
     for g in grads:
         torch.testing.assert_close(skipped[g], fresh[g], rtol=1e-13, atol=0)
+
+
+def test_the_sweep_recomputed_in_float32_is_a_noise_sample_within_the_bound():
+    # a float32 computation recorded and swept: recomputing the whole in float32 by our formulas gives
+    # float32 gradients, off from the float64 ones by rounding (not 0), and within the worst-case bound
+    x = rand(64).float()
+    w = rand(64, 64).float() / 8
+    run = run_traced(lambda xs: torch.tanh(w @ torch.tanh(w @ xs[0])).square().sum(), [x], ["x"])
+    prog, env = run.program, run.env
+    assert prog.inputs[0].dtype == "float32"
+    whole, values, res = record_sweep(prog, env, {prog.outputs[0].id: torch.ones((), dtype=F64)},
+                                      errs=run.tracer.rec.errs)
+    rounded = evaluate_rounded(whole, values)
+    g = res.cts[prog.inputs[0].id].var.id
+    assert rounded[g].dtype == torch.float32
+    noise = (rounded[g].double() - values[g]).abs()
+    assert 0 < float(noise.max()) < 1e-5 * float(values[g].abs().max())
+    assert bool((noise <= res.errs[g]).all())
+    # with torch's own float32 gradient for scale: the same order as ours
+    xt = x.clone().requires_grad_()
+    torch.tanh(w @ torch.tanh(w @ xt)).square().sum().backward()
+    theirs = float((xt.grad.double() - values[g]).abs().max())
+    assert 0.1 < theirs / float(noise.max()) < 10
 
 
 def test_a_sweep_says_whether_a_cut_was_reached():

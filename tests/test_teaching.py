@@ -13,7 +13,7 @@ TEACHING = sorted((ROOT / "scripts" / "teaching").glob("*.py"))
 # The genuine findings of each script (the textbook's detach demo is meant, and named).
 EXPECTED = {
     "batchnorm_mlp.py": [], "conv_bn_function.py": [], "d2l_autograd.py": ["untracked"], "gentle_intro.py": [],
-    "legendre.py": [], "micro_mlp.py": [], "nn_rmsprop.py": [],
+    "legendre.py": [], "micro_mlp.py": [], "nn_rmsprop.py": [], "mnist_bn_mlp.py": [], "fused_conv_bn.py": [],
 }
 
 
@@ -42,3 +42,30 @@ def test_golden_compact_report_at_100_columns(capsys):
     golden = ROOT / "golden" / "run_legendre.txt"
     assert text == golden.read_text(encoding="utf-8")
     assert max(len(line) for line in text.splitlines()) <= 100
+
+
+def test_a_hand_written_batch_norm_backward_off_by_1e_4_is_found_in_float32(tmp_path, capsys):
+    # The float32 fused conv + batch norm net verifies (above) only because a measured rounding noise replaces
+    # the worst-case bound there; that allowance must still be tight enough to find a backward 1e-4 off.
+    text = (ROOT / "scripts" / "teaching" / "fused_conv_bn.py").read_text(encoding="utf-8")
+    assert "\nSCALE = 1.0  #" in text
+    script = tmp_path / "fused_conv_bn_wrong.py"
+    script.write_text(text.replace("\nSCALE = 1.0  #", "\nSCALE = 1.0001  #"), encoding="utf-8")
+    report = gs.run_script(str(script))
+    assert report.exit_code == 0 and report.summary["not_verified"] == 0
+    wrong = sorted((f.kind, f.tensor, f.count) for f in report.findings if f.severity == "error")
+    assert wrong == [("mismatch", "net.w1", 3), ("mismatch", "net.w2", 3)], str(report)
+
+
+def test_without_a_measured_noise_the_deep_batch_norm_mlp_is_not_verified_and_names_its_parameters(monkeypatch):
+    # the worst-case bound alone says nothing there: each backward is not verified, the reason names the
+    # parameter by its attribute path, and the warning's count and lines are the backward's
+    from gradcheck_sym.judge import backward
+
+    monkeypatch.setattr(backward, "evaluate_rounded", lambda whole, values: {})
+    report = gs.run_script(str(ROOT / "scripts" / "teaching" / "mnist_bn_mlp.py"))
+    assert report.exit_code == 0 and report.summary["verified"] == 0 and report.summary["not_verified"] == 3
+    (warning,) = [f for f in report.findings if f.kind == "not-verified" and f.severity == "warning"]
+    assert (warning.line, warning.count, warning.last_line) == (15, 3, 15)
+    assert "exceeds the largest gradient entry of this backward at" in warning.message
+    assert " entries of net.0.weight (a long chain" in warning.message

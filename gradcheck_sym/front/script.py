@@ -12,6 +12,7 @@ afterwards (a script's ``chdir`` does not move our output files).
 from __future__ import annotations
 
 import os
+import re
 import sys
 import threading
 import time
@@ -254,7 +255,8 @@ def _backward_rows(tracer: ScriptTracer, names: dict[str, str]) -> list[Backward
         groups.setdefault((b.line, b.kind), []).append(b)
     rows = []
     for (line, kind), bs in groups.items():
-        reasons = tuple(dict.fromkeys(r for b in bs for r in b.reasons + ([b.skipped] if b.skipped else [])))
+        reasons = tuple(dict.fromkeys(_named(r, names) for b in bs
+                                      for r in b.reasons + ([b.skipped] if b.skipped else [])))
         rows.append(BackwardRow(line, bs[0].source, kind, len(bs), sum(1 for b in bs if b.verified and not b.skipped),
                                 sum(1 for b in bs if not b.verified or b.skipped), sum(b.checked for b in bs),
                                 sum(b.errors for b in bs), reasons,
@@ -294,11 +296,17 @@ def _findings(tracer: ScriptTracer, names: dict[int, str]) -> list[RunFinding]:
                 continue
             groups[key] = []
             out.append(RunFinding(kind, "warning", b.line, f"{b.kind} at line {b.line} was not verified: "
-                                  + "; ".join(b.reasons[:3]), *EXPLANATIONS[kind], count=sum(
-                                      1 for c in tracer.backwards if c.line == b.line and not c.verified)))
+                                  + "; ".join(_named(r, by_serial) for r in b.reasons[:3]), *EXPLANATIONS[kind],
+                                  count=sum(1 for c in tracer.backwards if c.line == b.line and not c.verified),
+                                  last_line=b.line))
     if tracer.stopped:
         out.append(RunFinding("not-verified", "warning", 0, tracer.stopped, *EXPLANATIONS["not-verified"]))
     return _dedupe(out)
+
+
+def _named(text: str, names: dict[str, str]) -> str:
+    """`text` with each ``{#serial}`` a verifier wrote replaced by that tensor's name."""
+    return re.sub(r"\{(#\d+)\}", lambda m: names.get(m.group(1), "a tensor"), text) if "{#" in text else text
 
 
 def _dedupe(findings: list[RunFinding]) -> list[RunFinding]:

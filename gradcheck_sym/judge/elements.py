@@ -59,7 +59,7 @@ def classify(a: torch.Tensor, r: torch.Tensor, *, u: float, tiny: float, bound: 
              cut: torch.Tensor | None = None, reach: Callable[[], Any] | None = None,
              rtol: float | None = None, atol: float | None = None, slack: torch.Tensor | None = None,
              intended: torch.Tensor | None = None, kink_anywhere: Callable[[], bool] | None = None,
-             scale: float | None = None) -> Verdicts:
+             scale: float | None = None, measured: Callable[[], Any] | None = None) -> Verdicts:
     """The verdict of every element (see the module docstring).
 
     Only the elements that fail the cheap test go through the rest, gathered into a flat vector (a
@@ -78,6 +78,9 @@ def classify(a: torch.Tensor, r: torch.Tensor, *, u: float, tiny: float, bound: 
         scale: the size of the gradient for the LOOSE rule (default: the largest |r|); a backward
             call passes its largest entry over all leaves (a gradient that is 0 in the math, like a
             bias before batch norm, is rounding noise on the scale of the others).
+        measured: () -> a measured rounding noise (absolute, broadcastable to `a`, or None), used in place of
+            the bound where it is smaller and the bound is above sqrt(u) of the scale (the worst case
+            compounds through every layer of a deep float32 net; a measured sample of the noise does not).
     """
     ok = cheap(a, r, u, rtol, atol)
     if bool(ok.all()):
@@ -107,6 +110,17 @@ def classify(a: torch.Tensor, r: torch.Tensor, *, u: float, tiny: float, bound: 
         tol = tol + SAFETY * sub(e)
     if slack is not None:
         tol = tol + sub(slack)
+    if measured is not None and e is not None:
+        # Where the worst case is too wide to notice an error of sqrt(u) of the gradient's scale, a measured
+        # noise, when smaller, is the allowance (the worst case still caps it: it is a bound).
+        if scale is None:
+            scale = _largest(r)
+        wide = tol > u**0.5 * scale
+        if scale > 0 and bool(wide.any()):
+            m = measured()
+            if m is not None:
+                floor = FLOOR_ULPS * (u * R.abs() + tiny) + (0.0 if slack is None else sub(slack))
+                tol = torch.where(wide, torch.minimum(tol, floor + SAFETY * sub(m)), tol)
     own = tol  # the rounding allowance alone: the user's rtol/atol are a choice, not a looseness
     if rtol:
         tol = tol + rtol * R.abs()
@@ -131,7 +145,7 @@ def classify(a: torch.Tensor, r: torch.Tensor, *, u: float, tiny: float, bound: 
     loose_mask = ~bad & (own > u**0.5) & (R != 0)
     if bool(loose_mask.any()):  # (the scale is a pass over the whole tensor: only when it can matter)
         if scale is None:
-            scale = float(r.abs().nan_to_num(0.0, 0.0, 0.0).max()) if r.numel() else 0.0
+            scale = _largest(r)
         loose_mask = loose_mask & (own > LOOSE * scale)
     if bool(loose_mask.any()) and reach is not None:
         k = kinks()  # at a jump the run sat on, the allowance is the jump: that is its convention, not looseness
@@ -172,3 +186,7 @@ def classify(a: torch.Tensor, r: torch.Tensor, *, u: float, tiny: float, bound: 
             rest = rest & ~nd
     masks["mismatch"] = rest
     return Verdicts({k: full(m) for k, m in masks.items() if bool(m.any())}, full(tol, 0.0), a.numel(), loose)
+
+
+def _largest(r: torch.Tensor) -> float:
+    return float(r.abs().nan_to_num(0.0, 0.0, 0.0).max()) if r.numel() else 0.0

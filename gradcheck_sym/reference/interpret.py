@@ -25,7 +25,7 @@ from ..ir.program import Const, Eqn, Program, Var
 from ..ops.core import PRIMS, Interpreter, TorchEager, interpreting
 from ..ops.prims import add
 
-__all__ = ["Traced", "Recorder", "ObjectEager", "evaluate", "sweep", "SweepResult", "record_sweep", "error_bounds",
+__all__ = ["Traced", "Recorder", "ObjectEager", "evaluate", "evaluate_rounded", "sweep", "SweepResult", "record_sweep", "error_bounds",
            "UNIT_ROUNDOFF", "const_value", "AbsEager"]
 
 F64 = torch.float64
@@ -162,6 +162,46 @@ def evaluate(program: Program, inputs: Sequence[Any], *, interp: Interpreter | N
             for v, o in zip(e.outputs, outs):
                 env[v.id] = o
     return env
+
+
+def evaluate_rounded(program: Program, values: dict[int, Any]) -> dict[int, Any]:
+    """Every floating variable of `program` recomputed in the user's dtype (its `Var.dtype`), from the
+    float64 `values` of the variables no equation defines (inputs, seeds): the same formulas, rounded as
+    the user's computation rounds (float32 where it ran in float32).  Its distance from `values` is a
+    measured sample of rounding noise, for the tolerance only; never a reference value.
+
+    An equation that cannot be evaluated this way keeps its float64 value (cast to its dtype).
+    """
+    env: dict[int, Any] = {}
+    consts = program.consts
+
+    def rounded(x: Any, dtype: torch.dtype | None) -> Any:
+        if dtype is not None and isinstance(x, torch.Tensor) and x.is_floating_point() and x.dtype != dtype:
+            return x.to(dtype)
+        return x
+
+    with interpreting(TorchEager()):
+        for e in program.eqns:
+            dtype = _DTYPES.get(e.outputs[0].dtype)
+            ins = []
+            for a in e.inputs:
+                if isinstance(a, Var):
+                    x = env.get(a.id)
+                    ins.append(rounded(values[a.id], _DTYPES.get(a.dtype)) if x is None else x)
+                else:
+                    ins.append(consts[a.index])
+            ins = [rounded(x, dtype) for x in ins]
+            try:
+                out = PRIMS[e.prim].impl(*ins, **e.params)
+                outs = out if PRIMS[e.prim].multiple else (out,)
+            except Exception:  # noqa: BLE001 - a sample of noise, not a result: the float64 value stands in
+                outs = [values[v.id] for v in e.outputs]
+            for v, o in zip(e.outputs, outs):
+                env[v.id] = rounded(o, _DTYPES.get(v.dtype))
+    return env
+
+
+_DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def _to_obj(x: Any) -> Any:
