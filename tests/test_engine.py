@@ -121,13 +121,13 @@ def test_bounds_tracked_while_recording_the_sweep_equal_error_bounds_of_the_whol
     run = traced(lambda x: (torch.tanh(x) * x.exp() - x.square().sum()).abs().sum(), x)
     prog, env = run.program, run.env
     seeds = {prog.outputs[0].id: torch.ones((), dtype=F64)}
-    whole, values, res = record_sweep(prog, env, seeds, errs=run.tracer.rec.errs)
+    whole, values, res = record_sweep(prog, env, seeds, errs=run.tracer.rec.bounds())
     fresh = error_bounds(whole, values)
     grads = [res.cts[v.id].var.id for v in prog.inputs]
     assert all(res.errs[g].abs().max() > 0 for g in grads)  # a bound was computed, not a zero
     for g in grads:
         torch.testing.assert_close(res.errs[g], fresh[g], rtol=1e-13, atol=0)
-    skipped = error_bounds(whole, values, start=run.tracer.rec.errs, skip=len(prog.eqns))
+    skipped = error_bounds(whole, values, start=run.tracer.rec.bounds(), skip=len(prog.eqns))
     for g in grads:
         torch.testing.assert_close(skipped[g], fresh[g], rtol=1e-13, atol=0)
 
@@ -141,7 +141,7 @@ def test_the_sweep_recomputed_in_float32_is_a_noise_sample_within_the_bound():
     prog, env = run.program, run.env
     assert prog.inputs[0].dtype == "float32"
     whole, values, res = record_sweep(prog, env, {prog.outputs[0].id: torch.ones((), dtype=F64)},
-                                      errs=run.tracer.rec.errs)
+                                      errs=run.tracer.rec.bounds())
     rounded = evaluate_rounded(whole, values)
     g = res.cts[prog.inputs[0].id].var.id
     assert rounded[g].dtype == torch.float32

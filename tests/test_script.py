@@ -298,9 +298,9 @@ def test_a_long_loop_keeps_only_what_live_tensors_need(tmp_path):
     finally:
         script_mod.ScriptTracer = real
     assert report.ok and report.backwards[0].verified == 40
-    assert len(seen) == 40 and seen[5] == seen[-1]  # no growth from iteration to iteration
-    eqns, consts, values, errs = seen[-1]
-    assert eqns <= 12 and consts <= eqns and errs <= values
+    assert len(seen) == 40 and {s[:3] for s in seen[5:]} == {seen[-1][:3]}  # no growth from iteration to iteration
+    eqns, consts, values, _ = seen[-1]
+    assert eqns <= 12 and consts <= eqns and all(s[3] <= s[2] for s in seen)  # (bounds: computed when asked for)
 
 
 def test_warnings_and_tracebacks_read_as_without_us(tmp_path):

@@ -28,7 +28,7 @@ from ..ir.program import Const, Program, Var
 from ..reference.interpret import Traced
 from .tracer import Tracer
 from ..ops.core import leaves
-from .tracer_calls import _name, foreign_types
+from .tracer_calls import _PROPERTY_TENSORS, _name, foreign_types
 from .tracer_sites import _user_frame, dispatching_frame
 
 __all__ = ["ScriptTracer", "Backward", "TensorInfo"]
@@ -218,6 +218,8 @@ class ScriptTracer(Tracer):
         name = _name(func)
         if foreign_types(types) and name != "backward":
             return super().__torch_function__(func, types, args, kwargs)  # left alone there
+        if name in _PROPERTIES and getattr(getattr(func, "__self__", None), "__name__", "") not in _WATCHED:
+            return func(*args, **kwargs)  # p.grad = None, x.shape, x.requires_grad: nothing to trace or note
         try:
             if name == "backward":
                 return self._backward(func, args, kwargs)
@@ -342,6 +344,12 @@ class ScriptTracer(Tracer):
         plan = None
         with self.lock:
             try:
+                # Before the plan, not after the backward: the last iteration's forward is gone by now (its
+                # names rebound), and the sweep then goes over this iteration's program only.
+                self.prune()
+            except Exception:  # noqa: BLE001 - pruning is an optimisation; a failure keeps everything
+                pass
+            try:
                 plan = self.verifier.plan(self, ev, outs, grads, inputs, create)
             except Exception as exc:  # noqa: BLE001 - our failure: this backward is not verified, the script goes on
                 ev.verified = False
@@ -354,10 +362,6 @@ class ScriptTracer(Tracer):
             except Exception as exc:  # noqa: BLE001 - as above
                 ev.verified = False
                 ev.reasons.append(f"internal error while comparing ({type(exc).__name__}: {exc}); please report")
-            try:
-                self.prune()
-            except Exception:  # noqa: BLE001 - pruning is an optimisation; a failure keeps everything
-                pass
         return result
 
     # ------------------------------------------------------------ the program
@@ -378,9 +382,12 @@ class ScriptTracer(Tracer):
                 live.add(h.var.id)
         needed = set(live)
         keep = []
-        for e in reversed(self.rec.eqns):
+        bounded = 0  # kept equations whose bounds were computed (the first ones: order is kept)
+        for i in range(len(self.rec.eqns) - 1, -1, -1):
+            e = self.rec.eqns[i]
             if any(v.id in needed for v in e.outputs):
                 keep.append(e)
+                bounded += i < self.rec.bounded
                 needed.update(v.id for v in e.outputs)
                 for a in e.inputs:
                     if isinstance(a, Var):
@@ -395,6 +402,7 @@ class ScriptTracer(Tracer):
                 e, inputs=tuple(a if isinstance(a, Var) else replace(a, index=remap[a.index]) for a in e.inputs))
                 for e in keep]
         self.rec.eqns[:] = keep
+        self.rec.bounded = bounded
         self.rec.consts[:] = [self.rec.consts[i] for i in used]
         for vid in [v for v in self.rec.values if v not in needed]:
             del self.rec.values[vid]
@@ -405,6 +413,12 @@ class ScriptTracer(Tracer):
         self.inputs = [v for v, _ in alive_inputs]
         self.input_names = [n for _, n in alive_inputs]
         self.cuts = [c for c in self.cuts if any(v in needed for v in c.vars)]
+
+
+_PROPERTIES = ("__get__", "__set__")
+# The properties whose access means something here: a tensor made (x.T), a .data read or write, a read of
+# .grad (a non-leaf's is None).
+_WATCHED = _PROPERTY_TENSORS | {"grad"}
 
 
 class _Ours(Exception):

@@ -87,11 +87,11 @@ class BackwardVerifier:
             recorded = None
             cts = dict(res.cts)
         else:
-            values, errs = tr.rec.values, tr.rec.errs
+            values = tr.rec.values
             if self.bounded.get(ev.line, 0.0) > 0.7:
                 # this line's backwards (a loop's) nearly always need their rounding bound: the sweep is
                 # written down at once, its bounds tracked as it records (else a plain sweep is cheaper)
-                done = record_sweep(prog, values, seeds, errs=errs)
+                done = record_sweep(prog, values, seeds, errs=tr.rec.bounds())
                 res = done[2]
                 cts = {k: c.value if isinstance(c, Traced) else c for k, c in res.cts.items()}
 
@@ -103,7 +103,7 @@ class BackwardVerifier:
                 cts = dict(res.cts)
 
                 def recorded() -> Any:
-                    return record_sweep(prog, values, seeds, errs=errs)
+                    return record_sweep(prog, values, seeds, errs=tr.rec.bounds())
         # the cotangents with the cuts as constants: the same as the plain ones unless a cut is reached
         cut = (sweep(prog, tr.rec.values, seeds, cut=True).cts if res.cut_reached else cts) if tr.cuts else None
         plan = Plan(seeds, recorded, cts, cut, res.tainted, res.blocked, inputs=inputs, create=create)

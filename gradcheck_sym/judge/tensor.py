@@ -143,7 +143,7 @@ class FunctionJudge(Explain, SecondOrder):
         output elements that are NaN or infinite alike on both sides are left out of the comparison (and
         said so), so one of them does not hide the others.
         """
-        prog, env, errs = run.program, run.env, run.tracer.rec.errs or {}
+        prog, env, errs = run.program, run.env, run.tracer.rec.bounds() or {}
         masks: list[Any] = []
         for k, (t, v) in enumerate(zip(run.outputs, prog.outputs)):
             user = t.detach().to(F64)
@@ -322,7 +322,7 @@ class FunctionJudge(Explain, SecondOrder):
         whole, values, res = recorded if recorded is not None else record_sweep(prog, env, seeds)
         grads = {v.id: res.cts.get(v.id) for v in prog.inputs}
         # the forward program's bounds were tracked as it was traced: only the sweep's are computed here
-        e = error_bounds(whole, values, start=run.tracer.rec.errs, skip=len(prog.eqns))
+        e = error_bounds(whole, values, start=run.tracer.rec.bounds(), skip=len(prog.eqns))
         scale = 1.0 + 2.0**-53 / self.u
         return {vid: e[g.var.id] * scale for vid, g in grads.items()
                 if isinstance(g, Traced) and e.get(g.var.id) is not None}
@@ -335,7 +335,7 @@ class FunctionJudge(Explain, SecondOrder):
         sh = shadow_run(self.shadow_call, run)
         if sh is None:
             return None
-        errs = run.tracer.rec.errs or {}
+        errs = run.tracer.rec.bounds() or {}
         for t, v in zip(sh.outputs, run.program.outputs):
             if not isinstance(v, Var):
                 return None

@@ -112,7 +112,30 @@ class Recorder(Interpreter):
         self.site = -1
         self.values: dict[int, Any] = {}
         self.errs: dict[int, Any] | None = None  # error bounds, tracked as it records when a dict
+        # With `lazy`, the bounds are computed when asked for (`bounds()`), not as each equation is recorded:
+        # a training loop whose comparisons all pass the cheap test never needs them.  Equations
+        # [0, bounded) have theirs in `errs`.
+        self.lazy = False
+        self.bounded = 0
         self._eager = TorchEager()
+
+    def bounds(self) -> dict[int, Any] | None:
+        """`errs`, brought up to date with every equation recorded so far."""
+        if self.errs is None or not self.lazy or self.bounded >= len(self.eqns):
+            return self.errs
+        base, consts = self.const_base, self.consts
+        for e in self.eqns[self.bounded:]:
+            outs = [self.values.get(v.id) for v in e.outputs]
+            if not all(isinstance(o, torch.Tensor) and o.is_floating_point() for o in outs):
+                continue
+            ins = [self.values[a.id] if isinstance(a, Var) else const_value(consts[a.index - base]) for a in e.inputs]
+            in_errs = [self.errs.get(a.id) if isinstance(a, Var) else None for a in e.inputs]
+            u = UNIT_ROUNDOFF.get(e.outputs[0].dtype, 2.0**-53)
+            for v, r in zip(e.outputs, PRIMS[e.prim].err(in_errs, ins, outs, u, **e.params)):
+                if r is not None:
+                    self.errs[v.id] = r
+        self.bounded = len(self.eqns)
+        return self.errs
 
     def process(self, prim: Any, args: tuple[Any, ...], params: dict[str, Any]) -> Any:
         values = tuple(a.value if isinstance(a, Traced) else a for a in args)
@@ -128,7 +151,8 @@ class Recorder(Interpreter):
         self.eqns.append(Eqn(prim.name, atoms, tuple(vars_), dict(params), self.site))
         for v, o in zip(vars_, outs):
             self.values[v.id] = o
-        if self.errs is not None and all(isinstance(o, torch.Tensor) and o.is_floating_point() for o in outs):
+        if self.errs is not None and not self.lazy and all(isinstance(o, torch.Tensor) and o.is_floating_point()
+                                                           for o in outs):
             in_errs = [self.errs.get(a.var.id) if isinstance(a, Traced) else None for a in args]
             u = UNIT_ROUNDOFF.get(self.dtype, 2.0**-53)
             for v, r in zip(vars_, prim.err(in_errs, list(values), list(outs), u, **params)):

@@ -345,11 +345,17 @@ rule("lerp", sig=lambda input, end, weight, *, out=None: 0)(
     lambda c, a: apply(c, _LERP, a.input, a.end, a.weight))
 
 
+@functools.lru_cache(maxsize=256)
+def _addc(kind: str, value: Any) -> EwFn:
+    """x + value * y * z or x + value * y / z (built once per value: an optimizer calls it every step)."""
+    return ew_fn(kind, x + num(value) * (y * z if kind == "addcmul" else y / z), 3)
+
+
 @rule("addcmul", sig=lambda input, tensor1, tensor2, *, value=1, out=None: 0)
 def _addcmul(c: Ctx, a: Args) -> Any:
-    return apply(c, ew_fn("addcmul", x + num(a.value) * y * z, 3), a.input, a.tensor1, a.tensor2)
+    return apply(c, _addc("addcmul", a.value), a.input, a.tensor1, a.tensor2)
 
 
 @rule("addcdiv", sig=lambda input, tensor1, tensor2, *, value=1, out=None: 0)
 def _addcdiv(c: Ctx, a: Args) -> Any:
-    return apply(c, ew_fn("addcdiv", x + num(a.value) * y / z, 3), a.input, a.tensor1, a.tensor2)
+    return apply(c, _addc("addcdiv", a.value), a.input, a.tensor1, a.tensor2)

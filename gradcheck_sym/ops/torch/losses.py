@@ -53,8 +53,13 @@ def _numel(shape: tuple[int, ...]) -> int:
 
 
 def _pointwise(names: tuple[str, ...], make: Any, sig: Any, params: tuple[str, ...] = ()) -> None:
+    made: dict[tuple[Any, ...], EwFn] = {}  # per parameter values: a loop's loss is built (in sympy) once
+
     def lower(c: Ctx, a: Args) -> Any:
-        fn = make(*[a[p] for p in params])
+        key = tuple(a[p] for p in params)
+        fn = made.get(key)
+        if fn is None:
+            fn = made[key] = make(*key)
         h = P.ew(fn, c.v(a.input), c.v(a.target))
         shape = tuple(torch.broadcast_shapes(a.input.shape, a.target.shape))
         h = P.broadcast_to(h, shape)
