@@ -28,6 +28,7 @@ from ..ir.program import Const, Program, Var
 from ..reference.interpret import Traced
 from .tracer import Tracer
 from ..ops.core import leaves
+from .script_infos import Backward, InfoLog, TensorInfo
 from .tracer_calls import _PROPERTY_TENSORS, _name, foreign_types
 from .tracer_sites import _user_frame, dispatching_frame
 
@@ -66,53 +67,13 @@ def _flat(obj: Any) -> list[Any]:
 _CHECKERS = (os.path.join("torch", "autograd", "gradcheck.py"), os.path.join("torch", "autograd", "functional.py"))
 
 
-@dataclass
-class TensorInfo:
-    """A tensor that took part in autograd (a leaf that requires grad, a retained or a cut tensor)."""
-
-    serial: int
-    ref: Any
-    line: int
-    source: str
-    leaf: bool
-    version: int = 0
-    shape: tuple[int, ...] = ()
-    retains: bool = False
-    hooks: list[int] = field(default_factory=list)
-    grad_fn: str | None = None
-    requires_grad: bool = True
-    value: Any = None
-    cut: str = ""  # how it was cut, in words, if it was
-    hidden: bool = False  # an intermediate of its line's statement, not what the line's name is bound to
-    made: bool = False  # a leaf seen where it was made (its line's name is its name)
-    # per backward that reached it: (backward index, .grad after (float64), exact contribution, status)
-    checks: list[tuple[int, Any, Any, str]] = field(default_factory=list)
-    exact_total: Any = None  # the exact .grad if every contribution since a reset was verified, else None
-
-
-@dataclass
-class Backward:
-    """One backward call of the script (or torch.autograd.grad)."""
-
-    index: int
-    kind: str  # "backward" or "autograd.grad"
-    line: int
-    source: str
-    verified: bool = True
-    reasons: list[str] = field(default_factory=list)
-    checked: int = 0  # tensors compared
-    errors: int = 0
-    skipped: str = ""  # why the call was not compared at all (inside gradcheck, ...)
-    returned: list[tuple[str, Any, Any]] = field(default_factory=list)  # autograd.grad: (name, got, exact)
-
-
 class ScriptTracer(Tracer):
     """Records a script and verifies its backwards (see the module docstring)."""
 
     def __init__(self, deadline: float | None = None) -> None:
         super().__init__()
         self.infos: dict[int, TensorInfo] = {}  # id(tensor) -> info (alive tensors)
-        self.all_infos: list[TensorInfo] = []
+        self.all_infos = InfoLog()  # every info made (dead tensors' made light: see script_infos)
         self.backwards: list[Backward] = []
         self.events: list[tuple[str, int, str, str]] = []  # (kind, line, message, tensor key)
         self.deadline = deadline
@@ -136,23 +97,24 @@ class ScriptTracer(Tracer):
         handle = self.leaf(t, f"leaf{len(self.inputs)}")
         if info is None:  # first seen in use: its line is not where it was made
             file, line, source = _user_frame()
-            info = TensorInfo(len(self.all_infos), self._weak(t), line, "", True, 0, tuple(t.shape))
+            info = TensorInfo(self.all_infos.serial(), None, line, "", True, 0, tuple(t.shape))
+            info.ref = self._weak(t, info)
             self.infos[id(t)] = info
-            self.all_infos.append(info)
+            self.all_infos.add(info)
         info.version = version
         info.value = t.detach().to(F64).clone()
         return handle
 
-    def _weak(self, t: torch.Tensor) -> Any:
+    def _weak(self, t: torch.Tensor, info: TensorInfo) -> Any:
         import weakref
 
         tid = id(t)
-        infos = self.infos
+        infos, dead = self.infos, self.all_infos.dead
 
-        def gone(_: Any) -> None:
-            info = infos.get(tid)
-            if info is not None and info.ref() is None:
+        def gone(_: Any) -> None:  # (no torch op here: this runs wherever the tensor is freed)
+            if infos.get(tid) is info:
                 del infos[tid]
+            dead.append(info)
 
         return weakref.ref(t, gone)
 
@@ -160,10 +122,11 @@ class ScriptTracer(Tracer):
         info = self.infos.get(id(t))
         if info is None or info.ref() is not t:
             file, line, source = _user_frame()
-            info = TensorInfo(len(self.all_infos), self._weak(t), line, source, t.is_leaf, 0, tuple(t.shape),
+            info = TensorInfo(self.all_infos.serial(), None, line, source, t.is_leaf, 0, tuple(t.shape),
                               requires_grad=t.requires_grad)
+            info.ref = self._weak(t, info)
             self.infos[id(t)] = info
-            self.all_infos.append(info)
+            self.all_infos.add(info)
         return info
 
     def _on_output(self, t: torch.Tensor, h: Any, site: int) -> None:
@@ -188,6 +151,7 @@ class ScriptTracer(Tracer):
             for a in sorted(anc)[:32]:
                 if len(self.edges) < 20_000:
                     self.edges.add((a, info.serial, cut))
+                    self.all_infos.linked.update((a, info.serial))
             if rec is not None:
                 rec.anc = frozenset({info.serial})
             info.grad_fn = type(t.grad_fn).__name__ if t.grad_fn is not None else None
@@ -370,7 +334,8 @@ class ScriptTracer(Tracer):
                        tuple(self.rec.consts), tuple(self.sites))
 
     def prune(self) -> None:
-        """Drop the equations no live tensor needs any more (and their values)."""
+        """Drop the equations no live tensor needs any more (and their values), and lighten dead tensors' rows."""
+        self.all_infos.retire()
         live: set[int] = set()
         for r in list(self.recs.values()):
             if r.tensor is not None and isinstance(r.handle, Traced):

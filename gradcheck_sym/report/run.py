@@ -54,8 +54,8 @@ SEVERITY = {"mismatch": "error", "untracked": "error", "stale-graph": "error", "
 
 def summary_value(t: Any) -> Any:
     """A value for people and JSON: a number, a short list, or shape/min/max/first elements."""
-    if t is None:
-        return None
+    if t is None or not hasattr(t, "reshape"):
+        return t  # (already a summary: a number, a list, a dict)
     flat = t.reshape(-1)
     n = flat.numel()
     if t.dim() == 0:

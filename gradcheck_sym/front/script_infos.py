@@ -1,0 +1,106 @@
+"""What `run` keeps of the script's tensors and backward calls: a `TensorInfo` per tensor that takes part in
+autograd, a `Backward` per call, and `InfoLog`, which lightens the records of tensors that died.
+
+A training loop makes a few named tensors per iteration; their records outlive them (the report's rows count
+them and show the last values).  Kept whole, 30,000 iterations held every cotangent they received (1.5 GB) and
+every intermediate's record, and each iteration grew slower.  A dead tensor's record keeps its statuses and a
+summary of its values; one no row shows (an intermediate of a statement, a tensor no backward reached) and no
+edge of the graph refers to is dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..report.run import summary_value
+
+__all__ = ["TensorInfo", "Backward", "InfoLog"]
+
+
+@dataclass
+class TensorInfo:
+    """A tensor that took part in autograd (a leaf that requires grad, a retained or a cut tensor)."""
+
+    serial: int
+    ref: Any
+    line: int
+    source: str
+    leaf: bool
+    version: int = 0
+    shape: tuple[int, ...] = ()
+    retains: bool = False
+    hooks: list[int] = field(default_factory=list)
+    grad_fn: str | None = None
+    requires_grad: bool = True
+    value: Any = None
+    cut: str = ""  # how it was cut, in words, if it was
+    hidden: bool = False  # an intermediate of its line's statement, not what the line's name is bound to
+    made: bool = False  # a leaf seen where it was made (its line's name is its name)
+    # per backward that reached it: (backward index, .grad after (float64), exact contribution, status)
+    checks: list[tuple[int, Any, Any, str]] = field(default_factory=list)
+    exact_total: Any = None  # the exact .grad if every contribution since a reset was verified, else None
+
+
+@dataclass
+class Backward:
+    """One backward call of the script (or torch.autograd.grad)."""
+
+    index: int
+    kind: str  # "backward" or "autograd.grad"
+    line: int
+    source: str
+    verified: bool = True
+    reasons: list[str] = field(default_factory=list)
+    checked: int = 0  # tensors compared
+    errors: int = 0
+    skipped: str = ""  # why the call was not compared at all (inside gradcheck, ...)
+    returned: list[tuple[str, Any, Any]] = field(default_factory=list)  # autograd.grad: (name, got, exact)
+
+
+class InfoLog:
+    """Every `TensorInfo` made, in order, with serial numbers; the records of dead tensors made light."""
+
+    def __init__(self) -> None:
+        self.items: list[TensorInfo] = []
+        self.next_serial = 0
+        self.dead: list[TensorInfo] = []  # died since the last `retire` (weakref callbacks only append here)
+        self.linked: set[int] = set()  # serials an edge of the graph or a finding refers to
+        self._dropped = 0
+
+    def __iter__(self) -> Any:
+        return (i for i in self.items if i.serial >= 0)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def add(self, info: TensorInfo) -> TensorInfo:
+        self.items.append(info)
+        return info
+
+    def serial(self) -> int:
+        self.next_serial += 1
+        return self.next_serial - 1
+
+    def retire(self) -> None:
+        """Lighten the records of the tensors that died (outside torch's dispatch: values are summarised)."""
+        dead, self.dead = self.dead, []
+        for info in dead:
+            if info.ref() is not None:
+                continue
+            info.checks = [(i, _light(got), _light(exact), status) for i, got, exact, status in info.checks]
+            info.exact_total = None
+            # an intermediate of a statement, or a tensor no backward reached: no row shows it
+            if (info.hidden or not info.checks) and not (info.leaf or info.retains or info.hooks) \
+                    and info.serial not in self.linked:
+                info.serial = -1 - info.serial  # marked: dropped at the next compaction
+                self._dropped += 1
+        if self._dropped > max(1024, len(self.items) // 2):  # amortised: a list rebuilt, not searched
+            self.items = [i for i in self.items if i.serial >= 0]
+            self._dropped = 0
+
+
+def _light(x: Any) -> Any:
+    return summary_value(x) if isinstance(x, torch.Tensor) else x
