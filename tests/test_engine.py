@@ -12,7 +12,7 @@ from gradcheck_sym.ops import prims as P
 from gradcheck_sym.ops.core import interpreting
 from gradcheck_sym.ops.ew import ADD, MUL
 from gradcheck_sym.reference.interpret import (ObjectEager, Recorder, Traced, error_bounds, evaluate, evaluate_rounded,
-                                               record_sweep, sweep)
+                                               record_sweep, rounded_sweep, sweep)
 
 from .oracle import assert_matches_oracle, traced
 
@@ -153,6 +153,11 @@ def test_the_sweep_recomputed_in_float32_is_a_noise_sample_within_the_bound():
     torch.tanh(w @ torch.tanh(w @ xt)).square().sum().backward()
     theirs = float((xt.grad.double() - values[g]).abs().max())
     assert 0.1 < theirs / float(noise.max()) < 10
+    # the same without writing the sweep down: the forward and the sweep under float32 rounding
+    swept = rounded_sweep(prog, env, {prog.outputs[0].id: torch.ones((), dtype=F64)})[prog.inputs[0].id]
+    assert swept.dtype == torch.float32
+    again = float((swept.double() - values[g]).abs().max())
+    assert 0 < again and 0.1 < theirs / again < 10
 
 
 def test_a_sweep_says_whether_a_cut_was_reached():

