@@ -303,6 +303,37 @@ def test_a_long_loop_keeps_only_what_live_tensors_need(tmp_path):
     assert eqns <= 12 and consts <= eqns and all(s[3] <= s[2] for s in seen)  # (bounds: computed when asked for)
 
 
+def test_a_float_that_left_by_item_does_not_keep_its_iteration_alive(tmp_path):
+    # A loss printed through .item() every few iterations: the float is recognised for two backwards, then
+    # forgotten; the program after each backward stays one iteration's size (it grew by an iteration per print).
+    import gradcheck_sym.front.script as script_mod
+
+    seen = []
+    real = script_mod.ScriptTracer
+
+    class Watched(real):
+        def prune(self):
+            super().prune()
+            seen.append(len(self.rec.eqns))
+
+    text = ("import torch\ngrid = torch.linspace(-1, 1, 50)\nc = torch.zeros(3, requires_grad=True)\n"
+            "for it in range(60):\n"
+            "    loss = (c[0] + c[1] * grid + c[2] * grid ** 2 - grid.sin()).pow(2).sum()\n"
+            "    if it % 5 == 0:\n"
+            "        print(it, loss.item())\n"
+            "    loss.backward()\n"
+            "    with torch.no_grad():\n"
+            "        c -= 0.01 * c.grad\n"
+            "        c.grad = None\n")
+    script_mod.ScriptTracer = Watched
+    try:
+        report = gs.run_script(_script(tmp_path, text))
+    finally:
+        script_mod.ScriptTracer = real
+    assert report.ok and report.backwards[0].verified == 60
+    assert max(seen[-20:]) <= max(seen[:20]) <= 3 * min(seen)  # (one iteration is 10 equations)
+
+
 def test_warnings_and_tracebacks_read_as_without_us(tmp_path):
     # Warnings raised inside torch name the user's line (not the tracer's), and a traceback keeps
     # torch's own frames and the exception chain, as Python prints them without gradcheck-sym.

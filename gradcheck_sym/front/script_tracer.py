@@ -80,6 +80,8 @@ class ScriptTracer(Tracer):
         self.stopped = ""  # why recording stopped (a time budget), if it did
         self.verifier: Any = None  # set by the runner: verifies one backward (judge.backward)
         self.edges: set[tuple[int, int, str]] = set()  # named tensor -> named tensor computed from it
+        self._prunes = 0
+        self._item_seen: dict[float, int] = {}  # a float that left by .item() -> the prune that first saw it
 
     # ------------------------------------------------------------ leaves and infos
     def _unknown(self, t: torch.Tensor) -> Any:
@@ -333,6 +335,21 @@ class ScriptTracer(Tracer):
         return Program(tuple(self.inputs), tuple(self.input_names), tuple(self.rec.eqns), (),
                        tuple(self.rec.consts), tuple(self.sites))
 
+    def _forget_items(self) -> None:
+        """Floats that left through .item()/.tolist() are recognised when they come back until the second
+        backward after they left, then forgotten: a Python float has no lifetime to follow, and each one kept
+        the whole computation behind it alive (a loss printed every 2,000 iterations grew a 30,000-iteration
+        loop's program, and every sweep and prune with it)."""
+        self._prunes += 1
+        seen = self._item_seen
+        for k in self.items:
+            seen.setdefault(k, self._prunes)
+        for k in [k for k in self.items if seen[k] < self._prunes - 1]:
+            del self.items[k]
+            del seen[k]
+        for k in [k for k in seen if k not in self.items]:
+            del seen[k]
+
     def prune(self) -> None:
         """Drop the equations no live tensor needs any more (and their values), and lighten dead tensors' rows."""
         self.all_infos.retire()
@@ -342,6 +359,7 @@ class ScriptTracer(Tracer):
                 live.add(r.handle.var.id)
             if r.root is not None and isinstance(r.root.handle, Traced):
                 live.add(r.root.handle.var.id)
+        self._forget_items()
         for h in self.items.values():
             if isinstance(h, Traced):
                 live.add(h.var.id)
