@@ -334,6 +334,46 @@ def test_a_float_that_left_by_item_does_not_keep_its_iteration_alive(tmp_path):
     assert max(seen[-20:]) <= max(seen[:20]) <= 3 * min(seen)  # (one iteration is 10 equations)
 
 
+def test_the_records_of_dead_tensors_keep_no_tensors(tmp_path):
+    # A named intermediate of every iteration (`fit`) gets its cotangent in its record while it lives; once it
+    # died, the record keeps the status and a summary only (every record, not only those that died since
+    # the first prune: 30,000 iterations held 1.5 GB of them).
+    import torch
+
+    import gradcheck_sym.front.script as script_mod
+
+    kept = {}
+    real = script_mod.ScriptTracer
+
+    class Watched(real):
+        def prune(self):
+            super().prune()
+            dead = [i for i in self.all_infos if i.ref() is None]
+            kept["dead"] = len(dead)
+            kept["tensors"] = sum(isinstance(x, torch.Tensor) for i in dead for c in i.checks for x in c[1:3])
+            kept["values"] = sum(isinstance(i.value, torch.Tensor) for i in dead)
+
+    text = ("import torch\ngrid = torch.linspace(-1, 1, 50)\nc = torch.zeros(3, requires_grad=True)\n"
+            "for it in range(30):\n"
+            "    fit = c[0] + c[1] * grid + c[2] * grid ** 2\n"
+            "    loss = (fit - grid.sin()).pow(2).sum()\n"
+            "    loss.backward()\n"
+            "    with torch.no_grad():\n"
+            "        c -= 0.01 * c.grad\n"
+            "        c.grad = None\n")
+    script_mod.ScriptTracer = Watched
+    try:
+        report = gs.run_script(_script(tmp_path, text))
+    finally:
+        script_mod.ScriptTracer = real
+    assert report.ok and report.backwards[0].verified == 30
+    assert kept["dead"] >= 50 and kept["tensors"] == 0 and kept["values"] == 0
+    (fit,) = [r for r in report.tensors if r.name.startswith("fit")]
+    assert fit.count == 30 and fit.checks[1] == 0 and fit.exact == {"shape": [50], "min": fit.exact["min"],
+                                                                      "max": fit.exact["max"],
+                                                                      "first": fit.exact["first"]}
+
+
 def test_warnings_and_tracebacks_read_as_without_us(tmp_path):
     # Warnings raised inside torch name the user's line (not the tracer's), and a traceback keeps
     # torch's own frames and the exception chain, as Python prints them without gradcheck-sym.

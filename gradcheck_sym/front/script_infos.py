@@ -86,12 +86,14 @@ class InfoLog:
 
     def retire(self) -> None:
         """Lighten the records of the tensors that died (outside torch's dispatch: values are summarised)."""
-        dead, self.dead = self.dead, []
+        dead = []
+        while self.dead:  # drained in place: the callbacks hold this very list
+            dead.append(self.dead.pop())
         for info in dead:
             if info.ref() is not None:
                 continue
             info.checks = [(i, _light(got), _light(exact), status) for i, got, exact, status in info.checks]
-            info.exact_total = None
+            info.value, info.exact_total = _light(info.value), None
             # an intermediate of a statement, or a tensor no backward reached: no row shows it
             if (info.hidden or not info.checks) and not (info.leaf or info.retains or info.hooks) \
                     and info.serial not in self.linked:
