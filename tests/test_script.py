@@ -271,32 +271,42 @@ def test_a_training_loop_with_an_optimizer(tmp_path):
                                                      "model.2.bias"]
 
 
-def test_a_long_loop_keeps_only_what_live_tensors_need(tmp_path):
-    # Each iteration makes new constants, values and rounding bounds; the program after a backward holds
-    # those of the live tensors only (it grew with the iterations: 775 MB for the 2,000-step tutorial).
+# A loop of the polynomial tutorial's shape, small: `fit` is a named intermediate of every iteration.
+_LOOP = ("import torch\ngrid = torch.linspace(-1, 1, 50)\nc = torch.zeros(3, requires_grad=True)\n"
+         "for it in range({n}):\n"
+         "    fit = c[0] + c[1] * grid + c[2] * grid ** 2\n"
+         "    loss = (fit - grid.sin()).pow(2).sum()\n"
+         "{extra}"
+         "    loss.backward()\n"
+         "    with torch.no_grad():\n"
+         "        c -= 0.01 * c.grad\n"
+         "        c.grad = None\n")
+
+
+def _run_watching_prunes(tmp_path, text, after_prune):
+    """Run `text` under `run`, calling `after_prune(tracer)` after each of the tracer's prunes."""
     import gradcheck_sym.front.script as script_mod
 
-    seen = []
     real = script_mod.ScriptTracer
 
     class Watched(real):
         def prune(self):
             super().prune()
-            seen.append((len(self.rec.eqns), len(self.rec.consts), len(self.rec.values), len(self.rec.errs)))
+            after_prune(self)
 
-    text = ("import torch\ngrid = torch.linspace(-1, 1, 50)\nc = torch.zeros(3, requires_grad=True)\n"
-            "for it in range({n}):\n"
-            "    fit = c[0] + c[1] * grid + c[2] * grid ** 2\n"
-            "    loss = (fit - grid.sin()).pow(2).sum()\n"
-            "    loss.backward()\n"
-            "    with torch.no_grad():\n"
-            "        c -= 0.01 * c.grad\n"
-            "        c.grad = None\n")
     script_mod.ScriptTracer = Watched
     try:
-        report = gs.run_script(_script(tmp_path, text.format(n=40)))
+        return gs.run_script(_script(tmp_path, text))
     finally:
         script_mod.ScriptTracer = real
+
+
+def test_a_long_loop_keeps_only_what_live_tensors_need(tmp_path):
+    # Each iteration makes new constants, values and rounding bounds; the program after a backward holds
+    # those of the live tensors only (it grew with the iterations: 775 MB for the 2,000-step tutorial).
+    seen = []
+    report = _run_watching_prunes(tmp_path, _LOOP.format(n=40, extra=""), lambda tr: seen.append(
+        (len(tr.rec.eqns), len(tr.rec.consts), len(tr.rec.values), len(tr.rec.errs))))
     assert report.ok and report.backwards[0].verified == 40
     assert len(seen) == 40 and {s[:3] for s in seen[5:]} == {seen[-1][:3]}  # no growth from iteration to iteration
     eqns, consts, values, _ = seen[-1]
@@ -306,72 +316,32 @@ def test_a_long_loop_keeps_only_what_live_tensors_need(tmp_path):
 def test_a_float_that_left_by_item_does_not_keep_its_iteration_alive(tmp_path):
     # A loss printed through .item() every few iterations: the float is recognised for two backwards, then
     # forgotten; the program after each backward stays one iteration's size (it grew by an iteration per print).
-    import gradcheck_sym.front.script as script_mod
-
     seen = []
-    real = script_mod.ScriptTracer
-
-    class Watched(real):
-        def prune(self):
-            super().prune()
-            seen.append(len(self.rec.eqns))
-
-    text = ("import torch\ngrid = torch.linspace(-1, 1, 50)\nc = torch.zeros(3, requires_grad=True)\n"
-            "for it in range(60):\n"
-            "    loss = (c[0] + c[1] * grid + c[2] * grid ** 2 - grid.sin()).pow(2).sum()\n"
-            "    if it % 5 == 0:\n"
-            "        print(it, loss.item())\n"
-            "    loss.backward()\n"
-            "    with torch.no_grad():\n"
-            "        c -= 0.01 * c.grad\n"
-            "        c.grad = None\n")
-    script_mod.ScriptTracer = Watched
-    try:
-        report = gs.run_script(_script(tmp_path, text))
-    finally:
-        script_mod.ScriptTracer = real
+    text = _LOOP.format(n=60, extra="    if it % 5 == 0:\n        print(it, loss.item())\n")
+    report = _run_watching_prunes(tmp_path, text, lambda tr: seen.append(len(tr.rec.eqns)))
     assert report.ok and report.backwards[0].verified == 60
-    assert max(seen[-20:]) <= max(seen[:20]) <= 3 * min(seen)  # (one iteration is 10 equations)
+    assert max(seen[-20:]) <= max(seen[:20]) <= 3 * min(seen)  # (one iteration is about 10 equations)
 
 
 def test_the_records_of_dead_tensors_keep_no_tensors(tmp_path):
     # A named intermediate of every iteration (`fit`) gets its cotangent in its record while it lives; once it
-    # died, the record keeps the status and a summary only (every record, not only those that died since
+    # died, the record keeps the status and a summary only (every record, not only those that died before
     # the first prune: 30,000 iterations held 1.5 GB of them).
     import torch
 
-    import gradcheck_sym.front.script as script_mod
-
     kept = {}
-    real = script_mod.ScriptTracer
 
-    class Watched(real):
-        def prune(self):
-            super().prune()
-            dead = [i for i in self.all_infos if i.ref() is None]
-            kept["dead"] = len(dead)
-            kept["tensors"] = sum(isinstance(x, torch.Tensor) for i in dead for c in i.checks for x in c[1:3])
-            kept["values"] = sum(isinstance(i.value, torch.Tensor) for i in dead)
+    def count(tr):
+        dead = [i for i in tr.all_infos if i.ref() is None]
+        kept["dead"] = len(dead)
+        kept["tensors"] = sum(isinstance(x, torch.Tensor) for i in dead for c in i.checks for x in c[1:3])
+        kept["values"] = sum(isinstance(i.value, torch.Tensor) for i in dead)
 
-    text = ("import torch\ngrid = torch.linspace(-1, 1, 50)\nc = torch.zeros(3, requires_grad=True)\n"
-            "for it in range(30):\n"
-            "    fit = c[0] + c[1] * grid + c[2] * grid ** 2\n"
-            "    loss = (fit - grid.sin()).pow(2).sum()\n"
-            "    loss.backward()\n"
-            "    with torch.no_grad():\n"
-            "        c -= 0.01 * c.grad\n"
-            "        c.grad = None\n")
-    script_mod.ScriptTracer = Watched
-    try:
-        report = gs.run_script(_script(tmp_path, text))
-    finally:
-        script_mod.ScriptTracer = real
+    report = _run_watching_prunes(tmp_path, _LOOP.format(n=30, extra=""), count)
     assert report.ok and report.backwards[0].verified == 30
     assert kept["dead"] >= 50 and kept["tensors"] == 0 and kept["values"] == 0
     (fit,) = [r for r in report.tensors if r.name.startswith("fit")]
-    assert fit.count == 30 and fit.checks[1] == 0 and fit.exact == {"shape": [50], "min": fit.exact["min"],
-                                                                      "max": fit.exact["max"],
-                                                                      "first": fit.exact["first"]}
+    assert fit.count == 30 and fit.checks[1] == 0 and set(fit.exact) == {"shape", "min", "max", "first"}
 
 
 def test_warnings_and_tracebacks_read_as_without_us(tmp_path):

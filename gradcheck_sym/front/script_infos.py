@@ -67,14 +67,11 @@ class InfoLog:
         self.items: list[TensorInfo] = []
         self.next_serial = 0
         self.dead: list[TensorInfo] = []  # died since the last `retire` (weakref callbacks only append here)
-        self.linked: set[int] = set()  # serials an edge of the graph or a finding refers to
+        self.linked: set[int] = set()  # serials an edge of the graph refers to (findings name leaves only)
         self._dropped = 0
 
     def __iter__(self) -> Any:
         return (i for i in self.items if i.serial >= 0)
-
-    def __len__(self) -> int:
-        return len(self.items)
 
     def add(self, info: TensorInfo) -> TensorInfo:
         self.items.append(info)

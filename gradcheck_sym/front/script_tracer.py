@@ -81,7 +81,8 @@ class ScriptTracer(Tracer):
         self.verifier: Any = None  # set by the runner: verifies one backward (judge.backward)
         self.edges: set[tuple[int, int, str]] = set()  # named tensor -> named tensor computed from it
         self._prunes = 0
-        self._item_seen: dict[float, int] = {}  # a float that left by .item() -> the prune that first saw it
+        self._item_seen: dict[float, tuple[Any, int]] = {}  # a float that left by .item() -> (its handle, the
+        # prune that first saw it)
 
     # ------------------------------------------------------------ leaves and infos
     def _unknown(self, t: torch.Tensor) -> Any:
@@ -342,12 +343,11 @@ class ScriptTracer(Tracer):
         loop's program, and every sweep and prune with it)."""
         self._prunes += 1
         seen = self._item_seen
-        for k in self.items:
-            seen.setdefault(k, self._prunes)
-        for k in [k for k in self.items if seen[k] < self._prunes - 1]:
+        for k, h in self.items.items():
+            if k not in seen or seen[k][0] is not h:  # new, or the same number leaving again
+                seen[k] = (h, self._prunes)
+        for k in [k for k in self.items if seen[k][1] < self._prunes - 1]:
             del self.items[k]
-            del seen[k]
-        for k in [k for k in seen if k not in self.items]:
             del seen[k]
 
     def prune(self) -> None:

@@ -117,7 +117,7 @@ def classify(a: torch.Tensor, r: torch.Tensor, *, u: float, tiny: float, bound: 
         # (torch's batch-norm backward against our decomposition of it, a conv bias before batch norm) by
         # more than the safety factor, which a bound that still says something never does.
         if scale is None:
-            scale = _largest(r)
+            scale = abs_max(r)
         wide = (tol > u**0.5) & (tol > LOOSE * scale)
         if bool(wide.any()):
             m = measured()
@@ -148,7 +148,7 @@ def classify(a: torch.Tensor, r: torch.Tensor, *, u: float, tiny: float, bound: 
     loose_mask = ~bad & (own > u**0.5) & (R != 0)
     if bool(loose_mask.any()):  # (the scale is a pass over the whole tensor: only when it can matter)
         if scale is None:
-            scale = _largest(r)
+            scale = abs_max(r)
         loose_mask = loose_mask & (own > LOOSE * scale)
     if bool(loose_mask.any()) and reach is not None:
         k = kinks()  # at a jump the run sat on, the allowance is the jump: that is its convention, not looseness
@@ -189,10 +189,6 @@ def classify(a: torch.Tensor, r: torch.Tensor, *, u: float, tiny: float, bound: 
             rest = rest & ~nd
     masks["mismatch"] = rest
     return Verdicts({k: full(m) for k, m in masks.items() if bool(m.any())}, full(tol, 0.0), a.numel(), loose)
-
-
-def _largest(r: torch.Tensor) -> float:
-    return abs_max(r)
 
 
 def abs_max(t: torch.Tensor) -> float:

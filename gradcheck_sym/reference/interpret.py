@@ -25,8 +25,8 @@ from ..ir.program import Const, Eqn, Program, Var
 from ..ops.core import PRIMS, Interpreter, TorchEager, interpreting
 from ..ops.prims import add
 
-__all__ = ["Traced", "Recorder", "ObjectEager", "evaluate", "evaluate_rounded", "rounded_sweep", "sweep", "SweepResult", "record_sweep", "error_bounds",
-           "UNIT_ROUNDOFF", "const_value", "AbsEager"]
+__all__ = ["Traced", "Recorder", "ObjectEager", "evaluate", "evaluate_rounded", "rounded_sweep", "sweep", "SweepResult",
+           "record_sweep", "error_bounds", "UNIT_ROUNDOFF", "const_value", "AbsEager"]
 
 F64 = torch.float64
 # Cuts that are part of an op's definition in torch (an output declared non-differentiable): constants in
@@ -120,20 +120,11 @@ class Recorder(Interpreter):
         self._eager = TorchEager()
 
     def bounds(self) -> dict[int, Any] | None:
-        """`errs`, brought up to date with every equation recorded so far."""
+        """`errs`, brought up to date with every equation recorded so far (`error_bounds` of the new ones)."""
         if self.errs is None or not self.lazy or self.bounded >= len(self.eqns):
             return self.errs
-        base, consts = self.const_base, self.consts
-        for e in self.eqns[self.bounded:]:
-            outs = [self.values.get(v.id) for v in e.outputs]
-            if not all(isinstance(o, torch.Tensor) and o.is_floating_point() for o in outs):
-                continue
-            ins = [self.values[a.id] if isinstance(a, Var) else const_value(consts[a.index - base]) for a in e.inputs]
-            in_errs = [self.errs.get(a.id) if isinstance(a, Var) else None for a in e.inputs]
-            u = UNIT_ROUNDOFF.get(e.outputs[0].dtype, 2.0**-53)
-            for v, r in zip(e.outputs, PRIMS[e.prim].err(in_errs, ins, outs, u, **e.params)):
-                if r is not None:
-                    self.errs[v.id] = r
+        recorded = Program((), (), tuple(self.eqns), (), (None,) * self.const_base + tuple(self.consts))
+        self.errs.update(error_bounds(recorded, self.values, start=self.errs, skip=self.bounded))
         self.bounded = len(self.eqns)
         return self.errs
 
