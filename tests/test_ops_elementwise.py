@@ -375,3 +375,25 @@ def test_float64_reference_partials_stay_within_their_own_allowance(case):
         ok = torch.isfinite(exact)
         assert bool(((ours - exact).abs() <= allowed)[ok].all()), (case[0], fn.name)
         assert bool(torch.isfinite(ours)[ok].all()), (case[0], fn.name)
+
+
+
+def test_a_partial_that_is_one_of_the_arguments_is_taken_as_it_is():
+    # d(a*b)/da = b is not evaluated in the sweep (one kernel fewer); a partial with a kernel, a formula
+    # of torch's or a rounding of its own is.
+    import sympy
+
+    from gradcheck_sym.ops.ew import MUL, P, EwFn
+
+    assert (MUL.partial(0).arg, MUL.partial(1).arg) == (1, 0)
+    assert EwFn("sin", sympy.sin(P[0]), 1).partial(0).arg is None
+    assert EwFn("f", P[1], 2, err_form=P[1] + P[0] - P[0] * 1.5).arg is None  # torch rounds its own formula
+    assert EwFn("g", P[1], 2, rel_err=1e-7).arg is None
+    assert EwFn("h", P[1], 2).arg == 1
+    # the sweep's cotangents are then the arguments themselves: d(sum(a*b))/da = b, bit for bit
+    a, b = torch.randn(7, dtype=F64), torch.randn(7, dtype=F64)
+    run = run_traced(lambda leaves: (leaves[0] * leaves[1]).sum(), [a, b], ["a", "b"])
+    prog = run.program
+    res = sweep(prog, run.env, {v.id: torch.ones(v.shape, dtype=F64) for v in prog.outputs if hasattr(v, "id")})
+    da, db = (res.cts[v.id] for v in prog.inputs)
+    assert torch.equal(da, b) and torch.equal(db, a)

@@ -415,6 +415,48 @@ def test_optimizer_steps_are_new_leaf_versions(tmp_path, optimizer):
     assert (b.calls, b.verified, b.compared) == (4, 4, 16)
 
 
+def test_a_step_with_a_closure_and_a_step_hook_that_changes_the_parameters(tmp_path):
+    # LBFGS re-evaluates the loss inside its step, at parameters it has just changed (op by op there); a
+    # step hook that clamps the parameters changes them inside the step's window (seen at its end).
+    text = ("import gc, torch\ntorch.manual_seed(0)\n"
+            "model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))\n"
+            "x = torch.randn(5, 3)\ny = torch.randn(5, 1)\n"
+            "lbfgs = torch.optim.LBFGS(model.parameters(), lr=0.5, max_iter=3)\n"
+            "def closure():\n"
+            "    lbfgs.zero_grad()\n"
+            "    loss = torch.nn.functional.mse_loss(model(x), y)\n"
+            "    loss.backward()\n"
+            "    return loss\n"
+            "for step in range(2):\n"
+            "    lbfgs.step(closure)\n"
+            "sgd = torch.optim.SGD(model.parameters(), lr=0.5)\n"
+            "def clamp(opt, args, kwargs):\n"
+            "    with torch.no_grad():\n"
+            "        for p in model.parameters():\n"
+            "            p.clamp_(-0.05, 0.05)\n"
+            "sgd.register_step_post_hook(clamp)\n"
+            "for step in range(3):\n"
+            "    sgd.zero_grad()\n"
+            "    loss2 = torch.nn.functional.mse_loss(model(x), y)\n"
+            "    loss2.backward()\n"
+            "    sgd.step()\n"
+            "print(float(model[0].weight.detach().abs().max()), gc.get_freeze_count() > 0)\n")
+    import gc
+
+    from torch.optim import optimizer as optim_mod
+
+    hooks = (dict(optim_mod._global_optimizer_pre_hooks), dict(optim_mod._global_optimizer_post_hooks))
+    frozen = gc.get_freeze_count()
+    report = gs.run_script(_script(tmp_path, text))
+    assert report.exit_code == 0 and report.ok and report.findings == (), (report.error, report.findings)
+    closure_calls, plain = report.backwards
+    assert closure_calls.calls >= 4 and closure_calls.verified == closure_calls.calls
+    assert (plain.calls, plain.verified, plain.compared) == (3, 3, 12)  # at the clamped weights: else a mismatch
+    # global state as it was: torch's step hooks, the collector's frozen objects
+    assert (dict(optim_mod._global_optimizer_pre_hooks), dict(optim_mod._global_optimizer_post_hooks)) == hooks
+    assert gc.get_freeze_count() == frozen
+
+
 @pytest.mark.parametrize("path,message", [
     ("/nonexistent/dir/g.svg", "gradcheck-sym: error: --graph /nonexistent/dir/g.svg: the folder /nonexistent/dir does "
                                "not exist\n"),

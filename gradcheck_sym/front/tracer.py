@@ -41,7 +41,7 @@ from ..ops.core import interpreting
 from ..ops.ew import IDENT
 from ..ops.torch import RULES, Refused, bind_args
 from ..reference.interpret import UNIT_ROUNDOFF, Recorder, Traced
-from .tracer_calls import (_CASTS, _PASS, _PROPERTY_TENSORS, _RANDOM, _dtype_name, _name, _normalise, _tensors, _walk,
+from .tracer_calls import (_CASTS, _PASS, _PROPERTY_TENSORS, _QUIET, _RANDOM, _dtype_name, _name, _normalise, _tensors, _walk,
                            foreign_types)
 from .tracer_handles import Handles, _any_traced, _flat_handles
 from .tracer_sites import (CallAs, Cut, Note, _custom_forward, _user_frame, dispatching_frame, hidden_frame,
@@ -175,6 +175,8 @@ class Tracer(Handles, TorchFunctionMode):
             return func(*args, **(kwargs or {}))
         kwargs = kwargs or {}
         name = _name(func)
+        if name in _QUIET:
+            return func(*args, **kwargs)
         caller = dispatching_frame(sys._getframe(1))
         if name in _PASS:
             return self.call_as(caller, func, args, kwargs)

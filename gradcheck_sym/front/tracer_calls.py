@@ -24,6 +24,9 @@ _PASS = {"size", "dim", "numel", "stride", "storage_offset", "is_contiguous", "i
          "__setstate__", "_set_grad_enabled", "register_hook", "retain_grad", "backward", "grad", "is_leaf",
          "requires_grad_", "__torch_function__", "equal", "allclose", "isclose", "_version", "is_nonzero",
          "is_same_size", "type", "__dlpack__", "__dlpack_device__", "__array_wrap__", "__array_priority__"}
+# The profiler's markers (an optimizer's step and zero_grad open one each): no tensor, nothing to note; called
+# straight through.
+_QUIET = {"_record_function_enter_new", "_record_function_enter", "_record_function_exit"}
 _PROPERTY_TENSORS = {"T", "mT", "H", "mH", "real", "data"}
 _CASTS = {"to", "float", "double", "half", "bfloat16", "type", "type_as", "copy"}
 # Ops that draw random numbers: the generator state before them is kept, so a rule can replay the draw.

@@ -115,6 +115,17 @@ class EwFn:
         return self.expr == 0
 
     @functools.cached_property
+    def arg(self) -> int | None:
+        """i when this function is its i-th argument, exactly (no kernel, no rounding of its own): a partial
+        such as d(a*b)/da = b, which the sweep then takes as it is instead of evaluating."""
+        if self.torch_impl is not None or self.rel_err or self.rel_scale is not None or self.err_form != self.expr:
+            return None
+        for i, p in enumerate(P[: self.nargs]):
+            if self.expr == p:
+                return i
+        return None
+
+    @functools.cached_property
     def has_branches(self) -> bool:
         """Whether the function is piecewise (a kink, a tie, a jump somewhere)."""
         exprs = [self.expr] + list(self._partials or ())

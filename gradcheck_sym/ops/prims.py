@@ -154,6 +154,8 @@ def _ew_vjp(cts: list[Any], ins: Sequence[Any], outs: Sequence[Any], fn: EwFn) -
             term = g
         elif d.expr == -1:
             term = ew(NEG, g)
+        elif d.arg is not None:  # d(a*b)/da = b: b itself, one kernel fewer
+            term = ew(ZMUL, g, ins[d.arg])
         else:
             term = ew(ZMUL, g, ew(d, *ins))
         res.append(sum_to(term, shape_of(a)))
