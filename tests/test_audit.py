@@ -67,6 +67,20 @@ def test_error_injection_is_caught_by_gradcheck_sym_and_not_by_gradcheck(opinfo_
     assert summary["injection"]["0.0001"]["gradcheck_caught"] == 0
 
 
+def test_a_float32_audit_rounds_the_samples_other_tensors_too():
+    # batch norm's running statistics and prelu's weight are not inputs of the check: left in float64 beside
+    # float32 inputs, torch raised ("expected scalar type Float but found Double") and the entries were tool
+    # errors.  An injected error in float32 is still caught.
+    result = gs.audit_torch("nn.functional.batch_norm,nn.functional.prelu", dtypes="float32", samples_per_op=1,
+                            sources=("sample",), inject=(1e-2,), executor=SerialExecutor())
+    bn, prelu = result.entries
+    for e in (bn, prelu):
+        assert e.dtype == "float32" and e.status == "verified", [(s.status, s.reason) for s in e.samples]
+        assert all(s.status == "verified" for s in e.samples)
+    (inj,) = bn.injections
+    assert inj.caught and all(inj.caught)
+
+
 def test_order_2_against_gradgradcheck_and_entries_without_gradgrad():
     result = gs.audit_torch("add,nn.functional.hardsigmoid", order=2, samples_per_op=1, sources=("sample",),
                             executor=SerialExecutor())

@@ -58,11 +58,11 @@ def _op_name(func: Any) -> str:
     return name.removeprefix("torch.")
 
 
-def differentiable_ops(fn: Callable[..., Any], inputs: Sequence[Any]) -> list[str]:
-    """The ops of one plain call of `fn` that autograd goes through, in call order."""
+def differentiable_ops(fn: Callable[..., Any], inputs: Sequence[Any], dtype: str = "float64") -> list[str]:
+    """The ops of one plain call of `fn` (inputs rounded to `dtype`) that autograd goes through, in call order."""
     from .sample import _leaves
 
-    leaves = _leaves(inputs)
+    leaves = _leaves(inputs, dtype)
     mode = InjectError(-1, 0.0)
     with mode:
         fn(*leaves)
@@ -93,14 +93,14 @@ def injection_test(fn: Callable[..., Any], inputs: Sequence[Any], names: Sequenc
     from ..scale.pool import beat
     from .sample import run_gradcheck
 
-    ops = differentiable_ops(fn, inputs)
+    ops = differentiable_ops(fn, inputs, dtype)
     caught: list[bool | None] = []
     theirs: list[bool | None] = []
-    clean = _gradients(fn, inputs)
+    clean = _gradients(fn, inputs, dtype)
     for k in range(len(ops)):
         beat()
         bad = injected(fn, k, eps)
-        if clean is not None and (_negligible(clean, inputs) or _same(clean, _gradients(bad, inputs))):
+        if clean is not None and (_negligible(clean, inputs) or _same(clean, _gradients(bad, inputs, dtype))):
             # the error changed nothing autograd computes (or only its rounding noise): nothing to catch
             caught.append(None)
             if gradcheck and dtype == "float64":
@@ -117,7 +117,7 @@ def injection_test(fn: Callable[..., Any], inputs: Sequence[Any], names: Sequenc
     return Injection(eps, sample, tuple(ops), tuple(caught), tuple(theirs))
 
 
-def _gradients(fn: Callable[..., Any], inputs: Sequence[Any]) -> list[Any] | None:
+def _gradients(fn: Callable[..., Any], inputs: Sequence[Any], dtype: str = "float64") -> list[Any] | None:
     """Autograd's gradients of a fixed random projection of `fn`'s outputs (None if it cannot say)."""
     import torch
     import torch.utils._pytree as pytree
@@ -125,7 +125,7 @@ def _gradients(fn: Callable[..., Any], inputs: Sequence[Any]) -> list[Any] | Non
     from .sample import _leaves
 
     try:
-        leaves = _leaves(inputs)
+        leaves = _leaves(inputs, dtype)
         outs = [t for t in pytree.tree_leaves(fn(*leaves)) if isinstance(t, torch.Tensor) and t.requires_grad]
         wrt = [x for x in leaves if isinstance(x, torch.Tensor) and x.requires_grad]
         gen = torch.Generator().manual_seed(0)

@@ -150,13 +150,27 @@ class SampleCount:
     skipped: EntryAudit | None = None
 
 
-def sample_call(op: Any, sample: Any) -> tuple[Any, list[Any], list[str]]:
+def sample_call(op: Any, sample: Any, dtype: str = "float64") -> tuple[Any, list[Any], list[str]]:
     """The function of a sample's differentiable inputs, those inputs and their names.
 
     Mirrors ``_check_helper`` of torch's test_ops_gradients.py, with lists of tensors in
-    args and kwargs handled like the input's.
+    args and kwargs handled like the input's.  The sample's other floating tensors (batch norm's
+    running statistics, a weight that needs no gradient) are rounded to `dtype` here, once: the check
+    rounds the inputs to it, and torch's kernels want one dtype (a float32 input beside float64
+    running statistics raises).
     """
     import torch
+
+    target = _dtype(dtype)
+    rounded: dict[int, Any] = {}
+
+    def fixed(x: Any) -> Any:
+        """A captured floating tensor in the audit's dtype."""
+        if target is torch.float64 or not x.is_floating_point() or x.dtype == target:
+            return x
+        if id(x) not in rounded:
+            rounded[id(x)] = x.detach().to(target)
+        return rounded[id(x)]
 
     leaves: list[Any] = []
     names: list[str] = []
@@ -184,8 +198,8 @@ def sample_call(op: Any, sample: Any) -> tuple[Any, list[Any], list[str]]:
 
         def put(x: Any) -> Any:
             if isinstance(x, torch.Tensor):
-                return next(it) if id(x) in marked else x
-            if isinstance(x, (list, tuple)) and any(isinstance(e, torch.Tensor) and id(e) in marked for e in x):
+                return next(it) if id(x) in marked else fixed(x)
+            if isinstance(x, (list, tuple)) and any(isinstance(e, torch.Tensor) for e in x):
                 return type(x)(put(e) for e in x)
             return x
 
@@ -336,7 +350,7 @@ def run_op(task: OpTask) -> EntryAudit | SampleCount:
                 if task.part == "count" or position < start:
                     continue
                 beat()
-                fn, leaves, names = sample_call(op, sample)
+                fn, leaves, names = sample_call(op, sample, task.dtype)
                 if task.part == "inject":
                     calls[f"{source} {index}"] = (fn, leaves, names)
                     continue

@@ -129,19 +129,23 @@ def _scalarize(fn: Callable[..., Any], example: Any, seed: int) -> Callable[...,
     return weighted_sum
 
 
-def _leaves(inputs: Sequence[Any]) -> list[Any]:
+def _leaves(inputs: Sequence[Any], dtype: str = "float64") -> list[Any]:
+    """Fresh leaves of the inputs, rounded to `dtype` as the check rounds them (plain torch's calls see the
+    numbers the check sees)."""
     import torch
 
-    return [x.detach().clone().requires_grad_() if isinstance(x, torch.Tensor) and x.is_floating_point() else x
-            for x in inputs]
+    target = getattr(torch, dtype)
+    return [x.detach().to(target if dtype != "float64" else x.dtype).clone().requires_grad_()
+            if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in inputs]
 
 
-def _plain_backward_error(subject: Callable[..., Any], inputs: Sequence[Any], order: int) -> str | None:
+def _plain_backward_error(subject: Callable[..., Any], inputs: Sequence[Any], order: int,
+                          dtype: str = "float64") -> str | None:
     """The error plain torch raises differentiating `subject` (twice for order 2), or None when it runs."""
     import torch
     import torch.utils._pytree as pytree
 
-    args = _leaves(inputs)
+    args = _leaves(inputs, dtype)
     xs = [x for x in args if isinstance(x, torch.Tensor) and x.requires_grad]
     try:
         outs = [t for t in pytree.tree_leaves(subject(*args))
@@ -244,7 +248,7 @@ def check_sample(fn: Callable[..., Any], inputs: Sequence[Any], names: Sequence[
 
     try:
         with deadline(timeout):
-            example = fn(*_leaves(inputs))
+            example = fn(*_leaves(inputs, dtype))
     except TaskTimeout:
         return make("timeout", reason=f"the plain call ran past the {timeout:g} s timeout")
     except Exception as exc:  # noqa: BLE001 - a sample torch itself cannot run: nothing to check
@@ -293,7 +297,7 @@ def check_sample(fn: Callable[..., Any], inputs: Sequence[Any], names: Sequence[
     except UnsupportedError as exc:
         result = make("not-traced", reason=reason_of(str(exc)), detail=str(exc), seconds=time.perf_counter() - start)
     except GradcheckSymError as exc:
-        plain = _plain_backward_error(subject, inputs, order) if _is_function_error(exc) else None
+        plain = _plain_backward_error(subject, inputs, order, dtype) if _is_function_error(exc) else None
         if plain is not None:
             # torch's own backward raises the same way (a second-order formula written with out=, say):
             # nothing of ours failed, and there is nothing to compare
