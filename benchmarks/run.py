@@ -118,15 +118,22 @@ def nested_graph(depth: int) -> Graph:
     return Graph(tuple(nodes), len(nodes) - 1, ("x", "y"))
 
 
-def random_text(n: int, rng: random.Random, nvars: int = 8) -> str:
-    """A random expression tree with about n operators and calls (few repeats, so the graph is ~n nodes)."""
+def random_text(n: int, rng: random.Random, nvars: int = 8, bounded: bool = False) -> str:
+    """A random expression tree with about n operators and calls (few repeats, so the graph is ~n nodes).
+
+    `bounded`: exp and log1p take a tanh and a sigmoid, so the value is finite at any point.
+    """
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 10 * n + 1000))
 
     def build(k: int) -> str:
         if k <= 0:
             return rng.choice([f"x{i}" for i in range(nvars)]) if rng.random() < 0.8 else f"{rng.uniform(0.1, 3):.3f}"
         if rng.random() < 0.3:
-            return f"{rng.choice(['sin', 'cos', 'tanh', 'exp', 'sigmoid', 'log1p'])}({build(k - 1)})"
+            f = rng.choice(['sin', 'cos', 'tanh', 'exp', 'sigmoid', 'log1p'])
+            inner = build(k - 1)
+            if bounded and f in ("exp", "log1p"):
+                inner = f"{'tanh' if f == 'exp' else 'sigmoid'}({inner})"
+            return f"{f}({inner})"
         left = rng.randint(0, k - 1)
         return f"({build(left)}{rng.choice('+-*')}{build(k - 1 - left)})"
 
@@ -188,6 +195,18 @@ def derivation(quick: bool) -> None:
         (t1, n1), (tn, nn) = times[1000], times[max(sizes)]
         row(f"linearity: time per node at {nn:,} vs {n1:,} nodes", fmt(tn / nn), fmt(t1 / n1),
             f"{(tn / nn) / (t1 / n1):.2f}x")
+    # The target itself: a whole check (derivation, both sides, the detailed test with its high-precision
+    # reference) at one point.  The graphs above are NaN or infinite at nearly every point (log1p of a
+    # negative, exp of a large product), where nothing is compared: this one keeps exp and log1p finite.
+    for n in ([10000] if not quick else [1000]):
+        text = random_text(n, random.Random(n), bounded=True)
+        g = gs.parse(text)
+        at = {v: [0.05 + 0.07 * i] for i, v in enumerate(g.variables)}
+        t = median_time(lambda: gs.check(text, at=at), 3 if quick else 1)
+        rep = gs.check(text, at=at)
+        row(f"random graph, {len(g.nodes):,} nodes, finite at the point: whole check at one point (detailed test "
+            f"included: {rep.checked:,} values compared, {rep.high_precision_points} point in high precision)",
+            fmt(t), "target 2 s", f"{t / 2:.1f}x the target")
     mlp_text = mlp_expression()
     t = median_time(lambda: derive(gs.parse(mlp_text), whole_max_nodes=0), 3)
     g = gs.parse(mlp_text)
