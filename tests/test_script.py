@@ -440,6 +440,20 @@ def test_a_step_with_a_closure_and_a_step_hook_that_changes_the_parameters(tmp_p
             "    loss2 = torch.nn.functional.mse_loss(model(x), y)\n"
             "    loss2.backward()\n"
             "    sgd.step()\n"
+            "class Halfway(torch.optim.SGD):\n"
+            "    def step(self, closure=None):\n"
+            "        with torch.no_grad():\n"
+            "            model[0].weight.mul_(0.5)\n"
+            "        raise RuntimeError('halfway')\n"
+            "half = Halfway(model.parameters(), lr=0.1)\n"
+            "try:\n"
+            "    half.step()\n"
+            "except RuntimeError:\n"
+            "    pass\n"
+            "with torch.no_grad():\n"
+            "    model[2].bias.add_(0.25)\n"
+            "loss3 = torch.nn.functional.mse_loss(model(x), y)\n"
+            "loss3.backward()\n"
             "print(float(model[0].weight.detach().abs().max()), gc.get_freeze_count() > 0)\n")
     import gc
 
@@ -449,9 +463,11 @@ def test_a_step_with_a_closure_and_a_step_hook_that_changes_the_parameters(tmp_p
     frozen = gc.get_freeze_count()
     report = gs.run_script(_script(tmp_path, text))
     assert report.exit_code == 0 and report.ok and report.findings == (), (report.error, report.findings)
-    closure_calls, plain = report.backwards
+    closure_calls, plain, after_raise = report.backwards
     assert closure_calls.calls >= 4 and closure_calls.verified == closure_calls.calls
     assert (plain.calls, plain.verified, plain.compared) == (3, 3, 12)  # at the clamped weights: else a mismatch
+    # a step that raised halfway (caught): the weight it halved, and a no_grad update after it, are new values
+    assert (after_raise.calls, after_raise.verified, after_raise.compared) == (1, 1, 4)
     # global state as it was: torch's step hooks, the collector's frozen objects
     assert (dict(optim_mod._global_optimizer_pre_hooks), dict(optim_mod._global_optimizer_post_hooks)) == hooks
     assert gc.get_freeze_count() == frozen

@@ -101,26 +101,29 @@ class ScriptTracer(Tracer):
         from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
         def pre(opt: Any, args: tuple, kwargs: dict) -> None:
+            self.step_ended()  # one that raised before its end: what it changed is still a new value
             if len(args) > 1 or kwargs.get("closure") is not None or self.stopped:
-                self._stepping = None
                 return
             with torch._C.DisableTorchFunction():  # our own reads: not the script's ops
                 self._stepping = {id(p): (p, p._version) for group in opt.param_groups for p in group["params"]
                                   if isinstance(p, torch.Tensor) and id(p) in self.recs}
 
-        def post(opt: Any, args: tuple, kwargs: dict) -> None:
-            stepping, self._stepping = self._stepping, None
-            with torch._C.DisableTorchFunction(), self.lock:
-                for p, version in (stepping or {}).values():
-                    if p._version != version and p.requires_grad and p.is_leaf:
-                        self._new_leaf(p)
-
-        handles = [register_optimizer_step_pre_hook(pre), register_optimizer_step_post_hook(post)]
+        handles = [register_optimizer_step_pre_hook(pre),
+                   register_optimizer_step_post_hook(lambda opt, args, kwargs: self.step_ended())]
         try:
             yield
         finally:
             for h in handles:
                 h.remove()
+
+    def step_ended(self) -> None:
+        """The parameters the step changed become new leaf values (see optimizer_hooks)."""
+        stepping, self._stepping = self._stepping, None
+        if stepping:
+            with torch._C.DisableTorchFunction(), self.lock:
+                for p, version in stepping.values():
+                    if p._version != version and p.requires_grad and p.is_leaf:
+                        self._new_leaf(p)
 
     # ------------------------------------------------------------ leaves and infos
     def _unknown(self, t: torch.Tensor) -> Any:
@@ -223,8 +226,12 @@ class ScriptTracer(Tracer):
         name = _name(func)
         if name in _QUIET:
             return func(*args, **kwargs)
-        if self._stepping is not None and not torch.is_grad_enabled():
-            return self.call_as(dispatching_frame(sys._getframe()), func, args, kwargs)  # see optimizer_hooks
+        if self._stepping is not None:  # see optimizer_hooks
+            if _in_optimizer(sys._getframe(1)):
+                if not torch.is_grad_enabled():
+                    return self.call_as(dispatching_frame(sys._getframe()), func, args, kwargs)
+            else:  # not the step's: another thread's op, or the script's after a step that raised (and was caught)
+                self.step_ended()
         if foreign_types(types) and name != "backward":
             return super().__torch_function__(func, types, args, kwargs)  # left alone there
         if name in _PROPERTIES and getattr(getattr(func, "__self__", None), "__name__", "") not in _WATCHED:
@@ -344,6 +351,7 @@ class ScriptTracer(Tracer):
                                     "gradcheck or torch.autograd.functional): its internal backward calls are not "
                                     "compared here", f"line {line}"))
             return self.call_as(dispatching_frame(sys._getframe()), func, args, kwargs)
+        self.step_ended()  # a step that raised, caught by the script: its changes are new values before this
         file, line, source = _user_frame()
         ev = Backward(len(self.backwards), kind, line, source)
         self.backwards.append(ev)
