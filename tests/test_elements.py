@@ -115,3 +115,49 @@ def test_a_measured_noise_as_large_as_the_gradient_is_still_loose() -> None:
     a = r * (1 + 1e-3)
     v = classify(a, r, u=U32, tiny=TINY32, bound=lambda: _f64(5.0, 5.0), measured=lambda: _f64(1.0, 1.0))
     assert v.ok and v.loose == 2
+
+
+def test_small_tensors_judged_on_floats_get_the_ladders_verdict(monkeypatch) -> None:
+    # A training loop's 0-d parameters take the float path when every element passes; whatever path they
+    # take, the verdict (masks, tolerance, counts) is the vectorised ladder's, bit for bit.
+    import math
+    import random
+
+    import gradcheck_sym.judge.elements as el
+
+    rng = random.Random(0)
+    taken = 0
+    real = el._small_pass
+
+    def counted(*args, **kwargs):
+        nonlocal taken
+        out = real(*args, **kwargs)
+        taken += out is not None
+        return out
+
+    monkeypatch.setattr(el, "_small_pass", counted)
+    for case in range(3000):
+        n = rng.choice([1, 1, 2, 5, 16])
+        u = rng.choice([2.0**-24, 2.0**-53])
+        tiny = 1.2e-38 if u > 1e-10 else 2.2e-308
+        mag = 10.0 ** rng.uniform(-6, 4)
+        r = torch.tensor([rng.gauss(0, mag) if rng.random() > 0.1 else 0.0 for _ in range(n)], dtype=torch.float64)
+        noise = [rng.choice([0.0, u, 50 * u, 1e3 * u, 1e-2]) * rng.gauss(0, 1) for _ in range(n)]
+        a = r * (1 + torch.tensor(noise, dtype=torch.float64)) + rng.choice([0.0, 0.0, 1e-9 * mag])
+        if rng.random() < 0.05:
+            a[rng.randrange(n)] = rng.choice([math.nan, math.inf])
+        e = rng.choice([None, 0.0, 1e2 * u * mag, torch.rand(n, dtype=torch.float64) * 1e3 * u * mag,
+                        torch.tensor(mag * 0.5, dtype=torch.float64)])
+        slack = rng.choice([None, None, torch.rand(n, dtype=torch.float64) * u * mag])
+        rtol, atol = rng.choice([(None, None), (1e-5, None), (None, 1e-8)])
+        scale = rng.choice([None, None, mag * 10])
+        kw = dict(u=u, tiny=tiny, bound=lambda e=e: e, slack=slack, rtol=rtol, atol=atol, scale=scale,
+                  measured=lambda: None)
+        fast = classify(a.clone(), r.clone(), **kw)
+        monkeypatch.setattr(el, "SMALL", 0)
+        slow = classify(a.clone(), r.clone(), **kw)
+        monkeypatch.setattr(el, "SMALL", 16)
+        assert (fast.compared, fast.loose, sorted(fast.masks)) == (slow.compared, slow.loose, sorted(slow.masks)), case
+        assert all(torch.equal(fast.masks[k], slow.masks[k]) for k in fast.masks), case
+        assert (fast.tol is None) == (slow.tol is None) and (fast.tol is None or torch.equal(fast.tol, slow.tol)), case
+    assert taken > 150  # the float path was exercised (243 of the 3,000), not only the fallbacks
