@@ -352,3 +352,34 @@ def test_a_second_backward_that_raises_in_plain_torch_is_torch_s_not_a_tool_erro
     assert second.reason.startswith("torch's own second-order backward raises in plain torch: RuntimeError: mul(): "
                                     "functions with out=")
     assert second.gradcheck.verdict == "error"  # gradgradcheck raises the same way
+
+
+def test_a_sample_s_captured_tensors_are_rounded_and_its_containers_kept():
+    # In a float32 audit a captured tensor (not an input of the check) is rounded once; a namedtuple that holds
+    # one stays a namedtuple, and a float64 audit passes the sample's own objects through.
+    import collections
+    from types import SimpleNamespace
+
+    from gradcheck_sym.audit.opinfo import sample_call
+
+    pair = collections.namedtuple("pair", "a b")
+    x = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(3, dtype=torch.float64)
+    seen = []
+
+    class Op:
+        full_name = "nn.functional.example"
+
+        def get_op(self):
+            return None
+
+        def gradcheck_wrapper(self, op, inp, nt, lst):
+            seen.append((type(nt).__name__, nt.a.dtype, lst[0].dtype, nt is sample.args[0]))
+            return inp * nt.a.to(inp.dtype)
+
+    sample = SimpleNamespace(input=x, args=(pair(c, 1), [c]), kwargs={}, output_process_fn_grad=lambda o: o)
+    for dtype in ("float64", "float32"):
+        fn, leaves, names = sample_call(Op(), sample, dtype)
+        assert names == ["input"]
+        fn(*[t.detach().to(getattr(torch, dtype)) for t in leaves])
+    assert seen == [("pair", torch.float64, torch.float64, True), ("pair", torch.float32, torch.float32, False)]

@@ -200,7 +200,10 @@ def sample_call(op: Any, sample: Any, dtype: str = "float64") -> tuple[Any, list
             if isinstance(x, torch.Tensor):
                 return next(it) if id(x) in marked else fixed(x)
             if isinstance(x, (list, tuple)) and any(isinstance(e, torch.Tensor) for e in x):
-                return type(x)(put(e) for e in x)
+                items = [put(e) for e in x]
+                if all(n is o for n, o in zip(items, x)):
+                    return x  # nothing replaced: the sample's own object (a namedtuple stays one)
+                return type(x)(*items) if hasattr(x, "_fields") else type(x)(items)
             return x
 
         args = [put(sample.input)] + [put(a) for a in sample.args]

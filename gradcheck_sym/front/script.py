@@ -11,7 +11,6 @@ afterwards (a script's ``chdir`` does not move our output files).
 
 from __future__ import annotations
 
-import gc
 import os
 import re
 import sys
@@ -79,10 +78,6 @@ def run_script(path: str, argv: list[str] | None = None, *, timeout: float | Non
         tracer.__enter__()
 
     threading.setprofile(enter_in_thread)
-    # What is alive now (sympy's caches, our op table, torch's modules) is ours and lives to the end: out of
-    # the collector's sight, the script's garbage collections scan what a plain run's would (a tenth of a
-    # long loop's time went to rescanning ours).  Undone after the script.
-    gc.freeze()
     try:
         with tracer, tracer.optimizer_hooks():
             exec(code, module.__dict__)  # noqa: S102 - running the user's script is what was asked
@@ -95,7 +90,6 @@ def run_script(path: str, argv: list[str] | None = None, *, timeout: float | Non
         print(error, file=sys.stderr)
         exit_code = 1
     finally:
-        gc.unfreeze()
         threading.setprofile(previous_profile)
         sys.argv, sys.path[:] = saved[0], saved[1]
         if saved[2] is not None:

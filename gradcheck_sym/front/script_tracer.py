@@ -19,6 +19,7 @@ import contextlib
 import os
 import re
 import sys
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterator
@@ -84,19 +85,22 @@ class ScriptTracer(Tracer):
         self._prunes = 0
         self._item_seen: dict[float, tuple[Any, int]] = {}  # a float that left by .item() -> (its handle, the
         # prune that first saw it)
-        self._stepping: dict[int, tuple[torch.Tensor, int]] | None = None  # inside optimizer.step(): the
-        # traced parameters' versions as the step found them (see optimizer_hooks)
+        self._steps: dict[int, dict[int, tuple[torch.Tensor, int]]] = {}  # thread -> inside its optimizer
+        # step: the traced parameters' versions as the step found them (see optimizer_hooks)
 
     # ------------------------------------------------------------ optimizer steps
     @contextlib.contextmanager
     def optimizer_hooks(self) -> Iterator[None]:
-        """While in it, a torch.optim step (without a closure) runs untraced, and each traced parameter it
-        changed becomes a new leaf value when it ends.
+        """While in it, torch.optim's own code inside a step (without a closure) runs untraced, and each traced
+        parameter the step changed becomes a new leaf value when the step ends.
 
         A step runs under no_grad on leaves and the optimizer's own state: what it computes carries no
         gradient, and an updated parameter is a new leaf version.  Seeing that once per step, instead of
-        at each of its dozen ops per parameter, was a tenth of a small training loop's time.  A step with a
-        closure (LBFGS re-evaluates the loss inside it, at changed parameters) takes the op-by-op path.
+        at each of its dozen ops per parameter, was a tenth of a small training loop's time.  Only ops
+        called from torch.optim's files take that path, in the thread whose step it is: the first other op
+        (a step hook of the script's, a closure, a custom step, anything after a step that raised) ends the
+        window at once — what changed so far becomes new values — and the rest of the step is followed op by
+        op, as everything was before.
         """
         from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
@@ -105,8 +109,9 @@ class ScriptTracer(Tracer):
             if len(args) > 1 or kwargs.get("closure") is not None or self.stopped:
                 return
             with torch._C.DisableTorchFunction():  # our own reads: not the script's ops
-                self._stepping = {id(p): (p, p._version) for group in opt.param_groups for p in group["params"]
-                                  if isinstance(p, torch.Tensor) and id(p) in self.recs}
+                self._steps[threading.get_ident()] = {
+                    id(p): (p, p._version) for group in opt.param_groups for p in group["params"]
+                    if isinstance(p, torch.Tensor) and id(p) in self.recs}
 
         handles = [register_optimizer_step_pre_hook(pre),
                    register_optimizer_step_post_hook(lambda opt, args, kwargs: self.step_ended())]
@@ -117,8 +122,8 @@ class ScriptTracer(Tracer):
                 h.remove()
 
     def step_ended(self) -> None:
-        """The parameters the step changed become new leaf values (see optimizer_hooks)."""
-        stepping, self._stepping = self._stepping, None
+        """The parameters this thread's step changed become new leaf values (see optimizer_hooks)."""
+        stepping = self._steps.pop(threading.get_ident(), None) if self._steps else None
         if stepping:
             with torch._C.DisableTorchFunction(), self.lock:
                 for p, version in stepping.values():
@@ -226,12 +231,11 @@ class ScriptTracer(Tracer):
         name = _name(func)
         if name in _QUIET:
             return func(*args, **kwargs)
-        if self._stepping is not None:  # see optimizer_hooks
-            if _in_optimizer(sys._getframe(1)):
-                if not torch.is_grad_enabled():
-                    return self.call_as(dispatching_frame(sys._getframe()), func, args, kwargs)
-            else:  # not the step's: another thread's op, or the script's after a step that raised (and was caught)
-                self.step_ended()
+        if self._steps and threading.get_ident() in self._steps:  # see optimizer_hooks
+            caller = dispatching_frame(sys._getframe())
+            if caller is not None and _OPTIM_DIR in caller.f_code.co_filename and not torch.is_grad_enabled():
+                return self.call_as(caller, func, args, kwargs)
+            self.step_ended()  # not torch.optim's own code: the window ends here
         if foreign_types(types) and name != "backward":
             return super().__torch_function__(func, types, args, kwargs)  # left alone there
         if name in _PROPERTIES and getattr(getattr(func, "__self__", None), "__name__", "") not in _WATCHED:
