@@ -415,6 +415,13 @@ def test_optimizer_steps_are_new_leaf_versions(tmp_path, optimizer):
     assert (b.calls, b.verified, b.compared) == (4, 4, 16)
 
 
+def _clean_run(tmp_path, text):
+    """`text` under `run`: it exits 0, with no finding; the report."""
+    report = gs.run_script(_script(tmp_path, text))
+    assert report.exit_code == 0 and report.ok and report.findings == (), (report.error, report.findings)
+    return report
+
+
 def test_a_step_with_a_closure_and_a_step_hook_that_changes_the_parameters(tmp_path):
     # LBFGS re-evaluates the loss inside its step, at parameters it has just changed (op by op there); a
     # step hook that clamps the parameters changes them inside the step's window (seen at its end).
@@ -458,8 +465,7 @@ def test_a_step_with_a_closure_and_a_step_hook_that_changes_the_parameters(tmp_p
     from torch.optim import optimizer as optim_mod
 
     hooks = (dict(optim_mod._global_optimizer_pre_hooks), dict(optim_mod._global_optimizer_post_hooks))
-    report = gs.run_script(_script(tmp_path, text))
-    assert report.exit_code == 0 and report.ok and report.findings == (), (report.error, report.findings)
+    report = _clean_run(tmp_path, text)
     closure_calls, plain, after_raise = report.backwards
     assert closure_calls.calls >= 4 and closure_calls.verified == closure_calls.calls
     assert (plain.calls, plain.verified, plain.compared) == (3, 3, 12)  # at the clamped weights: else a mismatch
@@ -499,8 +505,7 @@ def test_a_step_hook_s_own_ops_are_followed(tmp_path, name, text):
               "    loss.backward()\n"
               "    opt.step()\n"
               "print(w.detach(), target.detach())\n")
-    report = gs.run_script(_script(tmp_path, script))
-    assert report.exit_code == 0 and report.ok and report.findings == (), (report.error, report.findings)
+    report = _clean_run(tmp_path, script)
     assert all(b.verified == b.calls for b in report.backwards) and sum(b.calls for b in report.backwards) == (
         4 if name == "sam" else 2)
 
@@ -523,8 +528,7 @@ def test_steps_in_two_threads_at_once(tmp_path):
             "    w.grad = None\n"
             "    loss = (w * x).tanh().sum()\n"
             "    loss.backward()\n")
-    report = gs.run_script(_script(tmp_path, text))
-    assert report.exit_code == 0 and report.ok and report.findings == (), (report.error, report.findings)
+    report = _clean_run(tmp_path, text)
     assert sum(b.verified for b in report.backwards) == sum(b.calls for b in report.backwards) == 4
 
 

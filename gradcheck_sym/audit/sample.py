@@ -134,9 +134,11 @@ def _leaves(inputs: Sequence[Any], dtype: str = "float64") -> list[Any]:
     numbers the check sees)."""
     import torch
 
-    target = getattr(torch, dtype)
-    return [x.detach().to(target if dtype != "float64" else x.dtype).clone().requires_grad_()
-            if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in inputs]
+    def leaf(x: torch.Tensor) -> torch.Tensor:
+        x = x.detach() if dtype == "float64" else x.detach().to(getattr(torch, dtype))
+        return x.clone().requires_grad_()
+
+    return [leaf(x) if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in inputs]
 
 
 def _plain_backward_error(subject: Callable[..., Any], inputs: Sequence[Any], order: int,

@@ -233,7 +233,7 @@ class ScriptTracer(Tracer):
             return func(*args, **kwargs)
         if self._steps and threading.get_ident() in self._steps:  # see optimizer_hooks
             caller = dispatching_frame(sys._getframe())
-            if caller is not None and _OPTIM_DIR in caller.f_code.co_filename and not torch.is_grad_enabled():
+            if not torch.is_grad_enabled() and _in_optimizer(caller, depth=1):
                 return self.call_as(caller, func, args, kwargs)
             self.step_ended()  # not torch.optim's own code: the window ends here
         if foreign_types(types) and name != "backward":
@@ -355,7 +355,6 @@ class ScriptTracer(Tracer):
                                     "gradcheck or torch.autograd.functional): its internal backward calls are not "
                                     "compared here", f"line {line}"))
             return self.call_as(dispatching_frame(sys._getframe()), func, args, kwargs)
-        self.step_ended()  # a step that raised, caught by the script: its changes are new values before this
         file, line, source = _user_frame()
         ev = Backward(len(self.backwards), kind, line, source)
         self.backwards.append(ev)

@@ -41,8 +41,8 @@ from ..ops.core import interpreting
 from ..ops.ew import IDENT
 from ..ops.torch import RULES, Refused, bind_args
 from ..reference.interpret import UNIT_ROUNDOFF, Recorder, Traced
-from .tracer_calls import (_CASTS, _PASS, _PROPERTY_TENSORS, _QUIET, _RANDOM, _dtype_name, _name, _normalise, _tensors, _walk,
-                           foreign_types)
+from .tracer_calls import (_CASTS, _PASS, _PROPERTY_TENSORS, _QUIET, _RANDOM, _dtype_name, _name, _normalise, _tensors,
+                           _walk, foreign_types)
 from .tracer_handles import Handles, _any_traced, _flat_handles
 from .tracer_sites import (CallAs, Cut, Note, _custom_forward, _user_frame, dispatching_frame, hidden_frame,
                            internal_file)

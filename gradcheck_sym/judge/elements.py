@@ -212,8 +212,7 @@ def _small_pass(a: torch.Tensor, r: torch.Tensor, ok: torch.Tensor, e: Any, *, u
     n = a.numel()
     av, rv, okv = a.reshape(-1).tolist(), r.reshape(-1).tolist(), ok.reshape(-1).tolist()
     ev, sv = _floats(e, shape, a.dtype), _floats(slack, shape, a.dtype)
-    finite_r = [abs(x) for x in rv if math.isfinite(x)]
-    top = scale if scale is not None else (max(finite_r) if finite_r else 0.0)
+    top = scale  # the ladder's scale, asked for only where it can matter (as there)
     root = u**0.5
     tols = []
     for i in range(n):
@@ -226,8 +225,12 @@ def _small_pass(a: torch.Tensor, r: torch.Tensor, ok: torch.Tensor, e: Any, *, u
             t = t + SAFETY * ev[i]
         if sv is not None:
             t = t + sv[i]
-        if not (math.isfinite(x) and math.isfinite(y) and math.isfinite(t)) or (t > root and t > LOOSE * top):
+        if not (math.isfinite(x) and math.isfinite(y) and math.isfinite(t)):
             return None
+        if t > root:
+            top = abs_max(r) if top is None else top
+            if t > LOOSE * top:
+                return None
         if rtol:
             t = t + rtol * abs(y)
         if atol:
