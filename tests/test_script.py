@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import gradcheck_sym as gs
 from gradcheck_sym.cli import main
@@ -395,9 +396,22 @@ def test_torch_compile_runs_as_without_us(tmp_path, backend, verified):
     "torch.optim.SGD(params, lr=0.1, momentum=0.9, nesterov=True, foreach=False)",
     "torch.optim.RMSprop(params, lr=0.01, centered=True)",
 ])
-def test_optimizer_steps_are_new_leaf_versions(tmp_path, optimizer):
+def test_optimizer_steps_are_new_leaf_versions(tmp_path, optimizer, monkeypatch):
     # An optimizer's arithmetic runs untraced; a missed update would make the next step's exact
-    # gradient use stale weights, and the comparison would fail.
+    # gradient use stale weights, and the comparison would fail.  And it runs in the step's window: no op
+    # of the step is looked at one by one (torch.optim's own set_grad_enabled(False) used to end the window
+    # at its first call, unseen by every test that only looked at the verdicts).
+    from gradcheck_sym.front.script_tracer import ScriptTracer
+
+    one_by_one = []
+    original = ScriptTracer._optimizer_op
+
+    def spy(self, func, args, kwargs):
+        if any(isinstance(t, torch.Tensor) for t in (*args, *kwargs.values())):
+            one_by_one.append(getattr(func, "__name__", func))
+        return original(self, func, args, kwargs)
+
+    monkeypatch.setattr(ScriptTracer, "_optimizer_op", spy)
     text = ("import torch\ntorch.manual_seed(0)\n"
             "model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))\n"
             f"params = list(model.parameters())\nopt = {optimizer}\n"
@@ -413,6 +427,7 @@ def test_optimizer_steps_are_new_leaf_versions(tmp_path, optimizer):
     assert report.ok and report.findings == (), report
     (b,) = report.backwards
     assert (b.calls, b.verified, b.compared) == (4, 4, 16)
+    assert one_by_one == []
 
 
 def _clean_run(tmp_path, text):

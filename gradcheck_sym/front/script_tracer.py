@@ -58,6 +58,11 @@ def _in_optimizer(frame: Any, depth: int = 8) -> bool:
     return False
 
 
+def _has_tensor(args: tuple, kwargs: dict) -> bool:
+    return any(isinstance(x, torch.Tensor) for x in _flat(args)) or any(
+        isinstance(x, torch.Tensor) for x in _flat(kwargs))
+
+
 def _flat(obj: Any) -> list[Any]:
     if isinstance(obj, (list, tuple)):
         return [x for o in obj for x in _flat(o)]
@@ -235,7 +240,10 @@ class ScriptTracer(Tracer):
             caller = dispatching_frame(sys._getframe())
             if not torch.is_grad_enabled() and _in_optimizer(caller, depth=1):
                 return self.call_as(caller, func, args, kwargs)
-            self.step_ended()  # not torch.optim's own code: the window ends here
+            if _has_tensor(args, kwargs):
+                self.step_ended()  # not torch.optim's own code: the window ends here
+            # (a call on no tensor cannot read or change a parameter: torch.optim's own
+            # torch.set_grad_enabled(False), whose dispatching frame is torch's grad_mode.py, leaves it open)
         if foreign_types(types) and name != "backward":
             return super().__torch_function__(func, types, args, kwargs)  # left alone there
         if name in _PROPERTIES and getattr(getattr(func, "__self__", None), "__name__", "") not in _WATCHED:
