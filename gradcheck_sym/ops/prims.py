@@ -170,6 +170,7 @@ def _ew_err(errs: list[Any], ins: Sequence[Any], outs: Sequence[Any], u: float, 
         total = total + fn.rel_err * outs[0].abs()
         if fn.rel_scale is not None:
             total = total + fn.rel_err * fn.rel_scale_value(*targs)
+    terms = []
     for i, e in enumerate(errs):
         if e is None or not _differentiable(ins[i]):
             continue
@@ -183,13 +184,20 @@ def _ew_err(errs: list[Any], ins: Sequence[Any], outs: Sequence[Any], u: float, 
                     total = total + (e if c == 1 else c * e)
                 continue
             d = _ew_impl(*targs, fn=part).abs()
-        term = d * e
-        if bool(torch.isnan(term).any()):
-            # an input's error reaches the output only through a non-zero partial: exp(-inf) = 0 takes none
-            # of the (infinite) error of a -inf score, as with masked_fill(-inf) before softmax
-            term = torch.where((e == 0) | (d == 0), torch.zeros((), dtype=F64), term)
-        total = total + term
-    return [total]
+        terms.append((d, e))
+    if not terms:
+        return [total]
+    out = total
+    for d, e in terms:
+        out = out + d * e
+    if bool(torch.isnan(out).any()):
+        # An input's error reaches the output only through a non-zero partial: exp(-inf) = 0 takes none of the
+        # (infinite) error of a -inf score, as with masked_fill(-inf) before softmax; 0 * inf is NaN, so the
+        # products are taken again as 0 where either factor is (one NaN test per equation, not one per term).
+        out = total
+        for d, e in terms:
+            out = out + torch.where((e == 0) | (d == 0), torch.zeros((), dtype=F64), d * e)
+    return [out]
 
 
 def _differentiable(a: Any) -> bool:
