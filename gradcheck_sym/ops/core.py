@@ -39,6 +39,8 @@ class Prim:
         err: forward propagation of absolute error bounds plus this primitive's own rounding.
         multiple: whether it returns a tuple of outputs.
         linear: linear in its (float) inputs, so its second derivative is 0.
+        needs: its vjp takes ``needed=`` (per input: whether the sweep wants its cotangent — a
+            constant's is thrown away) and computes nothing for the others.
     """
 
     name: str
@@ -48,6 +50,7 @@ class Prim:
     err: Err
     multiple: bool = False
     linear: bool = False
+    needs: bool = False
 
 
 PRIMS: dict[str, Prim] = {}

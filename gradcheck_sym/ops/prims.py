@@ -141,13 +141,14 @@ def _ew_obj(*args: Any, fn: EwFn) -> Any:
     return np.asarray(out, dtype=object).reshape(np.broadcast_shapes(*[np.shape(a) for a in args]))
 
 
-def _ew_vjp(cts: list[Any], ins: Sequence[Any], outs: Sequence[Any], fn: EwFn) -> list[Any]:
+def _ew_vjp(cts: list[Any], ins: Sequence[Any], outs: Sequence[Any], fn: EwFn,
+            needed: Sequence[bool] | None = None) -> list[Any]:
     g = cts[0]
     res: list[Any] = []
     for i, a in enumerate(ins):
         d = fn.partial(i)
         # an exact 0 that torch's formula rounds (its form is not 0) stays, for its rounding bound
-        if not _differentiable(a) or (d.is_zero and d.err_form == 0):
+        if (needed is not None and not needed[i]) or not _differentiable(a) or (d.is_zero and d.err_form == 0):
             res.append(None)
             continue
         if d.expr == 1 and not d.rel_err:  # (a 1 torch computes inexactly is evaluated, for its error)
@@ -208,7 +209,7 @@ def _differentiable(a: Any) -> bool:
     return hasattr(a, "var")  # a recorded value
 
 
-register(Prim("ew", _ew_impl, _ew_obj, _ew_vjp, _ew_err))
+register(Prim("ew", _ew_impl, _ew_obj, _ew_vjp, _ew_err, needs=True))
 
 
 def ew(fn: EwFn, *args: Any) -> Any:
@@ -447,11 +448,12 @@ def _matmul_impl(a: Any, b: Any) -> Any:
     return np.asarray(np.matmul(_obj(a), _obj(b)), dtype=object)
 
 
-def _matmul_vjp(cts: list[Any], ins: Sequence[Any], outs: Sequence[Any]) -> list[Any]:
+def _matmul_vjp(cts: list[Any], ins: Sequence[Any], outs: Sequence[Any],
+                needed: Sequence[bool] = (True, True)) -> list[Any]:
     g = cts[0]
     a, b = ins
-    ga = sum_to(matmul(g, mT(b)), shape_of(a)) if _differentiable(a) else None
-    gb = sum_to(matmul(mT(a), g), shape_of(b)) if _differentiable(b) else None
+    ga = sum_to(matmul(g, mT(b)), shape_of(a)) if needed[0] and _differentiable(a) else None
+    gb = sum_to(matmul(mT(a), g), shape_of(b)) if needed[1] and _differentiable(b) else None
     return [ga, gb]
 
 
@@ -469,7 +471,7 @@ def _matmul_err(errs: list[Any], ins: Sequence[Any], outs: Sequence[Any], u: flo
     return [out]
 
 
-register(Prim("matmul", _matmul_impl, _matmul_impl, _matmul_vjp, _matmul_err))
+register(Prim("matmul", _matmul_impl, _matmul_impl, _matmul_vjp, _matmul_err, needs=True))
 
 
 def matmul(a: Any, b: Any) -> Any:
