@@ -437,6 +437,35 @@ def _clean_run(tmp_path, text):
     return report
 
 
+_MOVE_B = ("    with torch.no_grad():  # move b too, with torch.optim's functional SGD\n"
+           "        sgd(bps, gb, [None] * 2, weight_decay=0.0, momentum=0.0, lr=0.1, dampening=0.0, nesterov=False,\n"
+           "            maximize=False)\n")
+
+
+@pytest.mark.parametrize("hook, step", [
+    ("def post(o, args, kwargs):\n" + _MOVE_B + "opt.register_step_post_hook(post)\n", "    opt.step()\n"),
+    ("def pre(o, args, kwargs):\n    raise RuntimeError('skip')\nopt.register_step_pre_hook(pre)\n",
+     "    try:\n        opt.step()\n    except RuntimeError:\n" + _MOVE_B.replace("\n    ", "\n        ")
+     .replace("    with", "        with", 1)),
+], ids=["post-hook", "raised"])
+def test_torch_optim_code_after_the_step_s_own_end_is_followed(tmp_path, hook, step):
+    # A per-optimizer post hook runs before torch's global one, and a step can raise before its own code
+    # ran: in both, torch.optim's functional sgd then moves parameters of another model under the script's
+    # own no_grad.  The step's window must have ended there (the hook's no_grad ends it), so b's new
+    # values are seen; else every later backward is not verified.
+    text = ("import torch\nfrom torch.optim.sgd import sgd\ntorch.manual_seed(0)\n"
+            "a = torch.nn.Linear(3, 1)\nb = torch.nn.Linear(3, 1)\nbps = list(b.parameters())\n"
+            "opt = torch.optim.SGD(a.parameters(), lr=0.1)\n" + hook +
+            "x = torch.randn(8, 3)\n"
+            "for i in range(3):\n"
+            "    a.zero_grad(); b.zero_grad()\n"
+            "    (a(x) * b(x)).pow(2).sum().backward()\n"
+            "    gb = [p.grad for p in bps]\n" + step +
+            "print(float(b.weight.detach().sum()))\n")
+    (b,) = _clean_run(tmp_path, text).backwards
+    assert (b.calls, b.verified, b.compared) == (3, 3, 12)
+
+
 def test_a_step_with_a_closure_and_a_step_hook_that_changes_the_parameters(tmp_path):
     # LBFGS re-evaluates the loss inside its step, at parameters it has just changed (op by op there); a
     # step hook that clamps the parameters changes them inside the step's window (seen at its end).

@@ -58,6 +58,23 @@ def _in_optimizer(frame: Any, depth: int = 8) -> bool:
     return False
 
 
+_TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
+
+
+def _torch_optim_via_torch(frame: Any, depth: int = 6) -> bool:
+    """Whether `frame` is torch.optim's code, or torch's own code (grad_mode.py, _contextlib.py) that torch.optim
+    called: the first frame up the stack that is not torch's own is torch.optim's."""
+    for _ in range(depth):
+        if frame is None:
+            return False
+        if _in_optimizer(frame, depth=1):
+            return True
+        if not frame.f_code.co_filename.startswith(_TORCH_DIR):
+            return False  # the script's code (a hook, a custom step) or a library's
+        frame = frame.f_back
+    return False
+
+
 def _has_tensor(args: tuple, kwargs: dict) -> bool:
     return any(isinstance(x, torch.Tensor) for x in _flat(args)) or any(
         isinstance(x, torch.Tensor) for x in _flat(kwargs))
@@ -240,10 +257,12 @@ class ScriptTracer(Tracer):
             caller = dispatching_frame(sys._getframe())
             if not torch.is_grad_enabled() and _in_optimizer(caller, depth=1):
                 return self.call_as(caller, func, args, kwargs)
-            if _has_tensor(args, kwargs):
+            if _has_tensor(args, kwargs) or not _torch_optim_via_torch(caller):
                 self.step_ended()  # not torch.optim's own code: the window ends here
-            # (a call on no tensor cannot read or change a parameter: torch.optim's own
-            # torch.set_grad_enabled(False), whose dispatching frame is torch's grad_mode.py, leaves it open)
+            # (torch.optim's own grad-mode switches — `torch.set_grad_enabled(False)` at the start of a step, a
+            # helper decorated with `torch.no_grad()` — dispatched from torch's grad_mode.py, leave it open: a call
+            # on no tensor cannot read or change a parameter.  One from the script — a hook's `with
+            # torch.no_grad()` — ends it.)
         if foreign_types(types) and name != "backward":
             return super().__torch_function__(func, types, args, kwargs)  # left alone there
         if name in _PROPERTIES and getattr(getattr(func, "__self__", None), "__name__", "") not in _WATCHED:
