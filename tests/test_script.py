@@ -119,6 +119,36 @@ def test_a_script_that_checks_itself(capsys):
     assert [f.kind for f in report.findings] == ["self-check", "self-check"]
 
 
+_CANCELLING = ("import torch\ntorch.manual_seed(0)\n"
+               "W = torch.randn(4, 3)\nb = torch.randn(3, requires_grad=True)\nx = torch.randn(5, 4, requires_grad=True)\n"
+               "{fn}"
+               "for i in range(4):\n"
+               "    y = torch.tanh(x @ W + b) + 2.0 * torch.randn(5, 3)\n"
+               "    z = ({act}(y) * W[:, 0].sum()).sum()\n"
+               "    g, = torch.autograd.grad(z, x, create_graph=True)\n"
+               "print(float(g.detach().abs().sum()))\n")
+
+
+def test_a_float32_gradient_made_with_create_graph_has_its_rounding_bound(tmp_path):
+    # x[2, 3]'s gradient at the 4th pass is a cancelling sum (-0.0022712 of terms near 1): float32 is off by
+    # 4e-8 there.  With create_graph=True the sweep is recorded into the script's own program; it had no
+    # rounding bound, and a correct gradient was a `mismatch` (found by review).
+    (b,) = _clean_run(tmp_path, _CANCELLING.format(fn="", act="torch.relu")).backwards
+    assert (b.calls, b.verified, b.compared) == (4, 4, 4)
+    # the bound stays a rounding bound: a backward off by 1e-4 (relative) is still caught
+    wrong = ("class R(torch.autograd.Function):\n"
+             "    @staticmethod\n"
+             "    def forward(ctx, y):\n"
+             "        ctx.save_for_backward(y)\n"
+             "        return y.clamp(min=0)\n"
+             "    @staticmethod\n"
+             "    def backward(ctx, g):\n"
+             "        (y,) = ctx.saved_tensors\n"
+             "        return g * (y > 0) * (1 + 1e-4)\n")
+    report = gs.run_script(_script(tmp_path, _CANCELLING.format(fn=wrong, act="R.apply")))
+    assert [f.kind for f in report.findings] == ["mismatch"]
+
+
 def test_a_gradient_penalty_is_verified_through_the_first_gradients(capsys):
     report = gs.run_script(str(SCRIPTS / "penalty.py"))
     assert report.ok and report.summary == {"backward_calls": 2, "verified": 2, "not_verified": 0, "gradients": 2,

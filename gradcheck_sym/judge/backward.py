@@ -187,12 +187,17 @@ class BackwardVerifier:
         slack = None if base is None else u * (base.abs() + a.abs()) * 2
 
         def bound() -> Any:
-            if plan.recorded is None or var is None:
+            if var is None or (plan.recorded is None and not plan.create):
                 return None
             if plan.bounds is None:
-                whole, values, res = plan.written()
-                e = res.errs if res.errs is not None else error_bounds(whole, values)
-                plan.bounds = {k: e.get(c.var.id) for k, c in res.cts.items() if isinstance(c, Traced)}
+                if plan.create:  # the sweep was recorded into the script's own program: bounded with it
+                    e = tr.rec.bounds() or {}
+                    cts = plan.cts
+                else:
+                    whole, values, res = plan.written()
+                    e = res.errs if res.errs is not None else error_bounds(whole, values)
+                    cts = res.cts
+                plan.bounds = {k: e.get(c.var.id) for k, c in cts.items() if isinstance(c, Traced)}
             b = plan.bounds.get(var.id)
             return None if b is None else b * (1.0 + 2.0**-53 / u)
 
