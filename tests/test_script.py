@@ -149,6 +149,25 @@ def test_a_float32_gradient_made_with_create_graph_has_its_rounding_bound(tmp_pa
     assert [f.kind for f in report.findings] == ["mismatch"]
 
 
+def test_a_nan_left_in_grad_by_an_earlier_backward_is_not_this_one_s(tmp_path):
+    # sqrt(w) at w = 0 puts inf into w.grad (the math's too: nonfinite-agree).  A later backward that never
+    # reaches w must not report w; one that reaches it cannot see what it added there: not verified, with why.
+    # (Before, both reported "nonfinite w ... is nan where the exact gradient is" a finite value.)
+    text = ("import torch\n"
+            "w = torch.tensor([0.0, 4.0], requires_grad=True)\nv = torch.tensor([1.0, 2.0], requires_grad=True)\n"
+            "w.sqrt().sum().backward()\n"
+            "(v * v).sum().backward()\n"
+            "(w * v).sum().backward()\n"
+            "print(w.grad, v.grad)\n")
+    report = gs.run_script(_script(tmp_path, text))
+    assert report.exit_code == 0
+    assert sorted((f.kind, f.line) for f in report.findings) == [("nonfinite-agree", 4), ("not-verified", 6)]
+    first, unrelated, reaching = report.backwards
+    assert (unrelated.calls, unrelated.verified, unrelated.compared) == (1, 1, 1)
+    assert reaching.verified == 0 and "w.grad was already NaN or infinite before this backward" in \
+        " ".join(reaching.reasons)
+
+
 def test_a_gradient_penalty_is_verified_through_the_first_gradients(capsys):
     report = gs.run_script(str(SCRIPTS / "penalty.py"))
     assert report.ok and report.summary == {"backward_calls": 2, "verified": 2, "not_verified": 0, "gradients": 2,

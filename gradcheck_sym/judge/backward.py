@@ -159,8 +159,15 @@ class BackwardVerifier:
         got = None if after is None else after.detach().to(F64)
         base = before if before is not None else None
         incr = got if base is None or got is None else got - base
-        if incr is None and exact_t is None:
-            return  # no gradient on either side
+        # .grad entries already NaN or infinite before this backward and the same after it: what autograd added
+        # there cannot be seen (NaN + anything is NaN)
+        stuck = None
+        if base is not None and got is not None and got.shape == base.shape and not bool(torch.isfinite(base).all()):
+            stuck = ~torch.isfinite(base) & ((got == base) | (torch.isnan(got) & torch.isnan(base)))
+            stuck = stuck if bool(stuck.any()) else None
+        if exact_t is None and (incr is None or (stuck is not None and bool(
+                (stuck | (incr == 0)).all()))):
+            return  # no gradient on either side (a NaN left in .grad by an earlier backward is not this one's)
         if info is None:
             info = tr._info(t)
         shape = tuple(t.shape)
@@ -177,6 +184,17 @@ class BackwardVerifier:
             info.exact_total = None
             self._status(info, ev, got, None, "not verified", t)
             return
+        if stuck is not None:
+            if bool((stuck & (r != 0)).any()):
+                ev.verified = False
+                why = (f"{info_name(tr, t)}.grad was already NaN or infinite before this backward: what it added "
+                       "there cannot be seen")
+                if why not in ev.reasons:
+                    ev.reasons.append(why)
+                info.exact_total = None
+                self._status(info, ev, got, None, "not verified", t)
+                return
+            a = torch.where(stuck, torch.zeros((), dtype=F64), a)  # nothing was to be added there, nothing seen
         ev.checked += 1
         u = UNIT_ROUNDOFF.get(str(t.dtype).replace("torch.", ""), 2.0**-53)
         tiny = torch.finfo(t.dtype).tiny if t.is_floating_point() else 0.0
