@@ -168,6 +168,29 @@ def test_a_nan_left_in_grad_by_an_earlier_backward_is_not_this_one_s(tmp_path):
         " ".join(reaching.reasons)
 
 
+def test_a_mismatch_message_names_its_first_failing_entry(tmp_path):
+    # The first four entries shown can all agree: the message says where the disagreement is.
+    text = ("import torch\n"
+            "class Sq(torch.autograd.Function):\n"
+            "    @staticmethod\n"
+            "    def forward(ctx, x):\n"
+            "        ctx.save_for_backward(x)\n"
+            "        return x * x\n"
+            "    @staticmethod\n"
+            "    def backward(ctx, g):\n"
+            "        (x,) = ctx.saved_tensors\n"
+            "        d = 2 * x\n"
+            "        d[3, 2] += 1e-3\n"
+            "        return g * d\n"
+            "x = torch.linspace(0.1, 2.0, 20, dtype=torch.float64).reshape(5, 4).requires_grad_()\n"
+            "Sq.apply(x).sum().backward()\n")
+    report = gs.run_script(_script(tmp_path, text))
+    (finding,) = report.findings
+    assert finding.kind == "mismatch"
+    assert finding.message.endswith("where the exact gradient is [0.2, 0.4, 0.6, 0.8, ...] (shape (5, 4)) "
+                                    "(first at [3, 2]: 3.001 vs 3)"), finding.message
+
+
 def test_a_gradient_penalty_is_verified_through_the_first_gradients(capsys):
     report = gs.run_script(str(SCRIPTS / "penalty.py"))
     assert report.ok and report.summary == {"backward_calls": 2, "verified": 2, "not_verified": 0, "gradients": 2,

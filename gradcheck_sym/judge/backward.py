@@ -261,7 +261,8 @@ class BackwardVerifier:
                     status = "hook"
             if status in ("mismatch", "untracked", "nonfinite", "stale-graph"):
                 ev.errors += 1
-            tr.events.append((status, ev.line, _message(status, ev, a, r, cut, tr), f"#{info.serial}"))
+            tr.events.append((status, ev.line, _message(status, ev, a, r, cut, tr, verdicts.masks.get(status)),
+                              f"#{info.serial}"))
         if returned:
             ev.returned.append((f"#{info.serial}", got, r))
             if plan.create and isinstance(exact, Traced) and isinstance(after, torch.Tensor):
@@ -381,7 +382,24 @@ def _fmt(t: Any) -> str:
     return f"[{shown}{', ...' if flat.numel() > 4 else ''}] (shape {tuple(t.shape)})"
 
 
-def _message(status: str, ev: Any, a: Any, r: Any, cut: Any, tr: Any) -> str:
+def _first(mask: Any, a: Any, r: Any) -> str:
+    """Where the first failing entry of a tensor is, with both values, unless `_fmt` shows it visibly different:
+    the entries it shows may all agree."""
+    if mask is None or a.numel() <= 1 or not bool(mask.any()):
+        return ""
+    flat = int(mask.reshape(-1).nonzero()[0])
+    x, y = float(a.reshape(-1)[flat]), float(r.reshape(-1)[flat])
+    if flat < 4 and f"{x:.6g}" != f"{y:.6g}":
+        return ""  # shown, and visibly different
+    where, rest = [], flat
+    for n in reversed(tuple(a.shape)):
+        where.append(rest % n)
+        rest //= n
+    at = ", ".join(str(i) for i in reversed(where))
+    return f" (first at [{at}]: {x:.9g} vs {y:.9g})"
+
+
+def _message(status: str, ev: Any, a: Any, r: Any, cut: Any, tr: Any, mask: Any = None) -> str:
     what = "returned" if ev.kind == "autograd.grad" else "added to .grad"
     head = f"{ev.kind} at line {ev.line}: the gradient {what} of {{tensor}} is {_fmt(a)}"
     if status == "untracked":
@@ -392,4 +410,4 @@ def _message(status: str, ev: Any, a: Any, r: Any, cut: Any, tr: Any) -> str:
         return f"{head}, the plain gradient is {_fmt(r)}: a hook on its way back changed it"
     if status == "nondifferentiable":
         return f"{head}, sympy {_fmt(r)}: a kink, tie or jump of the run, where torch follows a convention"
-    return f"{head} where the exact gradient is {_fmt(r)}"
+    return f"{head} where the exact gradient is {_fmt(r)}{_first(mask, a, r)}"
