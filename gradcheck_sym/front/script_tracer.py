@@ -76,8 +76,7 @@ def _torch_optim_via_torch(frame: Any, depth: int = 6) -> bool:
 
 
 def _has_tensor(args: tuple, kwargs: dict) -> bool:
-    return any(isinstance(x, torch.Tensor) for x in _flat(args)) or any(
-        isinstance(x, torch.Tensor) for x in _flat(kwargs))
+    return any(isinstance(x, torch.Tensor) for x in _flat((args, kwargs)))
 
 
 def _flat(obj: Any) -> list[Any]:

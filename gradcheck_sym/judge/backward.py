@@ -176,24 +176,13 @@ class BackwardVerifier:
             r = r.contiguous()  # a transpose's view (a conv weight's): every pass over it below is 10x slower
         a = torch.zeros(shape, dtype=F64) if incr is None else incr
         if var is not None and var.id in plan.tainted:
-            ev.verified = False
             reasons = sorted({reason for _, reason in plan.blocked}) or ["a value the tracer could not follow"]
-            for reason in reasons:
-                if reason not in ev.reasons:
-                    ev.reasons.append(reason)
-            info.exact_total = None
-            self._status(info, ev, got, None, "not verified", t)
-            return
+            return self._not_verified(ev, info, got, t, reasons)
         if stuck is not None:
             if bool((stuck & (r != 0)).any()):
-                ev.verified = False
-                why = (f"{info_name(tr, t)}.grad was already NaN or infinite before this backward: what it added "
-                       "there cannot be seen")
-                if why not in ev.reasons:
-                    ev.reasons.append(why)
-                info.exact_total = None
-                self._status(info, ev, got, None, "not verified", t)
-                return
+                return self._not_verified(ev, info, got, t, [
+                    f"{info_name(tr, t)}.grad was already NaN or infinite before this backward: what it added there "
+                    "cannot be seen"])
             a = torch.where(stuck, torch.zeros((), dtype=F64), a)  # nothing was to be added there, nothing seen
         ev.checked += 1
         u = UNIT_ROUNDOFF.get(str(t.dtype).replace("torch.", ""), 2.0**-53)
@@ -239,16 +228,11 @@ class BackwardVerifier:
         verdicts = classify(a, r, u=u, tiny=tiny, bound=bound, cut=cut, slack=slack, scale=scale, measured=measured)
         if verdicts.loose and verdicts.ok:
             # compared, but under a tolerance that says little: this gradient is not vouched for
-            ev.verified = False
             ev.checked -= 1
-            why = (f"the rounding bound in {str(t.dtype).replace('torch.', '')} exceeds the largest gradient "
-                   f"entry of this backward at {verdicts.loose} entries of {info_name(tr, t)} (a long chain of "
-                   "ill-conditioned operations): a comparison says nothing there; check that part in float64")
-            if why not in ev.reasons:
-                ev.reasons.append(why)
-            info.exact_total = None
-            self._status(info, ev, got, None, "not verified", t)
-            return
+            return self._not_verified(ev, info, got, t, [
+                f"the rounding bound in {str(t.dtype).replace('torch.', '')} exceeds the largest gradient entry of "
+                f"this backward at {verdicts.loose} entries of {info_name(tr, t)} (a long chain of ill-conditioned "
+                "operations): a comparison says nothing there; check that part in float64"])
         total_before = _total_before(info, before, u)
         status = "ok"
         if not verdicts.ok:
@@ -272,6 +256,15 @@ class BackwardVerifier:
         self._status(info, ev, got, info.exact_total, status, t)
         if plan.create and got is not None and var is not None and isinstance(exact, Traced):
             self._bind_grad(tr, t, before, exact)
+
+    def _not_verified(self, ev: Any, info: Any, got: Any, t: torch.Tensor, reasons: list[str]) -> None:
+        """This tensor's gradient in this backward is not vouched for, for `reasons`; nor is its total after it."""
+        ev.verified = False
+        for reason in reasons:
+            if reason not in ev.reasons:
+                ev.reasons.append(reason)
+        info.exact_total = None
+        self._status(info, ev, got, None, "not verified", t)
 
     def _status(self, info: Any, ev: Any, got: Any, exact: Any, status: str, t: torch.Tensor) -> None:
         info.checks.append((ev.index, None if got is None else got.clone(), exact, status))
@@ -391,11 +384,7 @@ def _first(mask: Any, a: Any, r: Any) -> str:
     x, y = float(a.reshape(-1)[flat]), float(r.reshape(-1)[flat])
     if flat < 4 and f"{x:.6g}" != f"{y:.6g}":
         return ""  # shown, and visibly different
-    where, rest = [], flat
-    for n in reversed(tuple(a.shape)):
-        where.append(rest % n)
-        rest //= n
-    at = ", ".join(str(i) for i in reversed(where))
+    at = ", ".join(str(int(i)) for i in torch.unravel_index(torch.tensor(flat), tuple(a.shape)))
     return f" (first at [{at}]: {x:.9g} vs {y:.9g})"
 
 

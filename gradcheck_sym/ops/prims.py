@@ -350,11 +350,10 @@ def sum_to(x: Any, shape: Sequence[int]) -> Any:
     dims = tuple(range(lead)) + tuple(lead + i for i, s in enumerate(shape) if s == 1 and xs[lead + i] != 1)
     if not dims:
         return reshape(x, shape)
-    # one equation where the sum's own shape is the target's (a 0-d parameter's gradient, a bias's)
+    # one equation where the sum's own shape is the target's (a 0-d parameter's gradient, a bias's); `reshape`
+    # adds none where keepdim's shape is
     if tuple(n for i, n in enumerate(xs) if i not in dims) == shape:
         return sum_(x, dims, keepdim=False)
-    if tuple(1 if i in dims else n for i, n in enumerate(xs)) == shape:
-        return sum_(x, dims, keepdim=True)
     return reshape(sum_(x, dims, keepdim=True), shape)
 
 

@@ -333,11 +333,9 @@ def sweep(
                 recorder.site = e.site
             ins = [env[a.id] if isinstance(a, Var) else consts[a.index] for a in e.inputs]
             outs = [env[v.id] for v in e.outputs]
-            if prim.needs:  # a constant's cotangent is thrown away below: not computed at all
-                res = prim.vjp(gs if prim.multiple else [gs[0]], ins, outs,
-                               needed=[isinstance(a, Var) for a in e.inputs], **e.params)
-            else:
-                res = prim.vjp(gs if prim.multiple else [gs[0]], ins, outs, **e.params)
+            # a constant's cotangent would be thrown away below: a vjp that can is told not to compute it
+            needed = {"needed": [isinstance(a, Var) for a in e.inputs]} if prim.needs else {}
+            res = prim.vjp(gs if prim.multiple else [gs[0]], ins, outs, **needed, **e.params)
             for a, r in zip(e.inputs, res):
                 if r is None or not isinstance(a, Var):
                     continue
