@@ -2,7 +2,8 @@
 
 Run:  python benchmarks/teaching.py [--repeat N]
 
-For each script of tests/scripts/teaching/, examples/lessons/ and benchmarks/scripts/: the plain run's
+For each script of tests/scripts/teaching/, examples/lessons/ and benchmarks/scripts/, and the teaching scripts
+that take their size from the environment once more at a published tutorial's size (`PUBLISHED`): the plain run's
 and the checked run's wall time (medians of N alternated runs, each in a fresh process), both exit codes,
 the backward calls verified / not verified and the error findings (from `--json-file`), and the longest
 text report's line count.  Prints a Markdown table.  Nothing is asserted.
@@ -22,11 +23,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 GROUPS = [ROOT / "tests" / "scripts" / "teaching", ROOT / "examples" / "lessons", ROOT / "benchmarks" / "scripts"]
+# (script, environment): the test suite runs these small; here also at the size of the tutorial they follow
+PUBLISHED = [(ROOT / "tests" / "scripts" / "teaching" / name, {"POINTS": "2000", "N": "2000"})
+             for name in ("legendre.py", "nn_rmsprop.py")]
 
 
-def timed(cmd: list[str], cwd: Path) -> tuple[float, int, str]:
+def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, int, str]:
     start = time.perf_counter()
-    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env={**os.environ, **env})
     return time.perf_counter() - start, done.returncode, done.stdout
 
 
@@ -36,26 +40,27 @@ def main() -> None:
     args = parser.parse_args()
     rows = ["| script | plain | gradcheck-sym run | ratio | exit (plain / run) | backward verified / not | "
             "error findings | report lines |", "|---|---|---|---|---|---|---|---|"]
-    for group in GROUPS:
-        for script in sorted(group.glob("*.py")):
-            plain, checked = [], []
-            with tempfile.TemporaryDirectory() as tmp:
-                out = Path(tmp) / "report.json"
-                for _ in range(args.repeat):
-                    t, code_plain, _ = timed([sys.executable, str(script)], script.parent)
-                    plain.append(t)
-                    t, code_run, text = timed([sys.executable, "-m", "gradcheck_sym", "run", str(script),
-                                               "--json-file", str(out)], script.parent)
-                    checked.append(t)
-                report = json.loads(out.read_text()) if out.exists() else {}
-            s = report.get("summary", {})
-            errors = [f["kind"] for f in report.get("findings", []) if f.get("severity") == "error"]
-            p, c = statistics.median(plain), statistics.median(checked)
-            lines = text.count("\n")
-            rows.append(f"| {script.relative_to(ROOT)} | {p:.2f} s | {c:.2f} s | {c / p:.1f}x | {code_plain} / "
-                        f"{code_run} | {s.get('verified', '?')} / {s.get('not_verified', '?')} | "
-                        f"{', '.join(sorted(set(errors))) or 'none'} | {lines} |")
-            print(rows[-1], flush=True)
+    runs = [(script, {}) for group in GROUPS for script in sorted(group.glob("*.py"))] + PUBLISHED
+    for script, env in runs:
+        plain, checked = [], []
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "report.json"
+            for _ in range(args.repeat):
+                t, code_plain, _ = timed([sys.executable, str(script)], script.parent, env)
+                plain.append(t)
+                t, code_run, text = timed([sys.executable, "-m", "gradcheck_sym", "run", str(script),
+                                           "--json-file", str(out)], script.parent, env)
+                checked.append(t)
+            report = json.loads(out.read_text()) if out.exists() else {}
+        s = report.get("summary", {})
+        errors = [f["kind"] for f in report.get("findings", []) if f.get("severity") == "error"]
+        p, c = statistics.median(plain), statistics.median(checked)
+        lines = text.count("\n")
+        label = " ".join([str(script.relative_to(ROOT))] + [f"{k}={v}" for k, v in env.items()])
+        rows.append(f"| {label} | {p:.2f} s | {c:.2f} s | {c / p:.1f}x | {code_plain} / "
+                    f"{code_run} | {s.get('verified', '?')} / {s.get('not_verified', '?')} | "
+                    f"{', '.join(sorted(set(errors))) or 'none'} | {lines} |")
+        print(rows[-1], flush=True)
     print()
     print(f"Machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}; medians of {args.repeat} run(s).")
     print("\n".join(rows))
