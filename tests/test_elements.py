@@ -161,3 +161,16 @@ def test_small_tensors_judged_on_floats_get_the_ladders_verdict(monkeypatch) -> 
         assert all(torch.equal(fast.masks[k], slow.masks[k]) for k in fast.masks), case
         assert (fast.tol is None) == (slow.tol is None) and (fast.tol is None or torch.equal(fast.tol, slow.tol)), case
     assert taken > 150  # the float path was exercised (243 of the 3,000), not only the fallbacks
+
+
+def test_an_entry_a_cut_does_not_reach_is_a_mismatch_not_untracked() -> None:
+    # The cut's exact values equal the full ones at these entries (a .item() used only for printing): the doubled
+    # allowance the untracked test gives must not turn a mismatch into "what .item() hides" (a published
+    # tutorial's conv + batch-norm custom Function, whose float32 rounding just exceeded the allowance).
+    r = _f64(0.127, 0.25)
+    a = r + _f64(1.5e-6, 0.0)
+    bound = lambda: _f64(1e-7, 1e-7)  # noqa: E731 - SAFETY x 1e-7 < 1.5e-6 < 2 x that
+    v = classify(a, r, u=U32, tiny=TINY32, bound=bound, cut=r.clone())
+    assert list(v.masks) == ["mismatch"]
+    moved = r + _f64(1.5e-6, 0.0)  # where the cut does change the value, the name stays
+    assert list(classify(a, r, u=U32, tiny=TINY32, bound=bound, cut=moved).masks) == ["untracked"]

@@ -3,6 +3,7 @@
 import mpmath
 import numpy as np
 import pytest
+import sympy
 import torch
 
 import gradcheck_sym as gs
@@ -221,3 +222,23 @@ def test_add_and_mul_rules_are_the_table_s():
     fns = [e.params["fn"] for e in run.program.eqns if e.prim == "ew"]
     assert [f.name for f in fns] == ["mul", "add"]
     assert fns[0].expr == MUL.expr and fns[1].expr == ADD.expr
+
+
+@pytest.mark.parametrize("name, expr", [("relu", lambda x: sympy.Max(x, 0)),
+                                         ("leaky_relu", lambda x: sympy.Piecewise((x, x > 0), (x / 100, True))),
+                                         ("min", lambda x: sympy.Min(-x, 0))])
+def test_a_kink_between_the_user_s_value_and_the_reference_s_passes_the_input_s_bound_on(name, expr):
+    # A float32 run took one side of a kink (its input -1e-7: relu gives 0) and the float64 reference, within the
+    # input's bound of it, the other (+3e-7).  The bound on the output must cover the difference: it was
+    # |d relu/dx| on the user's side times the input's bound, 0, and a published tutorial's conv + batch norm at
+    # batch 256 made an internal error of it (our value "differs from torch's").
+    from gradcheck_sym.ops.ew import P as ARGS
+    from gradcheck_sym.ops.ew import EwFn
+    from gradcheck_sym.ops.prims import _ew_err
+
+    fn = EwFn(name, expr(ARGS[0]), 1).branched
+    ref = torch.tensor([3e-7, -3e-7, 2.0], dtype=torch.float64)
+    user = torch.tensor([-1e-7, 1e-7, 2.0], dtype=torch.float64)
+    e_in = torch.full((3,), 5e-3, dtype=torch.float64)
+    (bound,) = _ew_err([e_in, None], [ref, user], [P._ew_impl(ref, user, fn=fn)], 2.0**-24, fn)
+    assert bool((bound >= 5e-3).all()), bound  # every slope here is 1 on one side

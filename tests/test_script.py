@@ -658,3 +658,68 @@ def test_bad_graph_paths_are_refused_before_the_check(path, message, capsys):
     assert main(["check", "x", "--at", "x=0.5", "--graph", path]) == 2
     captured = capsys.readouterr()
     assert captured.err == message and captured.out == ""
+
+
+def test_torch_s_own_gradcheck_is_not_traced(tmp_path, monkeypatch):
+    # gradcheck perturbs its inputs in place and reads them back: traced, its ops made internal errors and .data
+    # cuts at the script's gradcheck line, which a later finding's explanation then named (a published
+    # tutorial's shape: gradcheck of a custom Function, then training with it).
+    from gradcheck_sym.front.script_tracer import ScriptTracer
+
+    lines = []
+    original = ScriptTracer._record
+
+    def spy(self, func, name, args, kwargs, out):
+        frame = sys._getframe()
+        while frame is not None and frame.f_code.co_filename != str(path):
+            frame = frame.f_back
+        lines.append(frame.f_lineno if frame is not None else None)  # the script's line that made the op
+        return original(self, func, name, args, kwargs, out)
+
+    path = tmp_path / "check.py"
+    monkeypatch.setattr(ScriptTracer, "_record", spy)
+    text = ("import torch\n"
+            "class Cube(torch.autograd.Function):\n"
+            "    @staticmethod\n"
+            "    def forward(ctx, x):\n"
+            "        ctx.save_for_backward(x)\n"
+            "        return x ** 3\n"
+            "    @staticmethod\n"
+            "    def backward(ctx, g):\n"
+            "        x, = ctx.saved_tensors\n"
+            "        return 3 * x ** 2 * g\n"
+            "x = torch.rand(4, dtype=torch.float64, requires_grad=True)\n"
+            "print(torch.autograd.gradcheck(Cube.apply, (x,)))\n"
+            "w = torch.rand(4, requires_grad=True)\n"
+            "Cube.apply(w).sum().backward()\n")
+    path.write_text(text)
+    report = gs.run_script(str(path))
+    assert report.ok and report.summary["verified"] == 1 and _row(report, "w").status == "ok"
+    assert [f.kind for f in report.findings] == ["self-check"]
+    assert 12 not in lines and 14 in lines, lines
+
+
+def test_a_custom_function_called_in_inference_mode_runs_as_without_us(tmp_path):
+    # Inference tensors have no version counter: reading it stopped a published tutorial's test pass with
+    # "RuntimeError: Inference tensors do not track version counter" (and our failure handler raised again).
+    text = ("import torch\n"
+            "class Sq(torch.autograd.Function):\n"
+            "    @staticmethod\n"
+            "    def forward(ctx, x):\n"
+            "        ctx.save_for_backward(x)\n"
+            "        return x * x\n"
+            "    @staticmethod\n"
+            "    def backward(ctx, g):\n"
+            "        x, = ctx.saved_tensors\n"
+            "        return 2 * x * g\n"
+            "w = torch.randn(3, requires_grad=True)\n"
+            "Sq.apply(w).sum().backward()\n"
+            "with torch.inference_mode():\n"
+            "    y = torch.relu(Sq.apply(torch.randn(3) * w)) + 1\n"
+            "    y.add_(w)\n"
+            "print('ok', y.shape, y.is_inference())\n"
+            "(w * 2).sum().backward()\n")
+    path = _script(tmp_path, text)
+    report = gs.run_script(path)
+    assert report.exit_code == 0 and report.ok, report
+    assert report.summary["verified"] == 2 and _row(report, "w").status == "ok"

@@ -89,13 +89,16 @@ class InfoLog:
         for info in dead:
             if info.ref() is not None:
                 continue
-            info.checks = [(i, _light(got), _light(exact), status) for i, got, exact, status in info.checks]
-            info.value, info.exact_total = _light(info.value), None
-            # an intermediate of a statement, or a tensor no backward reached: no row shows it
+            # an intermediate of a statement, or a tensor no backward reached: no row shows it, so its
+            # values are let go rather than summarised (most tensors of a training loop end here)
             if (info.hidden or not info.checks) and not (info.leaf or info.retains or info.hooks) \
                     and info.serial not in self.linked:
                 info.serial = -1 - info.serial  # marked: dropped at the next compaction
+                info.checks, info.value, info.exact_total = [], None, None
                 self._dropped += 1
+                continue
+            info.checks = [(i, _light(got), _light(exact), status) for i, got, exact, status in info.checks]
+            info.value, info.exact_total = _light(info.value), None
         if self._dropped > max(1024, len(self.items) // 2):  # amortised: a list rebuilt, not searched
             self.items = [i for i in self.items if i.serial >= 0]
             self._dropped = 0

@@ -88,6 +88,7 @@ def _flat(obj: Any) -> list[Any]:
 
 
 _CHECKERS = (os.path.join("torch", "autograd", "gradcheck.py"), os.path.join("torch", "autograd", "functional.py"))
+_CHECKER_FILES: dict[str, bool] = {}  # a code file name -> whether it is one of _CHECKERS
 
 
 class ScriptTracer(Tracer):
@@ -234,6 +235,10 @@ class ScriptTracer(Tracer):
         elif rec is not None:
             rec.anc = frozenset(sorted(anc)[:32])
 
+    def _gave_up(self, why: str) -> None:
+        if not self.stopped:
+            self.stopped = f"{why}; later backwards are not verified"
+
     def _write(self, t: torch.Tensor, new: Any) -> None:
         if t.is_leaf and t.requires_grad:  # an update or an init of a leaf: a new value, not a cut
             self._new_leaf(t)
@@ -293,7 +298,9 @@ class ScriptTracer(Tracer):
                 return out
         except _Ours:
             pass
-        if self.stopped:
+        if self.stopped or self._checking_itself():
+            # (inside torch's gradcheck or torch.autograd.functional: its perturbed copies, its .data writes and
+            # its probes are its business, not the script's graph; its backward calls were handled above)
             return self.call_as(dispatching_frame(sys._getframe()), func, args, kwargs)
         if not torch.is_grad_enabled() and _in_optimizer(sys._getframe(1)):
             fast = self._optimizer_op(func, args, kwargs)
@@ -329,9 +336,16 @@ class ScriptTracer(Tracer):
 
     # ------------------------------------------------------------ backward
     def _checking_itself(self, depth: int = 2) -> bool:
+        """Whether torch's gradcheck or torch.autograd.functional is on the stack (looked at for every traced op:
+        one set lookup per frame, each file name classified once)."""
         frame = sys._getframe(depth)
+        known = _CHECKER_FILES
         while frame is not None:
-            if frame.f_code.co_filename.endswith(_CHECKERS):
+            name = frame.f_code.co_filename
+            found = known.get(name)
+            if found is None:
+                found = known[name] = name.endswith(_CHECKERS)
+            if found:
                 return True
             frame = frame.f_back  # type: ignore[assignment]
         return False

@@ -234,12 +234,18 @@ class Tracer(Handles, TorchFunctionMode):
             deps = []
         args = self.args
         inplace = _normalise(name)[1] and args and isinstance(args[0], torch.Tensor)
-        for t in [args[0]] if inplace else _tensors(out):  # x[i] = v: the written tensor
-            if t.is_floating_point():
-                with interpreting(self.rec):
-                    self.rec.site = site
-                    h = P.opaque(*deps, value=t.detach(), reason=text)
-                    self._write(t, h) if inplace else self._bind(t, h)
+        try:
+            for t in [args[0]] if inplace else _tensors(out):  # x[i] = v: the written tensor
+                if t.is_floating_point():
+                    with interpreting(self.rec):
+                        self.rec.site = site
+                        h = P.opaque(*deps, value=t.detach(), reason=text)
+                        self._write(t, h) if inplace else self._bind(t, h)
+        except Exception:  # noqa: BLE001 - never the user's error: what follows cannot be trusted, so it is not judged
+            self._gave_up(text)
+
+    def _gave_up(self, why: str) -> None:
+        """Our recording failed beyond repair (a subclass may stop judging what follows)."""
 
     def _record(self, func: Any, name: str, args: tuple, kwargs: dict, out: Any) -> None:
         self.args, self.kwargs = args, kwargs
@@ -269,6 +275,10 @@ class Tracer(Handles, TorchFunctionMode):
         if not traced_in and (target is None or not self.is_traced(target)):
             return  # computed from constants only: a constant, captured when used
         outs = _tensors(out)
+        if any(t.is_inference() for t in ([target] if target is not None else outs)):
+            # made in torch.inference_mode: autograd can never use it (torch refuses), and it has no version
+            # counter to track; a constant wherever it is read
+            return
         if not any(t.is_floating_point() for t in outs) and target is None:
             return  # integer or boolean results (a comparison, an argmax): constants for autograd
         site = self._new_site(name)

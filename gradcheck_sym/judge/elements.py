@@ -187,7 +187,10 @@ def classify(a: torch.Tensor, r: torch.Tensor, *, u: float, tiny: float, bound: 
         if alt is None or not bool(rest.any()):
             continue
         c = sub(alt)
-        match = rest & torch.isfinite(c) & ((A - c).abs() <= 2 * tol + FLOOR_ULPS * u * c.abs())
+        # (only where the alternative is another number: where it is the exact gradient itself, as for a cut
+        # that does not reach this entry, its doubled allowance would turn a mismatch into a wrong name)
+        match = rest & torch.isfinite(c) & ((A - c).abs() <= 2 * tol + FLOOR_ULPS * u * c.abs()) & \
+            ((c - R).abs() > tol)
         masks[kind] = match
         rest = rest & ~match
     if reach is not None and bool(rest.any()):

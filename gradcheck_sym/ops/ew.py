@@ -82,6 +82,7 @@ class EwFn:
         self._grad_rel_err = grad_rel_err
         self.rel_scale = rel_scale
         self._derivs: dict[int, EwFn] = {}
+        self.unbranched: EwFn | None = None  # for a `branched` function: the function it was made from
 
     def __repr__(self) -> str:
         return f"EwFn({self.name})"
@@ -143,13 +144,15 @@ class EwFn:
         partials = [branch(d, n) for d in self._partials] if self._partials is not None else None
         kink = self.kink
         forms = list(self._grad_forms) if self._grad_forms is not None else None
-        return EwFn(self.name, branch(self.expr, n), 2 * n,
-                    torch_impl=(lambda *a: self.torch_impl(*a[:n])) if self.torch_impl is not None else None,
-                    partials=(partials + [sympy.S.Zero] * n) if partials is not None else None,
-                    kink=(lambda *a: kink(*a[n:])) if kink is not None else None, convention=self.convention,
-                    err_form=self.err_form, grad_forms=forms, rel_err=self.rel_err,
-                    rel_scale=branch(self.rel_scale, n) if self.rel_scale is not None else None,
-                    grad_rel_err=self._grad_rel_err)
+        out = EwFn(self.name, branch(self.expr, n), 2 * n,
+                   torch_impl=(lambda *a: self.torch_impl(*a[:n])) if self.torch_impl is not None else None,
+                   partials=(partials + [sympy.S.Zero] * n) if partials is not None else None,
+                   kink=(lambda *a: kink(*a[n:])) if kink is not None else None, convention=self.convention,
+                   err_form=self.err_form, grad_forms=forms, rel_err=self.rel_err,
+                   rel_scale=branch(self.rel_scale, n) if self.rel_scale is not None else None,
+                   grad_rel_err=self._grad_rel_err)
+        out.unbranched = self
+        return out
 
     # -- numbers
     @functools.cached_property

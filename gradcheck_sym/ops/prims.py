@@ -185,6 +185,12 @@ def _ew_err(errs: list[Any], ins: Sequence[Any], outs: Sequence[Any], u: float, 
                     total = total + (e if c == 1 else c * e)
                 continue
             d = _ew_impl(*targs, fn=part).abs()
+            if fn.unbranched is not None and i < fn.unbranched.nargs:
+                # The user's run took one side of a kink and an input within its bound of it may put the
+                # reference on the other (relu of -1e-7 in float32, of +3e-7 in float64): the value then moves
+                # with the larger of the two sides' slopes, not with the user's side's alone (0 for relu).
+                own_side = _ew_impl(*targs[: fn.unbranched.nargs], fn=fn.unbranched.partial(i)).abs()
+                d = torch.maximum(d, own_side)
         terms.append((d, e))
     if not terms:
         return [total]
