@@ -174,3 +174,19 @@ def test_an_entry_a_cut_does_not_reach_is_a_mismatch_not_untracked() -> None:
     assert list(v.masks) == ["mismatch"]
     moved = r + _f64(1.5e-6, 0.0)  # where the cut does change the value, the name stays
     assert list(classify(a, r, u=U32, tiny=TINY32, bound=bound, cut=moved).masks) == ["untracked"]
+
+
+def test_beyond_a_measured_noise_of_another_formula_is_not_a_failure() -> None:
+    # The worst-case bound says nothing here (0.5 on entries of 1), so a measured noise (1e-6) is the allowance.
+    # Through a custom Function's backward that noise is a sample of our formulas, not of the one that ran:
+    # 1e-4 off is then neither passed nor failed (`unmeasured`); through torch's own ops it is a mismatch; beyond
+    # the worst case it is a mismatch either way.
+    r = _f64(1.0, 2.0, 3.0)
+    a = r + _f64(1e-4, 0.0, 0.0)
+    kw = dict(u=U32, tiny=TINY32, bound=lambda: _f64(0.5, 0.5, 0.5), measured=lambda: _f64(1e-6, 1e-6, 1e-6))
+    foreign = classify(a, r, foreign=True, **kw)
+    assert foreign.ok and foreign.unmeasured == 1 and foreign.loose == 0
+    own = classify(a, r, **kw)
+    assert list(own.masks) == ["mismatch"] and own.unmeasured == 0
+    far = classify(r + _f64(10.0, 0.0, 0.0), r, foreign=True, **kw)
+    assert list(far.masks) == ["mismatch"] and far.unmeasured == 0

@@ -723,3 +723,29 @@ def test_a_custom_function_called_in_inference_mode_runs_as_without_us(tmp_path)
     report = gs.run_script(path)
     assert report.exit_code == 0 and report.ok, report
     assert report.summary["verified"] == 2 and _row(report, "w").status == "ok"
+
+
+def test_a_recording_that_would_not_fit_in_memory_stops_and_the_script_runs_on(tmp_path, monkeypatch, capfd):
+    # A published conv + batch-norm tutorial at its batch of 4,096 needs ~100 GB of float64 copies and sweeps: the
+    # script must not be killed for our sake.  The recording stops (and lets go of what it held); the backwards
+    # after it are not verified, with the reason; the script's output and exit code are its own.
+    from gradcheck_sym.front import script_tracer
+
+    monkeypatch.setattr(script_tracer, "MEMORY_STEP", 2**20)
+    monkeypatch.setattr(script_tracer, "memory_available", lambda: 3 * 2**20)
+    text = ("import torch\n"
+            "w = torch.randn(64, 64, requires_grad=True)\n"
+            "for step in range(3):\n"
+            "    h = torch.tanh(torch.randn(4096, 64) @ w)\n"
+            "    loss = (h * h).mean()\n"
+            "    loss.backward()\n"
+            "print('done', w.grad.shape)\n")
+    path = _script(tmp_path, text)
+    report = gs.run_script(path)
+    assert report.exit_code == 0 and "done torch.Size([64, 64])" in capfd.readouterr().out
+    assert report.summary["verified"] == 0 and report.summary["not_verified"] == 3
+    (b,) = report.backwards
+    assert any("stopped recording at" in r and "GB of memory is available" in r for r in b.reasons), b.reasons
+    monkeypatch.setattr(script_tracer, "memory_available", lambda: 2**40)  # with room: every backward verified
+    report = gs.run_script(path)
+    assert report.ok and report.summary["verified"] == 3

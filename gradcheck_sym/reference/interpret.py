@@ -117,6 +117,7 @@ class Recorder(Interpreter):
         # [0, bounded) have theirs in `errs`.
         self.lazy = False
         self.bounded = 0
+        self.nbytes = 0  # the recorded values' own storage (views not counted): what recording costs in memory
         self._eager = TorchEager()
 
     def bounds(self) -> dict[int, Any] | None:
@@ -142,6 +143,8 @@ class Recorder(Interpreter):
         self.eqns.append(Eqn(prim.name, atoms, tuple(vars_), dict(params), self.site))
         for v, o in zip(vars_, outs):
             self.values[v.id] = o
+            if isinstance(o, torch.Tensor) and o._base is None:
+                self.nbytes += o.untyped_storage().nbytes()
         if self.errs is not None and not self.lazy and all(isinstance(o, torch.Tensor) and o.is_floating_point()
                                                            for o in outs):
             in_errs = [self.errs.get(a.var.id) if isinstance(a, Traced) else None for a in args]
