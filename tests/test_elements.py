@@ -190,3 +190,7 @@ def test_beyond_a_measured_noise_of_another_formula_is_not_a_failure() -> None:
     assert list(own.masks) == ["mismatch"] and own.unmeasured == 0
     far = classify(r + _f64(10.0, 0.0, 0.0), r, foreign=True, **kw)
     assert list(far.masks) == ["mismatch"] and far.unmeasured == 0
+    # ... and so is 1% off, inside the worst case but beyond FOREIGN_NOISE times the measured noise (found by review:
+    # the band was the whole worst-case bound, and a custom backward returning 0 was only "not verified")
+    off = classify(r * 1.01, r, foreign=True, **kw)
+    assert list(off.masks) == ["mismatch"] and off.unmeasured == 0

@@ -231,8 +231,12 @@ def _rows(tracer: ScriptTracer, names: dict[int, str]) -> list[TensorRow]:
         compared = [c for c in checks if c[3] not in _NOT_COMPARED]
         passed = sum(1 for c in compared if c[3] in ("ok", "nonfinite-agree", "nondifferentiable"))
         bad = [c[3] for c in compared if c[3] not in ("ok", "nonfinite-agree", "nondifferentiable")]
-        status = bad[-1] if bad else ("ok" if compared else (checks[-1][3] if checks else (
-            "not reached by a backward" if last.leaf else "no backward")))
+        # a leaf holding a .grad that no check recorded, or other than its last check saw while a later backward was
+        # not verified as a whole (recording stopped: the time or memory budget): that backward reached it
+        unjudged = last.leaf and t is not None and isinstance(t.grad, torch.Tensor) and (not checks or _changed_since(
+            tracer, last, t.grad))
+        status = "not verified" if unjudged else bad[-1] if bad else ("ok" if compared else (
+            checks[-1][3] if checks else ("not reached by a backward" if last.leaf else "no backward")))
         count = len(infos)
         display = name if count == 1 else f"{name} ×{count}"
         own = [c for c in last.checks if c[0] not in returned]  # torch.autograd.grad does not fill .grad
@@ -244,9 +248,21 @@ def _rows(tracer: ScriptTracer, names: dict[int, str]) -> list[TensorRow]:
             grad_fn=last.grad_fn, retains_grad=last.retains, shape=last.shape,
             value=summary_value(last.value if last.value is not None else (t.detach().to(torch.float64)
                                                                            if t is not None else None)),
-            grad=grads[-1] if grads else None, exact=exacts[-1] if exacts else None,
+            grad=summary_value(t.grad.detach().to(torch.float64)) if unjudged else grads[-1] if grads else None,
+            exact=None if unjudged else exacts[-1] if exacts else None,
             checks=(passed, len(compared)), status=status, grads=grads, exacts=exacts))
     return rows
+
+
+def _changed_since(tracer: ScriptTracer, info: Any, grad: torch.Tensor) -> bool:
+    """Whether a backward after `info`'s last check was not verified and `.grad` is no longer what that check saw."""
+    if not info.checks:
+        return False
+    last, seen = info.checks[-1][0], info.checks[-1][1]
+    if not any(b.index > last and not b.verified and not b.skipped for b in tracer.backwards):
+        return False
+    return not (isinstance(seen, torch.Tensor) and seen.shape == grad.shape
+                and torch.equal(seen, grad.detach().to(seen.dtype)))
 
 
 def _backward_rows(tracer: ScriptTracer, names: dict[str, str]) -> list[BackwardRow]:

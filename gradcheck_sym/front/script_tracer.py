@@ -32,7 +32,7 @@ from .tracer import Tracer
 from ..ops.core import leaves
 from .script_infos import Backward, InfoLog, TensorInfo
 from .tracer_calls import _PROPERTY_TENSORS, _QUIET, _name, foreign_types
-from .tracer_sites import _user_frame, dispatching_frame
+from .tracer_sites import Note, _user_frame, dispatching_frame
 
 __all__ = ["ScriptTracer", "Backward", "TensorInfo"]
 
@@ -133,6 +133,8 @@ class ScriptTracer(Tracer):
         self._steps: dict[int, dict[int, tuple[torch.Tensor, int]]] = {}  # thread -> inside its optimizer
         # step: the traced parameters' versions as the step found them (see optimizer_hooks)
         self._mem_base = 0  # the recorded values' bytes after the last prune (see _check_memory)
+        # stale-graph notes waiting for a backward that reaches the value before the change (see _stale)
+        self._stale_pending: list[tuple[Note, int]] = []
         self._mem_next = MEMORY_STEP
 
     # ------------------------------------------------------------ optimizer steps
@@ -228,22 +230,39 @@ class ScriptTracer(Tracer):
         return info
 
     # ------------------------------------------------------------ memory
-    def _check_memory(self, where: str) -> bool:
-        """Stop recording, and let go of what was recorded, when the values recorded since the last backward and
-        the sweep they call for would not fit in the memory available: the script must not run out of memory
-        because of us.  Looked at every `MEMORY_STEP` bytes recorded and before each backward.  True if it stopped.
+    def _check_memory(self, where: str, backward: bool = False) -> bool:
+        """Stop recording, and let go of what was recorded, when the values recorded since the last backward (and,
+        at a backward, the leaves' cotangents and bounds) and the sweep they call for would not fit in the memory
+        available: the script must not run out of memory because of us.  Looked at every `MEMORY_STEP` bytes
+        recorded (after letting go of what died) and before each backward (after its prune).  True if it stopped.
         """
-        grown = self.rec.nbytes - self._mem_base
-        if grown < MEMORY_STEP or self.stopped:
+        if self.stopped:
             return False
+        grown = max(0, self.rec.nbytes - self._mem_base)
         self._mem_next = grown + MEMORY_STEP
+        leaves = 0
+        if backward:
+            values = self.rec.values
+            leaves = sum(values[v.id].untyped_storage().nbytes() for v in self.inputs
+                         if isinstance(values.get(v.id), torch.Tensor))
+        need = SWEEP_MEMORY * grown + 2 * leaves
+        if need < SWEEP_MEMORY * MEMORY_STEP:
+            return False  # (small: not worth a look)
         try:
             available = memory_available()
         except Exception:  # noqa: BLE001 - ours, never the script's: no guard this time
             return False
-        need = SWEEP_MEMORY * grown + MEMORY_RESERVE
+        need += MEMORY_RESERVE
         if available is None or available >= need:
             return False
+        if self.items:
+            # first let go of the floats that left by .item() (each keeps its whole computation alive: a validation
+            # loop printing its losses); one coming back later is then a plain number
+            self.items.clear()
+            self._item_seen.clear()
+            self.prune(forget_items=False)
+            self._mem_base = min(self._mem_base, self.rec.nbytes)
+            return self._check_memory(where, backward)
         self.stopped = (f"gradcheck-sym stopped recording at {where}: its float64 copies of this iteration's tensors "
                         f"({grown / 2**30:.1f} GB) and their reverse sweep would need about {need / 2**30:.1f} GB, "
                         f"and {available / 2**30:.1f} GB of memory is available; the script ran on without it, and "
@@ -261,8 +280,13 @@ class ScriptTracer(Tracer):
         return True
 
     def _on_output(self, t: torch.Tensor, h: Any, site: int) -> None:
-        if self.rec.nbytes - self._mem_base > self._mem_next and self._check_memory(self.sites[site].where):
-            return
+        if self.rec.nbytes - self._mem_base > self._mem_next:
+            # let go of what died since the last backward first (a validation loop with grad on, and no backward,
+            # records as it goes)
+            self.prune(forget_items=False)
+            self._mem_base = min(self._mem_base, self.rec.nbytes)
+            if self._check_memory(self.sites[site].where):
+                return
         # Named results that take part in autograd (or were cut) get a row: the lessons' z, w, out.
         s = self.sites[site]
         anc: set[int] = set()
@@ -300,6 +324,26 @@ class ScriptTracer(Tracer):
     def _gave_up(self, why: str) -> None:
         if not self.stopped:
             self.stopped = f"{why}; later backwards are not verified"
+
+    def _stale(self, note: Note, old: Any) -> None:
+        # `w.data -= lr * w.grad` after the backward (SGD by hand, in many tutorials) makes no stale graph: the
+        # graph that used the old value is done with.  Only a backward that still reaches it does.
+        if isinstance(old, Traced):
+            self._stale_pending.append((note, old.var.id))
+        else:
+            self.notes.append(note)
+
+    def _stale_reached(self, plan: Any) -> None:
+        """The stale-graph notes of changes whose old value this backward differentiates through."""
+        if plan is None or not self._stale_pending:
+            return
+        # as autograd differentiates: with the cuts as constants (the new value `w.data -= ...` wrote is, in the
+        # math, a function of the old one through `.data`, which autograd does not follow)
+        reached = plan.cut if plan.cut is not None else plan.cts
+        for item in [p for p in self._stale_pending if p[1] in reached]:
+            self._stale_pending.remove(item)
+            if item[0] not in self.notes:
+                self.notes.append(item[0])
 
     def _write(self, t: torch.Tensor, new: Any) -> None:
         if t.is_leaf and t.requires_grad:  # an update or an init of a leaf: a new value, not a cut
@@ -465,22 +509,27 @@ class ScriptTracer(Tracer):
             return self.call_as(dispatching_frame(sys._getframe()), func, args, kwargs)
         plan = None
         with self.lock:
-            if self._check_memory(f"the backward at line {line}"):
-                ev.verified, ev.reasons = False, [self.stopped]
-                return self.call_as(dispatching_frame(sys._getframe()), func, args, kwargs)
             try:
                 # Before the plan, not after the backward: the last iteration's forward is gone by now (its
                 # names rebound), and the sweep then goes over this iteration's program only.
                 self.prune()
             except Exception:  # noqa: BLE001 - pruning is an optimisation; a failure keeps everything
                 pass
+            if self._check_memory(f"the backward at line {line}", backward=True):
+                ev.verified, ev.reasons = False, [self.stopped]
+                return self.call_as(dispatching_frame(sys._getframe()), func, args, kwargs)
             self._mem_base, self._mem_next = self.rec.nbytes, MEMORY_STEP
             try:
                 plan = self.verifier.plan(self, ev, outs, grads, inputs, create)
+                self._stale_reached(plan)
             except Exception as exc:  # noqa: BLE001 - our failure: this backward is not verified, the script goes on
                 ev.verified = False
                 ev.reasons.append(f"internal error while deriving it ({type(exc).__name__}: {exc}); please report")
-        result = func(*args, **kwargs)  # the script's own backward: its errors are its own
+        try:
+            result = func(*args, **kwargs)  # the script's own backward: its errors are its own
+        except BaseException:
+            ev.verified, ev.reasons = False, ev.reasons + ["the backward raised: it gave no gradient to compare"]
+            raise
         with self.lock:
             try:
                 if plan is not None:
@@ -509,8 +558,9 @@ class ScriptTracer(Tracer):
             del self.items[k]
             del seen[k]
 
-    def prune(self) -> None:
-        """Drop the equations no live tensor needs any more (and their values), and lighten dead tensors' rows."""
+    def prune(self, forget_items: bool = True) -> None:
+        """Drop the equations no live tensor needs any more (and their values), and lighten dead tensors' rows
+        (`forget_items`: and count this prune for the floats that left by .item(), as a backward's does)."""
         self.all_infos.retire()
         live: set[int] = set()
         for r in list(self.recs.values()):
@@ -518,7 +568,8 @@ class ScriptTracer(Tracer):
                 live.add(r.handle.var.id)
             if r.root is not None and isinstance(r.root.handle, Traced):
                 live.add(r.root.handle.var.id)
-        self._forget_items()
+        if forget_items:
+            self._forget_items()
         for h in self.items.values():
             if isinstance(h, Traced):
                 live.add(h.var.id)
@@ -548,7 +599,8 @@ class ScriptTracer(Tracer):
         self.rec.consts[:] = [self.rec.consts[i] for i in used]
         for vid in [v for v in self.rec.values if v not in needed]:
             del self.rec.values[vid]
-        self.rec.nbytes = sum(v.untyped_storage().nbytes() for v in self.rec.values.values()
+        self._stale_pending = [p for p in self._stale_pending if p[1] in needed]
+        self.rec.nbytes = sum(v.untyped_storage().nbytes() for v in [*self.rec.values.values(), *self.rec.consts]
                               if isinstance(v, torch.Tensor) and v._base is None)
         if self.rec.errs is not None:
             for vid in [v for v in self.rec.errs if v not in needed]:

@@ -130,6 +130,8 @@ class Tracer(Handles, TorchFunctionMode):
         value = t.detach().to(F64)
         handle = Traced(value, var)
         self.rec.values[var.id] = value
+        if value._base is None and value.data_ptr() != t.data_ptr():  # (a copy of ours, not the user's storage)
+            self.rec.nbytes += value.untyped_storage().nbytes()
         self.inputs.append(var)
         self.input_names.append(name)
         self._bind(t, handle)

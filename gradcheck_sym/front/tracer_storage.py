@@ -116,6 +116,11 @@ class Storage:
                 handle = P.stop(handle, r.cut, -1)
         r.handle, r.root_handle = handle, root.handle
 
+    def _stale(self, note: Note, old: Any) -> None:
+        """A tensor's value changed behind autograd's back; `old` is its value before (a subclass may wait for a
+        backward that reaches it before saying so)."""
+        self.notes.append(note)
+
     def _write(self, t: torch.Tensor, new: Any) -> None:
         """`t` was changed in place to `new` (a handle): change it, its storage's root and (lazily) views."""
         r = self.recs.get(id(t))
@@ -125,9 +130,9 @@ class Storage:
         if r.cut in (".data", "detach") and root_t is not None and self.sites[self._site].custom is None and (
                 root_t.grad_fn is not None or (root_t.requires_grad and r.root.used)):
             how = "`.data`" if r.cut == ".data" else "a `.detach()`ed alias"
-            self.notes.append(Note("stale-graph", self._site, f"in-place change through {how} of a tensor "
-                                   + (f"with a graph ({type(root_t.grad_fn).__name__})" if root_t.grad_fn else
-                                      "already used in the graph")))
+            self._stale(Note("stale-graph", self._site, f"in-place change through {how} of a tensor "
+                             + (f"with a graph ({type(root_t.grad_fn).__name__})" if root_t.grad_fn else
+                                "already used in the graph")), r.root.handle)
         r.handle, r.version = new, t._version
         root = r.root
         if root is None:

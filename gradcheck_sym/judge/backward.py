@@ -40,7 +40,7 @@ class Plan:
     bounds: dict[int, Any] | None = None
     program: Any = None  # the forward program the sweep went over
     rounded: dict[int, Any] | None = None  # the sweep recomputed in the user's dtype (a noise sample)
-    custom: bool | None = None  # whether the program has a custom Function's forward (its backward is the user's)
+    custom: set[int] | None = None  # the variables whose gradient comes through a custom Function's backward
     _written: Any = None
 
     def written(self) -> Any:
@@ -50,11 +50,15 @@ class Plan:
         return self._written
 
 
-def _through_custom(program: Any) -> bool:
-    """Whether an equation of `program` is a custom Function's forward: the gradient through it is the user's
-    backward, computed by a formula our measured rounding sample does not follow."""
+def _through_custom(program: Any) -> set[int]:
+    """The variables of `program` upstream of a custom Function's forward: their gradient comes through the
+    user's backward, computed by a formula our measured rounding sample does not follow."""
     sites = program.sites
-    return any(0 <= e.site < len(sites) and sites[e.site].custom is not None for e in program.eqns)
+    marked: set[int] = set()
+    for e in reversed(program.eqns):
+        if (0 <= e.site < len(sites) and sites[e.site].custom is not None) or any(v.id in marked for v in e.outputs):
+            marked.update(a.id for a in e.inputs if isinstance(a, Var))
+    return marked
 
 
 class BackwardVerifier:
@@ -234,9 +238,9 @@ class BackwardVerifier:
             return None if top == 0.0 or not torch.isfinite(d).all() else d + top
 
         if plan.custom is None:
-            plan.custom = plan.program is not None and _through_custom(plan.program)
+            plan.custom = _through_custom(plan.program) if plan.program is not None else set()
         verdicts = classify(a, r, u=u, tiny=tiny, bound=bound, cut=cut, slack=slack, scale=scale, measured=measured,
-                            foreign=plan.custom)
+                            foreign=var is not None and var.id in plan.custom)
         if verdicts.unmeasured and verdicts.ok:
             ev.checked -= 1
             n = verdicts.unmeasured

@@ -159,6 +159,8 @@ class Recorder(Interpreter):
         if not isinstance(value, torch.Tensor):
             value = torch.tensor(float(value), dtype=F64)
         self.consts.append(value)
+        if value._base is None:  # (a batch of data captured as a constant counts as much as a value)
+            self.nbytes += value.untyped_storage().nbytes()
         return Const(self.const_base + len(self.consts) - 1, tuple(value.shape), str(value.dtype).replace("torch.", ""))
 
 
