@@ -30,6 +30,9 @@ PUBLISHED = [(ROOT / "tests" / "scripts" / "teaching" / name, {"POINTS": "2000",
 # memory); batch 256 for 6 steps is verified, and 1,024 shows the stop
 PUBLISHED += [(ROOT / "tests" / "scripts" / "teaching" / "convbn_tutorial.py", {"B": b, "N": n})
               for b, n in (("256", "6"), ("1024", "4"))]
+# an MNIST-sized batch-norm MLP for one epoch at batch 64; the backprop lecture's 100 checked training steps
+PUBLISHED += [(ROOT / "tests" / "scripts" / "teaching" / "mnist_bn_mlp.py", {"N": "938"}),
+              (ROOT / "tests" / "scripts" / "teaching" / "backprop_by_hand.py", {"N": "100"})]
 
 
 def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, int, str]:

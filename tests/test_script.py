@@ -812,3 +812,39 @@ def test_a_backward_that_raises_is_not_counted_as_verified(tmp_path):
     report = gs.run_script(_script(tmp_path, text))
     assert report.exit_code == 1 and "RuntimeError" in (report.error or "")
     assert report.summary["verified"] == 0 and report.summary["not_verified"] == 1
+
+
+def test_a_detached_copy_made_a_leaf_leaves_its_base_a_constant(tmp_path):
+    # `xr = x.detach().requires_grad_()` shares x's storage: x used later was taken for a view of xr, and the exact
+    # gradient of xr got a part autograd never gives it (a false mismatch, found by review).
+    text = ("import torch\ntorch.manual_seed(0)\nw = torch.randn(3, requires_grad=True)\nx = torch.randn(3)\n"
+            "xr = x.detach().requires_grad_()\n(xr * 2).sum().backward()\n(torch.tanh(x * w)).sum().backward()\n"
+            "print(w.grad, xr.grad)\n")
+    report = gs.run_script(_script(tmp_path, text))
+    assert report.ok and report.summary["verified"] == 2 and report.findings == (), str(report)
+
+
+def test_a_leaf_updated_through_data_is_a_new_value_and_the_program_does_not_grow(tmp_path, monkeypatch):
+    # Gradients by hand under no_grad, then `p.data += -lr * grad` (a backprop lecture's training loop): the update
+    # was kept as a function of the old value, so every program held all the iterations before it (78x plain).
+    from gradcheck_sym.front import script_tracer
+
+    sizes = []
+    around = script_tracer.ScriptTracer._around
+
+    def spy(self, *args, **kwargs):
+        out = around(self, *args, **kwargs)
+        sizes.append(len(self.rec.eqns))
+        return out
+
+    monkeypatch.setattr(script_tracer.ScriptTracer, "_around", spy)
+    text = ("import torch\ntorch.manual_seed(0)\nW = torch.randn(4, 3, requires_grad=True)\n"
+            "for i in range(12):\n"
+            "    x = torch.randn(8, 4)\n    h = torch.tanh(x @ W)\n    loss = (h ** 2).mean()\n"
+            "    W.grad = None\n    loss.backward()\n"
+            "    with torch.no_grad():\n        dW = x.T @ ((1 - h ** 2) * 2 * h / h.numel())\n"
+            "    W.data += -0.1 * dW\n"
+            "print(float((W.grad - dW).abs().max()))\n")
+    report = gs.run_script(_script(tmp_path, text))
+    assert report.ok and report.summary["verified"] == 12 and report.findings == (), str(report)
+    assert sizes[-1] <= sizes[1] + 2, sizes

@@ -16,7 +16,7 @@ TEACHING = sorted((ROOT / "scripts" / "teaching").glob("*.py"))
 EXPECTED = {
     "batchnorm_mlp.py": [], "conv_bn_function.py": [], "d2l_autograd.py": ["untracked"], "gentle_intro.py": [],
     "legendre.py": [], "micro_mlp.py": [], "nn_rmsprop.py": [], "mnist_bn_mlp.py": [], "fused_conv_bn.py": [],
-    "conv_bias_bn.py": [], "convbn_tutorial.py": [],
+    "conv_bias_bn.py": [], "convbn_tutorial.py": [], "backprop_by_hand.py": [],
 }
 
 
@@ -83,6 +83,6 @@ def test_without_a_measured_noise_the_deep_batch_norm_mlp_is_not_verified_and_na
     report = gs.run_script(str(ROOT / "scripts" / "teaching" / "mnist_bn_mlp.py"))
     assert report.exit_code == 0 and report.summary["verified"] == 0 and report.summary["not_verified"] == 3
     (warning,) = [f for f in report.findings if f.kind == "not-verified" and f.severity == "warning"]
-    assert (warning.line, warning.count, warning.last_line) == (15, 3, 15)
+    assert (warning.line, warning.count, warning.last_line) == (17, 3, 17)
     assert "exceeds the largest gradient entry of this backward at" in warning.message
     assert " entries of net.0.weight (a long chain" in warning.message

@@ -350,6 +350,13 @@ class ScriptTracer(Tracer):
             self._new_leaf(t)
             return
         super()._write(t, new)
+        r = self.recs.get(id(t))
+        root = r.root.tensor if r is not None and r.tensor is t and r.root is not None else None
+        if root is not None and r.cut in (".data", "detach") and root.is_leaf and root.requires_grad:
+            # `w.data -= lr * g`: a leaf changed behind autograd's back is a new value of it, as an optimizer's step
+            # makes one; kept as a function of the old value, every later program would hold all the iterations
+            # before it (a backprop lecture's training loop went 78x slower than plain)
+            self._new_leaf(root)
 
     # ------------------------------------------------------------ the mode
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:

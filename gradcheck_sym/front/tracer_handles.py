@@ -71,6 +71,10 @@ class Handles(Storage):
             r.used = True
             return r.handle
         alias = self._root_of(t)
+        if alias is not None and not t.requires_grad and alias.tensor is not None and alias.tensor.requires_grad:
+            # shares storage with a tensor autograd follows, but autograd does not follow this one: not a view of it
+            # but its base or a sibling (`xr = x.detach().requires_grad_()`, then x used): a constant of its value
+            return self._unknown(t)
         if alias is not None:  # shares storage with a known tensor: a view we did not see made
             with interpreting(self.rec):
                 handle = self._view_of(alias, t)
