@@ -32,7 +32,7 @@ from .tracer import Tracer
 from ..ops.core import leaves
 from .script_infos import Backward, InfoLog, TensorInfo
 from .tracer_calls import _PROPERTY_TENSORS, _QUIET, _name, foreign_types
-from .tracer_sites import Note, _user_frame, dispatching_frame
+from .tracer_sites import _PACKAGE_DIR, Note, _user_frame, dispatching_frame
 
 __all__ = ["ScriptTracer", "Backward", "TensorInfo"]
 
@@ -88,7 +88,7 @@ def _flat(obj: Any) -> list[Any]:
 
 
 _CHECKERS = (os.path.join("torch", "autograd", "gradcheck.py"), os.path.join("torch", "autograd", "functional.py"))
-_CHECKER_FILES: dict[str, bool] = {}  # a code file name -> whether it is one of _CHECKERS
+_CHECKER_FILES: dict[str, int] = {}  # a code file name -> 1: one of _CHECKERS, 2: ours, 0: other
 
 # Memory (see ScriptTracer._check_memory): looked at every MEMORY_STEP bytes of float64 values recorded since the
 # last backward; the sweep of a conv + batch-norm net peaked at 4.5x its recorded values (batch 128) on top of them.
@@ -449,17 +449,21 @@ class ScriptTracer(Tracer):
 
     # ------------------------------------------------------------ backward
     def _checking_itself(self, depth: int = 2) -> bool:
-        """Whether torch's gradcheck or torch.autograd.functional is on the stack (looked at for every traced op:
-        one set lookup per frame, each file name classified once)."""
+        """Whether torch's gradcheck or torch.autograd.functional is on the stack between here and our runner
+        (looked at for every traced op: one dict lookup per frame, each file name classified once)."""
         frame = sys._getframe(depth)
         known = _CHECKER_FILES
+        outside = False  # past our own frames at the top (the tracer's): the next frame of ours is the runner's
         while frame is not None:
             name = frame.f_code.co_filename
-            found = known.get(name)
-            if found is None:
-                found = known[name] = name.endswith(_CHECKERS)
-            if found:
+            kind = known.get(name)
+            if kind is None:
+                kind = known[name] = 1 if name.endswith(_CHECKERS) else 2 if name.startswith(_PACKAGE_DIR) else 0
+            if kind == 1:
                 return True
+            if kind == 2 and outside:
+                return False  # (the runner's frame: the script is above it, nothing more to look at)
+            outside = outside or kind == 0
             frame = frame.f_back  # type: ignore[assignment]
         return False
 

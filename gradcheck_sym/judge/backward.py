@@ -237,10 +237,13 @@ class BackwardVerifier:
             top = abs_max(d)
             return None if top == 0.0 or not torch.isfinite(d).all() else d + top
 
-        if plan.custom is None:
-            plan.custom = _through_custom(plan.program) if plan.program is not None else set()
+        def foreign() -> bool:  # (asked only where a measured noise decides)
+            if plan.custom is None:
+                plan.custom = _through_custom(plan.program) if plan.program is not None else set()
+            return var is not None and var.id in plan.custom
+
         verdicts = classify(a, r, u=u, tiny=tiny, bound=bound, cut=cut, slack=slack, scale=scale, measured=measured,
-                            foreign=var is not None and var.id in plan.custom)
+                            foreign=foreign)
         if verdicts.unmeasured and verdicts.ok:
             ev.checked -= 1
             n = verdicts.unmeasured

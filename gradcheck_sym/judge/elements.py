@@ -70,7 +70,7 @@ def classify(a: torch.Tensor, r: torch.Tensor, *, u: float, tiny: float, bound: 
              rtol: float | None = None, atol: float | None = None, slack: torch.Tensor | None = None,
              intended: torch.Tensor | None = None, kink_anywhere: Callable[[], bool] | None = None,
              scale: float | None = None, measured: Callable[[], Any] | None = None,
-             foreign: bool = False) -> Verdicts:
+             foreign: bool | Callable[[], bool] = False) -> Verdicts:
     """The verdict of every element (see the module docstring).
 
     Only the elements that fail the cheap test go through the rest, gathered into a flat vector (a
@@ -92,10 +92,10 @@ def classify(a: torch.Tensor, r: torch.Tensor, *, u: float, tiny: float, bound: 
         measured: () -> a measured rounding noise (absolute, broadcastable to `a`, or None), used in place of
             the bound where it is smaller and the bound is above LOOSE of the scale (the worst case compounds
             through every layer of a deep float32 net; a measured sample of the noise does not).
-        foreign: the gradient came through a formula the measured sample does not follow (a custom Function's
-            backward: its own rounding can be 100x our formulas' under cancellation): an entry outside the
-            measured noise but within FOREIGN_NOISE times it (and the worst-case bound) is then counted in
-            `unmeasured`, not failed.
+        foreign: (or a () -> bool asked only where it matters) the gradient came through a formula the measured
+            sample does not follow (a custom Function's backward: its own rounding can be 100x our formulas' under
+            cancellation): an entry outside the measured noise but within FOREIGN_NOISE times it (and the worst-case
+            bound) is then counted in `unmeasured`, not failed.
     """
     ok = cheap(a, r, u, rtol, atol)
     if bool(ok.all()):
@@ -155,7 +155,7 @@ def classify(a: torch.Tensor, r: torch.Tensor, *, u: float, tiny: float, bound: 
     finite = torch.isfinite(A) & torch.isfinite(R)
     bad = ~(finite & ((A - R).abs() <= tol))
     unmeasured, inside = 0, None
-    if foreign and worst is not None:
+    if worst is not None and (foreign() if callable(foreign) else foreign):
         inside = bad & finite & ((A - R).abs() <= worst + extra)
         unmeasured = int(inside.sum())
         bad = bad & ~inside

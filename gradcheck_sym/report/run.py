@@ -62,10 +62,14 @@ def summary_value(t: Any) -> Any:
         return float(t)
     if n <= 6:
         return [float(v) for v in flat] if t.dim() == 1 else t.tolist()
-    finite = flat[flat == flat]
+    first = [float(v) for v in flat[:3].tolist()]
+    if flat.is_floating_point():  # one pass for both ends (a training loop summarises tensors by the thousand)
+        low, high = (float(v) for v in flat.aminmax())
+        if low == low and high == high:
+            return {"shape": list(t.shape), "min": low, "max": high, "first": first}
+    finite = flat[flat == flat]  # (NaN entries left out)
     return {"shape": list(t.shape), "min": float(finite.min()) if finite.numel() else float("nan"),
-            "max": float(finite.max()) if finite.numel() else float("nan"),
-            "first": [float(v) for v in flat[:3]]}
+            "max": float(finite.max()) if finite.numel() else float("nan"), "first": first}
 
 
 @dataclass(frozen=True)
