@@ -848,3 +848,24 @@ def test_a_leaf_updated_through_data_is_a_new_value_and_the_program_does_not_gro
     report = gs.run_script(_script(tmp_path, text))
     assert report.ok and report.summary["verified"] == 12 and report.findings == (), str(report)
     assert sizes[-1] <= sizes[1] + 2, sizes
+
+
+def test_a_partial_data_change_before_the_backward_is_a_stale_graph(tmp_path):
+    # `w.data[0] += 1` writes the view first: the handle through `.data` was already the new value, the note waited
+    # on it, and the finding became a mismatch blaming the backward (found by review).
+    text = ("import torch\ntorch.manual_seed(0)\nw = torch.randn(5, requires_grad=True)\ny = (w * w).sum()\n"
+            "w.data[0] += 1.0\ny.backward()\nprint(w.grad)\n")
+    report = gs.run_script(_script(tmp_path, text))
+    assert [(f.kind, f.line) for f in report.findings if f.severity == "error"] == [("stale-graph", 5)], str(report)
+
+
+def test_the_memory_look_between_the_outputs_of_one_op_drops_nothing(tmp_path, monkeypatch):
+    # A prune run by the memory guard after `split`'s first output was bound dropped the second's equation: the
+    # backward was "internal error (KeyError)" (found by review).  Now it runs once the op's results are all bound.
+    from gradcheck_sym.front import script_tracer
+
+    monkeypatch.setattr(script_tracer, "MEMORY_STEP", 1)
+    text = ("import torch\nx = torch.randn(6, requires_grad=True)\na, b = (x * 2).split(3)\n"
+            "loss = (a * a).sum() + (b * b * b).sum()\nloss.backward()\n")
+    report = gs.run_script(_script(tmp_path, text))
+    assert report.ok and report.summary["verified"] == 1, str(report)

@@ -33,6 +33,7 @@ class TensorInfo:
     shape: tuple[int, ...] = ()
     retains: bool = False
     hooks: list[int] = field(default_factory=list)
+    leaf_vars: list[int] = field(default_factory=list)  # the variables of its leaf versions, oldest first
     grad_fn: str | None = None
     requires_grad: bool = True
     value: Any = None

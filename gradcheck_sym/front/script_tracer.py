@@ -134,7 +134,7 @@ class ScriptTracer(Tracer):
         # step: the traced parameters' versions as the step found them (see optimizer_hooks)
         self._mem_base = 0  # the recorded values' bytes after the last prune (see _check_memory)
         # stale-graph notes waiting for a backward that reaches the value before the change (see _stale)
-        self._stale_pending: list[tuple[Note, int]] = []
+        self._stale_pending: list[tuple[Note, frozenset[int]]] = []
         self._mem_next = MEMORY_STEP
 
     # ------------------------------------------------------------ optimizer steps
@@ -203,6 +203,7 @@ class ScriptTracer(Tracer):
             self.all_infos.add(info)
         info.version = version
         info.value = t.detach().to(F64).clone()
+        info.leaf_vars.append(handle.var.id)
         return handle
 
     def _weak(self, t: torch.Tensor, info: TensorInfo) -> Any:
@@ -279,14 +280,16 @@ class ScriptTracer(Tracer):
         self._item_seen.clear()
         return True
 
-    def _on_output(self, t: torch.Tensor, h: Any, site: int) -> None:
+    def _recorded(self, site: int) -> None:
         if self.rec.nbytes - self._mem_base > self._mem_next:
             # let go of what died since the last backward first (a validation loop with grad on, and no backward,
-            # records as it goes)
+            # records as it goes); only here, once every result of the op is bound (a prune between two outputs
+            # of `split` dropped the second's equation)
             self.prune(forget_items=False)
             self._mem_base = min(self._mem_base, self.rec.nbytes)
-            if self._check_memory(self.sites[site].where):
-                return
+            self._check_memory(self.sites[site].where)
+
+    def _on_output(self, t: torch.Tensor, h: Any, site: int) -> None:
         # Named results that take part in autograd (or were cut) get a row: the lessons' z, w, out.
         s = self.sites[site]
         anc: set[int] = set()
@@ -325,13 +328,17 @@ class ScriptTracer(Tracer):
         if not self.stopped:
             self.stopped = f"{why}; later backwards are not verified"
 
-    def _stale(self, note: Note, old: Any) -> None:
+    def _stale(self, note: Note, old: Any, root: torch.Tensor) -> None:
         # `w.data -= lr * w.grad` after the backward (SGD by hand, in many tutorials) makes no stale graph: the
-        # graph that used the old value is done with.  Only a backward that still reaches it does.
-        if isinstance(old, Traced):
-            self._stale_pending.append((note, old.var.id))
-        else:
+        # graph that used the old value is done with.  Only a backward that still reaches it does.  The values
+        # before: its handle, and every leaf version it had (`w.data[0] += 1` writes the view first, and the
+        # handle is already the new value when the write through `.data` comes)
+        if not isinstance(old, Traced):
             self.notes.append(note)
+            return
+        info = self.infos.get(id(root))
+        before = {old.var.id, *(info.leaf_vars if info is not None and info.ref() is root else ())}
+        self._stale_pending.append((note, frozenset(before)))
 
     def _stale_reached(self, plan: Any) -> None:
         """The stale-graph notes of changes whose old value this backward differentiates through."""
@@ -340,7 +347,7 @@ class ScriptTracer(Tracer):
         # as autograd differentiates: with the cuts as constants (the new value `w.data -= ...` wrote is, in the
         # math, a function of the old one through `.data`, which autograd does not follow)
         reached = plan.cut if plan.cut is not None else plan.cts
-        for item in [p for p in self._stale_pending if p[1] in reached]:
+        for item in [p for p in self._stale_pending if any(v in reached for v in p[1])]:
             self._stale_pending.remove(item)
             if item[0] not in self.notes:
                 self.notes.append(item[0])
@@ -610,7 +617,7 @@ class ScriptTracer(Tracer):
         self.rec.consts[:] = [self.rec.consts[i] for i in used]
         for vid in [v for v in self.rec.values if v not in needed]:
             del self.rec.values[vid]
-        self._stale_pending = [p for p in self._stale_pending if p[1] in needed]
+        self._stale_pending = [p for p in self._stale_pending if any(v in needed for v in p[1])]
         self.rec.nbytes = sum(v.untyped_storage().nbytes() for v in [*self.rec.values.values(), *self.rec.consts]
                               if isinstance(v, torch.Tensor) and v._base is None)
         if self.rec.errs is not None:

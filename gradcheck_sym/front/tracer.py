@@ -304,6 +304,7 @@ class Tracer(Handles, TorchFunctionMode):
             self.region.on = True
         if target is not None:
             self._write(target, results[0])
+            self._recorded(site)
             return
         ins = {id(x) for x in _flat_handles(self, args, kwargs)} if self.call is not None else set()
         for t, h in zip(outs, results):
@@ -319,9 +320,13 @@ class Tracer(Handles, TorchFunctionMode):
                 self.call_of[len(self.rec.eqns) - 1] = self.call  # type: ignore[assignment]
             self._bind(t, h, cut="detach" if base == "detach" else None)
             self._on_output(t, h, site)
+        self._recorded(site)
 
     def _on_output(self, t: torch.Tensor, h: Any, site: int) -> None:
         """A hook for subclasses: tensor `t` was made at `site` (the script runner names it)."""
+
+    def _recorded(self, site: int) -> None:
+        """A hook for subclasses: every result of the op at `site` is bound."""
 
     def _working_dtype(self, base: str, result: torch.Tensor, args: tuple, kwargs: dict) -> str:
         """The dtype the op's rounding is charged in: its result's, or a coarser one a traced input has (torch

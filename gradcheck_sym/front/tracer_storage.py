@@ -116,9 +116,9 @@ class Storage:
                 handle = P.stop(handle, r.cut, -1)
         r.handle, r.root_handle = handle, root.handle
 
-    def _stale(self, note: Note, old: Any) -> None:
-        """A tensor's value changed behind autograd's back; `old` is its value before (a subclass may wait for a
-        backward that reaches it before saying so)."""
+    def _stale(self, note: Note, old: Any, root: torch.Tensor) -> None:
+        """`root`'s value changed behind autograd's back; `old` is its handle before (a subclass may wait for a
+        backward that reaches its value before the change before saying so)."""
         self.notes.append(note)
 
     def _write(self, t: torch.Tensor, new: Any) -> None:
@@ -132,7 +132,7 @@ class Storage:
             how = "`.data`" if r.cut == ".data" else "a `.detach()`ed alias"
             self._stale(Note("stale-graph", self._site, f"in-place change through {how} of a tensor "
                              + (f"with a graph ({type(root_t.grad_fn).__name__})" if root_t.grad_fn else
-                                "already used in the graph")), r.root.handle)
+                                "already used in the graph")), r.root.handle, root_t)
         r.handle, r.version = new, t._version
         root = r.root
         if root is None:
