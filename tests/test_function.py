@@ -321,3 +321,12 @@ def test_a_function_that_computes_on_a_gpu_inside_is_refused_by_its_line(monkeyp
                                                r"\(the reference runs on the CPU\): gradients through them are not "
                                                r"verified\n"):
         gs.check_function(lambda x: (x * on_gpu).sum() + x.sum(), torch.randn(3, dtype=torch.float64))
+
+
+def test_a_sparse_result_is_not_verified_not_a_false_mismatch():
+    # Counting the recording's bytes asked a sparse tensor for its storage, which raised inside our recording: the
+    # output was left unbound, a constant, and a mismatch (exact 0) was reported for correct code (the OpInfo sweep).
+    x = torch.randn(5, 5, dtype=torch.float64)
+    report = gs.check_function(lambda t: t.to_sparse().to_dense() * 2, x)
+    assert [f.kind for f in report.findings] == ["not-verified"], report.findings
+    assert "to_dense" in report.findings[0].message

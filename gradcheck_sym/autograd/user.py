@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..errors import GradcheckSymError, UnsupportedError
+from ..errors import InternalError, GradcheckSymError, UnsupportedError
 from ..front.tracer import Tracer, internal_file
 from ..ir.program import Program
 
@@ -152,6 +152,8 @@ def run_traced(call: Callable[[list[torch.Tensor]], Any], values: Sequence[torch
         raise
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's error, with the user's traceback
         raise FunctionError(exc) from None
+    if tracer.gave_up:  # our recording failed where it could not even mark the result opaque: ours, not the user's
+        raise InternalError(RuntimeError(tracer.gave_up))
     outputs = check_outputs(out)
     program = tracer.program([tracer.v(t) for t in outputs])
     return TracedRun(leaves, outputs, [tuple(t.shape) for t in outputs], tracer, program, tracer.env(), rng)

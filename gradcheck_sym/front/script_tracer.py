@@ -27,7 +27,7 @@ from typing import Any, Iterator
 import torch
 
 from ..ir.program import Const, Program, Var
-from ..reference.interpret import Traced
+from ..reference.interpret import Traced, own_bytes
 from .tracer import Tracer
 from ..ops.core import leaves
 from .script_infos import Backward, InfoLog, TensorInfo
@@ -244,8 +244,7 @@ class ScriptTracer(Tracer):
         leaves = 0
         if backward:
             values = self.rec.values
-            leaves = sum(values[v.id].untyped_storage().nbytes() for v in self.inputs
-                         if isinstance(values.get(v.id), torch.Tensor))
+            leaves = sum(own_bytes(values.get(v.id)) for v in self.inputs)
         need = SWEEP_MEMORY * grown + 2 * leaves
         if need < SWEEP_MEMORY * MEMORY_STEP:
             return False  # (small: not worth a look)
@@ -618,8 +617,7 @@ class ScriptTracer(Tracer):
         for vid in [v for v in self.rec.values if v not in needed]:
             del self.rec.values[vid]
         self._stale_pending = [p for p in self._stale_pending if any(v in needed for v in p[1])]
-        self.rec.nbytes = sum(v.untyped_storage().nbytes() for v in [*self.rec.values.values(), *self.rec.consts]
-                              if isinstance(v, torch.Tensor) and v._base is None)
+        self.rec.nbytes = sum(own_bytes(v) for v in [*self.rec.values.values(), *self.rec.consts])
         if self.rec.errs is not None:
             for vid in [v for v in self.rec.errs if v not in needed]:
                 del self.rec.errs[vid]

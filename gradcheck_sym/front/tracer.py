@@ -40,7 +40,7 @@ from ..ops import prims as P
 from ..ops.core import interpreting
 from ..ops.ew import IDENT
 from ..ops.torch import RULES, Refused, bind_args
-from ..reference.interpret import UNIT_ROUNDOFF, Recorder, Traced
+from ..reference.interpret import UNIT_ROUNDOFF, Recorder, Traced, own_bytes
 from .tracer_calls import (_CASTS, _PASS, _PROPERTY_TENSORS, _QUIET, _RANDOM, _dtype_name, _name, _normalise, _tensors,
                            _walk, foreign_types)
 from .tracer_handles import Handles, _any_traced, _flat_handles
@@ -103,6 +103,7 @@ class Tracer(Handles, TorchFunctionMode):
         self.sites: list[Site] = []
         self.cuts: list[Cut] = []
         self.notes: list[Note] = []
+        self.gave_up = ""  # why our recording failed beyond repair, if it did (see _gave_up)
         self.items: dict[float, Any] = {}
         self.leaks: list[tuple[Traced, int]] = []
         self.custom: list[str] = []
@@ -130,8 +131,8 @@ class Tracer(Handles, TorchFunctionMode):
         value = t.detach().to(F64)
         handle = Traced(value, var)
         self.rec.values[var.id] = value
-        if value._base is None and value.data_ptr() != t.data_ptr():  # (a copy of ours, not the user's storage)
-            self.rec.nbytes += value.untyped_storage().nbytes()
+        if value is not t and value.layout == torch.strided and value.data_ptr() != t.data_ptr():
+            self.rec.nbytes += own_bytes(value)  # (a copy of ours, not the user's storage)
         self.inputs.append(var)
         self.input_names.append(name)
         self._bind(t, handle)
@@ -247,7 +248,9 @@ class Tracer(Handles, TorchFunctionMode):
             self._gave_up(text)
 
     def _gave_up(self, why: str) -> None:
-        """Our recording failed beyond repair (a subclass may stop judging what follows)."""
+        """Our recording failed beyond repair: nothing after it can be judged (`run_traced` then raises an internal
+        error; the script runner stops judging instead)."""
+        self.gave_up = self.gave_up or why
 
     def _record(self, func: Any, name: str, args: tuple, kwargs: dict, out: Any) -> None:
         self.args, self.kwargs = args, kwargs

@@ -100,6 +100,16 @@ class Traced:
         return self.value.dtype
 
 
+def own_bytes(x: Any) -> int:
+    """The bytes of `x`'s own storage: 0 for a view, a sparse or meta tensor, anything without one."""
+    if not isinstance(x, torch.Tensor) or x._base is not None or x.layout != torch.strided:
+        return 0
+    try:
+        return x.untyped_storage().nbytes()
+    except (RuntimeError, NotImplementedError):
+        return 0
+
+
 class Recorder(Interpreter):
     """Evaluate eagerly *and* write each primitive application down as an equation."""
 
@@ -143,8 +153,7 @@ class Recorder(Interpreter):
         self.eqns.append(Eqn(prim.name, atoms, tuple(vars_), dict(params), self.site))
         for v, o in zip(vars_, outs):
             self.values[v.id] = o
-            if isinstance(o, torch.Tensor) and o._base is None:
-                self.nbytes += o.untyped_storage().nbytes()
+            self.nbytes += own_bytes(o)
         if self.errs is not None and not self.lazy and all(isinstance(o, torch.Tensor) and o.is_floating_point()
                                                            for o in outs):
             in_errs = [self.errs.get(a.var.id) if isinstance(a, Traced) else None for a in args]
@@ -159,8 +168,7 @@ class Recorder(Interpreter):
         if not isinstance(value, torch.Tensor):
             value = torch.tensor(float(value), dtype=F64)
         self.consts.append(value)
-        if value._base is None:  # (a batch of data captured as a constant counts as much as a value)
-            self.nbytes += value.untyped_storage().nbytes()
+        self.nbytes += own_bytes(value)  # (a batch of data captured as a constant counts as much as a value)
         return Const(self.const_base + len(self.consts) - 1, tuple(value.shape), str(value.dtype).replace("torch.", ""))
 
 
