@@ -44,6 +44,7 @@ def _check(expression: str, options: dict, *, as_json: bool, graph: str | None =
 def _run(args: argparse.Namespace) -> int:
     import contextlib
 
+    from .front.allocator import keep_freed_memory
     from .front.script import run_script
 
     sys.stdout.flush()
@@ -51,7 +52,8 @@ def _run(args: argparse.Namespace) -> int:
     # With the JSON on stdout, the script's own output goes to stderr: stdout stays one JSON document.
     redirect = contextlib.redirect_stdout(sys.stderr) if to_stdout else contextlib.nullcontext()
     timeout = args.run_timeout or args.timeout  # under run, a time limit stops the verifying, not the script
-    with redirect:
+    # (this process is ours and ends with the run: glibc's malloc keeps freed memory while the script runs)
+    with redirect, keep_freed_memory():
         report = run_script(args.script, args.script_args, timeout=timeout)
     sys.stdout.flush()
     if args.json_file:

@@ -3,7 +3,9 @@
 import json
 import re
 import shutil
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ import torch
 
 import gradcheck_sym as gs
 from gradcheck_sym.cli import main
-from gradcheck_sym.report.run import EXPLANATIONS
+from gradcheck_sym.report.run import EXPLANATIONS, SEVERITY
 
 ROOT = Path(__file__).parent.parent
 LESSONS = sorted((ROOT / "examples" / "lessons").glob("*.py"))
@@ -64,7 +66,8 @@ def test_explanations_are_pinned():
         "differentiates a computation that no longer matches the numbers.",
         "Use .detach() for a constant, or keep the operation in the graph (e.g. z = z * 2).")
     assert set(EXPLANATIONS) == {"mismatch", "untracked", "stale-graph", "hook", "nonleaf-grad", "nondifferentiable",
-                                 "nonfinite", "not-verified", "no-autograd", "self-check"}
+                                 "nonfinite", "not-verified", "no-autograd", "self-check", "replayed"}
+    assert SEVERITY["replayed"] == "info"
 
 
 def test_accumulation_retain_graph_and_grad_none():
@@ -725,10 +728,10 @@ def test_a_recording_that_would_not_fit_in_memory_stops_and_the_script_runs_on(t
     # A published conv + batch-norm tutorial at its batch of 4,096 needs ~100 GB of float64 copies and sweeps: the
     # script must not be killed for our sake.  The recording stops (and lets go of what it held); the backwards
     # after it are not verified, with the reason; the script's output and exit code are its own.
-    from gradcheck_sym.front import script_tracer
+    from gradcheck_sym.front import script_memory, script_tracer
 
-    monkeypatch.setattr(script_tracer, "MEMORY_STEP", 2**20)
-    monkeypatch.setattr(script_tracer, "memory_available", lambda: 3 * 2**20)
+    monkeypatch.setattr(script_memory, "MEMORY_STEP", 2**20)
+    monkeypatch.setattr(script_memory, "memory_available", lambda: 3 * 2**20)
     text = ("import torch\n"
             "w = torch.randn(64, 64, requires_grad=True)\n"
             "for step in range(3):\n"
@@ -760,12 +763,12 @@ def test_a_recording_that_would_not_fit_in_memory_stops_and_the_script_runs_on(t
             done.append(1)
 
     monkeypatch.setattr(script_tracer.ScriptTracer, "_around", counted)
-    monkeypatch.setattr(script_tracer, "memory_available", lambda: 3 * 2**20 if done else 2**40)
+    monkeypatch.setattr(script_memory, "memory_available", lambda: 3 * 2**20 if done else 2**40)
     report = gs.run_script(path)
     assert report.summary["verified"] == 1 and report.summary["not_verified"] == 2
     w = _row(report, "w")
     assert w.status == "not verified" and w.exact is None
-    monkeypatch.setattr(script_tracer, "memory_available", lambda: 2**40)  # with room: every backward verified
+    monkeypatch.setattr(script_memory, "memory_available", lambda: 2**40)  # with room: every backward verified
     report = gs.run_script(path)
     assert report.ok and report.summary["verified"] == 3
 
@@ -863,10 +866,74 @@ def test_a_partial_data_change_before_the_backward_is_a_stale_graph(tmp_path):
 def test_the_memory_look_between_the_outputs_of_one_op_drops_nothing(tmp_path, monkeypatch):
     # A prune run by the memory guard after `split`'s first output was bound dropped the second's equation: the
     # backward was "internal error (KeyError)" (found by review).  Now it runs once the op's results are all bound.
-    from gradcheck_sym.front import script_tracer
+    from gradcheck_sym.front import script_memory
 
-    monkeypatch.setattr(script_tracer, "MEMORY_STEP", 1)
+    monkeypatch.setattr(script_memory, "MEMORY_STEP", 1)
     text = ("import torch\nx = torch.randn(6, requires_grad=True)\na, b = (x * 2).split(3)\n"
             "loss = (a * a).sum() + (b * b * b).sum()\nloss.backward()\n")
     report = gs.run_script(_script(tmp_path, text))
     assert report.ok and report.summary["verified"] == 1, str(report)
+
+
+def test_the_command_line_run_keeps_freed_memory_for_reuse_and_a_library_call_does_not(tmp_path):
+    # a float64 reference allocates and frees tensors of tens of MB per backward; glibc unmapped each and
+    # faulted every page in again (two thirds of a conv tutorial's run): `gradcheck-sym run` keeps them for reuse.
+    # (In a subprocess: the mallopt it does ends glibc's dynamic mmap threshold for the rest of the process.)
+    code = textwrap.dedent("""
+        import torch
+        from gradcheck_sym.front import allocator
+        if allocator._LIBC is None:
+            print("not glibc"); raise SystemExit
+        assert allocator.held_free() == 0  # outside a run: nothing counted, nothing changed
+        size = 64 * 2**20
+        with allocator.keep_freed_memory():
+            x = torch.ones(size // 8, dtype=torch.float64)
+            del x
+            held = allocator.held_free()
+            assert held >= size, held  # freed, and still ours to reuse
+            available = allocator.memory_available()
+            assert available is not None and available >= held  # counted as available by the memory guard
+        assert allocator.held_free() == 0 and allocator._keeping == 0
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() in ("ok", "not glibc"), done.stderr
+    # the command line's run keeps freed memory while the script runs; the library's run_script leaves the caller's
+    # malloc alone (the script runs in our process: it can look)
+    path = _script(tmp_path, "from gradcheck_sym.front import allocator\nprint('keeping', allocator._keeping)\n")
+    done = subprocess.run([sys.executable, "-m", "gradcheck_sym", "run", path], capture_output=True, text=True,
+                          timeout=120)
+    assert done.stdout.startswith("keeping 1\n"), done.stdout + done.stderr
+    done = subprocess.run([sys.executable, "-c", f"import gradcheck_sym as gs; gs.run_script({path!r})"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.stdout.startswith("keeping 0\n"), done.stdout + done.stderr
+
+
+def test_the_report_reads_no_grad_torch_would_warn_about(tmp_path, capfd):
+    # a custom Function returning its input as a view: the row of the leaf is now a non-leaf, whose .grad our report
+    # read, and torch's "non-leaf .grad" warning was printed on the script's stderr (found by review)
+    text = ("import torch\n\n\nclass Same(torch.autograd.Function):\n    @staticmethod\n    def forward(ctx, x):\n"
+            "        return x.view_as(x)\n\n    @staticmethod\n    def backward(ctx, g):\n        return g\n\n\n"
+            "w = torch.randn(3, requires_grad=True)\nsame = Same.apply(w)\nprint('done')\n")
+    report = gs.run_script(_script(tmp_path, text))
+    captured = capfd.readouterr()
+    assert report.exit_code == 0 and captured.out == "done\n" and captured.err == "", captured.err
+
+
+def test_a_thread_pool_worker_alive_at_exit_does_not_make_the_run_abort(tmp_path):
+    # a Function's forward handing work to a thread pool: the worker entered our mode on its first op and kept it
+    # until the process exited, where C++ aborted ("terminate called without an active exception", exit 134)
+    text = ("import torch\nfrom concurrent.futures import ThreadPoolExecutor\n\nEXECUTOR = ThreadPoolExecutor(1)\n\n\n"
+            "class Double(torch.autograd.Function):\n    @staticmethod\n    def forward(ctx, x):\n"
+            "        return EXECUTOR.submit(torch.mul, x, 2).result()  # work done in a helper thread\n\n"
+            "    @staticmethod\n    def backward(ctx, g):\n        return 2 * g\n\n\n"
+            "x = torch.randn(4, dtype=torch.float64, requires_grad=True)\nDouble.apply(x).sum().backward()\n"
+            "print(x.grad.shape)\n")
+    path = _script(tmp_path, text)
+    plain = subprocess.run([sys.executable, path], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "gradcheck_sym", "run", "--json-file", str(tmp_path / "r.json"),
+                           path], capture_output=True, text=True, timeout=120)
+    assert plain.returncode == 0 and done.returncode == 0, done.stderr
+    assert done.stderr == plain.stderr and done.stdout.startswith(plain.stdout)
+    report = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))
+    assert report["summary"]["verified"] == 1 and report["summary"]["errors"] == 0

@@ -53,7 +53,7 @@ def run_script(path: str, argv: list[str] | None = None, *, timeout: float | Non
     with open(path, "rb") as f:
         source = f.read()
     try:
-        code = compile(source, path, "exec")
+        code = compile(source, os.path.abspath(path), "exec")  # python names the script by its absolute path
     except SyntaxError as exc:
         raise InputError(f"{path}:{exc.lineno}: the script has a syntax error: {exc.msg}") from None
     deadline = time.monotonic() + timeout if timeout else None
@@ -76,6 +76,9 @@ def run_script(path: str, argv: list[str] | None = None, *, timeout: float | Non
         if previous_profile is not None:
             sys.setprofile(previous_profile)
         tracer.__enter__()
+        # left as the thread ends: a mode still on a thread's stack when the process exits made C++ abort it
+        # (a thread pool's worker, joined at exit: exit code 134 where python gave 0)
+        _THREAD.leave = _Leave(tracer)
 
     threading.setprofile(enter_in_thread)
     try:
@@ -99,6 +102,26 @@ def run_script(path: str, argv: list[str] | None = None, *, timeout: float | Non
         except OSError:
             pass
     return build_report(os.path.basename(path), tracer, module.__dict__, exit_code, error)
+
+
+class _Leave:
+    """Takes the tracer off its thread's mode stack when the thread ends (its thread-local value is dropped
+    there, in that thread)."""
+
+    def __init__(self, tracer: ScriptTracer) -> None:
+        self.tracer = tracer
+
+    def __del__(self) -> None:
+        from torch.overrides import _get_current_function_mode
+
+        try:
+            if _get_current_function_mode() is self.tracer:  # (else the thread changed modes: left as it is)
+                self.tracer.__exit__(None, None, None)
+        except Exception:  # noqa: BLE001 - the thread is ending: nothing to tell anyone
+            pass
+
+
+_THREAD = threading.local()
 
 
 def _exit_code(exc: SystemExit) -> int:
@@ -233,8 +256,9 @@ def _rows(tracer: ScriptTracer, names: dict[int, str]) -> list[TensorRow]:
         bad = [c[3] for c in compared if c[3] not in ("ok", "nonfinite-agree", "nondifferentiable")]
         # a leaf holding a .grad that no check recorded, or other than its last check saw while a later backward was
         # not verified as a whole (recording stopped: the time or memory budget): that backward reached it
-        unjudged = last.leaf and t is not None and isinstance(t.grad, torch.Tensor) and (not checks or _changed_since(
-            tracer, last, t.grad))
+        # (.grad read only where torch keeps one: reading a non-leaf's warns, on the script's stderr)
+        unjudged = last.leaf and t is not None and (t.is_leaf or t.retains_grad) and \
+            isinstance(t.grad, torch.Tensor) and (not checks or _changed_since(tracer, last, t.grad))
         status = "not verified" if unjudged else bad[-1] if bad else ("ok" if compared else (
             checks[-1][3] if checks else ("not reached by a backward" if last.leaf else "no backward")))
         count = len(infos)

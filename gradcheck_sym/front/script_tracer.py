@@ -21,13 +21,13 @@ import re
 import sys
 import threading
 import time
-from dataclasses import dataclass, field, replace
 from typing import Any, Iterator
 
 import torch
 
-from ..ir.program import Const, Program, Var
-from ..reference.interpret import Traced, own_bytes
+from ..reference.interpret import Traced
+from .custom_calls import CustomCalls
+from .script_memory import ScriptMemory
 from .tracer import Tracer
 from ..ops.core import leaves
 from .script_infos import Backward, InfoLog, TensorInfo
@@ -90,31 +90,7 @@ def _flat(obj: Any) -> list[Any]:
 _CHECKERS = (os.path.join("torch", "autograd", "gradcheck.py"), os.path.join("torch", "autograd", "functional.py"))
 _CHECKER_FILES: dict[str, int] = {}  # a code file name -> 1: one of _CHECKERS, 2: ours, 0: other
 
-# Memory (see ScriptTracer._check_memory): looked at every MEMORY_STEP bytes of float64 values recorded since the
-# last backward; the sweep of a conv + batch-norm net peaked at 4.5x its recorded values (batch 128) on top of them.
-MEMORY_STEP = 256 * 2**20
-SWEEP_MEMORY = 6
-MEMORY_RESERVE = 2**30
-
-
-def memory_available() -> int | None:
-    """The memory the system can still give, in bytes (Linux's MemAvailable; psutil's elsewhere), or None."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        import psutil  # type: ignore[import-untyped]
-
-        return int(psutil.virtual_memory().available)
-    except Exception:  # noqa: BLE001 - no way to know: no guard
-        return None
-
-
-class ScriptTracer(Tracer):
+class ScriptTracer(ScriptMemory, Tracer):
     """Records a script and verifies its backwards (see the module docstring)."""
 
     def __init__(self, deadline: float | None = None) -> None:
@@ -132,10 +108,10 @@ class ScriptTracer(Tracer):
         # prune that first saw it)
         self._steps: dict[int, dict[int, tuple[torch.Tensor, int]]] = {}  # thread -> inside its optimizer
         # step: the traced parameters' versions as the step found them (see optimizer_hooks)
-        self._mem_base = 0  # the recorded values' bytes after the last prune (see _check_memory)
         # stale-graph notes waiting for a backward that reaches the value before the change (see _stale)
         self._stale_pending: list[tuple[Note, frozenset[int]]] = []
-        self._mem_next = MEMORY_STEP
+        self._memory_looked()
+        self.custom_calls = CustomCalls()  # kept for a float64 replay of their backward (judge.replay)
 
     # ------------------------------------------------------------ optimizer steps
     @contextlib.contextmanager
@@ -230,63 +206,11 @@ class ScriptTracer(Tracer):
             self.all_infos.add(info)
         return info
 
-    # ------------------------------------------------------------ memory
-    def _check_memory(self, where: str, backward: bool = False) -> bool:
-        """Stop recording, and let go of what was recorded, when the values recorded since the last backward (and,
-        at a backward, the leaves' cotangents and bounds) and the sweep they call for would not fit in the memory
-        available: the script must not run out of memory because of us.  Looked at every `MEMORY_STEP` bytes
-        recorded (after letting go of what died) and before each backward (after its prune).  True if it stopped.
-        """
-        if self.stopped:
-            return False
-        grown = max(0, self.rec.nbytes - self._mem_base)
-        self._mem_next = grown + MEMORY_STEP
-        leaves = 0
-        if backward:
-            values = self.rec.values
-            leaves = sum(own_bytes(values.get(v.id)) for v in self.inputs)
-        need = SWEEP_MEMORY * grown + 2 * leaves
-        if need < SWEEP_MEMORY * MEMORY_STEP:
-            return False  # (small: not worth a look)
-        try:
-            available = memory_available()
-        except Exception:  # noqa: BLE001 - ours, never the script's: no guard this time
-            return False
-        need += MEMORY_RESERVE
-        if available is None or available >= need:
-            return False
-        if self.items:
-            # first let go of the floats that left by .item() (each keeps its whole computation alive: a validation
-            # loop printing its losses); one coming back later is then a plain number
-            self.items.clear()
-            self._item_seen.clear()
-            self.prune(forget_items=False)
-            self._mem_base = min(self._mem_base, self.rec.nbytes)
-            return self._check_memory(where, backward)
-        self.stopped = (f"gradcheck-sym stopped recording at {where}: its float64 copies of this iteration's tensors "
-                        f"({grown / 2**30:.1f} GB) and their reverse sweep would need about {need / 2**30:.1f} GB, "
-                        f"and {available / 2**30:.1f} GB of memory is available; the script ran on without it, and "
-                        "later backwards are not verified (check a smaller batch)")
-        for r in [*self.recs.values(), *self.roots.values()]:  # what was recorded is let go (handles hold values)
-            r.handle, r.root_handle = None, None
-        self.rec.eqns.clear()
-        self.rec.values.clear()
-        self.rec.consts.clear()
-        self.inputs, self.input_names = [], []
-        self.rec.errs = {} if self.rec.errs is not None else None
-        self.rec.bounded, self.rec.nbytes = 0, 0
-        self.items.clear()
-        self._item_seen.clear()
-        return True
+    def _call_started(self, call: int, cls: Any, args: tuple, kwargs: dict) -> None:
+        self.custom_calls.started(call, cls, args, kwargs)
 
-    def _recorded(self, site: int) -> None:
-        if self.rec.nbytes - self._mem_base > self._mem_next:
-            # let go of what died since the last backward first (a validation loop with grad on, and no backward,
-            # records as it goes); only here, once every result of the op is bound (a prune between two outputs
-            # of `split` dropped the second's equation)
-            self.prune(forget_items=False)
-            self._mem_base = min(self._mem_base, self.rec.nbytes)
-            self._check_memory(self.sites[site].where)
+    def _call_eqns(self, call: int, first: int) -> None:
+        self.custom_calls.made(self, call, self.rec.eqns[first:])
 
     def _on_output(self, t: torch.Tensor, h: Any, site: int) -> None:
         # Named results that take part in autograd (or were cut) get a row: the lessons' z, w, out.
@@ -535,18 +459,21 @@ class ScriptTracer(Tracer):
             if self._check_memory(f"the backward at line {line}", backward=True):
                 ev.verified, ev.reasons = False, [self.stopped]
                 return self.call_as(dispatching_frame(sys._getframe()), func, args, kwargs)
-            self._mem_base, self._mem_next = self.rec.nbytes, MEMORY_STEP
+            self._memory_looked()
             try:
                 plan = self.verifier.plan(self, ev, outs, grads, inputs, create)
                 self._stale_reached(plan)
             except Exception as exc:  # noqa: BLE001 - our failure: this backward is not verified, the script goes on
                 ev.verified = False
                 ev.reasons.append(f"internal error while deriving it ({type(exc).__name__}: {exc}); please report")
+        start = time.perf_counter()
         try:
             result = func(*args, **kwargs)  # the script's own backward: its errors are its own
         except BaseException:
             ev.verified, ev.reasons = False, ev.reasons + ["the backward raised: it gave no gradient to compare"]
             raise
+        if plan is not None:
+            plan.seconds = time.perf_counter() - start
         with self.lock:
             try:
                 if plan is not None:
@@ -555,77 +482,6 @@ class ScriptTracer(Tracer):
                 ev.verified = False
                 ev.reasons.append(f"internal error while comparing ({type(exc).__name__}: {exc}); please report")
         return result
-
-    # ------------------------------------------------------------ the program
-    def program_so_far(self) -> Program:
-        return Program(tuple(self.inputs), tuple(self.input_names), tuple(self.rec.eqns), (),
-                       tuple(self.rec.consts), tuple(self.sites))
-
-    def _forget_items(self) -> None:
-        """Floats that left through .item()/.tolist() are recognised when they come back until the second
-        backward after they left, then forgotten: a Python float has no lifetime to follow, and each one kept
-        the whole computation behind it alive (a loss printed every 2,000 iterations grew a 30,000-iteration
-        loop's program, and every sweep and prune with it)."""
-        self._prunes += 1
-        seen = self._item_seen
-        for k, h in self.items.items():
-            if k not in seen or seen[k][0] is not h:  # new, or the same number leaving again
-                seen[k] = (h, self._prunes)
-        for k in [k for k in self.items if seen[k][1] < self._prunes - 1]:
-            del self.items[k]
-            del seen[k]
-
-    def prune(self, forget_items: bool = True) -> None:
-        """Drop the equations no live tensor needs any more (and their values), and lighten dead tensors' rows
-        (`forget_items`: and count this prune for the floats that left by .item(), as a backward's does)."""
-        self.all_infos.retire()
-        live: set[int] = set()
-        for r in list(self.recs.values()):
-            if r.tensor is not None and isinstance(r.handle, Traced):
-                live.add(r.handle.var.id)
-            if r.root is not None and isinstance(r.root.handle, Traced):
-                live.add(r.root.handle.var.id)
-        if forget_items:
-            self._forget_items()
-        for h in self.items.values():
-            if isinstance(h, Traced):
-                live.add(h.var.id)
-        needed = set(live)
-        keep = []
-        bounded = 0  # kept equations whose bounds were computed (the first ones: order is kept)
-        for i in range(len(self.rec.eqns) - 1, -1, -1):
-            e = self.rec.eqns[i]
-            if any(v.id in needed for v in e.outputs):
-                keep.append(e)
-                bounded += i < self.rec.bounded
-                needed.update(v.id for v in e.outputs)
-                for a in e.inputs:
-                    if isinstance(a, Var):
-                        needed.add(a.id)
-        keep.reverse()
-        # The constants the kept equations use, renumbered from 0: a loop makes new constants every
-        # iteration, and slots kept for dropped ones made every later prune and sweep longer.
-        used = sorted({a.index for e in keep for a in e.inputs if isinstance(a, Const)})
-        remap = {old: new for new, old in enumerate(used)}
-        if any(old != new for old, new in remap.items()):
-            keep = [e if all(isinstance(a, Var) for a in e.inputs) else replace(
-                e, inputs=tuple(a if isinstance(a, Var) else replace(a, index=remap[a.index]) for a in e.inputs))
-                for e in keep]
-        self.rec.eqns[:] = keep
-        self.rec.bounded = bounded
-        self.rec.consts[:] = [self.rec.consts[i] for i in used]
-        for vid in [v for v in self.rec.values if v not in needed]:
-            del self.rec.values[vid]
-        self._stale_pending = [p for p in self._stale_pending if any(v in needed for v in p[1])]
-        self.rec.nbytes = sum(own_bytes(v) for v in [*self.rec.values.values(), *self.rec.consts])
-        if self.rec.errs is not None:
-            for vid in [v for v in self.rec.errs if v not in needed]:
-                del self.rec.errs[vid]
-        alive_inputs = [(v, n) for v, n in zip(self.inputs, self.input_names) if v.id in needed]
-        self.inputs = [v for v, _ in alive_inputs]
-        self.input_names = [n for _, n in alive_inputs]
-        self.cuts = [c for c in self.cuts if any(v in needed for v in c.vars)]
-
 
 _PROPERTIES = ("__get__", "__set__")
 # The properties whose access means something here: a tensor made (x.T), a .data read or write, a read of

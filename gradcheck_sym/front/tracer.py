@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import sys
 import threading
+import weakref
+from types import FrameType
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +66,7 @@ class _Region:
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _EPS = {d: torch.finfo(d).eps for d in _FLOATS}
 _DTYPE_NAMES = {d: str(d).replace("torch.", "") for d in _FLOATS}
+_CALL_MARK = "__gradcheck_sym_call__"  # (see Tracer._call_number)
 
 
 def _off_cpu(args: tuple, kwargs: dict) -> str:
@@ -118,7 +121,8 @@ class Tracer(Handles, TorchFunctionMode):
         self._site_index: dict[Site, int] = {}
         self.lock = threading.RLock()
         self.call: int | None = None  # the custom Function call the current op belongs to
-        self._calls: dict[int, int] = {}
+        self._calls: dict[int, tuple[Any, int]] = {}  # id of a call's ctx -> (a weak reference to it, its number)
+        self._call_count = 0
         self.call_of: dict[int, int] = {}  # equation index -> custom Function call
         self._site = -1
         self.call_as = CallAs()
@@ -158,17 +162,38 @@ class Tracer(Handles, TorchFunctionMode):
         grad = "on" if torch.is_grad_enabled() else "no_grad"
         if torch.is_inference_mode_enabled():
             grad = "inference"
-        custom, frame = _custom_forward() if grad != "on" else (None, None)
+        custom, key, applied = _custom_forward() if grad != "on" else (None, None, None)
         if custom and custom not in self.custom:
             self.custom.append(custom)
-        # One apply() of a custom Function is one call, told apart from the next by its frame.
-        self.call = None if frame is None else self._calls.setdefault(frame, len(self._calls))
+        # One apply() of a custom Function is one call, told apart from the next by its ctx (or its frame).
+        self.call = None if key is None else self._call_number(key, applied)
         site = Site(op, file, line, source, grad, custom)
         found = self._site_index.get(site)  # a loop makes the same site again and again: one record
         if found is None:
             found = self._site_index[site] = len(self.sites)
             self.sites.append(site)
         return found
+
+    def _call_number(self, key: Any, applied: Any) -> int:
+        """The number of the custom Function call `key` (its ctx, or the frame of its apply()) belongs to; a new
+        one the first time.  An id is reused once its object is gone: a weak reference tells the ctx it was, and
+        a frame (which has none) is marked in its locals, which a new frame at the same address does not have."""
+        if isinstance(key, FrameType):
+            local = key.f_locals
+            n = local.get(_CALL_MARK)
+            if n is None:
+                n = local[_CALL_MARK] = self._call_count
+                self._call_count += 1
+                self._call_started(n, *applied)
+            return n
+        hit = self._calls.get(id(key))
+        if hit is None or hit[0]() is not key:
+            hit = self._calls[id(key)] = (weakref.ref(key), self._call_count)
+            self._call_count += 1
+            if self._call_count % 1024 == 0:  # a long loop's calls: the dead ones' entries go
+                self._calls = {k: c for k, c in self._calls.items() if c[0]() is not None}
+            self._call_started(hit[1], *applied)
+        return hit[1]
 
     # ------------------------------------------------------------ the mode
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
@@ -296,6 +321,7 @@ class Tracer(Handles, TorchFunctionMode):
         if self.call is not None:
             for k in range(first_eqn, len(self.rec.eqns)):
                 self.call_of[k] = self.call
+            self._call_eqns(self.call, first_eqn)
         results = handles if isinstance(handles, tuple) else (handles,)
         with interpreting(self.rec):
             if self.sites[site].grad != "on" and self.sites[site].custom is None:
@@ -321,6 +347,7 @@ class Tracer(Handles, TorchFunctionMode):
                 with interpreting(self.rec):
                     h = P.ew(IDENT, h)
                 self.call_of[len(self.rec.eqns) - 1] = self.call  # type: ignore[assignment]
+                self._call_eqns(self.call, len(self.rec.eqns) - 1)  # type: ignore[arg-type]
             self._bind(t, h, cut="detach" if base == "detach" else None)
             self._on_output(t, h, site)
         self._recorded(site)
@@ -330,6 +357,12 @@ class Tracer(Handles, TorchFunctionMode):
 
     def _recorded(self, site: int) -> None:
         """A hook for subclasses: every result of the op at `site` is bound."""
+
+    def _call_started(self, call: int, cls: Any, args: tuple, kwargs: dict) -> None:
+        """A hook for subclasses: custom Function call number `call` began, as `cls.apply(*args, **kwargs)`."""
+
+    def _call_eqns(self, call: int, first: int) -> None:
+        """A hook for subclasses: the equations from `first` on belong to custom Function call `call`."""
 
     def _working_dtype(self, base: str, result: torch.Tensor, args: tuple, kwargs: dict) -> str:
         """The dtype the op's rounding is charged in: its result's, or a coarser one a traced input has (torch

@@ -116,19 +116,21 @@ def _user_frame() -> tuple[str, int, str]:
     return (file, line, linecache.getline(file, line).strip())
 
 
-def _custom_forward() -> tuple[str | None, Any]:
-    """The custom autograd.Function whose forward is running, if any (seen on the stack), and the frame
-    of its apply() (one per call)."""
+def _custom_forward() -> tuple[str | None, Any, Any]:
+    """The custom autograd.Function whose forward is running, if any (seen on the stack), what tells its call
+    apart (its ctx, or the frame of its apply()), and the call as apply() got it: (class, args, kwargs)."""
     frame = sys._getframe(2)
     ctx = None
     while frame is not None:
         code = frame.f_code
         if code.co_name == "apply" and os.path.abspath(code.co_filename) == _FUNCTION_PY:
-            cls = frame.f_locals.get("cls")
+            local = frame.f_locals
+            cls = local.get("cls")
             # the call's ctx (its backward node, alive as long as its outputs' graph) tells calls apart
-            return getattr(cls, "__name__", "Function"), id(ctx) if ctx is not None else id(frame)
+            return (getattr(cls, "__name__", "Function"), ctx if ctx is not None else frame,
+                    (cls, local.get("args", ()), local.get("kwargs", {})))
         if code.co_name == "forward" and "ctx" in frame.f_locals:
             ctx = frame.f_locals["ctx"]
         frame = frame.f_back  # type: ignore[assignment]
-    return None, None
+    return None, None, None
 

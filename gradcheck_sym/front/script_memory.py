@@ -1,0 +1,182 @@
+"""The script tracer's memory: what it records is let go when no live tensor needs it, and recording stops
+before it would not fit.
+
+`ScriptMemory` is the part of `ScriptTracer` that prunes the program after each backward (and every
+`MEMORY_STEP` bytes recorded) to what live tensors still need, forgets the floats that left by ``.item()``
+after two backwards, and stops recording — letting go of everything it held — when the float64 copies and
+their sweep would not fit in the memory available (`allocator.memory_available`): the script must never run
+out of memory because of us.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from ..ir.program import Const, Program, Var
+from ..reference.interpret import Traced, own_bytes
+from .allocator import memory_available
+
+__all__ = ["ScriptMemory", "MEMORY_STEP", "SWEEP_MEMORY", "MEMORY_RESERVE"]
+
+# Memory (see ScriptTracer._check_memory): looked at every MEMORY_STEP bytes of float64 values recorded since the
+# last backward; the sweep of a conv + batch-norm net peaked at 4.5x its recorded values (batch 128) on top of them.
+MEMORY_STEP = 256 * 2**20
+SWEEP_MEMORY = 6
+MEMORY_RESERVE = 2**30
+
+
+class ScriptMemory:
+    """Pruning and the memory guard (a mixin of `ScriptTracer`, whose state it uses)."""
+
+    # Set by the tracers' __init__.
+    rec: Any
+    recs: dict
+    roots: dict
+    items: dict
+    inputs: list
+    input_names: list
+    sites: list
+    cuts: list
+    stopped: str
+    all_infos: Any
+    custom_calls: Any
+    _item_seen: dict
+    _prunes: int
+    _mem_base: int
+    _mem_next: int
+    _stale_pending: list
+
+    # ------------------------------------------------------------ memory
+    def _memory_looked(self) -> None:
+        """Recorded from here on is what the next look counts (at the start, and at each backward)."""
+        self._mem_base, self._mem_next = self.rec.nbytes, MEMORY_STEP
+
+    def _check_memory(self, where: str, backward: bool = False) -> bool:
+        """Stop recording, and let go of what was recorded, when the values recorded since the last backward (and,
+        at a backward, the leaves' cotangents and bounds) and the sweep they call for would not fit in the memory
+        available: the script must not run out of memory because of us.  Looked at every `MEMORY_STEP` bytes
+        recorded (after letting go of what died) and before each backward (after its prune).  True if it stopped.
+        """
+        if self.stopped:
+            return False
+        grown = max(0, self.rec.nbytes - self._mem_base)
+        self._mem_next = grown + MEMORY_STEP
+        leaves = 0
+        if backward:
+            values = self.rec.values
+            leaves = sum(own_bytes(values.get(v.id)) for v in self.inputs)
+        need = SWEEP_MEMORY * grown + 2 * leaves
+        if need < SWEEP_MEMORY * MEMORY_STEP:
+            return False  # (small: not worth a look)
+        try:
+            available = memory_available()
+        except Exception:  # noqa: BLE001 - ours, never the script's: no guard this time
+            return False
+        need += MEMORY_RESERVE
+        if available is None or available >= need:
+            return False
+        if self.items:
+            # first let go of the floats that left by .item() (each keeps its whole computation alive: a validation
+            # loop printing its losses); one coming back later is then a plain number
+            self.items.clear()
+            self._item_seen.clear()
+            self.prune(forget_items=False)
+            self._mem_base = min(self._mem_base, self.rec.nbytes)
+            return self._check_memory(where, backward)
+        self.stopped = (f"gradcheck-sym stopped recording at {where}: its float64 copies of this iteration's tensors "
+                        f"({grown / 2**30:.1f} GB) and their reverse sweep would need about {need / 2**30:.1f} GB, "
+                        f"and {available / 2**30:.1f} GB of memory is available; the script ran on without it, and "
+                        "later backwards are not verified (check a smaller batch)")
+        for r in [*self.recs.values(), *self.roots.values()]:  # what was recorded is let go (handles hold values)
+            r.handle, r.root_handle = None, None
+        self.rec.eqns.clear()
+        self.rec.values.clear()
+        self.rec.consts.clear()
+        self.inputs, self.input_names = [], []
+        self.rec.errs = {} if self.rec.errs is not None else None
+        self.rec.bounded, self.rec.nbytes = 0, 0
+        self.items.clear()
+        self._item_seen.clear()
+        self.custom_calls.calls.clear()
+        return True
+
+    def _recorded(self, site: int) -> None:
+        if self.rec.nbytes - self._mem_base > self._mem_next:
+            # let go of what died since the last backward first (a validation loop with grad on, and no backward,
+            # records as it goes); only here, once every result of the op is bound (a prune between two outputs
+            # of `split` dropped the second's equation)
+            self.prune(forget_items=False)
+            self._mem_base = min(self._mem_base, self.rec.nbytes)
+            self._check_memory(self.sites[site].where)
+
+    # ------------------------------------------------------------ the program
+    def program_so_far(self) -> Program:
+        return Program(tuple(self.inputs), tuple(self.input_names), tuple(self.rec.eqns), (),
+                       tuple(self.rec.consts), tuple(self.sites))
+
+    def _forget_items(self) -> None:
+        """Floats that left through .item()/.tolist() are recognised when they come back until the second
+        backward after they left, then forgotten: a Python float has no lifetime to follow, and each one kept
+        the whole computation behind it alive (a loss printed every 2,000 iterations grew a 30,000-iteration
+        loop's program, and every sweep and prune with it)."""
+        self._prunes += 1
+        seen = self._item_seen
+        for k, h in self.items.items():
+            if k not in seen or seen[k][0] is not h:  # new, or the same number leaving again
+                seen[k] = (h, self._prunes)
+        for k in [k for k in self.items if seen[k][1] < self._prunes - 1]:
+            del self.items[k]
+            del seen[k]
+
+    def prune(self, forget_items: bool = True) -> None:
+        """Drop the equations no live tensor needs any more (and their values), and lighten dead tensors' rows
+        (`forget_items`: and count this prune for the floats that left by .item(), as a backward's does)."""
+        self.all_infos.retire()
+        live: set[int] = set()
+        for r in list(self.recs.values()):
+            if r.tensor is not None and isinstance(r.handle, Traced):
+                live.add(r.handle.var.id)
+            if r.root is not None and isinstance(r.root.handle, Traced):
+                live.add(r.root.handle.var.id)
+        if forget_items:
+            self._forget_items()
+        for h in self.items.values():
+            if isinstance(h, Traced):
+                live.add(h.var.id)
+        needed = set(live)
+        keep = []
+        bounded = 0  # kept equations whose bounds were computed (the first ones: order is kept)
+        for i in range(len(self.rec.eqns) - 1, -1, -1):
+            e = self.rec.eqns[i]
+            if any(v.id in needed for v in e.outputs):
+                keep.append(e)
+                bounded += i < self.rec.bounded
+                needed.update(v.id for v in e.outputs)
+                for a in e.inputs:
+                    if isinstance(a, Var):
+                        needed.add(a.id)
+        keep.reverse()
+        # The constants the kept equations use, renumbered from 0: a loop makes new constants every
+        # iteration, and slots kept for dropped ones made every later prune and sweep longer.
+        used = sorted({a.index for e in keep for a in e.inputs if isinstance(a, Const)})
+        remap = {old: new for new, old in enumerate(used)}
+        if any(old != new for old, new in remap.items()):
+            keep = [e if all(isinstance(a, Var) for a in e.inputs) else replace(
+                e, inputs=tuple(a if isinstance(a, Var) else replace(a, index=remap[a.index]) for a in e.inputs))
+                for e in keep]
+        self.rec.eqns[:] = keep
+        self.rec.bounded = bounded
+        self.rec.consts[:] = [self.rec.consts[i] for i in used]
+        for vid in [v for v in self.rec.values if v not in needed]:
+            del self.rec.values[vid]
+        self._stale_pending = [p for p in self._stale_pending if any(v in needed for v in p[1])]
+        self.custom_calls.prune(needed)
+        self.rec.nbytes = sum(own_bytes(v) for v in [*self.rec.values.values(), *self.rec.consts])
+        if self.rec.errs is not None:
+            for vid in [v for v in self.rec.errs if v not in needed]:
+                del self.rec.errs[vid]
+        alive_inputs = [(v, n) for v, n in zip(self.inputs, self.input_names) if v.id in needed]
+        self.inputs = [v for v, _ in alive_inputs]
+        self.input_names = [n for _, n in alive_inputs]
+        self.cuts = [c for c in self.cuts if any(v in needed for v in c.vars)]

@@ -1,0 +1,318 @@
+"""A custom Function's backward run again in float64: rounding told apart from a wrong formula.
+
+A gradient that comes through a custom Function's backward in float32 can differ from the exact one by
+more than the rounding we measured for our own formulas (the user's formula cancels differently) and
+still less than the worst-case bound: the comparison alone cannot tell a rounding error from a wrong
+formula there.  As `check_function` does with the whole function, each call on its way is run again —
+``cls.apply`` on the float64 values of the very inputs it got, then its backward through autograd from the
+exact cotangent of its outputs — and what its backward returns is compared with the exact
+vector-Jacobian product of its forward's equations (our sweep, never its backward).  In float64 a right
+formula agrees to ~1e-13 of the call's largest gradient entry; a wrong one does not.
+
+The replay runs the script's code once more, so it runs in a forked copy of the process (`_isolated`):
+whatever that code prints, logs, counts, stores or draws stays there, and the script sees none of it.  A copy
+that takes longer than `REPLAY_SECONDS` (a forward waiting on a thread, which a fork does not copy) is
+stopped, and nothing is decided.  Where there is no ``os.fork`` nothing is replayed.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import select
+import signal
+import sys
+import time
+import warnings
+from typing import Any
+
+import torch
+
+from ..ir.program import Var
+from ..reference.interpret import Traced, sweep
+
+__all__ = ["Replays", "AGREE", "DIFFER", "REPLAY_SECONDS"]
+
+F64 = torch.float64
+AGREE = 1e-9  # relative to the call's largest exact entry: float64 rounding of a right formula, with room to spare
+DIFFER = 1e-6  # beyond it, a wrong formula (between the two: not decided)
+REPLAY_SECONDS = 60.0
+
+
+class Replays:
+    """The custom Function calls of one backward: which variables' gradients go through which calls (at once),
+    and the calls' replays (the first time `of` needs them, all in one forked copy).
+
+    `paths[v]` is the set of calls variable v's gradient goes through; it holds None where an equation of a
+    custom Function's forward belongs to no call we kept (then nothing about v is decided by a replay).
+    """
+
+    def __init__(self, tracer: Any, program: Any, cts: dict[int, Any], seconds: float = 0.0) -> None:
+        self.tracer, self.program, self.cts = tracer, program, cts
+        # each replay's time limit: a float64 forward and backward, single-threaded, of what the script's own
+        # backward (`seconds`) went through, with room to spare
+        self.limit = min(REPLAY_SECONDS, 10.0 + 30.0 * seconds)
+        calls = tracer.custom_calls.calls
+        owner_of = {vid: k for k, c in calls.items() for vid in c.made}
+        sites = program.sites
+        self.eqns: dict[int, list[Any]] = {}  # call -> its equations, in order
+        self.paths: dict[int, frozenset] = {}
+        for e in reversed(program.eqns):
+            label: frozenset = frozenset().union(*(self.paths.get(v.id, frozenset()) for v in e.outputs))
+            if 0 <= e.site < len(sites) and sites[e.site].custom is not None:
+                owner = owner_of.get(e.outputs[0].id) if e.outputs else None
+                label = label | {owner}
+                if owner is not None:
+                    self.eqns.setdefault(owner, []).append(e)
+            if label:
+                for a in e.inputs:
+                    if isinstance(a, Var):
+                        self.paths[a.id] = self.paths.get(a.id, frozenset()) | label
+        for mine in self.eqns.values():
+            mine.reverse()
+        self.verdicts: dict[int, tuple[str, str]] | None = None
+        self.exact: dict[int, dict[int, Any]] = {}
+        self.names = {k: getattr(calls[k].cls, "__name__", "Function") for k in self.eqns}
+
+    def through(self, vid: int) -> bool:
+        """Whether variable `vid`'s gradient goes through a custom Function's backward."""
+        return bool(self.paths.get(vid))
+
+    def of(self, vid: int) -> tuple[str, str, tuple[str, ...]]:
+        """The verdict on the custom Functions variable `vid`'s gradient goes through: ("agree" | "differ" |
+        "unknown", why, the Functions' names)."""
+        label = self.paths.get(vid, frozenset())
+        if not label:
+            return "unknown", "it goes through no custom Function call we kept", ()
+        if None in label:
+            return "unknown", "it goes through a custom Function call the tracer could not tell apart", ()
+        if self.verdicts is None:
+            self.verdicts = self._run()
+        names = tuple(sorted({self.names[k] for k in label}))
+        found = [self.verdicts.get(k, ("unknown", "its call was not replayed")) for k in sorted(label)]
+        for wanted in ("differ", "unknown"):
+            for verdict, detail in found:
+                if verdict == wanted:
+                    return verdict, detail, names
+        return "agree", "", names
+
+    def _run(self) -> dict[int, tuple[str, str]]:
+        out: dict[int, tuple[str, str]] = {}
+        given_up = self.tracer.custom_calls.given_up
+        todo = []
+        for k, mine in self.eqns.items():
+            if not any(isinstance(self.cts.get(v), torch.Tensor) for v in _outputs(mine)):
+                continue
+            cls = self.tracer.custom_calls.calls[k].cls
+            if cls in given_up:
+                out[k] = ("unknown", given_up[cls])
+            else:
+                todo.append(k)
+        if not todo:
+            return out
+        # the exact products of the calls' forwards, here (the copy runs single-threaded: only their code there)
+        self.exact = {k: _exact(self.program, self.tracer.rec.values, self.cts, self.eqns[k]) for k in todo}
+        # All in one copy (a fork of a process of many GB costs seconds: its page tables, then a fault at the first
+        # write to each page); if that one runs out of time, each call alone, so that only the one that hangs is
+        # given up.
+        try:
+            out.update(_isolated(lambda: {k: self._one(k) for k in todo}, self.limit * len(todo)))
+            return out
+        except _NotRun as exc:
+            classes = {self.tracer.custom_calls.calls[k].cls for k in todo}
+            if not exc.timed_out or len(classes) == 1:
+                if exc.timed_out:
+                    given_up[classes.pop()] = f"{exc} (not tried again)"
+                out.update({k: ("unknown", str(exc)) for k in todo})
+                return out
+        for k in todo:
+            cls = self.tracer.custom_calls.calls[k].cls
+            if cls in given_up:
+                out[k] = ("unknown", given_up[cls])
+                continue
+            try:
+                out[k] = _isolated(lambda: self._one(k), self.limit)
+            except _NotRun as exc:
+                out[k] = ("unknown", str(exc))
+                if exc.timed_out:
+                    given_up[cls] = f"{exc} (not tried again)"
+        return out
+
+    def _one(self, k: int) -> tuple[str, str]:
+        name = self.names[k]
+        try:
+            return _replay_one(self.tracer, self.cts, self.tracer.custom_calls.calls[k], self.eqns[k], self.exact[k],
+                               name)
+        except Exception as exc:  # noqa: BLE001 - its code in float64 may fail: then nothing is decided
+            return "unknown", f"running {name} again in float64 raised {type(exc).__name__}: {exc}"
+
+
+def _outputs(mine: list[Any]) -> list[int]:
+    """The call's variables no other equation of it reads: its results (what it returned, or dead ends)."""
+    read = {a.id for e in mine for a in e.inputs if isinstance(a, Var)}
+    return [v.id for e in mine for v in e.outputs if v.id not in read]
+
+
+def _exact(program: Any, values: dict[int, Any], cts: dict[int, Any], mine: list[Any]) -> dict[int, Any]:
+    """The exact vector-Jacobian product of a call's forward equations `mine` from the cotangents of its results."""
+    seeds = {v: cts[v] for v in _outputs(mine) if isinstance(cts.get(v), torch.Tensor)}
+    return sweep(mine, values, seeds, consts=program.consts).cts
+
+
+def _replay_one(tracer: Any, cts: dict[int, Any], call: Any, mine: list[Any], exact: dict[int, Any],
+                name: str) -> tuple[str, str]:
+    values = tracer.rec.values
+    given = [*call.args, *call.kwargs.values()]
+    if call.pending or any(h is None for h in given):
+        return "unknown", f"{name} got a tensor the tracer could not follow"
+    arg_vars = {h.var.id for h in given if isinstance(h, Traced)}
+    made = {v.id for e in mine for v in e.outputs}
+    if {a.id for e in mine for a in e.inputs if isinstance(a, Var) and a.id not in made} - arg_vars:
+        return "unknown", f"{name}'s forward used a tracked tensor it was not given as an argument"
+    leaves: dict[int, torch.Tensor] = {}
+
+    def arg(h: Any) -> Any:
+        if isinstance(h, Traced):
+            return leaves.setdefault(h.var.id, values[h.var.id].detach().to(F64).clone().requires_grad_(True))
+        return h.clone() if isinstance(h, torch.Tensor) else h
+
+    args = [arg(h) for h in call.args]
+    kwargs = {key: arg(h) for key, h in call.kwargs.items()}
+    with torch.enable_grad():
+        got = call.cls.apply(*args, **kwargs)
+    got = [got] if isinstance(got, torch.Tensor) else [g for g in got if isinstance(g, torch.Tensor)] \
+        if isinstance(got, (tuple, list)) else []
+    # each result of the replay is one of the call's results: the one of its shape whose values it has (our forward
+    # and theirs agree to rounding in float64); two candidates with the same values cannot be told apart
+    outs = _outputs(mine)
+    pairs: list[tuple[torch.Tensor, int]] = []
+    for g in got:
+        if not g.is_floating_point() or not g.requires_grad:
+            continue
+        match = [v for v in outs if tuple(values[v].shape) == tuple(g.shape) and _close(g.detach(), values[v])]
+        if len(match) != 1 or any(match[0] == v for _, v in pairs):
+            return "unknown", (f"the results of {name} run again in float64 could not be matched one to one with "
+                               "those it gave in the script")
+        if isinstance(cts.get(match[0]), torch.Tensor):
+            pairs.append((g, match[0]))
+    if any(isinstance(cts.get(v), torch.Tensor) and v not in {m for _, m in pairs} for v in outs):
+        return "unknown", f"a result of {name} that the gradient reaches was not among its replay's results"
+    seeds = {v: cts[v] for _, v in pairs}
+    inputs = list(leaves.items())
+    with torch.enable_grad():
+        grads = torch.autograd.grad([g for g, _ in pairs], [t for _, t in inputs],
+                                    grad_outputs=[seeds[v].to(F64).expand(g.shape) for g, v in pairs],
+                                    allow_unused=True)
+    # one scale for the whole call (its largest exact entry): an argument whose exact gradient is 0 (a bias before
+    # batch norm) gets rounding noise from both sides, which is nothing next to the others'
+    pairs_eg = []
+    for (vid, t), g in zip(inputs, grads):
+        e = exact.get(vid)
+        e = torch.zeros(t.shape, dtype=F64) if e is None else e.to(F64).expand(t.shape)
+        pairs_eg.append((vid, e, torch.zeros(t.shape, dtype=F64) if g is None else g.to(F64)))
+    scale = max((float(e.abs().max()) for _, e, _ in pairs_eg if e.numel()), default=0.0)
+    worst, where = 0.0, ""
+    for vid, e, g in pairs_eg:
+        err = float((g - e).abs().max()) if e.numel() else 0.0
+        rel = err / scale if scale > 0 else (0.0 if err == 0 else float("inf"))
+        if rel > worst:
+            worst, where = rel, f"argument {_position(call, vid)}"
+    if worst <= AGREE:
+        return "agree", ""
+    if scale == 0:
+        return "unknown", f"the exact gradient of {name}'s forward is 0 here: there is nothing to compare against"
+    verdict = "differ" if worst > DIFFER else "unknown"
+    return verdict, (f"{name}'s backward, run again in float64 on the same inputs, differs from the exact gradient "
+                     f"of its forward for its {where} by {worst:.3g} of its largest entry")
+
+
+def _position(call: Any, vid: int) -> str:
+    for i, h in enumerate(call.args):
+        if isinstance(h, Traced) and h.var.id == vid:
+            return str(i + 1)
+    return next((k for k, h in call.kwargs.items() if isinstance(h, Traced) and h.var.id == vid), "?")
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    b = b.to(F64)
+    scale = float(b.abs().max()) if b.numel() else 0.0
+    return bool(((a - b).abs() <= 1e-6 * (scale + b.abs()) + 1e-300).all())
+
+
+class _NotRun(Exception):
+    def __init__(self, message: str, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
+
+
+def _isolated(fn: Any, seconds: float) -> Any:
+    """`fn()` in a forked copy of this process, its output thrown away: its result (pickled back), or _NotRun.
+
+    The copy has one thread (ours): its torch runs single-threaded, as an OpenMP pool does not survive a fork.
+    """
+    if not hasattr(os, "fork"):
+        raise _NotRun("running it again needs os.fork, to keep what the Function does away from the script")
+    if hasattr(signal, "SIGCHLD") and callable(signal.getsignal(signal.SIGCHLD)):
+        # the copy's end would call the script's own handler (a process it never started)
+        raise _NotRun("the script handles SIGCHLD: a forked copy to run it again in would signal it")
+    r, w = os.pipe()
+    show = warnings.showwarning
+    warnings.showwarning = _hide  # (Python 3.12 warns about forking a process with threads: not the script's)
+    try:
+        pid = os.fork()
+    except Exception as exc:  # noqa: BLE001 - not forked: nothing decided
+        os.close(r)
+        os.close(w)
+        raise _NotRun(f"running it again failed to start ({type(exc).__name__}: {exc})") from None
+    finally:
+        warnings.showwarning = show
+    if pid == 0:  # pragma: no cover - the copy (coverage does not follow it)
+        out = b""
+        try:
+            os.close(r)
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 1)
+            os.dup2(null, 2)
+            sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - the copy ends with os._exit
+            torch.set_num_threads(1)
+            out = pickle.dumps(("done", fn()))
+        except BaseException as exc:  # noqa: BLE001 - said to the parent
+            out = pickle.dumps(("failed", f"{type(exc).__name__}: {exc}"))
+        finally:
+            try:
+                view = memoryview(out)
+                while view:
+                    view = view[os.write(w, view):]
+            finally:
+                os._exit(0)
+    os.close(w)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + seconds
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([r], [], [], left)[0]:
+                os.kill(pid, signal.SIGKILL)
+                raise _NotRun(f"running it again in float64 took longer than {seconds:.0f} s (a forward waiting on "
+                              "another thread cannot run in the copy that runs it)", timed_out=True)
+            chunk = os.read(r, 1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(r)
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:  # reaped already (SIGCHLD ignored, or the script waits for any child)
+            pass
+    try:
+        status, value = pickle.loads(b"".join(chunks))
+    except Exception:  # noqa: BLE001 - the copy died before it said anything
+        raise _NotRun("running it again in float64 ended without a result") from None
+    if status != "done":
+        raise _NotRun(f"running it again in float64 failed ({value})")
+    return value
+
+
+def _hide(*_args: Any, **_kwargs: Any) -> None:
+    return None
