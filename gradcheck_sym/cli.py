@@ -100,7 +100,7 @@ def _build_parser() -> argparse.ArgumentParser:
     function.add_argument("--graph", metavar="FILE", default=None, help="draw the graph (.dot, .svg, .png)")
     run = sub.add_parser("run", help="run a script and verify every backward it does", parents=[common],
                          usage="gradcheck-sym run SCRIPT [--json] [--json-file FILE] [--graph FILE] [--full] "
-                               "[--timeout S] [SCRIPT ARGS...]",
+                               "[--no-replay] [--timeout S] [SCRIPT ARGS...]",
                          description="Run a Python script as `python SCRIPT args` would, then report what its "
                                      "autograd did, verified against the exact derivatives. Arguments after the "
                                      "script are the script's (after -- all of them are).", epilog=_EPILOG)
@@ -111,6 +111,9 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--graph", metavar="FILE", default=None, help="draw the graph (.dot, .svg, .png)")
     run.add_argument("--full", "--wide", action="store_true", dest="full",
                      help="every column and every row of the table, whatever the width")
+    run.add_argument("--no-replay", action="store_false", dest="replay",
+                     help="never run a custom Function again in float64 (in a forked copy) to tell its rounding from a "
+                          "wrong formula: for a Function whose own code writes files")
     run.add_argument("--run-timeout", type=_seconds, default=None, dest="run_timeout", metavar="S",
                      help="the same as --timeout: stop verifying after S seconds (the script runs on)")
     example = sub.add_parser("example", help=f"check the built-in example {EXAMPLE!r}", parents=[common])
@@ -219,7 +222,7 @@ def _parse_domain(items: list[str]) -> dict[str, tuple[float, float]]:
     return out
 
 
-_RUN_FLAGS = {"--json", "--full", "--wide", "--debug", "-h", "--help"}
+_RUN_FLAGS = {"--json", "--full", "--wide", "--no-replay", "--debug", "-h", "--help"}
 _RUN_VALUED = {"--json-file", "--graph", "--run-timeout", "--timeout"}
 
 

@@ -54,7 +54,7 @@ def _run(args: argparse.Namespace) -> int:
     timeout = args.run_timeout or args.timeout  # under run, a time limit stops the verifying, not the script
     # (this process is ours and ends with the run: glibc's malloc keeps freed memory while the script runs)
     with redirect, keep_freed_memory():
-        report = run_script(args.script, args.script_args, timeout=timeout)
+        report = run_script(args.script, args.script_args, timeout=timeout, replay=args.replay)
     sys.stdout.flush()
     if args.json_file:
         with open(args.json_file, "w", encoding="utf-8") as f:

@@ -4,7 +4,7 @@ A float64 reference of a batch of images allocates and frees tensors of tens of 
 backward.  glibc serves each one above 32 MB with a fresh ``mmap`` and returns it with ``munmap``: every page
 is faulted in again, every time.  On a conv + batch-norm tutorial at batch 256 that was two thirds of the
 run's time (53 s of system time against 34 s of computing).  `keep_freed_memory` turns that off for the
-duration of a run (``mallopt``: no mmap, trim only above 4 GiB), and puts glibc's default values back after:
+duration of a run (``mallopt``: no mmap, trim only above 2 GiB), and puts glibc's default values back after:
 what the script computes is unchanged, only where its memory comes from.  Elsewhere (not glibc) it does
 nothing.  Any ``mallopt`` of these also ends glibc's *dynamic* mmap threshold for the rest of the process, which
 nothing can restore: so only the command line (`gradcheck-sym run`, a process that ends with the run) uses it,
@@ -22,7 +22,7 @@ __all__ = ["memory_available", "keep_freed_memory", "held_free"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 _DEFAULT_TRIM, _DEFAULT_MMAP_MAX = 128 * 1024, 65536  # glibc's defaults (malloc/malloc.c)
-_KEEP_TRIM = 1 << 32
+_KEEP_TRIM = (1 << 31) - 1  # (mallopt takes a C int: 2 GiB is the most it can say)
 _keeping = 0
 
 
@@ -42,6 +42,7 @@ def _libc() -> ctypes.CDLL | None:
 _LIBC = _libc()
 if _LIBC is not None:
     _LIBC.mallinfo2.restype = _Mallinfo2
+    _LIBC.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]  # (a value past a C int raises, never wraps to 0)
 
 
 @contextlib.contextmanager

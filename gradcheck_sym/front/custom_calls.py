@@ -35,12 +35,14 @@ class CustomCall:
         cls: the Function class.
         args, kwargs: as apply got them, each tensor replaced by its handle: a `Traced` (a program
             variable), a float64 copy (a constant), or None where the tracer could not tell (no replay then).
+        line: the line of the script that called ``apply``.
         made: the program variables its forward's equations made.
     """
 
     cls: Any
     args: list
     kwargs: dict
+    line: int = 0  # the line that called apply()
     made: set[int] = field(default_factory=set)
     pending: dict[Any, Any] = field(default_factory=dict)  # position -> weak reference to the tensor given there
 
@@ -52,12 +54,12 @@ class CustomCalls:
         self.calls: dict[int, CustomCall] = {}
         self.given_up: dict[Any, str] = {}  # a Function class whose replay timed out -> why (not tried again)
 
-    def started(self, call: int, cls: Any, args: tuple, kwargs: dict) -> None:
+    def started(self, call: int, cls: Any, args: tuple, kwargs: dict, line: int = 0) -> None:
         given = list(enumerate(args)) + list(kwargs.items())
         floats = [x.dtype for _, x in given if isinstance(x, torch.Tensor) and x.is_floating_point()]
         if not floats or all(d == F64 for d in floats):
             return  # nothing to settle in float64 (or nothing to replay)
-        c = CustomCall(cls, list(args), dict(kwargs))
+        c = CustomCall(cls, list(args), dict(kwargs), line)
         for key, x in given:
             if isinstance(x, torch.Tensor):
                 if type(x) is not torch.Tensor and not isinstance(x, torch.nn.Parameter):

@@ -32,13 +32,16 @@ from .tracer_sites import OVERRIDES_PY, hidden_frame
 __all__ = ["run_script", "RunReport"]
 
 
-def run_script(path: str, argv: list[str] | None = None, *, timeout: float | None = None) -> RunReport:
+def run_script(path: str, argv: list[str] | None = None, *, timeout: float | None = None,
+               replay: bool = True) -> RunReport:
     """Run the script at `path` as ``python path argv...`` would, and verify its autograd.
 
     Args:
         path: the script.
         argv: its arguments.
         timeout: seconds after which gradcheck-sym stops recording and verifying (the script runs on).
+        replay: whether a custom Function's float32 gradient may be settled by running the Function again in
+            float64, in a forked copy of the process (`judge.replay`; off for a Function that writes files itself).
 
     Returns:
         A `RunReport` (``exit_code`` and ``error`` are the script's own).
@@ -58,7 +61,7 @@ def run_script(path: str, argv: list[str] | None = None, *, timeout: float | Non
         raise InputError(f"{path}:{exc.lineno}: the script has a syntax error: {exc.msg}") from None
     deadline = time.monotonic() + timeout if timeout else None
     tracer = ScriptTracer(deadline)
-    tracer.verifier = BackwardVerifier()
+    tracer.verifier = BackwardVerifier(replay=replay)
     module = types.ModuleType("__main__")
     module.__file__ = os.path.abspath(path)
     module.__builtins__ = __builtins__  # type: ignore[attr-defined]

@@ -206,8 +206,8 @@ class ScriptTracer(ScriptMemory, Tracer):
             self.all_infos.add(info)
         return info
 
-    def _call_started(self, call: int, cls: Any, args: tuple, kwargs: dict) -> None:
-        self.custom_calls.started(call, cls, args, kwargs)
+    def _call_started(self, call: int, cls: Any, args: tuple, kwargs: dict, line: int) -> None:
+        self.custom_calls.started(call, cls, args, kwargs, line)
 
     def _call_eqns(self, call: int, first: int) -> None:
         self.custom_calls.made(self, call, self.rec.eqns[first:])

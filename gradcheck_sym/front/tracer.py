@@ -358,8 +358,9 @@ class Tracer(Handles, TorchFunctionMode):
     def _recorded(self, site: int) -> None:
         """A hook for subclasses: every result of the op at `site` is bound."""
 
-    def _call_started(self, call: int, cls: Any, args: tuple, kwargs: dict) -> None:
-        """A hook for subclasses: custom Function call number `call` began, as `cls.apply(*args, **kwargs)`."""
+    def _call_started(self, call: int, cls: Any, args: tuple, kwargs: dict, line: int) -> None:
+        """A hook for subclasses: custom Function call number `call` began, as `cls.apply(*args, **kwargs)` at
+        `line`."""
 
     def _call_eqns(self, call: int, first: int) -> None:
         """A hook for subclasses: the equations from `first` on belong to custom Function call `call`."""

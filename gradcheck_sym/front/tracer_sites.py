@@ -118,7 +118,8 @@ def _user_frame() -> tuple[str, int, str]:
 
 def _custom_forward() -> tuple[str | None, Any, Any]:
     """The custom autograd.Function whose forward is running, if any (seen on the stack), what tells its call
-    apart (its ctx, or the frame of its apply()), and the call as apply() got it: (class, args, kwargs)."""
+    apart (its ctx, or the frame of its apply()), and the call as apply() got it: (class, args, kwargs, the line
+    that called apply())."""
     frame = sys._getframe(2)
     ctx = None
     while frame is not None:
@@ -127,8 +128,9 @@ def _custom_forward() -> tuple[str | None, Any, Any]:
             local = frame.f_locals
             cls = local.get("cls")
             # the call's ctx (its backward node, alive as long as its outputs' graph) tells calls apart
+            caller = frame.f_back
             return (getattr(cls, "__name__", "Function"), ctx if ctx is not None else frame,
-                    (cls, local.get("args", ()), local.get("kwargs", {})))
+                    (cls, local.get("args", ()), local.get("kwargs", {}), caller.f_lineno if caller else 0))
         if code.co_name == "forward" and "ctx" in frame.f_locals:
             ctx = frame.f_locals["ctx"]
         frame = frame.f_back  # type: ignore[assignment]

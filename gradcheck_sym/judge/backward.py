@@ -20,7 +20,7 @@ import torch
 from ..ir.program import Var
 from ..reference.interpret import UNIT_ROUNDOFF, Traced, error_bounds, record_sweep, rounded_sweep, sweep
 from .elements import abs_max, classify
-from .replay import Replays
+from .replay import Replays, child_pids
 
 __all__ = ["BackwardVerifier", "Plan"]
 
@@ -57,7 +57,9 @@ class Plan:
 class BackwardVerifier:
     """Plans and verifies backwards for a `ScriptTracer` (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, replay: bool = True) -> None:
+        self.replay = replay  # whether custom Functions may be run again in float64 (judge.replay)
+        self.children = child_pids() if replay else set()  # the process's children before the script: not its own
         # line -> how often its backwards needed a rounding bound lately (a moving average of 0s and 1s)
         self.bounded: dict[int, float] = {}
         self.replay_counts: dict[int, int] = {}  # line -> its backwards asked whether to replay (see _sampled)
@@ -134,16 +136,19 @@ class BackwardVerifier:
             self.bounded[ev.line] = 0.8 * self.bounded.get(ev.line, 0.0) + 0.2 * (plan.bounds is not None)
 
     def _verify(self, tr: Any, ev: Any, plan: Plan, result: Any) -> None:
+        passed: list[Any] = []  # what passed, in case a replay later in this backward finds its Function wrong
         if plan.inputs is not None:
             scale = _scale(tr, plan, plan.inputs)
             for t, got in zip(plan.inputs, result):
-                self._one(tr, ev, plan, None, t, None, got, returned=True, scale=scale)
+                passed.append(self._one(tr, ev, plan, None, t, None, got, returned=True, scale=scale))
+            self._replayed_wrong(tr, ev, plan, passed)
             return
         targets = set()
         scale = _scale(tr, plan, [t for _, t, _ in plan.targets])
         for info, t, before in plan.targets:
             targets.add(info.serial)
-            self._one(tr, ev, plan, info, t, before, t.grad, returned=False, scale=scale)
+            passed.append(self._one(tr, ev, plan, info, t, before, t.grad, returned=False, scale=scale))
+        self._replayed_wrong(tr, ev, plan, passed)
         for info in list(tr.infos.values()):  # named non-leaf tensors: the gradient they would hold
             t = info.ref()
             if t is None or info.serial in targets:
@@ -159,7 +164,7 @@ class BackwardVerifier:
             info.checks.append((ev.index, None, ct, status))
 
     def _one(self, tr: Any, ev: Any, plan: Plan, info: Any, t: torch.Tensor, before: Any, after: Any,
-             returned: bool, scale: float | None = None) -> None:
+             returned: bool, scale: float | None = None) -> Any:
         exact, var = _exact(tr, plan, t)
         exact_t = exact.value if isinstance(exact, Traced) else exact
         got = None if after is None else after.detach().to(F64)
@@ -240,7 +245,7 @@ class BackwardVerifier:
             if plan.program is None or var is None:
                 return False
             if plan.replays is None:
-                plan.replays = Replays(tr, plan.program, plan.cts, plan.seconds)
+                plan.replays = Replays(tr, plan.program, plan.cts, plan.seconds, self.children)
             return plan.replays.through(var.id)
 
         verdicts = classify(a, r, u=u, tiny=tiny, bound=bound, cut=cut, slack=slack, scale=scale, measured=measured,
@@ -299,6 +304,31 @@ class BackwardVerifier:
         self._status(info, ev, got, info.exact_total, status, t)
         if plan.create and got is not None and var is not None and isinstance(exact, Traced):
             self._bind_grad(tr, t, before, exact)
+        return (info, var, a, r, cut, t) if status == "ok" else None
+
+    def _replayed_wrong(self, tr: Any, ev: Any, plan: Plan, passed: list[Any]) -> None:
+        """Once a replay in this backward found a custom Function's formula wrong, every gradient that passed
+        through that call is a mismatch too (it passed before the replay ran, or under the worst-case bound)."""
+        replays = plan.replays
+        if replays is None or replays.verdicts is None or not any(
+                v[0] == "differ" for v in replays.verdicts.values()):
+            return
+        for done in passed:
+            if done is None:
+                continue
+            info, var, a, r, cut, t = done
+            if var is None or not replays.through(var.id):
+                continue
+            verdict, detail, _ = replays.of(var.id)
+            if verdict != "differ":
+                continue
+            ev.errors += 1
+            tr.events.append(("mismatch", ev.line, _message("mismatch", ev, a, r, cut, tr) + f": {detail} (in "
+                              f"{str(t.dtype).replace('torch.', '')} the difference hides within rounding)",
+                              f"#{info.serial}"))
+            if info.checks and info.checks[-1][0] == ev.index:
+                index, got, exact, _ = info.checks[-1]
+                info.checks[-1] = (index, got, exact, "mismatch")
 
     def _sampled(self, ev: Any, plan: Plan) -> bool:
         """Whether this backward is one of its line's sample for a replay that can only add a finding: the first
@@ -312,15 +342,17 @@ class BackwardVerifier:
     def _settle(self, tr: Any, ev: Any, plan: Plan, var: Var) -> tuple[str, str]:
         """The custom Functions `var`'s gradient goes through, run again in float64 (`judge.replay`); an
         agreement is said once per Function, as an info."""
+        if not self.replay:
+            return "unknown", "running it again was turned off (--no-replay)"
         verdict, detail, names = plan.replays.of(var.id)
         if verdict == "agree":
             for name in names:
                 if not any(e[0] == "replayed" and e[3] == name for e in tr.events):
                     tr.events.append(("replayed", ev.line, (
                         f"the backward of `{name}` rounds differently from our formulas in "
-                        "float32: run again in float64 on the same inputs (in a forked copy of the process, so the "
-                        "script sees nothing of it), it matched the exact gradient of its forward, so the float32 "
-                        "differences are rounding"), name))
+                        "float32: run again in float64 on the same inputs (in a forked copy of the process, where "
+                        "the script's output and open files are /dev/null), it matched the exact gradient of its "
+                        "forward, so the float32 differences are rounding"), name))
         return verdict, detail
 
     def _not_verified(self, ev: Any, info: Any, got: Any, t: torch.Tensor, reasons: list[str]) -> None:

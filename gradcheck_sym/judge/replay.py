@@ -10,13 +10,17 @@ vector-Jacobian product of its forward's equations (our sweep, never its backwar
 formula agrees to ~1e-13 of the call's largest gradient entry; a wrong one does not.
 
 The replay runs the script's code once more, so it runs in a forked copy of the process (`_isolated`):
-whatever that code prints, logs, counts, stores or draws stays there, and the script sees none of it.  A copy
-that takes longer than `REPLAY_SECONDS` (a forward waiting on a thread, which a fork does not copy) is
-stopped, and nothing is decided.  Where there is no ``os.fork`` nothing is replayed.
+what that code prints, counts, stores or draws stays there, and every file, log handler, socket or stream the
+script had open is /dev/null in the copy.  What it cannot hide: a file the Function's own code opens and writes
+(written twice), and the script's ``os.register_at_fork`` handlers (they run, as at any fork).  No copy is made
+where the script handles SIGCHLD or has child processes of its own (a wait for any child could get ours), nor
+without ``os.fork``.  A copy that takes longer than its limit (a forward waiting on a thread, which a fork does
+not copy) is stopped, and nothing is decided.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import select
@@ -24,14 +28,14 @@ import signal
 import sys
 import time
 import warnings
-from typing import Any
+from typing import AbstractSet, Any
 
 import torch
 
 from ..ir.program import Var
 from ..reference.interpret import Traced, sweep
 
-__all__ = ["Replays", "AGREE", "DIFFER", "REPLAY_SECONDS"]
+__all__ = ["Replays", "AGREE", "DIFFER", "REPLAY_SECONDS", "child_pids"]
 
 F64 = torch.float64
 AGREE = 1e-9  # relative to the call's largest exact entry: float64 rounding of a right formula, with room to spare
@@ -47,8 +51,9 @@ class Replays:
     custom Function's forward belongs to no call we kept (then nothing about v is decided by a replay).
     """
 
-    def __init__(self, tracer: Any, program: Any, cts: dict[int, Any], seconds: float = 0.0) -> None:
-        self.tracer, self.program, self.cts = tracer, program, cts
+    def __init__(self, tracer: Any, program: Any, cts: dict[int, Any], seconds: float = 0.0,
+                 before: AbstractSet[int] = frozenset()) -> None:
+        self.tracer, self.program, self.cts, self.before = tracer, program, cts, before
         # each replay's time limit: a float64 forward and backward, single-threaded, of what the script's own
         # backward (`seconds`) went through, with room to spare
         self.limit = min(REPLAY_SECONDS, 10.0 + 30.0 * seconds)
@@ -116,7 +121,7 @@ class Replays:
         # write to each page); if that one runs out of time, each call alone, so that only the one that hangs is
         # given up.
         try:
-            out.update(_isolated(lambda: {k: self._one(k) for k in todo}, self.limit * len(todo)))
+            out.update(_isolated(lambda: {k: self._one(k) for k in todo}, self.limit * len(todo), self.before))
             return out
         except _NotRun as exc:
             classes = {self.tracer.custom_calls.calls[k].cls for k in todo}
@@ -131,7 +136,7 @@ class Replays:
                 out[k] = ("unknown", given_up[cls])
                 continue
             try:
-                out[k] = _isolated(lambda: self._one(k), self.limit)
+                out[k] = _isolated(lambda: self._one(k), self.limit, self.before)
             except _NotRun as exc:
                 out[k] = ("unknown", str(exc))
                 if exc.timed_out:
@@ -189,7 +194,10 @@ def _replay_one(tracer: Any, cts: dict[int, Any], call: Any, mine: list[Any], ex
     for g in got:
         if not g.is_floating_point() or not g.requires_grad:
             continue
-        match = [v for v in outs if tuple(values[v].shape) == tuple(g.shape) and _close(g.detach(), values[v])]
+        match = [v for v in outs if v in values and tuple(values[v].shape) == tuple(g.shape)
+                 and _close(g.detach(), values[v])]
+        if not match:
+            continue  # a result no later op kept (no gradient can reach it; checked below for those that do)
         if len(match) != 1 or any(match[0] == v for _, v in pairs):
             return "unknown", (f"the results of {name} run again in float64 could not be matched one to one with "
                                "those it gave in the script")
@@ -222,8 +230,9 @@ def _replay_one(tracer: Any, cts: dict[int, Any], call: Any, mine: list[Any], ex
     if scale == 0:
         return "unknown", f"the exact gradient of {name}'s forward is 0 here: there is nothing to compare against"
     verdict = "differ" if worst > DIFFER else "unknown"
-    return verdict, (f"{name}'s backward, run again in float64 on the same inputs, differs from the exact gradient "
-                     f"of its forward for its {where} by {worst:.3g} of its largest entry")
+    at = f" (its call at line {call.line})" if call.line else ""
+    return verdict, (f"{name}'s backward{at}, run again in float64 on the same inputs, differs from the exact "
+                     f"gradient of its forward for its {where} by {worst:.3g} of its largest entry")
 
 
 def _position(call: Any, vid: int) -> str:
@@ -245,8 +254,9 @@ class _NotRun(Exception):
         self.timed_out = timed_out
 
 
-def _isolated(fn: Any, seconds: float) -> Any:
+def _isolated(fn: Any, seconds: float, before: AbstractSet[int] = frozenset()) -> Any:
     """`fn()` in a forked copy of this process, its output thrown away: its result (pickled back), or _NotRun.
+    `before`: the children the process had before the script started (not the script's: a test runner's).
 
     The copy has one thread (ours): its torch runs single-threaded, as an OpenMP pool does not survive a fork.
     """
@@ -255,6 +265,10 @@ def _isolated(fn: Any, seconds: float) -> Any:
     if hasattr(signal, "SIGCHLD") and callable(signal.getsignal(signal.SIGCHLD)):
         # the copy's end would call the script's own handler (a process it never started)
         raise _NotRun("the script handles SIGCHLD: a forked copy to run it again in would signal it")
+    if child_pids() - before:
+        # a wait() for any child (a thread of the script's reaping its own) could get the copy instead
+        raise _NotRun("the script has child processes of its own: one waiting for any child could get the forked "
+                      "copy to run it again in")
     r, w = os.pipe()
     show = warnings.showwarning
     warnings.showwarning = _hide  # (Python 3.12 warns about forking a process with threads: not the script's)
@@ -269,10 +283,19 @@ def _isolated(fn: Any, seconds: float) -> Any:
     if pid == 0:  # pragma: no cover - the copy (coverage does not follow it)
         out = b""
         try:
+            # Nothing of the script's may be finalised here (a file object dropped flushes its buffer into the
+            # real file, once per copy): the collector is off and the replaced streams stay referenced.  Every
+            # descriptor it had open (its files, log handlers, sockets, stdin) is /dev/null in the copy.
+            gc.disable()
+            _KEPT.extend((sys.stdin, sys.stdout, sys.stderr))
             os.close(r)
-            null = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(null, 1)
-            os.dup2(null, 2)
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in _open_fds():
+                if fd not in (w, null):
+                    try:
+                        os.dup2(null, fd)
+                    except OSError:
+                        pass
             sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - the copy ends with os._exit
             torch.set_num_threads(1)
             out = pickle.dumps(("done", fn()))
@@ -316,3 +339,43 @@ def _isolated(fn: Any, seconds: float) -> Any:
 
 def _hide(*_args: Any, **_kwargs: Any) -> None:
     return None
+
+
+_KEPT: list[Any] = []  # (in a forked copy: the script's streams, never finalised there)
+
+
+def _open_fds() -> list[int]:
+    """The open file descriptors of this process."""
+    try:
+        return [int(n) for n in os.listdir("/proc/self/fd")]
+    except OSError:
+        return list(range(3))
+
+
+def child_pids() -> set[int]:
+    """The process ids of this process's children (Linux: /proc; elsewhere none are known)."""
+    found: set[int] = set()
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            with open(f"/proc/self/task/{task}/children", encoding="ascii") as f:
+                found.update(int(p) for p in f.read().split())
+        except OSError:
+            return _children_by_scan(str(os.getpid()))
+    return found
+
+
+def _children_by_scan(me: str) -> set[int]:
+    found = set()
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+                    if f.read().rsplit(")", 1)[1].split()[1] == me:
+                        found.add(int(pid))
+            except (OSError, IndexError):
+                continue
+    return found
