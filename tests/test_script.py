@@ -937,3 +937,32 @@ def test_a_thread_pool_worker_alive_at_exit_does_not_make_the_run_abort(tmp_path
     assert done.stderr == plain.stderr and done.stdout.startswith(plain.stdout)
     report = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))
     assert report["summary"]["verified"] == 1 and report["summary"]["errors"] == 0
+
+
+def test_the_memory_stop_lets_go_of_the_custom_calls_kept_for_a_replay(tmp_path, monkeypatch):
+    # the calls kept for a float64 replay hold float64 copies of their constant arguments: a stop for memory lets go
+    # of them with the rest (found by review: they stayed for the rest of the run)
+    from gradcheck_sym.front import script_memory
+
+    kept: list = []
+    check = script_memory.ScriptMemory._check_memory
+
+    def spy(self, where, backward=False):
+        before = len(self.custom_calls.calls)
+        stopped = check(self, where, backward)
+        if stopped:
+            kept.append((before, len(self.custom_calls.calls)))
+        return stopped
+
+    monkeypatch.setattr(script_memory.ScriptMemory, "_check_memory", spy)
+    monkeypatch.setattr(script_memory, "MEMORY_STEP", 2**20)
+    monkeypatch.setattr(script_memory, "memory_available", lambda: 3 * 2**20)
+    text = ("import torch\n\n\nclass Scale(torch.autograd.Function):\n    @staticmethod\n    def forward(ctx, x, c):\n"
+            "        return x * c\n\n    @staticmethod\n    def backward(ctx, g):\n        return g * 2, None\n\n\n"
+            "w = torch.randn(64, 64, requires_grad=True)\n"
+            "y = Scale.apply(w, torch.full((64, 64), 2.0))\n"
+            "h = torch.tanh(torch.randn(4096, 64) @ y)\n"
+            "h.sum().backward()\nprint('done')\n")
+    report = gs.run_script(_script(tmp_path, text))
+    assert report.exit_code == 0 and report.summary["not_verified"] == 1
+    assert kept == [(1, 0)], kept
