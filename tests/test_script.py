@@ -724,14 +724,21 @@ def test_a_custom_function_called_in_inference_mode_runs_as_without_us(tmp_path)
     assert report.summary["verified"] == 2 and _row(report, "w").status == "ok"
 
 
+def _little_memory(monkeypatch):
+    """A memory guard that looks every MB recorded and finds 3 MB available: the recording stops at once."""
+    from gradcheck_sym.front import script_memory
+
+    monkeypatch.setattr(script_memory, "MEMORY_STEP", 2**20)
+    monkeypatch.setattr(script_memory, "memory_available", lambda: 3 * 2**20)
+
+
 def test_a_recording_that_would_not_fit_in_memory_stops_and_the_script_runs_on(tmp_path, monkeypatch, capfd):
     # A published conv + batch-norm tutorial at its batch of 4,096 needs ~100 GB of float64 copies and sweeps: the
     # script must not be killed for our sake.  The recording stops (and lets go of what it held); the backwards
     # after it are not verified, with the reason; the script's output and exit code are its own.
     from gradcheck_sym.front import script_memory, script_tracer
 
-    monkeypatch.setattr(script_memory, "MEMORY_STEP", 2**20)
-    monkeypatch.setattr(script_memory, "memory_available", lambda: 3 * 2**20)
+    _little_memory(monkeypatch)
     text = ("import torch\n"
             "w = torch.randn(64, 64, requires_grad=True)\n"
             "for step in range(3):\n"
@@ -955,8 +962,7 @@ def test_the_memory_stop_lets_go_of_the_custom_calls_kept_for_a_replay(tmp_path,
         return stopped
 
     monkeypatch.setattr(script_memory.ScriptMemory, "_check_memory", spy)
-    monkeypatch.setattr(script_memory, "MEMORY_STEP", 2**20)
-    monkeypatch.setattr(script_memory, "memory_available", lambda: 3 * 2**20)
+    _little_memory(monkeypatch)
     text = ("import torch\n\n\nclass Scale(torch.autograd.Function):\n    @staticmethod\n    def forward(ctx, x, c):\n"
             "        return x * c\n\n    @staticmethod\n    def backward(ctx, g):\n        return g * 2, None\n\n\n"
             "w = torch.randn(64, 64, requires_grad=True)\n"
