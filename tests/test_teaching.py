@@ -125,9 +125,12 @@ def test_a_function_that_cannot_run_in_float64_stays_not_verified_with_the_reaso
     report = gs.run_script(str(script))
     assert report.exit_code == 0 and report.summary["errors"] == 0 and report.summary["not_verified"] == 3
     (b,) = report.backwards
-    assert b.reasons and all("net.w1" in r and "running it again in float64 did not settle it (running FusedConvBN "
-                             "again in float64 raised AssertionError: float32 only); check that part in float64" in r
+    assert b.reasons and all("running it again in float64 did not settle it (running FusedConvBN again in float64 "
+                             "raised AssertionError: float32 only); check that part in float64" in r
                              for r in b.reasons), b.reasons
+    # both convolution weights: each gradient is judged on the scale of its own largest entry
+    assert {name for r in b.reasons for name in ("net.w1", "net.w2") if r.split(" differ")[0].endswith(name)} == \
+        {"net.w1", "net.w2"}, b.reasons
 
 
 def test_without_a_measured_noise_the_deep_batch_norm_mlp_is_not_verified_and_names_its_parameters(monkeypatch):
@@ -300,3 +303,55 @@ def test_no_forked_copy_while_the_script_has_children_or_handles_sigchld_or_with
     reasons = [r for b in report["backwards"] for r in b.get("reasons", [])]
     assert all("running it again was turned off (--no-replay)" in r for r in reasons), reasons
 
+
+
+def test_a_backward_ten_percent_off_is_a_mismatch_on_every_gradient_it_makes(tmp_path):
+    # net.w2's entries are a third of the backward's largest: measured against the backward's largest entry, a
+    # worst-case bound three times net.w2's own size did not count as loose, and its gradient 10% off was "ok"
+    # (while 1e-4 off was found, through the float64 replay that the measured noise calls for)
+    report = gs.run_script(str(_fused(tmp_path, "1.1")))
+    assert report.exit_code == 0 and report.summary["not_verified"] == 0
+    found = sorted((f.kind, f.tensor, f.count) for f in report.findings if f.severity == "error")
+    assert found == [("mismatch", "net.w1", 3), ("mismatch", "net.w2", 3)], str(report)
+    assert next(r for r in report.tensors if r.name == "net.w2").status == "mismatch"
+
+
+_OUTER = '''
+
+class Outer(torch.autograd.Function):
+    """FusedConvBN inside another Function: its forward makes leaves of its own and its backward asks autograd."""
+
+    @staticmethod
+    def forward(ctx, x, w):
+        with torch.enable_grad():
+            xx = x.detach().requires_grad_(True)
+            ww = w.detach().requires_grad_(True)
+            y = FusedConvBN.apply(xx, ww)
+        ctx.inner = (xx, ww, y)
+        return y.detach()
+
+    @staticmethod
+    def backward(ctx, g):
+        xx, ww, y = ctx.inner
+        with torch.enable_grad():
+            return torch.autograd.grad(y, (xx, ww), g)
+
+
+class Net('''
+
+
+@pytest.mark.parametrize("scale, errors", [("1.0", []), ("1.1", [("mismatch", "net.w1", 3), ("mismatch", "net.w2", 3)])])
+def test_a_custom_function_inside_another_one_has_no_false_untracked_leaf(tmp_path, scale, errors):
+    # The outer forward's own leaves (xx, ww) are filled by its backward's autograd.grad, never by loss.backward():
+    # they were "untracked" errors (found by a review).  They are the Function's business, as the ops of its forward
+    # are; the parameters' gradients through both Functions are still compared.
+    def nest(text):
+        assert text.count("\n\nclass Net(") == 1
+        return text.replace("\n\nclass Net(", _OUTER, 1).replace("F.relu(FusedConvBN.apply(x, self.w1))",
+                                                                   "F.relu(Outer.apply(x, self.w1))", 1)
+
+    report = gs.run_script(str(_fused(tmp_path, scale, nest)))
+    assert report.exit_code == 0 and report.summary["not_verified"] == 0
+    assert sorted((f.kind, f.tensor, f.count) for f in report.findings if f.severity != "info") == errors, str(report)
+    rows = {r.name: r.status for r in report.tensors}
+    assert rows["net.w1"] == rows["net.w2"] == ("ok" if not errors else "mismatch"), rows

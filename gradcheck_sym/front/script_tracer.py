@@ -32,7 +32,7 @@ from .tracer import Tracer
 from ..ops.core import leaves
 from .script_infos import Backward, InfoLog, TensorInfo
 from .tracer_calls import _PROPERTY_TENSORS, _QUIET, _name, foreign_types
-from .tracer_sites import _PACKAGE_DIR, Note, _user_frame, dispatching_frame
+from .tracer_sites import _PACKAGE_DIR, Note, _user_frame, dispatching_frame, in_custom_forward
 
 __all__ = ["ScriptTracer", "Backward", "TensorInfo"]
 
@@ -231,6 +231,10 @@ class ScriptTracer(ScriptMemory, Tracer):
         if s.custom is None and (t.requires_grad or s.grad != "on" or self.name == "detach") and \
                 _ASSIGNS.match(s.source):
             info = self._info(t)
+            if t.is_leaf:
+                # made inside a custom Function's forward (x.detach().requires_grad_() under enable_grad there): the
+                # Function's own leaf, which no backward of the script fills (the Function's backward answers for it)
+                info.internal = in_custom_forward()
             for a in sorted(anc)[:32]:
                 if len(self.edges) < 20_000:
                     self.edges.add((a, info.serial, cut))
@@ -355,7 +359,8 @@ class ScriptTracer(ScriptMemory, Tracer):
             # a leaf made here (torch.tensor(..., requires_grad=True), torch.randn(..., requires_grad=True)):
             # its row is named after this line
             with self.lock:
-                self._info(out).made = True
+                info = self._info(out)
+                info.made, info.internal = True, in_custom_forward()
         return out
 
     def _optimizer_op(self, func: Any, args: tuple, kwargs: dict) -> Any:

@@ -41,6 +41,7 @@ from ..ir.program import Program, Site, Var
 from ..ops import prims as P
 from ..ops.core import interpreting
 from ..ops.ew import IDENT
+from ..ops.quick import all_true
 from ..ops.torch import RULES, Refused, bind_args
 from ..reference.interpret import UNIT_ROUNDOFF, Recorder, Traced, own_bytes
 from .tracer_calls import (_CASTS, _PASS, _PROPERTY_TENSORS, _QUIET, _RANDOM, _dtype_name, _name, _normalise, _tensors,
@@ -438,13 +439,13 @@ class Tracer(Handles, TorchFunctionMode):
         # below the dtype's smallest normal number results are subnormal: absolute, not relative, precision
         tol = 64 * u * mine.abs() + torch.finfo(t.dtype).tiny
         diff = (mine - theirs).abs()
-        if bool((diff <= tol).all()):
+        if all_true(diff <= tol):
             return  # every element within a few ulps: the rounding bound is not needed
         errs = self.rec.bounds()  # (computed when first asked for: the equations recorded since)
         err = errs.get(h.var.id) if errs is not None else None
         if err is not None:
             tol = tol + 16 * err
-            if bool((diff <= tol).all()):
+            if all_true(diff <= tol):
                 return  # every element within the bound (a NaN or infinity on either side goes on below)
         both = torch.isfinite(mine) & torch.isfinite(theirs)
         bad = both & (diff > tol)

@@ -116,6 +116,20 @@ def _user_frame() -> tuple[str, int, str]:
     return (file, line, linecache.getline(file, line).strip())
 
 
+def in_custom_forward() -> bool:
+    """Whether a custom autograd.Function's forward is running (an apply() of torch's on the stack)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "apply" and code.co_filename in _FUNCTION_FILES:
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
+
+
+_FUNCTION_FILES = {torch.autograd.function.__file__, _FUNCTION_PY}
+
+
 def _custom_forward() -> tuple[str | None, Any, Any]:
     """The custom autograd.Function whose forward is running, if any (seen on the stack), what tells its call
     apart (its ctx, or the frame of its apply()), and the call as apply() got it: (class, args, kwargs, the line

@@ -19,6 +19,8 @@ from typing import Any, Callable
 
 import torch
 
+from ..ops.quick import all_true, any_true
+
 __all__ = ["Verdicts", "classify", "abs_max", "CHEAP_ULPS", "SAFETY", "FLOOR_ULPS", "KINDS", "LOOSE"]
 
 F64 = torch.float64
@@ -52,7 +54,7 @@ class Verdicts:
 
     @property
     def ok(self) -> bool:
-        return not any(bool(m.any()) for m in self.masks.values())
+        return not any(any_true(m) for m in self.masks.values())
 
 
 def cheap(a: torch.Tensor, r: torch.Tensor, u: float, rtol: float | None, atol: float | None) -> torch.Tensor:
@@ -98,7 +100,7 @@ def classify(a: torch.Tensor, r: torch.Tensor, *, u: float, tiny: float, bound: 
             bound) is then counted in `unmeasured`, not failed.
     """
     ok = cheap(a, r, u, rtol, atol)
-    if bool(ok.all()):
+    if all_true(ok):
         return Verdicts({}, None, a.numel())
     if a.numel() <= SMALL:
         e = bound()
@@ -140,7 +142,7 @@ def classify(a: torch.Tensor, r: torch.Tensor, *, u: float, tiny: float, bound: 
         if scale is None:
             scale = abs_max(r)
         wide = (tol > u**0.5) & (tol > LOOSE * scale)
-        if bool(wide.any()):
+        if any_true(wide):
             m = measured()
             if m is not None:
                 floor = FLOOR_ULPS * (u * R.abs() + tiny) + (0.0 if slack is None else sub(slack))
@@ -176,26 +178,26 @@ def classify(a: torch.Tensor, r: torch.Tensor, *, u: float, tiny: float, bound: 
     loose_mask = ~bad & (own > u**0.5) & (R != 0)
     if inside is not None:
         loose_mask = loose_mask & ~inside
-    if bool(loose_mask.any()):  # (the scale is a pass over the whole tensor: only when it can matter)
+    if any_true(loose_mask):  # (the scale is a pass over the whole tensor: only when it can matter)
         if scale is None:
             scale = abs_max(r)
         loose_mask = loose_mask & (own > LOOSE * scale)
-    if bool(loose_mask.any()) and reach is not None:
+    if any_true(loose_mask) and reach is not None:
         k = kinks()  # at a jump the run sat on, the allowance is the jump: that is its convention, not looseness
         if k is not None:
             loose_mask = loose_mask & ~k
     loose = int(loose_mask.sum())
     masks: dict[str, torch.Tensor] = {}
-    if not bool(bad.any()):
+    if not any_true(bad):
         return Verdicts(masks, full(tol, 0.0), a.numel(), loose, unmeasured)
 
     nf = bad & ~finite
-    if bool(nf.any()):
+    if any_true(nf):
         agree = nf & ((torch.isnan(A) & torch.isnan(R)) | (A == R))
         masks["nonfinite-agree"] = agree
         disagree = nf & ~agree
-        k = kinks() if bool(disagree.any()) else None
-        if (k is None or not bool((disagree & k).any())) and kink_anywhere is not None and bool(disagree.any()):
+        k = kinks() if any_true(disagree) else None
+        if (k is None or not any_true(disagree & k)) and kink_anywhere is not None and any_true(disagree):
             # The magnitude sweep misses a kink behind a zero partial (the norm of 0: d|x|^2 = 2x = 0);
             # a NaN against a finite value where the run sits on a kink is the kink's convention.
             k = torch.ones_like(disagree) if kink_anywhere() else k
@@ -205,7 +207,7 @@ def classify(a: torch.Tensor, r: torch.Tensor, *, u: float, tiny: float, bound: 
         masks["nonfinite"] = disagree
     rest = bad & finite
     for kind, alt in (("intended", intended), ("untracked", cut)):
-        if alt is None or not bool(rest.any()):
+        if alt is None or not any_true(rest):
             continue
         c = sub(alt)
         # (only where the alternative is another number: where it is the exact gradient itself, as for a cut
@@ -214,14 +216,14 @@ def classify(a: torch.Tensor, r: torch.Tensor, *, u: float, tiny: float, bound: 
             ((c - R).abs() > tol)
         masks[kind] = match
         rest = rest & ~match
-    if reach is not None and bool(rest.any()):
+    if reach is not None and any_true(rest):
         k = kinks()
         if k is not None:
             nd = rest & k
             masks["nondifferentiable"] = masks["nondifferentiable"] | nd if "nondifferentiable" in masks else nd
             rest = rest & ~nd
     masks["mismatch"] = rest
-    return Verdicts({k: full(m) for k, m in masks.items() if bool(m.any())}, full(tol, 0.0), a.numel(), loose,
+    return Verdicts({k: full(m) for k, m in masks.items() if any_true(m)}, full(tol, 0.0), a.numel(), loose,
                     unmeasured)
 
 

@@ -108,20 +108,25 @@ def bind(name: str, *args: Any, **params: Any) -> Any:
     return _STACK.items[-1].process(PRIMS[name], args, params)
 
 
-def leaves(x: Any) -> Any:
-    """The leaves of nested lists, tuples and dicts (a call's arguments), in order."""
-    if not isinstance(x, (list, tuple, dict)):
-        yield x
-        return
-    stack = [iter(x.values() if isinstance(x, dict) else x)]
+_NESTED = (list, tuple, dict)
+
+
+def leaves(x: Any) -> list[Any]:
+    """The leaves of nested lists, tuples and dicts (a call's arguments), in order (a list: the tracer walks every
+    op's arguments several times, and a generator cost twice as much)."""
+    if not isinstance(x, _NESTED):
+        return [x]
+    out: list[Any] = []
+    stack = [iter(x.values() if isinstance(x, dict) else x)]  # (not recursion: any depth of nesting)
     while stack:
         for e in stack[-1]:
-            if isinstance(e, (list, tuple, dict)):
+            if isinstance(e, _NESTED):
                 stack.append(iter(e.values() if isinstance(e, dict) else e))
                 break
-            yield e
+            out.append(e)
         else:
             stack.pop()
+    return out
 
 
 def is_tensor(x: Any) -> bool:

@@ -28,6 +28,7 @@ import sympy
 import torch
 
 from .core import Prim, bind, is_tensor, register
+from .quick import any_nan
 from .ew import ADD, MUL, NEG, EwFn
 
 __all__ = [
@@ -184,7 +185,11 @@ def _ew_err(errs: list[Any], ins: Sequence[Any], outs: Sequence[Any], u: float, 
                 if c != 0:
                     total = total + (e if c == 1 else c * e)
                 continue
-            d = _ew_impl(*targs, fn=part).abs()
+            if part.arg is not None:  # d(a*b)/da = b: b itself (no kernel to evaluate it)
+                d = targs[part.arg].abs()
+                d = d if d.dtype == F64 else d.to(F64)
+            else:
+                d = _ew_impl(*targs, fn=part).abs()
             if fn.unbranched is not None and i < fn.unbranched.nargs:
                 # The user's run took one side of a kink and an input within its bound of it may put the
                 # reference on the other (relu of -1e-7 in float32, of +3e-7 in float64): the value then moves
@@ -197,7 +202,7 @@ def _ew_err(errs: list[Any], ins: Sequence[Any], outs: Sequence[Any], u: float, 
     out = total
     for d, e in terms:
         out = out + d * e
-    if bool(torch.isnan(out).any()):
+    if any_nan(out):
         # An input's error reaches the output only through a non-zero partial: exp(-inf) = 0 takes none of the
         # (infinite) error of a -inf score, as with masked_fill(-inf) before softmax; 0 * inf is NaN, so the
         # products are taken again as 0 where either factor is (one NaN test per equation, not one per term).

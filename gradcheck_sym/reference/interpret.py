@@ -128,7 +128,6 @@ class Recorder(Interpreter):
         self.lazy = False
         self.bounded = 0
         self.nbytes = 0  # the recorded values' own storage (views not counted): what recording costs in memory
-        self._eager = TorchEager()
 
     def bounds(self) -> dict[int, Any] | None:
         """`errs`, brought up to date with every equation recorded so far (`error_bounds` of the new ones)."""
@@ -140,29 +139,41 @@ class Recorder(Interpreter):
         return self.errs
 
     def process(self, prim: Any, args: tuple[Any, ...], params: dict[str, Any]) -> Any:
-        values = tuple(a.value if isinstance(a, Traced) else a for a in args)
-        out = self._eager.process(prim, values, params)
-        if not any(isinstance(a, Traced) for a in args) and prim.name != "opaque":
+        # (plain loops, not generator expressions: this runs for every op a traced script makes, and for every
+        # op of every recorded sweep)
+        values = []
+        traced_in = False
+        for a in args:
+            if isinstance(a, Traced):
+                values.append(a.value)
+                traced_in = True
+            else:
+                values.append(a)
+        out = prim.impl(*values, **params)
+        if not traced_in and prim.name != "opaque":
             return out  # constants only: folded (an opaque value stays a variable: it must taint)
-        atoms = tuple(a.var if isinstance(a, Traced) else self._const(a) for a in args)
+        atoms = tuple([a.var if isinstance(a, Traced) else self._const(a) for a in args])
         outs = out if prim.multiple else (out,)
         vars_ = []
+        floating = True
         for o in outs:
-            vars_.append(Var(self.next_id, tuple(o.shape), self.dtype))
+            v = Var(self.next_id, tuple(o.shape), self.dtype)
             self.next_id += 1
-        self.eqns.append(Eqn(prim.name, atoms, tuple(vars_), dict(params), self.site))
-        for v, o in zip(vars_, outs):
+            vars_.append(v)
             self.values[v.id] = o
             self.nbytes += own_bytes(o)
-        if self.errs is not None and not self.lazy and all(isinstance(o, torch.Tensor) and o.is_floating_point()
-                                                           for o in outs):
-            in_errs = [self.errs.get(a.var.id) if isinstance(a, Traced) else None for a in args]
+            floating = floating and isinstance(o, torch.Tensor) and o.is_floating_point()
+        self.eqns.append(Eqn(prim.name, atoms, tuple(vars_), dict(params), self.site))
+        if self.errs is not None and not self.lazy and floating:
+            errs = self.errs
+            in_errs = [errs.get(a.var.id) if isinstance(a, Traced) else None for a in args]
             u = UNIT_ROUNDOFF.get(self.dtype, 2.0**-53)
-            for v, r in zip(vars_, prim.err(in_errs, list(values), list(outs), u, **params)):
+            for v, r in zip(vars_, prim.err(in_errs, values, list(outs), u, **params)):
                 if r is not None:
-                    self.errs[v.id] = r
-        traced = tuple(Traced(o, v) for o, v in zip(outs, vars_))
-        return traced if prim.multiple else traced[0]
+                    errs[v.id] = r
+        if not prim.multiple:
+            return Traced(out, vars_[0])
+        return tuple([Traced(o, v) for o, v in zip(outs, vars_)])
 
     def _const(self, value: Any) -> Const:
         if not isinstance(value, torch.Tensor):
