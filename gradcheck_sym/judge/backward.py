@@ -20,13 +20,14 @@ import torch
 from ..ir.program import Var
 from ..ops.quick import all_finite, all_true, any_true
 from ..reference.interpret import UNIT_ROUNDOFF, Traced, error_bounds, record_sweep, rounded_sweep, sweep
+from .backward_replay import ReplayDecisions
+from .backward_words import info_name, message, unseen, worst
 from .elements import abs_max, classify
 from .replay import Replays, child_pids
 
 __all__ = ["BackwardVerifier", "Plan"]
 
 F64 = torch.float64
-REPLAY_FIRST, REPLAY_EVERY = 3, 10
 
 
 @dataclass
@@ -55,7 +56,7 @@ class Plan:
         return self._written
 
 
-class BackwardVerifier:
+class BackwardVerifier(ReplayDecisions):
     """Plans and verifies backwards for a `ScriptTracer` (see the module docstring)."""
 
     def __init__(self, replay: bool = True) -> None:
@@ -71,12 +72,12 @@ class BackwardVerifier:
         for out, g in zip(outs, grads):
             if (type(out) is not torch.Tensor and not isinstance(out, torch.nn.Parameter)) or out.device.type != "cpu":
                 ev.verified = False  # a subclass (even looking at it runs its code), or a GPU's tensor
-                ev.reasons.append(_unseen(out))
+                ev.reasons.append(unseen(out))
                 return None
             h = tr.v(out)
             if not isinstance(h, Traced):
                 ev.verified = False
-                ev.reasons.append(_unseen(out))
+                ev.reasons.append(unseen(out))
                 return None
             if g is None:
                 if out.numel() != 1:
@@ -287,7 +288,7 @@ class BackwardVerifier:
         status = "ok"
         if not verdicts.ok:
             kinds = list(verdicts.masks)
-            status = _worst(kinds)
+            status = worst(kinds)
             if status == "mismatch":
                 if any(n.kind == "stale-graph" for n in tr.notes):
                     status = "stale-graph"
@@ -295,7 +296,7 @@ class BackwardVerifier:
                     status = "hook"
             if status in ("mismatch", "untracked", "nonfinite", "stale-graph"):
                 ev.errors += 1
-            tr.events.append((status, ev.line, _message(status, ev, a, r, cut, tr, verdicts.masks.get(status)),
+            tr.events.append((status, ev.line, message(status, ev, a, r, cut, tr, verdicts.masks.get(status)),
                               f"#{info.serial}"))
         if returned:
             ev.returned.append((f"#{info.serial}", got, r))
@@ -307,56 +308,6 @@ class BackwardVerifier:
         if plan.create and got is not None and var is not None and isinstance(exact, Traced):
             self._bind_grad(tr, t, before, exact)
         return (info, var, a, r, cut, t) if status == "ok" else None
-
-    def _replayed_wrong(self, tr: Any, ev: Any, plan: Plan, passed: list[Any]) -> None:
-        """Once a replay in this backward found a custom Function's formula wrong, every gradient that passed
-        through that call is a mismatch (in float32 the difference hid within rounding: under the measured noise,
-        the worst-case bound, or before the replay ran)."""
-        replays = plan.replays
-        if replays is None or replays.verdicts is None or not any(
-                v[0] == "differ" for v in replays.verdicts.values()):
-            return
-        for done in passed:
-            if done is None:
-                continue
-            info, var, a, r, cut, t = done
-            if var is None or not replays.through(var.id):
-                continue
-            verdict, detail, _ = replays.of(var.id)
-            if verdict != "differ":
-                continue
-            ev.errors += 1
-            tr.events.append(("mismatch", ev.line, _message("mismatch", ev, a, r, cut, tr) + f": {detail} (in "
-                              f"{str(t.dtype).replace('torch.', '')} the difference hides within rounding)",
-                              f"#{info.serial}"))
-            if info.checks and info.checks[-1][0] == ev.index:
-                index, got, exact, _ = info.checks[-1]
-                info.checks[-1] = (index, got, exact, "mismatch")
-
-    def _sampled(self, ev: Any, plan: Plan) -> bool:
-        """Whether this backward is one of its line's sample for a replay that can only add a finding: the first
-        `REPLAY_FIRST`, then every `REPLAY_EVERY`th."""
-        if plan.sampled is None:
-            n = self.replay_counts.get(ev.line, 0)
-            self.replay_counts[ev.line] = n + 1
-            plan.sampled = n < REPLAY_FIRST or n % REPLAY_EVERY == 0
-        return plan.sampled
-
-    def _settle(self, tr: Any, ev: Any, plan: Plan, var: Var) -> tuple[str, str]:
-        """The custom Functions `var`'s gradient goes through, run again in float64 (`judge.replay`); an
-        agreement is said once per Function, as an info."""
-        if not self.replay:
-            return "unknown", "running it again was turned off (--no-replay)"
-        verdict, detail, names = plan.replays.of(var.id)
-        if verdict == "agree":
-            for name in names:
-                if not any(e[0] == "replayed" and e[3] == name for e in tr.events):
-                    tr.events.append(("replayed", ev.line, (
-                        f"the backward of `{name}` rounds differently from our formulas in "
-                        "float32: run again in float64 on the same inputs (in a forked copy of the process, where "
-                        "the script's output and open files are /dev/null), it matched the exact gradient of its "
-                        "forward, so the float32 differences are rounding"), name))
-        return verdict, detail
 
     def _not_verified(self, ev: Any, info: Any, got: Any, t: torch.Tensor, reasons: list[str]) -> None:
         """This tensor's gradient in this backward is not vouched for, for `reasons`; nor is its total after it."""
@@ -424,27 +375,6 @@ def _scale(tr: Any, plan: Plan, tensors: Any) -> float:
     return out
 
 
-def info_name(tr: Any, t: torch.Tensor) -> str:
-    """A name for `t` in a reason: ``{#serial}``, which the report replaces by the tensor's row name (names are
-    made after the script ends: a parameter's attribute path, an assignment's target)."""
-    info = tr.infos.get(id(t))
-    serial = getattr(info, "serial", None)
-    return f"{{#{serial}}}" if serial is not None else "a tensor"
-
-
-def _unseen(out: torch.Tensor) -> str:
-    """Why an output has no trace, as precisely as its type and grad_fn tell."""
-    if type(out) is not torch.Tensor and not isinstance(out, torch.nn.Parameter):
-        return f"its output is a {type(out).__name__} (a tensor subclass), whose operations are not traced"
-    fn = type(out.grad_fn).__name__ if out.grad_fn is not None else ""
-    if out.device.type != "cpu":
-        return (f"its output is on {out.device}: operations on {out.device.type} tensors are not traced (the "
-                "reference runs on the CPU)")
-    if "Compiled" in fn:
-        return f"its output was computed inside torch.compile ({fn}), which the tracer cannot see into"
-    return "its output was not computed by torch ops the tracer saw"
-
-
 def _total_before(info: Any, before: Any, u: float) -> Any:
     """The exact value of .grad before this backward: None (no gradient or zeroed), the verified total,
     or False when unknown (an unverified earlier gradient, or .grad changed since in a way not seen)."""
@@ -457,47 +387,3 @@ def _total_before(info: Any, before: Any, u: float) -> Any:
     if all_true((before - prev).abs() <= 64 * u * (before.abs() + prev.abs()) + 1e-300):
         return prev
     return False
-
-
-def _worst(kinds: list[str]) -> str:
-    for k in ("nonfinite", "mismatch", "untracked", "nondifferentiable", "nonfinite-agree"):
-        if k in kinds:
-            return k
-    return kinds[0]
-
-
-def _fmt(t: Any) -> str:
-    if t is None:
-        return "None"
-    flat = t.reshape(-1)
-    if flat.numel() == 1:
-        return f"{float(flat[0]):.6g}"
-    shown = ", ".join(f"{float(v):.6g}" for v in flat[:4])
-    return f"[{shown}{', ...' if flat.numel() > 4 else ''}] (shape {tuple(t.shape)})"
-
-
-def _first(mask: Any, a: Any, r: Any) -> str:
-    """Where the first failing entry of a tensor is, with both values, unless `_fmt` shows it visibly different:
-    the entries it shows may all agree."""
-    if mask is None or a.numel() <= 1 or not bool(mask.any()):
-        return ""
-    flat = int(mask.reshape(-1).nonzero()[0])
-    x, y = float(a.reshape(-1)[flat]), float(r.reshape(-1)[flat])
-    if flat < 4 and f"{x:.6g}" != f"{y:.6g}":
-        return ""  # shown, and visibly different
-    at = ", ".join(str(int(i)) for i in torch.unravel_index(torch.tensor(flat), tuple(a.shape)))
-    return f" (first at [{at}]: {x:.9g} vs {y:.9g})"
-
-
-def _message(status: str, ev: Any, a: Any, r: Any, cut: Any, tr: Any, mask: Any = None) -> str:
-    what = "returned" if ev.kind == "autograd.grad" else "added to .grad"
-    head = f"{ev.kind} at line {ev.line}: the gradient {what} of {{tensor}} is {_fmt(a)}"
-    if status == "untracked":
-        cuts = sorted({(c.kind, tr.sites[c.site].line) for c in tr.cuts})
-        where = ", ".join(f"{'no_grad' if k == 'no_grad' else k} at line {ln}" for k, ln in cuts) or "a cut"
-        return f"{head}, the exact gradient is {_fmt(r)}; the difference is what {where} hides from autograd"
-    if status == "hook":
-        return f"{head}, the plain gradient is {_fmt(r)}: a hook on its way back changed it"
-    if status == "nondifferentiable":
-        return f"{head}, sympy {_fmt(r)}: a kink, tie or jump of the run, where torch follows a convention"
-    return f"{head} where the exact gradient is {_fmt(r)}{_first(mask, a, r)}"

@@ -1,0 +1,71 @@
+"""The float64 replays' part in a backward's verdicts (`judge.replay` runs them): which backwards replay a
+custom Function whose gradients already passed, what an agreement says, and what a formula found wrong does to
+every gradient that went through its call."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..ir.program import Var
+from .backward_words import message
+
+__all__ = ["ReplayDecisions", "REPLAY_FIRST", "REPLAY_EVERY"]
+
+REPLAY_FIRST, REPLAY_EVERY = 3, 10
+
+
+class ReplayDecisions:
+    """Mixed into `BackwardVerifier` (which sets `replay` and `replay_counts`)."""
+
+    replay: bool
+    replay_counts: dict[int, int]
+
+    def _replayed_wrong(self, tr: Any, ev: Any, plan: Any, passed: list[Any]) -> None:
+        """Once a replay in this backward found a custom Function's formula wrong, every gradient that passed
+        through that call is a mismatch (in float32 the difference hid within rounding: under the measured noise,
+        the worst-case bound, or before the replay ran)."""
+        replays = plan.replays
+        if replays is None or replays.verdicts is None or not any(
+                v[0] == "differ" for v in replays.verdicts.values()):
+            return
+        for done in passed:
+            if done is None:
+                continue
+            info, var, a, r, cut, t = done
+            if var is None or not replays.through(var.id):
+                continue
+            verdict, detail, _ = replays.of(var.id)
+            if verdict != "differ":
+                continue
+            ev.errors += 1
+            tr.events.append(("mismatch", ev.line, message("mismatch", ev, a, r, cut, tr) + f": {detail} (in "
+                              f"{str(t.dtype).replace('torch.', '')} the difference hides within rounding)",
+                              f"#{info.serial}"))
+            if info.checks and info.checks[-1][0] == ev.index:
+                index, got, exact, _ = info.checks[-1]
+                info.checks[-1] = (index, got, exact, "mismatch")
+
+    def _sampled(self, ev: Any, plan: Any) -> bool:
+        """Whether this backward is one of its line's sample for a replay that can only add a finding: the first
+        `REPLAY_FIRST`, then every `REPLAY_EVERY`th."""
+        if plan.sampled is None:
+            n = self.replay_counts.get(ev.line, 0)
+            self.replay_counts[ev.line] = n + 1
+            plan.sampled = n < REPLAY_FIRST or n % REPLAY_EVERY == 0
+        return plan.sampled
+
+    def _settle(self, tr: Any, ev: Any, plan: Any, var: Var) -> tuple[str, str]:
+        """The custom Functions `var`'s gradient goes through, run again in float64 (`judge.replay`); an
+        agreement is said once per Function, as an info."""
+        if not self.replay:
+            return "unknown", "running it again was turned off (--no-replay)"
+        verdict, detail, names = plan.replays.of(var.id)
+        if verdict == "agree":
+            for name in names:
+                if not any(e[0] == "replayed" and e[3] == name for e in tr.events):
+                    tr.events.append(("replayed", ev.line, (
+                        f"the backward of `{name}` rounds differently from our formulas in "
+                        "float32: run again in float64 on the same inputs (in a forked copy of the process, where "
+                        "the script's output and open files are /dev/null), it matched the exact gradient of its "
+                        "forward, so the float32 differences are rounding"), name))
+        return verdict, detail

@@ -1,0 +1,77 @@
+"""What a backward's findings say: the messages and reasons `judge.backward` writes (the names of tensors are
+filled in by the report, which knows them only after the script ends)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..ops.quick import any_true
+
+__all__ = ["info_name", "unseen", "worst", "message"]
+
+
+def info_name(tr: Any, t: torch.Tensor) -> str:
+    """A name for `t` in a reason: ``{#serial}``, which the report replaces by the tensor's row name (names are
+    made after the script ends: a parameter's attribute path, an assignment's target)."""
+    info = tr.infos.get(id(t))
+    serial = getattr(info, "serial", None)
+    return f"{{#{serial}}}" if serial is not None else "a tensor"
+
+
+def unseen(out: torch.Tensor) -> str:
+    """Why an output has no trace, as precisely as its type and grad_fn tell."""
+    if type(out) is not torch.Tensor and not isinstance(out, torch.nn.Parameter):
+        return f"its output is a {type(out).__name__} (a tensor subclass), whose operations are not traced"
+    fn = type(out.grad_fn).__name__ if out.grad_fn is not None else ""
+    if out.device.type != "cpu":
+        return (f"its output is on {out.device}: operations on {out.device.type} tensors are not traced (the "
+                "reference runs on the CPU)")
+    if "Compiled" in fn:
+        return f"its output was computed inside torch.compile ({fn}), which the tracer cannot see into"
+    return "its output was not computed by torch ops the tracer saw"
+
+
+def worst(kinds: list[str]) -> str:
+    for k in ("nonfinite", "mismatch", "untracked", "nondifferentiable", "nonfinite-agree"):
+        if k in kinds:
+            return k
+    return kinds[0]
+
+
+def _fmt(t: Any) -> str:
+    if t is None:
+        return "None"
+    flat = t.reshape(-1)
+    if flat.numel() == 1:
+        return f"{float(flat[0]):.6g}"
+    shown = ", ".join(f"{float(v):.6g}" for v in flat[:4])
+    return f"[{shown}{', ...' if flat.numel() > 4 else ''}] (shape {tuple(t.shape)})"
+
+
+def _first(mask: Any, a: Any, r: Any) -> str:
+    """Where the first failing entry of a tensor is, with both values, unless `_fmt` shows it visibly different:
+    the entries it shows may all agree."""
+    if mask is None or a.numel() <= 1 or not any_true(mask):
+        return ""
+    flat = int(mask.reshape(-1).nonzero()[0])
+    x, y = float(a.reshape(-1)[flat]), float(r.reshape(-1)[flat])
+    if flat < 4 and f"{x:.6g}" != f"{y:.6g}":
+        return ""  # shown, and visibly different
+    at = ", ".join(str(int(i)) for i in torch.unravel_index(torch.tensor(flat), tuple(a.shape)))
+    return f" (first at [{at}]: {x:.9g} vs {y:.9g})"
+
+
+def message(status: str, ev: Any, a: Any, r: Any, cut: Any, tr: Any, mask: Any = None) -> str:
+    what = "returned" if ev.kind == "autograd.grad" else "added to .grad"
+    head = f"{ev.kind} at line {ev.line}: the gradient {what} of {{tensor}} is {_fmt(a)}"
+    if status == "untracked":
+        cuts = sorted({(c.kind, tr.sites[c.site].line) for c in tr.cuts})
+        where = ", ".join(f"{'no_grad' if k == 'no_grad' else k} at line {ln}" for k, ln in cuts) or "a cut"
+        return f"{head}, the exact gradient is {_fmt(r)}; the difference is what {where} hides from autograd"
+    if status == "hook":
+        return f"{head}, the plain gradient is {_fmt(r)}: a hook on its way back changed it"
+    if status == "nondifferentiable":
+        return f"{head}, sympy {_fmt(r)}: a kink, tie or jump of the run, where torch follows a convention"
+    return f"{head} where the exact gradient is {_fmt(r)}{_first(mask, a, r)}"
