@@ -11,7 +11,10 @@ from .backward_words import message
 
 __all__ = ["ReplayDecisions", "REPLAY_FIRST", "REPLAY_EVERY"]
 
-REPLAY_FIRST, REPLAY_EVERY = 3, 10
+# A line's first REPLAY_FIRST backwards replay a custom Function whose gradients passed under the measured noise, then
+# every REPLAY_EVERY-th: each is a fork of the process (seconds at the size of a model; a published tutorial's
+# 2,000 iterations spent half their time in 200 of them), and its formula is the same code at every pass.
+REPLAY_FIRST, REPLAY_EVERY = 3, 100
 
 
 class ReplayDecisions:

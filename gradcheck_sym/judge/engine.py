@@ -25,6 +25,7 @@ import torch
 from ..autograd.mode import autograd_on
 from ..budget import NO_DEADLINE, Deadline
 from ..ops import OPS
+from ..ops.quick import any_true
 from ..reference.formulas import formulas
 from ..report import Report
 from ..report.records import Formula, LazyFormulas
@@ -123,13 +124,15 @@ class Checker:
         run = self.s.autograd(xd, self.order, None, sub)
         ch = Chunk(start, n, x64, xd, run, self.refs.env(x64, self.refs.keep, sub))
 
-        inside = torch.ones(n, dtype=torch.bool)
+        inside: torch.Tensor | None = None
         refs, autos = [], run.outputs()
         for o in range(len(self.s.outputs)):
             r = self.ref(ch, f"out{o}")
             refs.append(r)
-            inside &= torch.isfinite(r)
-            inside &= torch.isfinite(autos[o])
+            both = torch.isfinite(r).logical_and_(torch.isfinite(autos[o]))
+            inside = both if inside is None else inside.logical_and_(both)
+        if inside is None:
+            inside = torch.ones(n, dtype=torch.bool)
         outside = ~inside
         self._record_outside(ch, outside, refs[0], autos[0])
         forward = getattr(self.s, "check_forward", None)
@@ -177,7 +180,7 @@ class Checker:
                         self._note_bad(ch, i, q, bad_rows[k], a_rows[k], r_rows[k], kinks, per_q_bad, candidates,
                                        record_first=False)
         self._second_opinion(ch, outside, kinks, sub)
-        if bool(candidates.any()):
+        if any_true(candidates):
             self.detailed.run(ch, candidates, per_q_bad, kinks)
         if start == 0:
             self.first["point"] = {name: float(t[0]) for name, t in x64.items()}
@@ -194,7 +197,7 @@ class Checker:
         if kinked is not None:
             bad = bad | (kinked & ~ch.outside)[: len(bad)]
             self._record_kinks(ch, q, kinks, a, r[: len(a)])
-        if bool(bad.any()):
+        if any_true(bad):
             if len(bad) < n:
                 bad = torch.cat([bad, torch.zeros(n - len(bad), dtype=torch.bool)])
             per_q_bad[i] = bad
@@ -231,7 +234,7 @@ class Checker:
             node = self.graph.nodes[k]
             args = [self.ref(ch, f"v{a}") for a in node.args]
             mask = full(OPS[node.op].kink(torch, *args), ch.n).bool()  # type: ignore[misc]
-            if bool(mask.any()):
+            if any_true(mask):
                 out[k] = mask
         return out
 
@@ -257,6 +260,8 @@ class Checker:
         return mask
 
     def _record_outside(self, ch: Chunk, outside: torch.Tensor, ref: torch.Tensor, auto: torch.Tensor) -> None:
+        if not any_true(outside):
+            return
         idx = torch.nonzero(outside).flatten().tolist()
         for i in idx[:3]:
             self.acc.add("outside-domain", "info", "", example(ch.start + i, self.point(ch, i), float(auto[i]),
@@ -277,9 +282,12 @@ class Checker:
         bad = torch.zeros(ch.n, dtype=torch.bool)
         factor = tl.CONDITION_RTOL_FACTOR if kind == "conditioning" else tl.TRACE_RTOL_FACTOR
         for r, a in zip(refs, autos):
-            loose = factor * math.sqrt(self.u) * (r.abs() + a.abs()) + torch.finfo(self.dtype).tiny
-            bad |= (r - a).abs() > loose
+            # (in place: four passes over a million points fewer than the plain expression)
+            loose = r.abs().add_(a.abs()).mul_(factor * math.sqrt(self.u)).add_(torch.finfo(self.dtype).tiny)
+            bad |= (r - a).abs_() > loose
         bad &= ~outside
+        if not any_true(bad):
+            return bad
         for i in torch.nonzero(bad).flatten().tolist():
             ex = example(ch.start + i, self.point(ch, i), float(autos[0][i]), float(refs[0][i]), quantity="out")
             if kind == "trace":

@@ -252,13 +252,13 @@ def _compiled(expr: sympy.Expr, nargs: int, backend: str) -> Callable[..., Any]:
     from ..reference.evaluate import TORCH, _compile
     from ..reference.mp_backend import GLOBAL
 
-    fn = _compile(expr, TORCH if backend == "torch" else GLOBAL, {})
     syms = (P[:nargs] if nargs <= len(P) else P) if nargs <= 8 else P
     if any(q in expr.free_symbols for q in Q):  # a branched function: k values, then k user values
         syms = P[: nargs // 2] + Q[: nargs // 2]
+    fn = _compile(expr, TORCH if backend == "torch" else GLOBAL, {}, positions={s: i for i, s in enumerate(syms)})
 
     def run(*args: Any) -> Any:
-        return fn(dict(zip(syms, args)))
+        return fn(args)
 
     return run
 

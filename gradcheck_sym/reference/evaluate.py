@@ -136,6 +136,22 @@ def _t_pow(base: torch.Tensor, exponent: sympy.Expr, exp_value: Any) -> torch.Te
     return torch.where(torch.isnan(base) | torch.isnan(torch.as_tensor(exp_value)), torch.nan, out)
 
 
+def _t_pow_for(exponent: sympy.Expr) -> Callable[[Any, Any], Any]:
+    """`_t_pow` with its case chosen for this exponent once (sympy comparisons cost a microsecond each)."""
+    if exponent == -1:
+        return lambda base, _: torch.reciprocal(base)
+    if exponent == sympy.Rational(1, 2):
+        return lambda base, _: torch.sqrt(base)
+    if exponent == sympy.Rational(-1, 2):
+        return lambda base, _: torch.rsqrt(base)
+    if exponent == 2:
+        return lambda base, _: base * base
+    if exponent.is_Integer and exponent != 0 and abs(int(exponent)) < 2**53:
+        k = int(exponent)
+        return lambda base, _: torch.pow(base, k)
+    return lambda base, value: _t_pow(base, exponent, value)
+
+
 def _t_heaviside(x: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:
     h0 = torch.tensor(0.5, dtype=x.dtype) if h0 is None else torch.as_tensor(h0, dtype=x.dtype)
     return torch.heaviside(x, h0)
@@ -216,74 +232,100 @@ def register_function(cls: type, torch_fn: Callable[..., Any], mp_fn: Callable[.
 
 
 # ---------------------------------------------------------------- compiler
-def _compile(expr: sympy.Expr, backend: Backend, consts: dict[sympy.Expr, Any]) -> Fn:
-    if isinstance(expr, sympy.Symbol):
-        return lambda env: env[expr]
-    if _is_constant(expr):
-        if expr not in consts:
-            consts[expr] = backend.const(expr)
-        value = consts[expr]
-        return lambda env: value
-    if expr is sympy.true or expr is sympy.false:
-        value = bool(expr)
-        return lambda env: value
-    if isinstance(expr, sympy.Add):
-        # a + (-1)*b is computed as a - b: one kernel instead of two.
-        plus = [a for a in expr.args if not _negated(a)]
-        minus = [_negated(a) for a in expr.args if _negated(a)]
-        if plus and minus:
-            p_parts = [_compile(a, backend, consts) for a in plus]
-            m_parts = [_compile(a, backend, consts) for a in minus]
+def _compile(expr: sympy.Expr, backend: Backend, consts: dict[sympy.Expr, Any],
+             positions: dict[sympy.Symbol, int] | None = None) -> Fn:
+    """`expr` as a function of an environment (symbol -> value).
+
+    With `positions` (symbol -> index), the function takes the sequence of its arguments in that order instead:
+    an elementwise rule's formula runs for every op a script makes, and a dict built and a symbol hashed per
+    argument were a fifth of its cost.
+    """
+    torch_backend = backend is TORCH
+
+    def walk(expr: sympy.Expr) -> Fn:
+        if isinstance(expr, sympy.Symbol):
+            if positions is not None and expr in positions:
+                i = positions[expr]
+                return lambda env: env[i]
+            return lambda env: env[expr]
+        if _is_constant(expr):
+            if expr not in consts:
+                consts[expr] = backend.const(expr)
+            value = consts[expr]
+            return lambda env: value
+        if expr is sympy.true or expr is sympy.false:
+            value = bool(expr)
+            return lambda env: value
+        if isinstance(expr, sympy.Add):
+            # a + (-1)*b is computed as a - b: one kernel instead of two.
+            plus = [a for a in expr.args if not _negated(a)]
+            minus = [_negated(a) for a in expr.args if _negated(a)]
             add = backend.add
-            sub = backend.sub
-            return lambda env: sub(add([p(env) for p in p_parts]), add([m(env) for m in m_parts]))
-        parts = [_compile(a, backend, consts) for a in expr.args]
-        add = backend.add
-        return lambda env: add([p(env) for p in parts])
-    if isinstance(expr, sympy.Mul):
-        # a * b**-1 is computed as a / b: one kernel instead of a reciprocal and a product.
-        num = [a for a in expr.args if not (isinstance(a, sympy.Pow) and a.exp == -1)]
-        den = [a.base for a in expr.args if isinstance(a, sympy.Pow) and a.exp == -1]
-        mul, div = backend.mul, backend.div
-        if num and den:
-            n_parts = [_compile(a, backend, consts) for a in num]
-            d_parts = [_compile(a, backend, consts) for a in den]
-            return lambda env: div(mul([p(env) for p in n_parts]), mul([d(env) for d in d_parts]))
-        parts = [_compile(a, backend, consts) for a in expr.args]
-        return lambda env: mul([p(env) for p in parts])
-    if isinstance(expr, sympy.Pow):
-        base = _compile(expr.base, backend, consts)
-        exponent_expr = expr.exp
-        exponent = _compile(exponent_expr, backend, consts)
-        pw = backend.pow
-        return lambda env: pw(base(env), exponent_expr, exponent(env))
-    if isinstance(expr, sympy.Piecewise):
-        pieces = [(_compile(e, backend, consts), _compile(c, backend, consts)) for e, c in expr.args]
-        where = backend.where
-        if len(pieces) == 1:
-            return pieces[0][0]
+            if plus and minus:
+                p_parts = [walk(a) for a in plus]
+                m_parts = [walk(a) for a in minus]
+                sub = backend.sub
+                if torch_backend and len(p_parts) == len(m_parts) == 1:
+                    p0, m0 = p_parts[0], m_parts[0]
+                    return lambda env: p0(env) - m0(env)
+                return lambda env: sub(add([p(env) for p in p_parts]), add([m(env) for m in m_parts]))
+            parts = [walk(a) for a in expr.args]
+            if torch_backend and len(parts) == 2:  # (what the reduction does with two terms)
+                p0, p1 = parts
+                return lambda env: torch.add(p0(env), p1(env))
+            return lambda env: add([p(env) for p in parts])
+        if isinstance(expr, sympy.Mul):
+            # a * b**-1 is computed as a / b: one kernel instead of a reciprocal and a product.
+            num = [a for a in expr.args if not (isinstance(a, sympy.Pow) and a.exp == -1)]
+            den = [a.base for a in expr.args if isinstance(a, sympy.Pow) and a.exp == -1]
+            mul, div = backend.mul, backend.div
+            if num and den:
+                n_parts = [walk(a) for a in num]
+                d_parts = [walk(a) for a in den]
+                return lambda env: div(mul([p(env) for p in n_parts]), mul([d(env) for d in d_parts]))
+            parts = [walk(a) for a in expr.args]
+            if torch_backend and len(parts) == 2:
+                p0, p1 = parts
+                return lambda env: torch.mul(p0(env), p1(env))
+            return lambda env: mul([p(env) for p in parts])
+        if isinstance(expr, sympy.Pow):
+            base = walk(expr.base)
+            exponent_expr = expr.exp
+            exponent = walk(exponent_expr)
+            if torch_backend:  # the exponent's case decided once, not at every call
+                pw2 = _t_pow_for(exponent_expr)
+                return lambda env: pw2(base(env), exponent(env))
+            pw = backend.pow
+            return lambda env: pw(base(env), exponent_expr, exponent(env))
+        if isinstance(expr, sympy.Piecewise):
+            pieces = [(walk(e), walk(c)) for e, c in expr.args]
+            where = backend.where
+            if len(pieces) == 1:
+                return pieces[0][0]
 
-        def piecewise(env: Env) -> Any:
-            # The last piece's condition is True (as our builder writes it); fold from the end.
-            out = pieces[-1][0](env)
-            for value, cond in reversed(pieces[:-1]):
-                out = where(cond(env), value(env), out)
-            return out
+            def piecewise(env: Env) -> Any:
+                # The last piece's condition is True (as our builder writes it); fold from the end.
+                out = pieces[-1][0](env)
+                for value, cond in reversed(pieces[:-1]):
+                    out = where(cond(env), value(env), out)
+                return out
 
-        return piecewise
-    fn = backend.funcs.get(type(expr)) or backend.extra(type(expr))
-    if fn is None:
-        for cls, f in backend.funcs.items():  # subclasses, e.g. sympy's floor for ours
-            if isinstance(expr, cls):
-                fn = f
-                break
-    if fn is None:
-        raise UnevaluableError(f"no numeric rule for {type(expr).__name__} in {expr}")
-    args = [_compile(a, backend, consts) for a in expr.args]
-    if len(args) == 1:
-        a0 = args[0]
-        return lambda env: fn(a0(env))
-    return lambda env: fn(*[a(env) for a in args])
+            return piecewise
+        fn = backend.funcs.get(type(expr)) or backend.extra(type(expr))
+        if fn is None:
+            for cls, f in backend.funcs.items():  # subclasses, e.g. sympy's floor for ours
+                if isinstance(expr, cls):
+                    fn = f
+                    break
+        if fn is None:
+            raise UnevaluableError(f"no numeric rule for {type(expr).__name__} in {expr}")
+        args = [walk(a) for a in expr.args]
+        if len(args) == 1:
+            a0 = args[0]
+            return lambda env: fn(a0(env))
+        return lambda env: fn(*[a(env) for a in args])
+
+    return walk(expr)
 
 
 def _negated(expr: sympy.Expr) -> sympy.Expr | None:
