@@ -355,3 +355,43 @@ def test_a_custom_function_inside_another_one_has_no_false_untracked_leaf(tmp_pa
     assert sorted((f.kind, f.tensor, f.count) for f in report.findings if f.severity != "info") == errors, str(report)
     rows = {r.name: r.status for r in report.tensors}
     assert rows["net.w1"] == rows["net.w2"] == ("ok" if not errors else "mismatch"), rows
+
+
+_MAGNITUDE = '''
+
+class Magnitude(torch.autograd.Function):
+    """|z| of a complex spectrum."""
+
+    @staticmethod
+    def forward(ctx, z):
+        m = z.abs()
+        ctx.save_for_backward(z, m)
+        return m
+
+    @staticmethod
+    def backward(ctx, g):
+        z, m = ctx.saved_tensors
+        return g * z / m
+
+
+class Net('''
+
+
+def test_a_custom_function_of_a_complex_spectrum_is_not_verified_instead_of_a_wrong_exact_zero(tmp_path):
+    # torch.fft's results are complex, which the reference does not trace: the Function's output was taken for a
+    # constant, and net.w1's exact gradient for 0 (a false mismatch on correct code, found by a review).  The
+    # reason names that Function alone (every opaque value of the run was listed, the parameters' init included).
+    def spectrum(text):
+        return text.replace("\n\nclass Net(", _MAGNITUDE, 1).replace(
+            "        x = F.relu(FusedConvBN.apply(x, self.w1))\n",
+            "        x = F.relu(FusedConvBN.apply(x, self.w1))\n        x = Magnitude.apply(torch.fft.fft2(x))\n", 1)
+
+    report = gs.run_script(str(_fused(tmp_path, "1.0", spectrum)))
+    assert report.exit_code == 0 and report.summary["errors"] == 0, str(report)
+    assert report.summary["not_verified"] == report.summary["backward_calls"] == 3
+    rows = {r.name: r.status for r in report.tensors}
+    assert rows["net.w1"] == "not verified" and rows["net.w2"] == rows["net.fc.weight"] == "ok", rows
+    (b,) = report.backwards
+    assert list(b.reasons) == ["the output of Magnitude.apply comes from an input whose graph the tracer does not follow "
+                         "(grad_fn FftC2CBackward0; complex values are not traced), used at fused_conv_bn_edited.py:12: "
+                         "gradients through it are not verified"], b.reasons

@@ -113,6 +113,12 @@ class Handles(Storage):
             h = self._handle_of_node(fn)
             if isinstance(h, Traced):
                 deps.append(h)
+            elif fn is not None:
+                # an input autograd follows and the tracer does not (a complex spectrum: torch.fft's results are
+                # complex, which the reference does not trace): not a constant, whatever the forward computed
+                return self._opaque_tensor(t, f"the output of {custom}.apply comes from an input whose graph the "
+                                              f"tracer does not follow (grad_fn {type(fn).__name__}; complex values "
+                                              "are not traced)")
         with interpreting(self.rec):
             site = self._new_site(f"{custom}.apply")
             self.sites[site] = Site(f"{custom}.apply", *_user_frame(), "no_grad", custom)
@@ -153,14 +159,17 @@ class Handles(Storage):
         self._bind(t, handle)
         return handle
 
-    def _opaque_tensor(self, t: torch.Tensor) -> Any:
-        """A tensor with a graph that no op we saw made: what it depends on, from its grad_fn."""
+    def _opaque_tensor(self, t: torch.Tensor, why: str | None = None) -> Any:
+        """A tensor with a graph that no op we saw made (or, `why`, made from one): what it depends on, from its
+        grad_fn."""
         deps = [h for h in _graph_leaves(t, self) if isinstance(h, Traced)]
         site = self._new_site("(unseen computation)")
-        text = (f"a tensor with grad_fn {type(t.grad_fn).__name__} appeared at {self.sites[site].where} without a "
-                "torch op the tracer saw (torch.compile, TorchScript, a C++ extension, another thread?): gradients "
-                "through it are "
-                "not verified")
+        if why is not None:
+            text = f"{why}, used at {self.sites[site].where}: gradients through it are not verified"
+        else:
+            text = (f"a tensor with grad_fn {type(t.grad_fn).__name__} appeared at {self.sites[site].where} without "
+                    "a torch op the tracer saw (torch.compile, TorchScript, a C++ extension, another thread?): "
+                    "gradients through it are not verified")
         self.notes.append(Note("opaque", site, text))
         with interpreting(self.rec):
             self.rec.site = site

@@ -47,6 +47,7 @@ class Plan:
     replays: Any = None  # the custom Function calls on the way, run again in float64 when asked (judge.replay)
     seconds: float = 0.0  # how long the script's own backward took
     sampled: bool | None = None  # whether a passed custom gradient is replayed in this backward (`_sampled`)
+    why: dict[int, set[str]] = field(default_factory=dict)  # a tainted variable's own reasons (SweepResult.why)
     _written: Any = None
 
     def written(self) -> Any:
@@ -117,7 +118,7 @@ class BackwardVerifier(ReplayDecisions):
                     return record_sweep(prog, values, seeds, errs=tr.rec.bounds())
         # the cotangents with the cuts as constants: the same as the plain ones unless a cut is reached
         cut = (sweep(prog, tr.rec.values, seeds, cut=True).cts if res.cut_reached else cts) if tr.cuts else None
-        plan = Plan(seeds, recorded, cts, cut, res.tainted, res.blocked, inputs=inputs, create=create,
+        plan = Plan(seeds, recorded, cts, cut, res.tainted, res.blocked, inputs=inputs, create=create, why=res.why,
                     program=None if create else prog)
         if inputs is None:
             seen = set()
@@ -191,7 +192,8 @@ class BackwardVerifier(ReplayDecisions):
             r = r.contiguous()  # a transpose's view (a conv weight's): every pass over it below is 10x slower
         a = torch.zeros(shape, dtype=F64) if incr is None else incr
         if var is not None and var.id in plan.tainted:
-            reasons = sorted({reason for _, reason in plan.blocked}) or ["a value the tracer could not follow"]
+            reasons = sorted(plan.why.get(var.id, ())) or sorted({reason for _, reason in plan.blocked}) or [
+                "a value the tracer could not follow"]
             return self._not_verified(ev, info, got, t, reasons)
         if stuck is not None:
             if bool((stuck & (r != 0)).any()):

@@ -299,6 +299,8 @@ class SweepResult:
     cut_reached: bool = False
     # error bounds of every recorded variable, when `record_sweep` was asked to track them
     errs: dict[int, Any] | None = None
+    # the reasons (of `blocked`) behind each tainted variable: the ones on its own way to the output
+    why: dict[int, set[str]] = field(default_factory=dict)
 
 
 def sweep(
@@ -327,6 +329,7 @@ def sweep(
     cts: dict[int, Any] = dict(seeds)
     tainted: set[int] = set()
     blocked: list[tuple[int, str]] = []
+    why: dict[int, set[str]] = {}
     reached = False
     interp = recorder if recorder is not None else interp or TorchEager()
     with interpreting(interp):
@@ -345,9 +348,16 @@ def sweep(
             if isinstance(interp, Rounding):
                 interp.dtype = _DTYPES.get(e.outputs[0].dtype)
             if prim.vjp is None or any(hit):
+                reasons: set[str] = set()
                 if prim.vjp is None and any(g is not None for g in gs):
                     blocked.append((n, str(e.params.get("reason", e.prim))))
+                    reasons.add(blocked[-1][1])
+                for v, h in zip(e.outputs, hit):
+                    if h:
+                        reasons |= why.get(v.id, set())
                 tainted.update(a.id for a in in_vars)
+                for a in in_vars:
+                    why.setdefault(a.id, set()).update(reasons)
                 if prim.vjp is None:
                     continue
             if all(g is None for g in gs):
@@ -365,7 +375,7 @@ def sweep(
                     continue
                 prev = cts.get(a.id)
                 cts[a.id] = r if prev is None else add(prev, r)
-    return SweepResult(cts, tainted, blocked, reached)
+    return SweepResult(cts, tainted, blocked, reached, why=why)
 
 
 def record_sweep(program: Program, env: dict[int, Any], seeds: dict[int, Any], *, cut: bool | Any = False,
