@@ -12,6 +12,7 @@ whose earlier gradient was not verified: its total is never vouched for.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +23,7 @@ from ..ops.quick import all_finite, all_true, any_true
 from ..reference.interpret import UNIT_ROUNDOFF, Traced, error_bounds, record_sweep, rounded_sweep, sweep
 from .backward_replay import ReplayDecisions
 from .backward_words import info_name, message, unseen, worst
-from .elements import abs_max, classify
+from .elements import CHEAP_ULPS, SMALL, Verdicts, abs_max, classify
 from .replay import Replays, child_pids
 
 __all__ = ["BackwardVerifier", "Plan"]
@@ -208,6 +209,64 @@ class BackwardVerifier(ReplayDecisions):
         if plan.cut is not None:
             c = plan.cut.get(var.id) if var is not None else None
             cut = torch.zeros(shape, dtype=F64) if c is None else c.to(F64).expand(shape)
+        if a.numel() <= SMALL and _cheap_floats(a, r, u):
+            # every entry passes the ladder's cheap test (on Python floats: a training loop's 0-d parameters paid
+            # some 30 kernel launches per gradient for a verdict this test alone decides)
+            verdicts, used = Verdicts({}, None, a.numel()), []
+        else:
+            verdicts, used = self._classify(tr, plan, t, var, a, r, base, cut, u, tiny, shape, scale)
+        if verdicts.ok and (verdicts.unmeasured or (used and self._sampled(ev, plan))) and self._foreign(tr, plan, var):
+            # left undecided, or passed, under a noise measured on our formulas, not on the custom backward's: its
+            # formula is checked in float64 (a backward 1e-4 off hid in that noise).  Where it passed, on a sample
+            # of a line's backwards: each replay forks the process, seconds at the size of a model.  A formula found
+            # wrong makes this gradient, and every other one through that call, a mismatch (`_replayed_wrong`).
+            verdict, detail = self._settle(tr, ev, plan, var)
+            if verdict not in ("agree", "differ") and verdicts.unmeasured:
+                ev.checked -= 1
+                n = verdicts.unmeasured
+                return self._not_verified(ev, info, got, t, [
+                    f"{n} {'entry' if n == 1 else 'entries'} of {info_name(tr, t)} {'differs' if n == 1 else 'differ'} "
+                    f"from the exact gradient by more than the rounding measured for our own formulas in "
+                    f"{str(t.dtype).replace('torch.', '')} but less than its worst-case rounding bound; the gradient "
+                    "comes through a custom Function's backward, whose own formula rounds differently (under "
+                    f"cancellation, 100x ours), and running it again in float64 did not settle it ({detail}); check "
+                    "that part in float64"])
+        if verdicts.loose and verdicts.ok:
+            # compared, but under a tolerance that says little: this gradient is not vouched for
+            ev.checked -= 1
+            return self._not_verified(ev, info, got, t, [
+                f"the rounding bound in {str(t.dtype).replace('torch.', '')} exceeds the largest entry of the "
+                f"gradient at {verdicts.loose} entries of {info_name(tr, t)} (a long chain of ill-conditioned "
+                "operations): a comparison says nothing there; check that part in float64"])
+        total_before = _total_before(info, before, u)
+        status = "ok"
+        if not verdicts.ok:
+            kinds = list(verdicts.masks)
+            status = worst(kinds)
+            if status == "mismatch":
+                if any(n.kind == "stale-graph" for n in tr.notes):
+                    status = "stale-graph"
+                elif self._hooked(tr, var):
+                    status = "hook"
+            if status in ("mismatch", "untracked", "nonfinite", "stale-graph"):
+                ev.errors += 1
+            tr.events.append((status, ev.line, message(status, ev, a, r, cut, tr, verdicts.masks.get(status)),
+                              f"#{info.serial}"))
+        if returned:
+            ev.returned.append((f"#{info.serial}", got, r))
+            if plan.create and isinstance(exact, Traced) and isinstance(after, torch.Tensor):
+                tr._bind(after, exact)  # the gradient has a graph: later ops on it are traced
+        # The exact .grad now (what autograd should hold), when the exact value before is known.
+        info.exact_total = None if total_before is False else (r if total_before is None else total_before + r)
+        self._status(info, ev, got, info.exact_total, status, t)
+        if plan.create and got is not None and var is not None and isinstance(exact, Traced):
+            self._bind_grad(tr, t, before, exact)
+        return (info, var, a, r, cut, t) if status == "ok" else None
+
+    def _classify(self, tr: Any, plan: Plan, t: torch.Tensor, var: Any, a: Any, r: Any, base: Any, cut: Any,
+                  u: float, tiny: float, shape: tuple[int, ...], scale: float | None) -> tuple[Any, list[bool]]:
+        """The verdict ladder (`judge.elements.classify`) for one gradient, with this backward's rounding bound, its
+        measured noise and its custom Functions; and whether the measured noise was used."""
         slack = None if base is None else u * (base.abs() + a.abs()) * 2
 
         def bound() -> Any:
@@ -247,13 +306,6 @@ class BackwardVerifier(ReplayDecisions):
             used.append(True)
             return d + top
 
-        def foreign() -> bool:  # (asked only where a measured noise decides)
-            if plan.program is None or var is None:
-                return False
-            if plan.replays is None:
-                plan.replays = Replays(tr, plan.program, plan.cts, plan.seconds, self.children)
-            return plan.replays.through(var.id)
-
         if scale is not None:
             # The LOOSE rule's scale is this gradient's own largest entry: a 10% error in a conv weight whose entries
             # are a third of the backward's largest passed under a bound three times its own size.  The backward's
@@ -262,54 +314,17 @@ class BackwardVerifier(ReplayDecisions):
             own = abs_max(r)
             scale = own if own > u**0.5 * scale else scale
         verdicts = classify(a, r, u=u, tiny=tiny, bound=bound, cut=cut, slack=slack, scale=scale, measured=measured,
-                            foreign=foreign)
-        if verdicts.ok and (verdicts.unmeasured or (used and self._sampled(ev, plan))) and foreign():
-            # left undecided, or passed, under a noise measured on our formulas, not on the custom backward's: its
-            # formula is checked in float64 (a backward 1e-4 off hid in that noise).  Where it passed, on a sample
-            # of a line's backwards: each replay forks the process, seconds at the size of a model.  A formula found
-            # wrong makes this gradient, and every other one through that call, a mismatch (`_replayed_wrong`).
-            verdict, detail = self._settle(tr, ev, plan, var)
-            if verdict not in ("agree", "differ") and verdicts.unmeasured:
-                ev.checked -= 1
-                n = verdicts.unmeasured
-                return self._not_verified(ev, info, got, t, [
-                    f"{n} {'entry' if n == 1 else 'entries'} of {info_name(tr, t)} {'differs' if n == 1 else 'differ'} "
-                    f"from the exact gradient by more than the rounding measured for our own formulas in "
-                    f"{str(t.dtype).replace('torch.', '')} but less than its worst-case rounding bound; the gradient "
-                    "comes through a custom Function's backward, whose own formula rounds differently (under "
-                    f"cancellation, 100x ours), and running it again in float64 did not settle it ({detail}); check "
-                    "that part in float64"])
-        if verdicts.loose and verdicts.ok:
-            # compared, but under a tolerance that says little: this gradient is not vouched for
-            ev.checked -= 1
-            return self._not_verified(ev, info, got, t, [
-                f"the rounding bound in {str(t.dtype).replace('torch.', '')} exceeds the largest gradient entry of "
-                f"this backward at {verdicts.loose} entries of {info_name(tr, t)} (a long chain of ill-conditioned "
-                "operations): a comparison says nothing there; check that part in float64"])
-        total_before = _total_before(info, before, u)
-        status = "ok"
-        if not verdicts.ok:
-            kinds = list(verdicts.masks)
-            status = worst(kinds)
-            if status == "mismatch":
-                if any(n.kind == "stale-graph" for n in tr.notes):
-                    status = "stale-graph"
-                elif self._hooked(tr, var):
-                    status = "hook"
-            if status in ("mismatch", "untracked", "nonfinite", "stale-graph"):
-                ev.errors += 1
-            tr.events.append((status, ev.line, message(status, ev, a, r, cut, tr, verdicts.masks.get(status)),
-                              f"#{info.serial}"))
-        if returned:
-            ev.returned.append((f"#{info.serial}", got, r))
-            if plan.create and isinstance(exact, Traced) and isinstance(after, torch.Tensor):
-                tr._bind(after, exact)  # the gradient has a graph: later ops on it are traced
-        # The exact .grad now (what autograd should hold), when the exact value before is known.
-        info.exact_total = None if total_before is False else (r if total_before is None else total_before + r)
-        self._status(info, ev, got, info.exact_total, status, t)
-        if plan.create and got is not None and var is not None and isinstance(exact, Traced):
-            self._bind_grad(tr, t, before, exact)
-        return (info, var, a, r, cut, t) if status == "ok" else None
+                            foreign=lambda: self._foreign(tr, plan, var))
+        return verdicts, used
+
+    def _foreign(self, tr: Any, plan: Plan, var: Any) -> bool:
+        """Whether `var`'s gradient comes through a custom Function's backward (asked only where a measured noise
+        decides)."""
+        if plan.program is None or var is None:
+            return False
+        if plan.replays is None:
+            plan.replays = Replays(tr, plan.program, plan.cts, plan.seconds, self.children)
+        return plan.replays.through(var.id)
 
     def _not_verified(self, ev: Any, info: Any, got: Any, t: torch.Tensor, reasons: list[str]) -> None:
         """This tensor's gradient in this backward is not vouched for, for `reasons`; nor is its total after it."""
@@ -389,3 +404,16 @@ def _total_before(info: Any, before: Any, u: float) -> Any:
     if all_true((before - prev).abs() <= 64 * u * (before.abs() + prev.abs()) + 1e-300):
         return prev
     return False
+
+
+def _cheap_floats(a: Any, r: Any, u: float) -> bool:
+    """Whether every entry passes `judge.elements.cheap` (no rtol, atol): the same float64 arithmetic, on Python
+    floats (an infinite or NaN reference gets a bound of 0, as there)."""
+    k = CHEAP_ULPS * u
+    for x, y in zip(a.reshape(-1).tolist(), r.reshape(-1).tolist()):
+        bound = abs(y) * k
+        if bound != bound or bound == math.inf:
+            bound = 0.0
+        if not abs(x - y) <= bound:
+            return False
+    return True
