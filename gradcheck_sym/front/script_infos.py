@@ -41,6 +41,7 @@ class TensorInfo:
     hidden: bool = False  # an intermediate of its line's statement, not what the line's name is bound to
     made: bool = False  # a leaf seen where it was made (its line's name is its name)
     internal: bool = False  # made inside a custom Function's forward: no backward of the script's fills its .grad
+    hook_changed: int = -1  # the last backward (index) in which one of its hooks changed its gradient
     # per backward that reached it: (backward index, .grad after (float64), exact contribution, status)
     checks: list[tuple[int, Any, Any, str]] = field(default_factory=list)
     exact_total: Any = None  # the exact .grad if every contribution since a reset was verified, else None

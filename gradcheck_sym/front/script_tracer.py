@@ -16,6 +16,7 @@ still need, so long training loops run in bounded memory.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import sys
@@ -87,7 +88,13 @@ def _flat(obj: Any) -> list[Any]:
     return [obj]
 
 
-_CHECKERS = (os.path.join("torch", "autograd", "gradcheck.py"), os.path.join("torch", "autograd", "functional.py"))
+# torch's own gradient machinery a script may call: gradcheck, torch.autograd.functional, and torch.func's transforms
+# (grad, vjp, jacrev, jacfwd, hessian, vmap), which wrap tensors in levels of their own: inside them, the tensors and
+# the backward calls are theirs (a torch.func.grad of sin was compared with an exact 0: the wrapped input is not
+# the script's tensor)
+_CHECKERS = (os.path.join("torch", "autograd", "gradcheck.py"), os.path.join("torch", "autograd", "functional.py"),
+             os.path.join("torch", "_functorch", "eager_transforms.py"), os.path.join("torch", "_functorch", "apis.py"),
+             os.path.join("torch", "_functorch", "vmap.py"))
 _CHECKER_FILES: dict[str, int] = {}  # a code file name -> 1: one of _CHECKERS, 2: ours, 0: other
 
 class ScriptTracer(ScriptMemory, Tracer):
@@ -329,6 +336,10 @@ class ScriptTracer(ScriptMemory, Tracer):
                     info.retains = True
                 else:
                     info.hooks.append(_user_frame()[1])
+                    if len(args) > 1 and callable(args[1]):
+                        args = (args[0], self._watched_hook(args[1], info), *args[2:])
+                    elif callable(kwargs.get("hook")):
+                        kwargs = {**kwargs, "hook": self._watched_hook(kwargs["hook"], info)}
                 return self.call_as(dispatching_frame(sys._getframe()), func, args, kwargs)
             if name == "__get__" and getattr(getattr(func, "__self__", None), "__name__", "") == "grad" and args:
                 t = args[0]
@@ -346,7 +357,7 @@ class ScriptTracer(ScriptMemory, Tracer):
         except _Ours:
             pass
         if self.stopped or self._checking_itself():
-            # (inside torch's gradcheck or torch.autograd.functional: its perturbed copies, its .data writes and
+            # (inside torch's gradcheck, torch.autograd.functional or torch.func: its perturbed copies, its .data writes and
             # its probes are its business, not the script's graph; its backward calls were handled above)
             return self.call_as(dispatching_frame(sys._getframe()), func, args, kwargs)
         if not torch.is_grad_enabled() and _in_optimizer(sys._getframe(1)):
@@ -362,6 +373,27 @@ class ScriptTracer(ScriptMemory, Tracer):
                 info = self._info(out)
                 info.made, info.internal = True, in_custom_forward()
         return out
+
+    def _watched_hook(self, hook: Any, info: TensorInfo) -> Any:
+        """The script's tensor hook, unchanged for the script, noting the backwards in which it changed the gradient
+        (what it returned, or its argument in place): only those explain a difference as `hook`.  A hook that only
+        reads the gradient (Grad-CAM's) hid a wrong custom backward upstream."""
+        backwards = self.backwards
+
+        @functools.wraps(hook)
+        def watched(grad: Any) -> Any:
+            with torch._C.DisableTorchFunction():  # (our copy and comparison are not the script's ops)
+                before = grad.detach().clone() if isinstance(grad, torch.Tensor) else None
+            out = hook(grad)
+            with torch._C.DisableTorchFunction():
+                changed = before is None or not torch.equal(grad, before) or (
+                    out is not None and (not isinstance(out, torch.Tensor) or out.shape != before.shape
+                                         or not torch.equal(out, before)))
+            if changed:
+                info.hook_changed = len(backwards) - 1
+            return out
+
+        return watched
 
     def _optimizer_op(self, func: Any, args: tuple, kwargs: dict) -> Any:
         """An op inside a torch.optim step, run without tracing.
@@ -384,7 +416,7 @@ class ScriptTracer(ScriptMemory, Tracer):
 
     # ------------------------------------------------------------ backward
     def _checking_itself(self, depth: int = 2) -> bool:
-        """Whether torch's gradcheck or torch.autograd.functional is on the stack between here and our runner
+        """Whether torch's gradcheck, torch.autograd.functional or torch.func is on the stack between here and our runner
         (looked at for every traced op: one dict lookup per frame, each file name classified once)."""
         frame = sys._getframe(depth)
         known = _CHECKER_FILES
@@ -444,7 +476,7 @@ class ScriptTracer(ScriptMemory, Tracer):
             file, line, source = _user_frame()
             if not any(e[0] == "self-check" and e[1] == line for e in self.events):
                 self.events.append(("self-check", line, f"line {line} `{source}` checks gradients itself (torch's "
-                                    "gradcheck or torch.autograd.functional): its internal backward calls are not "
+                                    "gradcheck, torch.autograd.functional or torch.func): its internal backward calls are not "
                                     "compared here", f"line {line}"))
             return self.call_as(dispatching_frame(sys._getframe()), func, args, kwargs)
         file, line, source = _user_frame()

@@ -246,7 +246,7 @@ class BackwardVerifier(ReplayDecisions):
             if status == "mismatch":
                 if any(n.kind == "stale-graph" for n in tr.notes):
                     status = "stale-graph"
-                elif self._hooked(tr, var):
+                elif self._hooked(tr, var, ev.index):
                     status = "hook"
             if status in ("mismatch", "untracked", "nonfinite", "stale-graph"):
                 ev.errors += 1
@@ -306,15 +306,16 @@ class BackwardVerifier(ReplayDecisions):
             used.append(True)
             return d + top
 
+        zero_below = None
         if scale is not None:
             # The LOOSE rule's scale is this gradient's own largest entry: a 10% error in a conv weight whose entries
             # are a third of the backward's largest passed under a bound three times its own size.  The backward's
             # largest entry stands in only for a gradient that is 0 in the math (a bias before batch norm: its
-            # float64 value is rounding noise, below sqrt(u) of the others).
+            # float64 value is rounding noise, below sqrt(u) of the others), and sets what "within rounding of 0" is.
             own = abs_max(r)
-            scale = own if own > u**0.5 * scale else scale
+            scale, zero_below = (own if own > u**0.5 * scale else scale), u**0.5 * scale
         verdicts = classify(a, r, u=u, tiny=tiny, bound=bound, cut=cut, slack=slack, scale=scale, measured=measured,
-                            foreign=lambda: self._foreign(tr, plan, var))
+                            foreign=lambda: self._foreign(tr, plan, var), zero_below=zero_below)
         return verdicts, used
 
     def _foreign(self, tr: Any, plan: Plan, var: Any) -> bool:
@@ -341,12 +342,14 @@ class BackwardVerifier(ReplayDecisions):
             del info.checks[1]
         info.grad_fn = type(t.grad_fn).__name__ if t.grad_fn is not None else None
 
-    def _hooked(self, tr: Any, var: Var | None) -> bool:
-        """Whether a tensor hook sits downstream of `var` (between it and the output)."""
+    def _hooked(self, tr: Any, var: Var | None, index: int) -> bool:
+        """Whether a tensor hook that changed a gradient in backward `index` sits downstream of `var` (between it
+        and the output)."""
         if var is None:
             return False
         hooked = [r for r in tr.recs.values() if r.tensor is not None and id(r.tensor) in tr.infos
-                  and tr.infos[id(r.tensor)].hooks and isinstance(r.handle, Traced)]
+                  and tr.infos[id(r.tensor)].hooks and tr.infos[id(r.tensor)].hook_changed == index
+                  and isinstance(r.handle, Traced)]
         if not hooked:
             return False
         for r in hooked:

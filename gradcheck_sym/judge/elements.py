@@ -21,16 +21,20 @@ import torch
 
 from ..ops.quick import all_true, any_true
 
-__all__ = ["Verdicts", "classify", "abs_max", "CHEAP_ULPS", "SAFETY", "FLOOR_ULPS", "KINDS", "LOOSE"]
+__all__ = ["Verdicts", "classify", "abs_max", "CHEAP_ULPS", "SAFETY", "FLOOR_ULPS", "KINDS", "LOOSE", "WIDE"]
 
 F64 = torch.float64
 CHEAP_ULPS = 128.0
 SAFETY = 8.0
 FLOOR_ULPS = 4.0
-# A rounding allowance above this fraction of the largest gradient entry says nothing about the entry: it
-# is not counted as verified (a worst-case bound compounds through every layer of a deep float32
-# computation; in a ResNet it reached 1e35).
+# A rounding allowance above LOOSE of the gradient's largest entry says nothing about the entry: it is not counted
+# as verified (a worst-case bound compounds through every layer of a deep float32 computation; in a ResNet it
+# reached 1e35).  Above WIDE of it the worst case says too little, and a measured noise, where there is one and it
+# is smaller, stands in for it (a bias gradient 30% off passed under a bound 0.64 of its size, 10,000 times the
+# float32 run's own error; a gradient near a float32 fit's optimum is itself mostly rounding, and is still compared
+# within its measured noise).
 LOOSE = 1.0
+WIDE = 0.1
 # How far beyond our measured float32 noise the rounding of a formula we did not measure (a custom Function's
 # backward) may go before a difference is an error: 128x (a conv + batch-norm Function at batch 256 reached 120x).
 FOREIGN_NOISE = 128.0
@@ -72,7 +76,7 @@ def classify(a: torch.Tensor, r: torch.Tensor, *, u: float, tiny: float, bound: 
              rtol: float | None = None, atol: float | None = None, slack: torch.Tensor | None = None,
              intended: torch.Tensor | None = None, kink_anywhere: Callable[[], bool] | None = None,
              scale: float | None = None, measured: Callable[[], Any] | None = None,
-             foreign: bool | Callable[[], bool] = False) -> Verdicts:
+             foreign: bool | Callable[[], bool] = False, zero_below: float | None = None) -> Verdicts:
     """The verdict of every element (see the module docstring).
 
     Only the elements that fail the cheap test go through the rest, gathered into a flat vector (a
@@ -94,17 +98,22 @@ def classify(a: torch.Tensor, r: torch.Tensor, *, u: float, tiny: float, bound: 
         measured: () -> a measured rounding noise (absolute, broadcastable to `a`, or None), used in place of
             the bound where it is smaller and the bound is above LOOSE of the scale (the worst case compounds
             through every layer of a deep float32 net; a measured sample of the noise does not).
+        zero_below: an allowance at most this (absolute) is never loose: the rounding of a gradient that is 0 in
+            the math, on the scale of the call's other gradients (default sqrt(u), absolute terms; a small
+            gradient, 6e-5 near a fit's optimum, then passed with its sign flipped under a bound 2x its size).
         foreign: (or a () -> bool asked only where it matters) the gradient came through a formula the measured
             sample does not follow (a custom Function's backward: its own rounding can be 100x our formulas' under
             cancellation): an entry outside the measured noise but within FOREIGN_NOISE times it (and the worst-case
             bound) is then counted in `unmeasured`, not failed.
     """
+    zb = u**0.5 if zero_below is None else zero_below
     ok = cheap(a, r, u, rtol, atol)
     if all_true(ok):
         return Verdicts({}, None, a.numel())
     if a.numel() <= SMALL:
         e = bound()
-        done = _small_pass(a, r, ok, e, u=u, tiny=tiny, slack=slack, rtol=rtol, atol=atol, scale=scale)
+        done = _small_pass(a, r, ok, e, u=u, tiny=tiny, slack=slack, rtol=rtol, atol=atol, scale=scale,
+                           zero_below=zero_below)
         if done is not None:
             return done
         bound = lambda: e  # noqa: E731 - asked for once
@@ -129,19 +138,20 @@ def classify(a: torch.Tensor, r: torch.Tensor, *, u: float, tiny: float, bound: 
     A, R = sub(a), sub(r)
     e = bound()
     worst = None  # the tolerance before a measured noise replaced the bound (where it did)
+    sampled_at: Any = False  # where a measured noise is the allowance
     tol = FLOOR_ULPS * (u * R.abs() + tiny)
     if e is not None:
         tol = tol + SAFETY * sub(e)
     if slack is not None:
         tol = tol + sub(slack)
     if measured is not None and e is not None:
-        # Where the worst case says nothing (above LOOSE of the gradient's scale), a measured noise, when
+        # Where the worst case says too little (above WIDE of the gradient's scale), a measured noise, when
         # smaller, is the allowance.  Only there: a measured sample can miss a kernel's own way of rounding
         # (torch's batch-norm backward against our decomposition of it, a conv bias before batch norm) by
         # more than the safety factor, which a bound that still says something never does.
         if scale is None:
             scale = abs_max(r)
-        wide = (tol > u**0.5) & (tol > LOOSE * scale)
+        wide = (tol > zb) & (tol > WIDE * scale)
         if any_true(wide):
             m = measured()
             if m is not None:
@@ -151,6 +161,7 @@ def classify(a: torch.Tensor, r: torch.Tensor, *, u: float, tiny: float, bound: 
                 # beyond the worst case (a backward 1% off, or returning 0, is still a mismatch)
                 worst = torch.where(wide, torch.minimum(tol, floor + SAFETY * FOREIGN_NOISE * sub(m)), tol)
                 tol = torch.where(wide, torch.minimum(tol, sampled), tol)
+                sampled_at = wide
     own = tol  # the rounding allowance alone: the user's rtol/atol are a choice, not a looseness
     extra = (rtol * R.abs() if rtol else 0.0) + (atol or 0.0)
     tol = tol + extra
@@ -173,9 +184,12 @@ def classify(a: torch.Tensor, r: torch.Tensor, *, u: float, tiny: float, bound: 
             kinked = None if k is None else sub(k)
         return kinked
 
-    # ... and above sqrt(u) in absolute terms: a gradient that is 0 in the math (a normalised scalar,
-    # a bias before batch norm) is compared within rounding of 0, which is a statement worth making.
-    loose_mask = ~bad & (own > u**0.5) & (R != 0)
+    # ... and above `zero_below` (the caller's: sqrt(u) of the largest gradient entry of the call; sqrt(u) in
+    # absolute terms if not given): a gradient that is 0 in the math (a normalised scalar, a bias before batch
+    # norm) is compared within rounding of 0, which is a statement worth making.
+    # (Within rounding of 0 in absolute terms, sqrt(u), only where the allowance is a measured noise, the float32
+    # run's own; a worst-case bound that large says nothing: there `zero_below` decides.)
+    loose_mask = ~bad & (own > torch.where(sampled_at, u**0.5, zb) if sampled_at is not False else own > zb) & (R != 0)
     if inside is not None:
         loose_mask = loose_mask & ~inside
     if any_true(loose_mask):  # (the scale is a pass over the whole tensor: only when it can matter)
@@ -228,7 +242,8 @@ def classify(a: torch.Tensor, r: torch.Tensor, *, u: float, tiny: float, bound: 
 
 
 def _small_pass(a: torch.Tensor, r: torch.Tensor, ok: torch.Tensor, e: Any, *, u: float, tiny: float,
-                slack: Any, rtol: float | None, atol: float | None, scale: float | None) -> Verdicts | None:
+                slack: Any, rtol: float | None, atol: float | None, scale: float | None,
+                zero_below: float | None = None) -> Verdicts | None:
     """The ladder's verdict for a small tensor (a training loop's 0-d parameters) whose every element passes
     under the bound, on Python floats; None whenever anything else may happen (a failure, a NaN, an allowance
     wide enough for the measured noise or the LOOSE rule to matter): the ladder then decides.
@@ -240,7 +255,7 @@ def _small_pass(a: torch.Tensor, r: torch.Tensor, ok: torch.Tensor, e: Any, *, u
     av, rv, okv = a.reshape(-1).tolist(), r.reshape(-1).tolist(), ok.reshape(-1).tolist()
     ev, sv = _floats(e, shape, a.dtype), _floats(slack, shape, a.dtype)
     top = scale  # the ladder's scale, asked for only where it can matter (as there)
-    root = u**0.5
+    root = u**0.5 if zero_below is None else zero_below
     tols = []
     for i in range(n):
         if okv[i]:
@@ -256,7 +271,7 @@ def _small_pass(a: torch.Tensor, r: torch.Tensor, ok: torch.Tensor, e: Any, *, u
             return None
         if t > root:
             top = abs_max(r) if top is None else top
-            if t > LOOSE * top:
+            if t > WIDE * top:  # (the measured noise may stand in for the bound: the ladder decides)
                 return None
         if rtol:
             t = t + rtol * abs(y)

@@ -285,8 +285,15 @@ class FunctionJudge(Explain, SecondOrder):
                 return bounds.get(vid)
 
             reach = lambda i=i: self._kink_reach(run, seeds, i)  # noqa: E731 - at order 2 too: a kink of the run
+            # the LOOSE rule on this gradient's own scale, that of the row's largest gradient entry standing in for
+            # a gradient 0 in the math (as a backward of `run` does: judge.backward)
+            top = own64() / (CHEAP_ULPS * 2.0**-53)
+            own = abs_max(rv)
+            zero_below = self.u**0.5 * top if top > 0 else None
+            scale = own if own > self.u**0.5 * top or top == 0 else top
             verdicts = classify(a, rv, u=self.u, tiny=self.tiny, bound=bound, cut=cv, intended=iv, rtol=self.rtol,
-                                atol=self.atol, reach=reach, slack=slack, kink_anywhere=lambda: _on_a_kink(run))
+                                atol=self.atol, reach=reach, slack=slack, kink_anywhere=lambda: _on_a_kink(run),
+                                scale=scale, zero_below=zero_below)
             if "mismatch" in verdicts.masks and self.dtype == F64 and hess is None:
                 # The float64 reference may share the blame: recompute it in 50 digits where that is cheap.
                 if precise is None:
@@ -295,7 +302,8 @@ class FunctionJudge(Explain, SecondOrder):
                 if v.id in precise:
                     rv = precise[v.id].expand_as(a)
                     verdicts = classify(a, rv, u=self.u, tiny=self.tiny, bound=bound, cut=cv, intended=iv,
-                                        rtol=self.rtol, atol=self.atol, reach=reach, slack=slack)
+                                        rtol=self.rtol, atol=self.atol, reach=reach, slack=slack, scale=scale,
+                                        zero_below=zero_below)
             if verdicts.loose:
                 # compared, but under a tolerance that says little: not counted as verified
                 self.checked -= verdicts.loose

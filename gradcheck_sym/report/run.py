@@ -43,8 +43,9 @@ EXPLANATIONS: dict[str, tuple[str, str]] = {
                      "Check that part with gradcheck_sym.check_function(..., expected=...), or report it."),
     "no-autograd": ("the script never called backward() or torch.autograd.grad(), so there was nothing to verify.",
                     "Create a leaf with requires_grad=True, compute a scalar from it and call .backward()."),
-    "self-check": ("the script checks its own gradients (torch.autograd.gradcheck, gradgradcheck or "
-                   "torch.autograd.functional): their internal backward calls are theirs, not compared here.",
+    "self-check": ("the script checks or computes gradients with torch's own tools (torch.autograd.gradcheck, "
+                   "gradgradcheck, torch.autograd.functional or torch.func): their internal backward calls are "
+                   "theirs, not compared here.",
                    "Nothing to fix."),
     "replayed": ("a custom Function's backward rounds differently from our formulas in float32; run again in "
                  "float64 on the same inputs, it matched the exact gradient, so the float32 differences are rounding.",
