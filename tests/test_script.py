@@ -1077,3 +1077,19 @@ def test_torch_func_grad_is_the_script_s_own_gradient_tool_not_a_backward_of_our
     assert report.exit_code == 0 and report.summary["errors"] == 0, str(report)
     # (nothing of the script's own was verified: said, as information)
     assert sorted(f.kind for f in report.findings) == ["no-autograd", "self-check"]
+
+
+def test_dropout_of_a_permuted_tensor_is_replayed_in_its_memory_order(tmp_path):
+    # torch draws an elementwise dropout mask into empty_like(input), in the input's memory order: after a batch_first
+    # multi-head attention (whose output is a transposed view) the mask we drew contiguously was another one, and
+    # every transformer layer with dropout was "not verified" (found by a review)
+    path = tmp_path / "enc.py"
+    path.write_text("import torch\nimport torch.nn.functional as F\ntorch.manual_seed(0)\n"
+                    "mha = torch.nn.MultiheadAttention(8, 2, dropout=0.1, batch_first=True)\n"
+                    "x = torch.randn(2, 5, 8)\nsa = mha(x, x, x, need_weights=False)[0]\n"
+                    "w = torch.randn(8, 5, 2, requires_grad=True)\n"
+                    "h = F.dropout(sa, 0.2) + F.dropout(w.permute(2, 1, 0), 0.3)\n"
+                    "h.pow(2).mean().backward()\n", encoding="utf-8")
+    report = gs.run_script(str(path))
+    assert report.ok and report.summary["not_verified"] == 0 and report.summary["verified"] == 1, str(report)
+    assert _row(report, "w").status == "ok" and not report.findings

@@ -46,7 +46,10 @@ def draw_mask(c: Ctx, t: torch.Tensor, p: float, shape: tuple[int, ...]) -> torc
         raise Refused(f"{c.name}'s mask could not be recovered (not a CPU generator)")
     gen = torch.Generator()
     gen.set_state(c.rng_state)
-    return torch.empty(shape, dtype=t.dtype).bernoulli_(1 - p, generator=gen)
+    # torch draws an elementwise mask into empty_like(input): a permuted input's memory order (multi-head
+    # attention's output with batch_first), which bernoulli_ fills in; a feature mask is a new contiguous tensor
+    noise = torch.empty_like(t) if tuple(shape) == tuple(t.shape) else torch.empty(shape, dtype=t.dtype)
+    return noise.bernoulli_(1 - p, generator=gen)
 
 
 def _dropout_rule(alpha: bool) -> Any:
