@@ -100,7 +100,7 @@ def _build_parser() -> argparse.ArgumentParser:
     function.add_argument("--graph", metavar="FILE", default=None, help="draw the graph (.dot, .svg, .png)")
     run = sub.add_parser("run", help="run a script and verify every backward it does", parents=[common],
                          usage="gradcheck-sym run SCRIPT [--json] [--json-file FILE] [--graph FILE] [--full] "
-                               "[--no-replay] [--timeout S] [SCRIPT ARGS...]",
+                               "[--intended WHAT=BEHAVIOUR] [--no-replay] [--timeout S] [SCRIPT ARGS...]",
                          description="Run a Python script as `python SCRIPT args` would, then report what its "
                                      "autograd did, verified against the exact derivatives. Arguments after the "
                                      "script are the script's (after -- all of them are).", epilog=_EPILOG)
@@ -111,6 +111,9 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--graph", metavar="FILE", default=None, help="draw the graph (.dot, .svg, .png)")
     run.add_argument("--full", "--wide", action="store_true", dest="full",
                      help="every column and every row of the table, whatever the width")
+    run.add_argument("--intended", action="append", default=[], metavar="WHAT=BEHAVIOUR",
+                     help="a deviation that is meant: a cut (gan.py:41=cut, the discriminator's fake.detach()) or a "
+                          "custom Function (STESign=straight-through, Rev=reverse:0.1); shown as intended (info)")
     run.add_argument("--no-replay", action="store_false", dest="replay",
                      help="never run a custom Function again in float64 (in a forked copy) to tell its rounding from a "
                           "wrong formula: for a Function whose own code writes files")
@@ -223,7 +226,7 @@ def _parse_domain(items: list[str]) -> dict[str, tuple[float, float]]:
 
 
 _RUN_FLAGS = {"--json", "--full", "--wide", "--no-replay", "--debug", "-h", "--help"}
-_RUN_VALUED = {"--json-file", "--graph", "--run-timeout", "--timeout"}
+_RUN_VALUED = {"--json-file", "--graph", "--run-timeout", "--timeout", "--intended"}
 
 
 def _split_run_args(argv: list[str]) -> tuple[list[str], list[str]]:

@@ -41,6 +41,18 @@ def _check(expression: str, options: dict, *, as_json: bool, graph: str | None =
     return _print(check(expression, **options), as_json, graph)
 
 
+def _intended(items: list[str]) -> dict[str, str]:
+    """--intended WHAT=BEHAVIOUR, repeated."""
+    intended = {}
+    for item in items:
+        key, eq, behaviour = item.rpartition("=")
+        if not eq or not key.strip():
+            raise InputError(f"--intended {item!r}: write NAME=BEHAVIOUR, e.g. --intended STESign=straight-through "
+                             "or --intended model.py:12=cut")
+        intended[key.strip()] = behaviour.strip()
+    return intended
+
+
 def _run(args: argparse.Namespace) -> int:
     import contextlib
 
@@ -54,7 +66,8 @@ def _run(args: argparse.Namespace) -> int:
     timeout = args.run_timeout or args.timeout  # under run, a time limit stops the verifying, not the script
     # (this process is ours and ends with the run: glibc's malloc keeps freed memory while the script runs)
     with redirect, keep_freed_memory():
-        report = run_script(args.script, args.script_args, timeout=timeout, replay=args.replay)
+        report = run_script(args.script, args.script_args, timeout=timeout, replay=args.replay,
+                            intended=_intended(args.intended) or None)
     sys.stdout.flush()
     if args.json_file:
         with open(args.json_file, "w", encoding="utf-8") as f:
@@ -114,13 +127,7 @@ def _function(args: argparse.Namespace) -> int:
         inputs.append(tensor)
     if not inputs:
         raise InputError("give the function's inputs with --input, e.g. --input 'x=[0.3, -1.2, 2.0]'")
-    intended = {}
-    for item in args.intended:
-        key, eq, behaviour = item.rpartition("=")
-        if not eq or not key.strip():
-            raise InputError(f"--intended {item!r}: write NAME=BEHAVIOUR, e.g. --intended STESign=straight-through "
-                             "or --intended model.py:12=cut")
-        intended[key.strip()] = behaviour.strip()
+    intended = _intended(args.intended)
     options = dict(names=names, expected=args.expect, samples=args.samples, seed=args.seed, dtype=args.dtype,
                    order=args.order, rtol=args.rtol, atol=args.atol, intended=intended or None)
     report = check_function(fn, *inputs, **_with_timeout(check_function, options, args.timeout))

@@ -66,8 +66,8 @@ def test_explanations_are_pinned():
         "differentiates a computation that no longer matches the numbers.",
         "Use .detach() for a constant, or keep the operation in the graph (e.g. z = z * 2).")
     assert set(EXPLANATIONS) == {"mismatch", "untracked", "stale-graph", "hook", "nonleaf-grad", "nondifferentiable",
-                                 "nonfinite", "not-verified", "no-autograd", "self-check", "replayed"}
-    assert SEVERITY["replayed"] == "info"
+                                 "nonfinite", "not-verified", "no-autograd", "self-check", "replayed", "intended"}
+    assert SEVERITY["replayed"] == SEVERITY["intended"] == "info"
 
 
 def test_accumulation_retain_graph_and_grad_none():
@@ -1093,3 +1093,44 @@ def test_dropout_of_a_permuted_tensor_is_replayed_in_its_memory_order(tmp_path):
     report = gs.run_script(str(path))
     assert report.ok and report.summary["not_verified"] == 0 and report.summary["verified"] == 1, str(report)
     assert _row(report, "w").status == "ok" and not report.findings
+
+
+_GAN = textwrap.dedent('''\
+    import torch
+    import torch.nn as nn
+
+    torch.manual_seed(0)
+    G = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    D = nn.Sequential(nn.Linear(2, 8), nn.LeakyReLU(0.2), nn.Linear(8, 1), nn.Sigmoid())
+    bce = nn.BCELoss()
+    opt_d, opt_g = torch.optim.Adam(D.parameters(), lr=2e-4), torch.optim.Adam(G.parameters(), lr=2e-4)
+    for it in range(2):
+        D.zero_grad()
+        fake = G(torch.randn(8, 4))
+        loss_d = bce(D(torch.randn(8, 2)).view(-1), torch.ones(8)) + bce(D(fake.detach()).view(-1), torch.zeros(8))
+        loss_d.backward()
+        opt_d.step()
+        G.zero_grad()
+        loss_g = bce(D(fake).view(-1), torch.ones(8))
+        loss_g.backward()
+        opt_g.step()
+    ''')
+
+
+def test_a_cut_declared_intended_under_run_is_information_and_the_rest_is_still_checked(tmp_path, capsys):
+    # A GAN's discriminator step detaches the generator's output (line 12): undeclared, the generator's parameters
+    # are `untracked` errors; declared (intended=, --intended), `intended` (info) and everything else still compared
+    path = tmp_path / "gan.py"
+    path.write_text(_GAN, encoding="utf-8")
+    plain = gs.run_script(str(path))
+    assert not plain.ok and {f.kind for f in plain.findings if f.severity == "error"} == {"untracked"}
+    report = gs.run_script(str(path), intended={"gan.py:12": "cut"})
+    assert report.ok and report.summary["not_verified"] == 0 and report.summary["errors"] == 0, str(report)
+    assert {(f.kind, f.severity) for f in report.findings} == {("intended", "info")}
+    assert sorted(f.tensor for f in report.findings) == ["G.0.bias", "G.0.weight", "G.2.bias", "G.2.weight"]
+    assert _row(report, "D.0.weight").status == "ok"
+    capsys.readouterr()
+    assert main(["run", str(path), "--intended", "gan.py:12=cut"]) == 0
+    assert "OK:" in capsys.readouterr().out
+    assert main(["run", "--intended", "gan.py:12=cutt", str(path)]) == 2
+    assert "unknown behaviour" in capsys.readouterr().err

@@ -18,6 +18,7 @@ import threading
 import time
 import traceback
 import types
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -33,7 +34,7 @@ __all__ = ["run_script", "RunReport"]
 
 
 def run_script(path: str, argv: list[str] | None = None, *, timeout: float | None = None,
-               replay: bool = True) -> RunReport:
+               replay: bool = True, intended: Mapping[Any, str] | None = None) -> RunReport:
     """Run the script at `path` as ``python path argv...`` would, and verify its autograd.
 
     Args:
@@ -42,6 +43,9 @@ def run_script(path: str, argv: list[str] | None = None, *, timeout: float | Non
         timeout: seconds after which gradcheck-sym stops recording and verifying (the script runs on).
         replay: whether a custom Function's float32 gradient may be settled by running the Function again in
             float64, in a forked copy of the process (`judge.replay`; off for a Function that writes files itself).
+        intended: deviations that are meant, as for `check_function`: ``{"gan.py:41": "cut"}`` (a cut at that
+            line, such as a GAN's ``fake.detach()`` in the discriminator's step, or a target network's no_grad),
+            ``{STESign: "straight-through"}``; shown as `intended` (info) while everything else is still checked.
 
     Returns:
         A `RunReport` (``exit_code`` and ``error`` are the script's own).
@@ -61,7 +65,7 @@ def run_script(path: str, argv: list[str] | None = None, *, timeout: float | Non
         raise InputError(f"{path}:{exc.lineno}: the script has a syntax error: {exc.msg}") from None
     deadline = time.monotonic() + timeout if timeout else None
     tracer = ScriptTracer(deadline)
-    tracer.verifier = BackwardVerifier(replay=replay)
+    tracer.verifier = BackwardVerifier(replay=replay, intended=intended)  # (an InputError for a bad declaration)
     module = types.ModuleType("__main__")
     module.__file__ = os.path.abspath(path)
     module.__builtins__ = __builtins__  # type: ignore[attr-defined]

@@ -22,6 +22,7 @@ from ..ir.program import Var
 from ..ops.quick import all_finite, all_true, any_true
 from ..reference.interpret import UNIT_ROUNDOFF, Traced, error_bounds, record_sweep, rounded_sweep, sweep
 from .backward_replay import ReplayDecisions
+from .intended import declared_program, parse_intended
 from .backward_words import info_name, message, unseen, worst
 from .elements import CHEAP_ULPS, SMALL, Verdicts, abs_max, classify
 from .replay import Replays, child_pids
@@ -49,6 +50,7 @@ class Plan:
     seconds: float = 0.0  # how long the script's own backward took
     sampled: bool | None = None  # whether a passed custom gradient is replayed in this backward (`_sampled`)
     why: dict[int, set[str]] = field(default_factory=dict)  # a tainted variable's own reasons (SweepResult.why)
+    intended: dict[int, Any] | None = None  # the cotangents with the declared deviations (None: none declared)
     _written: Any = None
 
     def written(self) -> Any:
@@ -61,8 +63,9 @@ class Plan:
 class BackwardVerifier(ReplayDecisions):
     """Plans and verifies backwards for a `ScriptTracer` (see the module docstring)."""
 
-    def __init__(self, replay: bool = True) -> None:
+    def __init__(self, replay: bool = True, intended: Any = None) -> None:
         self.replay = replay  # whether custom Functions may be run again in float64 (judge.replay)
+        self.intended = parse_intended(intended)  # the deviations the user declared (judge.intended)
         self.children = child_pids() if replay else set()  # the process's children before the script: not its own
         # line -> how often its backwards needed a rounding bound lately (a moving average of 0s and 1s)
         self.bounded: dict[int, float] = {}
@@ -119,7 +122,21 @@ class BackwardVerifier(ReplayDecisions):
                     return record_sweep(prog, values, seeds, errs=tr.rec.bounds())
         # the cotangents with the cuts as constants: the same as the plain ones unless a cut is reached
         cut = (sweep(prog, tr.rec.values, seeds, cut=True).cts if res.cut_reached else cts) if tr.cuts else None
+        if self.intended and not create:
+            # the cotangents as the declarations say autograd should give them: a declared cut a constant, a
+            # declared Function its declared derivative (a GAN's fake.detach() in the discriminator's step)
+            declared, _ = declared_program(prog, tr.call_of, tr.sites, self.intended)
+            cuts = [d for d in self.intended if d.is_cut]
+
+            def declared_cut(e: Any) -> bool:
+                site = tr.sites[e.site] if e.site >= 0 else None
+                return site is not None and any(d.matches_cut(site.file, site.line) for d in cuts)
+
+            intended_cts = sweep(declared, tr.rec.values, seeds, cut=declared_cut if cuts else False).cts
+        else:
+            intended_cts = None
         plan = Plan(seeds, recorded, cts, cut, res.tainted, res.blocked, inputs=inputs, create=create, why=res.why,
+                    intended=intended_cts,
                     program=None if create else prog)
         if inputs is None:
             seen = set()
@@ -314,8 +331,13 @@ class BackwardVerifier(ReplayDecisions):
             # float64 value is rounding noise, below sqrt(u) of the others), and sets what "within rounding of 0" is.
             own = abs_max(r)
             scale, zero_below = (own if own > u**0.5 * scale else scale), u**0.5 * scale
+        intended = None
+        if plan.intended is not None:
+            iv = plan.intended.get(var.id) if var is not None else None
+            iv = iv.value if isinstance(iv, Traced) else iv
+            intended = torch.zeros(shape, dtype=F64) if iv is None else iv.to(F64).expand(shape)
         verdicts = classify(a, r, u=u, tiny=tiny, bound=bound, cut=cut, slack=slack, scale=scale, measured=measured,
-                            foreign=lambda: self._foreign(tr, plan, var), zero_below=zero_below)
+                            foreign=lambda: self._foreign(tr, plan, var), zero_below=zero_below, intended=intended)
         return verdicts, used
 
     def _foreign(self, tr: Any, plan: Plan, var: Any) -> bool:

@@ -70,6 +70,8 @@ def message(status: str, ev: Any, a: Any, r: Any, cut: Any, tr: Any, mask: Any =
         cuts = sorted({(c.kind, tr.sites[c.site].line) for c in tr.cuts})
         where = ", ".join(f"{'no_grad' if k == 'no_grad' else k} at line {ln}" for k, ln in cuts) or "a cut"
         return f"{head}, the exact gradient is {_fmt(r)}; the difference is what {where} hides from autograd"
+    if status == "intended":
+        return f"{head}, the exact gradient is {_fmt(r)}: the deviation declared intended accounts for it"
     if status == "hook":
         return f"{head}, the plain gradient is {_fmt(r)}: a hook on its way back changed it"
     if status == "nondifferentiable":

@@ -47,6 +47,9 @@ EXPLANATIONS: dict[str, tuple[str, str]] = {
                    "gradgradcheck, torch.autograd.functional or torch.func): their internal backward calls are "
                    "theirs, not compared here.",
                    "Nothing to fix."),
+    "intended": ("the gradient differs from the exact derivative as a declared deviation says it should (a cut or "
+                 "a custom Function declared with intended=... / --intended).",
+                 "Nothing to fix: it is meant; everything else is still checked."),
     "replayed": ("a custom Function's backward rounds differently from our formulas in float32; run again in "
                  "float64 on the same inputs, it matched the exact gradient, so the float32 differences are rounding.",
                  "Nothing to fix."),
@@ -54,7 +57,7 @@ EXPLANATIONS: dict[str, tuple[str, str]] = {
 SEVERITY = {"mismatch": "error", "untracked": "error", "stale-graph": "error", "hook": "warning",
             "nonleaf-grad": "warning", "nondifferentiable": "info", "nonfinite": "error", "not-verified": "warning",
             "no-autograd": "info", "self-check": "info",
-            "replayed": "info"}
+            "replayed": "info", "intended": "info"}
 
 
 def summary_value(t: Any) -> Any:
