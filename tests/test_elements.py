@@ -194,3 +194,20 @@ def test_beyond_a_measured_noise_of_another_formula_is_not_a_failure() -> None:
     # the band was the whole worst-case bound, and a custom backward returning 0 was only "not verified")
     off = classify(r * 1.01, r, foreign=True, **kw)
     assert list(off.masks) == ["mismatch"] and off.unmeasured == 0
+
+
+def test_a_measured_noise_larger_than_a_small_gradient_is_loose_only_against_the_call_s_scale() -> None:
+    # A 0-d parameter whose gradient crosses 0 in a training loop (4e-3 against the backward's 10): its worst-case
+    # bound (1.0) is far above WIDE of it, so the measured float32 noise (1e-3, times SAFETY 8) is the allowance; that
+    # exceeds the gradient itself, but it is the float32 run's own rounding: loose only against the backward's
+    # largest entry (one backward in 30,000 of a tutorial's training loop was "not verified" for it)
+    r = _f64(4e-3)
+    a = _f64(4.5e-3)
+    kw = dict(u=U32, tiny=TINY32, bound=lambda: _f64(1.0), measured=lambda: _f64(1e-3), scale=4e-3)
+    v = classify(a, r, **kw)
+    assert v.ok and v.loose == 1  # on its own scale, the allowance says nothing
+    v = classify(a, r, context=10.0, **kw)
+    assert v.ok and v.loose == 0
+    # a sign flip is beyond that noise: a mismatch either way (the worst-case bound alone let it pass)
+    assert "mismatch" in classify(-a, r, context=10.0, **kw).masks
+    assert classify(-a, r, u=U32, tiny=TINY32, bound=lambda: _f64(1.0), scale=10.0).ok

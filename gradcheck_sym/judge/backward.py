@@ -323,7 +323,7 @@ class BackwardVerifier(ReplayDecisions):
             used.append(True)
             return d + top
 
-        zero_below = None
+        zero_below, context = None, scale
         if scale is not None:
             # The LOOSE rule's scale is this gradient's own largest entry: a 10% error in a conv weight whose entries
             # are a third of the backward's largest passed under a bound three times its own size.  The backward's
@@ -337,7 +337,7 @@ class BackwardVerifier(ReplayDecisions):
             iv = iv.value if isinstance(iv, Traced) else iv
             intended = torch.zeros(shape, dtype=F64) if iv is None else iv.to(F64).expand(shape)
         verdicts = classify(a, r, u=u, tiny=tiny, bound=bound, cut=cut, slack=slack, scale=scale, measured=measured,
-                            foreign=lambda: self._foreign(tr, plan, var), zero_below=zero_below, intended=intended)
+                            foreign=lambda: self._foreign(tr, plan, var), zero_below=zero_below, intended=intended, context=context)
         return verdicts, used
 
     def _foreign(self, tr: Any, plan: Plan, var: Any) -> bool:

@@ -76,7 +76,8 @@ def classify(a: torch.Tensor, r: torch.Tensor, *, u: float, tiny: float, bound: 
              rtol: float | None = None, atol: float | None = None, slack: torch.Tensor | None = None,
              intended: torch.Tensor | None = None, kink_anywhere: Callable[[], bool] | None = None,
              scale: float | None = None, measured: Callable[[], Any] | None = None,
-             foreign: bool | Callable[[], bool] = False, zero_below: float | None = None) -> Verdicts:
+             foreign: bool | Callable[[], bool] = False, zero_below: float | None = None,
+             context: float | None = None) -> Verdicts:
     """The verdict of every element (see the module docstring).
 
     Only the elements that fail the cheap test go through the rest, gathered into a flat vector (a
@@ -98,6 +99,8 @@ def classify(a: torch.Tensor, r: torch.Tensor, *, u: float, tiny: float, bound: 
         measured: () -> a measured rounding noise (absolute, broadcastable to `a`, or None), used in place of
             the bound where it is smaller and the bound is above LOOSE of the scale (the worst case compounds
             through every layer of a deep float32 net; a measured sample of the noise does not).
+        context: the call's largest gradient entry (a backward's, over all its leaves): where a measured noise is the
+            allowance, the LOOSE rule's scale.
         zero_below: an allowance at most this (absolute) is never loose: the rounding of a gradient that is 0 in
             the math, on the scale of the call's other gradients (default sqrt(u), absolute terms; a small
             gradient, 6e-5 near a fit's optimum, then passed with its sign flipped under a bound 2x its size).
@@ -195,7 +198,13 @@ def classify(a: torch.Tensor, r: torch.Tensor, *, u: float, tiny: float, bound: 
     if any_true(loose_mask):  # (the scale is a pass over the whole tensor: only when it can matter)
         if scale is None:
             scale = abs_max(r)
-        loose_mask = loose_mask & (own > LOOSE * scale)
+        if context is not None and sampled_at is not False:
+            # where the allowance is a measured noise (the float32 run's own rounding: as tight as float32 allows),
+            # it says nothing only against the call's largest entry (a parameter's gradient crossing 0 in a
+            # training loop is mostly rounding at that step)
+            loose_mask = loose_mask & (own > LOOSE * torch.where(sampled_at, max(context, scale), scale))
+        else:
+            loose_mask = loose_mask & (own > LOOSE * scale)
     if any_true(loose_mask) and reach is not None:
         k = kinks()  # at a jump the run sat on, the allowance is the jump: that is its convention, not looseness
         if k is not None:
