@@ -1,7 +1,7 @@
 """The per-element verdicts (judge/elements.py): the loose-allowance rule in particular."""
 import torch
 
-from gradcheck_sym.judge.elements import LOOSE, classify
+from gradcheck_sym.judge.elements import LOOSE, WIDE, classify
 
 U32 = 2.0**-24
 TINY32 = torch.finfo(torch.float32).tiny
@@ -203,7 +203,7 @@ def test_a_measured_noise_larger_than_a_small_gradient_is_loose_only_against_the
     # largest entry (one backward in 30,000 of a tutorial's training loop was "not verified" for it)
     r = _f64(4e-3)
     a = _f64(4.5e-3)
-    kw = dict(u=U32, tiny=TINY32, bound=lambda: _f64(1.0), measured=lambda: _f64(1e-3), scale=4e-3)
+    kw = dict(u=U32, tiny=TINY32, bound=lambda: _f64(1.0), measured=lambda: _f64(1e-3), scale=4e-3, wide_at=WIDE)
     v = classify(a, r, **kw)
     assert v.ok and v.loose == 1  # on its own scale, the allowance says nothing
     v = classify(a, r, context=10.0, **kw)
@@ -211,3 +211,5 @@ def test_a_measured_noise_larger_than_a_small_gradient_is_loose_only_against_the
     # a sign flip is beyond that noise: a mismatch either way (the worst-case bound alone let it pass)
     assert "mismatch" in classify(-a, r, context=10.0, **kw).masks
     assert classify(-a, r, u=U32, tiny=TINY32, bound=lambda: _f64(1.0), scale=10.0).ok
+    # check_function's default: a measured noise only where the bound says nothing at all (above LOOSE)
+    assert classify(a, r, u=U32, tiny=TINY32, bound=lambda: _f64(1e-3), measured=lambda: _f64(1e-5), scale=4e-3).ok

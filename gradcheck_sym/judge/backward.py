@@ -24,7 +24,7 @@ from ..reference.interpret import UNIT_ROUNDOFF, Traced, error_bounds, record_sw
 from .backward_replay import ReplayDecisions
 from .intended import declared_program, parse_intended
 from .backward_words import info_name, message, unseen, worst
-from .elements import CHEAP_ULPS, SMALL, Verdicts, abs_max, classify
+from .elements import CHEAP_ULPS, SMALL, WIDE, Verdicts, abs_max, classify
 from .replay import Replays, child_pids
 
 __all__ = ["BackwardVerifier", "Plan"]
@@ -337,7 +337,7 @@ class BackwardVerifier(ReplayDecisions):
             iv = iv.value if isinstance(iv, Traced) else iv
             intended = torch.zeros(shape, dtype=F64) if iv is None else iv.to(F64).expand(shape)
         verdicts = classify(a, r, u=u, tiny=tiny, bound=bound, cut=cut, slack=slack, scale=scale, measured=measured,
-                            foreign=lambda: self._foreign(tr, plan, var), zero_below=zero_below, intended=intended, context=context)
+                            foreign=lambda: self._foreign(tr, plan, var), zero_below=zero_below, intended=intended, context=context, wide_at=WIDE)
         return verdicts, used
 
     def _foreign(self, tr: Any, plan: Plan, var: Any) -> bool:

@@ -77,7 +77,7 @@ def classify(a: torch.Tensor, r: torch.Tensor, *, u: float, tiny: float, bound: 
              intended: torch.Tensor | None = None, kink_anywhere: Callable[[], bool] | None = None,
              scale: float | None = None, measured: Callable[[], Any] | None = None,
              foreign: bool | Callable[[], bool] = False, zero_below: float | None = None,
-             context: float | None = None) -> Verdicts:
+             context: float | None = None, wide_at: float | None = None) -> Verdicts:
     """The verdict of every element (see the module docstring).
 
     Only the elements that fail the cheap test go through the rest, gathered into a flat vector (a
@@ -99,6 +99,8 @@ def classify(a: torch.Tensor, r: torch.Tensor, *, u: float, tiny: float, bound: 
         measured: () -> a measured rounding noise (absolute, broadcastable to `a`, or None), used in place of
             the bound where it is smaller and the bound is above LOOSE of the scale (the worst case compounds
             through every layer of a deep float32 net; a measured sample of the noise does not).
+        wide_at: above this fraction of the scale a measured noise may stand in for the bound (default LOOSE: only
+            where the bound says nothing; a backward of `run` passes WIDE, where its own float32 sweep is the sample).
         context: the call's largest gradient entry (a backward's, over all its leaves): where a measured noise is the
             allowance, the LOOSE rule's scale.
         zero_below: an allowance at most this (absolute) is never loose: the rounding of a gradient that is 0 in
@@ -116,7 +118,7 @@ def classify(a: torch.Tensor, r: torch.Tensor, *, u: float, tiny: float, bound: 
     if a.numel() <= SMALL:
         e = bound()
         done = _small_pass(a, r, ok, e, u=u, tiny=tiny, slack=slack, rtol=rtol, atol=atol, scale=scale,
-                           zero_below=zero_below)
+                           zero_below=zero_below, wide_at=wide_at)
         if done is not None:
             return done
         bound = lambda: e  # noqa: E731 - asked for once
@@ -154,7 +156,7 @@ def classify(a: torch.Tensor, r: torch.Tensor, *, u: float, tiny: float, bound: 
         # more than the safety factor, which a bound that still says something never does.
         if scale is None:
             scale = abs_max(r)
-        wide = (tol > zb) & (tol > WIDE * scale)
+        wide = (tol > zb) & (tol > (LOOSE if wide_at is None else wide_at) * scale)
         if any_true(wide):
             m = measured()
             if m is not None:
@@ -252,7 +254,7 @@ def classify(a: torch.Tensor, r: torch.Tensor, *, u: float, tiny: float, bound: 
 
 def _small_pass(a: torch.Tensor, r: torch.Tensor, ok: torch.Tensor, e: Any, *, u: float, tiny: float,
                 slack: Any, rtol: float | None, atol: float | None, scale: float | None,
-                zero_below: float | None = None) -> Verdicts | None:
+                zero_below: float | None = None, wide_at: float | None = None) -> Verdicts | None:
     """The ladder's verdict for a small tensor (a training loop's 0-d parameters) whose every element passes
     under the bound, on Python floats; None whenever anything else may happen (a failure, a NaN, an allowance
     wide enough for the measured noise or the LOOSE rule to matter): the ladder then decides.
@@ -280,7 +282,7 @@ def _small_pass(a: torch.Tensor, r: torch.Tensor, ok: torch.Tensor, e: Any, *, u
             return None
         if t > root:
             top = abs_max(r) if top is None else top
-            if t > WIDE * top:  # (the measured noise may stand in for the bound: the ladder decides)
+            if t > (LOOSE if wide_at is None else wide_at) * top:  # (a measured noise may stand in: the ladder decides)
                 return None
         if rtol:
             t = t + rtol * abs(y)
