@@ -211,5 +211,8 @@ def test_a_measured_noise_larger_than_a_small_gradient_is_loose_only_against_the
     # a sign flip is beyond that noise: a mismatch either way (the worst-case bound alone let it pass)
     assert "mismatch" in classify(-a, r, context=10.0, **kw).masks
     assert classify(-a, r, u=U32, tiny=TINY32, bound=lambda: _f64(1.0), scale=10.0).ok
-    # check_function's default: a measured noise only where the bound says nothing at all (above LOOSE)
-    assert classify(a, r, u=U32, tiny=TINY32, bound=lambda: _f64(1e-3), measured=lambda: _f64(1e-5), scale=4e-3).ok
+    # between WIDE and LOOSE of the gradient, the bound decides by default (check_function: its measured twin only
+    # where the bound says nothing at all); with wide_at=WIDE (a script's backward) the measured noise does
+    kw2 = dict(u=U32, tiny=TINY32, bound=lambda: _f64(1e-4), measured=lambda: _f64(1e-5), scale=4e-3)
+    assert classify(a, r, **kw2).ok
+    assert "mismatch" in classify(a, r, wide_at=WIDE, **kw2).masks
