@@ -1134,3 +1134,65 @@ def test_a_cut_declared_intended_under_run_is_information_and_the_rest_is_still_
     assert "OK:" in capsys.readouterr().out
     assert main(["run", "--intended", "gan.py:12=cutt", str(path)]) == 2
     assert "unknown behaviour" in capsys.readouterr().err
+
+
+def test_a_straight_through_estimator_declared_intended_in_float32(tmp_path):
+    # the declared derivative has no rounding bound of its own and the exact one is 0: a float32 Linear before it
+    # missed the 4-ulp allowance and was a mismatch (found by a review)
+    path = tmp_path / "ste.py"
+    path.write_text(textwrap.dedent('''\
+        import torch
+        class STE(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, x):
+                return torch.ones_like(x).masked_fill(x < 0, -1.0)
+            @staticmethod
+            def backward(ctx, g):
+                return g
+        torch.manual_seed(0)
+        lin1, lin2 = torch.nn.Linear(32, 64), torch.nn.Linear(64, 10)
+        h0 = lin1(torch.randn(128, 32))
+        lin2(STE.apply(h0)).logsumexp(1).mean().backward()
+        '''), encoding="utf-8")
+    report = gs.run_script(str(path), intended={"STE": "straight-through"})
+    assert report.ok and report.summary["errors"] == 0, str(report)
+    assert sorted((f.kind, f.tensor) for f in report.findings) == [("intended", "lin1.bias"), ("intended", "lin1.weight")]
+
+
+@pytest.mark.parametrize("case", ["sparse", "nan"])
+def test_a_hook_on_a_gradient_we_cannot_compare_plainly_changes_nothing_the_script_sees(tmp_path, capsys, case):
+    # the hook's watcher compares the gradient before and after the hook: a sparse gradient raised inside the
+    # script's backward, and a NaN (never equal to itself) made a read-only hook "change" a wrong gradient
+    # (both found by a review)
+    path = tmp_path / "hooked.py"
+    if case == "sparse":
+        path.write_text("import torch\ntorch.manual_seed(0)\nemb = torch.nn.Embedding(10, 3, sparse=True)\n"
+                        "emb.weight.register_hook(lambda g: None)\n"
+                        "emb(torch.tensor([1, 2, 2])).pow(2).sum().backward()\nprint('ok', emb.weight.grad.is_sparse)\n",
+                        encoding="utf-8")
+        report = gs.run_script(str(path))
+        assert "ok True" in capsys.readouterr().out
+        assert report.ok and report.summary["verified"] == 1 and _row(report, "emb.weight").status == "ok"
+    else:
+        path.write_text(textwrap.dedent('''\
+            import torch
+            class MyTanh(torch.autograd.Function):
+                @staticmethod
+                def forward(ctx, x):
+                    y = torch.tanh(x)
+                    ctx.save_for_backward(y)
+                    return y
+                @staticmethod
+                def backward(ctx, g):
+                    (y,) = ctx.saved_tensors
+                    return g * (1 - y * y) * 1.1
+            torch.manual_seed(0)
+            w = torch.randn(4, requires_grad=True)
+            h = torch.cat([MyTanh.apply(w), torch.tensor([0.0, 1.0])])
+            h.register_hook(lambda g: None)
+            tail = h[4:]
+            (h[:4].sum() + torch.where(tail > 0, tail.sqrt(), torch.zeros_like(tail)).sum()).backward()
+            '''), encoding="utf-8")
+        report = gs.run_script(str(path))
+        assert [(f.kind, f.tensor) for f in report.findings if f.severity == "error"] == [("mismatch", "w")], \
+            str(report)

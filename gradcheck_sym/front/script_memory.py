@@ -172,6 +172,8 @@ class ScriptMemory:
             del self.rec.values[vid]
         self._stale_pending = [p for p in self._stale_pending if any(v in needed for v in p[1])]
         self.custom_calls.prune(needed)
+        if forget_items:  # (a backward's prune: the complex values made before it have been used)
+            self.complex_nodes.clear()
         self.rec.nbytes = sum(own_bytes(v) for v in [*self.rec.values.values(), *self.rec.consts])
         if self.rec.errs is not None:
             for vid in [v for v in self.rec.errs if v not in needed]:

@@ -380,15 +380,24 @@ class ScriptTracer(ScriptMemory, Tracer):
         reads the gradient (Grad-CAM's) hid a wrong custom backward upstream."""
         backwards = self.backwards
 
+        def same(x: Any, y: Any) -> bool:  # equal values, NaN equal to NaN (a NaN is no change)
+            return isinstance(x, torch.Tensor) and x.shape == y.shape and bool(
+                ((x == y) | (torch.isnan(x) & torch.isnan(y))).all())
+
         @functools.wraps(hook)
         def watched(grad: Any) -> Any:
-            with torch._C.DisableTorchFunction():  # (our copy and comparison are not the script's ops)
-                before = grad.detach().clone() if isinstance(grad, torch.Tensor) else None
+            before = None
+            try:  # (ours: never the script's error; a gradient we cannot copy or compare counts as changed)
+                with torch._C.DisableTorchFunction():  # (our copy and comparison are not the script's ops)
+                    before = grad.detach().clone() if isinstance(grad, torch.Tensor) else None
+            except Exception:  # noqa: BLE001 - a sparse gradient, a torch.func wrapper
+                before = None
             out = hook(grad)
-            with torch._C.DisableTorchFunction():
-                changed = before is None or not torch.equal(grad, before) or (
-                    out is not None and (not isinstance(out, torch.Tensor) or out.shape != before.shape
-                                         or not torch.equal(out, before)))
+            try:
+                with torch._C.DisableTorchFunction():
+                    changed = before is None or not same(grad, before) or (out is not None and not same(out, before))
+            except Exception:  # noqa: BLE001 - as above
+                changed = True
             if changed:
                 info.hook_changed = len(backwards) - 1
             return out

@@ -112,6 +112,9 @@ class Tracer(Handles, TorchFunctionMode):
         self.items: dict[float, Any] = {}
         self.leaks: list[tuple[Traced, int]] = []
         self.custom: list[str] = []
+        # autograd nodes of complex results computed from traced values (torch.fft's): complex values are not
+        # traced, and a custom Function fed one is opaque, not a constant (see Handles._constant_custom)
+        self.complex_nodes: dict[int, Any] = {}
         self.region = _Region()
         self.out: Any = None
         self.name = ""
@@ -312,6 +315,12 @@ class Tracer(Handles, TorchFunctionMode):
             # counter to track; a constant wherever it is read
             return
         if not any(t.is_floating_point() for t in outs) and target is None:
+            if any(t.is_complex() and t.grad_fn is not None for t in outs) and (traced_in or any(
+                    isinstance(x, torch.Tensor) and x.is_complex() and id(x.grad_fn) in self.complex_nodes
+                    for x in _walk((args, kwargs)))):
+                for t in outs:
+                    if t.is_complex() and t.grad_fn is not None:
+                        self.complex_nodes[id(t.grad_fn)] = t.grad_fn
             return  # integer or boolean results (a comparison, an argmax): constants for autograd
         site = self._new_site(name)
         self._site = site

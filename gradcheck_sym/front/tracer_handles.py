@@ -35,6 +35,7 @@ class Handles(Storage):
     leaks: list[tuple[Traced, int]]
     cuts: list[Cut]
     custom: list[str]
+    complex_nodes: dict[int, Any]
     call_of: dict[int, int]
     before: torch.Tensor | None
     args: tuple
@@ -113,12 +114,12 @@ class Handles(Storage):
             h = self._handle_of_node(fn)
             if isinstance(h, Traced):
                 deps.append(h)
-            elif fn is not None:
-                # an input autograd follows and the tracer does not (a complex spectrum: torch.fft's results are
-                # complex, which the reference does not trace): not a constant, whatever the forward computed
-                return self._opaque_tensor(t, f"the output of {custom}.apply comes from an input whose graph the "
-                                              f"tracer does not follow (grad_fn {type(fn).__name__}; complex values "
-                                              "are not traced)")
+            elif fn is not None and id(fn) in self.complex_nodes:
+                # a complex input computed from traced values (a spectrum: torch.fft's results are complex, which
+                # the reference does not trace): not a constant, whatever the forward computed
+                return self._opaque_tensor(t, f"the output of {custom}.apply comes from a complex value computed "
+                                              f"from traced ones (grad_fn {type(fn).__name__}; complex values are not "
+                                              "traced)")
         with interpreting(self.rec):
             site = self._new_site(f"{custom}.apply")
             self.sites[site] = Site(f"{custom}.apply", *_user_frame(), "no_grad", custom)

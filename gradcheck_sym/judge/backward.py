@@ -148,7 +148,7 @@ class BackwardVerifier(ReplayDecisions):
                 info = tr._info(t)
                 if info.internal and t.is_leaf:
                     continue  # a leaf made inside a custom Function's forward: the Function's own, not this backward's
-                before = None if t.grad is None else t.grad.detach().to(F64).clone()
+                before = None if t.grad is None else _dense(t.grad.detach().to(F64)).clone()
                 plan.targets.append((info, t, before))
         return plan
 
@@ -191,7 +191,7 @@ class BackwardVerifier(ReplayDecisions):
              returned: bool, scale: float | None = None) -> Any:
         exact, var = _exact(tr, plan, t)
         exact_t = exact.value if isinstance(exact, Traced) else exact
-        got = None if after is None else after.detach().to(F64)
+        got = None if after is None else _dense(after.detach().to(F64))
         base = before if before is not None else None
         incr = got if base is None or got is None else got - base
         # .grad entries already NaN or infinite before this backward and the same after it: what autograd added
@@ -442,3 +442,8 @@ def _cheap_floats(a: Any, r: Any, u: float) -> bool:
         if not abs(x - y) <= bound:
             return False
     return True
+
+
+def _dense(g: torch.Tensor) -> torch.Tensor:
+    """A sparse .grad (nn.Embedding(sparse=True)) as the dense tensor it stands for."""
+    return g if g.layout == torch.strided else g.to_dense()

@@ -235,10 +235,15 @@ def classify(a: torch.Tensor, r: torch.Tensor, *, u: float, tiny: float, bound: 
         if alt is None or not any_true(rest):
             continue
         c = sub(alt)
+        near = 2 * tol + FLOOR_ULPS * u * c.abs()
+        if kind == "intended":
+            # a declared derivative has no rounding bound of its own, and the exact one may have none at all (a
+            # straight-through estimator's exact derivative is 0): the cheap test's allowance on the declared
+            # gradient's scale (a float32 Linear before a declared STE missed 4 ulps and was a mismatch)
+            near = near + CHEAP_ULPS * u * (c.abs() + abs_max(alt))
         # (only where the alternative is another number: where it is the exact gradient itself, as for a cut
         # that does not reach this entry, its doubled allowance would turn a mismatch into a wrong name)
-        match = rest & torch.isfinite(c) & ((A - c).abs() <= 2 * tol + FLOOR_ULPS * u * c.abs()) & \
-            ((c - R).abs() > tol)
+        match = rest & torch.isfinite(c) & ((A - c).abs() <= near) & ((c - R).abs() > tol)
         masks[kind] = match
         rest = rest & ~match
     if reach is not None and any_true(rest):

@@ -64,6 +64,11 @@ def summary_value(t: Any) -> Any:
     """A value for people and JSON: a number, a short list, or shape/min/max/first elements."""
     if t is None or not hasattr(t, "reshape"):
         return t  # (already a summary: a number, a list, a dict)
+    if str(getattr(t, "layout", "torch.strided")) != "torch.strided":  # a sparse .grad (nn.Embedding(sparse=True))
+        try:
+            t = t.to_dense()
+        except (RuntimeError, NotImplementedError):
+            return {"layout": str(t.layout).replace("torch.", ""), "shape": list(t.shape)}
     flat = t.reshape(-1)
     n = flat.numel()
     if t.dim() == 0:
