@@ -15,22 +15,22 @@ still need, so long training loops run in bounded memory.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import re
 import sys
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
+from ..ops.core import leaves
 from ..reference.interpret import Traced
 from .custom_calls import CustomCalls
 from .script_memory import ScriptMemory
+from .script_optim import _NOT_FAST, OptimizerSteps, _has_tensor, _in_optimizer, _torch_optim_via_torch
 from .tracer import Tracer
-from ..ops.core import leaves
 from .script_infos import Backward, InfoLog, TensorInfo
 from .tracer_calls import _PROPERTY_TENSORS, _QUIET, _name, foreign_types
 from .tracer_sites import _PACKAGE_DIR, Note, _user_frame, dispatching_frame, in_custom_forward
@@ -39,55 +39,6 @@ __all__ = ["ScriptTracer", "Backward", "TensorInfo"]
 
 F64 = torch.float64
 _ASSIGNS = re.compile(r"^\s*[A-Za-z_][A-Za-z0-9_]*\s*(?:\[[^\]]*\]\s*)?(?:[+\-*/@]|//|\*\*)?=(?!=)")
-_NOT_FAST = object()
-_OPTIM_DIR = os.path.join("torch", "optim", "")
-_optimizer_code: dict[Any, bool] = {}
-
-
-def _in_optimizer(frame: Any, depth: int = 8) -> bool:
-    """Whether one of the nearest callers is torch.optim's code (cached per code object)."""
-    for _ in range(depth):
-        if frame is None:
-            return False
-        code = frame.f_code
-        hit = _optimizer_code.get(code)
-        if hit is None:
-            hit = _optimizer_code[code] = _OPTIM_DIR in code.co_filename
-        if hit:
-            return True
-        frame = frame.f_back
-    return False
-
-
-_TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
-
-
-def _torch_optim_via_torch(frame: Any, depth: int = 6) -> bool:
-    """Whether `frame` is torch.optim's code, or torch's own code (grad_mode.py, _contextlib.py) that torch.optim
-    called: the first frame up the stack that is not torch's own is torch.optim's."""
-    for _ in range(depth):
-        if frame is None:
-            return False
-        if _in_optimizer(frame, depth=1):
-            return True
-        if not frame.f_code.co_filename.startswith(_TORCH_DIR):
-            return False  # the script's code (a hook, a custom step) or a library's
-        frame = frame.f_back
-    return False
-
-
-def _has_tensor(args: tuple, kwargs: dict) -> bool:
-    return any(isinstance(x, torch.Tensor) for x in _flat((args, kwargs)))
-
-
-def _flat(obj: Any) -> list[Any]:
-    if isinstance(obj, (list, tuple)):
-        return [x for o in obj for x in _flat(o)]
-    if isinstance(obj, dict):
-        return [x for o in obj.values() for x in _flat(o)]
-    return [obj]
-
-
 # torch's own gradient machinery a script may call: gradcheck, torch.autograd.functional, and torch.func's transforms
 # (grad, vjp, jacrev, jacfwd, hessian, vmap), which wrap tensors in levels of their own: inside them, the tensors and
 # the backward calls are theirs (a torch.func.grad of sin was compared with an exact 0: the wrapped input is not
@@ -97,7 +48,7 @@ _CHECKERS = (os.path.join("torch", "autograd", "gradcheck.py"), os.path.join("to
              os.path.join("torch", "_functorch", "vmap.py"))
 _CHECKER_FILES: dict[str, int] = {}  # a code file name -> 1: one of _CHECKERS, 2: ours, 0: other
 
-class ScriptTracer(ScriptMemory, Tracer):
+class ScriptTracer(OptimizerSteps, ScriptMemory, Tracer):
     """Records a script and verifies its backwards (see the module docstring)."""
 
     def __init__(self, deadline: float | None = None) -> None:
@@ -119,48 +70,6 @@ class ScriptTracer(ScriptMemory, Tracer):
         self._stale_pending: list[tuple[Note, frozenset[int]]] = []
         self._memory_looked()
         self.custom_calls = CustomCalls()  # kept for a float64 replay of their backward (judge.replay)
-
-    # ------------------------------------------------------------ optimizer steps
-    @contextlib.contextmanager
-    def optimizer_hooks(self) -> Iterator[None]:
-        """While in it, torch.optim's own code inside a step (without a closure) runs untraced, and each traced
-        parameter the step changed becomes a new leaf value when the step ends.
-
-        A step runs under no_grad on leaves and the optimizer's own state: what it computes carries no
-        gradient, and an updated parameter is a new leaf version.  Seeing that once per step, instead of
-        at each of its dozen ops per parameter, was a tenth of a small training loop's time.  Only ops
-        called from torch.optim's files take that path, in the thread whose step it is: the first other op
-        (a step hook of the script's, a closure, a custom step, anything after a step that raised) ends the
-        window at once — what changed so far becomes new values — and the rest of the step is followed op by
-        op, as everything was before.
-        """
-        from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
-
-        def pre(opt: Any, args: tuple, kwargs: dict) -> None:
-            self.step_ended()  # one that raised before its end: what it changed is still a new value
-            if len(args) > 1 or kwargs.get("closure") is not None or self.stopped:
-                return
-            with torch._C.DisableTorchFunction():  # our own reads: not the script's ops
-                self._steps[threading.get_ident()] = {
-                    id(p): (p, p._version) for group in opt.param_groups for p in group["params"]
-                    if isinstance(p, torch.Tensor) and id(p) in self.recs}
-
-        handles = [register_optimizer_step_pre_hook(pre),
-                   register_optimizer_step_post_hook(lambda opt, args, kwargs: self.step_ended())]
-        try:
-            yield
-        finally:
-            for h in handles:
-                h.remove()
-
-    def step_ended(self) -> None:
-        """The parameters this thread's step changed become new leaf values (see optimizer_hooks)."""
-        stepping = self._steps.pop(threading.get_ident(), None) if self._steps else None
-        if stepping:
-            with torch._C.DisableTorchFunction(), self.lock:
-                for p, version in stepping.values():
-                    if p._version != version and p.requires_grad and p.is_leaf:
-                        self._new_leaf(p)
 
     # ------------------------------------------------------------ leaves and infos
     def _unknown(self, t: torch.Tensor) -> Any:
@@ -403,25 +312,6 @@ class ScriptTracer(ScriptMemory, Tracer):
             return out
 
         return watched
-
-    def _optimizer_op(self, func: Any, args: tuple, kwargs: dict) -> Any:
-        """An op inside a torch.optim step, run without tracing.
-
-        An optimizer's step runs under no_grad on leaves and its own state: what it computes
-        never carries a gradient, and an updated parameter is a new leaf version.  Tracing its
-        arithmetic (a dozen ops per parameter per step) was most of the cost of a training loop.
-        Anything else (a non-leaf tensor that requires grad) takes the traced path.
-        """
-        tensors = [t for t in _flat((args, kwargs)) if isinstance(t, torch.Tensor)]
-        if any(t.requires_grad and not t.is_leaf for t in tensors):
-            return _NOT_FAST
-        before = {id(t): t._version for t in tensors if t.requires_grad and id(t) in self.recs}
-        out = self.call_as(dispatching_frame(sys._getframe()), func, args, kwargs)
-        for t in tensors:
-            if id(t) in before and t._version != before.pop(id(t)):
-                with self.lock:
-                    self._new_leaf(t)
-        return out
 
     # ------------------------------------------------------------ backward
     def _checking_itself(self, depth: int = 2) -> bool:

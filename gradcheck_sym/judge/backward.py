@@ -12,19 +12,18 @@ whose earlier gradient was not verified: its total is never vouched for.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from ..ir.program import Var
 from ..ops.quick import all_finite, all_true, any_true
 from ..reference.interpret import UNIT_ROUNDOFF, Traced, error_bounds, record_sweep, rounded_sweep, sweep
 from .backward_replay import ReplayDecisions
 from .intended import declared_program, parse_intended
+from .backward_values import cheap_floats, dense, hooked_downstream, total_before
 from .backward_words import info_name, message, unseen, worst
-from .elements import CHEAP_ULPS, SMALL, WIDE, Verdicts, abs_max, classify
+from .elements import SMALL, WIDE, Verdicts, abs_max, classify
 from .replay import Replays, child_pids
 
 __all__ = ["BackwardVerifier", "Plan"]
@@ -148,7 +147,7 @@ class BackwardVerifier(ReplayDecisions):
                 info = tr._info(t)
                 if info.internal and t.is_leaf:
                     continue  # a leaf made inside a custom Function's forward: the Function's own, not this backward's
-                before = None if t.grad is None else _dense(t.grad.detach().to(F64)).clone()
+                before = None if t.grad is None else dense(t.grad.detach().to(F64)).clone()
                 plan.targets.append((info, t, before))
         return plan
 
@@ -191,7 +190,7 @@ class BackwardVerifier(ReplayDecisions):
              returned: bool, scale: float | None = None) -> Any:
         exact, var = _exact(tr, plan, t)
         exact_t = exact.value if isinstance(exact, Traced) else exact
-        got = None if after is None else _dense(after.detach().to(F64))
+        got = None if after is None else dense(after.detach().to(F64))
         base = before if before is not None else None
         incr = got if base is None or got is None else got - base
         # .grad entries already NaN or infinite before this backward and the same after it: what autograd added
@@ -226,7 +225,7 @@ class BackwardVerifier(ReplayDecisions):
         if plan.cut is not None:
             c = plan.cut.get(var.id) if var is not None else None
             cut = torch.zeros(shape, dtype=F64) if c is None else c.to(F64).expand(shape)
-        if a.numel() <= SMALL and _cheap_floats(a, r, u):
+        if a.numel() <= SMALL and cheap_floats(a, r, u):
             # every entry passes the ladder's cheap test (on Python floats: a training loop's 0-d parameters paid
             # some 30 kernel launches per gradient for a verdict this test alone decides)
             verdicts, used = Verdicts({}, None, a.numel()), []
@@ -255,7 +254,7 @@ class BackwardVerifier(ReplayDecisions):
                 f"the rounding bound in {str(t.dtype).replace('torch.', '')} exceeds the largest entry of the "
                 f"gradient at {verdicts.loose} entries of {info_name(tr, t)} (a long chain of ill-conditioned "
                 "operations): a comparison says nothing there; check that part in float64"])
-        total_before = _total_before(info, before, u)
+        known_before = total_before(info, before, u)
         status = "ok"
         if not verdicts.ok:
             kinds = list(verdicts.masks)
@@ -263,7 +262,7 @@ class BackwardVerifier(ReplayDecisions):
             if status == "mismatch":
                 if any(n.kind == "stale-graph" for n in tr.notes):
                     status = "stale-graph"
-                elif self._hooked(tr, var, ev.index):
+                elif hooked_downstream(tr, var, ev.index):
                     status = "hook"
             if status in ("mismatch", "untracked", "nonfinite", "stale-graph"):
                 ev.errors += 1
@@ -274,7 +273,7 @@ class BackwardVerifier(ReplayDecisions):
             if plan.create and isinstance(exact, Traced) and isinstance(after, torch.Tensor):
                 tr._bind(after, exact)  # the gradient has a graph: later ops on it are traced
         # The exact .grad now (what autograd should hold), when the exact value before is known.
-        info.exact_total = None if total_before is False else (r if total_before is None else total_before + r)
+        info.exact_total = None if known_before is False else (r if known_before is None else known_before + r)
         self._status(info, ev, got, info.exact_total, status, t)
         if plan.create and got is not None and var is not None and isinstance(exact, Traced):
             self._bind_grad(tr, t, before, exact)
@@ -364,25 +363,6 @@ class BackwardVerifier(ReplayDecisions):
             del info.checks[1]
         info.grad_fn = type(t.grad_fn).__name__ if t.grad_fn is not None else None
 
-    def _hooked(self, tr: Any, var: Var | None, index: int) -> bool:
-        """Whether a tensor hook that changed a gradient in backward `index` sits downstream of `var` (between it
-        and the output)."""
-        if var is None:
-            return False
-        hooked = [r for r in tr.recs.values() if r.tensor is not None and id(r.tensor) in tr.infos
-                  and tr.infos[id(r.tensor)].hooks and tr.infos[id(r.tensor)].hook_changed == index
-                  and isinstance(r.handle, Traced)]
-        if not hooked:
-            return False
-        for r in hooked:
-            need = {r.handle.var.id}
-            for e in reversed(tr.rec.eqns):
-                if any(v.id in need for v in e.outputs):
-                    need.update(a.id for a in e.inputs if isinstance(a, Var))
-            if var.id in need:
-                return True
-        return False
-
     def _bind_grad(self, tr: Any, t: torch.Tensor, before: Any, ct: Traced) -> None:
         g = t.grad
         if g is None:
@@ -415,35 +395,3 @@ def _scale(tr: Any, plan: Plan, tensors: Any) -> float:
         if isinstance(e, torch.Tensor) and e.numel():
             out = max(out, abs_max(e))
     return out
-
-
-def _total_before(info: Any, before: Any, u: float) -> Any:
-    """The exact value of .grad before this backward: None (no gradient or zeroed), the verified total,
-    or False when unknown (an unverified earlier gradient, or .grad changed since in a way not seen)."""
-    if before is None or not any_true(before):
-        return None
-    prev = info.exact_total
-    if prev is None:
-        return False
-    prev = prev.expand_as(before)
-    if all_true((before - prev).abs() <= 64 * u * (before.abs() + prev.abs()) + 1e-300):
-        return prev
-    return False
-
-
-def _cheap_floats(a: Any, r: Any, u: float) -> bool:
-    """Whether every entry passes `judge.elements.cheap` (no rtol, atol): the same float64 arithmetic, on Python
-    floats (an infinite or NaN reference gets a bound of 0, as there)."""
-    k = CHEAP_ULPS * u
-    for x, y in zip(a.reshape(-1).tolist(), r.reshape(-1).tolist()):
-        bound = abs(y) * k
-        if bound != bound or bound == math.inf:
-            bound = 0.0
-        if not abs(x - y) <= bound:
-            return False
-    return True
-
-
-def _dense(g: torch.Tensor) -> torch.Tensor:
-    """A sparse .grad (nn.Embedding(sparse=True)) as the dense tensor it stands for."""
-    return g if g.layout == torch.strided else g.to_dense()
