@@ -272,9 +272,18 @@ def test_resume_after_a_cut_gives_the_bytes_of_an_uninterrupted_run(rows_file, t
                                        "that line\n")
 
 
-def test_ctrl_c_then_resume_equals_an_uninterrupted_run(rows_file, tmp_path, capsys, serial_output):
+def test_ctrl_c_then_resume_equals_an_uninterrupted_run(rows_file, tmp_path, capsys, serial_output, monkeypatch):
     out = tmp_path / "out.jsonl"
     argv = ["batch", str(rows_file), "-o", str(out), "--workers", "1"]
+    import gradcheck_sym.api as api
+
+    real = api.check
+
+    def slow(*args, **kwargs):  # (15 rows ran in 0.5 s: the whole batch could end before the Ctrl-C landed)
+        time.sleep(0.1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(api, "check", slow)
 
     def press_ctrl_c_after_two_rows():
         deadline_ = time.monotonic() + 60
