@@ -229,3 +229,14 @@ def test_a_cut_that_moves_an_entry_by_just_under_the_allowance_still_explains_it
     assert list(v.masks) == ["untracked"], v.masks
     # a cut that does not reach the entry (its value is the exact one) still leaves a mismatch a mismatch
     assert list(classify(a, r, u=U32, tiny=TINY32, bound=lambda: _f64(e), cut=r.clone()).masks) == ["mismatch"]
+
+
+def test_the_float_cheap_test_equals_the_vectorised_one_and_leaves_storage_less_tensors_to_it() -> None:
+    from gradcheck_sym.judge.elements import cheap, cheap_floats
+
+    r = _f64(1.0, -2.0, 0.0, float("inf"))
+    for a in (r.clone(), r * (1 + 100 * U32), r * (1 + 200 * U32), _f64(1.0, -2.0, 1e-300, float("inf"))):
+        assert cheap_floats(a, r, U32) == bool(cheap(a, r, U32, None, None).all())
+    zero = torch._efficientzerotensor(3, dtype=torch.float64)  # (double backward hands these out)
+    assert not cheap_floats(zero, _f64(0.0, 0.0, 0.0), U32)
+    assert classify(zero, _f64(0.0, 0.0, 0.0), u=U32, tiny=TINY32, bound=lambda: None).ok

@@ -974,10 +974,9 @@ def test_the_memory_stop_lets_go_of_the_custom_calls_kept_for_a_replay(tmp_path,
     assert kept == [(1, 0)], kept
 
 
-_TANH_HOOKED = textwrap.dedent('''\
+# a custom tanh whose backward is off by SCALE (1.0: right)
+_MY_TANH = textwrap.dedent('''\
     import torch
-    import torch.nn as nn
-    import torch.nn.functional as F
 
     class MyTanh(torch.autograd.Function):
         @staticmethod
@@ -990,6 +989,11 @@ _TANH_HOOKED = textwrap.dedent('''\
         def backward(ctx, g):
             (y,) = ctx.saved_tensors
             return g * (1 - y * y) * SCALE
+    ''')
+
+_TANH_HOOKED = _MY_TANH + textwrap.dedent('''\
+    import torch.nn as nn
+    import torch.nn.functional as F
 
     torch.manual_seed(0)
     lin1, lin2 = nn.Linear(4, 8), nn.Linear(8, 3)
@@ -1129,6 +1133,8 @@ def test_a_cut_declared_intended_under_run_is_information_and_the_rest_is_still_
     assert {(f.kind, f.severity) for f in report.findings} == {("intended", "info")}
     assert sorted(f.tensor for f in report.findings) == ["G.0.bias", "G.0.weight", "G.2.bias", "G.2.weight"]
     assert _row(report, "D.0.weight").status == "ok"
+    assert all(f.message.endswith("the deviation declared intended accounts for it (and 1 more time, last at line 13)")
+               for f in report.findings), [f.message for f in report.findings]
     capsys.readouterr()
     assert main(["run", str(path), "--intended", "gan.py:12=cut"]) == 0
     assert "OK:" in capsys.readouterr().out
@@ -1156,7 +1162,8 @@ def test_a_straight_through_estimator_declared_intended_in_float32(tmp_path):
         '''), encoding="utf-8")
     report = gs.run_script(str(path), intended={"STE": "straight-through"})
     assert report.ok and report.summary["errors"] == 0, str(report)
-    assert sorted((f.kind, f.tensor) for f in report.findings) == [("intended", "lin1.bias"), ("intended", "lin1.weight")]
+    assert sorted((f.kind, f.tensor) for f in report.findings) == [("intended", "lin1.bias"),
+                                                                    ("intended", "lin1.weight")]
 
 
 @pytest.mark.parametrize("case", ["sparse", "nan"])
@@ -1174,18 +1181,7 @@ def test_a_hook_on_a_gradient_we_cannot_compare_plainly_changes_nothing_the_scri
         assert "ok True" in capsys.readouterr().out
         assert report.ok and report.summary["verified"] == 1 and _row(report, "emb.weight").status == "ok"
     else:
-        path.write_text(textwrap.dedent('''\
-            import torch
-            class MyTanh(torch.autograd.Function):
-                @staticmethod
-                def forward(ctx, x):
-                    y = torch.tanh(x)
-                    ctx.save_for_backward(y)
-                    return y
-                @staticmethod
-                def backward(ctx, g):
-                    (y,) = ctx.saved_tensors
-                    return g * (1 - y * y) * 1.1
+        path.write_text(_MY_TANH.replace("SCALE", "1.1") + textwrap.dedent('''\
             torch.manual_seed(0)
             w = torch.randn(4, requires_grad=True)
             h = torch.cat([MyTanh.apply(w), torch.tensor([0.0, 1.0])])

@@ -340,7 +340,8 @@ class Outer(torch.autograd.Function):
 class Net('''
 
 
-@pytest.mark.parametrize("scale, errors", [("1.0", []), ("1.1", [("mismatch", "net.w1", 3), ("mismatch", "net.w2", 3)])])
+@pytest.mark.parametrize("scale, errors", [("1.0", []),
+                                           ("1.1", [("mismatch", "net.w1", 3), ("mismatch", "net.w2", 3)])])
 def test_a_custom_function_inside_another_one_has_no_false_untracked_leaf(tmp_path, scale, errors):
     # The outer forward's own leaves (xx, ww) are filled by its backward's autograd.grad, never by loss.backward():
     # they were "untracked" errors (found by a review).  They are the Function's business, as the ops of its forward

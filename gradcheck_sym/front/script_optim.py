@@ -15,6 +15,7 @@ from typing import Any, Iterator
 
 import torch
 
+from ..ops.core import leaves
 from .tracer_sites import dispatching_frame
 
 __all__ = ["OptimizerSteps"]
@@ -57,15 +58,7 @@ def _torch_optim_via_torch(frame: Any, depth: int = 6) -> bool:
 
 
 def _has_tensor(args: tuple, kwargs: dict) -> bool:
-    return any(isinstance(x, torch.Tensor) for x in _flat((args, kwargs)))
-
-
-def _flat(obj: Any) -> list[Any]:
-    if isinstance(obj, (list, tuple)):
-        return [x for o in obj for x in _flat(o)]
-    if isinstance(obj, dict):
-        return [x for o in obj.values() for x in _flat(o)]
-    return [obj]
+    return any(isinstance(x, torch.Tensor) for x in leaves((args, kwargs)))
 
 
 class OptimizerSteps:
@@ -124,7 +117,7 @@ class OptimizerSteps:
         arithmetic (a dozen ops per parameter per step) was most of the cost of a training loop.
         Anything else (a non-leaf tensor that requires grad) takes the traced path.
         """
-        tensors = [t for t in _flat((args, kwargs)) if isinstance(t, torch.Tensor)]
+        tensors = [t for t in leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
         if any(t.requires_grad and not t.is_leaf for t in tensors):
             return _NOT_FAST
         before = {id(t): t._version for t in tensors if t.requires_grad and id(t) in self.recs}

@@ -28,10 +28,10 @@ import torch
 from ..ops.core import leaves
 from ..reference.interpret import Traced
 from .custom_calls import CustomCalls
+from .script_infos import Backward, InfoLog, TensorInfo
 from .script_memory import ScriptMemory
 from .script_optim import _NOT_FAST, OptimizerSteps, _has_tensor, _in_optimizer, _torch_optim_via_torch
 from .tracer import Tracer
-from .script_infos import Backward, InfoLog, TensorInfo
 from .tracer_calls import _PROPERTY_TENSORS, _QUIET, _name, foreign_types
 from .tracer_sites import _PACKAGE_DIR, Note, _user_frame, dispatching_frame, in_custom_forward
 
@@ -266,8 +266,8 @@ class ScriptTracer(OptimizerSteps, ScriptMemory, Tracer):
         except _Ours:
             pass
         if self.stopped or self._checking_itself():
-            # (inside torch's gradcheck, torch.autograd.functional or torch.func: its perturbed copies, its .data writes and
-            # its probes are its business, not the script's graph; its backward calls were handled above)
+            # (inside torch's gradcheck, torch.autograd.functional or torch.func: its perturbed copies, its .data
+            # writes and its probes are its business, not the script's graph; its backward calls were handled above)
             return self.call_as(dispatching_frame(sys._getframe()), func, args, kwargs)
         if not torch.is_grad_enabled() and _in_optimizer(sys._getframe(1)):
             fast = self._optimizer_op(func, args, kwargs)
@@ -315,8 +315,8 @@ class ScriptTracer(OptimizerSteps, ScriptMemory, Tracer):
 
     # ------------------------------------------------------------ backward
     def _checking_itself(self, depth: int = 2) -> bool:
-        """Whether torch's gradcheck, torch.autograd.functional or torch.func is on the stack between here and our runner
-        (looked at for every traced op: one dict lookup per frame, each file name classified once)."""
+        """Whether torch's gradcheck, torch.autograd.functional or torch.func is on the stack between here and our
+        runner (looked at for every traced op: one dict lookup per frame, each file name classified once)."""
         frame = sys._getframe(depth)
         known = _CHECKER_FILES
         outside = False  # past our own frames at the top (the tracer's): the next frame of ours is the runner's
@@ -375,8 +375,8 @@ class ScriptTracer(OptimizerSteps, ScriptMemory, Tracer):
             file, line, source = _user_frame()
             if not any(e[0] == "self-check" and e[1] == line for e in self.events):
                 self.events.append(("self-check", line, f"line {line} `{source}` checks gradients itself (torch's "
-                                    "gradcheck, torch.autograd.functional or torch.func): its internal backward calls are not "
-                                    "compared here", f"line {line}"))
+                                    "gradcheck, torch.autograd.functional or torch.func): its internal backward calls "
+                                    "are not compared here", f"line {line}"))
             return self.call_as(dispatching_frame(sys._getframe()), func, args, kwargs)
         file, line, source = _user_frame()
         ev = Backward(len(self.backwards), kind, line, source)

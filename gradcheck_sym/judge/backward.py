@@ -20,10 +20,10 @@ import torch
 from ..ops.quick import all_finite, all_true, any_true
 from ..reference.interpret import UNIT_ROUNDOFF, Traced, error_bounds, record_sweep, rounded_sweep, sweep
 from .backward_replay import ReplayDecisions
-from .intended import declared_program, parse_intended
-from .backward_values import cheap_floats, dense, hooked_downstream, total_before
+from .backward_values import dense, hooked_downstream, total_before
 from .backward_words import info_name, message, unseen, worst
-from .elements import SMALL, WIDE, Verdicts, abs_max, classify
+from .elements import SMALL, WIDE, Verdicts, abs_max, cheap_floats, classify
+from .intended import declared, parse_intended
 from .replay import Replays, child_pids
 
 __all__ = ["BackwardVerifier", "Plan"]
@@ -124,14 +124,9 @@ class BackwardVerifier(ReplayDecisions):
         if self.intended and not create:
             # the cotangents as the declarations say autograd should give them: a declared cut a constant, a
             # declared Function its declared derivative (a GAN's fake.detach() in the discriminator's step)
-            declared, _ = declared_program(prog, tr.call_of, tr.sites, self.intended)
-            cuts = [d for d in self.intended if d.is_cut]
-
-            def declared_cut(e: Any) -> bool:
-                site = tr.sites[e.site] if e.site >= 0 else None
-                return site is not None and any(d.matches_cut(site.file, site.line) for d in cuts)
-
-            intended_cts = sweep(declared, tr.rec.values, seeds, cut=declared_cut if cuts else False).cts
+            # (a declaration that cannot be applied leaves the exact reference: the difference stays a mismatch)
+            prog_declared, cut_pred, _ = declared(prog, tr.call_of, tr.sites, self.intended)
+            intended_cts = sweep(prog_declared, tr.rec.values, seeds, cut=cut_pred).cts
         else:
             intended_cts = None
         plan = Plan(seeds, recorded, cts, cut, res.tainted, res.blocked, inputs=inputs, create=create, why=res.why,
@@ -226,8 +221,8 @@ class BackwardVerifier(ReplayDecisions):
             c = plan.cut.get(var.id) if var is not None else None
             cut = torch.zeros(shape, dtype=F64) if c is None else c.to(F64).expand(shape)
         if a.numel() <= SMALL and cheap_floats(a, r, u):
-            # every entry passes the ladder's cheap test (on Python floats: a training loop's 0-d parameters paid
-            # some 30 kernel launches per gradient for a verdict this test alone decides)
+            # every entry passes the ladder's cheap test: decided before the ladder's set-up (its bound, scale and
+            # declared values: a training loop's 0-d parameters paid some 30 kernel launches per gradient for it)
             verdicts, used = Verdicts({}, None, a.numel()), []
         else:
             verdicts, used = self._classify(tr, plan, t, var, a, r, base, cut, u, tiny, shape, scale)
@@ -335,9 +330,9 @@ class BackwardVerifier(ReplayDecisions):
             iv = plan.intended.get(var.id) if var is not None else None
             iv = iv.value if isinstance(iv, Traced) else iv
             intended = torch.zeros(shape, dtype=F64) if iv is None else iv.to(F64).expand(shape)
-        verdicts = classify(a, r, u=u, tiny=tiny, bound=bound, cut=cut, slack=slack, scale=scale, measured=measured,
-                            foreign=lambda: self._foreign(tr, plan, var), zero_below=zero_below, intended=intended, context=context, wide_at=WIDE)
-        return verdicts, used
+        return classify(a, r, u=u, tiny=tiny, bound=bound, cut=cut, slack=slack, scale=scale, measured=measured,
+                        foreign=lambda: self._foreign(tr, plan, var), zero_below=zero_below, intended=intended,
+                        context=context, wide_at=WIDE), used
 
     def _foreign(self, tr: Any, plan: Plan, var: Any) -> bool:
         """Whether `var`'s gradient comes through a custom Function's backward (asked only where a measured noise

@@ -1,9 +1,8 @@
-"""What a backward's verdict reads besides the ladder (`judge.backward`): the exact .grad before it, a small gradient's
-cheap test on Python floats, a sparse .grad made dense, and whether a hook that changed a gradient sits downstream."""
+"""What a backward's verdict reads besides the ladder (`judge.backward`): the exact .grad before it, a sparse
+.grad made dense, and whether a hook that changed a gradient sits downstream."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -11,9 +10,8 @@ import torch
 from ..ir.program import Var
 from ..ops.quick import all_true, any_true
 from ..reference.interpret import Traced
-from .elements import CHEAP_ULPS
 
-__all__ = ["total_before", "cheap_floats", "dense", "hooked_downstream"]
+__all__ = ["total_before", "dense", "hooked_downstream"]
 
 
 def total_before(info: Any, before: Any, u: float) -> Any:
@@ -28,19 +26,6 @@ def total_before(info: Any, before: Any, u: float) -> Any:
     if all_true((before - prev).abs() <= 64 * u * (before.abs() + prev.abs()) + 1e-300):
         return prev
     return False
-
-
-def cheap_floats(a: Any, r: Any, u: float) -> bool:
-    """Whether every entry passes `judge.elements.cheap` (no rtol, atol): the same float64 arithmetic, on Python
-    floats (an infinite or NaN reference gets a bound of 0, as there)."""
-    k = CHEAP_ULPS * u
-    for x, y in zip(a.reshape(-1).tolist(), r.reshape(-1).tolist()):
-        bound = abs(y) * k
-        if bound != bound or bound == math.inf:
-            bound = 0.0
-        if not abs(x - y) <= bound:
-            return False
-    return True
 
 
 def dense(g: torch.Tensor) -> torch.Tensor:

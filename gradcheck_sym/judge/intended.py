@@ -29,7 +29,7 @@ from ..errors import InputError
 from ..ir.program import Eqn, Program, Var
 from ..ops.ew import P as X, EwFn
 
-__all__ = ["Declaration", "parse_intended", "declared_program", "BEHAVIOURS", "FUNCTION_HINTS"]
+__all__ = ["Declaration", "parse_intended", "declared_program", "declared", "BEHAVIOURS", "FUNCTION_HINTS"]
 
 BEHAVIOURS = "straight-through, scale:F, reverse[:F], surrogate:EXPR (for a Function) or cut (for a cut)"
 # Behaviours tried, undeclared, to recognise a common pattern in a mismatch's message.
@@ -160,6 +160,20 @@ def declared_program(program: Program, call_of: dict[int, int], sites: Any,
                  if k not in replaced or replaced[k] is not None)
     return Program(program.inputs, program.input_names, eqns, program.outputs, program.consts,
                    program.sites), problems
+
+
+def declared(program: Program, call_of: dict[int, int], sites: Any,
+             decls: list[Declaration]) -> tuple[Program, Any, list[str]]:
+    """What autograd should compute by the declarations: (the program with each declared Function call replaced,
+    the `sweep` cut predicate of the declared cuts — False when none is declared —, problems in words)."""
+    prog, problems = declared_program(program, call_of, sites, decls)
+    cuts = [d for d in decls if d.is_cut]
+
+    def declared_cut(e: Eqn) -> bool:
+        site = sites[e.site] if e.site >= 0 else None
+        return site is not None and any(d.matches_cut(site.file, site.line) for d in cuts)
+
+    return prog, (declared_cut if cuts else False), problems
 
 
 def _uses(program: Program) -> Any:

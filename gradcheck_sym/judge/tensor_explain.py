@@ -128,19 +128,13 @@ class Explain:
         """The program with the declared deviations, and which cuts are declared (None: nothing declared)."""
         if not self.intended:
             return None, False
-        from .intended import declared_program
+        from .intended import declared
 
         tr = run.tracer
-        prog, problems = declared_program(run.program, tr.call_of, tr.sites, self.intended)
+        prog, cut_pred, problems = declared(run.program, tr.call_of, tr.sites, self.intended)
         for p in problems:
             self.acc.problem(p)
-        cuts = [d for d in self.intended if d.is_cut]
-
-        def declared_cut(e: Any) -> bool:
-            site = tr.sites[e.site] if e.site >= 0 else None
-            return site is not None and any(d.matches_cut(site.file, site.line) for d in cuts)
-
-        return prog, (declared_cut if cuts else False)
+        return prog, cut_pred
 
     def _hint(self, run: TracedRun, seeds: dict[int, Any], vid: int, a: torch.Tensor, verdicts: Any) -> None:
         """Recognise a common deviation in a mismatch: a custom Function whose backward is one constant times

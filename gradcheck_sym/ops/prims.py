@@ -28,8 +28,8 @@ import sympy
 import torch
 
 from .core import Prim, bind, is_tensor, register
-from .quick import any_nan
 from .ew import ADD, MUL, NEG, EwFn
+from .quick import any_nan
 
 __all__ = [
     "ew", "reshape", "permute", "expand", "sum_", "take", "segsum", "cumsum", "matmul", "stop", "cast", "opaque",
