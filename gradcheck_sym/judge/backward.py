@@ -151,7 +151,10 @@ class BackwardVerifier(ReplayDecisions):
         try:
             self._verify(tr, ev, plan, result)
         finally:
-            self.bounded[ev.line] = 0.8 * self.bounded.get(ev.line, 0.0) + 0.2 * (plan.bounds is not None)
+            # the line's first backward sets the average (a loop of 6 steps that all need it starts at once)
+            needed = float(plan.bounds is not None)
+            before = self.bounded.get(ev.line)
+            self.bounded[ev.line] = needed if before is None else 0.8 * before + 0.2 * needed
 
     def _verify(self, tr: Any, ev: Any, plan: Plan, result: Any) -> None:
         passed: list[Any] = []  # what passed, in case a replay later in this backward finds its Function wrong

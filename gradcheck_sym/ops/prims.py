@@ -20,13 +20,16 @@ The linear-algebra primitives live in `gradcheck_sym.ops.linalg`.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any, Sequence
+import threading
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import sympy
 import torch
 
+from . import windows
 from .core import Prim, bind, is_tensor, register
 from .ew import ADD, MUL, NEG, EwFn
 from .quick import any_nan
@@ -54,9 +57,19 @@ class finite_part(sympy.Function):  # noqa: N801 - a sympy function, named like 
 # Its derivative in the adjoint is the partial — also where the adjoint is 0 (a product of
 # zeros: sympy's derivative of the Piecewise would say 0 there and lose second derivatives),
 # except where the partial is infinite: that stays the strong zero.
+def _zmul_torch(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    # a * b is already 0 where a is, unless b is infinite or NaN there: one product and a sum in the common case,
+    # where the compiled Piecewise is a comparison, a product and a select over the whole tensor
+    out = a * b
+    if any_nan(out):
+        out = torch.where(a == 0, torch.zeros((), dtype=out.dtype), out)
+    return out
+
+
 ZMUL = EwFn("zmul", sympy.Piecewise((0, sympy.Eq(_P0, 0)), (_P0 * _P1, True)), 2,
             partials=[sympy.Piecewise((finite_part(_P1), sympy.Eq(_P0, 0)), (_P1, True)),
-                      sympy.Piecewise((0, sympy.Eq(_P0, 0)), (_P0, True))])
+                      sympy.Piecewise((0, sympy.Eq(_P0, 0)), (_P0, True))],
+            torch_impl=_zmul_torch)
 
 
 # ---------------------------------------------------------------- helpers
@@ -121,6 +134,25 @@ def _bshape(args: Sequence[Any]) -> tuple[int, ...]:
     return broadcast_shape(*[shape_of(a) for a in args])
 
 
+class _Working(threading.local):
+    dtype: torch.dtype | None = None
+
+
+_WORKING = _Working()
+
+
+@contextlib.contextmanager
+def working_dtype(dtype: torch.dtype | None) -> Iterator[None]:
+    """Within: an elementwise result in `dtype` stays in it (a recomputation in the user's dtype, see
+    `reference.interpret.Rounding`, rounds it there anyway: widening it to float64 first is two passes for nothing).
+    Elsewhere every elementwise result is float64 (or bool)."""
+    before, _WORKING.dtype = _WORKING.dtype, dtype
+    try:
+        yield
+    finally:
+        _WORKING.dtype = before
+
+
 def _ew_impl(*args: Any, fn: EwFn) -> Any:
     targs = [a if is_tensor(a) else torch.tensor(float(a), dtype=F64) for a in args]
     out = fn.torch(*targs)
@@ -129,7 +161,7 @@ def _ew_impl(*args: Any, fn: EwFn) -> Any:
     shape = _bshape(targs)
     if tuple(out.shape) != shape:
         out = out.expand(shape)
-    if out.dtype != F64 and out.dtype != torch.bool:
+    if out.dtype != F64 and out.dtype != torch.bool and out.dtype != _WORKING.dtype:
         out = out.to(F64)
     return out
 
@@ -166,7 +198,10 @@ def _ew_vjp(cts: list[Any], ins: Sequence[Any], outs: Sequence[Any], fn: EwFn,
 
 def _ew_err(errs: list[Any], ins: Sequence[Any], outs: Sequence[Any], u: float, fn: EwFn) -> list[Any]:
     targs = [a if is_tensor(a) else torch.tensor(float(a), dtype=F64) for a in ins]
-    own = fn.rounding(*targs)
+    if fn in _ROUNDS_ONCE and is_tensor(outs[0]) and outs[0].dtype == F64:
+        own = outs[0].abs()  # one rounding of the result, which is at hand (the same number the formula gives)
+    else:
+        own = fn.rounding(*targs)
     total = (u * (own if is_tensor(own) else torch.tensor(float(own), dtype=F64))).expand(_bshape(targs))
     if fn.rel_err:
         total = total + fn.rel_err * outs[0].abs()
@@ -199,9 +234,14 @@ def _ew_err(errs: list[Any], ins: Sequence[Any], outs: Sequence[Any], u: float, 
         terms.append((d, e))
     if not terms:
         return [total]
-    out = total
-    for d, e in terms:
-        out = out + d * e
+    if all(is_tensor(d) and is_tensor(e) for d, e in terms):
+        out = torch.addcmul(total, *terms[0])  # (fused: no product tensor per term)
+        for d, e in terms[1:]:
+            out.addcmul_(d, e)
+    else:
+        out = total
+        for d, e in terms:
+            out = out + d * e
     if any_nan(out):
         # An input's error reaches the output only through a non-zero partial: exp(-inf) = 0 takes none of the
         # (infinite) error of a -inf score, as with masked_fill(-inf) before softmax; 0 * inf is NaN, so the
@@ -210,6 +250,11 @@ def _ew_err(errs: list[Any], ins: Sequence[Any], outs: Sequence[Any], u: float, 
         for d, e in terms:
             out = out + torch.where((e == 0) | (d == 0), torch.zeros((), dtype=F64), d * e)
     return [out]
+
+
+# Products of two arguments: their rounding is one rounding of the result, |out| (in units of u; a sum's is
+# charged |a| + |b| by `rounding_error`, kept).
+_ROUNDS_ONCE = frozenset({ZMUL, MUL})
 
 
 def _differentiable(a: Any) -> bool:
@@ -263,6 +308,9 @@ def _sum_impl(x: Any, dims: tuple[int, ...], keepdim: bool) -> Any:
 
 
 def _take_impl(x: Any, index: Any, fill: bool = False) -> Any:
+    w = windows.fast(x, index)
+    if w is not None and x.numel() == math.prod(w.shape):
+        return windows.gather(x, w)
     if is_tensor(x):
         flat = x.reshape(-1)
         if not fill:
@@ -281,6 +329,9 @@ def _take_impl(x: Any, index: Any, fill: bool = False) -> Any:
 
 def _segsum_impl(x: Any, index: Any, shape: tuple[int, ...], fill: bool = False) -> Any:
     size = int(np.prod(shape)) if shape else 1
+    w = windows.fast(x, index)
+    if w is not None and size == math.prod(w.shape) and x.numel() == index.numel():
+        return windows.scatter(x, w, tuple(shape))
     if is_tensor(x):
         flat_i = index.reshape(-1)
         flat_x = x.reshape(-1)
@@ -339,12 +390,17 @@ def sum_(x: Any, dims: Sequence[int], keepdim: bool = False) -> Any:
 
 def take(x: Any, index: torch.Tensor) -> Any:
     """Gather: ``out[j] = x.flatten()[index[j]]`` (0 where ``index[j] == -1``)."""
-    return bind("take", x, index=index, fill=bool((index < 0).any()))
+    return bind("take", x, index=index, fill=_has_fill(index))
 
 
 def segsum(x: Any, index: torch.Tensor, shape: Sequence[int]) -> Any:
     """Scatter-add: ``out.flatten()[index[j]] += x[j]`` into zeros of `shape` (entries with -1 dropped)."""
-    return bind("segsum", x, index=index, shape=tuple(int(s) for s in shape), fill=bool((index < 0).any()))
+    return bind("segsum", x, index=index, shape=tuple(int(s) for s in shape), fill=_has_fill(index))
+
+
+def _has_fill(index: torch.Tensor) -> bool:
+    w = windows.known(index)
+    return windows.touches_padding(w) if w is not None else bool((index < 0).any())
 
 
 def cumsum(x: Any, dim: int, reverse: bool = False) -> Any:
@@ -435,6 +491,9 @@ def _most(index: Any) -> int:
     hit = _MOST.get(id(index))
     if hit is not None and hit[0] is index:
         return hit[1]
+    w = windows.known(index)
+    if w is not None:
+        return windows.most(w)
     flat = index.reshape(-1)
     counts = torch.bincount(flat[flat >= 0]) if flat.numel() else torch.zeros(1, dtype=torch.long)
     most = int(counts.max()) if counts.numel() else 1

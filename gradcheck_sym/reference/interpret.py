@@ -23,7 +23,7 @@ import torch
 
 from ..ir.program import Const, Eqn, Program, Var
 from ..ops.core import PRIMS, Interpreter, TorchEager, interpreting
-from ..ops.prims import add
+from ..ops.prims import add, working_dtype
 
 __all__ = ["Traced", "Recorder", "ObjectEager", "evaluate", "evaluate_rounded", "rounded_sweep", "sweep", "SweepResult",
            "record_sweep", "error_bounds", "UNIT_ROUNDOFF", "const_value", "AbsEager"]
@@ -222,22 +222,28 @@ def evaluate_rounded(program: Program, values: dict[int, Any]) -> dict[int, Any]
     with interpreting(TorchEager()):
         for e in program.eqns:
             dtype = _DTYPES.get(e.outputs[0].dtype)
-            ins = []
-            for a in e.inputs:
-                if isinstance(a, Var):
-                    x = env.get(a.id)
-                    ins.append(rounded(values[a.id], _DTYPES.get(a.dtype)) if x is None else x)
-                else:
-                    ins.append(consts[a.index])
-            ins = [rounded(x, dtype) for x in ins]
-            try:
-                out = PRIMS[e.prim].impl(*ins, **e.params)
-                outs = out if PRIMS[e.prim].multiple else (out,)
-            except Exception:  # noqa: BLE001 - a sample of noise, not a result: the float64 value stands in
-                outs = [values[v.id] for v in e.outputs]
+            with working_dtype(dtype):
+                outs = _rounded_eqn(e, env, values, consts, dtype, rounded)
             for v, o in zip(e.outputs, outs):
                 env[v.id] = rounded(o, _DTYPES.get(v.dtype))
     return env
+
+
+def _rounded_eqn(e: Eqn, env: dict[int, Any], values: dict[int, Any], consts: Any, dtype: torch.dtype | None,
+                 rounded: Any) -> Sequence[Any]:
+    ins = []
+    for a in e.inputs:
+        if isinstance(a, Var):
+            x = env.get(a.id)
+            ins.append(rounded(values[a.id], _DTYPES.get(a.dtype)) if x is None else x)
+        else:
+            ins.append(consts[a.index])
+    ins = [rounded(x, dtype) for x in ins]
+    try:
+        out = PRIMS[e.prim].impl(*ins, **e.params)
+        return out if PRIMS[e.prim].multiple else (out,)
+    except Exception:  # noqa: BLE001 - a sample of noise, not a result: the float64 value stands in
+        return [values[v.id] for v in e.outputs]
 
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -255,7 +261,8 @@ class Rounding(Interpreter):
             return prim.impl(*args, **params)
         args = tuple(a.to(d) if isinstance(a, torch.Tensor) and a.is_floating_point() and a.dtype != d else a
                      for a in args)
-        out = prim.impl(*args, **params)
+        with working_dtype(d):
+            out = prim.impl(*args, **params)
         outs = [o.to(d) if isinstance(o, torch.Tensor) and o.is_floating_point() and o.dtype != d else o
                 for o in (out if prim.multiple else (out,))]
         return tuple(outs) if prim.multiple else outs[0]

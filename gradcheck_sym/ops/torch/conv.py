@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import prims as P
+from .. import windows
 from .linalg import plus
 from .registry import Args, Ctx, rule
 
@@ -64,7 +65,12 @@ def window_index(shape: Sequence[int], k: Sequence[int], stride: Sequence[int], 
             t = t.unfold(2 + nd + i, 1, dilation[i]).squeeze(-1)
     if out_sizes is not None:
         t = t[(slice(None), slice(None)) + tuple(slice(0, o) for o in out_sizes)]
-    return t.contiguous()
+    t = t.contiguous()
+    # its structure, for the gathers and scatter-adds through it (`ops.windows`)
+    windows.remember(t, windows.Window(tuple(int(s) for s in shape), tuple(int(e) for e in k),
+                                       tuple(int(e) for e in stride), tuple((int(lo), int(hi)) for lo, hi in pads),
+                                       tuple(int(e) for e in dilation), tuple(t.shape[2:2 + nd])))
+    return t
 
 
 def batched(t: torch.Tensor, nd: int) -> bool:
