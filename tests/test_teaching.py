@@ -396,3 +396,23 @@ def test_a_custom_function_of_a_complex_spectrum_is_not_verified_instead_of_a_wr
     assert list(b.reasons) == ["the output of Magnitude.apply comes from a complex value computed from traced ones "
                                "(grad_fn FftC2CBackward0; complex values are not traced), used at "
                                "fused_conv_bn_edited.py:12: gradients through it are not verified"], b.reasons
+
+
+def test_replays_after_a_line_s_first_only_while_they_take_a_small_share_of_the_run():
+    import time
+    from types import SimpleNamespace
+
+    from gradcheck_sym.judge.backward_replay import REPLAY_EVERY, REPLAY_FIRST, ReplayDecisions
+
+    def sampled(spent: float) -> list[bool]:
+        d = ReplayDecisions()
+        d.replay_counts, d.started, d.replay_spent = {}, time.monotonic() - 100.0, spent
+        return [d._sampled(SimpleNamespace(line=7), SimpleNamespace(sampled=None)) for _ in range(REPLAY_EVERY + 1)]
+
+    # 5% and 50% of 100 s of run spent replaying; and 1.5 s (of a run of 2 s: a small script's replays, all done)
+    cheap, dear = sampled(5.0), sampled(50.0)
+    assert [i for i, s in enumerate(cheap) if s] == list(range(REPLAY_FIRST)) + [REPLAY_EVERY]
+    assert [i for i, s in enumerate(dear) if s] == [0, REPLAY_EVERY]
+    d = ReplayDecisions()
+    d.replay_counts, d.started, d.replay_spent = {}, time.monotonic() - 2.0, 1.5
+    assert [d._sampled(SimpleNamespace(line=7), SimpleNamespace(sampled=None)) for _ in range(4)] == [True] * 3 + [False]

@@ -3,7 +3,6 @@ window shape a convolution or pooling makes (strides, dilations, paddings, ceil_
 
 from __future__ import annotations
 
-import itertools
 import random
 
 import pytest

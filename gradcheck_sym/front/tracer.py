@@ -86,9 +86,12 @@ def _eps(dtype: torch.dtype) -> float:
 # A rule's value is checked against torch's the first CHECK_ALWAYS times a site makes a tensor of one shape and
 # dtype, then every CHECK_EVERY-th time: the formula is the same at every pass of a loop, and the check (with the
 # rounding bounds it needs where float32 and float64 differ by more than a few ulps) was a
-# tenth of the cost of recording a training loop.
+# tenth of the cost of recording a training loop.  A large tensor counts for more: once CHECK_ELEMENTS entries of a
+# site's tensors were compared, only every CHECK_EVERY-th is (a conv's 9 million outputs at batch 256 are a sample
+# far larger than 16 small tensors; comparing them at every step was a sixth of a tutorial's checked run).
 CHECK_ALWAYS = 16
 CHECK_EVERY = 32
+CHECK_ELEMENTS = 1 << 22
 
 
 class Tracer(Handles, TorchFunctionMode):
@@ -100,7 +103,8 @@ class Tracer(Handles, TorchFunctionMode):
         self.rec.errs = {}
         self.rec.lazy = True  # bounds computed when a comparison or a value check asks for them
         # (site, shape, dtype) -> how many values the rules made there were checked against torch's
-        self.value_checks: dict[tuple[int, tuple[int, ...], torch.dtype], int] = {}
+        # (site, shape, dtype) -> (tensors made, entries compared)
+        self.value_checks: dict[tuple[int, tuple[int, ...], torch.dtype], tuple[int, int]] = {}
         self.recs: dict[int, _Rec] = {}
         self.roots: dict[tuple[int, int], _Rec] = {}
         self.inputs: list[Var] = []
@@ -351,9 +355,12 @@ class Tracer(Handles, TorchFunctionMode):
             if h is None or not t.is_floating_point():
                 continue
             key = (site, tuple(t.shape), t.dtype)
-            n = self.value_checks[key] = self.value_checks.get(key, 0) + 1
-            if n <= CHECK_ALWAYS or n % CHECK_EVERY == 0:
+            n, seen = self.value_checks.get(key, (0, 0))
+            n += 1
+            if (n <= CHECK_ALWAYS and seen < CHECK_ELEMENTS) or n % CHECK_EVERY == 0:
                 self._check_value(t, h, site)
+                seen += t.numel()
+            self.value_checks[key] = (n, seen)
             if id(h) in ins:  # inside a custom Function, an input passed on (x.view_as(x)): its own equation
                 with interpreting(self.rec):
                     h = P.ew(IDENT, h)

@@ -12,6 +12,7 @@ whose earlier gradient was not verified: its total is never vouched for.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +70,7 @@ class BackwardVerifier(ReplayDecisions):
         # line -> how often its backwards needed a rounding bound lately (a moving average of 0s and 1s)
         self.bounded: dict[int, float] = {}
         self.replay_counts: dict[int, int] = {}  # line -> its backwards asked whether to replay (see _sampled)
+        self.started = time.monotonic()
 
     def plan(self, tr: Any, ev: Any, outs: list[torch.Tensor], grads: list[Any], inputs: list[torch.Tensor] | None,
              create: bool) -> Plan | None:

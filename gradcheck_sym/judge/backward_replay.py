@@ -4,17 +4,21 @@ every gradient that went through its call."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from ..ir.program import Var
 from .backward_words import message
 
-__all__ = ["ReplayDecisions", "REPLAY_FIRST", "REPLAY_EVERY"]
+__all__ = ["ReplayDecisions", "REPLAY_FIRST", "REPLAY_EVERY", "REPLAY_SHARE", "REPLAY_FREE"]
 
 # A line's first REPLAY_FIRST backwards replay a custom Function whose gradients passed under the measured noise, then
 # every REPLAY_EVERY-th: each is a fork of the process (seconds at the size of a model; a published tutorial's
-# 2,000 iterations spent half their time in 200 of them), and its formula is the same code at every pass.
-REPLAY_FIRST, REPLAY_EVERY = 3, 100
+# 2,000 iterations spent half their time in 200 of them), and its formula is the same code at every pass.  After
+# the first, the next of the first REPLAY_FIRST only while replays took under REPLAY_FREE seconds in all, or at most
+# REPLAY_SHARE of the run so far (a conv + batch-norm Function at batch 256: 5 s each, a third of the checked run for
+# its 2nd and 3rd).
+REPLAY_FIRST, REPLAY_EVERY, REPLAY_SHARE, REPLAY_FREE = 3, 100, 0.1, 2.0
 
 
 class ReplayDecisions:
@@ -22,6 +26,8 @@ class ReplayDecisions:
 
     replay: bool
     replay_counts: dict[int, int]
+    replay_spent: float = 0.0  # seconds spent in replays so far
+    started: float = 0.0  # time.monotonic() when the run began
 
     def _replayed_wrong(self, tr: Any, ev: Any, plan: Any, passed: list[Any]) -> None:
         """Once a replay in this backward found a custom Function's formula wrong, every gradient that passed
@@ -54,7 +60,9 @@ class ReplayDecisions:
         if plan.sampled is None:
             n = self.replay_counts.get(ev.line, 0)
             self.replay_counts[ev.line] = n + 1
-            plan.sampled = n < REPLAY_FIRST or n % REPLAY_EVERY == 0
+            cheap = self.replay_spent < REPLAY_FREE or self.replay_spent <= REPLAY_SHARE * (time.monotonic() -
+                                                                                             self.started)
+            plan.sampled = n == 0 or (n < REPLAY_FIRST and cheap) or n % REPLAY_EVERY == 0
         return plan.sampled
 
     def _settle(self, tr: Any, ev: Any, plan: Any, var: Var) -> tuple[str, str]:
@@ -62,7 +70,11 @@ class ReplayDecisions:
         agreement is said once per Function, as an info."""
         if not self.replay:
             return "unknown", "running it again was turned off (--no-replay)"
-        verdict, detail, names = plan.replays.of(var.id)
+        began = time.monotonic()
+        try:
+            verdict, detail, names = plan.replays.of(var.id)
+        finally:
+            self.replay_spent += time.monotonic() - began
         if verdict == "agree":
             for name in names:
                 if not any(e[0] == "replayed" and e[3] == name for e in tr.events):

@@ -122,7 +122,6 @@ def gather(x: torch.Tensor, w: Window) -> torch.Tensor:
 
 def scatter(x: torch.Tensor, w: Window, shape: tuple[int, ...]) -> torch.Tensor:
     """The scatter-add of `x` (one entry per map entry) into zeros of `shape` through the map of `w`."""
-    nd = w.nd
     lead = w.shape[:2]
     cols = x.reshape(lead + w.out + w.k)
     padded = tuple(size + lo + hi for size, (lo, hi) in zip(w.shape[2:], w.pads))
