@@ -15,13 +15,13 @@ Each primitive gives: the value in torch (float64 in the reference), the value o
 object arrays (mpmath or sympy elements: the high-precision path and the tests' oracle),
 its VJP written with these same primitives (so the sweep can be swept again for second
 order), and how absolute error bounds pass through it plus its own rounding (``err``).
-The linear-algebra primitives live in `gradcheck_sym.ops.linalg`.
+The movement and sum primitives live in `prims_movement` (re-exported here), what all of them share in
+`prims_base`, the linear-algebra primitives in `gradcheck_sym.ops.linalg`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import threading
 from typing import Any, Iterator, Sequence
 
@@ -29,17 +29,21 @@ import numpy as np
 import sympy
 import torch
 
-from . import windows
 from .core import Prim, bind, is_tensor, register
 from .ew import ADD, MUL, NEG, EwFn
+from .prims_base import F64, _abs, _bshape, _differentiable, _obj, broadcast_shape, gamma_sum, shape_of
+from .prims_movement import (_most, _segsum_impl, _take_impl, broadcast_to, cumsum, expand, mT, permute, reshape,
+                             segsum, sum_, sum_to, take)
 from .quick import any_nan
 
 __all__ = [
     "ew", "reshape", "permute", "expand", "sum_", "take", "segsum", "cumsum", "matmul", "stop", "cast", "opaque",
-    "shape_of", "sum_to", "broadcast_to", "mT", "mul", "add", "neg", "gamma_sum", "ZMUL",
+    "shape_of", "sum_to", "broadcast_to", "mT", "mul", "add", "neg", "gamma_sum", "ZMUL", "broadcast_shape",
+    "working_dtype", "F64",
 ]
+# (also kept importable from here, for the rules and the tests: _obj, _take_impl, _segsum_impl, _most)
+_REEXPORTED = (_obj, _take_impl, _segsum_impl, _most)
 
-F64 = torch.float64
 _P0, _P1 = sympy.Symbol("p0", real=True), sympy.Symbol("p1", real=True)
 
 
@@ -72,68 +76,7 @@ ZMUL = EwFn("zmul", sympy.Piecewise((0, sympy.Eq(_P0, 0)), (_P0 * _P1, True)), 2
             torch_impl=_zmul_torch)
 
 
-# ---------------------------------------------------------------- helpers
-def shape_of(x: Any) -> tuple[int, ...]:
-    return tuple(x.shape) if hasattr(x, "shape") else ()
-
-
-def _is_obj(x: Any) -> bool:
-    return isinstance(x, np.ndarray)
-
-
-def _obj(x: Any) -> Any:
-    """A torch tensor as a numpy object array of mpmath/sympy-ready floats (exact conversion)."""
-    if is_tensor(x):
-        arr = x.detach().cpu()
-        if arr.dtype == torch.bool:
-            return arr.numpy().astype(object)
-        if not arr.is_floating_point():
-            return arr.numpy().astype(object)
-        return arr.to(F64).numpy().astype(object)
-    return x
-
-
-def _np_index(index: Any) -> np.ndarray:
-    return index.detach().cpu().numpy() if is_tensor(index) else np.asarray(index)
-
-
-def gamma_sum(n: int) -> float:
-    """Rounding of a sum of n terms, in units of u of the terms' absolute sum.
-
-    Sequential summation can cost n - 1 roundings; torch's kernels sum in blocks and
-    pairwise, and independent roundings grow like sqrt(n).  This is the allowance used.
-    """
-    if n <= 1:
-        return 0.0
-    return float(n - 1) if n <= 32 else 32.0 + 4.0 * math.sqrt(n)
-
-
-def _abs(x: Any) -> Any:
-    return x.abs() if is_tensor(x) else abs(x)
-
-
 # ---------------------------------------------------------------- elementwise
-def broadcast_shape(*shapes: Sequence[int]) -> tuple[int, ...]:
-    """numpy's broadcasting of shapes (torch.broadcast_shapes goes through torch._refs: slow per op)."""
-    shapes = [tuple(s) for s in shapes]
-    first = shapes[0]
-    if all(s == first for s in shapes):
-        return first
-    n = max(len(s) for s in shapes)
-    out = [1] * n
-    for s in shapes:
-        for i, d in enumerate(s, n - len(s)):
-            if d != 1:
-                if out[i] not in (1, d):
-                    raise ValueError(f"shapes {shapes} do not broadcast")
-                out[i] = d
-    return tuple(out)
-
-
-def _bshape(args: Sequence[Any]) -> tuple[int, ...]:
-    return broadcast_shape(*[shape_of(a) for a in args])
-
-
 class _Working(threading.local):
     dtype: torch.dtype | None = None
 
@@ -257,14 +200,6 @@ def _ew_err(errs: list[Any], ins: Sequence[Any], outs: Sequence[Any], u: float, 
 _ROUNDS_ONCE = frozenset({ZMUL, MUL})
 
 
-def _differentiable(a: Any) -> bool:
-    if is_tensor(a):
-        return a.is_floating_point()
-    if _is_obj(a):
-        return True
-    return hasattr(a, "var")  # a recorded value
-
-
 register(Prim("ew", _ew_impl, _ew_obj, _ew_vjp, _ew_err, needs=True))
 
 
@@ -283,238 +218,6 @@ def add(a: Any, b: Any) -> Any:
 
 def neg(a: Any) -> Any:
     return ew(NEG, a)
-
-
-# ---------------------------------------------------------------- movement
-def _reshape_impl(x: Any, shape: tuple[int, ...]) -> Any:
-    return x.reshape(shape)
-
-
-def _permute_impl(x: Any, perm: tuple[int, ...]) -> Any:
-    return x.permute(*perm) if is_tensor(x) else np.transpose(x, perm)
-
-
-def _expand_impl(x: Any, shape: tuple[int, ...]) -> Any:
-    return torch.broadcast_to(x, shape) if is_tensor(x) else np.broadcast_to(x, shape)
-
-
-def _sum_impl(x: Any, dims: tuple[int, ...], keepdim: bool) -> Any:
-    if not dims:
-        return x
-    if is_tensor(x):
-        return x.sum(dim=dims, keepdim=keepdim)
-    out = np.sum(x, axis=dims, keepdims=keepdim)
-    return np.asarray(out, dtype=object)
-
-
-def _take_impl(x: Any, index: Any, fill: bool = False) -> Any:
-    w = windows.fast(x, index)
-    if w is not None and x.numel() == math.prod(w.shape):
-        return windows.gather(x, w)
-    if is_tensor(x):
-        flat = x.reshape(-1)
-        if not fill:
-            return flat[index]
-        safe = index.clamp(min=0)
-        got = flat[safe] if flat.numel() else torch.zeros(index.shape, dtype=x.dtype)
-        return torch.where(index >= 0, got, torch.zeros((), dtype=x.dtype))
-    idx = _np_index(index)
-    flat = np.asarray(x, dtype=object).reshape(-1)
-    out = flat[np.maximum(idx, 0)] if flat.size else np.zeros(idx.shape, dtype=object)
-    if fill:
-        zero = 0 * out.flat[0] if out.size else 0
-        out = np.where(idx >= 0, out, zero)
-    return np.asarray(out, dtype=object)
-
-
-def _segsum_impl(x: Any, index: Any, shape: tuple[int, ...], fill: bool = False) -> Any:
-    size = int(np.prod(shape)) if shape else 1
-    w = windows.fast(x, index)
-    if w is not None and size == math.prod(w.shape) and x.numel() == index.numel():
-        return windows.scatter(x, w, tuple(shape))
-    if is_tensor(x):
-        flat_i = index.reshape(-1)
-        flat_x = x.reshape(-1)
-        if fill:
-            keep = flat_i >= 0
-            flat_i, flat_x = flat_i[keep], flat_x[keep]
-        out = torch.zeros(size, dtype=x.dtype)
-        out.index_add_(0, flat_i, flat_x)
-        return out.reshape(shape)
-    idx = _np_index(index).reshape(-1)
-    vals = np.asarray(x, dtype=object).reshape(-1)
-    if fill:
-        keep = idx >= 0
-        idx, vals = idx[keep], vals[keep]
-    zero = 0 * vals[0] if vals.size else 0
-    out = np.full(size, zero, dtype=object)
-    np.add.at(out, idx, vals)
-    return out.reshape(shape)
-
-
-def _cumsum_impl(x: Any, dim: int, reverse: bool = False) -> Any:
-    if is_tensor(x):
-        return x.flip(dim).cumsum(dim).flip(dim) if reverse else x.cumsum(dim)
-    if reverse:
-        return np.flip(np.cumsum(np.flip(x, dim), axis=dim), dim)
-    return np.cumsum(x, axis=dim)
-
-
-def _movement(name: str, impl: Any, vjp: Any, err: Any = None) -> None:
-    def err_rule(errs: list[Any], ins: Sequence[Any], outs: Sequence[Any], u: float, **params: Any) -> list[Any]:
-        return [None if errs[0] is None else impl(errs[0], **params)]
-
-    register(Prim(name, impl, impl, vjp, err or err_rule, linear=True))
-
-
-def reshape(x: Any, shape: Sequence[int]) -> Any:
-    shape = tuple(int(s) for s in shape)
-    return x if shape_of(x) == shape else bind("reshape", x, shape=shape)
-
-
-def permute(x: Any, perm: Sequence[int]) -> Any:
-    perm = tuple(int(p) for p in perm)
-    return x if perm == tuple(range(len(perm))) else bind("permute", x, perm=perm)
-
-
-def expand(x: Any, shape: Sequence[int]) -> Any:
-    shape = tuple(int(s) for s in shape)
-    return x if shape_of(x) == shape else bind("expand", x, shape=shape)
-
-
-def sum_(x: Any, dims: Sequence[int], keepdim: bool = False) -> Any:
-    nd = len(shape_of(x))
-    dims = tuple(sorted(d % nd for d in dims)) if nd else ()
-    return x if not dims else bind("sum", x, dims=dims, keepdim=keepdim)
-
-
-def take(x: Any, index: torch.Tensor) -> Any:
-    """Gather: ``out[j] = x.flatten()[index[j]]`` (0 where ``index[j] == -1``)."""
-    return bind("take", x, index=index, fill=_has_fill(index))
-
-
-def segsum(x: Any, index: torch.Tensor, shape: Sequence[int]) -> Any:
-    """Scatter-add: ``out.flatten()[index[j]] += x[j]`` into zeros of `shape` (entries with -1 dropped)."""
-    return bind("segsum", x, index=index, shape=tuple(int(s) for s in shape), fill=_has_fill(index))
-
-
-def _has_fill(index: torch.Tensor) -> bool:
-    w = windows.known(index)
-    return windows.touches_padding(w) if w is not None else bool((index < 0).any())
-
-
-def cumsum(x: Any, dim: int, reverse: bool = False) -> Any:
-    return bind("cumsum", x, dim=dim % max(len(shape_of(x)), 1), reverse=reverse)
-
-
-def sum_to(x: Any, shape: Sequence[int]) -> Any:
-    """Sum the broadcast dimensions of `x` away, leaving `shape` (the transpose of broadcasting)."""
-    shape = tuple(shape)
-    xs = shape_of(x)
-    if xs == shape:
-        return x
-    lead = len(xs) - len(shape)
-    dims = tuple(range(lead)) + tuple(lead + i for i, s in enumerate(shape) if s == 1 and xs[lead + i] != 1)
-    if not dims:
-        return reshape(x, shape)
-    # one equation where the sum's own shape is the target's (a 0-d parameter's gradient, a bias's); `reshape`
-    # adds none where keepdim's shape is
-    if tuple(n for i, n in enumerate(xs) if i not in dims) == shape:
-        return sum_(x, dims, keepdim=False)
-    return reshape(sum_(x, dims, keepdim=True), shape)
-
-
-def broadcast_to(x: Any, shape: Sequence[int]) -> Any:
-    shape = tuple(shape)
-    xs = shape_of(x)
-    if xs == shape:
-        return x
-    padded = (1,) * (len(shape) - len(xs)) + xs
-    return expand(reshape(x, padded), shape)
-
-
-def mT(x: Any) -> Any:  # noqa: N802 - torch's name
-    nd = len(shape_of(x))
-    return permute(x, tuple(range(nd - 2)) + (nd - 1, nd - 2))
-
-
-_movement("reshape", _reshape_impl, lambda cts, ins, outs, shape: [reshape(cts[0], shape_of(ins[0]))])
-_movement("permute", _permute_impl,
-          lambda cts, ins, outs, perm: [permute(cts[0], tuple(int(i) for i in np.argsort(perm)))])
-_movement("expand", _expand_impl, lambda cts, ins, outs, shape: [sum_to(cts[0], shape_of(ins[0]))])
-
-
-def _sum_vjp(cts: list[Any], ins: Sequence[Any], outs: Sequence[Any], dims: tuple[int, ...], keepdim: bool) -> list[Any]:
-    xs = shape_of(ins[0])
-    kept = tuple(1 if i in dims else s for i, s in enumerate(xs))
-    return [expand(reshape(cts[0], kept), xs)]
-
-
-def _sum_err(errs: list[Any], ins: Sequence[Any], outs: Sequence[Any], u: float, dims: tuple[int, ...],
-             keepdim: bool) -> list[Any]:
-    n = int(np.prod([shape_of(ins[0])[d] for d in dims])) if dims else 1
-    # linear: one reduction of (the inputs' bounds + this sum's own rounding of each term)
-    own = (u * gamma_sum(n)) * _abs(ins[0])
-    return [_sum_impl(own if errs[0] is None else own + errs[0], dims, keepdim)]
-
-
-register(Prim("sum", _sum_impl, _sum_impl, _sum_vjp, _sum_err, linear=True))
-
-
-def _take_vjp(cts: list[Any], ins: Sequence[Any], outs: Sequence[Any], index: Any, fill: bool) -> list[Any]:
-    return [bind("segsum", cts[0], index=index, shape=shape_of(ins[0]), fill=fill)]
-
-
-def _take_err(errs: list[Any], ins: Sequence[Any], outs: Sequence[Any], u: float, index: Any, fill: bool) -> list[Any]:
-    return [None if errs[0] is None else _take_impl(errs[0], index, fill)]
-
-
-register(Prim("take", _take_impl, _take_impl, _take_vjp, _take_err, linear=True))
-
-
-def _segsum_vjp(cts: list[Any], ins: Sequence[Any], outs: Sequence[Any], index: Any, shape: tuple[int, ...],
-                fill: bool) -> list[Any]:
-    return [bind("take", cts[0], index=index, fill=fill)]
-
-
-def _segsum_err(errs: list[Any], ins: Sequence[Any], outs: Sequence[Any], u: float, index: Any,
-                shape: tuple[int, ...], fill: bool) -> list[Any]:
-    own = (u * gamma_sum(_most(index))) * _abs(ins[0])
-    return [_segsum_impl(own if errs[0] is None else own + errs[0], index, shape, fill)]
-
-
-_MOST: dict[int, tuple[Any, int]] = {}
-
-
-def _most(index: Any) -> int:
-    """How many entries a scatter-add sums at most into one slot (cached per index map)."""
-    hit = _MOST.get(id(index))
-    if hit is not None and hit[0] is index:
-        return hit[1]
-    w = windows.known(index)
-    if w is not None:
-        return windows.most(w)
-    flat = index.reshape(-1)
-    counts = torch.bincount(flat[flat >= 0]) if flat.numel() else torch.zeros(1, dtype=torch.long)
-    most = int(counts.max()) if counts.numel() else 1
-    if len(_MOST) > 4096:
-        _MOST.clear()
-    _MOST[id(index)] = (index, most)
-    return most
-
-
-register(Prim("segsum", _segsum_impl, _segsum_impl, _segsum_vjp, _segsum_err, linear=True))
-
-
-def _cumsum_err(errs: list[Any], ins: Sequence[Any], outs: Sequence[Any], u: float, dim: int,
-                reverse: bool) -> list[Any]:
-    n = shape_of(ins[0])[dim] if shape_of(ins[0]) else 1
-    own = (u * gamma_sum(n)) * _abs(ins[0])
-    return [_cumsum_impl(own if errs[0] is None else own + errs[0], dim, reverse)]
-
-
-register(Prim("cumsum", _cumsum_impl, _cumsum_impl,
-              lambda cts, ins, outs, dim, reverse: [cumsum(cts[0], dim, not reverse)], _cumsum_err, linear=True))
 
 
 # ---------------------------------------------------------------- matmul
