@@ -416,3 +416,22 @@ def test_replays_after_a_line_s_first_only_while_they_take_a_small_share_of_the_
     d = ReplayDecisions()
     d.replay_counts, d.started, d.replay_spent = {}, time.monotonic() - 2.0, 1.5
     assert [d._sampled(SimpleNamespace(line=7), SimpleNamespace(sampled=None)) for _ in range(4)] == [True] * 3 + [False]
+
+
+def test_a_replay_s_time_is_counted_and_the_verifier_starts_the_clock():
+    import time
+    from types import SimpleNamespace
+
+    from gradcheck_sym.judge.backward import BackwardVerifier
+
+    v = BackwardVerifier(replay=True)
+    assert time.monotonic() - v.started < 60 and v.replay_spent == 0.0
+
+    class SlowReplays:
+        def of(self, vid):
+            time.sleep(0.05)
+            return "unknown", "not run", ()
+
+    verdict, _ = v._settle(SimpleNamespace(events=[]), SimpleNamespace(line=3), SimpleNamespace(replays=SlowReplays()),
+                           SimpleNamespace(id=1))
+    assert verdict == "unknown" and v.replay_spent >= 0.05

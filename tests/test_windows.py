@@ -72,11 +72,28 @@ def test_maps_not_made_by_window_index_take_the_flat_path() -> None:
     assert key not in windows._KNOWN
 
 
-def test_a_conv_through_the_structured_path_matches_torch() -> None:
+def test_a_conv_through_the_structured_path_matches_torch(monkeypatch) -> None:
     import gradcheck_sym as gs
 
+    calls = {"gather": 0, "scatter": 0}
+    for name in calls:
+        def counted(*args, _f=getattr(windows, name), _name=name):
+            calls[_name] += 1
+            return _f(*args)
+
+        monkeypatch.setattr(windows, name, counted)
     conv = torch.nn.Conv2d(3, 4, 3, padding=1, stride=2, dtype=F64)
     x = torch.randn(8, 3, 32, 32, dtype=F64)  # 8*3*16*16*9 = 55,296 map entries: the structured path
     rep = gs.check_function(lambda x: conv(x).square().sum(), x)
+    assert calls["gather"] >= 1 and calls["scatter"] >= 1, calls
     assert rep.ok and rep.checked == 8 * 3 * 32 * 32
     assert not [f for f in rep.findings if f.kind == "not-verified"]
+
+
+def test_a_scattered_value_owns_its_storage() -> None:
+    # the recorder counts a value's own storage (a view counts 0): a scatter-add's result is never a view
+    for pads in ([(0, 0), (0, 0)], [(1, 1), (1, 1)]):
+        index = window_index((4, 8, 32, 32), (3, 3), (1, 1), pads, (1, 1))
+        w = windows.known(index)
+        out = windows.scatter(torch.randn(index.shape, dtype=F64), w, (4, 8, 32, 32))
+        assert out._base is None and out.is_contiguous()

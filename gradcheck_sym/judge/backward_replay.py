@@ -27,7 +27,7 @@ class ReplayDecisions:
     replay: bool
     replay_counts: dict[int, int]
     replay_spent: float = 0.0  # seconds spent in replays so far
-    started: float = 0.0  # time.monotonic() when the run began
+    started: float  # time.monotonic() when the run began (set by the verifier: no default that would mean boot time)
 
     def _replayed_wrong(self, tr: Any, ev: Any, plan: Any, passed: list[Any]) -> None:
         """Once a replay in this backward found a custom Function's formula wrong, every gradient that passed

@@ -11,8 +11,10 @@ here beside it (by identity), and the primitives use it:
 * scatter-add: one strided slice-add per window offset (9 for 3x3), then the padding cropped;
 * how many entries a slot receives at most: per dimension, from the window's offsets alone.
 
-Same values (a scatter's float64 sum may be added in another order: within its rounding bound, which charges
-the slot's number of terms); never torch's backward.  Anything else (object arrays, small maps, a map not
+Same values (a scatter's sum may be added in another order: in float64 within its rounding bound, which charges
+the slot's number of terms; in the float32 recomputation that samples rounding noise, an ulp here and there); never
+torch's backward.  A gather's windows are views of the input, or of its padded copy, which the recorder's memory
+count (own storage only) leaves out: the size of the input, where the flat gather held a copy k times larger.  Anything else (object arrays, small maps, a map not
 made here) takes the flat index as before.
 """
 
@@ -128,10 +130,18 @@ def scatter(x: torch.Tensor, w: Window, shape: tuple[int, ...]) -> torch.Tensor:
     # room for windows that ceil_mode lets start inside and end past the padding (cropped below)
     room = tuple(max(p, (o - 1) * s + (k - 1) * d + 1) for p, o, s, k, d in
                  zip(padded, w.out, w.stride, w.k, w.dilation))
-    out = torch.zeros(lead + room, dtype=x.dtype)
+    if room == tuple(w.shape[2:]):  # nothing to crop: summed in place into the result itself
+        result = torch.zeros(shape, dtype=x.dtype)
+        out = result.view(lead + room)
+    else:
+        out = torch.zeros(lead + room, dtype=x.dtype)
     for offset in itertools.product(*[range(k) for k in w.k]):
         where = tuple(slice(j * d, j * d + s * (o - 1) + 1, s)
                       for j, d, s, o in zip(offset, w.dilation, w.stride, w.out))
         out[(slice(None), slice(None)) + where] += cols[(Ellipsis,) + offset]
+    if room == tuple(w.shape[2:]):
+        return result
     crop = tuple(slice(lo, lo + size) for (lo, _), size in zip(w.pads, w.shape[2:]))
-    return out[(slice(None), slice(None)) + crop].reshape(shape)
+    result = out[(slice(None), slice(None)) + crop].reshape(shape)
+    # a value owns its storage (the recorder counts what values hold by their own storage: a view counts 0)
+    return result.clone() if result._base is not None else result
