@@ -102,7 +102,7 @@ def _ew_impl(*args: Any, fn: EwFn) -> Any:
     if not is_tensor(out):
         out = torch.tensor(float(out), dtype=F64)
     shape = _bshape(targs)
-    if tuple(out.shape) != shape:
+    if out.shape != shape:
         out = out.expand(shape)
     if out.dtype != F64 and out.dtype != torch.bool and out.dtype != _WORKING.dtype:
         out = out.to(F64)

@@ -57,10 +57,13 @@ def _abs(x: Any) -> Any:
 
 def broadcast_shape(*shapes: Sequence[int]) -> tuple[int, ...]:
     """numpy's broadcasting of shapes (torch.broadcast_shapes goes through torch._refs: slow per op)."""
-    shapes = [tuple(s) for s in shapes]
-    first = shapes[0]
-    if all(s == first for s in shapes):
+    first = tuple(shapes[0])
+    for s in shapes[1:]:  # (a loop, not all(genexpr): this runs for every elementwise primitive)
+        if s != first:
+            break
+    else:
         return first
+    shapes = [tuple(s) for s in shapes]
     n = max(len(s) for s in shapes)
     out = [1] * n
     for s in shapes:
@@ -73,6 +76,13 @@ def broadcast_shape(*shapes: Sequence[int]) -> tuple[int, ...]:
 
 
 def _bshape(args: Sequence[Any]) -> tuple[int, ...]:
+    first = args[0].shape if isinstance(args[0], torch.Tensor) else None
+    if first is not None:
+        for a in args:
+            if not isinstance(a, torch.Tensor) or a.shape != first:
+                break
+        else:
+            return tuple(first)  # every argument of one shape: nothing to broadcast
     return broadcast_shape(*[shape_of(a) for a in args])
 
 
