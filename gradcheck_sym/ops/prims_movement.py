@@ -58,7 +58,7 @@ def _take_impl(x: Any, index: Any, fill: bool = False) -> Any:
 
 
 def _segsum_impl(x: Any, index: Any, shape: tuple[int, ...], fill: bool = False) -> Any:
-    size = int(np.prod(shape)) if shape else 1
+    size = math.prod(shape) if shape else 1
     w = windows.fast(x, index)
     if w is not None and size == math.prod(w.shape) and x.numel() == index.numel():
         return windows.scatter(x, w, tuple(shape))
@@ -182,7 +182,7 @@ def _sum_vjp(cts: list[Any], ins: Sequence[Any], outs: Sequence[Any], dims: tupl
 
 def _sum_err(errs: list[Any], ins: Sequence[Any], outs: Sequence[Any], u: float, dims: tuple[int, ...],
              keepdim: bool) -> list[Any]:
-    n = int(np.prod([shape_of(ins[0])[d] for d in dims])) if dims else 1
+    n = math.prod([shape_of(ins[0])[d] for d in dims]) if dims else 1
     # linear: one reduction of (the inputs' bounds + this sum's own rounding of each term)
     own = (u * gamma_sum(n)) * _abs(ins[0])
     return [_sum_impl(own if errs[0] is None else own + errs[0], dims, keepdim)]
