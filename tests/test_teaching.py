@@ -415,7 +415,8 @@ def test_replays_after_a_line_s_first_only_while_they_take_a_small_share_of_the_
     assert [i for i, s in enumerate(dear) if s] == [0, REPLAY_EVERY]
     d = ReplayDecisions()
     d.replay_counts, d.started, d.replay_spent = {}, time.monotonic() - 2.0, 1.5
-    assert [d._sampled(SimpleNamespace(line=7), SimpleNamespace(sampled=None)) for _ in range(4)] == [True] * 3 + [False]
+    got = [d._sampled(SimpleNamespace(line=7), SimpleNamespace(sampled=None)) for _ in range(4)]
+    assert got == [True] * 3 + [False]
 
 
 def test_a_replay_s_time_is_counted_and_the_verifier_starts_the_clock():

@@ -15,7 +15,9 @@ script had open is /dev/null in the copy.  What it cannot hide: a file the Funct
 (written twice), and the script's ``os.register_at_fork`` handlers (they run, as at any fork).  No copy is made
 where the script handles SIGCHLD or has child processes of its own (a wait for any child could get ours), nor
 without ``os.fork``.  A copy that takes longer than its limit (a forward waiting on a thread, which a fork does
-not copy) is stopped, and nothing is decided.
+not copy) is stopped, and nothing is decided.  The copy sends back what the backward returned; the exact products
+are computed here while it runs (a conv + batch-norm Function at batch 256: a second of the copy's five), and the
+verdict is given here.
 """
 
 from __future__ import annotations
@@ -115,15 +117,22 @@ class Replays:
                 todo.append(k)
         if not todo:
             return out
-        # the exact products of the calls' forwards, here (the copy runs single-threaded: only their code there)
-        self.exact = {k: _exact(self.program, self.tracer.rec.values, self.cts, self.eqns[k]) for k in todo}
+
+        def exact() -> None:
+            # the exact products of the calls' forwards, here, while the copy runs their code (single-threaded)
+            self.exact = {k: _exact(self.program, self.tracer.rec.values, self.cts, self.eqns[k]) for k in todo}
+
         # All in one copy (a fork of a process of many GB costs seconds: its page tables, then a fault at the first
         # write to each page); if that one runs out of time, each call alone, so that only the one that hangs is
         # given up.
         try:
-            out.update(_isolated(lambda: {k: self._one(k) for k in todo}, self.limit * len(todo), self.before))
+            got = _isolated(lambda: {k: self._grads(k) for k in todo}, self.limit * len(todo), self.before,
+                            meanwhile=exact)
+            out.update({k: self._judge(k, got[k]) for k in todo})
             return out
         except _NotRun as exc:
+            if not self.exact:
+                exact()
             classes = {self.tracer.custom_calls.calls[k].cls for k in todo}
             if not exc.timed_out or len(classes) == 1:
                 if exc.timed_out:
@@ -136,20 +145,28 @@ class Replays:
                 out[k] = ("unknown", given_up[cls])
                 continue
             try:
-                out[k] = _isolated(lambda: self._one(k), self.limit, self.before)
+                out[k] = self._judge(k, _isolated(lambda: self._grads(k), self.limit, self.before))
             except _NotRun as exc:
                 out[k] = ("unknown", str(exc))
                 if exc.timed_out:
                     given_up[cls] = f"{exc} (not tried again)"
         return out
 
-    def _one(self, k: int) -> tuple[str, str]:
+    def _grads(self, k: int) -> tuple[str, Any]:
+        """(In the copy.) Call `k` run again in float64: ("grads", argument -> its backward's gradient), or
+        ("unknown", why)."""
         name = self.names[k]
         try:
-            return _replay_one(self.tracer, self.cts, self.tracer.custom_calls.calls[k], self.eqns[k], self.exact[k],
-                               name)
+            return _replay_one(self.tracer, self.cts, self.tracer.custom_calls.calls[k], self.eqns[k], name)
         except Exception as exc:  # noqa: BLE001 - its code in float64 may fail: then nothing is decided
             return "unknown", f"running {name} again in float64 raised {type(exc).__name__}: {exc}"
+
+    def _judge(self, k: int, got: tuple[str, Any]) -> tuple[str, str]:
+        """(Here.) The verdict on call `k` from what its replay gave."""
+        status, value = got
+        if status != "grads":
+            return status, value
+        return _compare(self.tracer.custom_calls.calls[k], self.names[k], self.exact[k], value)
 
 
 def _outputs(mine: list[Any]) -> list[int]:
@@ -164,8 +181,7 @@ def _exact(program: Any, values: dict[int, Any], cts: dict[int, Any], mine: list
     return sweep(mine, values, seeds, consts=program.consts).cts
 
 
-def _replay_one(tracer: Any, cts: dict[int, Any], call: Any, mine: list[Any], exact: dict[int, Any],
-                name: str) -> tuple[str, str]:
+def _replay_one(tracer: Any, cts: dict[int, Any], call: Any, mine: list[Any], name: str) -> tuple[str, Any]:
     values = tracer.rec.values
     given = [*call.args, *call.kwargs.values()]
     if call.pending or any(h is None for h in given):
@@ -211,13 +227,24 @@ def _replay_one(tracer: Any, cts: dict[int, Any], call: Any, mine: list[Any], ex
         grads = torch.autograd.grad([g for g, _ in pairs], [t for _, t in inputs],
                                     grad_outputs=[seeds[v].to(F64).expand(g.shape) for g, v in pairs],
                                     allow_unused=True)
+    # (pickled back to the caller: a view would carry its whole storage with it)
+    return "grads", {vid: (None if g is None else _own(g.detach()), tuple(t.shape))
+                     for (vid, t), g in zip(inputs, grads)}
+
+
+def _own(g: torch.Tensor) -> torch.Tensor:
+    return g if g._base is None and g.is_contiguous() else g.clone(memory_format=torch.contiguous_format)
+
+
+def _compare(call: Any, name: str, exact: dict[int, Any], grads: dict[int, Any]) -> tuple[str, str]:
+    """The verdict on a replayed call: its float64 backward's gradients against the exact ones."""
     # one scale for the whole call (its largest exact entry): an argument whose exact gradient is 0 (a bias before
     # batch norm) gets rounding noise from both sides, which is nothing next to the others'
     pairs_eg = []
-    for (vid, t), g in zip(inputs, grads):
+    for vid, (g, shape) in grads.items():
         e = exact.get(vid)
-        e = torch.zeros(t.shape, dtype=F64) if e is None else e.to(F64).expand(t.shape)
-        pairs_eg.append((vid, e, torch.zeros(t.shape, dtype=F64) if g is None else g.to(F64)))
+        e = torch.zeros(shape, dtype=F64) if e is None else e.to(F64).expand(shape)
+        pairs_eg.append((vid, e, torch.zeros(shape, dtype=F64) if g is None else g.to(F64)))
     scale = max((float(e.abs().max()) for _, e, _ in pairs_eg if e.numel()), default=0.0)
     worst, where = 0.0, ""
     for vid, e, g in pairs_eg:
@@ -254,9 +281,10 @@ class _NotRun(Exception):
         self.timed_out = timed_out
 
 
-def _isolated(fn: Any, seconds: float, before: AbstractSet[int] = frozenset()) -> Any:
+def _isolated(fn: Any, seconds: float, before: AbstractSet[int] = frozenset(), meanwhile: Any = None) -> Any:
     """`fn()` in a forked copy of this process, its output thrown away: its result (pickled back), or _NotRun.
     `before`: the children the process had before the script started (not the script's: a test runner's).
+    `meanwhile()` runs here while the copy runs (its time is not the copy's: the limit starts after it).
 
     The copy has one thread (ours): its torch runs single-threaded, as an OpenMP pool does not survive a fork.
     """
@@ -310,15 +338,21 @@ def _isolated(fn: Any, seconds: float, before: AbstractSet[int] = frozenset()) -
                 os._exit(0)
     os.close(w)
     chunks: list[bytes] = []
-    deadline = time.monotonic() + seconds
     try:
+        if meanwhile is not None:
+            try:
+                meanwhile()
+            except BaseException:
+                os.kill(pid, signal.SIGKILL)  # (not waited for: its result is not wanted)
+                raise
+        deadline = time.monotonic() + seconds
         while True:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([r], [], [], left)[0]:
                 os.kill(pid, signal.SIGKILL)
                 raise _NotRun(f"running it again in float64 took longer than {seconds:.0f} s (a forward waiting on "
                               "another thread cannot run in the copy that runs it)", timed_out=True)
-            chunk = os.read(r, 1 << 16)
+            chunk = os.read(r, 1 << 20)
             if not chunk:
                 break
             chunks.append(chunk)

@@ -14,8 +14,8 @@ here beside it (by identity), and the primitives use it:
 Same values (a scatter's sum may be added in another order: in float64 within its rounding bound, which charges
 the slot's number of terms; in the float32 recomputation that samples rounding noise, an ulp here and there); never
 torch's backward.  A gather's windows are views of the input, or of its padded copy, which the recorder's memory
-count (own storage only) leaves out: the size of the input, where the flat gather held a copy k times larger.  Anything else (object arrays, small maps, a map not
-made here) takes the flat index as before.
+count (own storage only) leaves out: the size of the input, where the flat gather held a copy k times larger.
+Anything else (object arrays, small maps, a map not made here) takes the flat index as before.
 """
 
 from __future__ import annotations
