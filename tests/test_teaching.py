@@ -436,3 +436,70 @@ def test_a_replay_s_time_is_counted_and_the_verifier_starts_the_clock():
     verdict, _ = v._settle(SimpleNamespace(events=[]), SimpleNamespace(line=3), SimpleNamespace(replays=SlowReplays()),
                            SimpleNamespace(id=1))
     assert verdict == "unknown" and v.replay_spent >= 0.05
+
+
+TAGGED = """
+def _tagged():
+    class Tagged(torch.Tensor):  # a gradient marked by this backward (a class made inside a function: no pickling)
+        pass
+    return Tagged
+
+
+Tagged = _tagged()
+
+
+class GradTag(torch.autograd.Function):  # identity; its backward passes g on, tagged
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.as_subclass(Tagged)
+
+"""
+
+
+def test_a_replay_beside_a_function_returning_a_subclass_still_finds_the_wrong_backward(tmp_path):
+    # the copy sends plain float64 tensors back: a gradient of a local subclass (which cannot be pickled, and whose
+    # code must not run in the script's process) once made every call of the replay "unknown" (found by review)
+    report = _variant(tmp_path, "\nclass Net", TAGGED + "\nclass Net", (
+        ("\nSCALE = 1.0  #", "\nSCALE = 1.0001  #"),
+        ("F.relu(FusedConvBN.apply(x, self.w1))", "F.relu(GradTag.apply(FusedConvBN.apply(x, self.w1)))")))
+    assert report.exit_code == 0
+    errors = sorted((f.kind, f.tensor) for f in report.findings if f.severity == "error")
+    assert errors == [("mismatch", "net.w1"), ("mismatch", "net.w2")], str(report)
+
+
+def test_a_replayed_gradient_goes_back_as_a_plain_dense_float64_tensor_of_its_own_size():
+    from gradcheck_sym.judge.replay import _plain
+
+    workspace = torch.randn(1_000_000, dtype=torch.float64)
+    view = workspace[10:20]
+    sub = torch.randn(3, 4).as_subclass(type("Tagged", (torch.Tensor,), {}))
+    sparse = torch.sparse_coo_tensor(torch.tensor([[0, 2]]), torch.tensor([1.5, -2.0]), (4,), check_invariants=True)
+    for g, want in ((view, view), (sub, sub.as_subclass(torch.Tensor).double()), (sparse, sparse.to_dense().double()),
+                    (torch.randn(5, 3).t(), None)):
+        got = _plain(g)
+        assert type(got) is torch.Tensor and got.dtype == torch.float64 and got.layout == torch.strided
+        assert got.untyped_storage().nbytes() == got.numel() * 8 and got.is_contiguous()
+        if want is not None:
+            assert torch.equal(got, want)
+
+
+def test_an_error_of_ours_while_the_copy_runs_is_ours_even_where_sigchld_is_ignored():
+    import signal
+    import time
+
+    from gradcheck_sym.judge.replay import _isolated
+
+    def meanwhile():
+        time.sleep(0.3)  # (the copy has ended and, with SIGCHLD ignored, been reaped by the system)
+        raise ZeroDivisionError("ours")
+
+    before = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    try:
+        with pytest.raises(ZeroDivisionError, match="ours"):
+            _isolated(lambda: 1, 30.0, meanwhile=meanwhile)
+    finally:
+        signal.signal(signal.SIGCHLD, before)
