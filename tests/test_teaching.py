@@ -291,7 +291,13 @@ def test_no_forked_copy_while_the_script_has_children_or_handles_sigchld_or_with
     handled = off.replace("import torch\n", "import signal\nimport torch\n"
                            "signal.signal(signal.SIGCHLD, lambda *a: print('child'))\n", 1)
     (tmp_path / "handled.py").write_text(handled, encoding="utf-8")
-    report = gs.run_script(str(tmp_path / "handled.py"))
+    import signal
+
+    before = signal.getsignal(signal.SIGCHLD)
+    try:
+        report = gs.run_script(str(tmp_path / "handled.py"))  # (in this process: the handler is put back after)
+    finally:
+        signal.signal(signal.SIGCHLD, before)
     assert report.exit_code == 0 and report.summary["not_verified"] == 3 and all(
         "(the script handles SIGCHLD: a forked copy to run it again in would signal it)" in r
         for r in report.backwards[0].reasons), report.backwards[0].reasons
