@@ -142,10 +142,11 @@ def _ew_vjp(cts: list[Any], ins: Sequence[Any], outs: Sequence[Any], fn: EwFn,
 def _ew_err(errs: list[Any], ins: Sequence[Any], outs: Sequence[Any], u: float, fn: EwFn) -> list[Any]:
     targs = [a if is_tensor(a) else torch.tensor(float(a), dtype=F64) for a in ins]
     if fn in _ROUNDS_ONCE and is_tensor(outs[0]) and outs[0].dtype == F64:
-        own = outs[0].abs()  # one rounding of the result, which is at hand (the same number the formula gives)
+        # one rounding of the result, which is at hand (the same number the formula gives); scaled in place
+        total = outs[0].abs().mul_(u).expand(_bshape(targs))
     else:
         own = fn.rounding(*targs)
-    total = (u * (own if is_tensor(own) else torch.tensor(float(own), dtype=F64))).expand(_bshape(targs))
+        total = (u * (own if is_tensor(own) else torch.tensor(float(own), dtype=F64))).expand(_bshape(targs))
     if fn.rel_err:
         total = total + fn.rel_err * outs[0].abs()
         if fn.rel_scale is not None:

@@ -184,8 +184,17 @@ def _sum_err(errs: list[Any], ins: Sequence[Any], outs: Sequence[Any], u: float,
              keepdim: bool) -> list[Any]:
     n = math.prod([shape_of(ins[0])[d] for d in dims]) if dims else 1
     # linear: one reduction of (the inputs' bounds + this sum's own rounding of each term)
-    own = (u * gamma_sum(n)) * _abs(ins[0])
-    return [_sum_impl(own if errs[0] is None else own + errs[0], dims, keepdim)]
+    return [_sum_impl(_scaled_abs_plus(ins[0], u * gamma_sum(n), errs[0]), dims, keepdim)]
+
+
+def _scaled_abs_plus(x: Any, c: float, e: Any) -> Any:
+    """c |x| + e (e may be None) in one new tensor: a sum's or a scatter-add's own rounding of each term plus the
+    terms' bounds (at a conv's size, 42 million entries: each temporary is a pass and an allocation)."""
+    if not is_tensor(x) or (e is not None and (not is_tensor(e) or e.shape != x.shape or e.dtype != x.dtype)):
+        own = c * _abs(x)
+        return own if e is None else own + e
+    out = x.abs().mul_(c)
+    return out if e is None else out.add_(e)
 
 
 register(Prim("sum", _sum_impl, _sum_impl, _sum_vjp, _sum_err, linear=True))
@@ -209,8 +218,7 @@ def _segsum_vjp(cts: list[Any], ins: Sequence[Any], outs: Sequence[Any], index: 
 
 def _segsum_err(errs: list[Any], ins: Sequence[Any], outs: Sequence[Any], u: float, index: Any,
                 shape: tuple[int, ...], fill: bool) -> list[Any]:
-    own = (u * gamma_sum(_most(index))) * _abs(ins[0])
-    return [_segsum_impl(own if errs[0] is None else own + errs[0], index, shape, fill)]
+    return [_segsum_impl(_scaled_abs_plus(ins[0], u * gamma_sum(_most(index)), errs[0]), index, shape, fill)]
 
 
 _MOST: dict[int, tuple[Any, int]] = {}
@@ -239,8 +247,7 @@ register(Prim("segsum", _segsum_impl, _segsum_impl, _segsum_vjp, _segsum_err, li
 def _cumsum_err(errs: list[Any], ins: Sequence[Any], outs: Sequence[Any], u: float, dim: int,
                 reverse: bool) -> list[Any]:
     n = shape_of(ins[0])[dim] if shape_of(ins[0]) else 1
-    own = (u * gamma_sum(n)) * _abs(ins[0])
-    return [_cumsum_impl(own if errs[0] is None else own + errs[0], dim, reverse)]
+    return [_cumsum_impl(_scaled_abs_plus(ins[0], u * gamma_sum(n), errs[0]), dim, reverse)]
 
 
 register(Prim("cumsum", _cumsum_impl, _cumsum_impl,
