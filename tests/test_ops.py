@@ -119,3 +119,20 @@ def test_binding_positional_arguments_quickly_agrees_with_inspect():
             else:
                 assert list(got.items()) == list(expected.arguments.items()), (rule.name, n)
     assert tried > 500
+
+
+def test_leaves_of_a_call_s_arguments_in_order_nested_or_not():
+    from gradcheck_sym.ops.core import leaves
+
+    def walk(x):  # the definition: depth first, args before kwargs values, dict values in order
+        if isinstance(x, (list, tuple)):
+            return [e for v in x for e in walk(v)]
+        if isinstance(x, dict):
+            return [e for v in x.values() for e in walk(v)]
+        return [x]
+
+    t = torch.zeros(2)
+    for call in [((t, 2.0, t), {"alpha": 1}), ((), {}), ((t,), {"x": [1, (2, {"y": t})]}),
+                 ((t, [t, (t, {"a": 3})]), {"b": 4}), ([t], {}), ((t, t), {"k": {"n": 5}})]:
+        got = leaves(call)
+        assert len(got) == len(walk(call)) and all(a is b for a, b in zip(got, walk(call))), call

@@ -116,6 +116,13 @@ def leaves(x: Any) -> list[Any]:
     op's arguments several times, and a generator cost twice as much)."""
     if not isinstance(x, _NESTED):
         return [x]
+    if type(x) is tuple and len(x) == 2 and type(x[0]) is tuple and type(x[1]) is dict:
+        flat = [*x[0], *x[1].values()]  # a call's (args, kwargs) with nothing nested: the common case, at once
+        for e in flat:
+            if isinstance(e, _NESTED):
+                break
+        else:
+            return flat
     out: list[Any] = []
     stack = [iter(x.values() if isinstance(x, dict) else x)]  # (not recursion: any depth of nesting)
     while stack:
