@@ -10,10 +10,9 @@ out of memory because of us.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
-from ..ir.program import Const, Program, Var
+from ..ir.program import Const, Eqn, Program, Var
 from ..reference.interpret import Traced, own_bytes
 from .allocator import memory_available
 
@@ -162,9 +161,10 @@ class ScriptMemory:
         used = sorted({a.index for e in keep for a in e.inputs if isinstance(a, Const)})
         remap = {old: new for new, old in enumerate(used)}
         if any(old != new for old, new in remap.items()):
-            keep = [e if all(isinstance(a, Var) for a in e.inputs) else replace(
-                e, inputs=tuple(a if isinstance(a, Var) else replace(a, index=remap[a.index]) for a in e.inputs))
-                for e in keep]
+            # (built directly: dataclasses.replace took a tenth of a millisecond per backward of a small loop)
+            keep = [e if all(isinstance(a, Var) for a in e.inputs) else Eqn(
+                e.prim, tuple(a if isinstance(a, Var) else Const(remap[a.index], a.shape, a.dtype) for a in e.inputs),
+                e.outputs, e.params, e.site) for e in keep]
         self.rec.eqns[:] = keep
         self.rec.bounded = bounded
         self.rec.consts[:] = [self.rec.consts[i] for i in used]
