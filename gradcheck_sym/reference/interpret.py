@@ -342,10 +342,17 @@ def sweep(
     with interpreting(interp):
         for n in range(len(eqns) - 1, -1, -1):
             e = eqns[n]
-            gs = [cts.get(v.id) for v in e.outputs]
-            hit = [v.id in tainted for v in e.outputs]
-            if all(g is None for g in gs) and not any(hit):
-                continue
+            if len(e.outputs) == 1:  # (most equations: no generator expressions, the sweep's per-equation cost)
+                v0 = e.outputs[0].id
+                g0, h0 = cts.get(v0), v0 in tainted
+                if g0 is None and not h0:
+                    continue
+                gs, hit = [g0], [h0]
+            else:
+                gs = [cts.get(v.id) for v in e.outputs]
+                hit = [v.id in tainted for v in e.outputs]
+                if all(g is None for g in gs) and not any(hit):
+                    continue
             in_vars = [a for a in e.inputs if isinstance(a, Var)]
             if e.prim == "stop":
                 reached = True
