@@ -509,3 +509,19 @@ def test_an_error_of_ours_while_the_copy_runs_is_ours_even_where_sigchld_is_igno
             _isolated(lambda: 1, 30.0, child_pids(), meanwhile=meanwhile)  # (the test runner's children: not ours)
     finally:
         signal.signal(signal.SIGCHLD, before)
+
+
+def test_a_failure_of_ours_while_judging_a_replay_is_an_unknown_that_says_it_is_ours(monkeypatch):
+    from types import SimpleNamespace
+
+    from gradcheck_sym.judge import replay
+
+    def broken(*args):
+        raise ValueError("boom")
+
+    monkeypatch.setattr(replay, "_compare", broken)
+    r = replay.Replays.__new__(replay.Replays)
+    r.tracer = SimpleNamespace(custom_calls=SimpleNamespace(calls={0: None}))
+    r.names, r.exact = {0: "MyFn"}, {0: {}}
+    assert r._judge(0, ("grads", {})) == ("unknown", "comparing its replay failed in gradcheck-sym (ValueError: boom)")
+    assert r._judge(0, ("unknown", "why")) == ("unknown", "why")

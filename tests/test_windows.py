@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from gradcheck_sym.ops import prims as P
+from gradcheck_sym.ops import prims_movement as M
 from gradcheck_sym.ops import windows
 from gradcheck_sym.ops.torch.conv import window_index
 
@@ -52,7 +52,7 @@ def test_structured_paths_equal_the_flat_index(monkeypatch, shape, k, st, pads, 
     x = torch.randn(shape, dtype=F64)
     flat = x.reshape(-1)[index.clamp(min=0)] * (index >= 0)
     assert torch.equal(windows.gather(x, w), flat)
-    assert torch.equal(P._take_impl(x, index, fill=bool((index < 0).any())), flat)
+    assert torch.equal(M._take_impl(x, index, fill=bool((index < 0).any())), flat)
     cols = torch.randn(index.shape, dtype=F64)
     assert torch.allclose(windows.scatter(cols, w, shape), _flat_scatter(cols, index, shape), rtol=1e-14, atol=1e-14)
     assert windows.touches_padding(w) == bool((index < 0).any())
@@ -64,7 +64,7 @@ def test_maps_not_made_by_window_index_take_the_flat_path() -> None:
     index = torch.arange(6).reshape(2, 3).flip(1).contiguous()
     assert windows.known(index) is None
     x = torch.arange(6, dtype=F64)
-    assert torch.equal(P._take_impl(x, index), x[index])
+    assert torch.equal(M._take_impl(x, index), x[index])
     # a map's structure is forgotten with the map
     made = window_index((1, 1, 9, 9), (3, 3), (1, 1), [(1, 1), (1, 1)], (1, 1))
     key = id(made)

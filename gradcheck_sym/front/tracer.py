@@ -85,10 +85,10 @@ def _eps(dtype: torch.dtype) -> float:
 
 # A rule's value is checked against torch's the first CHECK_ALWAYS times a site makes a tensor of one shape and
 # dtype, then every CHECK_EVERY-th time: the formula is the same at every pass of a loop, and the check (with the
-# rounding bounds it needs where float32 and float64 differ by more than a few ulps) was a
-# tenth of the cost of recording a training loop.  A large tensor counts for more: once CHECK_ELEMENTS entries of a
-# site's tensors were compared, only every CHECK_EVERY-th is (a conv's 9 million outputs at batch 256 are a sample
-# far larger than 16 small tensors; comparing them at every step was a sixth of a tutorial's checked run).
+# rounding bounds it needs where float32 and float64 differ by more than a few ulps) was a tenth of the cost of
+# recording a training loop.  A large tensor counts for more: once CHECK_ELEMENTS entries of a site's tensors were
+# compared, only every CHECK_EVERY-th is (a conv's 9 million outputs at batch 256 are a sample far larger than 16
+# small tensors; comparing them at every step was a sixth of a tutorial's checked run).
 CHECK_ALWAYS = 16
 CHECK_EVERY = 32
 CHECK_ELEMENTS = 1 << 22

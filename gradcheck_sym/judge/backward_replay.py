@@ -60,8 +60,8 @@ class ReplayDecisions:
         if plan.sampled is None:
             n = self.replay_counts.get(ev.line, 0)
             self.replay_counts[ev.line] = n + 1
-            cheap = self.replay_spent < REPLAY_FREE or self.replay_spent <= REPLAY_SHARE * (time.monotonic() -
-                                                                                             self.started)
+            spent, elapsed = self.replay_spent, time.monotonic() - self.started
+            cheap = spent < REPLAY_FREE or spent <= REPLAY_SHARE * elapsed
             plan.sampled = n == 0 or (n < REPLAY_FIRST and cheap) or n % REPLAY_EVERY == 0
         return plan.sampled
 

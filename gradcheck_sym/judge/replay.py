@@ -255,7 +255,7 @@ def _compare(call: Any, name: str, exact: dict[int, Any], grads: dict[int, Any])
     for vid, (g, shape) in grads.items():
         e = exact.get(vid)
         e = torch.zeros(shape, dtype=F64) if e is None else e.to(F64).expand(shape)
-        pairs_eg.append((vid, e, torch.zeros(shape, dtype=F64) if g is None else g.to(F64)))
+        pairs_eg.append((vid, e, torch.zeros(shape, dtype=F64) if g is None else g))  # (g: float64, see _plain)
     scale = max((float(e.abs().max()) for _, e, _ in pairs_eg if e.numel()), default=0.0)
     worst, where = 0.0, ""
     for vid, e, g in pairs_eg:

@@ -12,7 +12,8 @@ import sympy
 import torch
 
 from .ew import ADD, MUL
-from .prims import _obj, ew, mT, segsum, shape_of, take
+from .prims import ew, mT, segsum, shape_of, take
+from .prims_base import _obj
 
 __all__ = ["FLIP", "gamma_n", "eye", "tri_mask", "masked", "sym", "take_core", "place_core", "rows_of", "cols_of",
            "put_block", "inv_abs", "sum_abs", "fro_norm", "is_symbolic", "mp_matrix", "from_mp", "obj_per_matrix",

@@ -32,8 +32,7 @@ import torch
 from .core import Prim, bind, is_tensor, register
 from .ew import ADD, MUL, NEG, EwFn
 from .prims_base import F64, _abs, _bshape, _differentiable, _obj, broadcast_shape, gamma_sum, shape_of
-from .prims_movement import (_most, _segsum_impl, _take_impl, broadcast_to, cumsum, expand, mT, permute, reshape,
-                             segsum, sum_, sum_to, take)
+from .prims_movement import broadcast_to, cumsum, expand, mT, permute, reshape, segsum, sum_, sum_to, take
 from .quick import any_nan
 
 __all__ = [
@@ -41,8 +40,6 @@ __all__ = [
     "shape_of", "sum_to", "broadcast_to", "mT", "mul", "add", "neg", "gamma_sum", "ZMUL", "broadcast_shape",
     "working_dtype", "F64",
 ]
-# (also kept importable from here, for the rules and the tests: _obj, _take_impl, _segsum_impl, _most)
-_REEXPORTED = (_obj, _take_impl, _segsum_impl, _most)
 
 _P0, _P1 = sympy.Symbol("p0", real=True), sympy.Symbol("p1", real=True)
 
@@ -56,11 +53,6 @@ class finite_part(sympy.Function):  # noqa: N801 - a sympy function, named like 
         return sympy.S.One
 
 
-# adjoint * partial, exactly 0 where the adjoint is 0: a branch that where() did not select
-# contributes 0 even where its own derivative is infinite (the math; torch computes NaN).
-# Its derivative in the adjoint is the partial — also where the adjoint is 0 (a product of
-# zeros: sympy's derivative of the Piecewise would say 0 there and lose second derivatives),
-# except where the partial is infinite: that stays the strong zero.
 def _zmul_torch(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     # a * b is already 0 where a is, unless b is infinite or NaN there: one product and a sum in the common case,
     # where the compiled Piecewise is a comparison, a product and a select over the whole tensor
@@ -70,6 +62,11 @@ def _zmul_torch(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return out
 
 
+# adjoint * partial, exactly 0 where the adjoint is 0: a branch that where() did not select
+# contributes 0 even where its own derivative is infinite (the math; torch computes NaN).
+# Its derivative in the adjoint is the partial — also where the adjoint is 0 (a product of
+# zeros: sympy's derivative of the Piecewise would say 0 there and lose second derivatives),
+# except where the partial is infinite: that stays the strong zero.
 ZMUL = EwFn("zmul", sympy.Piecewise((0, sympy.Eq(_P0, 0)), (_P0 * _P1, True)), 2,
             partials=[sympy.Piecewise((finite_part(_P1), sympy.Eq(_P0, 0)), (_P1, True)),
                       sympy.Piecewise((0, sympy.Eq(_P0, 0)), (_P0, True))],

@@ -24,6 +24,7 @@ import torch
 from ..ir.program import Const, Eqn, Program, Var
 from ..ops.core import PRIMS, Interpreter, TorchEager, interpreting
 from ..ops.prims import add, working_dtype
+from ..ops.prims_base import _obj
 
 __all__ = ["Traced", "Recorder", "ObjectEager", "evaluate", "evaluate_rounded", "rounded_sweep", "sweep", "SweepResult",
            "record_sweep", "error_bounds", "UNIT_ROUNDOFF", "const_value", "AbsEager"]
@@ -195,7 +196,7 @@ def evaluate(program: Program, inputs: Sequence[Any], *, interp: Interpreter | N
         for e in program.eqns:
             ins = [env[a.id] if isinstance(a, Var) else consts[a.index] for a in e.inputs]
             if obj:
-                ins = [_to_obj(x) for x in ins]
+                ins = [_obj(x) for x in ins]
             out = PRIMS[e.prim].impl(*ins, **e.params) if not obj else PRIMS[e.prim].obj(*ins, **e.params)
             outs = out if PRIMS[e.prim].multiple else (out,)
             for v, o in zip(e.outputs, outs):
@@ -212,33 +213,34 @@ def evaluate_rounded(program: Program, values: dict[int, Any]) -> dict[int, Any]
     An equation that cannot be evaluated this way keeps its float64 value (cast to its dtype).
     """
     env: dict[int, Any] = {}
-    consts = program.consts
-
-    def rounded(x: Any, dtype: torch.dtype | None) -> Any:
-        if dtype is not None and isinstance(x, torch.Tensor) and x.is_floating_point() and x.dtype != dtype:
-            return x.to(dtype)
-        return x
-
     with interpreting(TorchEager()):
         for e in program.eqns:
             dtype = _DTYPES.get(e.outputs[0].dtype)
             with working_dtype(dtype):
-                outs = _rounded_eqn(e, env, values, consts, dtype, rounded)
+                outs = _rounded_eqn(e, env, values, program.consts, dtype)
             for v, o in zip(e.outputs, outs):
-                env[v.id] = rounded(o, _DTYPES.get(v.dtype))
+                env[v.id] = _rounded(o, _DTYPES.get(v.dtype))
     return env
 
 
-def _rounded_eqn(e: Eqn, env: dict[int, Any], values: dict[int, Any], consts: Any, dtype: torch.dtype | None,
-                 rounded: Any) -> Sequence[Any]:
+def _rounded(x: Any, dtype: torch.dtype | None) -> Any:
+    """A floating tensor `x` in `dtype` (anything else as it is)."""
+    if dtype is not None and isinstance(x, torch.Tensor) and x.is_floating_point() and x.dtype != dtype:
+        return x.to(dtype)
+    return x
+
+
+def _rounded_eqn(e: Eqn, env: dict[int, Any], values: dict[int, Any], consts: Any,
+                 dtype: torch.dtype | None) -> Sequence[Any]:
+    """One equation of `evaluate_rounded`, its inputs rounded to `dtype`."""
     ins = []
     for a in e.inputs:
         if isinstance(a, Var):
             x = env.get(a.id)
-            ins.append(rounded(values[a.id], _DTYPES.get(a.dtype)) if x is None else x)
+            ins.append(_rounded(values[a.id], _DTYPES.get(a.dtype)) if x is None else x)
         else:
             ins.append(consts[a.index])
-    ins = [rounded(x, dtype) for x in ins]
+    ins = [_rounded(x, dtype) for x in ins]
     try:
         out = PRIMS[e.prim].impl(*ins, **e.params)
         return out if PRIMS[e.prim].multiple else (out,)
@@ -275,9 +277,7 @@ def rounded_sweep(program: Program, values: dict[int, Any], seeds: dict[int, Any
     env = evaluate_rounded(program, values)
     for v in list(program.inputs) + [a for e in program.eqns for a in e.inputs if isinstance(a, Var)]:
         if v.id not in env:
-            d = _DTYPES.get(v.dtype)
-            x = values[v.id]
-            env[v.id] = x.to(d) if d is not None and isinstance(x, torch.Tensor) and x.is_floating_point() else x
+            env[v.id] = _rounded(values[v.id], _DTYPES.get(v.dtype))
     typed = {v.id: v.dtype for e in program.eqns for v in e.outputs}
     typed.update({v.id: v.dtype for v in program.inputs})
     start = {}
@@ -285,12 +285,6 @@ def rounded_sweep(program: Program, values: dict[int, Any], seeds: dict[int, Any
         d = _DTYPES.get(typed.get(vid, "float64"))
         start[vid] = s.to(d) if d is not None and isinstance(s, torch.Tensor) else s
     return sweep(program, env, start, interp=Rounding()).cts
-
-
-def _to_obj(x: Any) -> Any:
-    from ..ops.prims import _obj
-
-    return _obj(x)
 
 
 # ---------------------------------------------------------------- reverse

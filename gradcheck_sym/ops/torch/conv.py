@@ -45,8 +45,8 @@ def window_index(shape: Sequence[int], k: Sequence[int], stride: Sequence[int], 
     exactly that many windows fit.
     """
     nd = len(k)
-    codes = torch.arange(math.prod(shape), dtype=torch.long).reshape(tuple(shape))
-    pads = list(pads)
+    shape = tuple(int(s) for s in shape)
+    pads = [(int(lo), int(hi)) for lo, hi in pads]
     if out_sizes is not None:
         for i in range(nd):
             span = (k[i] - 1) * dilation[i] + 1
@@ -54,22 +54,16 @@ def window_index(shape: Sequence[int], k: Sequence[int], stride: Sequence[int], 
             have = shape[2 + i] + pads[i][0] + pads[i][1]
             if need > have:
                 pads[i] = (pads[i][0], pads[i][1] + need - have)
-    flat_pad = []
-    for lo, hi in reversed(pads):
-        flat_pad += [lo, hi]
-    t = F.pad(codes, flat_pad, value=-1) if any(flat_pad) else codes
-    for i in range(nd):
-        t = t.unfold(2 + i, (k[i] - 1) * dilation[i] + 1, stride[i])
-    for i in range(nd):
-        if dilation[i] > 1:
-            t = t.unfold(2 + nd + i, 1, dilation[i]).squeeze(-1)
-    if out_sizes is not None:
-        t = t[(slice(None), slice(None)) + tuple(slice(0, o) for o in out_sizes)]
-    t = t.contiguous()
-    # its structure, for the gathers and scatter-adds through it (`ops.windows`)
-    windows.remember(t, windows.Window(tuple(int(s) for s in shape), tuple(int(e) for e in k),
-                                       tuple(int(e) for e in stride), tuple((int(lo), int(hi)) for lo, hi in pads),
-                                       tuple(int(e) for e in dilation), tuple(t.shape[2:2 + nd])))
+    out = tuple(int(out_sizes[i]) if out_sizes is not None else
+                (shape[2 + i] + pads[i][0] + pads[i][1] - (k[i] - 1) * dilation[i] - 1) // stride[i] + 1
+                for i in range(nd))
+    # the map keeps its structure, for the gathers and scatter-adds through it (`ops.windows`)
+    w = windows.Window(shape, tuple(int(e) for e in k), tuple(int(e) for e in stride), tuple(pads),
+                       tuple(int(e) for e in dilation), out)
+    codes = torch.arange(math.prod(shape), dtype=torch.long).reshape(shape)
+    pad = w.flat_pad()
+    t = w.windows(F.pad(codes, pad, value=-1) if any(pad) else codes).contiguous()
+    windows.remember(t, w)
     return t
 
 
