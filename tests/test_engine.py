@@ -133,6 +133,41 @@ def test_bounds_tracked_while_recording_the_sweep_equal_error_bounds_of_the_whol
         torch.testing.assert_close(skipped[g], fresh[g], rtol=1e-13, atol=0)
 
 
+def test_the_rounding_of_the_last_sums_is_a_lower_bound_of_the_rounding_bound():
+    # A fit's 0-d coefficients, broadcast over 2,000 points: each gradient is a sum of 2,000 terms whose rounding
+    # alone, gamma_sum(n) u sum|terms|, is part of the bound the recorded sweep tracks (and never more than it).
+    from gradcheck_sym.judge.backward_values import consumers, last_sums
+    from gradcheck_sym.ops.prims_base import gamma_sum
+
+    xs = torch.linspace(-3, 3, 2000)
+    ys = torch.sin(xs)
+    a, b = torch.tensor(0.1), torch.tensor(0.8)
+    run = run_traced(lambda p: ((p[0] + p[1] * xs) - ys).square().sum(), [a, b], ["a", "b"])
+    prog, env = run.program, run.env
+    assert [v.dtype for v in prog.inputs] == ["float32", "float32"]
+    seeds = {prog.outputs[0].id: torch.ones((), dtype=F64)}
+    whole, values, res = record_sweep(prog, env, seeds, errs=run.tracer.rec.bounds())
+    plain = sweep(prog, env, seeds).cts
+    reads = consumers(prog)
+    va, vb = prog.inputs
+    low_a = last_sums(prog, reads, plain, env, va)
+    low_b = last_sums(prog, reads, plain, env, vb)
+    # what it is, computed here from the cotangent of a + b*x and of b*x (both (2000,), float64)
+    (add,) = [e for e, _ in reads[va.id]]
+    (mul,) = [e for e, _ in reads[vb.id]]
+    u = 2.0**-24
+    assert float(low_a) == pytest.approx(gamma_sum(2000) * u * float(plain[add.outputs[0].id].abs().sum()), rel=1e-12)
+    assert float(low_b) == pytest.approx(
+        gamma_sum(2000) * u * float((plain[mul.outputs[0].id] * xs.double()).abs().sum()), rel=1e-12)
+    # a lower bound of the full bound, and the larger part of it here
+    for v, low in ((va, low_a), (vb, low_b)):
+        full = res.errs[res.cts[v.id].var.id]
+        assert 0 < float(low) <= float(full)
+        assert float(low) > 0.3 * float(full)
+    # nothing of that kind reads a variable that is not broadcast: no part, not a zero
+    assert last_sums(prog, reads, plain, env, add.outputs[0]) is None
+
+
 def test_the_sweep_recomputed_in_float32_is_a_noise_sample_within_the_bound():
     # a float32 computation recorded and swept: recomputing the whole in float32 by our formulas gives
     # float32 gradients, off from the float64 ones by rounding (not 0), and within the worst-case bound

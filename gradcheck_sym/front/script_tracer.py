@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from ..ir.program import Site
 from ..ops.core import leaves
 from ..reference.interpret import Traced
 from .custom_calls import CustomCalls
@@ -111,10 +112,11 @@ class ScriptTracer(OptimizerSteps, ScriptMemory, Tracer):
 
         return weakref.ref(t, gone)
 
-    def _info(self, t: torch.Tensor) -> TensorInfo:
+    def _info(self, t: torch.Tensor, where: Site | None = None) -> TensorInfo:
+        """`t`'s row, made the first time (named after the user's line: `where`'s, when the caller knows it)."""
         info = self.infos.get(id(t))
         if info is None or info.ref() is not t:
-            file, line, source = _user_frame()
+            file, line, source = _user_frame() if where is None else (where.file, where.line, where.source)
             info = TensorInfo(self.all_infos.serial(), None, line, source, t.is_leaf, 0, tuple(t.shape),
                               requires_grad=t.requires_grad)
             info.ref = self._weak(t, info)
@@ -146,7 +148,7 @@ class ScriptTracer(OptimizerSteps, ScriptMemory, Tracer):
         cut = "no_grad" if s.grad != "on" and s.custom is None else ("detach" if self.name == "detach" else "")
         if s.custom is None and (t.requires_grad or s.grad != "on" or self.name == "detach") and \
                 _ASSIGNS.match(s.source):
-            info = self._info(t)
+            info = self._info(t, s)
             if t.is_leaf:
                 # made inside a custom Function's forward (x.detach().requires_grad_() under enable_grad there): the
                 # Function's own leaf, which no backward of the script fills (the Function's backward answers for it)

@@ -38,6 +38,11 @@ _RANDOM = {"dropout", "dropout1d", "dropout2d", "dropout3d", "feature_dropout", 
 
 def foreign_types(types: Any) -> str:
     """The names of the tensor subclasses among a call's `types` ("" when all are plain tensors)."""
+    for t in types or ():  # (asked for every op a script makes: plain tensors and parameters decided at once)
+        if t is not torch.Tensor and t is not torch.nn.Parameter:
+            break
+    else:
+        return ""
     names = [t.__name__ for t in types or () if t is not torch.Tensor and not issubclass(t, torch.nn.Parameter)]
     return ", ".join(sorted(set(names)))
 

@@ -21,7 +21,7 @@ import torch
 from ..ops.quick import all_finite, all_true, any_true
 from ..reference.interpret import UNIT_ROUNDOFF, Traced, error_bounds, record_sweep, rounded_sweep, sweep
 from .backward_replay import ReplayDecisions
-from .backward_values import dense, hooked_downstream, total_before
+from .backward_values import dense, hooked_downstream, own_scale, total_before, within_last_sums
 from .backward_words import info_name, message, unseen, worst
 from .elements import SMALL, WIDE, Verdicts, abs_max, cheap_floats, classify
 from .intended import declared, parse_intended
@@ -51,6 +51,7 @@ class Plan:
     sampled: bool | None = None  # whether a passed custom gradient is replayed in this backward (`_sampled`)
     why: dict[int, set[str]] = field(default_factory=dict)  # a tainted variable's own reasons (SweepResult.why)
     intended: dict[int, Any] | None = None  # the cotangents with the declared deviations (None: none declared)
+    reads: dict[int, Any] | None = None  # variable id -> the elementwise equations that read it (`consumers`)
     _written: Any = None
 
     def written(self) -> Any:
@@ -229,6 +230,9 @@ class BackwardVerifier(ReplayDecisions):
             # every entry passes the ladder's cheap test: decided before the ladder's set-up (its bound, scale and
             # declared values: a training loop's 0-d parameters paid some 30 kernel launches per gradient for it)
             verdicts, used = Verdicts({}, None, a.numel()), []
+        elif a.numel() <= SMALL and (done := within_last_sums(
+                tr, plan, var, exact, a, r, base, cut, u, tiny, scale, lambda: self._foreign(tr, plan, var))) is not None:
+            verdicts, used = done, []
         else:
             verdicts, used = self._classify(tr, plan, t, var, a, r, base, cut, u, tiny, shape, scale)
         if verdicts.ok and (verdicts.unmeasured or (used and self._sampled(ev, plan))) and self._foreign(tr, plan, var):
@@ -322,14 +326,8 @@ class BackwardVerifier(ReplayDecisions):
             used.append(True)
             return d + top
 
-        zero_below, context = None, scale
-        if scale is not None:
-            # The LOOSE rule's scale is this gradient's own largest entry: a 10% error in a conv weight whose entries
-            # are a third of the backward's largest passed under a bound three times its own size.  The backward's
-            # largest entry stands in only for a gradient that is 0 in the math (a bias before batch norm: its
-            # float64 value is rounding noise, below sqrt(u) of the others), and sets what "within rounding of 0" is.
-            own = abs_max(r)
-            scale, zero_below = (own if own > u**0.5 * scale else scale), u**0.5 * scale
+        context = scale
+        scale, zero_below = own_scale(r, scale, u)
         intended = None
         if plan.intended is not None:
             iv = plan.intended.get(var.id) if var is not None else None

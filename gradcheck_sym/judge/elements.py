@@ -21,7 +21,7 @@ import torch
 
 from ..ops.quick import all_true, any_true
 
-__all__ = ["Verdicts", "classify", "cheap_floats", "abs_max", "CHEAP_ULPS", "SAFETY", "FLOOR_ULPS", "KINDS", "LOOSE",
+__all__ = ["Verdicts", "classify", "cheap_floats", "small_pass", "abs_max", "CHEAP_ULPS", "SAFETY", "FLOOR_ULPS", "KINDS", "LOOSE",
            "WIDE"]
 
 F64 = torch.float64
@@ -322,6 +322,15 @@ def _small_pass(a: torch.Tensor, r: torch.Tensor, ok: torch.Tensor, e: Any, *, u
             return None
         tols.append(t)
     return Verdicts({}, torch.tensor(tols, dtype=a.dtype).reshape(shape), n, 0)
+
+
+def small_pass(a: torch.Tensor, r: torch.Tensor, e: Any, *, u: float, tiny: float, slack: Any = None,
+               scale: float | None = None, zero_below: float | None = None,
+               wide_at: float | None = None) -> Verdicts | None:
+    """`_small_pass` under the allowance `e` (and `slack`), the cheap test included: the verdict when every entry
+    passes and nothing else could decide, else None."""
+    return _small_pass(a, r, cheap(a, r, u, None, None), e, u=u, tiny=tiny, slack=slack, rtol=None, atol=None,
+                       scale=scale, zero_below=zero_below, wide_at=wide_at)
 
 
 def _floats(x: Any, shape: torch.Size, dtype: torch.dtype) -> list[float] | None:

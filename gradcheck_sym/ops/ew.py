@@ -23,6 +23,7 @@ import functools
 from typing import Any, Callable, Sequence
 
 import sympy
+import torch
 
 __all__ = ["P", "Q", "branch", "EwFn", "ew_fn", "rounding_error", "MUL", "ADD", "SUB", "NEG", "DIV", "SQUARE", "ABS", "IDENT",
            "WHERE"]
@@ -255,6 +256,14 @@ def _compiled(expr: sympy.Expr, nargs: int, backend: str) -> Callable[..., Any]:
     syms = (P[:nargs] if nargs <= len(P) else P) if nargs <= 8 else P
     if any(q in expr.free_symbols for q in Q):  # a branched function: k values, then k user values
         syms = P[: nargs // 2] + Q[: nargs // 2]
+    elif backend == "torch" and nargs <= 2:
+        # the commonest functions of all, one kernel each, without the compiled walk's calls (a training loop of
+        # 0-d parameters makes thousands of each)
+        a, b = P[0], P[1]
+        direct = {a * b: torch.mul, a + b: torch.add, a - b: torch.sub}.get(expr) if nargs == 2 else (
+            torch.neg if expr == -a else None)
+        if direct is not None:
+            return direct
     fn = _compile(expr, TORCH if backend == "torch" else GLOBAL, {}, positions={s: i for i, s in enumerate(syms)})
 
     def run(*args: Any) -> Any:
