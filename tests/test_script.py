@@ -1119,6 +1119,40 @@ def test_a_fit_s_cancelling_gradients_are_judged_by_their_last_sums_without_writ
         assert _row(report, "a").status == _row(report, "b").status == "ok"
 
 
+_NEAR_OPTIMUM = textwrap.dedent('''\
+    import torch
+
+    torch.manual_seed(0)
+    x = torch.linspace(-3, 3, 2000)
+    y = 0.3 + 0.7 * x + 0.01 * torch.randn(2000)
+    a = torch.tensor(A_VALUE, requires_grad=True)
+    b = torch.tensor(B_VALUE, requires_grad=True)
+    THE_CHANGE
+    ''')
+
+
+@pytest.mark.parametrize("a, b, change, expected", [
+    ("0.3001611530780792", "0.6998076149812015",
+     "a.register_hook(lambda g: g * 1.05)\nloss = ((a + b * x) - y).square().sum()\nloss.backward()", {("hook", "a")}),
+    ("0.30015113949775696", "0.6998136043548584",
+     "loss = ((a + b * x) - y).square().sum()\nx.data.mul_(1.04)\nloss.backward()", {("mismatch", "b")}),
+    ("0.3001611530780792", "0.6998136043548584",
+     "fit = a + b * x\nfit.register_hook(lambda g: g * 1.04)\nloss = (fit - y).square().sum()\nloss.backward()",
+     {("hook", "a"), ("hook", "b")}),
+])
+def test_a_few_percent_off_near_a_fit_s_optimum_is_found_though_the_last_sums_would_allow_it(tmp_path, a, b, change,
+                                                                                              expected):
+    # A 0-d gradient near the optimum (its terms cancel): 4-5% off is within the worst-case rounding of its last sums
+    # (a passed "ok", found by a review) but not within the float32 run's measured rounding, which the ladder uses
+    # where the worst case is wide.
+    path = tmp_path / "near.py"
+    path.write_text(_NEAR_OPTIMUM.replace("A_VALUE", a).replace("B_VALUE", b).replace("THE_CHANGE", change),
+                    encoding="utf-8")
+    report = gs.run_script(str(path))
+    assert report.exit_code == 0 and report.summary["not_verified"] == 0, str(report)
+    assert {(f.kind, f.tensor) for f in report.findings if f.severity != "info"} == expected, str(report)
+
+
 def test_torch_func_grad_is_the_script_s_own_gradient_tool_not_a_backward_of_ours(tmp_path):
     # torch.func.grad's input is a wrapped tensor of its own: its internal autograd.grad was compared with an exact
     # gradient of 0 (a false mismatch on cos, found by a review)

@@ -136,9 +136,9 @@ def test_a_function_that_cannot_run_in_float64_stays_not_verified_with_the_reaso
 def test_without_a_measured_noise_the_deep_batch_norm_mlp_is_not_verified_and_names_its_parameters(monkeypatch):
     # the worst-case bound alone says nothing there: each backward is not verified, the reason names the
     # parameter by its attribute path, and the warning's count and lines are the backward's
-    from gradcheck_sym.judge import backward
+    from gradcheck_sym.judge import backward_values
 
-    monkeypatch.setattr(backward, "rounded_sweep", lambda program, values, seeds: {})
+    monkeypatch.setattr(backward_values, "rounded_sweep", lambda program, values, seeds: {})
     report = gs.run_script(str(ROOT / "scripts" / "teaching" / "mnist_bn_mlp.py"))
     assert report.exit_code == 0 and report.summary["verified"] == 0 and report.summary["not_verified"] == 3
     (warning,) = [f for f in report.findings if f.kind == "not-verified" and f.severity == "warning"]

@@ -27,6 +27,7 @@ The bookkeeping lives beside this module: `tracer_sites` (where in the user's so
 
 from __future__ import annotations
 
+import linecache
 import sys
 import threading
 import weakref
@@ -47,8 +48,7 @@ from ..reference.interpret import UNIT_ROUNDOFF, Recorder, Traced, own_bytes
 from .tracer_calls import (_CASTS, _PASS, _PROPERTY_TENSORS, _QUIET, _RANDOM, _dtype_name, _name, _normalise, _tensors,
                            _walk, foreign_types)
 from .tracer_handles import Handles, _any_traced, _flat_handles
-from .tracer_sites import (CallAs, Cut, Note, _custom_forward, _user_frame, dispatching_frame, hidden_frame,
-                           internal_file)
+from .tracer_sites import CallAs, Cut, Note, _custom_forward, _user_line, dispatching_frame, hidden_frame, internal_file
 from .tracer_storage import _Rec
 
 # Cut, Note and the frame helpers are defined beside this module and stay importable from here.
@@ -127,7 +127,7 @@ class Tracer(Handles, TorchFunctionMode):
         self.kwargs: dict = {}
         self.rng_state: torch.Tensor | None = None
         self.before: torch.Tensor | None = None  # an in-place op's target, before the op
-        self._site_index: dict[Site, int] = {}
+        self._site_index: dict[Any, int] = {}  # a Site, or (op, file, line) of a grad-on one
         self.lock = threading.RLock()
         self.call: int | None = None  # the custom Function call the current op belongs to
         self._calls: dict[int, tuple[Any, int]] = {}  # id of a call's ctx -> (a weak reference to it, its number)
@@ -167,10 +167,16 @@ class Tracer(Handles, TorchFunctionMode):
 
     # ------------------------------------------------------------ sites
     def _new_site(self, op: str) -> int:
-        file, line, source = _user_frame()
+        file, line = _user_line()
         grad = "on" if torch.is_grad_enabled() else "no_grad"
         if torch.is_inference_mode_enabled():
             grad = "inference"
+        if grad == "on":  # (no custom Function's forward: its ops run with grad off) a loop's site, found at once
+            found = self._site_index.get((op, file, line))
+            if found is not None:
+                self.call = None
+                return found
+        source = linecache.getline(file, line).strip() if file else ""
         custom, key, applied = _custom_forward() if grad != "on" else (None, None, None)
         if custom and custom not in self.custom:
             self.custom.append(custom)
@@ -181,6 +187,8 @@ class Tracer(Handles, TorchFunctionMode):
         if found is None:
             found = self._site_index[site] = len(self.sites)
             self.sites.append(site)
+        if grad == "on" and custom is None:
+            self._site_index[(op, file, line)] = found
         return found
 
     def _call_number(self, key: Any, applied: Any) -> int:

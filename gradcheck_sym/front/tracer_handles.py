@@ -62,6 +62,13 @@ class Handles(Storage):
         return x
 
     def is_traced(self, x: Any) -> bool:
+        if isinstance(x, torch.Tensor):
+            r = self.recs.get(id(x))
+            if (r is None or r.tensor is not x) and not x.requires_grad and \
+                    not (self.leaks and x.is_floating_point() and _external(x)) and self._root_of(x) is None:
+                # a plain constant (what `_unknown` makes a float64 copy of): asked about for every argument of
+                # every op, and the copy was made twice, here and again by the op's rule
+                return False
         return isinstance(self.v(x), Traced)
 
     def _handle(self, t: torch.Tensor) -> Any:

@@ -116,6 +116,14 @@ def _user_frame() -> tuple[str, int, str]:
     return (file, line, linecache.getline(file, line).strip())
 
 
+def _user_line() -> tuple[str, int]:
+    """`_user_frame`'s file and line, without reading the source line."""
+    frame = sys._getframe(2)
+    while frame is not None and internal_file(frame.f_code.co_filename):
+        frame = frame.f_back  # type: ignore[assignment]
+    return ("", 0) if frame is None else (frame.f_code.co_filename, frame.f_lineno)
+
+
 def in_custom_forward() -> bool:
     """Whether a custom autograd.Function's forward is running (an apply() of torch's on the stack)."""
     frame = sys._getframe(1)

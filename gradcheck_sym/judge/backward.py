@@ -19,9 +19,10 @@ from typing import Any
 import torch
 
 from ..ops.quick import all_finite, all_true, any_true
-from ..reference.interpret import UNIT_ROUNDOFF, Traced, error_bounds, record_sweep, rounded_sweep, sweep
+from ..reference.interpret import UNIT_ROUNDOFF, Traced, error_bounds, record_sweep, sweep
 from .backward_replay import ReplayDecisions
-from .backward_values import dense, hooked_downstream, own_scale, total_before, within_last_sums
+from .backward_values import (dense, hooked_downstream, measured_noise, own_scale, total_before,
+                              within_last_sums)
 from .backward_words import info_name, message, unseen, worst
 from .elements import SMALL, WIDE, Verdicts, abs_max, cheap_floats, classify
 from .intended import declared, parse_intended
@@ -230,8 +231,8 @@ class BackwardVerifier(ReplayDecisions):
             # every entry passes the ladder's cheap test: decided before the ladder's set-up (its bound, scale and
             # declared values: a training loop's 0-d parameters paid some 30 kernel launches per gradient for it)
             verdicts, used = Verdicts({}, None, a.numel()), []
-        elif a.numel() <= SMALL and (done := within_last_sums(
-                tr, plan, var, exact, a, r, base, cut, u, tiny, scale, lambda: self._foreign(tr, plan, var))) is not None:
+        elif a.numel() <= SMALL and (done := within_last_sums(tr, plan, t, var, exact, a, r, base, cut, u, tiny,
+                                                              scale, lambda: self._foreign(tr, plan, var))) is not None:
             verdicts, used = done, []
         else:
             verdicts, used = self._classify(tr, plan, t, var, a, r, base, cut, u, tiny, shape, scale)
@@ -307,24 +308,10 @@ class BackwardVerifier(ReplayDecisions):
         used: list[bool] = []  # whether a measured noise was used (`measured` says so)
 
         def measured() -> Any:
-            # The worst-case bound compounds through every layer of a deep float32 net (a batch-norm MLP's
-            # reached 1e8 times the rounding torch's run shows); the forward and the sweep recomputed in the
-            # user's dtype by our own formulas are a sample of that rounding, close to torch's (0.65x to 1.9x
-            # its largest entry on that MLP): its largest entry is allowed everywhere in the tensor.  In
-            # float64 there is nothing to measure (the reference itself is float64).
-            if plan.program is None or var is None or t.dtype == torch.float64 or not t.is_floating_point():
-                return None
-            if plan.rounded is None:
-                plan.rounded = rounded_sweep(plan.program, tr.rec.values, plan.seeds)
-            got32 = plan.rounded.get(var.id)
-            if not isinstance(got32, torch.Tensor) or got32.dtype != t.dtype:
-                return None  # not recomputed in the user's dtype: nothing was measured
-            d = (got32.to(F64).expand(shape) - r).abs()
-            top = abs_max(d)
-            if top == 0.0 or not all_finite(d):
-                return None
-            used.append(True)
-            return d + top
+            m = measured_noise(tr, plan, t, var, r)  # (the user's dtype recomputed: a sample of its rounding)
+            if m is not None:
+                used.append(True)
+            return m
 
         context = scale
         scale, zero_below = own_scale(r, scale, u)

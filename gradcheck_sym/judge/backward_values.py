@@ -11,11 +11,12 @@ import torch
 
 from ..ir.program import Var
 from ..ops.prims_base import gamma_sum
-from ..ops.quick import all_true, any_true
-from ..reference.interpret import UNIT_ROUNDOFF, Traced, const_value
-from .elements import WIDE, Verdicts, abs_max, small_pass
+from ..ops.quick import all_finite, all_true, any_true
+from ..reference.interpret import UNIT_ROUNDOFF, Traced, const_value, rounded_sweep
+from .elements import FLOOR_ULPS, SAFETY, WIDE, Verdicts, abs_max, small_pass
 
-__all__ = ["total_before", "dense", "hooked_downstream", "consumers", "last_sums", "within_last_sums", "own_scale"]
+__all__ = ["total_before", "dense", "hooked_downstream", "consumers", "last_sums", "within_last_sums", "own_scale",
+           "measured_noise"]
 
 
 def total_before(info: Any, before: Any, u: float) -> Any:
@@ -90,6 +91,8 @@ def last_sums(program: Any, reads: dict[int, list[tuple[Any, int]]], cts: dict[i
         if d.arg is not None:
             other = e.inputs[d.arg]
             o = values[other.id] if isinstance(other, Var) else const_value(program.consts[other.index])
+            if isinstance(o, torch.Tensor) and not o.is_floating_point():
+                continue  # (a mask's factor: left out, which keeps this a lower bound)
             terms = g.abs() * (o.abs() if isinstance(o, torch.Tensor) else abs(float(o)))
         elif (d.expr == 1 and not d.rel_err) or d.expr == -1:
             terms = g.abs()
@@ -103,15 +106,18 @@ def last_sums(program: Any, reads: dict[int, list[tuple[Any, int]]], cts: dict[i
     return total
 
 
-def within_last_sums(tr: Any, plan: Any, var: Var | None, exact: Any, a: torch.Tensor, r: torch.Tensor, base: Any,
-                     cut: Any, u: float, tiny: float, scale: float | None,
+def within_last_sums(tr: Any, plan: Any, t: torch.Tensor, var: Var | None, exact: Any, a: torch.Tensor,
+                     r: torch.Tensor, base: Any, cut: Any, u: float, tiny: float, scale: float | None,
                      foreign: Callable[[], bool]) -> Verdicts | None:
     """The verdict of a small gradient whose every entry is within the rounding of the sums that transpose its
     broadcasts alone (`last_sums`, a lower bound of the rounding bound), that allowance small beside the gradient
-    (as `elements.small_pass` asks); else None, and the ladder decides.  A 0-d parameter's gradient near a fit's
-    optimum cancels over its 2,000 terms: 40% of a dynamic net's 30,000 backwards wrote their sweep down for a bound
-    this part alone answers.  Not where anything but the plain reference is compared (a cut, a declaration, a
-    second-order backward), nor through a custom Function (`foreign`: its own sums round differently)."""
+    (as `elements.small_pass` asks), and within the measured noise where there is one; else None, and the ladder
+    decides.  A pass here is a pass there: the ladder allows the whole bound, or where that is wide, the smaller of
+    it and the measured noise (a hook's 5% on a gradient near a fit's optimum is within the last sums' worst case,
+    not within the float32 run's own rounding).  A 0-d parameter's gradient near a fit's optimum cancels over its
+    2,000 terms: 40% of a dynamic net's 30,000 backwards wrote their sweep down for a bound this answers.  Not where
+    anything but the plain reference is compared (a cut, a declaration, a second-order backward), nor through a
+    custom Function (`foreign`: its own sums round differently)."""
     if plan.create or plan.intended is not None or plan.program is None or var is None or \
             not isinstance(exact, torch.Tensor) or (cut is not None and not torch.equal(cut, r)):
         return None
@@ -124,7 +130,38 @@ def within_last_sums(tr: Any, plan: Any, var: Var | None, exact: Any, a: torch.T
         return None
     own, zero_below = own_scale(r, scale, u)
     slack = None if base is None else u * (base.abs() + a.abs()) * 2
-    return small_pass(a, r, e, u=u, tiny=tiny, slack=slack, scale=own, zero_below=zero_below, wide_at=WIDE)
+    done = small_pass(a, r, e, u=u, tiny=tiny, slack=slack, scale=own, zero_below=zero_below, wide_at=WIDE)
+    if done is None:
+        return None
+    m = measured_noise(tr, plan, t, var, r)
+    if m is not None:
+        allowed = FLOOR_ULPS * (u * r.abs() + tiny) + SAFETY * m + (0.0 if slack is None else slack)
+        if not all_true((a - r).abs() <= allowed):
+            return None
+    return done
+
+
+def measured_noise(tr: Any, plan: Any, t: torch.Tensor, var: Var | None, r: torch.Tensor) -> torch.Tensor | None:
+    """A measured rounding noise of `t`'s gradient (exact value `r`): the distance of our own formulas recomputed in
+    its dtype (`rounded_sweep`, once per backward) from the exact value, plus its largest entry; None in float64
+    (the reference itself is float64: nothing to measure) or where nothing was measured.
+
+    The worst-case bound compounds through every layer of a deep float32 net (a batch-norm MLP's reached 1e8 times
+    the rounding torch's run shows); the forward and the sweep recomputed in the user's dtype by our own formulas
+    are a sample of that rounding, close to torch's (0.65x to 1.9x its largest entry on that MLP): its largest entry
+    is allowed everywhere in the tensor."""
+    if plan.program is None or var is None or t.dtype == torch.float64 or not t.is_floating_point():
+        return None
+    if plan.rounded is None:
+        plan.rounded = rounded_sweep(plan.program, tr.rec.values, plan.seeds)
+    got32 = plan.rounded.get(var.id)
+    if not isinstance(got32, torch.Tensor) or got32.dtype != t.dtype:
+        return None  # not recomputed in the user's dtype: nothing was measured
+    d = (got32.to(torch.float64).expand(tuple(r.shape)) - r).abs()
+    top = abs_max(d)
+    if top == 0.0 or not all_finite(d):
+        return None
+    return d + top
 
 
 def own_scale(r: torch.Tensor, scale: float | None, u: float) -> tuple[float | None, float | None]:
