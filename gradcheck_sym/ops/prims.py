@@ -21,9 +21,8 @@ The movement and sum primitives live in `prims_movement` (re-exported here), wha
 
 from __future__ import annotations
 
-import contextlib
 import threading
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import sympy
@@ -81,16 +80,22 @@ class _Working(threading.local):
 _WORKING = _Working()
 
 
-@contextlib.contextmanager
-def working_dtype(dtype: torch.dtype | None) -> Iterator[None]:
+class working_dtype:  # noqa: N801 - used as a context manager, like torch.no_grad
     """Within: an elementwise result in `dtype` stays in it (a recomputation in the user's dtype, see
     `reference.interpret.Rounding`, rounds it there anyway: widening it to float64 first is two passes for nothing).
-    Elsewhere every elementwise result is float64 (or bool)."""
-    before, _WORKING.dtype = _WORKING.dtype, dtype
-    try:
-        yield
-    finally:
-        _WORKING.dtype = before
+    Elsewhere every elementwise result is float64 (or bool).  (A class, not a generator: entered for every
+    equation of a recomputation.)"""
+
+    __slots__ = ("dtype", "before")
+
+    def __init__(self, dtype: torch.dtype | None) -> None:
+        self.dtype = dtype
+
+    def __enter__(self) -> None:
+        self.before, _WORKING.dtype = _WORKING.dtype, self.dtype
+
+    def __exit__(self, *exc: Any) -> None:
+        _WORKING.dtype = self.before
 
 
 def _ew_impl(*args: Any, fn: EwFn) -> Any:

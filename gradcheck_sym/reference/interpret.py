@@ -261,13 +261,14 @@ class Rounding(Interpreter):
         d = self.dtype
         if d is None:
             return prim.impl(*args, **params)
-        args = tuple(a.to(d) if isinstance(a, torch.Tensor) and a.is_floating_point() and a.dtype != d else a
-                     for a in args)
+        args = tuple([a.to(d) if isinstance(a, torch.Tensor) and a.dtype != d and a.is_floating_point() else a
+                      for a in args])
         with working_dtype(d):
             out = prim.impl(*args, **params)
-        outs = [o.to(d) if isinstance(o, torch.Tensor) and o.is_floating_point() and o.dtype != d else o
-                for o in (out if prim.multiple else (out,))]
-        return tuple(outs) if prim.multiple else outs[0]
+        if not prim.multiple:
+            return out.to(d) if isinstance(out, torch.Tensor) and out.dtype != d and out.is_floating_point() else out
+        return tuple([o.to(d) if isinstance(o, torch.Tensor) and o.dtype != d and o.is_floating_point() else o
+                      for o in out])
 
 
 def rounded_sweep(program: Program, values: dict[int, Any], seeds: dict[int, Any]) -> dict[int, Any]:
