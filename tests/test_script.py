@@ -1119,6 +1119,22 @@ def test_a_fit_s_cancelling_gradients_are_judged_by_their_last_sums_without_writ
         assert _row(report, "a").status == _row(report, "b").status == "ok"
 
 
+def test_above_its_size_a_program_s_small_gradients_go_to_the_ladder_at_once(tmp_path, monkeypatch):
+    # the measured noise the last sums' verdict needs is a recomputation of the whole backward: for a model's,
+    # the ladder's own order (the bound first) costs less, and decides the same
+    from gradcheck_sym.judge import backward, backward_values
+
+    monkeypatch.setattr(backward_values, "LAST_SUMS_BYTES", 0)
+    written = []
+    real = backward.record_sweep
+    monkeypatch.setattr(backward, "record_sweep", lambda *a, **k: written.append(1) or real(*a, **k))
+    path = tmp_path / "fit.py"
+    path.write_text(_FIT.replace("HOOK", ""), encoding="utf-8")
+    report = gs.run_script(str(path))
+    assert report.exit_code == 0 and report.ok and report.summary["verified"] == 12, str(report)
+    assert len(written) >= 12
+
+
 _NEAR_OPTIMUM = textwrap.dedent('''\
     import torch
 

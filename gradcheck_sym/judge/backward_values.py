@@ -58,6 +58,10 @@ def hooked_downstream(tr: Any, var: Var | None, index: int) -> bool:
     return False
 
 
+# Above this many bytes of recorded values, a small gradient goes to the ladder at once (see `within_last_sums`).
+LAST_SUMS_BYTES = 32 << 20
+
+
 def consumers(program: Any) -> dict[int, list[tuple[Any, int]]]:
     """variable id -> the elementwise equations of `program` that read it, with the argument's position."""
     out: dict[int, list[tuple[Any, int]]] = {}
@@ -120,6 +124,11 @@ def within_last_sums(tr: Any, plan: Any, t: torch.Tensor, var: Var | None, exact
     custom Function (`foreign`: its own sums round differently)."""
     if plan.create or plan.intended is not None or plan.program is None or var is None or \
             not isinstance(exact, torch.Tensor) or (cut is not None and not torch.equal(cut, r)):
+        return None
+    if plan.bounds is not None or (plan.rounded is None and t.dtype != torch.float64 and
+                                   tr.rec.nbytes > LAST_SUMS_BYTES):
+        # the bound is at hand already; or the measured noise would be a recomputation of a model's whole
+        # backward in its dtype, where the ladder's own order (the bound, the noise only where that is wide) costs less
         return None
     if tr.call_of and foreign():
         return None
