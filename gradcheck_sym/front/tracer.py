@@ -171,7 +171,7 @@ class Tracer(Handles, TorchFunctionMode):
         grad = "on" if torch.is_grad_enabled() else "no_grad"
         if torch.is_inference_mode_enabled():
             grad = "inference"
-        if grad == "on":  # (no custom Function's forward: its ops run with grad off) a loop's site, found at once
+        if grad == "on":  # a loop's site, found at once (a grad-on site never names a custom Function: see below)
             found = self._site_index.get((op, file, line))
             if found is not None:
                 self.call = None

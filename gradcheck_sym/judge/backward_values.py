@@ -116,9 +116,9 @@ def within_last_sums(tr: Any, plan: Any, t: torch.Tensor, var: Var | None, exact
     """The verdict of a small gradient whose every entry is within the rounding of the sums that transpose its
     broadcasts alone (`last_sums`, a lower bound of the rounding bound), that allowance small beside the gradient
     (as `elements.small_pass` asks), and within the measured noise where there is one; else None, and the ladder
-    decides.  A pass here is a pass there: the ladder allows the whole bound, or where that is wide, the smaller of
-    it and the measured noise (a hook's 5% on a gradient near a fit's optimum is within the last sums' worst case,
-    not within the float32 run's own rounding).  A 0-d parameter's gradient near a fit's optimum cancels over its
+    decides.  A pass here passes the ladder's own allowances, the whole bound or where that is wide the smaller of
+    it and the measured noise (4% off near a fit's optimum is within the last sums' worst case, not within the
+    float32 run's own rounding), and is never a loose one (its allowance is at most a tenth of the gradient).  A 0-d parameter's gradient near a fit's optimum cancels over its
     2,000 terms: 40% of a dynamic net's 30,000 backwards wrote their sweep down for a bound this answers.  Not where
     anything but the plain reference is compared (a cut, a declaration, a second-order backward), nor through a
     custom Function (`foreign`: its own sums round differently)."""
