@@ -234,8 +234,12 @@ class ScriptTracer(OptimizerSteps, ScriptMemory, Tracer):
             # torch.no_grad()` — ends it.)
         if foreign_types(types) and name != "backward":
             return super().__torch_function__(func, types, args, kwargs)  # left alone there
-        if name in _PROPERTIES and getattr(getattr(func, "__self__", None), "__name__", "") not in _WATCHED:
-            return func(*args, **kwargs)  # p.grad = None, x.shape, x.requires_grad: nothing to trace or note
+        if name in _PROPERTIES:
+            prop = getattr(getattr(func, "__self__", None), "__name__", "")
+            if prop not in _WATCHED or (prop == "grad" and name == "__set__"):
+                # p.grad = None (zero_grad: every parameter, every step), x.shape, x.requires_grad: nothing to trace
+                # or note (a .grad set by the script is seen by its value at the next backward: `total_before`)
+                return func(*args, **kwargs)
         try:
             if name == "backward":
                 return self._backward(func, args, kwargs)
