@@ -222,6 +222,29 @@ def test_the_high_precision_reference_has_its_own_mpmath_context():
     assert mpmath.mp.dps == before
 
 
+def test_a_program_that_starts_with_another_s_steps_reuses_their_compilation():
+    # the magnitude sweep's program starts with the forward's steps, compiled already with the reference
+    import sympy
+    import torch
+
+    from gradcheck_sym.reference.evaluate import TORCH, compile_program
+    from gradcheck_sym.reference.symbolic import Program
+
+    x, a, b, c = (sympy.Symbol(n, real=True) for n in ("x", "a", "b", "c"))
+    forward = [(a, sympy.sin(x) * x), (b, sympy.exp(a) + x)]
+    main = compile_program(Program((x,), tuple(forward + [(c, b * b)])), TORCH)
+    other = Program((x,), tuple(forward + [(c, b - a)]))
+    shared = compile_program(other, TORCH, base=main)
+    assert [fn for _, fn in shared.steps[:2]] == [fn for _, fn in main.steps[:2]]  # the same closures
+    assert shared.steps[2][1] is not main.steps[2][1]
+    point = {x: torch.tensor([0.3, -1.2], dtype=torch.float64)}
+    fresh = compile_program(other, TORCH).run(dict(point))
+    got = shared.run(dict(point))
+    torch.testing.assert_close(got[c], fresh[c], rtol=0, atol=0)
+    # the same length is not the same program: nothing past the common steps is taken from the base
+    assert len(other.steps) == main.n_program and shared.source == other.steps
+
+
 def test_a_program_checked_again_reuses_its_float64_compilation(monkeypatch):
     import gradcheck_sym.reference.evaluate as evaluate
 

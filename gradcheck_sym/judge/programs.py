@@ -138,7 +138,7 @@ class References:
             return torch.zeros(len(idx), dtype=torch.float64)
         if self._mag is None:
             extra = {f"m{row}:{k}": e for row, m in enumerate(mags) for k, e in m.items()}
-            self._mag = compile_program(program, TORCH, extra)
+            self._mag = compile_program(program, TORCH, extra, base=self.compiled)  # (the forward's steps shared)
         if self._mag_env_key != key:
             self._mag_env = self._mag.run({_sym(name): t[idx] for name, t in x64.items()}, deadline=self.deadline)
             self._mag_env_key = key

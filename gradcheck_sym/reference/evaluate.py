@@ -345,6 +345,7 @@ class CompiledProgram:
     frees: list[list[sympy.Symbol]]
     n_program: int = 0  # the program's own steps come first; the extras after them
     program_last: dict[sympy.Symbol, int] = field(default_factory=dict)
+    source: tuple[tuple[sympy.Symbol, sympy.Expr], ...] = ()  # the program's own steps, as given
 
     def run(self, env: Env, keep: set[sympy.Symbol] | None = None, deadline: Deadline | None = None) -> Env:
         """Evaluate every step into `env` (updated and returned).
@@ -379,7 +380,8 @@ def compile_program(program: Program, backend: Backend, extra: dict[str, sympy.E
         extra: name -> expression, evaluated after the program as ``extra[name]``.
         deadline: looked at every step.
         base: a compilation of the same program for the same backend: its steps are reused
-            and only `extra` is compiled (two programs that differ in their extras).
+            and only `extra` is compiled (two programs that differ in their extras); or of a program
+            this one starts with: those steps are reused (the magnitude sweep after the forward).
 
     Raises:
         UnevaluableError: a sympy object without a numeric rule.
@@ -413,16 +415,23 @@ _COMPILED_LOCK = threading.Lock()
 def _compile_program(program: Program, backend: Backend, extra: dict[str, sympy.Expr] | None,
                      deadline: Deadline | None, base: CompiledProgram | None) -> CompiledProgram:
     consts: dict[sympy.Expr, Any] = {}
-    if base is not None and base.backend is backend and base.n_program == len(program.steps):
+    if base is not None and base.backend is backend and base.n_program == len(program.steps) and \
+            base.source == tuple(program.steps):
         steps = list(base.steps[: base.n_program])
         last = dict(base.program_last)
     else:
-        steps = []
+        shared = 0
+        if base is not None and base.backend is backend:
+            n = min(len(base.source), len(program.steps))
+            while shared < n and base.source[shared] == program.steps[shared]:
+                shared += 1
+        steps = list(base.steps[:shared]) if base is not None and shared else []
         last = {}
         for i, (sym, expr) in enumerate(program.steps):
-            if deadline is not None:
-                deadline.check("compiling the reference")
-            steps.append((sym, _compile(expr, backend, consts)))
+            if i >= shared:
+                if deadline is not None:
+                    deadline.check("compiling the reference")
+                steps.append((sym, _compile(expr, backend, consts)))
             for s in expr.free_symbols:  # the last use of each symbol: temporaries are dropped after it
                 last[s] = i
     program_last = dict(last)
@@ -435,4 +444,4 @@ def _compile_program(program: Program, backend: Backend, extra: dict[str, sympy.
     frees: list[list[sympy.Symbol]] = [[] for _ in steps]
     for s, i in last.items():
         frees[i].append(s)  # type: ignore[arg-type]
-    return CompiledProgram(backend, steps, frees, len(program.steps), program_last)
+    return CompiledProgram(backend, steps, frees, len(program.steps), program_last, tuple(program.steps))
