@@ -127,7 +127,8 @@ class Tracer(Handles, TorchFunctionMode):
         self.kwargs: dict = {}
         self.rng_state: torch.Tensor | None = None
         self.before: torch.Tensor | None = None  # an in-place op's target, before the op
-        self._site_index: dict[Any, int] = {}  # a Site, or (op, file, line) of a grad-on one
+        self._site_index: dict[Site, int] = {}
+        self._site_at: dict[tuple[str, str, int], int] = {}  # (op, file, line) of a grad-on site -> its index
         self.lock = threading.RLock()
         self.call: int | None = None  # the custom Function call the current op belongs to
         self._calls: dict[int, tuple[Any, int]] = {}  # id of a call's ctx -> (a weak reference to it, its number)
@@ -172,7 +173,7 @@ class Tracer(Handles, TorchFunctionMode):
         if torch.is_inference_mode_enabled():
             grad = "inference"
         if grad == "on":  # a loop's site, found at once (a grad-on site never names a custom Function: see below)
-            found = self._site_index.get((op, file, line))
+            found = self._site_at.get((op, file, line))
             if found is not None:
                 self.call = None
                 return found
@@ -188,7 +189,7 @@ class Tracer(Handles, TorchFunctionMode):
             found = self._site_index[site] = len(self.sites)
             self.sites.append(site)
         if grad == "on" and custom is None:
-            self._site_index[(op, file, line)] = found
+            self._site_at[(op, file, line)] = found
         return found
 
     def _call_number(self, key: Any, applied: Any) -> int:

@@ -107,18 +107,14 @@ class Note:
 
 
 def _user_frame() -> tuple[str, int, str]:
-    frame = sys._getframe(2)
-    while frame is not None and internal_file(frame.f_code.co_filename):
-        frame = frame.f_back  # type: ignore[assignment]
-    if frame is None:
-        return ("", 0, "")
-    file, line = frame.f_code.co_filename, frame.f_lineno
-    return (file, line, linecache.getline(file, line).strip())
+    """The user's file, line and source line that the current op came from (our own frames skipped)."""
+    file, line = _user_line(3)
+    return (file, line, linecache.getline(file, line).strip() if file else "")
 
 
-def _user_line() -> tuple[str, int]:
-    """`_user_frame`'s file and line, without reading the source line."""
-    frame = sys._getframe(2)
+def _user_line(depth: int = 2) -> tuple[str, int]:
+    """`_user_frame`'s file and line, without reading the source line (`depth`: frames above this one to start)."""
+    frame = sys._getframe(depth)
     while frame is not None and internal_file(frame.f_code.co_filename):
         frame = frame.f_back  # type: ignore[assignment]
     return ("", 0) if frame is None else (frame.f_code.co_filename, frame.f_lineno)

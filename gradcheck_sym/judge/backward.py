@@ -21,7 +21,7 @@ import torch
 from ..ops.quick import all_finite, all_true, any_true
 from ..reference.interpret import UNIT_ROUNDOFF, Traced, error_bounds, record_sweep, sweep
 from .backward_replay import ReplayDecisions
-from .backward_values import (dense, hooked_downstream, measured_noise, own_scale, total_before,
+from .backward_values import (accumulation_slack, dense, hooked_downstream, measured_noise, own_scale, total_before,
                               within_last_sums)
 from .backward_words import info_name, message, unseen, worst
 from .elements import SMALL, WIDE, Verdicts, abs_max, cheap_floats, classify
@@ -288,7 +288,7 @@ class BackwardVerifier(ReplayDecisions):
                   u: float, tiny: float, shape: tuple[int, ...], scale: float | None) -> tuple[Any, list[bool]]:
         """The verdict ladder (`judge.elements.classify`) for one gradient, with this backward's rounding bound, its
         measured noise and its custom Functions; and whether the measured noise was used."""
-        slack = None if base is None else u * (base.abs() + a.abs()) * 2
+        slack = accumulation_slack(base, a, u)
 
         def bound() -> Any:
             if var is None or (plan.recorded is None and not plan.create):

@@ -21,8 +21,8 @@ import torch
 
 from ..ops.quick import all_true, any_true
 
-__all__ = ["Verdicts", "classify", "cheap_floats", "small_pass", "abs_max", "CHEAP_ULPS", "SAFETY", "FLOOR_ULPS", "KINDS",
-           "LOOSE", "WIDE"]
+__all__ = ["Verdicts", "classify", "cheap_floats", "small_pass", "abs_max", "CHEAP_ULPS", "SAFETY", "FLOOR_ULPS",
+           "KINDS", "LOOSE", "WIDE"]
 
 F64 = torch.float64
 CHEAP_ULPS = 128.0
