@@ -10,6 +10,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from .autograd.expression import DTYPES
 from .budget import Deadline
+from .collector import frozen_before
 from .judge.engine import Checker
 from .judge.expression import ExpressionSubject
 from .errors import GradcheckSymError, InputError, InternalError, UnsupportedError
@@ -19,6 +20,7 @@ from .front.parse import Limits, parse
 from .judge.points import make_points
 from .report import Report
 from .report.records import Formula
+from .reference.numeric import derive_numeric, suits as numeric_suits
 from .reference.symbolic import derive
 
 __all__ = ["check", "check_graph", "check_function", "assert_gradients"]
@@ -83,13 +85,15 @@ def check(
     if variables is not None and (isinstance(variables, str) or not isinstance(variables, Sequence)):
         raise InputError(f"variables must be a list of names, not {variables!r}")
     names = set(at or {}) | set(domain or {})
-    try:
-        graph = parse(expression, variables=variables, as_variables=names, limits=limits, deadline=deadline)
-    except GradcheckSymError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - see _check_graph
-        raise InternalError(exc) from exc
-    report = _check_graph(graph, at, domain, samples, seed, dtype, order, limits, chunk_size, progress, deadline)
+    with frozen_before():  # (parsing too: a 10,000-node graph is 100,000 objects)
+        try:
+            graph = parse(expression, variables=variables, as_variables=names, limits=limits, deadline=deadline)
+        except GradcheckSymError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - see _check_graph
+            raise InternalError(exc) from exc
+        report = _check_graph(graph, at, domain, samples, seed, dtype, order, limits, chunk_size, progress,
+                              deadline)
     return report if user_symbols is None else _in_user_symbols(report, user_symbols)
 
 
@@ -131,8 +135,9 @@ def _check_graph(graph: Graph, at: Mapping[str, Any] | None, domain: Mapping[str
                  samples: int | None, seed: int | None, dtype: str, order: int, limits: Limits | None,
                  chunk_size: int | None, progress: bool | None, deadline: Deadline) -> Report:
     try:
-        return _check_graph_unguarded(graph, at, domain, samples, seed, dtype, order, limits, chunk_size, progress,
-                                      deadline)
+        with frozen_before():  # full garbage collections walk the check's objects only (see collector)
+            return _check_graph_unguarded(graph, at, domain, samples, seed, dtype, order, limits, chunk_size,
+                                          progress, deadline)
     except GradcheckSymError:
         raise
     except MemoryError:
@@ -161,7 +166,10 @@ def _check_graph_unguarded(graph: Graph, at: Mapping[str, Any] | None, domain: M
     if not graph.variables and (at or domain):
         raise InputError("the expression has no variables: give no at/domain values")
     points = make_points(graph.variables, at=at, domain=domain, samples=samples, seed=seed, max_points=limits.max_points)
-    subject = ExpressionSubject(graph, derive(graph, order=order, deadline=deadline), deadline=deadline)
+    # A large graph's first derivatives come from a numeric sweep, each op kind derived once (see reference.numeric).
+    derivation = (derive_numeric(graph, deadline=deadline) if numeric_suits(graph, order) else
+                  derive(graph, order=order, deadline=deadline))
+    subject = ExpressionSubject(graph, derivation, deadline=deadline)
     return Checker(subject, points, torch_dtype, order, deadline=deadline).run(chunk_size, progress)
 
 

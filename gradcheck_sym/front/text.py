@@ -121,7 +121,9 @@ def _depth_bound(source: str) -> int:
 
 
 _LONG_INT = re.compile(r"(?<![\w.])[0-9][0-9_]*(?![\w.])")
-_NUMBER_THEN_NAME = re.compile(r"[0-9][A-Za-z_]")
+# A number token directly followed by a name (a superset: the tokenizer decides); not a digit inside a
+# name (log1p, x0), which made every expression with log1p pay for a full tokenization.
+_NUMBER_THEN_NAME = re.compile(r"(?<!\w)[0-9][0-9._]*(?:[eE][+-]?[0-9_]+)?[^\W\d]")
 
 
 def prescan(text: Text, max_int_digits: int) -> None:

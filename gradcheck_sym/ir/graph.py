@@ -206,6 +206,11 @@ class Graph:
     def label(self, k: int, width: int = 60) -> str:
         """A short human name for node `k`: its source text (shortened to `width`), else its op."""
         node = self.nodes[k]
+        span = node.span
+        if span is not None and self.source and span[0] == span[2] and span[3] - span[1] > width:
+            # the two ends only: a 10,000-node expression's nodes are long, and copying each was 10 us
+            line, half = self._source_lines[span[0] - 1], (width - 3) // 2
+            return line[span[1] : span[1] + half] + "..." + line[span[3] - half : span[3]]
         text = self.text(k)
         if text:
             if len(text) > width:

@@ -20,8 +20,9 @@ import torch
 from ..budget import BudgetExceeded, Deadline, run_bounded
 from ..ir.graph import Graph
 from ..ops import OPS
-from ..reference.evaluate import TORCH, CompiledProgram, UnevaluableError, compile_program
+from ..reference.evaluate import TORCH, Backend, CompiledProgram, UnevaluableError, compile_program, real_symbol
 from ..reference.mp_backend import mpmath_backend
+from ..reference.numeric import NumericProgram
 from ..reference.symbolic import Derivation, Program
 from . import tolerance as tl
 from .compare import Quantity, full
@@ -32,8 +33,15 @@ __all__ = ["References"]
 Env = dict[sympy.Symbol, Any]
 
 
-def _sym(name: str) -> sympy.Symbol:
-    return sympy.Symbol(name, real=True)
+_sym = real_symbol
+
+
+def _compile(program: Program, backend: Backend, extra: dict[str, sympy.Expr], deadline: Deadline | None,
+             base: CompiledProgram | None = None) -> CompiledProgram:
+    """`compile_program`, or a numeric derivation's sweep with the extras after it."""
+    if isinstance(program, NumericProgram):
+        return program.compile(backend, extra, deadline)
+    return compile_program(program, backend, extra, deadline, base=base)
 
 
 class References:
@@ -46,11 +54,12 @@ class References:
         # Intermediate nodes' references are needed on the first NODE_POINTS points only: they
         # get their own program, run on those points (see `env`).
         self.leading_only: set[str] = set()
+        numeric = isinstance(derivation.program, NumericProgram)  # one sweep gives every node's adjoint anyway
         for i, q in enumerate(quantities):
             extra[f"q{i}"] = q.ref
             if q.cut_ref is not None:
                 extra[f"c{i}"] = q.cut_ref
-            if not q.is_input and q.hess is None:
+            if not q.is_input and q.hess is None and not numeric:
                 self.leading_only |= {f"q{i}", f"c{i}"}
         rows = [(derivation.adjoints, None)] + list(derivation.extra_rows)
         rows_used = sorted({q.row for q in quantities})
@@ -78,11 +87,11 @@ class References:
             self.syms[name] = canonical[key]
         self.keep = set(self.syms.values())
         deadline.check("compiling the reference")
-        self.compiled = compile_program(derivation.program, TORCH,
-                                        {k: e for k, e in self.extra.items() if k not in self.leading_only}, deadline)
+        self.compiled = _compile(derivation.program, TORCH,
+                                 {k: e for k, e in self.extra.items() if k not in self.leading_only}, deadline)
         # The same program with every extra: its steps are shared with `compiled`.
-        self.compiled_leading = (compile_program(derivation.program, TORCH, self.extra, deadline,
-                                                 base=self.compiled) if self.leading_only else None)
+        self.compiled_leading = (_compile(derivation.program, TORCH, self.extra, deadline, base=self.compiled)
+                                 if self.leading_only else None)
         # The second opinion has its own program: it runs on the first NODE_POINTS points only.
         self.whole: CompiledProgram | None = None
         if derivation.whole is not None:
@@ -100,7 +109,7 @@ class References:
 
     @property
     def steps(self) -> int:
-        return len(self.compiled.steps)
+        return len(self.compiled.steps) + self.compiled.work
 
     def env(self, x64: dict[str, torch.Tensor], keep: set[sympy.Symbol] | None, sub: int | None = None) -> Env:
         """The reference program's values: every point for the full-batch quantities, and (with
@@ -136,13 +145,14 @@ class References:
         program, mags = self.d.magnitudes()
         if q.row >= len(mags) or q.node_id not in mags[q.row]:
             return torch.zeros(len(idx), dtype=torch.float64)
+        numeric = isinstance(program, NumericProgram)  # its sweep writes every magnitude: no extras to compile
         if self._mag is None:
-            extra = {f"m{row}:{k}": e for row, m in enumerate(mags) for k, e in m.items()}
-            self._mag = compile_program(program, TORCH, extra, base=self.compiled)  # (the forward's steps shared)
+            extra = {} if numeric else {f"m{row}:{k}": e for row, m in enumerate(mags) for k, e in m.items()}
+            self._mag = _compile(program, TORCH, extra, self.deadline, base=self.compiled)  # (the forward's steps shared)
         if self._mag_env_key != key:
             self._mag_env = self._mag.run({_sym(name): t[idx] for name, t in x64.items()}, deadline=self.deadline)
             self._mag_env_key = key
-        v = self._mag_env[_sym(f"extra[m{q.row}:{q.node_id}]")]
+        v = self._mag_env[mags[q.row][q.node_id] if numeric else _sym(f"extra[m{q.row}:{q.node_id}]")]
         return torch.nan_to_num(full(v, len(idx)).abs(), nan=math.inf)
 
     def high_precision(self, x64: dict[str, torch.Tensor], idx: torch.Tensor, want: torch.Tensor,
@@ -169,7 +179,7 @@ class References:
             return None
         if self._mp is None:
             try:
-                self._mp = compile_program(self.d.program, mpmath_backend(tl.MP_DPS), self.extra)
+                self._mp = _compile(self.d.program, mpmath_backend(tl.MP_DPS), self.extra, None)
             except UnevaluableError:
                 self.mp_budget = 0
                 self._skip("the program has no high-precision rule", len(chosen))

@@ -111,12 +111,10 @@ def noise_factors(
     trials side by side (the batch is the n points repeated `trials` times)."""
     gen = torch.Generator().manual_seed(NOISE_SEED)
     d = 2 * torch.rand(len(node_ids), 2, trials * n, generator=gen, dtype=torch.float64) - 1
-    out = {}
-    for i, k in enumerate(node_ids):
-        # PERTURB_ULPS * u, not u: a factor 1 + d with |d| < u mostly rounds back to exactly 1.
-        m = max(PERTURB_ULPS * u, approx.get(k, 0.0))
-        out[k] = ((1 + m * d[i, 0]).to(dtype), (1 + m * d[i, 1]).to(dtype))
-    return out
+    # PERTURB_ULPS * u, not u: a factor 1 + d with |d| < u mostly rounds back to exactly 1.
+    m = torch.tensor([max(PERTURB_ULPS * u, approx.get(k, 0.0)) for k in node_ids], dtype=torch.float64)
+    factors = (1 + m.view(-1, 1, 1) * d).to(dtype)  # one kernel for every node (10,000 nodes: 40,000 before)
+    return dict(zip(node_ids, zip(factors[:, 0].unbind(0), factors[:, 1].unbind(0))))
 
 
 def tolerance(noise: torch.Tensor, r: torch.Tensor, u: float, reference_is_float64: bool, tiny: float) -> torch.Tensor:

@@ -18,6 +18,7 @@ never share a working precision.
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from ..budget import Deadline
 from .symbolic import Program
 from .sympy_functions import ceiling, floor, lgamma, mod, sign, zmul
 
-__all__ = ["Backend", "TORCH", "compile_program", "CompiledProgram", "UnevaluableError", "special_number",
+__all__ = ["Backend", "TORCH", "compile_program", "real_symbol", "CompiledProgram", "UnevaluableError", "special_number",
            "register_function", "EXTRA_FUNCS", "MP_LOCK"]
 
 Env = dict[sympy.Symbol, Any]
@@ -231,6 +232,13 @@ def register_function(cls: type, torch_fn: Callable[..., Any], mp_fn: Callable[.
     EXTRA_FUNCS["mpmath"][cls] = mp_fn
 
 
+@functools.lru_cache(maxsize=1 << 15)
+def real_symbol(name: str) -> sympy.Symbol:
+    """``Symbol(name, real=True)``, remembered: sympy's own cache keeps 1,000 symbols, and a check of a
+    10,000-node graph names its 10,000 compared quantities twice (building a real symbol costs ~6 us)."""
+    return sympy.Symbol(name, real=True)
+
+
 # ---------------------------------------------------------------- compiler
 def _compile(expr: sympy.Expr, backend: Backend, consts: dict[sympy.Expr, Any],
              positions: dict[sympy.Symbol, int] | None = None) -> Fn:
@@ -346,6 +354,9 @@ class CompiledProgram:
     n_program: int = 0  # the program's own steps come first; the extras after them
     program_last: dict[sympy.Symbol, int] = field(default_factory=dict)
     source: tuple[tuple[sympy.Symbol, sympy.Expr], ...] = ()  # the program's own steps, as given
+    # A numeric sweep run before the steps (`numeric.NumericProgram`): (env, every value wanted, deadline).
+    prelude: Callable[[Env, bool, Deadline | None], None] | None = None
+    work: int = 0  # the prelude's work, in program steps (for the high-precision budget)
 
     def run(self, env: Env, keep: set[sympy.Symbol] | None = None, deadline: Deadline | None = None) -> Env:
         """Evaluate every step into `env` (updated and returned).
@@ -359,6 +370,8 @@ class CompiledProgram:
         Raises:
             TimeLimitError: the deadline passed.
         """
+        if self.prelude is not None:
+            self.prelude(env, keep is None, deadline)
         for i, (sym, fn) in enumerate(self.steps):
             if deadline is not None:
                 deadline.check("evaluating the reference")
@@ -440,7 +453,7 @@ def _compile_program(program: Program, backend: Backend, extra: dict[str, sympy.
             deadline.check("compiling the reference")
         for s in expr.free_symbols:
             last[s] = len(steps)
-        steps.append((sympy.Symbol(f"extra[{name}]", real=True), _compile(expr, backend, consts)))
+        steps.append((real_symbol(f"extra[{name}]"), _compile(expr, backend, consts)))
     frees: list[list[sympy.Symbol]] = [[] for _ in steps]
     for s, i in last.items():
         frees[i].append(s)  # type: ignore[arg-type]

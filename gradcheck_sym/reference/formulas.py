@@ -14,6 +14,7 @@ from typing import Any
 import sympy
 
 from ..ir.graph import Graph
+from .numeric import NumericProgram
 from .symbolic import Derivation
 
 __all__ = ["formulas", "MAX_OPS", "MAX_PROGRAM_OPS"]
@@ -27,7 +28,7 @@ def formulas(graph: Graph, d: Derivation, names: dict[int, str]) -> list[tuple[s
 
     Nothing is computed beyond `MAX_PROGRAM_OPS`; a formula above `MAX_OPS` is left out.
     """
-    if d.program.size() > MAX_PROGRAM_OPS:
+    if isinstance(d.program, NumericProgram) or d.program.size() > MAX_PROGRAM_OPS:
         return []
     # the constants sympy must not compute with stay unevaluated (see templates._opaque)
     full: dict[sympy.Symbol, Any] = {s: sympy.UnevaluatedExpr(e) for s, e in d.constants}
