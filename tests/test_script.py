@@ -508,6 +508,59 @@ def test_optimizer_steps_are_new_leaf_versions(tmp_path, optimizer, monkeypatch)
     assert one_by_one == []
 
 
+def test_torch_s_own_step_runs_with_the_mode_off_and_the_script_s_hooks_with_it_on(tmp_path, monkeypatch):
+    # torch.optim's own step, with no hook of the script's around it, takes the mode off the thread's stack: none of
+    # its ops reaches the tracer; a step hook of the script's (its code) keeps the step followed as before.
+    from gradcheck_sym.front import script_optim
+
+    in_step = []
+    original = script_optim._in_optimizer
+
+    def spy(frame, depth=8):
+        found = original(frame, depth)
+        in_step.append(found)
+        return found
+
+    monkeypatch.setattr(script_optim, "_in_optimizer", spy)
+    loop = ("for i in range(3):\n    opt.zero_grad()\n    (w * x).sin().sum().backward()\n    opt.step()\n"
+            "print(round(float(w.detach().sum()), 6))\n")
+    head = ("import torch\ntorch.manual_seed(0)\nw = torch.randn(2, requires_grad=True)\nx = torch.randn(2)\n"
+            "opt = torch.optim.SGD([w], lr=0.1, momentum=0.9)\n")
+    (b,) = _clean_run(tmp_path, head + loop).backwards
+    assert (b.calls, b.verified) == (3, 3) and True not in in_step
+    hook = "def pre(o, args, kwargs):\n    pass\nopt.register_step_pre_hook(pre)\n"
+    in_step.clear()
+    (b,) = _clean_run(tmp_path, head + hook + loop).backwards
+    assert (b.calls, b.verified) == (3, 3) and True in in_step
+
+
+def test_a_torch_step_that_raises_with_the_mode_off_is_said_and_the_script_runs_on(tmp_path, capfd):
+    # A step that raises inside torch's code never calls the post hook that puts the mode back: the next step
+    # does, and what happened in between (a backward) was not seen -- said, never passed over.
+    text = ("import torch\ntorch.manual_seed(0)\nw = torch.randn(2, requires_grad=True)\nx = torch.randn(2)\n"
+            "opt = torch.optim.SGD([w], lr=0.1, momentum=0.9)\n"
+            "for i in range(4):\n"
+            "    opt.zero_grad()\n"
+            "    (w * x).sin().sum().backward()\n"
+            "    if i == 1:\n"
+            "        opt.state[w]['momentum_buffer'] = torch.ones(5)  # the step's add_ raises\n"
+            "    try:\n"
+            "        opt.step()\n"
+            "    except RuntimeError:\n"
+            "        print('step failed')\n"
+            "        opt.state[w]['momentum_buffer'] = None\n"
+            "print(round(w.detach().sum().item(), 6))\n")
+    path = _script(tmp_path, text)
+    plain = subprocess.run([sys.executable, path], capture_output=True, text=True)
+    capfd.readouterr()
+    report = gs.run_script(path)
+    assert (report.exit_code, capfd.readouterr().out) == (plain.returncode, plain.stdout) == (0, "step failed\n0.25063\n")
+    (b,) = report.backwards
+    assert (b.calls, b.verified) == (3, 2)
+    assert any("an optimizer step raised an exception; what the script did after it, until the next step or its "
+               "end, was not seen (backward calls there are not counted)" in f.message for f in report.findings)
+
+
 def _clean_run(tmp_path, text):
     """`text` under `run`: it exits 0, with no finding; the report."""
     report = gs.run_script(_script(tmp_path, text))

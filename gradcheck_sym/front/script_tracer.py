@@ -21,6 +21,7 @@ import re
 import sys
 import threading
 import time
+import weakref
 from typing import Any
 
 import torch
@@ -65,6 +66,7 @@ class ScriptTracer(OptimizerSteps, ScriptMemory, Tracer):
         self._prunes = 0
         self._item_seen: dict[float, tuple[Any, int]] = {}  # a float that left by .item() -> (its handle, the
         # prune that first saw it)
+        self._unseen: set[int] = set()  # see OptimizerSteps
         self._steps: dict[int, dict[int, tuple[torch.Tensor, int]]] = {}  # thread -> inside its optimizer
         # step: the traced parameters' versions as the step found them (see optimizer_hooks)
         # stale-graph notes waiting for a backward that reaches the value before the change (see _stale)
@@ -100,8 +102,6 @@ class ScriptTracer(OptimizerSteps, ScriptMemory, Tracer):
         return handle
 
     def _weak(self, t: torch.Tensor, info: TensorInfo) -> Any:
-        import weakref
-
         tid = id(t)
         infos, dead = self.infos, self.all_infos.dead
 
@@ -236,9 +236,11 @@ class ScriptTracer(OptimizerSteps, ScriptMemory, Tracer):
             return super().__torch_function__(func, types, args, kwargs)  # left alone there
         if name in _PROPERTIES:
             prop = getattr(getattr(func, "__self__", None), "__name__", "")
-            if prop not in _WATCHED or (prop == "grad" and name == "__set__"):
+            if prop not in _WATCHED or (prop == "grad" and (name == "__set__" or (
+                    args and isinstance(args[0], torch.Tensor) and args[0].is_leaf))):
                 # p.grad = None (zero_grad: every parameter, every step), x.shape, x.requires_grad: nothing to trace
-                # or note (a .grad set by the script is seen by its value at the next backward: `total_before`)
+                # or note (a .grad set by the script is seen by its value at the next backward: `total_before`; only
+                # a non-leaf's .grad is a note, and a warning of torch's, named after the script's line: call_as)
                 return func(*args, **kwargs)
         try:
             if name == "backward":
