@@ -12,6 +12,8 @@ Nothing is collected differently for the check's own objects; garbage that exist
 is collected after it.  The collector's state is process-wide, so this is done only when nobody
 else froze anything (``gc.get_freeze_count() == 0``: a program's own ``gc.freeze()`` is left as it
 is) and with the collector enabled; concurrent checks share one freeze, undone when the last ends.
+While it lasts, ``gc.get_objects()`` and ``gc.get_referrers()`` in the program's other threads do not see
+the frozen objects, and a ``gc.freeze()`` made by another thread is undone with ours.
 """
 
 from __future__ import annotations
@@ -35,17 +37,20 @@ def frozen_before() -> Iterator[None]:
         >>> with frozen_before():
         ...     pass
     """
-    with _LOCK:
-        if _state["depth"] == 0:
-            _state["ours"] = gc.isenabled() and gc.get_freeze_count() == 0
-            if _state["ours"]:
-                gc.freeze()
-        _state["depth"] += 1
+    entered = False
     try:
+        with _LOCK:
+            _state["depth"] += 1
+            entered = True
+            if _state["depth"] == 1:
+                _state["ours"] = gc.isenabled() and gc.get_freeze_count() == 0
+                if _state["ours"]:
+                    gc.freeze()
         yield
     finally:
-        with _LOCK:
-            _state["depth"] -= 1
-            if _state["depth"] == 0 and _state["ours"]:
-                gc.unfreeze()
-                _state["ours"] = False
+        if entered:  # (an interruption before the count went up undoes nothing it did not do)
+            with _LOCK:
+                _state["depth"] -= 1
+                if _state["depth"] == 0 and _state["ours"]:
+                    _state["ours"] = False
+                    gc.unfreeze()

@@ -40,7 +40,7 @@ POINTS = {"x": torch.tensor([0.0, 0.3, -0.7, 1.0, 2.5], dtype=torch.float64),
 
 def _extras(graph, d):
     """Every value and adjoint the judge can ask for, by node."""
-    out = {f"v{k}": d.values[k] for k in range(len(graph.nodes)) if graph.nodes[k].op not in numeric._COMPARE}
+    out = {f"v{k}": d.values[k] for k in range(len(graph.nodes)) if graph.nodes[k].op not in numeric.COMPARE}
     out |= {f"a{k}": e for k, e in d.adjoints.items()}
     out |= {f"c{k}": e for k, e in (d.cut_adjoints or {}).items()}
     return out
@@ -235,3 +235,47 @@ def test_concurrent_checks_share_one_freeze():
     for t in threads:
         t.join()
     assert not errors and gc.get_freeze_count() == 0
+
+
+@pytest.mark.parametrize("text", ["sin(x)*exp(y) + log(1 + x**2)/y", "where(x > 0, sqrt(x), 0) + relu(y)*x",
+                                  "x*detach(tanh(x)) + y", "(exp(x) - 1 - x)/x**2 + y"])
+def test_the_detailed_test_on_the_numeric_path_is_the_symbolic_path_s(text, monkeypatch):
+    # every comparison sent to the detailed test (its measured noise, the magnitude sweep, the 50-digit reference)
+    import gradcheck_sym.judge.tolerance as tl
+
+    cheap = tl.cheap_pass
+    monkeypatch.setattr(tl, "cheap_pass", lambda a, r, u: torch.zeros_like(cheap(a, r, u)))
+    runs = []
+    for threshold in (10**9, 1):
+        monkeypatch.setattr(numeric, "NUMERIC_MIN_NODES", threshold)
+        r = gs.check(text, domain={"x": (-1, 1), "y": (0.5, 2)}, samples=20, seed=2)
+        runs.append((r.ok, r.checked, r.high_precision_points, _kinds(r), [n.status for n in r.nodes]))
+    assert runs[0] == runs[1]
+    if "where" in text or "detach" in text:
+        assert runs[1][2] > 0  # (the 50-digit reference ran)
+
+
+# where derive's substitution of constants changes a node (a review's reproducers): x**0's partial is 0, not
+# 0 * 0**-1; hypot(x, 0) is |x| (no overflow); 1 > 2 and x > x decide their where; pi is not a number sympy sums
+@pytest.mark.parametrize("text, at", [
+    ("x**0", {"x": [0.0, 0.5]}), ("pow(x, 0.0)", {"x": [0.0]}), ("(x*y)**0", {"x": [0.0], "y": [0.0]}),
+    ("relu(x)**0", {"x": [0.0]}), ("sqrt(x**0 - 1)", {"x": [0.5, 2.0]}), ("sqrt(clamp(x, 1, -1) + 1)", {"x": [0.5, 2.0]}),
+    ("hypot(x, 0)", {"x": [1e200]}), ("atan2(x, 0)", {"x": [0.0]}), ("atan2(0, x)", {"x": [0.0]}), ("0/x", {"x": [0.0]}),
+    ("0**x", {"x": [0.0]}), ("x/0", {"x": [0.5]}), ("sqrt(where(1 > 2, x, 0))", {"x": [0.5, -2.0]}),
+    ("where(1 < 2, sqrt(x), 0)*y", {"x": [0.0], "y": [0.0]}), ("where(x > x, sqrt(x), x)", {"x": [0.0, -1.0]}),
+    ("where(x >= x, x, sqrt(x))", {"x": [0.0, -1.0]}), ("sqrt(x)*pi - pi*sqrt(x)", {"x": [0.0]}),
+    ("pi*x + e*x", {"x": [0.3]}),
+])
+def test_constants_go_into_a_node_as_derive_puts_them(text, at, monkeypatch):
+    runs = []
+    for threshold in (10**9, 1):
+        monkeypatch.setattr(numeric, "NUMERIC_MIN_NODES", threshold)
+        r = gs.check(text, at=at)
+        runs.append((r.ok, _kinds(r), [(n.expression, n.status, repr(n.symbolic_grad)) for n in r.nodes]))
+    assert runs[0] == runs[1]
+
+
+def test_a_large_graph_with_constant_powers_is_verified():
+    # 2,802 nodes, each term multiplied by x**0: the numeric path's default; x**0's partial is 0 (not NaN at 0)
+    r = gs.check(" + ".join(f"{i}.5*sin(x*{i + 1})*x**0" for i in range(400)), at={"x": [0.0, 0.5]})
+    assert r.ok and r.findings == () and "computed with numbers" in r.derivation

@@ -179,8 +179,7 @@ def run_autograd(
     try:
         total.backward(retain_graph=order >= 2)
         # Read the gradients before the double backward, which adds to retained .grad attributes.
-        # `_grad` is `.grad` without its check for a non-leaf that retains nothing (5 us each; all of these retain)
-        grads = {k: (t._grad if t.requires_grad and (retain or t.is_leaf) else None) for k, t in values.items()}
+        grads = {k: (t.grad if t.requires_grad and (retain or t.is_leaf) else None) for k, t in values.items()}
         hessian = _hessian(graph, values, total) if order >= 2 else None
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]

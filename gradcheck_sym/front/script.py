@@ -348,6 +348,10 @@ def _findings(tracer: ScriptTracer, names: dict[int, str]) -> list[RunFinding]:
                                   last_line=b.line))
     if tracer.stopped:
         out.append(RunFinding("not-verified", "warning", 0, tracer.stopped, *EXPLANATIONS["not-verified"]))
+    for gap in dict.fromkeys(tracer.unseen_gaps):  # (each said once, with how many times)
+        count = tracer.unseen_gaps.count(gap)
+        out.append(RunFinding("not-verified", "warning", 0, gap + (f" ({count} times)" if count > 1 else ""),
+                              *EXPLANATIONS["not-verified"]))
     return _dedupe(out)
 
 

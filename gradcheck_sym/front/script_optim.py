@@ -63,15 +63,19 @@ _TORCH_STEPS: dict[type, bool] = {}
 
 
 def _torch_step_alone(opt: Any, ours: list[Any]) -> bool:
-    """Whether `opt`'s step is torch.optim's own code and no step hook but ours runs around it (a hook of the
-    script's, before or after the step, is the script's code: it is traced)."""
+    """Whether `opt` is one of torch.optim's own optimizers (not a subclass of the script's: its methods are the
+    script's code), not a differentiable one (its step records autograd history), and no step hook but ours runs
+    around its step (a hook of the script's is the script's code: it is traced)."""
     cls = type(opt)
     own = _TORCH_STEPS.get(cls)
     if own is None:
         step = inspect.unwrap(cls.step)
-        own = _TORCH_STEPS[cls] = _OPTIM_DIR in getattr(getattr(step, "__code__", None), "co_filename", "")
+        own = _TORCH_STEPS[cls] = cls.__module__.startswith("torch.optim.") and \
+            _OPTIM_DIR in getattr(getattr(step, "__code__", None), "co_filename", "")
+    if not own or opt.defaults.get("differentiable"):
+        return False
     ids = {h.id for h in ours}
-    return own and not opt._optimizer_step_pre_hooks and not opt._optimizer_step_post_hooks and \
+    return not opt._optimizer_step_pre_hooks and not opt._optimizer_step_post_hooks and \
         set(optim._global_optimizer_pre_hooks) | set(optim._global_optimizer_post_hooks) <= ids
 
 
@@ -118,27 +122,36 @@ class OptimizerSteps:
         finally:
             for h in handles:
                 h.remove()
-            self._step_seen(raised=True)
+            # (the script ending with the step's exception ran nothing unseen: only its unwinding)
+            self._step_seen(raised=sys.exc_info()[1] is None)
 
-    # torch.optim's own step, with no hook of anyone else's around it, runs with this mode off the thread's mode
-    # stack: its ops never reach us (each cost ~12 us here, a fifth of a small training loop's step).  The post hook
-    # puts the mode back; a step that raised never calls it, and then nothing is seen until the next step begins.
-    _unseen: set[int]  # the threads whose step runs with the mode off
+    # torch.optim's own step, with no hook of anyone else's around it, runs with this mode off the main thread's
+    # mode stack: its ops never reach us (each cost ~12 us in the window's fast path, a fifth of a small training
+    # loop's step).  The post hook puts the mode back where it was; a step that raised never calls it, and then
+    # nothing is seen until the next step begins (said as not verified, not counted).
+    _unseen: list[int]  # while a step runs unseen: the mode's place in the stack
 
     def _step_unseen(self) -> None:
+        if torch.compiler.is_compiling() or threading.current_thread() is not threading.main_thread():
+            return  # (a step in another thread keeps the window: a thread that ends there would keep it off)
         n = torch._C._len_torch_function_stack()
         if n and torch._C._get_function_stack_at(n - 1) is self:
             torch._C._pop_torch_function_stack()
-            self._unseen.add(threading.get_ident())
+            self._unseen.append(n - 1)
 
     def _step_seen(self, raised: bool) -> None:
-        tid = threading.get_ident()
-        if tid in self._unseen:
-            self._unseen.discard(tid)
-            torch._C._push_on_torch_function_stack(self)
-            if raised:
-                self._gave_up("an optimizer step raised an exception; what the script did after it, until the "
-                              "next step or its end, was not seen (backward calls there are not counted)")
+        if not self._unseen or threading.current_thread() is not threading.main_thread():
+            return
+        place = self._unseen.pop()
+        # (a mode the script entered since goes back above ours, as it was entered above it)
+        above = [torch._C._pop_torch_function_stack() for _ in range(max(0, torch._C._len_torch_function_stack()
+                                                                             - place))]
+        torch._C._push_on_torch_function_stack(self)
+        for mode in reversed(above):
+            torch._C._push_on_torch_function_stack(mode)
+        if raised:
+            self.unseen_gaps.append("an optimizer step raised an exception: what the script did after it, until the "
+                                    "next step or its end, was not seen (backward calls there are not counted)")
 
     def _step_ended_here(self) -> None:
         self._step_seen(raised=False)

@@ -121,9 +121,12 @@ def _depth_bound(source: str) -> int:
 
 
 _LONG_INT = re.compile(r"(?<![\w.])[0-9][0-9_]*(?![\w.])")
-# A number token directly followed by a name (a superset: the tokenizer decides); not a digit inside a
-# name (log1p, x0), which made every expression with log1p pay for a full tokenization.
-_NUMBER_THEN_NAME = re.compile(r"(?<!\w)[0-9][0-9._]*(?:[eE][+-]?[0-9_]+)?[^\W\d]")
+# A digit directly followed by a letter (a superset of a number token followed by a name: the tokenizer
+# decides), once the names are taken out: a digit inside a name (log1p, x0) made every expression with log1p pay
+# for a full tokenization.  Both patterns are linear in the text (a name starts where no word character or dot
+# precedes it: the 5x of `a.5x` stays).
+_NAME = re.compile(r"(?<![\w.])[^\W\d]\w*")
+_NUMBER_THEN_NAME = re.compile(r"[0-9]\.?[^\W\d]")  # (1.if too: the number 1. then if)
 
 
 def prescan(text: Text, max_int_digits: int) -> None:
@@ -152,7 +155,7 @@ def prescan(text: Text, max_int_digits: int) -> None:
             pieces += [source[last : m.start()], name]
             last = m.end()
         text.parse_source = "".join(pieces) + source[last:]
-    if _NUMBER_THEN_NAME.search(source) or ("\\" in source and ("'" in source or '"' in source)):
+    if _NUMBER_THEN_NAME.search(_NAME.sub(" ", source)) or ("\\" in source and ("'" in source or '"' in source)):
         _scan_tokens(text)
 
 

@@ -13,6 +13,7 @@ whose earlier gradient was not verified: its total is never vouched for.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -349,7 +350,12 @@ class BackwardVerifier(ReplayDecisions):
         info.grad_fn = type(t.grad_fn).__name__ if t.grad_fn is not None else None
 
     def _bind_grad(self, tr: Any, t: torch.Tensor, before: Any, ct: Traced) -> None:
-        g = t.grad
+        if t.is_leaf or t.retains_grad:
+            g = t.grad
+        else:  # a .grad the script set on a non-leaf: torch warns at a read where there is none, and it is our read
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                g = t.grad
         if g is None:
             return
         handle = ct

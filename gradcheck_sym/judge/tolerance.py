@@ -113,7 +113,7 @@ def noise_factors(
     d = 2 * torch.rand(len(node_ids), 2, trials * n, generator=gen, dtype=torch.float64) - 1
     # PERTURB_ULPS * u, not u: a factor 1 + d with |d| < u mostly rounds back to exactly 1.
     m = torch.tensor([max(PERTURB_ULPS * u, approx.get(k, 0.0)) for k in node_ids], dtype=torch.float64)
-    factors = (1 + m.view(-1, 1, 1) * d).to(dtype)  # one kernel for every node (10,000 nodes: 40,000 before)
+    factors = d.mul_(m.view(-1, 1, 1)).add_(1).to(dtype)  # in place, every node at once (10,000 nodes: 40,000 kernels)
     return dict(zip(node_ids, zip(factors[:, 0].unbind(0), factors[:, 1].unbind(0))))
 
 
