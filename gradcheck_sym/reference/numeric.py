@@ -22,7 +22,7 @@ make exactly 0; no partials into constants or comparisons; cuts as constants in 
 
 from __future__ import annotations
 
-import dataclasses
+import operator
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -30,7 +30,7 @@ import sympy
 
 from ..budget import NO_DEADLINE, Deadline
 from ..ir.graph import Graph
-from .evaluate import TORCH, Backend, CompiledProgram, _compile, _compile_program
+from .evaluate import TORCH, Backend, CompiledProgram, _compile, real_symbol
 from .numeric_rules import COMPARE, Form, Rule, compile_rule, folded_values, forms
 from .symbolic import Derivation, Program
 from .sympy_functions import zmul
@@ -91,17 +91,31 @@ class NumericProgram(Program):
         return f"numeric {self.kind} sweep over {len(self.graph.nodes) if self.graph else 0} nodes"
 
     def compile(self, backend: Backend, extra: dict[str, sympy.Expr], deadline: Deadline | None) -> CompiledProgram:
-        """`extra` compiled for `backend`, after a prelude that runs the sweep into the environment."""
-        compiled = _compile_program(Program(self.inputs, ()), backend, extra, deadline, None)
-        wanted: set[sympy.Basic] = set()
-        for e in extra.values():  # (most are one symbol: the judge's quantities are adjoints)
-            wanted.update((e,) if isinstance(e, sympy.Symbol) else e.free_symbols)
+        """`extra` compiled for `backend`, after a prelude that runs the sweep into the environment.
+
+        Most extras are one symbol of the sweep (the judge's quantities are adjoints): looked up, not compiled.
+        """
+        steps: list[tuple[sympy.Symbol, Callable[[Env], Any]]] = []
+        last: dict[Any, int] = {}
+        consts: dict[sympy.Expr, Any] = {}
+        for name, e in extra.items():
+            if deadline is not None:
+                deadline.check("compiling the reference")
+            reads = (e,) if isinstance(e, sympy.Symbol) else e.free_symbols
+            for sym in reads:
+                last[sym] = len(steps)  # (dropped after its last use, as compile_program's temporaries)
+            steps.append((real_symbol(f"extra[{name}]"),
+                          operator.itemgetter(e) if isinstance(e, sympy.Symbol) else _compile(e, backend, consts)))
+        frees: list[list[Any]] = [[] for _ in steps]
+        for sym, i in last.items():
+            frees[i].append(sym)
+        wanted = set(last)
         sweeper = _Sweeper(self, backend)
 
         def prelude(env: Env, everything: bool, dl: Deadline | None) -> None:
             sweeper.run(env, None if everything else wanted, dl or NO_DEADLINE)
 
-        return dataclasses.replace(compiled, prelude=prelude, work=self.size())
+        return CompiledProgram(backend, steps, frees, prelude=prelude, work=self.size())
 
 
 class _Sweeper:
@@ -261,8 +275,8 @@ def derive_numeric(graph: Graph, *, outputs: tuple[int, ...] | None = None,
     program = NumericProgram(inputs, (), graph, tuple(outputs), "adjoint", names, memo)
 
     def magnitudes() -> tuple[Program, tuple[dict[int, sympy.Expr], ...]]:
-        mag = {f"m{'' if i == 0 else i}": {k: sympy.Symbol(f"m{'' if i == 0 else i}[{k}]") for k in adjointed}
-               for i in range(len(outputs))}
+        # (keys of the environment, never compiled into an expression: no sympy symbol, which costs ~15 us to make)
+        mag = {f"m{'' if i == 0 else i}": {k: ("m", i, k) for k in adjointed} for i in range(len(outputs))}
         # the sweeper reads a row's output from the tag's digits; "m" rows sweep like full adjoints
         prog = NumericProgram(inputs, (), graph, tuple(outputs), "magnitude", {"v": names["v"], **mag}, memo)
         return prog, tuple(dict(m) for m in mag.values())
