@@ -79,6 +79,23 @@ def _torch_step_alone(opt: Any, ours: list[Any]) -> bool:
         set(optim._global_optimizer_pre_hooks) | set(optim._global_optimizer_post_hooks) <= ids
 
 
+class _StepEnd(dict):
+    """A step's keyword arguments, the same for the step (a dict with the same items): torch.optim's step wrapper
+    holds them until it returns, or, after an exception, until the exception is let go (at once when it is not
+    caught, at the end of the script's except block when it is).  Then the mode goes back, if the post hook did not
+    put it back already: a step that raised never calls that hook."""
+
+    def __init__(self, tracer: Any, kwargs: dict) -> None:
+        super().__init__(kwargs)
+        self.tracer = tracer
+
+    def __del__(self) -> None:
+        try:
+            self.tracer._step_seen(raised=True)  # (a no-op once the post hook ran)
+        except Exception:  # noqa: BLE001 - run wherever the last reference goes: nothing to raise into
+            pass
+
+
 def _has_tensor(args: tuple, kwargs: dict) -> bool:
     return any(isinstance(x, torch.Tensor) for x in leaves((args, kwargs)))
 
@@ -103,17 +120,18 @@ class OptimizerSteps:
         window at once — what changed so far becomes new values — and the rest of the step is followed op by
         op, as everything was before.
         """
-        def pre(opt: Any, args: tuple, kwargs: dict) -> None:
+        def pre(opt: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
             self._step_seen(raised=True)  # (only if the last step left the mode off and never ended)
             self.step_ended()  # one that raised before its end: what it changed is still a new value
             if len(args) > 1 or kwargs.get("closure") is not None or self.stopped:
-                return
+                return None
             with torch._C.DisableTorchFunction():  # our own reads: not the script's ops
                 self._steps[threading.get_ident()] = {
                     id(p): (p, p._version) for group in opt.param_groups for p in group["params"]
                     if isinstance(p, torch.Tensor) and id(p) in self.recs}
-            if _torch_step_alone(opt, handles):
-                self._step_unseen()
+            if _torch_step_alone(opt, handles) and self._step_unseen():
+                return args, _StepEnd(self, kwargs)  # (the same arguments; see _StepEnd)
+            return None
 
         handles = [optim.register_optimizer_step_pre_hook(pre),
                    optim.register_optimizer_step_post_hook(lambda opt, args, kwargs: self._step_ended_here())]
@@ -127,17 +145,21 @@ class OptimizerSteps:
 
     # torch.optim's own step, with no hook of anyone else's around it, runs with this mode off the main thread's
     # mode stack: its ops never reach us (each cost ~12 us in the window's fast path, a fifth of a small training
-    # loop's step).  The post hook puts the mode back where it was; a step that raised never calls it, and then
-    # nothing is seen until the next step begins (said as not verified, not counted).
+    # loop's step).  The post hook puts the mode back where it was.  A step that raises never calls it: then the
+    # mode goes back when the step's wrapper lets go of its kwargs (`_StepEnd`: at once when the exception is not
+    # caught, at the end of the script's except block when it is, where what ran is said as not seen); failing that,
+    # the next step puts it back and says so.
     _unseen: list[int]  # while a step runs unseen: the mode's place in the stack
 
-    def _step_unseen(self) -> None:
+    def _step_unseen(self) -> bool:
         if torch.compiler.is_compiling() or threading.current_thread() is not threading.main_thread():
-            return  # (a step in another thread keeps the window: a thread that ends there would keep it off)
+            return False  # (a step in another thread keeps the window: a thread that ends there would keep it off)
         n = torch._C._len_torch_function_stack()
         if n and torch._C._get_function_stack_at(n - 1) is self:
             torch._C._pop_torch_function_stack()
             self._unseen.append(n - 1)
+            return True
+        return False
 
     def _step_seen(self, raised: bool) -> None:
         if not self._unseen or threading.current_thread() is not threading.main_thread():
@@ -150,8 +172,8 @@ class OptimizerSteps:
         for mode in reversed(above):
             torch._C._push_on_torch_function_stack(mode)
         if raised:
-            self.unseen_gaps.append("an optimizer step raised an exception: what the script did after it, until the "
-                                    "next step or its end, was not seen (backward calls there are not counted)")
+            self.unseen_gaps.append("an optimizer step raised an exception: what the script did while handling it "
+                                    "was not seen (backward calls there are not counted)")
 
     def _step_ended_here(self) -> None:
         self._step_seen(raised=False)
