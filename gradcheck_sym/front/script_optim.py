@@ -85,13 +85,13 @@ class _StepEnd(dict):
     caught, at the end of the script's except block when it is).  Then the mode goes back, if the post hook did not
     put it back already: a step that raised never calls that hook."""
 
-    def __init__(self, tracer: Any, kwargs: dict) -> None:
+    def __init__(self, tracer: Any, kwargs: dict, step: tuple[int, object]) -> None:
         super().__init__(kwargs)
-        self.tracer = tracer
+        self.tracer, self.step = tracer, step
 
     def __del__(self) -> None:
         try:
-            self.tracer._step_seen(raised=True)  # (a no-op once the post hook ran)
+            self.tracer._step_seen(raised=True, step=self.step)  # (a no-op once the post hook ran)
         except Exception:  # noqa: BLE001 - run wherever the last reference goes: nothing to raise into
             pass
 
@@ -130,7 +130,7 @@ class OptimizerSteps:
                     id(p): (p, p._version) for group in opt.param_groups for p in group["params"]
                     if isinstance(p, torch.Tensor) and id(p) in self.recs}
             if _torch_step_alone(opt, handles) and self._step_unseen():
-                return args, _StepEnd(self, kwargs)  # (the same arguments; see _StepEnd)
+                return args, _StepEnd(self, kwargs, self._unseen[-1])  # (the same arguments; see _StepEnd)
             return None
 
         handles = [optim.register_optimizer_step_pre_hook(pre),
@@ -149,7 +149,7 @@ class OptimizerSteps:
     # mode goes back when the step's wrapper lets go of its kwargs (`_StepEnd`: at once when the exception is not
     # caught, at the end of the script's except block when it is, where what ran is said as not seen); failing that,
     # the next step puts it back and says so.
-    _unseen: list[int]  # while a step runs unseen: the mode's place in the stack
+    _unseen: list[tuple[int, object]]  # while a step runs unseen: the mode's place in the stack, and the step's token
 
     def _step_unseen(self) -> bool:
         if torch.compiler.is_compiling() or threading.current_thread() is not threading.main_thread():
@@ -157,14 +157,16 @@ class OptimizerSteps:
         n = torch._C._len_torch_function_stack()
         if n and torch._C._get_function_stack_at(n - 1) is self:
             torch._C._pop_torch_function_stack()
-            self._unseen.append(n - 1)
+            self._unseen.append((n - 1, object()))
             return True
         return False
 
-    def _step_seen(self, raised: bool) -> None:
-        if not self._unseen or threading.current_thread() is not threading.main_thread():
-            return
-        place = self._unseen.pop()
+    def _step_seen(self, raised: bool, step: tuple[int, object] | None = None) -> None:
+        """The mode back where it was (`step`: only if that step is the one running unseen)."""
+        if not self._unseen or threading.current_thread() is not threading.main_thread() or \
+                (step is not None and self._unseen[-1] is not step):
+            return  # (an old step's kwargs let go later, by the garbage collector inside another step: not ours)
+        place, _ = self._unseen.pop()
         # (a mode the script entered since goes back above ours, as it was entered above it)
         above = [torch._C._pop_torch_function_stack() for _ in range(max(0, torch._C._len_torch_function_stack()
                                                                              - place))]

@@ -66,7 +66,7 @@ class ScriptTracer(OptimizerSteps, ScriptMemory, Tracer):
         self._prunes = 0
         self._item_seen: dict[float, tuple[Any, int]] = {}  # a float that left by .item() -> (its handle, the
         # prune that first saw it)
-        self._unseen: list[int] = []  # see OptimizerSteps
+        self._unseen: list[tuple[int, object]] = []  # see OptimizerSteps
         self.unseen_gaps: list[str] = []  # what was not seen: said in the report as not verified
         self._steps: dict[int, dict[int, tuple[torch.Tensor, int]]] = {}  # thread -> inside its optimizer
         # step: the traced parameters' versions as the step found them (see optimizer_hooks)
