@@ -259,8 +259,9 @@ def test_the_detailed_test_on_the_numeric_path_is_the_symbolic_path_s(text, monk
 # 0 * 0**-1; hypot(x, 0) is |x| (no overflow); 1 > 2 and x > x decide their where; pi is not a number sympy sums
 @pytest.mark.parametrize("text, at", [
     ("x**0", {"x": [0.0, 0.5]}), ("pow(x, 0.0)", {"x": [0.0]}), ("(x*y)**0", {"x": [0.0], "y": [0.0]}),
-    ("relu(x)**0", {"x": [0.0]}), ("sqrt(x**0 - 1)", {"x": [0.5, 2.0]}), ("sqrt(clamp(x, 1, -1) + 1)", {"x": [0.5, 2.0]}),
-    ("hypot(x, 0)", {"x": [1e200]}), ("atan2(x, 0)", {"x": [0.0]}), ("atan2(0, x)", {"x": [0.0]}), ("0/x", {"x": [0.0]}),
+    ("relu(x)**0", {"x": [0.0]}), ("sqrt(x**0 - 1)", {"x": [0.5, 2.0]}),
+    ("sqrt(clamp(x, 1, -1) + 1)", {"x": [0.5, 2.0]}), ("hypot(x, 0)", {"x": [1e200]}),
+    ("atan2(x, 0)", {"x": [0.0]}), ("atan2(0, x)", {"x": [0.0]}), ("0/x", {"x": [0.0]}),
     ("0**x", {"x": [0.0]}), ("x/0", {"x": [0.5]}), ("sqrt(where(1 > 2, x, 0))", {"x": [0.5, -2.0]}),
     ("where(1 < 2, sqrt(x), 0)*y", {"x": [0.0], "y": [0.0]}), ("where(x > x, sqrt(x), x)", {"x": [0.0, -1.0]}),
     ("where(x >= x, x, sqrt(x))", {"x": [0.0, -1.0]}), ("sqrt(x)*pi - pi*sqrt(x)", {"x": [0.0]}),

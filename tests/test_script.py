@@ -554,7 +554,8 @@ def test_a_torch_step_that_raises_with_the_mode_off_is_said_and_the_script_runs_
     plain = subprocess.run([sys.executable, path], capture_output=True, text=True)
     capfd.readouterr()
     report = gs.run_script(path)
-    assert (report.exit_code, capfd.readouterr().out) == (plain.returncode, plain.stdout) == (0, "step failed\n0.25063\n")
+    out = capfd.readouterr().out
+    assert (report.exit_code, out) == (plain.returncode, plain.stdout) == (0, "step failed\n0.25063\n")
     (b,) = report.backwards
     assert (b.calls, b.verified) == (4, 4)  # (the mode back when the except block let the exception go)
     assert [f.message for f in report.findings if f.kind == "not-verified"] == [

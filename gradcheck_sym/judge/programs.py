@@ -148,7 +148,8 @@ class References:
         numeric = isinstance(program, NumericProgram)  # its sweep writes every magnitude: no extras to compile
         if self._mag is None:
             extra = {} if numeric else {f"m{row}:{k}": e for row, m in enumerate(mags) for k, e in m.items()}
-            self._mag = _compile(program, TORCH, extra, self.deadline, base=self.compiled)  # (the forward's steps shared)
+            # (the forward's steps shared with the reference's)
+            self._mag = _compile(program, TORCH, extra, self.deadline, base=self.compiled)
         if self._mag_env_key != key:
             self._mag_env = self._mag.run({_sym(name): t[idx] for name, t in x64.items()}, deadline=self.deadline)
             self._mag_env_key = key

@@ -32,8 +32,8 @@ from ..budget import Deadline
 from .symbolic import Program
 from .sympy_functions import ceiling, floor, lgamma, mod, sign, zmul
 
-__all__ = ["Backend", "TORCH", "compile_program", "real_symbol", "CompiledProgram", "UnevaluableError", "special_number",
-           "register_function", "EXTRA_FUNCS", "MP_LOCK"]
+__all__ = ["Backend", "TORCH", "compile_program", "real_symbol", "CompiledProgram", "UnevaluableError",
+           "special_number", "register_function", "EXTRA_FUNCS", "MP_LOCK"]
 
 Env = dict[sympy.Symbol, Any]
 Fn = Callable[[Env], Any]

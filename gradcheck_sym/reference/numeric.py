@@ -22,6 +22,7 @@ make exactly 0; no partials into constants or comparisons; cuts as constants in 
 
 from __future__ import annotations
 
+import functools
 import operator
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -64,13 +65,15 @@ class NumericProgram(Program):
     """A derivation's program run as a numeric sweep (see the module docstring).
 
     `kind` is "adjoint" (values, adjoints and cut adjoints of every output row) or "magnitude"
-    (values and the magnitude sweeps).
+    (values and the magnitude sweeps).  `names` says what the sweep writes into the environment: for
+    ("v", 0) the nodes' values, for ("a", row), ("c", row) and ("m", row) the adjoints, the cut adjoints
+    and the magnitudes of output `row`, each node's under its own key.
     """
 
     graph: Graph | None = None
     outputs: tuple[int, ...] = ()
     kind: str = "adjoint"
-    names: dict[str, dict[int, sympy.Symbol]] = field(default_factory=dict)  # row tag -> node -> symbol
+    names: dict[tuple[str, int], dict[int, Any]] = field(default_factory=dict)  # (what, row) -> node -> key
     memo: dict[str, Any] = field(default_factory=dict, repr=False)  # what every backend's sweeper shares
 
     def prepared(self) -> list[Form | None]:
@@ -136,13 +139,14 @@ class _Sweeper:
             rule, static = None, ()
             if form is not None and form.key == ("const",):
                 if node.id not in known:  # derive's folded value, or an opaque constant's own
-                    known[node.id] = (backend.const(const_expr(node.value)) if form.folded is None else  # type: ignore[arg-type]
-                                      _compile(form.folded, backend, consts)({}))
+                    known[node.id] = (_compile(form.folded, backend, consts)({}) if form.folded is not None else
+                                      backend.const(const_expr(node.value)))  # type: ignore[arg-type]
             elif form is not None:
                 rule, static = compile_rule(form, backend, consts, rules), form.static
             self.rules.append(rule)
             self.static.append(static)
         self.zmul = backend.funcs.get(zmul)
+        self.variables = {n.id: real_symbol(n.name or "") for n in g.nodes if n.op == "var"}
 
     def run(self, env: Env, wanted: set[sympy.Symbol] | None, deadline: Deadline) -> None:
         g, backend = self.g, self.backend
@@ -151,20 +155,21 @@ class _Sweeper:
             deadline.check("evaluating the reference")
             k = node.id
             if node.op == "var":
-                vals[k] = env[sympy.Symbol(node.name or "", real=True)]
+                vals[k] = env[self.variables[k]]
             elif k in self.consts:
                 vals[k] = self.consts[k]
             else:
                 vals[k] = self.rules[k].value([vals[a] for a in node.args])  # type: ignore[union-attr]
-        for k, sym in self.p.names.get("v", {}).items():
-            if wanted is None or sym in wanted:
-                env[sym] = vals[k]
-        for tag, names in self.p.names.items():
-            if tag == "v" or (wanted is not None and not any(s in wanted for s in names.values())):
+        zero = backend.const(sympy.S.Zero)
+        for (what, row), names in self.p.names.items():
+            if wanted is not None and not any(s in wanted for s in names.values()):
                 continue
-            out = self.p.outputs[int(tag[1:] or 0)]
-            adj = self._sweep(vals, out, tag[0] == "c", deadline)
-            zero = backend.const(sympy.S.Zero)
+            if what == "v":
+                for k, sym in names.items():
+                    if wanted is None or sym in wanted:
+                        env[sym] = vals[k]
+                continue
+            adj = self._sweep(vals, self.p.outputs[row], what == "c", deadline)  # ("m": a magnitude program's rules)
             for k, sym in names.items():
                 if wanted is None or sym in wanted:
                     a = adj[k]
@@ -253,48 +258,37 @@ def derive_numeric(graph: Graph, *, outputs: tuple[int, ...] | None = None,
     inputs = tuple(sympy.Symbol(v, real=True) for v in graph.variables)
     dep = graph.depends_on_vars
     values: dict[int, sympy.Expr] = {}
-    names: dict[str, dict[int, sympy.Symbol]] = {"v": {}}
+    own: dict[int, Any] = {}
+    names: dict[tuple[str, int], dict[int, Any]] = {("v", 0): own}
     for node in graph.nodes:
         if node.op == "var":
             values[node.id] = sympy.Symbol(node.name or "", real=True)
         elif node.op in COMPARE:
-            values[node.id] = names["v"][node.id] = sympy.Symbol(f"b[{node.id}]")
+            values[node.id] = own[node.id] = sympy.Symbol(f"b[{node.id}]")
         else:
-            values[node.id] = names["v"][node.id] = sympy.Symbol(f"v[{node.id}]")
+            values[node.id] = own[node.id] = sympy.Symbol(f"v[{node.id}]")
     deadline.check("deriving the gradients")
     adjointed = [n.id for n in graph.nodes if dep[n.id] and n.op not in COMPARE]
     rows: list[tuple[dict[int, sympy.Expr], dict[int, sympy.Expr] | None]] = []
     for i in range(len(outputs)):
         tag = "" if i == 0 else str(i)
-        full_names = names[f"a{tag}"] = {k: sympy.Symbol(f"a{tag}[{k}]") for k in adjointed}
+        full_names = names[("a", i)] = {k: sympy.Symbol(f"a{tag}[{k}]") for k in adjointed}
         cut_names = None
         if graph.has_cuts:
-            cut_names = names[f"c{tag}"] = {k: sympy.Symbol(f"c{tag}[{k}]") for k in adjointed}
+            cut_names = names[("c", i)] = {k: sympy.Symbol(f"c{tag}[{k}]") for k in adjointed}
         rows.append((dict(full_names), dict(cut_names) if cut_names is not None else None))
     memo: dict[str, Any] = {}
     program = NumericProgram(inputs, (), graph, tuple(outputs), "adjoint", names, memo)
 
-    def magnitudes() -> tuple[Program, tuple[dict[int, sympy.Expr], ...]]:
+    @functools.cache
+    def magnitudes() -> tuple[Program, tuple[dict[int, Any], ...]]:
         # (keys of the environment, never compiled into an expression: no sympy symbol, which costs ~15 us to make)
-        mag = {f"m{'' if i == 0 else i}": {k: ("m", i, k) for k in adjointed} for i in range(len(outputs))}
-        # the sweeper reads a row's output from the tag's digits; "m" rows sweep like full adjoints
-        prog = NumericProgram(inputs, (), graph, tuple(outputs), "magnitude", {"v": names["v"], **mag}, memo)
+        mag = {("m", i): {k: ("m", i, k) for k in adjointed} for i in range(len(outputs))}
+        prog = NumericProgram(inputs, (), graph, tuple(outputs), "magnitude", {("v", 0): own, **mag}, memo)
         return prog, tuple(dict(m) for m in mag.values())
 
     method = (f"reverse sweep over the graph ({len(graph.nodes)} nodes), computed with numbers: each op kind's "
               f"derivatives derived once (graphs from {NUMERIC_MIN_NODES:,} nodes); no second opinion and no "
               "formulas (sympy.diff of the whole expression is used up to 60 nodes)")
     (adjoints, cut_adjoints), extra_rows = rows[0], tuple(rows[1:])
-    return Derivation(program, values, adjoints, cut_adjoints, None, None, method, extra_rows,
-                      _cached(magnitudes), None, ())
-
-
-def _cached(fn: Callable[[], Any]) -> Callable[[], Any]:
-    memo: list[Any] = []
-
-    def once() -> Any:
-        if not memo:
-            memo.append(fn())
-        return memo[0]
-
-    return once
+    return Derivation(program, values, adjoints, cut_adjoints, None, None, method, extra_rows, magnitudes, None, ())

@@ -133,7 +133,8 @@ def _decided(graph: Graph, node: Any) -> bool | None:
     """A comparison sympy decides for every real value (``x > x``, ``1 > 2``): its truth; else None."""
     a, b = node.args
     pa = const_expr(graph.nodes[a].value) if _constant(graph, a) else _P[0]  # type: ignore[arg-type]
-    pb = const_expr(graph.nodes[b].value) if _constant(graph, b) else (pa if b == a else _P[1])  # type: ignore[arg-type]
+    pb = (const_expr(graph.nodes[b].value) if _constant(graph, b)  # type: ignore[arg-type]
+          else pa if b == a else _P[1])
     rel = OPS[node.op].sympy(S, pa, pb)
     return bool(rel) if rel in (sympy.true, sympy.false) else None
 
@@ -206,19 +207,13 @@ def compile_rule(form: Form, backend: Backend, consts: dict[sympy.Expr, Any], ru
     """`form` compiled for `backend`, once per `form.key` in `rules` (float64's are shared by every check)."""
     rule = rules.get(form.key)
     if rule is None:
-        if backend is TORCH:
-            rule = _TORCH_RULES.get(form.key)
-            if rule is None:
-                rule = _TORCH_RULES[form.key] = _compile_form(form, TORCH, {})
-                while len(_TORCH_RULES) > 8192:
-                    _TORCH_RULES.pop(next(iter(_TORCH_RULES)))
-        else:
-            rule = _compile_form(form, backend, consts)
-        rules[form.key] = rule
+        rule = rules[form.key] = _torch_rule(form) if backend is TORCH else _compile_form(form, backend, consts)
     return rule
 
 
-_TORCH_RULES: dict[Any, Rule] = {}  # (a form's key says all its rule is: the static partials are not in it)
+@functools.lru_cache(maxsize=8192)
+def _torch_rule(form: Form) -> Rule:
+    return _compile_form(form, TORCH, {})  # (asked once per key and sweeper: a Form hashed that rarely is cheap)
 
 
 def _compile_form(form: Form, backend: Backend, consts: dict[sympy.Expr, Any]) -> Rule:
