@@ -98,7 +98,9 @@ class ScriptTracer(OptimizerSteps, ScriptMemory, Tracer):
             self.infos[id(t)] = info
             self.all_infos.add(info)
         info.version = version
-        info.value = t.detach().to(F64).clone()
+        value = handle.value  # the leaf's float64 copy (never written in place), or an alias of a float64 leaf
+        own = value.layout == torch.strided == t.layout and value.data_ptr() != t.data_ptr()
+        info.value = value if own else value.clone()
         info.leaf_vars.append(handle.var.id)
         return handle
 
@@ -154,10 +156,11 @@ class ScriptTracer(OptimizerSteps, ScriptMemory, Tracer):
                 # made inside a custom Function's forward (x.detach().requires_grad_() under enable_grad there): the
                 # Function's own leaf, which no backward of the script fills (the Function's backward answers for it)
                 info.internal = in_custom_forward()
-            for a in sorted(anc)[:32]:
-                if len(self.edges) < 20_000:
-                    self.edges.add((a, info.serial, cut))
-                    self.all_infos.linked.update((a, info.serial))
+            if anc and len(self.edges) < 20_000:  # (a long loop fills the graph's edges early)
+                for a in sorted(anc)[:32]:
+                    if len(self.edges) < 20_000:
+                        self.edges.add((a, info.serial, cut))
+                        self.all_infos.linked.update((a, info.serial))
             if rec is not None:
                 rec.anc = frozenset({info.serial})
             info.grad_fn = type(t.grad_fn).__name__ if t.grad_fn is not None else None

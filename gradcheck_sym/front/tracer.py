@@ -73,7 +73,7 @@ _CALL_MARK = "__gradcheck_sym_call__"  # (see Tracer._call_number)
 def _off_cpu(args: tuple, kwargs: dict) -> str:
     """The device of the first tensor argument that is not on the CPU ("" when all are)."""
     for x in _walk((args, kwargs)):
-        if isinstance(x, torch.Tensor) and x.device.type not in ("cpu", "meta"):
+        if isinstance(x, torch.Tensor) and not x.is_cpu and x.device.type != "meta":
             return str(x.device)
     return ""
 

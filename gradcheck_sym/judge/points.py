@@ -2,14 +2,17 @@
 
 Samples are drawn per variable from its own torch generator, seeded through
 `numpy.random.SeedSequence(seed).spawn`, so the points do not depend on how the batch is
-split into chunks (a generator's stream is sequential).
+split into chunks (a generator's stream is sequential).  Large chunks draw the variables in two threads (each
+stream its own generator: the same points whatever the threads' order), into their place in the chunk.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+import os
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -50,23 +53,46 @@ class PointSet:
                        for i, name in enumerate(self.names) if name in self.boxes}
         for start in range(0, self.n, size):
             m = min(size, self.n - start)
-            chunk = {}
             lead = 1 if self.first is not None and start == 0 else 0
+            boxed = [name for name in self.names if name in self.boxes]
+            first = self.first if lead and self.first is not None else {}
+            # (allocated here, filled in place: memory a worker thread allocates comes from its own arena, fresh
+            # pages that cost more to fault in than the drawing saved)
+            drawn = {name: torch.empty(m, dtype=torch.float64) for name in boxed}
+            jobs = [(drawn[name], streams[name], lead, self.boxes[name], first.get(name, 0.0)) for name in boxed]
+            if m >= PARALLEL_DRAW and len(jobs) > 1 and (os.cpu_count() or 1) > 1:
+                # a generator fills its tensor without the GIL: two streams at a time
+                with ThreadPoolExecutor(max_workers=2, thread_name_prefix="gradcheck-sym-draw") as pool:
+                    list(pool.map(lambda job: _draw(*job), jobs))
+            else:
+                for job in jobs:
+                    _draw(*job)
+            chunk = {}
             for name in self.names:
-                if name in self.boxes:
-                    lo, hi = self.boxes[name]
-                    drawn = torch.rand(m - lead, generator=streams[name], dtype=torch.float64)
-                    if math.isinf(hi - lo):  # a box wider than the largest float: lo (1 - r) + hi r
-                        drawn = lo * (1 - drawn) + hi * drawn
-                    else:
-                        drawn = drawn.mul_(hi - lo).add_(lo)
-                    if lead:
-                        drawn = torch.cat([torch.tensor([self.first[name]], dtype=torch.float64), drawn])  # type: ignore[index]
-                    chunk[name] = drawn
+                if name in drawn:
+                    chunk[name] = drawn[name]
                 else:
                     values = torch.from_numpy(self.fixed[name])
                     chunk[name] = values.expand(m) if values.numel() == 1 else values[start : start + m]
             yield start, chunk
+
+
+# From this many points per chunk, the sampled variables are drawn in two threads.
+PARALLEL_DRAW = 1 << 16
+
+
+def _draw(out: torch.Tensor, stream: torch.Generator, lead: int, box: tuple[float, float], first: float) -> None:
+    """`out` filled with points uniform in `box` from `stream`, after `first` when `lead` (in place: no copy to
+    prepend it)."""
+    body = out[lead:]
+    torch.rand(len(body), generator=stream, dtype=torch.float64, out=body)
+    lo, hi = box
+    if math.isinf(hi - lo):  # a box wider than the largest float: lo (1 - r) + hi r
+        body.copy_(lo * (1 - body) + hi * body)
+    else:
+        body.mul_(hi - lo).add_(lo)
+    if lead:
+        out[0] = first
 
 
 def _number(value: Any, what: str) -> float:

@@ -103,9 +103,13 @@ def _ew_impl(*args: Any, fn: EwFn) -> Any:
     out = fn.torch(*targs)
     if not is_tensor(out):
         out = torch.tensor(float(out), dtype=F64)
-    shape = _bshape(targs)
-    if out.shape != shape:
-        out = out.expand(shape)
+    oshape = out.shape
+    for a in targs:  # every argument 0-d or of the result's shape: the result is broadcast already
+        if a.shape and a.shape != oshape:
+            shape = _bshape(targs)
+            if oshape != shape:
+                out = out.expand(shape)
+            break
     if out.dtype != F64 and out.dtype != torch.bool and out.dtype != _WORKING.dtype:
         out = out.to(F64)
     return out
