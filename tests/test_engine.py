@@ -12,8 +12,8 @@ from gradcheck_sym.ir.program import Program
 from gradcheck_sym.ops import prims as P
 from gradcheck_sym.ops.core import interpreting
 from gradcheck_sym.ops.ew import ADD, MUL
-from gradcheck_sym.reference.interpret import (ObjectEager, Recorder, Traced, error_bounds, evaluate, evaluate_rounded,
-                                               record_sweep, rounded_sweep, sweep)
+from gradcheck_sym.reference.interpret import ObjectEager, Recorder, Traced, error_bounds, evaluate, record_sweep, sweep
+from gradcheck_sym.reference.rounded import evaluate_rounded, rounded_sweep
 
 from .oracle import assert_matches_oracle, traced
 

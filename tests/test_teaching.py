@@ -497,7 +497,7 @@ def test_an_error_of_ours_while_the_copy_runs_is_ours_even_where_sigchld_is_igno
     import signal
     import time
 
-    from gradcheck_sym.judge.replay import _isolated, child_pids
+    from gradcheck_sym.judge.isolated import _isolated, child_pids
 
     def meanwhile():
         time.sleep(0.3)  # (the copy has ended and, with SIGCHLD ignored, been reaped by the system)

@@ -28,9 +28,10 @@ from typing import Any, Collection, Sequence
 from ..budget import NO_DEADLINE, Deadline
 from ..errors import InputError, LimitError, ParseError, UnknownFunctionError, unusual_letters
 from ..ir.graph import Graph, Node
-from ..ops import BINOPS, COMPARISONS, CONSTANTS, FUNCTIONS, suggest
+from ..ops import COMPARISONS, CONSTANTS, FUNCTIONS, suggest
 from .sympy_names import RENAMED, rewrite_sympy_names
 from .text import Text, prescan, syntax_tree
+from .whitelist import _BAD_BINOPS, _BINOP_NAMES, _CMP_NAMES, _REJECTED, _UNARY_NAMES, _example_call
 
 __all__ = ["Limits", "parse"]
 
@@ -62,42 +63,6 @@ class Limits:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputError(f"Limits({name}={value!r}): a limit must be a positive integer",
                                  f"--{name.replace('_', '-')} on the command line takes the same")
-
-
-_BINOP_NAMES = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul", ast.Div: "div", ast.Pow: "pow", ast.Mod: "mod"}
-_UNARY_NAMES = {ast.USub: "neg", ast.UAdd: "pos"}
-_CMP_NAMES = {ast.Gt: "gt", ast.GtE: "ge", ast.Lt: "lt", ast.LtE: "le", ast.Eq: "eq", ast.NotEq: "ne"}
-_BAD_BINOPS = {
-    ast.FloorDiv: ("'//'", "use floor(a / b)"),
-    ast.MatMult: ("'@'", "expressions are scalar; use * for products"),
-    ast.BitAnd: ("'&'", "use where(...) with one comparison"),
-    ast.BitOr: ("'|'", "use where(...) with one comparison"),
-    ast.BitXor: ("'^'", "write powers as a ** b"),
-    ast.LShift: ("'<<'", "write a * 2**n"),
-    ast.RShift: ("'>>'", "write a / 2**n"),
-}
-# Why each kind of syntax is refused, and what to write instead.
-_REJECTED: dict[type, tuple[str, str]] = {
-    ast.Attribute: ("attribute access is not allowed", "call functions by name, e.g. sin(x) rather than torch.sin(x)"),
-    ast.Subscript: ("subscripts are not allowed", "each variable is a scalar; give separate names such as x0, x1"),
-    ast.Lambda: ("lambda is not allowed", "write the expression itself"),
-    ast.ListComp: ("comprehensions are not allowed", "write the expression out, e.g. x1 + x2 + x3"),
-    ast.SetComp: ("comprehensions are not allowed", "write the expression out, e.g. x1 + x2 + x3"),
-    ast.DictComp: ("comprehensions are not allowed", "write the expression out, e.g. x1 + x2 + x3"),
-    ast.GeneratorExp: ("comprehensions are not allowed", "write the expression out, e.g. x1 + x2 + x3"),
-    ast.IfExp: ("conditional expressions are not supported", "use where(condition, a, b)"),
-    ast.BoolOp: ("'and' / 'or' are not supported", "use where(...) with one comparison"),
-    ast.Tuple: ("tuples are not allowed", "give one scalar expression"),
-    ast.List: ("lists are not allowed", "give one scalar expression"),
-    ast.Set: ("sets are not allowed", "give one scalar expression"),
-    ast.Dict: ("dicts are not allowed", "give one scalar expression"),
-    ast.NamedExpr: ("assignment expressions are not allowed", "give one expression"),
-    ast.JoinedStr: ("strings are not allowed", "give a numeric expression"),
-    ast.Starred: ("starred arguments are not allowed", "pass arguments one by one"),
-    ast.Await: ("'await' is not allowed", "give a numeric expression"),
-    ast.Yield: ("'yield' is not allowed", "give a numeric expression"),
-    ast.YieldFrom: ("'yield' is not allowed", "give a numeric expression"),
-}
 
 
 def parse(
@@ -447,15 +412,3 @@ class _Builder:
                 "max_int_digits", int(min(digits, 10**18)), self.limits.max_int_digits,
                 hint="write the number as a float (e.g. 1e300) or raise Limits(max_int_digits=...)",
             )
-
-
-def _example_call(name: str) -> str:
-    op = FUNCTIONS.get(name)
-    if op is None:
-        return "sin(x)"
-    names = ["x", "y", "z"] if name != "where" else ["x > 0", "a", "b"]
-    if name == "clamp":
-        names = ["x", "0", "1"]
-    if name in BINOPS:
-        return f"{name}(x, y)"
-    return f"{name}(" + ", ".join(names[: op.arity[1] if op.arity[0] > 1 else op.arity[0]]) + ")"

@@ -22,7 +22,8 @@ failures never reach the user's code: they become notes and opaque values.
 
 The bookkeeping lives beside this module: `tracer_sites` (where in the user's source),
 `tracer_calls` (naming a call), `tracer_storage` (records per tensor, shared storage) and
-`tracer_handles` (handles for the rules, cuts through values); `Tracer` composes them.
+`tracer_handles` (handles for the rules, cuts through values) and `tracer_values` (the rules' values checked
+against torch's); `Tracer` composes them.
 """
 
 from __future__ import annotations
@@ -42,14 +43,13 @@ from ..ir.program import Program, Site, Var
 from ..ops import prims as P
 from ..ops.core import interpreting
 from ..ops.ew import IDENT
-from ..ops.quick import all_true
 from ..ops.torch import RULES, Refused, bind_args
-from ..reference.interpret import UNIT_ROUNDOFF, Recorder, Traced, own_bytes
-from .tracer_calls import (_CASTS, _PASS, _PROPERTY_TENSORS, _QUIET, _RANDOM, _dtype_name, _name, _normalise, _tensors,
-                           _walk, foreign_types)
+from ..reference.interpret import Recorder, Traced, own_bytes
+from .tracer_calls import _PASS, _PROPERTY_TENSORS, _QUIET, _RANDOM, _name, _normalise, _tensors, _walk, foreign_types
 from .tracer_handles import Handles, _any_traced, _flat_handles
 from .tracer_sites import CallAs, Cut, Note, _custom_forward, _user_line, dispatching_frame, hidden_frame, internal_file
 from .tracer_storage import _Rec
+from .tracer_values import ValueChecks
 
 # Cut, Note and the frame helpers are defined beside this module and stay importable from here.
 
@@ -64,9 +64,6 @@ class _Region:
     on: bool = True
 
 
-_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_EPS = {d: torch.finfo(d).eps for d in _FLOATS}
-_DTYPE_NAMES = {d: str(d).replace("torch.", "") for d in _FLOATS}
 _CALL_MARK = "__gradcheck_sym_call__"  # (see Tracer._call_number)
 
 
@@ -78,23 +75,7 @@ def _off_cpu(args: tuple, kwargs: dict) -> str:
     return ""
 
 
-def _eps(dtype: torch.dtype) -> float:
-    e = _EPS.get(dtype)
-    return e if e is not None else torch.finfo(dtype).eps
-
-
-# A rule's value is checked against torch's the first CHECK_ALWAYS times a site makes a tensor of one shape and
-# dtype, then every CHECK_EVERY-th time: the formula is the same at every pass of a loop, and the check (with the
-# rounding bounds it needs where float32 and float64 differ by more than a few ulps) was a tenth of the cost of
-# recording a training loop.  A large tensor counts for more: once CHECK_ELEMENTS entries of a site's tensors were
-# compared, only every CHECK_EVERY-th is (a conv's 9 million outputs at batch 256 are a sample far larger than 16
-# small tensors; comparing them at every step was a sixth of a tutorial's checked run).
-CHECK_ALWAYS = 16
-CHECK_EVERY = 32
-CHECK_ELEMENTS = 1 << 22
-
-
-class Tracer(Handles, TorchFunctionMode):
+class Tracer(ValueChecks, Handles, TorchFunctionMode):
     """Records a function's torch ops as a `Program` (see the module docstring)."""
 
     def __init__(self) -> None:
@@ -363,13 +344,7 @@ class Tracer(Handles, TorchFunctionMode):
         for t, h in zip(outs, results):
             if h is None or not t.is_floating_point():
                 continue
-            key = (site, tuple(t.shape), t.dtype)
-            n, seen = self.value_checks.get(key, (0, 0))
-            n += 1
-            if (n <= CHECK_ALWAYS and seen < CHECK_ELEMENTS) or n % CHECK_EVERY == 0:
-                self._check_value(t, h, site)
-                seen += t.numel()
-            self.value_checks[key] = (n, seen)
+            self._sample_value(t, h, site)
             if id(h) in ins:  # inside a custom Function, an input passed on (x.view_as(x)): its own equation
                 with interpreting(self.rec):
                     h = P.ew(IDENT, h)
@@ -391,19 +366,6 @@ class Tracer(Handles, TorchFunctionMode):
 
     def _call_eqns(self, call: int, first: int) -> None:
         """A hook for subclasses: the equations from `first` on belong to custom Function call `call`."""
-
-    def _working_dtype(self, base: str, result: torch.Tensor, args: tuple, kwargs: dict) -> str:
-        """The dtype the op's rounding is charged in: its result's, or a coarser one a traced input has (torch
-        computes part of a mixed op, such as loss(x32, target64), in the input's precision); a cast's is its
-        result's."""
-        coarsest = result.dtype
-        if base not in _CASTS:
-            eps = _eps(coarsest) if coarsest.is_floating_point else 0.0
-            for x in _walk((args, kwargs)):
-                if isinstance(x, torch.Tensor) and x.dtype != coarsest and x.is_floating_point() and \
-                        _eps(x.dtype) > eps and self.is_traced(x):
-                    coarsest, eps = x.dtype, _eps(x.dtype)
-        return _DTYPE_NAMES.get(coarsest) or str(coarsest).replace("torch.", "")
 
     def _lower(self, base: str, swap: bool, args: tuple, kwargs: dict, site: int) -> Any:
         rule = RULES.get(base)
@@ -428,54 +390,3 @@ class Tracer(Handles, TorchFunctionMode):
             outs = tuple(P.opaque(*deps, value=t.detach(), reason=text) if t.is_floating_point() else None
                          for t in made)
         return outs if isinstance(self.out, (tuple, list)) else (outs[0] if outs else None)
-
-    def call_with(self, replace: dict[int, Any]) -> Any:
-        """For rules: the op again, with the tensors whose id is in `replace` replaced (a probe)."""
-
-        def sub(x: Any) -> Any:
-            if isinstance(x, torch.Tensor):
-                return replace.get(id(x), x)
-            if isinstance(x, list):
-                return [sub(e) for e in x]
-            if isinstance(x, tuple) and not isinstance(x, torch.Size):
-                return tuple(sub(e) for e in x)
-            if isinstance(x, dict):
-                return {k: sub(v) for k, v in x.items()}
-            return x
-
-        args = sub(self.args)
-        with torch.no_grad():
-            out = self.func(*args, **sub(self.kwargs))
-        # x[i] = v returns None: the result is the written tensor
-        return args[0] if out is None and args and isinstance(args[0], torch.Tensor) else out
-
-    def _check_value(self, t: torch.Tensor, h: Any, site: int) -> None:
-        """The rule's float64 value must reproduce torch's: else it is our error (a note, and opaque)."""
-        if not isinstance(h, Traced) or tuple(h.value.shape) != tuple(t.shape):
-            if isinstance(h, Traced):
-                raise RuntimeError(f"rule gave shape {tuple(h.value.shape)}, torch {tuple(t.shape)}")
-            return
-        mine = h.value
-        # Most ops agree to the last bit once the reference is rounded to the user's dtype: one
-        # comparison instead of the whole test below.
-        if t.is_floating_point() and torch.equal(mine if mine.dtype == t.dtype else mine.to(t.dtype), t.detach()):
-            return
-        theirs = t.detach().to(F64)
-        u = UNIT_ROUNDOFF.get(_dtype_name(t), 2.0**-53)
-        # below the dtype's smallest normal number results are subnormal: absolute, not relative, precision
-        tol = 64 * u * mine.abs() + torch.finfo(t.dtype).tiny
-        diff = (mine - theirs).abs()
-        if all_true(diff <= tol):
-            return  # every element within a few ulps: the rounding bound is not needed
-        errs = self.rec.bounds()  # (computed when first asked for: the equations recorded since)
-        err = errs.get(h.var.id) if errs is not None else None
-        if err is not None:
-            tol = tol + 16 * err
-            if all_true(diff <= tol):
-                return  # every element within the bound (a NaN or infinity on either side goes on below)
-        both = torch.isfinite(mine) & torch.isfinite(theirs)
-        bad = both & (diff > tol)
-        nan_mismatch = torch.isnan(theirs) != torch.isnan(mine)
-        if bool(bad.any()) or bool((nan_mismatch & (mine.abs() < torch.finfo(t.dtype).max)).any()):
-            worst = float(((mine - theirs).abs() / (mine.abs() + 1e-300)).nan_to_num(1.0).max()) if mine.numel() else 0
-            raise RuntimeError(f"the rule's value differs from torch's (relative {worst:.3g})")

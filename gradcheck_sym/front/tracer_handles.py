@@ -38,7 +38,29 @@ class Handles(Storage):
     complex_nodes: dict[int, Any]
     call_of: dict[int, int]
     before: torch.Tensor | None
+    func: Any  # the op being recorded, with its arguments
     args: tuple
+    kwargs: dict
+
+    def call_with(self, replace: dict[int, Any]) -> Any:
+        """For rules: the op again, with the tensors whose id is in `replace` replaced (a probe)."""
+
+        def sub(x: Any) -> Any:
+            if isinstance(x, torch.Tensor):
+                return replace.get(id(x), x)
+            if isinstance(x, list):
+                return [sub(e) for e in x]
+            if isinstance(x, tuple) and not isinstance(x, torch.Size):
+                return tuple(sub(e) for e in x)
+            if isinstance(x, dict):
+                return {k: sub(v) for k, v in x.items()}
+            return x
+
+        args = sub(self.args)
+        with torch.no_grad():
+            out = self.func(*args, **sub(self.kwargs))
+        # x[i] = v returns None: the result is the written tensor
+        return args[0] if out is None and args and isinstance(args[0], torch.Tensor) else out
 
     def v(self, x: Any) -> Any:
         """The handle of `x` for rules: traced value, float64 constant, or `x` itself."""

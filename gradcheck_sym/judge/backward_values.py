@@ -12,7 +12,8 @@ import torch
 from ..ir.program import Var
 from ..ops.prims_base import gamma_sum
 from ..ops.quick import all_finite, all_true, any_true
-from ..reference.interpret import UNIT_ROUNDOFF, Traced, const_value, rounded_sweep
+from ..reference.interpret import UNIT_ROUNDOFF, Traced, const_value
+from ..reference.rounded import rounded_sweep
 from .elements import FLOOR_ULPS, SAFETY, WIDE, Verdicts, abs_max, small_pass
 
 __all__ = ["total_before", "dense", "hooked_downstream", "consumers", "last_sums", "within_last_sums", "own_scale",

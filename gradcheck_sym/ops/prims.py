@@ -82,7 +82,7 @@ _WORKING = _Working()
 
 class working_dtype:  # noqa: N801 - used as a context manager, like torch.no_grad
     """Within: an elementwise result in `dtype` stays in it (a recomputation in the user's dtype, see
-    `reference.interpret.Rounding`, rounds it there anyway: widening it to float64 first is two passes for nothing).
+    `reference.rounded.Rounding`, rounds it there anyway: widening it to float64 first is two passes for nothing).
     Elsewhere every elementwise result is float64 (or bool).  (A class, not a generator: entered for every
     equation of a recomputation.)"""
 

@@ -16,7 +16,7 @@ import mpmath
 import sympy
 from sympy.codegen.cfunctions import expm1, log1p, log2, log10
 
-from .evaluate import Backend, special_number
+from .backend import Backend, special_number
 from .sympy_functions import ceiling, floor, lgamma, mod, sign, zmul
 
 __all__ = ["mpmath_backend", "MAX_MAG", "GLOBAL"]
@@ -40,7 +40,7 @@ def mpmath_backend(dps: int | None, ctx: Any = None) -> Backend:
     Every function is total and real: NaN where the real value is undefined or complex,
     +-inf at poles and overflow (IEEE semantics, as torch); no exception escapes.
     With `ctx=mpmath.mp` (and `dps` None) the backend works in mpmath's global context, at
-    whatever precision its caller set while holding `evaluate.MP_LOCK` (the tensor engine's
+    whatever precision its caller set while holding `backend.MP_LOCK` (the tensor engine's
     high-precision sweep, whose matrix rules call mpmath's global functions).
     """
     if ctx is None:

@@ -1,0 +1,178 @@
+"""The script's backward calls and tensor hooks, for `ScriptTracer` (it inherits `BackwardCalls`).
+
+Each ``.backward()`` / ``torch.autograd.grad(...)`` is verified around the real call (`_around`): the program is
+pruned, the reference's cotangents planned, the script's own backward run untouched, and each gradient compared
+(`judge.backward`).  Inside torch's own gradient checkers (gradcheck, torch.autograd.functional, torch.func) the
+calls are theirs and are not compared.  A script's tensor hook is wrapped to note the backwards in which it changed
+a gradient.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import time
+from typing import Any
+
+import torch
+
+from .script_infos import Backward, TensorInfo
+from .tracer_sites import _PACKAGE_DIR, _user_frame, dispatching_frame
+
+__all__ = ["BackwardCalls"]
+
+# torch's own gradient machinery a script may call: gradcheck, torch.autograd.functional, and torch.func's transforms
+# (grad, vjp, jacrev, jacfwd, hessian, vmap), which wrap tensors in levels of their own: inside them, the tensors and
+# the backward calls are theirs (a torch.func.grad of sin was compared with an exact 0: the wrapped input is not
+# the script's tensor)
+_CHECKERS = (os.path.join("torch", "autograd", "gradcheck.py"), os.path.join("torch", "autograd", "functional.py"),
+             os.path.join("torch", "_functorch", "eager_transforms.py"), os.path.join("torch", "_functorch", "apis.py"),
+             os.path.join("torch", "_functorch", "vmap.py"))
+_CHECKER_FILES: dict[str, int] = {}  # a code file name -> 1: one of _CHECKERS, 2: ours, 0: other
+
+
+class BackwardCalls:
+    """Backward calls and hooks (a mixin of `ScriptTracer`: its lock, memory, verifier and records)."""
+
+    backwards: list[Backward]
+    events: list[tuple[str, int, str, str]]
+    stopped: str
+    verifier: Any
+    lock: Any
+    call_as: Any
+
+    def _watched_hook(self, hook: Any, info: TensorInfo) -> Any:
+        """The script's tensor hook, unchanged for the script, noting the backwards in which it changed the gradient
+        (what it returned, or its argument in place): only those explain a difference as `hook`.  A hook that only
+        reads the gradient (Grad-CAM's) hid a wrong custom backward upstream."""
+        backwards = self.backwards
+
+        def same(x: Any, y: Any) -> bool:  # equal values, NaN equal to NaN (a NaN is no change)
+            return isinstance(x, torch.Tensor) and x.shape == y.shape and bool(
+                ((x == y) | (torch.isnan(x) & torch.isnan(y))).all())
+
+        @functools.wraps(hook)
+        def watched(grad: Any) -> Any:
+            before = None
+            try:  # (ours: never the script's error; a gradient we cannot copy or compare counts as changed)
+                with torch._C.DisableTorchFunction():  # (our copy and comparison are not the script's ops)
+                    before = grad.detach().clone() if isinstance(grad, torch.Tensor) else None
+            except Exception:  # noqa: BLE001 - a sparse gradient, a torch.func wrapper
+                before = None
+            out = hook(grad)
+            try:
+                with torch._C.DisableTorchFunction():
+                    changed = before is None or not same(grad, before) or (out is not None and not same(out, before))
+            except Exception:  # noqa: BLE001 - as above
+                changed = True
+            if changed:
+                info.hook_changed = len(backwards) - 1
+            return out
+
+        return watched
+
+    def _checking_itself(self, depth: int = 2) -> bool:
+        """Whether torch's gradcheck, torch.autograd.functional or torch.func is on the stack between here and our
+        runner (looked at for every traced op: one dict lookup per frame, each file name classified once)."""
+        frame = sys._getframe(depth)
+        known = _CHECKER_FILES
+        outside = False  # past our own frames at the top (the tracer's): the next frame of ours is the runner's
+        while frame is not None:
+            name = frame.f_code.co_filename
+            kind = known.get(name)
+            if kind is None:
+                kind = known[name] = 1 if name.endswith(_CHECKERS) else 2 if name.startswith(_PACKAGE_DIR) else 0
+            if kind == 1:
+                return True
+            if kind == 2 and outside:
+                return False  # (the runner's frame: the script is above it, nothing more to look at)
+            outside = outside or kind == 0
+            frame = frame.f_back  # type: ignore[assignment]
+        return False
+
+    def _backward(self, func: Any, args: tuple, kwargs: dict) -> Any:
+        if args and isinstance(args[0], torch.Tensor):
+            tensors = [args[0]]
+            grads = [kwargs.get("gradient", args[1] if len(args) > 1 else None)]
+            create = bool(kwargs.get("create_graph", args[3] if len(args) > 3 else False))
+        else:
+            first = args[0] if args else kwargs.get("tensors")
+            tensors = [first] if isinstance(first, torch.Tensor) else list(first)
+            gt = kwargs.get("grad_tensors", args[1] if len(args) > 1 else None)
+            grads = [gt] if isinstance(gt, torch.Tensor) or gt is None else list(gt)
+            grads = grads + [None] * (len(tensors) - len(grads))
+            create = bool(kwargs.get("create_graph", False))
+        return self._around(func, args, kwargs, "backward", tensors, grads, create, None)
+
+    def _grad(self, func: Any, args: tuple, kwargs: dict) -> Any:
+        import inspect
+
+        bound = inspect.signature(torch.autograd.grad).bind(*args, **kwargs)
+        bound.apply_defaults()
+        a = bound.arguments
+        outs = [a["outputs"]] if isinstance(a["outputs"], torch.Tensor) else list(a["outputs"])
+        inputs = [a["inputs"]] if isinstance(a["inputs"], torch.Tensor) else list(a["inputs"])
+        go = a.get("grad_outputs")
+        grads = [go] if isinstance(go, torch.Tensor) or go is None else list(go)
+        grads = grads + [None] * (len(outs) - len(grads))
+        if a.get("is_grads_batched"):
+            return self._skip(func, args, kwargs, "autograd.grad", "is_grads_batched=True is not verified")
+        return self._around(func, args, kwargs, "autograd.grad", outs, grads, bool(a.get("create_graph")), inputs)
+
+    def _skip(self, func: Any, args: tuple, kwargs: dict, kind: str, why: str) -> Any:
+        file, line, source = _user_frame()
+        ev = Backward(len(self.backwards), kind, line, source, verified=False, skipped=why)
+        self.backwards.append(ev)
+        return self.call_as(dispatching_frame(sys._getframe()), func, args, kwargs)
+
+    def _around(self, func: Any, args: tuple, kwargs: dict, kind: str, outs: list[torch.Tensor],
+                grads: list[Any], create: bool, inputs: list[torch.Tensor] | None) -> Any:
+        if self._checking_itself():
+            # torch.autograd.gradcheck's own probes at perturbed inputs: its business, said once per line
+            file, line, source = _user_frame()
+            if not any(e[0] == "self-check" and e[1] == line for e in self.events):
+                self.events.append(("self-check", line, f"line {line} `{source}` checks gradients itself (torch's "
+                                    "gradcheck, torch.autograd.functional or torch.func): its internal backward calls "
+                                    "are not compared here", f"line {line}"))
+            return self.call_as(dispatching_frame(sys._getframe()), func, args, kwargs)
+        file, line, source = _user_frame()
+        ev = Backward(len(self.backwards), kind, line, source)
+        self.backwards.append(ev)
+        if self.stopped:
+            ev.verified, ev.reasons = False, [self.stopped]
+            return self.call_as(dispatching_frame(sys._getframe()), func, args, kwargs)
+        plan = None
+        with self.lock:
+            try:
+                # Before the plan, not after the backward: the last iteration's forward is gone by now (its
+                # names rebound), and the sweep then goes over this iteration's program only.
+                self.prune()
+            except Exception:  # noqa: BLE001 - pruning is an optimisation; a failure keeps everything
+                pass
+            if self._check_memory(f"the backward at line {line}", backward=True):
+                ev.verified, ev.reasons = False, [self.stopped]
+                return self.call_as(dispatching_frame(sys._getframe()), func, args, kwargs)
+            self._memory_looked()
+            try:
+                plan = self.verifier.plan(self, ev, outs, grads, inputs, create)
+                self._stale_reached(plan)
+            except Exception as exc:  # noqa: BLE001 - our failure: this backward is not verified, the script goes on
+                ev.verified = False
+                ev.reasons.append(f"internal error while deriving it ({type(exc).__name__}: {exc}); please report")
+        start = time.perf_counter()
+        try:
+            result = func(*args, **kwargs)  # the script's own backward: its errors are its own
+        except BaseException:
+            ev.verified, ev.reasons = False, ev.reasons + ["the backward raised: it gave no gradient to compare"]
+            raise
+        if plan is not None:
+            plan.seconds = time.perf_counter() - start
+        with self.lock:
+            try:
+                if plan is not None:
+                    self.verifier.verify(self, ev, plan, result)
+            except Exception as exc:  # noqa: BLE001 - as above
+                ev.verified = False
+                ev.reasons.append(f"internal error while comparing ({type(exc).__name__}: {exc}); please report")
+        return result

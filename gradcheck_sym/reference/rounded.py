@@ -1,0 +1,102 @@
+"""Rounding noise measured: the reference's own formulas recomputed in the user's dtype.
+
+`evaluate_rounded` recomputes a program's forward in the dtype each variable had in the user's run, and
+`rounded_sweep` the reverse sweep after it, each primitive under `Rounding`.  Their distance from the float64
+values is a *sample* of the rounding a float32 backward shows, for the tolerance only (`judge.backward_values`):
+never a reference value.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from ..ir.program import Eqn, Program, Var
+from ..ops.core import PRIMS, Interpreter, TorchEager, interpreting
+from ..ops.prims import working_dtype
+from .interpret import _DTYPES, sweep
+
+__all__ = ["evaluate_rounded", "rounded_sweep", "Rounding"]
+
+
+def evaluate_rounded(program: Program, values: dict[int, Any]) -> dict[int, Any]:
+    """Every floating variable of `program` recomputed in the user's dtype (its `Var.dtype`), from the
+    float64 `values` of the variables no equation defines (inputs, seeds): the same formulas, rounded as
+    the user's computation rounds (float32 where it ran in float32).  Its distance from `values` is a
+    measured sample of rounding noise, for the tolerance only; never a reference value.
+
+    An equation that cannot be evaluated this way keeps its float64 value (cast to its dtype).
+    """
+    env: dict[int, Any] = {}
+    with interpreting(TorchEager()):
+        for e in program.eqns:
+            dtype = _DTYPES.get(e.outputs[0].dtype)
+            with working_dtype(dtype):
+                outs = _rounded_eqn(e, env, values, program.consts, dtype)
+            for v, o in zip(e.outputs, outs):
+                env[v.id] = _rounded(o, _DTYPES.get(v.dtype))
+    return env
+
+
+def _rounded(x: Any, dtype: torch.dtype | None) -> Any:
+    """A floating tensor `x` in `dtype` (anything else as it is)."""
+    if dtype is not None and isinstance(x, torch.Tensor) and x.is_floating_point() and x.dtype != dtype:
+        return x.to(dtype)
+    return x
+
+
+def _rounded_eqn(e: Eqn, env: dict[int, Any], values: dict[int, Any], consts: Any,
+                 dtype: torch.dtype | None) -> Sequence[Any]:
+    """One equation of `evaluate_rounded`, its inputs rounded to `dtype`."""
+    ins = []
+    for a in e.inputs:
+        if isinstance(a, Var):
+            x = env.get(a.id)
+            ins.append(_rounded(values[a.id], _DTYPES.get(a.dtype)) if x is None else x)
+        else:
+            ins.append(consts[a.index])
+    ins = [_rounded(x, dtype) for x in ins]
+    try:
+        out = PRIMS[e.prim].impl(*ins, **e.params)
+        return out if PRIMS[e.prim].multiple else (out,)
+    except Exception:  # noqa: BLE001 - a sample of noise, not a result: the float64 value stands in
+        return [values[v.id] for v in e.outputs]
+
+
+class Rounding(Interpreter):
+    """Evaluate each primitive in `dtype` (its floating inputs and outputs rounded to it): a sweep under it
+    rounds as a backward in the user's dtype does, whatever precision a rule's constants have."""
+
+    dtype: torch.dtype | None = None
+    per_equation_dtype = True  # `sweep` sets `dtype` to each equation's own
+
+    def process(self, prim: Any, args: tuple[Any, ...], params: dict[str, Any]) -> Any:
+        d = self.dtype
+        if d is None:
+            return prim.impl(*args, **params)
+        args = tuple([a.to(d) if isinstance(a, torch.Tensor) and a.dtype != d and a.is_floating_point() else a
+                      for a in args])
+        with working_dtype(d):
+            out = prim.impl(*args, **params)
+        if not prim.multiple:
+            return out.to(d) if isinstance(out, torch.Tensor) and out.dtype != d and out.is_floating_point() else out
+        return tuple([o.to(d) if isinstance(o, torch.Tensor) and o.dtype != d and o.is_floating_point() else o
+                      for o in out])
+
+
+def rounded_sweep(program: Program, values: dict[int, Any], seeds: dict[int, Any]) -> dict[int, Any]:
+    """The forward and the reverse sweep recomputed in the user's dtype by our formulas (`evaluate_rounded`,
+    then the sweep under `Rounding`): the cotangents a float32 backward like ours would give.  A measured sample
+    of rounding noise for the tolerance, never a reference value."""
+    env = evaluate_rounded(program, values)
+    for v in list(program.inputs) + [a for e in program.eqns for a in e.inputs if isinstance(a, Var)]:
+        if v.id not in env:
+            env[v.id] = _rounded(values[v.id], _DTYPES.get(v.dtype))
+    typed = {v.id: v.dtype for e in program.eqns for v in e.outputs}
+    typed.update({v.id: v.dtype for v in program.inputs})
+    start = {}
+    for vid, s in seeds.items():
+        d = _DTYPES.get(typed.get(vid, "float64"))
+        start[vid] = s.to(d) if d is not None and isinstance(s, torch.Tensor) else s
+    return sweep(program, env, start, interp=Rounding()).cts
