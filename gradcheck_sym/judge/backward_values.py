@@ -101,7 +101,7 @@ def last_sums(program: Any, reads: dict[int, list[tuple[Any, int]]], cts: dict[i
             if isinstance(o, torch.Tensor) and not o.is_floating_point():
                 continue  # (a mask's factor: left out, which keeps this a lower bound)
             terms = g.abs() * (o.abs() if isinstance(o, torch.Tensor) else abs(float(o)))
-        elif (d.expr == 1 and not d.rel_err) or d.expr == -1:
+        elif (d.is_one and not d.rel_err) or d.is_minus_one:
             terms = g.abs()
         else:
             continue  # (its share is left out, which keeps this a lower bound)

@@ -117,6 +117,15 @@ class EwFn:
         return self.expr == 0
 
     @functools.cached_property
+    def is_one(self) -> bool:
+        """expr is 1 (asked by every reverse sweep for every partial: a sympy comparison costs a microsecond)."""
+        return self.expr == 1
+
+    @functools.cached_property
+    def is_minus_one(self) -> bool:
+        return self.expr == -1
+
+    @functools.cached_property
     def arg(self) -> int | None:
         """i when this function is its i-th argument, exactly (no kernel, no rounding of its own): a partial
         such as d(a*b)/da = b, which the sweep then takes as it is instead of evaluating."""

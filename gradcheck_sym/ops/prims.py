@@ -133,9 +133,9 @@ def _ew_vjp(cts: list[Any], ins: Sequence[Any], outs: Sequence[Any], fn: EwFn,
         if (needed is not None and not needed[i]) or not _differentiable(a) or (d.is_zero and d.err_form == 0):
             res.append(None)
             continue
-        if d.expr == 1 and not d.rel_err:  # (a 1 torch computes inexactly is evaluated, for its error)
+        if d.is_one and not d.rel_err:  # (a 1 torch computes inexactly is evaluated, for its error)
             term = g
-        elif d.expr == -1:
+        elif d.is_minus_one:
             term = ew(NEG, g)
         elif d.arg is not None:  # d(a*b)/da = b: b itself, one kernel fewer
             term = ew(ZMUL, g, ins[d.arg])
