@@ -310,3 +310,16 @@ def test_a_kink_between_the_user_s_value_and_the_reference_s_passes_the_input_s_
     e_in = torch.full((3,), 5e-3, dtype=torch.float64)
     (bound,) = _ew_err([e_in, None], [ref, user], [P._ew_impl(ref, user, fn=fn)], 2.0**-24, fn)
     assert bool((bound >= 5e-3).all()), bound  # every slope here is 1 on one side
+
+
+def test_an_elementwise_result_of_another_shape_than_its_arguments_is_refused() -> None:
+    # 0-d arguments and a result with a dimension: broadcasting cannot make it, the rule is wrong
+    from gradcheck_sym.ops.ew import EwFn, P as PARAMS
+    from gradcheck_sym.ops.prims import _ew_impl
+
+    wrong = EwFn("reshaped", PARAMS[0], 1, torch_impl=lambda a: a.reshape(-1))
+    with pytest.raises(RuntimeError):
+        _ew_impl(torch.tensor(2.0, dtype=F64), fn=wrong)
+    both = EwFn("sum", PARAMS[0] + PARAMS[1], 2)  # broadcast from one argument's shape: expanded as before
+    out = _ew_impl(torch.ones((2, 1), dtype=F64), torch.ones((1, 3), dtype=F64), fn=both)
+    assert tuple(out.shape) == (2, 3) and bool((out == 2).all())

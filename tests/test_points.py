@@ -59,3 +59,9 @@ def test_a_box_wider_than_the_largest_float() -> None:
     ps = P.PointSet(("x",), 1000, {}, {"x": (-1.7e308, 1.7e308)}, 0)
     x = _all(ps, 1000)["x"]
     assert bool(torch.isfinite(x).all()) and x.min().item() < -1e307 and x.max().item() > 1e307
+
+
+def test_a_first_point_without_every_variable_is_an_error() -> None:
+    ps = P.PointSet(("x", "y"), 3, {}, {"x": (0.0, 1.0), "y": (5.0, 6.0)}, 1, first={"x": 0.5})
+    with pytest.raises(KeyError):
+        list(ps.chunks(3))  # (never 0.0 for y, outside its box)

@@ -55,12 +55,13 @@ class PointSet:
             m = min(size, self.n - start)
             lead = 1 if self.first is not None and start == 0 else 0
             boxed = [name for name in self.names if name in self.boxes]
-            first = self.first if lead and self.first is not None else {}
             # (allocated here, filled in place: memory a worker thread allocates comes from its own arena, fresh
             # pages that cost more to fault in than the drawing saved)
             drawn = {name: torch.empty(m, dtype=torch.float64) for name in boxed}
-            jobs = [(drawn[name], streams[name], lead, self.boxes[name], first.get(name, 0.0)) for name in boxed]
-            if m >= PARALLEL_DRAW and len(jobs) > 1 and (os.cpu_count() or 1) > 1:
+            firsts = self.first if lead and self.first is not None else {}
+            jobs = [(drawn[name], streams[name], lead, self.boxes[name], firsts[name] if lead else 0.0)
+                    for name in boxed]  # (a first point names every variable: a KeyError here is our bug)
+            if m >= PARALLEL_DRAW and len(jobs) > 1 and _cores() > 1:
                 # a generator fills its tensor without the GIL: two streams at a time
                 with ThreadPoolExecutor(max_workers=2, thread_name_prefix="gradcheck-sym-draw") as pool:
                     list(pool.map(lambda job: _draw(*job), jobs))
@@ -79,6 +80,14 @@ class PointSet:
 
 # From this many points per chunk, the sampled variables are drawn in two threads.
 PARALLEL_DRAW = 1 << 16
+
+
+def _cores() -> int:
+    """The cores this process may run on (its affinity: a container's or a taskset's, not the machine's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # (not on every platform)
+        return os.cpu_count() or 1
 
 
 def _draw(out: torch.Tensor, stream: torch.Generator, lead: int, box: tuple[float, float], first: float) -> None:
