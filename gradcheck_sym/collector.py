@@ -8,8 +8,12 @@ modules and caches included: five of them were 0.5-0.7 s of a 2 s check (measure
 collector's permanent generation (``gc.freeze``) and gives them back when it ends
 (``gc.unfreeze``), so full collections during the check walk the check's own objects only.
 
-Nothing is collected differently for the check's own objects; garbage that existed before the check
-is collected after it.  The collector's state is process-wide, so this is done only when nobody
+The check's own cyclic garbage is collected before the objects are given back (a full collection then walks
+the check's objects only: 0.2 ms after a million-point check).  Left to the collector's next full collection,
+it was not collected for a long time: the objects given back count as long-lived, and a full collection waits
+until a quarter as many again are made.  A million-point check left some 80 unreachable objects in cycles
+holding its tensors, and a loop of checks grew by 60 MB each (2.3 GB after 30).  Garbage that existed before
+the check is collected after it.  The collector's state is process-wide, so this is done only when nobody
 else froze anything (``gc.get_freeze_count() == 0``: a program's own ``gc.freeze()`` is left as it
 is) and with the collector enabled; concurrent checks share one freeze, undone when the last ends.
 While it lasts, ``gc.get_objects()`` and ``gc.get_referrers()`` in the program's other threads do not see
@@ -53,4 +57,7 @@ def frozen_before() -> Iterator[None]:
                 _state["depth"] -= 1
                 if _state["depth"] == 0 and _state["ours"]:
                     _state["ours"] = False
-                    gc.unfreeze()
+                    try:
+                        gc.collect()  # (the block's own garbage: the frozen objects are not walked)
+                    finally:
+                        gc.unfreeze()

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -49,7 +50,8 @@ class Detailed:
     """The detailed test of one `Checker` (it reads the checker's quantities, references and accumulator)."""
 
     def __init__(self, checker: Checker) -> None:
-        self.c = checker
+        # (a proxy: the checker holds this object, and a cycle kept a check's tensors until a full collection)
+        self.c = weakref.proxy(checker)
 
     def notes(self) -> list[str]:
         """What the high-precision reference skipped, and why, for the report's derivation line."""
