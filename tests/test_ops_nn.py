@@ -123,6 +123,27 @@ CASES = [
      (t(2, 3, 4), t(2, 3, 4), t(2, 3, 4))),
     ("_softmax_backward_data", lambda g, y: torch._softmax_backward_data(g, y, 1, g.dtype),
      (t(2, 3), t(2, 3, seed=1))),
+    # recurrent layers as nn.LSTM / nn.GRU / nn.RNN call them: (input, hx, weights, has_biases, layers, dropout,
+    # train, bidirectional, batch_first); gates i, f, g, o (LSTM) and r, z, n (GRU)
+    ("lstm", lambda x, h, c, wi, wh, bi, bh: torch.lstm(x, (h, c), [wi, wh, bi, bh], True, 1, 0.0, False, False,
+                                                         False)[0],
+     (t(3, 2, 2), t(1, 2, 2, seed=1), t(1, 2, 2, seed=2), t(8, 2, seed=3), t(8, 2, seed=4), t(8, seed=5),
+      t(8, seed=6))),
+    ("lstm bidirectional batch_first c_n", lambda x, wi, wh, vi, vh: torch.lstm(
+        x, (torch.zeros(2, 2, 3, dtype=x.dtype), torch.zeros(2, 2, 3, dtype=x.dtype)), [wi, wh, vi, vh], False, 1,
+        0.0, False, True, True)[2], (t(2, 3, 2), t(12, 2), t(12, 3, seed=1), t(12, 2, seed=2), t(12, 3, seed=3))),
+    ("gru two layers", lambda x, h, w0, u0, b0, c0, w1, u1, b1, c1: torch.gru(
+        x, h, [w0, u0, b0, c0, w1, u1, b1, c1], True, 2, 0.5, False, False, False)[0],
+     (t(3, 2, 2), t(2, 2, 2, seed=1), t(6, 2, seed=2), t(6, 2, seed=3), t(6, seed=4), t(6, seed=5),
+      t(6, 2, seed=6), t(6, 2, seed=7), t(6, seed=8), t(6, seed=9))),
+    ("rnn_tanh h_n", lambda x, h, wi, wh: torch.rnn_tanh(x, h, [wi, wh], False, 1, 0.0, True, False, False)[1],
+     (t(4, 1, 3), t(1, 1, 2, seed=1), t(2, 3, seed=2), t(2, 2, seed=3))),
+    ("lstm_cell", lambda x, h, c, wi, wh, bi, bh: torch.lstm_cell(x, (h, c), wi, wh, bi, bh)[1],
+     (t(2, 3), t(2, 2, seed=1), t(2, 2, seed=2), t(8, 3, seed=3), t(8, 2, seed=4), t(8, seed=5), t(8, seed=6))),
+    ("gru_cell", lambda x, h, wi, wh: torch.gru_cell(x, h, wi, wh), (t(2, 3), t(2, 2, seed=1), t(6, 3, seed=2),
+                                                                     t(6, 2, seed=3))),
+    ("rnn_tanh_cell", lambda x, h, wi, wh, bi: torch.rnn_tanh_cell(x, h, wi, wh, bi, None),
+     (t(2, 3), t(2, 2, seed=1), t(2, 3, seed=2), t(2, 2, seed=3), t(2, seed=4))),
 ]
 IDS = [c[0] for c in CASES]
 # the per-element sympy oracle differentiates every element: the tiny cases, one per rule
@@ -131,7 +152,8 @@ ORACLE = {"conv1d", "conv2d groups dilation", "conv_transpose2d groups dilation"
           "group_norm", "local_response_norm", "alpha_dropout", "embedding_bag weights", "embedding_bag max",
           "normalize", "cosine_similarity", "pairwise_distance", "pdist", "interpolate bicubic",
           "interpolate antialias", "grid_sample bilinear reflection", "grid_sample bicubic border", "sdpa bool mask",
-          "_softmax_backward_data", "max_pool2d_with_indices_backward", "native_group_norm"}
+          "_softmax_backward_data", "max_pool2d_with_indices_backward", "native_group_norm", "lstm", "gru_cell",
+          "rnn_tanh h_n"}
 
 
 def _clean(report):

@@ -220,15 +220,16 @@ def build_report(script: str, tracer: ScriptTracer, namespace: dict[str, Any], e
     findings = _findings(tracer, names)
     calls = len(tracer.backwards)
     verified = sum(1 for b in tracer.backwards if b.verified and not b.skipped)
-    summary = {"backward_calls": calls, "verified": verified, "not_verified": calls - verified,
-               "gradients": sum(b.checked for b in tracer.backwards),
-               "errors": sum(1 for f in findings if f.severity == "error")}
     if calls and not verified:
         findings.append(RunFinding("not-verified", "error", tracer.backwards[0].line,
                                    f"none of the {calls} backward call{'s' if calls != 1 else ''} could be verified",
                                    *EXPLANATIONS["not-verified"]))
     if not calls and error is None:
         findings.append(RunFinding("no-autograd", "info", 0, "the script did no backward", *EXPLANATIONS["no-autograd"]))
+    # (counted after the run's own findings: a run that verified nothing is an error in the JSON as in the text)
+    summary = {"backward_calls": calls, "verified": verified, "not_verified": calls - verified,
+               "gradients": sum(b.checked for b in tracer.backwards),
+               "errors": sum(1 for f in findings if f.severity == "error")}
     graph = _graph(tracer, names)
     rank = {"error": 0, "warning": 1, "info": 2}
     findings.sort(key=lambda f: (rank[f.severity], f.line))
@@ -245,14 +246,16 @@ def _rows(tracer: ScriptTracer, names: dict[int, str]) -> list[TensorRow]:
     # the tensors a loop's line made: one row, named as the last one is bound (`pred`, not `pred (line 24)`)
     plain = {(names[i.serial], i.line) for i in tracer.all_infos if "(" not in names[i.serial]}
     for info in tracer.all_infos:
-        if info.hidden or (not info.checks and not info.leaf and not info.retains):
+        if info.hidden or (not info.checks and (info.internal or not (info.leaf or info.retains))):
             continue
         name = names[info.serial]
         base = name.split(" (line ")[0]
         if (base, info.line) in plain:
             name = base
+        # (a leaf made on a loop's line, `x = (...).requires_grad_()` each iteration, is one row too; a parameter is
+        # its own, whatever its line)
         groups.setdefault((name, info.line if "(line" in name or name.startswith("line ") or not info.leaf
-                           else -info.serial), []).append(info)
+                           or info.made else -info.serial), []).append(info)
     rows = []
     for (name, _), infos in groups.items():
         last = infos[-1]

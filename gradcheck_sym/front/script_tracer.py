@@ -90,6 +90,9 @@ class ScriptTracer(BackwardCalls, OptimizerSteps, ScriptMemory, Tracer):
             file, line, source = _user_frame()
             info = TensorInfo(self.all_infos.serial(), None, line, "", True, 0, tuple(t.shape))
             info.ref = self._weak(t, info)
+            # a view of a leaf made inside a custom Function's forward (`w.t()` there, which torch makes a leaf):
+            # the Function's own, no row of the script's (one per call filled a training loop's table)
+            info.internal = t._base is not None and in_custom_forward()
             self.infos[id(t)] = info
             self.all_infos.add(info)
         info.version = version

@@ -227,6 +227,7 @@ class BackwardVerifier(ReplayDecisions):
         cut = None
         if plan.cut is not None:
             c = plan.cut.get(var.id) if var is not None else None
+            c = c.value if isinstance(c, Traced) else c  # (a recorded sweep's, with create_graph=True)
             cut = torch.zeros(shape, dtype=F64) if c is None else c.to(F64).expand(shape)
         if a.numel() <= SMALL and cheap_floats(a, r, u):
             # every entry passes the ladder's cheap test: decided before the ladder's set-up (its bound, scale and

@@ -25,7 +25,8 @@ EXPLANATIONS: dict[str, tuple[str, str]] = {
                  "Check custom autograd Functions and in-place changes; compare with the exact value shown."),
     "untracked": ("part of the computation was hidden from autograd (torch.no_grad, .detach(), .data or .item()), "
                   "so its gradient is missing.",
-                  "Keep the operation in the graph; use .detach() or no_grad only where a constant is meant."),
+                  "Keep the operation in the graph; use .detach() or no_grad only where a constant is meant, and "
+                  "declare such a cut (a GAN's fake.detach(), a target network) with --intended FILE:LINE=cut."),
     "stale-graph": (".data bypasses autograd: the value changed but grad_fn still describes the old value, so "
                     "backward differentiates a computation that no longer matches the numbers.",
                     "Use .detach() for a constant, or keep the operation in the graph (e.g. z = z * 2)."),

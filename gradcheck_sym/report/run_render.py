@@ -95,6 +95,9 @@ def _fit(rows: list[dict[str, str]], width: int, full: bool) -> list[tuple[str, 
 def render_run_text(report: RunReport, *, width: int = 100, color: bool = False, full: bool = False) -> str:
     """The text report: the teacher's line, the backward calls, the tensors, the findings explained."""
     buf = io.StringIO()
+    if full and report.tensors:  # every column whole: as wide as the table needs, past the terminal's width
+        rows = [_cells(t) for t in report.tensors]
+        width = max(width, sum(max(len(c), *(len(r[c]) for r in rows)) + 3 for c, _ in _COLUMNS) + 2)
     console = Console(file=buf, width=width, color_system="standard" if color else None, force_terminal=color,
                       highlight=False, emoji=False, soft_wrap=False)
     console.print(Text(f"gradcheck-sym run {report.script}", style="bold"))

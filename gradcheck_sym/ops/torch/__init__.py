@@ -10,7 +10,7 @@ losses.
 from . import activations, elementwise, linalg, losses, movement, piecewise, reduce, special  # noqa: F401
 from . import linalg_decomp, linalg_misc, linalg_ops  # noqa: F401 - registers the rules
 # neural-network layers
-from . import attention, conv, dropout, embedding, grid_sample, interpolate, norms, pooling, vectors  # noqa: F401
+from . import attention, conv, dropout, embedding, grid_sample, interpolate, norms, pooling, recurrent, vectors  # noqa: F401
 # reductions, scans, order statistics, indexed writes, losses
 from . import ctc, groups, indexing, margins, order, scans, stats  # noqa: F401
 from .registry import RULES, Args, Ctx, Refused, Rule, bind_args, rule
