@@ -152,7 +152,7 @@ ORACLE = {"conv1d", "conv2d groups dilation", "conv_transpose2d groups dilation"
           "group_norm", "local_response_norm", "alpha_dropout", "embedding_bag weights", "embedding_bag max",
           "normalize", "cosine_similarity", "pairwise_distance", "pdist", "interpolate bicubic",
           "interpolate antialias", "grid_sample bilinear reflection", "grid_sample bicubic border", "sdpa bool mask",
-          "_softmax_backward_data", "max_pool2d_with_indices_backward", "native_group_norm", "lstm", "gru_cell",
+          "_softmax_backward_data", "max_pool2d_with_indices_backward", "native_group_norm", "lstm_cell", "gru_cell",
           "rnn_tanh h_n"}
 
 
