@@ -321,7 +321,9 @@ def _findings(tracer: ScriptTracer, names: dict[int, str]) -> list[RunFinding]:
     groups: dict[tuple[str, str], list[tuple[int, str]]] = {}
     stale_note = any(n.kind == "stale-graph" for n in tracer.notes)
     for kind, line, message, key in tracer.events:
-        name = by_serial.get(key, key)
+        # (a script's own gradient checks, one per line, are one finding: seven jacrev/hessian lines were seven
+        # identical explanations)
+        name = "" if kind == "self-check" else by_serial.get(key, key)
         if kind == "stale-graph" and stale_note:
             continue  # the stale-graph finding of the .data line says it
         groups.setdefault((kind, name), []).append((line, message.replace("{tensor}", name)))

@@ -273,8 +273,13 @@ class BackwardVerifier(ReplayDecisions):
                     status = "hook"
             if status in ("mismatch", "untracked", "nonfinite", "stale-graph"):
                 ev.errors += 1
-            tr.events.append((status, ev.line, message(status, ev, a, r, cut, tr, verdicts.masks.get(status)),
-                              f"#{info.serial}"))
+            text = message(status, ev, a, r, cut, tr, verdicts.masks.get(status))
+            if status == "mismatch" and tr.call_of and self._foreign(tr, plan, var):
+                # the backward that computed it is the script's own: say which (the .backward() line is only where
+                # the sweep started)
+                names = plan.replays.functions(var.id)
+                text += f"; it comes through {', '.join(n + '.backward' for n in names)}" if names else ""
+            tr.events.append((status, ev.line, text, f"#{info.serial}"))
         if returned:
             ev.returned.append((f"#{info.serial}", got, r))
             if plan.create and isinstance(exact, Traced) and isinstance(after, torch.Tensor):

@@ -78,6 +78,10 @@ class Replays:
         """Whether variable `vid`'s gradient goes through a custom Function's backward."""
         return bool(self.paths.get(vid))
 
+    def functions(self, vid: int) -> tuple[str, ...]:
+        """The names of the custom Functions variable `vid`'s gradient goes through (without replaying them)."""
+        return tuple(sorted({self.names[k] for k in self.paths.get(vid, ()) if k is not None and k in self.names}))
+
     def of(self, vid: int) -> tuple[str, str, tuple[str, ...]]:
         """The verdict on the custom Functions variable `vid`'s gradient goes through: ("agree" | "differ" |
         "unknown", why, the Functions' names)."""
