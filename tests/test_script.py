@@ -1465,3 +1465,19 @@ def test_views_made_inside_a_custom_forward_are_not_rows(tmp_path):
         """))
     report = gs.run_script(str(script))
     assert [r.name for r in report.tensors] == ["w1"] and report.tensors[0].checks == (3, 3), str(report)
+
+
+def test_a_cut_consumed_on_its_own_line_is_no_row_of_that_lines_name(tmp_path):
+    # `fake.detach()` inside `loss = ...` was a row named `loss`, one per iteration, "not reached"
+    script = tmp_path / "gan_step.py"
+    script.write_text(textwrap.dedent("""\
+        import torch
+        w = torch.randn(3, requires_grad=True)
+        for i in range(3):
+            fake = w * 2
+            loss = (fake.detach() * 3).sum() + fake.sum()
+            loss.backward()
+        """))
+    report = gs.run_script(str(script), intended={"gan_step.py:5": "cut"})
+    assert [r.name for r in report.tensors] == ["w", "fake ×3", "loss ×3"], str(report)
+    assert report.summary["verified"] == 3 and report.ok

@@ -139,8 +139,10 @@ class ScriptTracer(BackwardCalls, OptimizerSteps, ScriptMemory, Tracer):
             info = self.infos.get(id(a))
             if info is not None and info.ref() is a:
                 anc.add(info.serial)
-                if info.line == s.line and not (info.leaf or info.retains or info.hooks):
-                    info.hidden = True  # `out = (a * b).sum()`: the product is not `out`
+                if info.line == s.line and not (info.retains or info.hooks) and (not info.leaf or info.cut):
+                    # `out = (a * b).sum()`: the product is not `out`; nor is `fake.detach()` in
+                    # `loss = (fake.detach() * 3).sum()` (a cut's result is a leaf, named after no one there)
+                    info.hidden = True
             else:
                 r = self.recs.get(id(a))
                 if r is not None and r.tensor is a:
