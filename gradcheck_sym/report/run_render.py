@@ -29,6 +29,8 @@ _COLUMNS = [("tensor", "left"), ("line", "right"), ("leaf", "left"), ("req.", "l
             ("status", "left")]
 _DROP = ["retains", "req.", "line", "leaf", "checks", "grad_fn", "value"]
 MAX_ROWS = 40
+# columns kept whole up to this many characters when the table must shrink
+_KEEP_WHOLE = {"tensor": 32, "status": 24}
 
 
 def _num(x: float) -> str:
@@ -92,6 +94,49 @@ def _fit(rows: list[dict[str, str]], width: int, full: bool) -> list[tuple[str, 
     return cols
 
 
+_SHRINK = (".grad", "exact", "value")  # the cells that give way, by whole numbers, when the table is too wide
+
+
+def _shorten(text: str, budget: int) -> str:
+    """`text` (a value cell) in at most `budget` characters without splitting a number: a list keeps its first
+    elements, a summary its shape; else it is left as it is."""
+    if len(text) <= budget or not text.startswith("["):
+        return text
+    if "] " in text:  # "[6x1x5x5] -0.04014..0.02834": the shape alone
+        head = text.split("] ", 1)[0] + "]"
+        return head if len(head) <= budget else text
+    items = [e for e in text[1:-1].split(", ") if e != "..."]
+    for k in range(len(items) - 1, 0, -1):
+        short = "[" + ", ".join(items[:k]) + ", ...]"
+        if len(short) <= budget:
+            return short
+    return "[...]" if budget >= 5 else text
+
+
+def _shrunk(rows: list[dict[str, str]], cols: list[tuple[str, str]], width: int) -> list[dict[str, str]]:
+    """`rows` with their value cells shortened (`_shorten`), widest column first, until the columns fit `width`."""
+    names = [c for c, _ in cols]
+    rows = [dict(r) for r in rows]
+
+    def widest(c: str) -> int:
+        return max(len(c), *(len(r[c]) for r in rows))
+
+    while sum(widest(c) + 3 for c in names) > width:
+        shrinkable = [c for c in _SHRINK if c in names]
+        if not shrinkable:
+            break
+        col = max(shrinkable, key=widest)
+        budget = widest(col) - 1
+        changed = False
+        for r in rows:
+            short = _shorten(r[col], budget)
+            changed = changed or short != r[col]
+            r[col] = short
+        if not changed:
+            break
+    return rows
+
+
 def render_run_text(report: RunReport, *, width: int = 100, color: bool = False, full: bool = False) -> str:
     """The text report: the teacher's line, the backward calls, the tensors, the findings explained."""
     buf = io.StringIO()
@@ -120,10 +165,16 @@ def render_run_text(report: RunReport, *, width: int = 100, color: bool = False,
         rows = [_cells(t) for t in report.tensors]
         shown = rows if full or len(rows) <= MAX_ROWS else rows[: MAX_ROWS // 2] + rows[-MAX_ROWS // 2:]
         cols = _fit(shown, width, full)
+        if not full:
+            shown = _shrunk(shown, cols, width)
         table = Table(header_style="bold", pad_edge=False, box=box.SIMPLE_HEAD, collapse_padding=True)
         for name, justify in [c for c in _COLUMNS if c in cols]:
+            # a row's name and status whole (up to a point): where the width runs short the numbers give way
+            # (`net.co…` ten times over told no parameter from another)
+            keep = _KEEP_WHOLE.get(name, 0)
+            widest = max((len(r[name]) for r in shown), default=0)
             table.add_column(name, justify=justify, no_wrap=True, overflow="ellipsis",  # type: ignore[arg-type]
-                             min_width=len(name))
+                             min_width=max(len(name), min(widest, keep)))
         for i, r in enumerate(shown):
             if len(shown) < len(rows) and i == MAX_ROWS // 2:
                 table.add_row(*[f"... {len(rows) - len(shown)} more" if c == "tensor" else "" for c, _ in
