@@ -1495,8 +1495,10 @@ def test_a_narrow_table_gives_way_by_whole_numbers_and_keeps_names_whole():
     assert sum(max(len(c), *(len(r[c]) for r in out)) + 3 for c, _ in cols) <= 76
     assert [r["tensor"] for r in out] == ["net.conv1.bias", "net.conv1.weight"]
     assert [r["status"] for r in out] == ["ok", "not a leaf: no .grad"]
-    numbers = set(re.findall(r"-?\d[\d.e+-]*", vector + " [6x1x5x5] -0.04014..0.02834"))
-    for r in out:
-        for cell in (r[".grad"], r["exact"]):
-            assert cell.startswith("[") and set(re.findall(r"-?\d[\d.e+-]*", cell)) <= numbers, cell
-    assert out[0][".grad"] in ("[-0.007237, -0.01211, ...]", "[-0.007237, ...]", "[...]")
+    # a list keeps whole elements; a summary its shape, and its range at fewer digits or not at all
+    assert out[0][".grad"] == out[0]["exact"] in ("[-0.007237, -0.01211, ...]", "[-0.007237, ...]", "[...]")
+    summary = re.fullmatch(r"\[6x1x5x5\](?: (-?[\d.]+)\.\.(-?[\d.]+))?", out[1][".grad"])
+    assert summary and out[1]["exact"] == out[1][".grad"], out[1]
+    if summary.group(1):
+        assert float(summary.group(1)) == pytest.approx(-0.04014, rel=0.05)
+        assert float(summary.group(2)) == pytest.approx(0.02834, rel=0.05)

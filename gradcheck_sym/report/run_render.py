@@ -102,9 +102,18 @@ def _shorten(text: str, budget: int) -> str:
     elements, a summary its shape; else it is left as it is."""
     if len(text) <= budget or not text.startswith("["):
         return text
-    if "] " in text:  # "[6x1x5x5] -0.04014..0.02834": the shape alone
-        head = text.split("] ", 1)[0] + "]"
-        return head if len(head) <= budget else text
+    if "] " in text:  # "[6x1x5x5] -0.04014..0.02834": its range to fewer digits, else the shape alone
+        head, span = text.split("] ", 1)
+        try:
+            low, high = (float(x) for x in span.split("..", 1))
+        except ValueError:
+            low = high = None
+        for digits in (3, 2):
+            if low is not None and high is not None:
+                short = f"{head}] {low:.{digits}g}..{high:.{digits}g}"
+                if len(short) <= budget:
+                    return short
+        return head + "]" if len(head) + 1 <= budget else text
     items = [e for e in text[1:-1].split(", ") if e != "..."]
     for k in range(len(items) - 1, 0, -1):
         short = "[" + ", ".join(items[:k]) + ", ...]"
@@ -128,10 +137,12 @@ def _shrunk(rows: list[dict[str, str]], cols: list[tuple[str, str]], width: int)
         col = max(shrinkable, key=widest)
         budget = widest(col) - 1
         changed = False
-        for r in rows:
-            short = _shorten(r[col], budget)
-            changed = changed or short != r[col]
-            r[col] = short
+        # .grad and exact give way together: side by side, they are read against each other
+        for c in [c for c in (".grad", "exact") if c in names] if col in (".grad", "exact") else [col]:
+            for r in rows:
+                short = _shorten(r[c], budget)
+                changed = changed or short != r[c]
+                r[c] = short
         if not changed:
             break
     return rows
