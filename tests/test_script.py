@@ -1502,3 +1502,17 @@ def test_a_narrow_table_gives_way_by_whole_numbers_and_keeps_names_whole():
     if summary.group(1):
         assert float(summary.group(1)) == pytest.approx(-0.04014, rel=0.05)
         assert float(summary.group(2)) == pytest.approx(0.02834, rel=0.05)
+
+
+def test_full_lays_the_table_out_as_wide_as_it_needs(tmp_path):
+    from gradcheck_sym.report.run_render import render_run_text
+
+    script = tmp_path / "wide.py"
+    script.write_text("import torch\nparameter_with_a_long_name = torch.linspace(-1, 1, 7, requires_grad=True)\n"
+                      "(parameter_with_a_long_name ** 3).sum().backward()\n")
+    report = gs.run_script(str(script))
+    full = render_run_text(report, width=100, full=True)
+    (row,) = [line for line in full.splitlines() if line.lstrip().startswith("parameter_with_a_long_name")]
+    assert len(row) > 100 and "…" not in row and "retains" in full and "checks" in full  # every column, whole
+    narrow = render_run_text(report, width=100)
+    assert max(len(line) for line in narrow.splitlines()) <= 100
