@@ -1516,3 +1516,18 @@ def test_full_lays_the_table_out_as_wide_as_it_needs(tmp_path):
     assert len(row) > 100 and "…" not in row and "retains" in full and "checks" in full  # every column, whole
     narrow = render_run_text(report, width=100)
     assert max(len(line) for line in narrow.splitlines()) <= 100
+
+
+def test_a_tensor_made_under_no_grad_that_no_backward_reached_says_so(tmp_path):
+    # (an evaluation pass's named tensors: "not reached" said nothing of why)
+    script = tmp_path / "evaluate.py"
+    script.write_text(textwrap.dedent("""\
+        import torch
+        w = torch.randn(3, requires_grad=True)
+        with torch.no_grad():
+            score = w * 2
+        (w ** 2).sum().backward()
+        """))
+    report = gs.run_script(str(script))
+    assert _row(report, "score").status == "made under no_grad: no grad_fn", str(report)
+    assert _row(report, "w").status == "ok"

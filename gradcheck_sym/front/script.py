@@ -270,7 +270,7 @@ def _rows(tracer: ScriptTracer, names: dict[int, str]) -> list[TensorRow]:
         unjudged = last.leaf and t is not None and (t.is_leaf or t.retains_grad) and \
             isinstance(t.grad, torch.Tensor) and (not checks or _changed_since(tracer, last, t.grad))
         status = "not verified" if unjudged else bad[-1] if bad else ("ok" if compared else (
-            checks[-1][3] if checks else ("not reached by a backward" if last.leaf else "no backward")))
+            checks[-1][3] if checks else ((last.cut or "not reached by a backward") if last.leaf else "no backward")))
         count = len(infos)
         display = name if count == 1 else f"{name} ×{count}"
         own = [c for c in last.checks if c[0] not in returned]  # torch.autograd.grad does not fill .grad
