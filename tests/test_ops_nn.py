@@ -345,3 +345,26 @@ def test_a_conv_bias_before_batch_norm_in_float32_is_no_false_alarm():
     wrong = gs.check_function(Wrong(), x, dtype="float32")
     assert not wrong.ok and "0.bias" not in {f.node for f in report.findings}
     assert any(f.node == "conv.bias" for f in wrong.errors())
+
+
+@pytest.mark.parametrize("kind, reason", [
+    ("relu", "a relu RNN is not modelled (the kink inside the recurrence has no value of the user's to take its side "
+             "from)"),
+    ("packed", "packed sequences are not modelled"),
+    ("proj_size", "an LSTM with proj_size is not modelled"),
+    ("dropout", "dropout between the layers of a recurrent layer is drawn inside its kernel: not modelled"),
+])
+def test_recurrent_layers_refused_say_why(kind, reason):
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    torch.manual_seed(0)
+    module, run = {
+        "relu": (torch.nn.RNN(2, 3, nonlinearity="relu"), lambda m, x: m(x)[0].sum()),
+        "packed": (torch.nn.LSTM(2, 3), lambda m, x: m(pack_padded_sequence(x, [4, 2]))[1][0].sum()),
+        "proj_size": (torch.nn.LSTM(2, 3, proj_size=2), lambda m, x: m(x)[0].sum()),
+        "dropout": (torch.nn.GRU(2, 3, num_layers=2, dropout=0.5), lambda m, x: m(x)[0].sum()),
+    }[kind]
+    report = gs.check_function(quiet(lambda x: run(module, x)), torch.randn(4, 2, 2), dtype="float32")
+    (finding,) = report.findings
+    assert finding.kind == "not-verified" and not report.ok
+    assert f"could not model — {reason}" in finding.message, finding.message

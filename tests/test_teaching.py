@@ -502,7 +502,7 @@ def test_an_error_of_ours_while_the_copy_runs_is_ours_even_where_sigchld_is_igno
     import signal
     import time
 
-    from gradcheck_sym.judge.isolated import _isolated, child_pids
+    from gradcheck_sym.judge.isolated import child_pids, run_isolated
 
     def meanwhile():
         time.sleep(0.3)  # (the copy has ended and, with SIGCHLD ignored, been reaped by the system)
@@ -511,7 +511,7 @@ def test_an_error_of_ours_while_the_copy_runs_is_ours_even_where_sigchld_is_igno
     before = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     try:
         with pytest.raises(ZeroDivisionError, match="ours"):
-            _isolated(lambda: 1, 30.0, child_pids(), meanwhile=meanwhile)  # (the test runner's children: not ours)
+            run_isolated(lambda: 1, 30.0, child_pids(), meanwhile=meanwhile)  # (the test runner's children: not ours)
     finally:
         signal.signal(signal.SIGCHLD, before)
 

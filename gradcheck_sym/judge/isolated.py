@@ -18,30 +18,30 @@ from typing import AbstractSet, Any
 
 import torch
 
-__all__ = ["child_pids"]
+__all__ = ["run_isolated", "NotRun", "child_pids"]
 
 
-class _NotRun(Exception):
+class NotRun(Exception):
     def __init__(self, message: str, timed_out: bool = False) -> None:
         super().__init__(message)
         self.timed_out = timed_out
 
 
-def _isolated(fn: Any, seconds: float, before: AbstractSet[int] = frozenset(), meanwhile: Any = None) -> Any:
-    """`fn()` in a forked copy of this process, its output thrown away: its result (pickled back), or _NotRun.
+def run_isolated(fn: Any, seconds: float, before: AbstractSet[int] = frozenset(), meanwhile: Any = None) -> Any:
+    """`fn()` in a forked copy of this process, its output thrown away: its result (pickled back), or `NotRun`.
     `before`: the children the process had before the script started (not the script's: a test runner's).
     `meanwhile()` runs here while the copy runs (its time is not the copy's: the limit starts after it).
 
     The copy has one thread (ours): its torch runs single-threaded, as an OpenMP pool does not survive a fork.
     """
     if not hasattr(os, "fork"):
-        raise _NotRun("running it again needs os.fork, to keep what the Function does away from the script")
+        raise NotRun("running it again needs os.fork, to keep what the Function does away from the script")
     if hasattr(signal, "SIGCHLD") and callable(signal.getsignal(signal.SIGCHLD)):
         # the copy's end would call the script's own handler (a process it never started)
-        raise _NotRun("the script handles SIGCHLD: a forked copy to run it again in would signal it")
+        raise NotRun("the script handles SIGCHLD: a forked copy to run it again in would signal it")
     if child_pids() - before:
         # a wait() for any child (a thread of the script's reaping its own) could get the copy instead
-        raise _NotRun("the script has child processes of its own: one waiting for any child could get the forked "
+        raise NotRun("the script has child processes of its own: one waiting for any child could get the forked "
                       "copy to run it again in")
     r, w = os.pipe()
     show = warnings.showwarning
@@ -51,7 +51,7 @@ def _isolated(fn: Any, seconds: float, before: AbstractSet[int] = frozenset(), m
     except Exception as exc:  # noqa: BLE001 - not forked: nothing decided
         os.close(r)
         os.close(w)
-        raise _NotRun(f"running it again failed to start ({type(exc).__name__}: {exc})") from None
+        raise NotRun(f"running it again failed to start ({type(exc).__name__}: {exc})") from None
     finally:
         warnings.showwarning = show
     if pid == 0:  # pragma: no cover - the copy (coverage does not follow it)
@@ -97,7 +97,7 @@ def _isolated(fn: Any, seconds: float, before: AbstractSet[int] = frozenset(), m
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([r], [], [], left)[0]:
                 os.kill(pid, signal.SIGKILL)
-                raise _NotRun(f"running it again in float64 took longer than {seconds:.0f} s (a forward waiting on "
+                raise NotRun(f"running it again in float64 took longer than {seconds:.0f} s (a forward waiting on "
                               "another thread cannot run in the copy that runs it)", timed_out=True)
             chunk = os.read(r, 1 << 20)
             if not chunk:
@@ -112,9 +112,9 @@ def _isolated(fn: Any, seconds: float, before: AbstractSet[int] = frozenset(), m
     try:
         status, value = pickle.loads(b"".join(chunks))
     except Exception:  # noqa: BLE001 - the copy died before it said anything
-        raise _NotRun("running it again in float64 ended without a result") from None
+        raise NotRun("running it again in float64 ended without a result") from None
     if status != "done":
-        raise _NotRun(f"running it again in float64 failed ({value})")
+        raise NotRun(f"running it again in float64 failed ({value})")
     return value
 
 

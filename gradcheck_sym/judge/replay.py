@@ -28,7 +28,7 @@ import torch
 
 from ..ir.program import Var
 from ..reference.interpret import Traced, sweep
-from .isolated import _isolated, _NotRun, child_pids
+from .isolated import NotRun, child_pids, run_isolated
 
 __all__ = ["Replays", "AGREE", "DIFFER", "REPLAY_SECONDS", "child_pids"]
 
@@ -92,7 +92,7 @@ class Replays:
             return "unknown", "it goes through a custom Function call the tracer could not tell apart", ()
         if self.verdicts is None:
             self.verdicts = self._run()
-        names = tuple(sorted({self.names[k] for k in label}))
+        names = self.functions(vid)
         found = [self.verdicts.get(k, ("unknown", "its call was not replayed")) for k in sorted(label)]
         for wanted in ("differ", "unknown"):
             for verdict, detail in found:
@@ -123,11 +123,11 @@ class Replays:
         # write to each page); if that one runs out of time, each call alone, so that only the one that hangs is
         # given up.
         try:
-            got = _isolated(lambda: {k: self._grads(k) for k in todo}, self.limit * len(todo), self.before,
+            got = run_isolated(lambda: {k: self._grads(k) for k in todo}, self.limit * len(todo), self.before,
                             meanwhile=exact)
             out.update({k: self._judge(k, got[k]) for k in todo})
             return out
-        except _NotRun as exc:
+        except NotRun as exc:
             classes = {self.tracer.custom_calls.calls[k].cls for k in todo}
             if not exc.timed_out or len(classes) == 1:
                 if exc.timed_out:
@@ -142,8 +142,8 @@ class Replays:
                 out[k] = ("unknown", given_up[cls])
                 continue
             try:
-                out[k] = self._judge(k, _isolated(lambda: self._grads(k), self.limit, self.before))
-            except _NotRun as exc:
+                out[k] = self._judge(k, run_isolated(lambda: self._grads(k), self.limit, self.before))
+            except NotRun as exc:
                 out[k] = ("unknown", str(exc))
                 if exc.timed_out:
                     given_up[cls] = f"{exc} (not tried again)"

@@ -103,18 +103,9 @@ def _ew_impl(*args: Any, fn: EwFn) -> Any:
     out = fn.torch(*targs)
     if not is_tensor(out):
         out = torch.tensor(float(out), dtype=F64)
-    oshape = out.shape
-    broadcast = not oshape  # every argument 0-d or of the result's shape, one of them its: broadcast already
-    for a in targs:
-        if a.shape == oshape:
-            broadcast = True
-        elif a.shape:
-            broadcast = False
-            break
-    if not broadcast:
-        shape = _bshape(targs)
-        if oshape != shape:
-            out = out.expand(shape)
+    shape = _bshape(targs)
+    if out.shape != shape:
+        out = out.expand(shape)
     if out.dtype != F64 and out.dtype != torch.bool and out.dtype != _WORKING.dtype:
         out = out.to(F64)
     return out

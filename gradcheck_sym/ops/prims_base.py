@@ -76,13 +76,16 @@ def broadcast_shape(*shapes: Sequence[int]) -> tuple[int, ...]:
 
 
 def _bshape(args: Sequence[Any]) -> tuple[int, ...]:
-    first = args[0].shape if isinstance(args[0], torch.Tensor) else None
-    if first is not None:
-        for a in args:
-            if not isinstance(a, torch.Tensor) or a.shape != first:
+    shape: Any = ()
+    for a in args:  # every argument 0-d or of one shape (a 0-d parameter times a batch): that shape, at once
+        if not isinstance(a, torch.Tensor):
+            break
+        if a.shape:
+            if shape and a.shape != shape:
                 break
-        else:
-            return tuple(first)  # every argument of one shape: nothing to broadcast
+            shape = a.shape
+    else:
+        return tuple(shape)
     return broadcast_shape(*[shape_of(a) for a in args])
 
 

@@ -86,30 +86,39 @@ def _fit(rows: list[dict[str, str]], width: int, full: bool) -> list[tuple[str, 
         return cols
     drop = list(_DROP)
     while drop:
-        need = sum(max(len(c), *(len(r[c]) for r in rows)) + 3 for c, _ in cols) if rows else 0
-        if need <= width:
+        if _need(rows, [c for c, _ in cols]) <= width:
             break
         name = drop.pop(0)
         cols = [c for c in cols if c[0] != name]
     return cols
 
 
+def _widest(rows: list[dict[str, str]], name: str) -> int:
+    return max(len(name), *(len(r[name]) for r in rows))
+
+
+def _need(rows: list[dict[str, str]], names: list[str]) -> int:
+    """The width columns `names` take with every cell whole (and the padding between them)."""
+    return sum(_widest(rows, c) + 3 for c in names) if rows else 0
+
+
 _SHRINK = (".grad", "exact", "value")  # the cells that give way, by whole numbers, when the table is too wide
+_PAIRED = (".grad", "exact")  # side by side, read against each other: they give way together
 
 
 def _shorten(text: str, budget: int) -> str:
     """`text` (a value cell) in at most `budget` characters without splitting a number: a list keeps its first
-    elements, a summary its shape; else it is left as it is."""
+    elements, a summary its range to fewer digits, else its shape alone; anything else is left as it is."""
     if len(text) <= budget or not text.startswith("["):
         return text
-    if "] " in text:  # "[6x1x5x5] -0.04014..0.02834": its range to fewer digits, else the shape alone
+    if "] " in text:  # "[6x1x5x5] -0.04014..0.02834"
         head, span = text.split("] ", 1)
         try:
             low, high = (float(x) for x in span.split("..", 1))
         except ValueError:
-            low = high = None
-        for digits in (3, 2):
-            if low is not None and high is not None:
+            pass
+        else:
+            for digits in (3, 2):
                 short = f"{head}] {low:.{digits}g}..{high:.{digits}g}"
                 if len(short) <= budget:
                     return short
@@ -126,19 +135,13 @@ def _shrunk(rows: list[dict[str, str]], cols: list[tuple[str, str]], width: int)
     """`rows` with their value cells shortened (`_shorten`), widest column first, until the columns fit `width`."""
     names = [c for c, _ in cols]
     rows = [dict(r) for r in rows]
-
-    def widest(c: str) -> int:
-        return max(len(c), *(len(r[c]) for r in rows))
-
-    while sum(widest(c) + 3 for c in names) > width:
-        shrinkable = [c for c in _SHRINK if c in names]
-        if not shrinkable:
-            break
-        col = max(shrinkable, key=widest)
-        budget = widest(col) - 1
+    shrinkable = [c for c in _SHRINK if c in names]
+    while shrinkable and _need(rows, names) > width:
+        col = max(shrinkable, key=lambda c: _widest(rows, c))
+        budget = _widest(rows, col) - 1
+        group = [c for c in _PAIRED if c in names] if col in _PAIRED else [col]
         changed = False
-        # .grad and exact give way together: side by side, they are read against each other
-        for c in [c for c in (".grad", "exact") if c in names] if col in (".grad", "exact") else [col]:
+        for c in group:
             for r in rows:
                 short = _shorten(r[c], budget)
                 changed = changed or short != r[c]
@@ -151,9 +154,9 @@ def _shrunk(rows: list[dict[str, str]], cols: list[tuple[str, str]], width: int)
 def render_run_text(report: RunReport, *, width: int = 100, color: bool = False, full: bool = False) -> str:
     """The text report: the teacher's line, the backward calls, the tensors, the findings explained."""
     buf = io.StringIO()
-    if full and report.tensors:  # every column whole: as wide as the table needs, past the terminal's width
-        rows = [_cells(t) for t in report.tensors]
-        width = max(width, sum(max(len(c), *(len(r[c]) for r in rows)) + 3 for c, _ in _COLUMNS) + 2)
+    rows = [_cells(t) for t in report.tensors]
+    if full:  # every column whole: as wide as the table needs, past the terminal's width
+        width = max(width, _need(rows, [c for c, _ in _COLUMNS]) + 2)
     console = Console(file=buf, width=width, color_system="standard" if color else None, force_terminal=color,
                       highlight=False, emoji=False, soft_wrap=False)
     console.print(Text(f"gradcheck-sym run {report.script}", style="bold"))
@@ -172,8 +175,7 @@ def render_run_text(report: RunReport, *, width: int = 100, color: bool = False,
                 console.print(Text(f"    not verified: {reason}"))
             for name, got, exact in b.returned[:4]:
                 console.print(Text(f"    returned d/d {name}: {value_text(got)} (exact {value_text(exact)})"))
-    if report.tensors:
-        rows = [_cells(t) for t in report.tensors]
+    if rows:
         shown = rows if full or len(rows) <= MAX_ROWS else rows[: MAX_ROWS // 2] + rows[-MAX_ROWS // 2:]
         cols = _fit(shown, width, full)
         if not full:
@@ -182,10 +184,8 @@ def render_run_text(report: RunReport, *, width: int = 100, color: bool = False,
         for name, justify in [c for c in _COLUMNS if c in cols]:
             # a row's name and status whole (up to a point): where the width runs short the numbers give way
             # (`net.co…` ten times over told no parameter from another)
-            keep = _KEEP_WHOLE.get(name, 0)
-            widest = max((len(r[name]) for r in shown), default=0)
             table.add_column(name, justify=justify, no_wrap=True, overflow="ellipsis",  # type: ignore[arg-type]
-                             min_width=max(len(name), min(widest, keep)))
+                             min_width=max(len(name), min(_widest(shown, name), _KEEP_WHOLE.get(name, 0))))
         for i, r in enumerate(shown):
             if len(shown) < len(rows) and i == MAX_ROWS // 2:
                 table.add_row(*[f"... {len(rows) - len(shown)} more" if c == "tensor" else "" for c, _ in

@@ -6,8 +6,8 @@ each step's hidden state gathered into the output and the last ones into ``h_n``
 derivative comes from the matmuls' and the functions' own rules, never from torch's fused backward.
 
 Refused (their gradients are then not verified, with the reason): packed sequences, relu RNNs (the kink inside
-the recurrence has no user value to take its side from), LSTM projections (``proj_size``) and dropout between
-layers while training (its mask is drawn inside the fused kernel).
+the recurrence has no value of the user's to take its side from), LSTM projections (``proj_size``) and dropout
+between layers while training (its mask is drawn inside the fused kernel).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from .. import prims as P
 from ..ew import ADD, MUL, SUB
 from .elementwise import table_fn
-from .linalg import matmul
+from .linalg import matmul, plus
 from .registry import Ctx, Refused, rule
 
 __all__: list[str] = []
@@ -46,7 +46,7 @@ def _placed(parts: list[Any], shape: Sequence[int], indices: list[Any]) -> Any:
 
 def _linear(x: Any, w: Any, b: Any) -> Any:
     out = matmul(x, P.mT(w))
-    return out if b is None else P.ew(ADD, out, b)
+    return out if b is None else plus(out, b)
 
 
 def _gate(g: Any, batch: int, hidden: int, k: int, count: int) -> Any:
@@ -102,7 +102,9 @@ def _layers(c: Ctx, kind: str) -> Any:
         ys: list[list[Any]] = []
         for d in range(dirs):
             k = layer * dirs + d
-            w = tuple(c.v(p) for p in params[k * per:(k + 1) * per]) + (None, None) * (not has_biases)
+            w = tuple(c.v(p) for p in params[k * per:(k + 1) * per])
+            if not has_biases:
+                w += (None, None)
             state = (_part(c.v(h0), state_shape, k), None if c0 is None else _part(c.v(c0), state_shape, k))
             out: list[Any] = [None] * steps
             for t in (range(steps) if d == 0 else reversed(range(steps))):
@@ -135,6 +137,12 @@ def _cell(c: Ctx, kind: str) -> Any:
     return (h, cell) if kind == "lstm" else h
 
 
+def _relu(c: Ctx, a: Any) -> Any:
+    raise Refused("a relu RNN is not modelled (the kink inside the recurrence has no value of the user's to take its "
+                  "side from)")
+
+
+rule("rnn_relu", "rnn_relu_cell", sig=lambda *args, **kwargs: 0)(_relu)
 rule("rnn_tanh", sig=lambda *args, **kwargs: 0)(lambda c, a: _layers(c, "rnn_tanh"))
 rule("lstm", sig=lambda *args, **kwargs: 0)(lambda c, a: _layers(c, "lstm"))
 rule("gru", sig=lambda *args, **kwargs: 0)(lambda c, a: _layers(c, "gru"))
