@@ -17,17 +17,18 @@ def _all(ps: P.PointSet, size: int) -> dict[str, torch.Tensor]:
     return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
 
 
-def _stream(seed: int, index: int, count: int = 3) -> torch.Generator:
-    """Variable `index`'s generator of `count`, made as the module documents it (not by its code)."""
+def _uniform(n: int, seed: int, index: int, count: int = 3) -> torch.Tensor:
+    """`n` draws in [0, 1) of variable `index`'s stream of `count`, made as the module documents it (not by its
+    code)."""
     child = np.random.SeedSequence(seed).spawn(count)[index]
-    return torch.Generator().manual_seed(int(child.generate_state(1, np.uint64)[0] >> 1))
+    return torch.from_numpy(np.random.Generator(np.random.PCG64(child)).random(n))
 
 
 def test_points_are_each_variables_stream(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(P, "PARALLEL_DRAW", 1)  # drawn in two threads
     got = _all(P.make_points(["x", "y", "z"], domain=DOMAIN, samples=5000, seed=7), 5000)
     for i, (name, (lo, hi)) in enumerate(DOMAIN.items()):
-        expected = torch.rand(5000, generator=_stream(7, i), dtype=torch.float64).mul_(hi - lo).add_(lo)
+        expected = _uniform(5000, 7, i).mul_(hi - lo).add_(lo)
         assert torch.equal(got[name], expected)
 
 
@@ -51,7 +52,7 @@ def test_a_given_first_point_leads_the_samples(monkeypatch: pytest.MonkeyPatch) 
     assert chunk["x"][0].item() == 0.25 and chunk["y"][0].item() == 2.5
     for i, name in enumerate(("x", "y")):
         lo = (0.0, 2.0)[i]
-        expected = torch.rand(5, generator=_stream(1, i, 2), dtype=torch.float64).add_(lo)
+        expected = _uniform(5, 1, i, 2).add_(lo)
         assert torch.equal(torch.cat([chunk[name][1:], chunk2[name]]), expected)
 
 

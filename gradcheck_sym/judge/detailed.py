@@ -31,7 +31,8 @@ from .subject import Run
 from .verdict import classify
 
 if TYPE_CHECKING:
-    from .engine import Checker, Chunk
+    from .chunk import Chunk
+    from .engine import Checker
 
 __all__ = ["Detailed"]
 
@@ -67,7 +68,7 @@ class Detailed:
         sub_xd = {name: t[idx] for name, t in ch.xd.items()}
         # Every point of the chunk a candidate, and the chunk's run retained every node there: that run is the base.
         whole = m == ch.n and ch.start + ch.n <= tl.NODE_POINTS
-        base = ch.autograd if whole else c.s.autograd(sub_xd, c.order, None)
+        base = ch.autograd if whole and ch.autograd is not None else c.s.autograd(sub_xd, c.order, None)
         trials = c.s.trials(sub_xd, c.order, tl.NOISE_TRIALS)
         run64 = None if is64 else c.s.autograd({k: v.to(torch.float64) for k, v in sub_xd.items()}, c.order, None)
         cands = _Candidates(idx, run64, base)
@@ -93,7 +94,7 @@ class Detailed:
             # settles less than every point (at 10,000 nodes, deriving and compiling that sweep was a third of a check).
             still &= ~self._settled(ch, q, idx, a, r64, noise, kinked, is64, tiny)
             if bool(still.any()):
-                noise = noise + c.refs.magnitude(q, ch.x64, idx, ch.start) * (tl.MAGNITUDE_ULPS * c.u / tl.NOISE_SAFETY)
+                noise = noise + c.refs.magnitude(q, ch.x64, idx, ch.key) * (tl.MAGNITUDE_ULPS * c.u / tl.NOISE_SAFETY)
                 still &= ~self._settled(ch, q, idx, a, r64, noise, kinked, is64, tiny)
             if bool(still.any()):
                 pending.append((qi, a, r64, noise, kinked, still))
@@ -111,7 +112,7 @@ class Detailed:
             for j in torch.nonzero(undefined).flatten().tolist():
                 i = int(idx[j])
                 auto = float(base.outputs()[0][j])
-                c.acc.add("outside-domain", "info", "", example(ch.start + i, c.point(ch, i), auto,
+                c.acc.add("outside-domain", "info", "", example(ch.point_index(i), c.point(ch, i), auto,
                                                                  float(hp[0][len(c.quantities)][j])), 0.0)
         for qi, a, r64, noise, kinked, still in pending:
             still = still & ~undefined
@@ -152,7 +153,7 @@ class Detailed:
                 if qi < 0:
                     continue
                 grad = c.ref_at(ch, f"q{qi}", idx).abs()
-                scale = scale + torch.maximum(grad, c.refs.magnitude(c.quantities[qi], ch.x64, idx, ch.start))
+                scale = scale + torch.maximum(grad, c.refs.magnitude(c.quantities[qi], ch.x64, idx, ch.key))
             # A NaN gradient leaves the rounding bound of the Hessian entry unknown there.
             scale = torch.nan_to_num(torch.as_tensor(scale, dtype=torch.float64), nan=math.inf)
             tol = tol + tl.HESSIAN_ULPS * c.u * (scale + r.abs())
@@ -163,7 +164,7 @@ class Detailed:
         """Classify quantity `q` at point `i` of the chunk (`j` among the candidates); record the verdict."""
         c = self.c
         point = c.point(ch, i)
-        index = ch.start + i
+        index = ch.point_index(i)
         v = classify(a, r, tol, u=c.u, cut=cut, kinked=kinked, stale=c._stale,
                      range_issue=lambda: self._range_issue(ch, j, cands))
         counts = q.counts

@@ -5,7 +5,9 @@ graph (`subject.Subject`: an expression, `expression.ExpressionSubject`, or a tr
 function).  Points are processed in chunks (bounded memory); within a chunk everything is
 one vectorised evaluation.  The cheap test (`tolerance.cheap_pass`) runs here on every
 (quantity, point); the detailed test (`detailed`) — measured rounding noise, the
-high-precision reference, the verdict ladder of `verdict` — only on the points that fail it.
+high-precision reference, the verdict ladder of `verdict` — only on the points that fail it:
+at once for the chunk holding the leading points, and for the chunks after it together
+(`deferred`), whose few candidates cost it as much one chunk at a time as all at once.
 The words of the report come from `findings` and `report.messages`.
 
 A check runs with autograd on (grad mode enabled, inference mode off) whatever the caller's
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import dataclass
 from typing import Any
 
 import sympy
@@ -31,28 +32,24 @@ from ..report import Report
 from ..report.records import Formula, LazyFormulas
 from . import tolerance as tl
 from .compare import Accumulator, Quantity, example, full
+from .chunk import Chunk
+from .deferred import Deferred
 from .findings import build_finding, cut_findings, sort_findings, tolerance_line
 from .points import PointSet
+from .progress import Progress
 from .programs import References
 from .subject import Region, Run, Subject, kink_ancestry
 
 __all__ = ["Checker", "Region", "Run", "Subject", "kink_ancestry", "CHUNK_ELEMENTS"]
 
-# Elements (points x kept tensors) per chunk: about 1 GiB of float64 in flight.
+# Elements (points x kept tensors) per chunk: at most about 1 GiB of float64 in flight.
 CHUNK_ELEMENTS = 2**27
-
-
-@dataclass
-class Chunk:
-    """One chunk's numbers, shared by the cheap and the detailed test."""
-
-    start: int
-    n: int
-    x64: dict[str, torch.Tensor]  # the points as rounded to the dtype, in float64
-    xd: dict[str, torch.Tensor]  # the same in the dtype
-    autograd: Run
-    env: dict[sympy.Symbol, Any]
-    outside: torch.Tensor | None = None  # points not compared (outside the domain, ill-conditioned, ...)
+# Chunks aim at this many elements (32 MiB of float64): their arrays stay in the cache and in memory the allocator
+# has kept from the last chunk (one chunk of a million points had a third of a small check's time in page faults,
+# freshly mapped memory), but hold at least MIN_CHUNK_POINTS points (a large graph's work per chunk) where
+# CHUNK_ELEMENTS allows.
+CHUNK_TARGET = 2**22
+MIN_CHUNK_POINTS = 2**15
 
 
 class Checker:
@@ -88,6 +85,7 @@ class Checker:
         self._kink_quantity: dict[int, str] = {}
         self._stale = bool(subject.extra_findings())
         self.notes: list[str] = []
+        self.deferred = Deferred(len(self.quantities))
         from .detailed import Detailed  # the detailed test reads this checker's state
 
         self.detailed = Detailed(self)
@@ -101,17 +99,19 @@ class Checker:
         """Check every point; return the report."""
         n_kept = (len(self.graph.nodes) * (3 if self.order == 1 else 5) + len(self.refs.extra)
                   + len(self.d.program.steps) // 4 + 8)
-        size = chunk_size or max(256, CHUNK_ELEMENTS // n_kept)
+        most = max(256, CHUNK_ELEMENTS // n_kept)
+        size = chunk_size or min(most, max(CHUNK_TARGET // n_kept, MIN_CHUNK_POINTS))
         size = max(1, min(size, self.points.n))
         chunks = math.ceil(self.points.n / size)
         show = progress if progress is not None else (chunks > 1 and self.points.n >= 1_000_000 and sys.stderr.isatty())
-        bar = _Progress(self.points.n, show)
+        bar = Progress(self.points.n, show)
         try:
             with autograd_on():
                 for start, arrays in self.points.chunks(size):
                     self.deadline.check(f"checking points {start:,} onwards")
                     self._chunk(start, arrays)
                     bar.advance(len(next(iter(arrays.values()))) if arrays else 1)
+                self._detail_gathered()
         finally:
             bar.close()
         return self._report()
@@ -122,7 +122,12 @@ class Checker:
         x64 = {name: t.to(torch.float64) for name, t in xd.items()}
         sub = min(n, max(0, tl.NODE_POINTS - start))
         run = self.s.autograd(xd, self.order, None, sub)
-        ch = Chunk(start, n, x64, xd, run, self.refs.env(x64, self.refs.keep, sub))
+        # In float64, torch's forward values are the ones the reference's own forward kernels would give: read,
+        # not computed again (never a gradient: those come from the program's derivatives).
+        shared = run.forward() if self.dtype == torch.float64 and self.refs.reads_forward and hasattr(run, "forward") \
+            else None
+        ch = Chunk(start, n, x64, xd, run, self.refs.env(x64, self.refs.keep, sub, shared))
+        del shared
 
         inside: torch.Tensor | None = None
         refs, autos = [], run.outputs()
@@ -181,9 +186,22 @@ class Checker:
                                        record_first=False)
         self._second_opinion(ch, outside, kinks, sub)
         if any_true(candidates):
-            self.detailed.run(ch, candidates, per_q_bad, kinks)
+            if sub:  # (intermediate nodes compared here: tested with this chunk's numbers)
+                self.detailed.run(ch, candidates, per_q_bad, kinks)
+            elif self.deferred.add(start, candidates, x64, xd, per_q_bad, kinks):
+                self._detail_gathered()
         if start == 0:
             self.first["point"] = {name: float(t[0]) for name, t in x64.items()}
+
+    def _detail_gathered(self) -> None:
+        """The detailed test of the candidates gathered from chunks past the leading points (see `deferred`)."""
+        g = self.deferred.take()
+        if g is None:
+            return
+        m = len(g.index)
+        ch = Chunk(-1, m, g.x64, g.xd, None, self.refs.env(g.x64, self.refs.keep), torch.zeros(m, dtype=torch.bool),
+                   index=g.index)
+        self.detailed.run(ch, torch.ones(m, dtype=torch.bool), g.bad, g.kinks)
 
     def _note_bad(self, ch: Chunk, i: int, q: Quantity, bad: torch.Tensor, a: torch.Tensor, r: torch.Tensor,
                   kinks: dict[int, torch.Tensor], per_q_bad: list[torch.Tensor | None], candidates: torch.Tensor,
@@ -282,6 +300,8 @@ class Checker:
         bad = torch.zeros(ch.n, dtype=torch.bool)
         factor = tl.CONDITION_RTOL_FACTOR if kind == "conditioning" else tl.TRACE_RTOL_FACTOR
         for r, a in zip(refs, autos):
+            if _same(r, a):  # the reference read torch's forward value: nothing to compare
+                continue
             # (in place: four passes over a million points fewer than the plain expression)
             loose = r.abs().add_(a.abs()).mul_(factor * math.sqrt(self.u)).add_(torch.finfo(self.dtype).tiny)
             bad |= (r - a).abs_() > loose
@@ -361,22 +381,7 @@ def _formulas(graph: Any, d: Any, names: dict[int, str]) -> tuple[Formula, ...]:
         return ()
 
 
-class _Progress:
-    """A rich progress bar on stderr for long runs; does nothing when not shown."""
-
-    def __init__(self, total: int, show: bool) -> None:
-        self._bar = None
-        if show:
-            from rich.progress import Progress
-
-            self._bar = Progress(transient=True)
-            self._bar.start()
-            self._task = self._bar.add_task("checking points", total=total)
-
-    def advance(self, n: int) -> None:
-        if self._bar is not None:
-            self._bar.advance(self._task, n)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """`a` and `b` are the same memory seen the same way (one value read by both sides)."""
+    return (a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
+            and a.dtype == b.dtype)
