@@ -109,7 +109,6 @@ def run_autograd(
     perturb: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
     retain: bool = True,
     meta: bool = False,
-    keep_values: bool = False,
     deadline: Deadline | None = None,
 ) -> AutogradRun:
     """Evaluate `graph` with torch on a batch and back-propagate from the output.
@@ -121,7 +120,6 @@ def run_autograd(
         perturb: node id -> (value factor, gradient factor) for the noise estimate.
         retain: call `retain_grad()` on every non-leaf (False: only the leaves get `.grad`).
         meta: record `grad_fn`, `is_leaf`, ... per node (`AutogradRun.meta`; empty otherwise).
-        keep_values: keep every node's value after a run with ``retain=False`` too.
         deadline: looked at before every node.
 
     Returns:
@@ -190,7 +188,7 @@ def run_autograd(
         raise UnsupportedError(f"torch's autograd cannot differentiate this expression in {dtype}: {first}",
                                hint) from None
     info = _meta(values) if meta else {}
-    if not (retain or keep_values):  # a bulk run: keep the output's value, free the intermediates' memory
+    if not retain:  # a bulk run: keep the output's value, free the intermediates' memory
         values = {k: v for k, v in values.items() if k == graph.output or graph.nodes[k].op == "var"}
     return AutogradRun(values, grads, info, hessian)
 

@@ -9,7 +9,6 @@ the noise estimate.
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Iterable
 
 import torch
@@ -21,7 +20,6 @@ from ..ir.graph import Graph
 from ..ops import OPS
 from ..report import Finding, NodeRow
 from ..report import messages as msg
-from ..reference.numeric import NumericProgram
 from ..reference.symbolic import Derivation
 from .compare import Quantity, full
 from .subject import Region, Run, kink_ancestry
@@ -34,9 +32,8 @@ class _ExpressionRun:
     a run with retain_grad() on every node over the leading `m` points, when there is one."""
 
     def __init__(self, run: AutogradRun, graph: Graph, n: int, small: AutogradRun | None = None,
-                 m: int = 0, same: frozenset[int] = frozenset()) -> None:
+                 m: int = 0) -> None:
         self.run, self.graph, self.n, self.small, self.m = run, graph, n, small, m
-        self.same = same
 
     def quantity(self, q: Quantity) -> torch.Tensor:
         if q.hess is not None:
@@ -54,23 +51,6 @@ class _ExpressionRun:
 
     def outputs(self) -> list[torch.Tensor]:
         return [full(self.run.values[self.graph.output].detach(), self.n)]
-
-    def forward(self) -> dict[int, torch.Tensor]:
-        """The float64 values at every point of the nodes in `same` (see `ExpressionSubject.same_forward`), for the
-        reference to read instead of computing them again.
-
-        A bulk run (intermediates' gradients from `small`) hands those values over: the reference frees each after
-        its last use, as it would have freed its own.
-        """
-        out = {}
-        values, g = self.run.values, self.graph
-        for k in sorted(values):  # (released first to last: each release frees one node, see AutogradRun)
-            t = values[k]
-            if k in self.same and t.dtype == torch.float64 and t.shape == (self.n,):
-                out[k] = t.detach()
-                if self.small is not None and k != g.output:
-                    del values[k]
-        return out
 
     def tensors(self) -> Iterable[tuple[str, torch.Tensor]]:
         g = self.graph
@@ -159,49 +139,16 @@ class ExpressionSubject:
         if detail is not None and detail < n:
             # Intermediate nodes are compared on the first `detail` points only: retain_grad()
             # on every node there, and the whole batch run as plain user code would be.
-            run = run_autograd(self.graph, xd, order=order, retain=False, deadline=self.deadline,
-                               keep_values=self._shares_forward(xd))
+            run = run_autograd(self.graph, xd, order=order, retain=False, deadline=self.deadline)
             small = run_autograd(self.graph, {k: v[:detail] for k, v in xd.items()}, order=order,
                                  meta=self._first is None, deadline=self.deadline) if detail else None
             if self._first is None and small is not None:
                 self._first = small
-            return _ExpressionRun(run, self.graph, n, small, detail, self.same_forward)
+            return _ExpressionRun(run, self.graph, n, small, detail)
         run = run_autograd(self.graph, xd, order=order, meta=self._first is None, deadline=self.deadline)
         if self._first is None:
             self._first = run
-        return _ExpressionRun(run, self.graph, n, same=self.same_forward)
-
-    def _shares_forward(self, xd: dict[str, torch.Tensor]) -> bool:
-        """In float64 the reference reads the forward values of the run (see `_ExpressionRun.forward`), unless it is
-        a numeric sweep (a large graph), which computes every value itself."""
-        return (all(t.dtype == torch.float64 for t in xd.values()) and bool(self.same_forward)
-                and not isinstance(self.derivation.program, NumericProgram))
-
-    @functools.cached_property
-    def same_forward(self) -> frozenset[int]:
-        """The op nodes whose float64 value torch computes as the reference would: the same kernel (the op is not
-        one torch only approximates) on the same numbers (variables, binary constants, other such nodes).
-
-        Not a node of constants alone (the reference keeps cot(pi) exact, infinite, where torch rounds pi first),
-        nor one fed by a named constant (sympy may simplify sin(pi*x) at exact multiples).
-        """
-        g = self.graph
-        same: set[int] = set()
-        exact: set[int] = set()  # nodes whose value both sides hold bit for bit
-        for node in g.nodes:
-            k = node.id
-            if node.op == "var":
-                exact.add(k)
-            elif node.op == "const":
-                v = node.value
-                if isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) <= 2**53:  # (not inf, not NaN)
-                    exact.add(k)
-            elif (g.depends_on_vars[k] and OPS[node.op].approx_rtol == 0
-                  and all(a in exact for a in node.args)):
-                exact.add(k)
-                if OPS[node.op].kind != "compare":
-                    same.add(k)
-        return frozenset(same)
+        return _ExpressionRun(run, self.graph, n)
 
     def trials(self, xd: dict[str, torch.Tensor], order: int, count: int) -> list[Run]:
         """`count` perturbed runs in one batch: the points repeated, each copy with its own noise."""

@@ -106,26 +106,21 @@ class References:
         self.mp_points = 0
         self.mp_skipped: dict[str, int] = {}  # why -> points where the mpmath reference was skipped
         self._confirmed = 0  # second-opinion disagreements checked in high precision
-        self._step_syms: set[sympy.Symbol] | None = None
 
     @property
     def steps(self) -> int:
         return len(self.compiled.steps) + self.compiled.work
 
-    def env(self, x64: dict[str, torch.Tensor], keep: set[sympy.Symbol] | None, sub: int | None = None,
-            forward: dict[int, torch.Tensor] | None = None) -> Env:
+    def env(self, x64: dict[str, torch.Tensor], keep: set[sympy.Symbol] | None, sub: int | None = None) -> Env:
         """The reference program's values: every point for the full-batch quantities, and (with
         `sub`) the intermediate nodes' references on the first `sub` points.
 
         With ``keep=None``: every value of the program (the detailed test, at a few points).
-        `forward`: node id -> its value in float64 at every point, computed by the torch forward kernel the
-        program would call for it (the autograd run's own forward in float64): not computed twice.
         """
         env: Env = {_sym(name): x64[name] for name in x64}
         if keep is None:
             return (self.compiled_leading or self.compiled).run(env, keep=None, deadline=self.deadline)
-        given = self._given(env, forward) if forward else frozenset()
-        out = self.compiled.run(env, keep=keep, deadline=self.deadline, given=given)
+        out = self.compiled.run(env, keep=keep, deadline=self.deadline)
         if sub and self.compiled_leading is not None:
             lead = self.compiled_leading.run({_sym(name): t[:sub] for name, t in x64.items()}, keep=keep,
                                              deadline=self.deadline)
@@ -134,33 +129,6 @@ class References:
                 if sym is not None and sym in lead and name in self.extra:
                     out[sym] = full(lead[sym], sub)
         return out
-
-    @property
-    def reads_forward(self) -> bool:
-        """`env` takes forward values (a numeric sweep, for a large graph, computes every value itself)."""
-        return self.compiled.prelude is None
-
-    def _given(self, env: Env, forward: dict[int, torch.Tensor]) -> frozenset[sympy.Symbol]:
-        """`forward`'s values moved into `env` under their program step (the nodes that have one), and those steps.
-
-        (Moved: the program drops each after its last use.)
-        """
-        if not self.reads_forward:
-            return frozenset()
-        given = set()
-        for k in list(forward):
-            value = forward.pop(k)
-            sym = self.d.values.get(k)
-            if sym in self._steps:
-                env[sym] = value
-                given.add(sym)
-        return frozenset(given)
-
-    @property
-    def _steps(self) -> set[sympy.Symbol]:
-        if self._step_syms is None:
-            self._step_syms = {sym for sym, _ in self.d.program.steps}
-        return self._step_syms
 
     def whole_env(self, x64: dict[str, torch.Tensor], sub: int) -> Env:
         """The second opinion's gradients on the first `sub` points."""

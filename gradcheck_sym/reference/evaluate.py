@@ -174,16 +174,14 @@ class CompiledProgram:
     prelude: Callable[[Env, bool, Deadline | None], None] | None = None
     work: int = 0  # the prelude's work, in program steps (for the high-precision budget)
 
-    def run(self, env: Env, keep: set[sympy.Symbol] | None = None, deadline: Deadline | None = None,
-            given: frozenset[sympy.Symbol] = frozenset()) -> Env:
+    def run(self, env: Env, keep: set[sympy.Symbol] | None = None, deadline: Deadline | None = None) -> Env:
         """Evaluate every step into `env` (updated and returned).
 
         Args:
-            env: values of the inputs (and of the steps in `given`).
+            env: values of the inputs.
             keep: symbols to keep; others are dropped after their last use to bound
                 memory (None keeps everything).
             deadline: checked before every step (raises `TimeLimitError` when spent).
-            given: steps whose value `env` already holds: not computed again.
 
         Raises:
             TimeLimitError: the deadline passed.
@@ -193,8 +191,7 @@ class CompiledProgram:
         for i, (sym, fn) in enumerate(self.steps):
             if deadline is not None:
                 deadline.check("evaluating the reference")
-            if sym not in given:
-                env[sym] = fn(env)
+            env[sym] = fn(env)
             if keep is not None:
                 for dead in self.frees[i]:
                     if dead not in keep:
