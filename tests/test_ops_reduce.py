@@ -18,6 +18,10 @@ def _with_nan():
 
 CASES = {
     "nansum": (lambda x: torch.nansum(x, 1), (_with_nan(),)),
+    # numpy's names, which torch takes (d2l's softmax, makemore): axis= for dim=, keepdims= for keepdim=
+    "sum(axis, keepdims)": (lambda x: x.sum(axis=1, keepdims=True), (rand(3, 4),)),
+    "std(axis)": (lambda x: torch.std(x, axis=0), (rand(3, 4),)),
+    "max(axis)": (lambda x: x.max(axis=1, keepdims=True).values, (rand(3, 4),)),
     "nanmean": (lambda x: torch.nanmean(x, 0, keepdim=True), (_with_nan(),)),
     "sum_to_size": (lambda x: x.sum_to_size(1, 4), (rand(3, 4),)),
     "prod": (lambda x: torch.prod(x, 1), (rand(3, 4),)),

@@ -226,6 +226,53 @@ def test_eval_mode_dropout_returning_its_input(capsys):
     assert report.ok and _row(report, "model.0.weight").status == "ok"
 
 
+def test_a_view_of_a_leaf_changed_in_place_under_no_grad(tmp_path, capsys):
+    # torch raises on reading .is_leaf/.grad_fn of such a view (nn.Embedding's padding_idx does this to its weight);
+    # the script never reads them, and must run as under python: the leaf has a new value, no row of its own
+    path = _script(tmp_path, textwrap.dedent("""\
+        import torch
+        w = torch.randn(4, 3, requires_grad=True)
+        u = torch.nn.Parameter(torch.randn(4, 3))
+        with torch.no_grad():
+            w[0].fill_(0)
+            u[:, 0].mul_(2)
+        emb = torch.nn.Embedding(5, 3, padding_idx=0)
+        loss = (w ** 2).sum() + (u ** 3).sum() + emb(torch.tensor([0, 2, 2])).pow(2).sum()
+        loss.backward()
+        print(float(w.grad[0].abs().sum()), float(emb.weight.grad[0].abs().sum()))
+        """))
+    report = gs.run_script(path)
+    assert report.exit_code == 0 and report.error is None
+    assert capsys.readouterr().out == "0.0 0.0\n"
+    assert report.ok and report.summary["verified"] == 1 and report.summary["not_verified"] == 0
+    assert {r.name for r in report.tensors if r.is_leaf and r.requires_grad} == {"w", "u", "emb.weight"}
+    assert all(_row(report, name).status == "ok" for name in ("w", "u", "emb.weight"))
+
+
+def test_a_loop_s_row_counts_every_check_and_keeps_a_middle_mismatch(tmp_path, capsys):
+    # (a row keeps only a few checks' values: its count and its status must still cover all of them)
+    path = _script(tmp_path, textwrap.dedent("""\
+        import torch
+        calls = [0]
+        class Twice(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, x):
+                return 2 * x
+            @staticmethod
+            def backward(ctx, g):
+                calls[0] += 1
+                return g * (3 if calls[0] == 5 else 2)  # wrong in the fifth backward only
+        w = torch.tensor([1.0, 2.0], requires_grad=True)
+        for step in range(12):
+            w.grad = None
+            Twice.apply(w).sum().backward()
+        """))
+    report = gs.run_script(path)
+    row = _row(report, "w")
+    assert row.checks == (11, 12) and row.status == "mismatch"
+    assert [f.kind for f in report.findings if f.severity == "error"] == ["mismatch"]
+
+
 def _script(tmp_path, text):
     path = tmp_path / "script.py"
     path.write_text(text)

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from ..autograd.attrs import is_leaf
 from ..errors import InputError
 from ..judge.backward import BackwardVerifier
 from ..report.run import EXPLANATIONS, SEVERITY, BackwardRow, RunFinding, RunReport, TensorRow, assigned_name, \
@@ -261,13 +262,16 @@ def _rows(tracer: ScriptTracer, names: dict[int, str]) -> list[TensorRow]:
         last = infos[-1]
         t = last.ref()
         checks = [c for i in infos for c in i.checks]
-        compared = [c for c in checks if c[3] not in _NOT_COMPARED]
-        passed = sum(1 for c in compared if c[3] in ("ok", "nonfinite-agree", "nondifferentiable"))
-        bad = [c[3] for c in compared if c[3] not in ("ok", "nonfinite-agree", "nondifferentiable")]
+        # every check's status, the ones let go included, in the order they came (a loop's middle mismatch counts)
+        statuses = [st for i in infos for st in ([i.checks[0][3]] if i.checks else []) + i.dropped
+                    + [c[3] for c in i.checks[1:]]]
+        compared = [st for st in statuses if st not in _NOT_COMPARED]
+        passed = sum(1 for st in compared if st in ("ok", "nonfinite-agree", "nondifferentiable"))
+        bad = [st for st in compared if st not in ("ok", "nonfinite-agree", "nondifferentiable")]
         # a leaf holding a .grad that no check recorded, or other than its last check saw while a later backward was
         # not verified as a whole (recording stopped: the time or memory budget): that backward reached it
         # (.grad read only where torch keeps one: reading a non-leaf's warns, on the script's stderr)
-        unjudged = last.leaf and t is not None and (t.is_leaf or t.retains_grad) and \
+        unjudged = last.leaf and t is not None and (is_leaf(t) or t.retains_grad) and \
             isinstance(t.grad, torch.Tensor) and (not checks or _changed_since(tracer, last, t.grad))
         status = "not verified" if unjudged else bad[-1] if bad else ("ok" if compared else (
             checks[-1][3] if checks else ((last.cut or "not reached by a backward") if last.leaf else "no backward")))

@@ -44,6 +44,7 @@ class TensorInfo:
     hook_changed: int = -1  # the last backward (index) in which one of its hooks changed its gradient
     # per backward that reached it: (backward index, .grad after (float64), exact contribution, status)
     checks: list[tuple[int, Any, Any, str]] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)  # the statuses of checks let go (only the first few are kept)
     exact_total: Any = None  # the exact .grad if every contribution since a reset was verified, else None
 
 

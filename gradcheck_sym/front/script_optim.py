@@ -17,6 +17,7 @@ from typing import Any, Iterator
 import torch
 from torch.optim import optimizer as optim
 
+from ..autograd.attrs import is_leaf
 from ..ops.core import leaves
 from .tracer_sites import dispatching_frame
 
@@ -187,7 +188,7 @@ class OptimizerSteps:
         if stepping:
             with torch._C.DisableTorchFunction(), self.lock:
                 for p, version in stepping.values():
-                    if p._version != version and p.requires_grad and p.is_leaf:
+                    if p._version != version and p.requires_grad and is_leaf(p):
                         self._new_leaf(p)
 
     def _optimizer_op(self, func: Any, args: tuple, kwargs: dict) -> Any:
@@ -199,7 +200,7 @@ class OptimizerSteps:
         Anything else (a non-leaf tensor that requires grad) takes the traced path.
         """
         tensors = [t for t in leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
-        if any(t.requires_grad and not t.is_leaf for t in tensors):
+        if any(t.requires_grad and not is_leaf(t) for t in tensors):
             return _NOT_FAST
         before = {id(t): t._version for t in tensors if t.requires_grad and id(t) in self.recs}
         out = self.call_as(dispatching_frame(sys._getframe()), func, args, kwargs)

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from ..autograd.attrs import grad_fn, is_leaf
 from ..ir.program import Site
 from ..ops.core import leaves
 from ..reference.interpret import Traced
@@ -72,7 +73,7 @@ class ScriptTracer(BackwardCalls, OptimizerSteps, ScriptMemory, Tracer):
 
     # ------------------------------------------------------------ leaves and infos
     def _unknown(self, t: torch.Tensor) -> Any:
-        if t.requires_grad and t.is_leaf and t.is_floating_point() and not t.is_complex():
+        if t.requires_grad and is_leaf(t) and t.is_floating_point() and not t.is_complex():
             return self._new_leaf(t)
         return super()._unknown(t)
 
@@ -118,7 +119,7 @@ class ScriptTracer(BackwardCalls, OptimizerSteps, ScriptMemory, Tracer):
         info = self.infos.get(id(t))
         if info is None or info.ref() is not t:
             file, line, source = _user_frame() if where is None else (where.file, where.line, where.source)
-            info = TensorInfo(self.all_infos.serial(), None, line, source, t.is_leaf, 0, tuple(t.shape),
+            info = TensorInfo(self.all_infos.serial(), None, line, source, is_leaf(t), 0, tuple(t.shape),
                               requires_grad=t.requires_grad)
             info.ref = self._weak(t, info)
             self.infos[id(t)] = info
@@ -150,9 +151,9 @@ class ScriptTracer(BackwardCalls, OptimizerSteps, ScriptMemory, Tracer):
         rec = self.recs.get(id(t))
         cut = "no_grad" if s.grad != "on" and s.custom is None else ("detach" if self.name == "detach" else "")
         if s.custom is None and (t.requires_grad or s.grad != "on" or self.name == "detach") and \
-                _ASSIGNS.match(s.source):
+                _ASSIGNS.match(s.source) and not _leaf_window(t):
             info = self._info(t, s)
-            if t.is_leaf:
+            if is_leaf(t):
                 # made inside a custom Function's forward (x.detach().requires_grad_() under enable_grad there): the
                 # Function's own leaf, which no backward of the script fills (the Function's backward answers for it)
                 info.internal = in_custom_forward()
@@ -163,7 +164,7 @@ class ScriptTracer(BackwardCalls, OptimizerSteps, ScriptMemory, Tracer):
                         self.all_infos.linked.update((a, info.serial))
             if rec is not None:
                 rec.anc = frozenset({info.serial})
-            info.grad_fn = type(t.grad_fn).__name__ if t.grad_fn is not None else None
+            info.grad_fn = type(grad_fn(t)).__name__ if grad_fn(t) is not None else None
             info.requires_grad = t.requires_grad
             info.value = t.detach().to(F64).clone() if t.numel() <= 64 else None
             if s.grad != "on":
@@ -202,13 +203,14 @@ class ScriptTracer(BackwardCalls, OptimizerSteps, ScriptMemory, Tracer):
                 self.notes.append(item[0])
 
     def _write(self, t: torch.Tensor, new: Any) -> None:
-        if t.is_leaf and t.requires_grad:  # an update or an init of a leaf: a new value, not a cut
-            self._new_leaf(t)
+        if is_leaf(t) and t.requires_grad:  # an update or an init of a leaf: a new value, not a cut
+            # (written through a view taken under no_grad — `w[0].fill_(0)` — the leaf itself changed)
+            self._new_leaf(t._base if _leaf_window(t) else t)
             return
         super()._write(t, new)
         r = self.recs.get(id(t))
         root = r.root.tensor if r is not None and r.tensor is t and r.root is not None else None
-        if root is not None and r.cut in (".data", "detach") and root.is_leaf and root.requires_grad:
+        if root is not None and r.cut in (".data", "detach") and is_leaf(root) and root.requires_grad:
             # `w.data -= lr * g`: a leaf changed behind autograd's back is a new value of it, as an optimizer's step
             # makes one; kept as a function of the old value, every later program would hold all the iterations
             # before it (a backprop lecture's training loop went 78x slower than plain)
@@ -241,7 +243,7 @@ class ScriptTracer(BackwardCalls, OptimizerSteps, ScriptMemory, Tracer):
         if name in _PROPERTIES:
             prop = getattr(getattr(func, "__self__", None), "__name__", "")
             if prop not in _WATCHED or (prop == "grad" and (name == "__set__" or (
-                    args and isinstance(args[0], torch.Tensor) and args[0].is_leaf))):
+                    args and isinstance(args[0], torch.Tensor) and is_leaf(args[0])))):
                 # p.grad = None (zero_grad: every parameter, every step), x.shape, x.requires_grad: nothing to trace
                 # or note (a .grad set by the script is seen by its value at the next backward: `total_before`; only
                 # a non-leaf's .grad is a note, and a warning of torch's, named after the script's line: call_as)
@@ -264,7 +266,7 @@ class ScriptTracer(BackwardCalls, OptimizerSteps, ScriptMemory, Tracer):
                 return self.call_as(dispatching_frame(sys._getframe()), func, args, kwargs)
             if name == "__get__" and getattr(getattr(func, "__self__", None), "__name__", "") == "grad" and args:
                 t = args[0]
-                if isinstance(t, torch.Tensor) and not t.is_leaf and not t.retains_grad:
+                if isinstance(t, torch.Tensor) and not is_leaf(t) and not t.retains_grad:
                     file, line, source = _user_frame()
                     self.events.append(("nonleaf-grad", line, f"line {line} `{source}` reads .grad of a non-leaf "
                                         "tensor: it is None", f"line {line}"))
@@ -272,7 +274,7 @@ class ScriptTracer(BackwardCalls, OptimizerSteps, ScriptMemory, Tracer):
             if name.startswith("_foreach_") and name.endswith("_") and args and isinstance(args[0], (list, tuple)):
                 out = self.call_as(dispatching_frame(sys._getframe()), func, args, kwargs)
                 for t in args[0]:
-                    if isinstance(t, torch.Tensor) and t.is_leaf and t.requires_grad and id(t) in self.recs:
+                    if isinstance(t, torch.Tensor) and is_leaf(t) and t.requires_grad and id(t) in self.recs:
                         self._new_leaf(t)
                 return out
         except _Ours:
@@ -286,14 +288,21 @@ class ScriptTracer(BackwardCalls, OptimizerSteps, ScriptMemory, Tracer):
             if fast is not _NOT_FAST:
                 return fast
         out = super().__torch_function__(func, types, args, kwargs)
-        if isinstance(out, torch.Tensor) and out.is_leaf and out.requires_grad and out.is_floating_point() \
-                and id(out) not in self.infos:
+        if isinstance(out, torch.Tensor) and is_leaf(out) and out.requires_grad and out.is_floating_point() \
+                and id(out) not in self.infos and not _leaf_window(out):
             # a leaf made here (torch.tensor(..., requires_grad=True), torch.randn(..., requires_grad=True)):
             # its row is named after this line
             with self.lock:
                 info = self._info(out)
                 info.made, info.internal = True, in_custom_forward()
         return out
+
+def _leaf_window(t: torch.Tensor) -> bool:
+    """`t` is a view of a leaf that requires grad, taken under no_grad (`w[0]` in `nn.Embedding`'s padding_idx
+    init): no tensor of its own, and what is written through it is a new value of the leaf (`_write`)."""
+    base = t._base
+    return base is not None and base.requires_grad and is_leaf(base) and is_leaf(t)
+
 
 _PROPERTIES = ("__get__", "__set__")
 # The properties whose access means something here: a tensor made (x.T), a .data read or write, a read of

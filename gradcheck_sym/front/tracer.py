@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 
+from ..autograd.attrs import grad_fn
 from ..ir.program import Program, Site, Var
 from ..ops import prims as P
 from ..ops.core import interpreting
@@ -309,12 +310,12 @@ class Tracer(ValueChecks, Handles, TorchFunctionMode):
             # counter to track; a constant wherever it is read
             return
         if not any(t.is_floating_point() for t in outs) and target is None:
-            if any(t.is_complex() and t.grad_fn is not None for t in outs) and (traced_in or any(
-                    isinstance(x, torch.Tensor) and x.is_complex() and id(x.grad_fn) in self.complex_nodes
+            if any(t.is_complex() and grad_fn(t) is not None for t in outs) and (traced_in or any(
+                    isinstance(x, torch.Tensor) and x.is_complex() and id(grad_fn(x)) in self.complex_nodes
                     for x in _walk((args, kwargs)))):
                 for t in outs:
-                    if t.is_complex() and t.grad_fn is not None:
-                        self.complex_nodes[id(t.grad_fn)] = t.grad_fn
+                    if t.is_complex() and grad_fn(t) is not None:
+                        self.complex_nodes[id(grad_fn(t))] = grad_fn(t)
             return  # integer or boolean results (a comparison, an argmax): constants for autograd
         site = self._new_site(name)
         self._site = site

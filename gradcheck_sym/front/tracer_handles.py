@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from ..autograd.attrs import grad_fn
 from ..ir.program import Site
 from ..ops import prims as P
 from ..ops.core import interpreting
@@ -114,7 +115,7 @@ class Handles(Storage):
                     self.rec.site = self._new_site(f"{custom}.apply")
                     self.sites[self.rec.site] = Site(f"{custom}.apply", *_user_frame(), "no_grad", custom)
                     handle = P.ew(IDENT, handle)
-                    self.call_of[len(self.rec.eqns) - 1] = id(t.grad_fn)
+                    self.call_of[len(self.rec.eqns) - 1] = id(grad_fn(t))
                     if custom not in self.custom:
                         self.custom.append(custom)
             self._bind(t, handle)
@@ -128,7 +129,7 @@ class Handles(Storage):
             return self.const(self.before)  # an untracked tensor written in place: its value before the op
         if self.leaks and t.is_floating_point() and _external(t):
             return self.returned_from_numpy(t, "torch.from_numpy")
-        if t.requires_grad and t.grad_fn is not None:
+        if t.requires_grad and grad_fn(t) is not None:
             custom = _custom_node(t)
             if custom is not None:
                 return self._constant_custom(t, custom)
@@ -139,7 +140,7 @@ class Handles(Storage):
         """The output of a custom Function whose forward computed it from no traced value (a step, a sign of a
         comparison): a constant of its inputs — one equation of its call, so a declaration can apply to it."""
         deps = []
-        for fn, _ in t.grad_fn.next_functions:
+        for fn, _ in grad_fn(t).next_functions:
             h = self._handle_of_node(fn)
             if isinstance(h, Traced):
                 deps.append(h)
@@ -155,7 +156,7 @@ class Handles(Storage):
             self.rec.site = site
             handle = P.ew(_constant_of(len(deps) + 1), *deps, t.detach().to(F64)) if deps else self.const(t)
             if deps:
-                self.call_of[len(self.rec.eqns) - 1] = id(t.grad_fn)
+                self.call_of[len(self.rec.eqns) - 1] = id(grad_fn(t))
         if custom not in self.custom:
             self.custom.append(custom)
         self._bind(t, handle)
@@ -170,7 +171,7 @@ class Handles(Storage):
             return self.v(var)
         for r in list(self.recs.values()):
             t = r.tensor
-            if t is not None and t.grad_fn is fn:
+            if t is not None and grad_fn(t) is fn:
                 return r.handle
         return None
 
@@ -197,7 +198,7 @@ class Handles(Storage):
         if why is not None:
             text = f"{why}, used at {self.sites[site].where}: gradients through it are not verified"
         else:
-            text = (f"a tensor with grad_fn {type(t.grad_fn).__name__} appeared at {self.sites[site].where} without "
+            text = (f"a tensor with grad_fn {type(grad_fn(t)).__name__} appeared at {self.sites[site].where} without "
                     "a torch op the tracer saw (torch.compile, TorchScript, a C++ extension, another thread?): "
                     "gradients through it are not verified")
         self.notes.append(Note("opaque", site, text))
@@ -236,9 +237,9 @@ class Handles(Storage):
         if not (self.is_traced(t) or self.is_traced(value)):
             return
         site = self._new_site(".data =")
-        if t.grad_fn is not None and self.sites[site].custom is None:
+        if grad_fn(t) is not None and self.sites[site].custom is None:
             self.notes.append(Note("stale-graph", site, f"`.data` assignment to a tensor with a graph "
-                                                        f"({type(t.grad_fn).__name__})"))
+                                                        f"({type(grad_fn(t)).__name__})"))
         with interpreting(self.rec):
             self.rec.site = site
             h = self._cut(".data", self._handle(value), site, -site - 1)
@@ -283,7 +284,7 @@ def _flat_handles(tr: Handles, args: tuple, kwargs: dict) -> list[Any]:
 
 def _graph_leaves(t: torch.Tensor, tr: Handles) -> list[Any]:
     """Handles of the known tensors an autograd graph reaches (its leaves), read from grad_fn."""
-    out, seen, stack = [], set(), [t.grad_fn]
+    out, seen, stack = [], set(), [grad_fn(t)]
     while stack:
         fn = stack.pop()
         if fn is None or id(fn) in seen:
@@ -307,7 +308,7 @@ def _constant_of(n: int) -> Any:
 
 def _custom_node(t: torch.Tensor) -> str | None:
     """The custom Function whose backward node made `t`, if one did."""
-    fn = t.grad_fn
+    fn = grad_fn(t)
     if isinstance(fn, torch.autograd.function.BackwardCFunction):
         name = type(fn).__name__
         return name[: -len("Backward")] if name.endswith("Backward") else name

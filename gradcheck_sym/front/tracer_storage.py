@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ..autograd.attrs import grad_fn
 from ..ir.program import Site
 from ..ops import prims as P
 from ..ops.core import interpreting
@@ -128,10 +129,10 @@ class Storage:
             r = self._bind(t, new)
         root_t = r.root.tensor if r.root is not None else None
         if r.cut in (".data", "detach") and root_t is not None and self.sites[self._site].custom is None and (
-                root_t.grad_fn is not None or (root_t.requires_grad and r.root.used)):
+                grad_fn(root_t) is not None or (root_t.requires_grad and r.root.used)):
             how = "`.data`" if r.cut == ".data" else "a `.detach()`ed alias"
             self._stale(Note("stale-graph", self._site, f"in-place change through {how} of a tensor "
-                             + (f"with a graph ({type(root_t.grad_fn).__name__})" if root_t.grad_fn else
+                             + (f"with a graph ({type(grad_fn(root_t)).__name__})" if grad_fn(root_t) else
                                 "already used in the graph")), r.root.handle, root_t)
         r.handle, r.version = new, t._version
         root = r.root

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ..autograd.attrs import grad_fn, is_leaf
 from ..ops.quick import all_finite, all_true, any_true
 from ..reference.interpret import UNIT_ROUNDOFF, Traced, error_bounds, record_sweep, sweep
 from .backward_replay import ReplayDecisions
@@ -141,11 +142,11 @@ class BackwardVerifier(ReplayDecisions):
             seen = set()
             for r in list(tr.recs.values()) + [i for i in tr.infos.values()]:
                 t = r.tensor if hasattr(r, "handle") else r.ref()
-                if t is None or id(t) in seen or not ((t.is_leaf and t.requires_grad) or t.retains_grad):
+                if t is None or id(t) in seen or not ((is_leaf(t) and t.requires_grad) or t.retains_grad):
                     continue
                 seen.add(id(t))
                 info = tr._info(t)
-                if info.internal and t.is_leaf:
+                if info.internal and is_leaf(t):
                     continue  # a leaf made inside a custom Function's forward: the Function's own, not this backward's
                 before = None if t.grad is None else dense(t.grad.detach().to(F64)).clone()
                 plan.targets.append((info, t, before))
@@ -351,12 +352,12 @@ class BackwardVerifier(ReplayDecisions):
 
     def _status(self, info: Any, ev: Any, got: Any, exact: Any, status: str, t: torch.Tensor) -> None:
         info.checks.append((ev.index, None if got is None else got.clone(), exact, status))
-        if len(info.checks) > 8:  # keep the first and the latest few
-            del info.checks[1]
-        info.grad_fn = type(t.grad_fn).__name__ if t.grad_fn is not None else None
+        if len(info.checks) > 8:  # keep the first and the latest few (and every one's status, to count)
+            info.dropped.append(info.checks.pop(1)[3])
+        info.grad_fn = type(grad_fn(t)).__name__ if grad_fn(t) is not None else None
 
     def _bind_grad(self, tr: Any, t: torch.Tensor, before: Any, ct: Traced) -> None:
-        if t.is_leaf or t.retains_grad:
+        if is_leaf(t) or t.retains_grad:
             g = t.grad
         else:  # a .grad the script set on a non-leaf: torch warns at a read where there is none, and it is our read
             with warnings.catch_warnings():

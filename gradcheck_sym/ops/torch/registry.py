@@ -93,8 +93,17 @@ def rule(*names: str, sig: Callable[..., Any], refuse: tuple[str, ...] = (), doc
     return deco
 
 
+# The numpy names torch's argument parser takes for its own (`x.sum(axis=1, keepdims=True)`, as in d2l's softmax and
+# makemore): a keyword the rule's signature lacks is read under torch's name.
+NUMPY_NAMES = {"axis": "dim", "keepdims": "keepdim", "x": "input", "a": "input", "x1": "input", "x2": "other"}
+
+
 def bind_args(r: Rule, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Args:
     """The user's arguments bound to the rule's signature; `Refused` naming what is not modelled."""
+    if kwargs:
+        params = r.signature.parameters
+        kwargs = {(NUMPY_NAMES[k] if k not in params and NUMPY_NAMES.get(k) in params and NUMPY_NAMES[k] not in kwargs
+                   else k): v for k, v in kwargs.items()}
     a = None if kwargs else _bind_positional(r, args)
     if a is None:
         try:

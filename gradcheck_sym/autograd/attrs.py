@@ -1,0 +1,32 @@
+"""A tensor's autograd attributes, read without raising.
+
+torch raises on reading ``is_leaf`` or ``grad_fn`` of a view made under ``no_grad`` once its base was changed in
+place (``with torch.no_grad(): w[0].fill_(0)``, as ``nn.Embedding(padding_idx=...)`` does to its weight): the view
+is unusable by autograd, and torch says so the moment anyone asks.  The script never asks; the tracer and the judge
+ask about every tensor they see, and must not raise the script's error for it.  For such a view these give what
+torch said before the change: a leaf, with no ``grad_fn``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+__all__ = ["is_leaf", "grad_fn"]
+
+
+def is_leaf(t: torch.Tensor) -> bool:
+    """``t.is_leaf`` (True for a view torch refuses to describe: see the module docstring)."""
+    try:
+        return t.is_leaf
+    except RuntimeError:
+        return True
+
+
+def grad_fn(t: torch.Tensor) -> Any:
+    """``t.grad_fn`` (None for a view torch refuses to describe: see the module docstring)."""
+    try:
+        return t.grad_fn
+    except RuntimeError:
+        return None
