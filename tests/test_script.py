@@ -69,7 +69,8 @@ def test_explanations_are_pinned():
         "differentiates a computation that no longer matches the numbers.",
         "Use .detach() for a constant, or keep the operation in the graph (e.g. z = z * 2).")
     assert set(EXPLANATIONS) == {"mismatch", "untracked", "stale-graph", "hook", "nonleaf-grad", "nondifferentiable",
-                                 "nonfinite", "not-verified", "no-autograd", "self-check", "replayed", "intended"}
+                                 "nonfinite", "not-verified", "no-autograd", "self-check", "replayed", "intended",
+                                 "backward-raised"}
     assert SEVERITY["replayed"] == SEVERITY["intended"] == "info"
 
 
@@ -271,6 +272,24 @@ def test_a_loop_s_row_counts_every_check_and_keeps_a_middle_mismatch(tmp_path, c
     row = _row(report, "w")
     assert row.checks == (11, 12) and row.status == "mismatch"
     assert [f.kind for f in report.findings if f.severity == "error"] == ["mismatch"]
+
+
+def test_a_backward_that_raises_the_script_s_error_is_not_ours_to_verify(tmp_path, capsys):
+    path = _script(tmp_path, textwrap.dedent("""\
+        import torch
+        a = torch.randn(4, requires_grad=True)
+        c = torch.relu(a * 1.0)
+        c.mul_(3)  # relu's backward needs its output: autograd raises at the backward
+        c.sum().backward()
+        """))
+    report = gs.run_script(path)
+    assert report.exit_code == 1 and "modified by an inplace operation" in report.error
+    assert report.summary == {"backward_calls": 1, "verified": 0, "not_verified": 0, "raised": 1, "gradients": 0,
+                              "errors": 0}
+    assert [(f.kind, f.severity, f.line) for f in report.findings] == [("backward-raised", "info", 5)]
+    assert report.backwards[0].raised == 1 and report.backwards[0].not_verified == 0
+    assert report.teacher_line() == ("0 of 1 backward call verified, 1 raised the script's error, 0 gradients "
+                                     "compared: nothing was compared.")
 
 
 def _script(tmp_path, text):
@@ -977,12 +996,13 @@ def test_only_the_gradients_through_a_custom_backward_are_spared_by_its_unmeasur
 
 
 def test_a_backward_that_raises_is_not_counted_as_verified(tmp_path):
+    # (nor as not verified: it raised the script's own error, and made no gradient to compare)
     text = ("import torch\nw = torch.randn(3, requires_grad=True)\nwith torch.no_grad():\n    y = torch.exp(w)\n"
             "y.sum().backward()\n")
     report = gs.run_script(_script(tmp_path, text))
     assert report.exit_code == 1 and "RuntimeError" in (report.error or "")
-    assert report.summary["verified"] == 0 and report.summary["not_verified"] == 1
-    assert report.backwards[0].reasons == ("the backward raised: it gave no gradient to compare",)
+    assert report.summary["verified"] == 0 and report.summary["not_verified"] == 0 and report.summary["raised"] == 1
+    assert report.backwards[0].reasons == () and [f.kind for f in report.findings] == ["backward-raised"]
 
 
 def test_a_detached_copy_made_a_leaf_leaves_its_base_a_constant(tmp_path):

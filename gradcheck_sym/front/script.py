@@ -28,6 +28,7 @@ from ..errors import InputError
 from ..judge.backward import BackwardVerifier
 from ..report.run import EXPLANATIONS, SEVERITY, BackwardRow, RunFinding, RunReport, TensorRow, assigned_name, \
     summary_value
+from .script_backward import RAISED
 from .script_tracer import ScriptTracer
 from .tracer_sites import OVERRIDES_PY, hidden_frame
 
@@ -221,14 +222,16 @@ def build_report(script: str, tracer: ScriptTracer, namespace: dict[str, Any], e
     findings = _findings(tracer, names)
     calls = len(tracer.backwards)
     verified = sum(1 for b in tracer.backwards if b.verified and not b.skipped)
-    if calls and not verified:
+    raised = sum(1 for b in tracer.backwards if b.raised)
+    if calls > raised and not verified:  # (a backward that raised the script's error had nothing to verify)
         findings.append(RunFinding("not-verified", "error", tracer.backwards[0].line,
                                    f"none of the {calls} backward call{'s' if calls != 1 else ''} could be verified",
                                    *EXPLANATIONS["not-verified"]))
     if not calls and error is None:
         findings.append(RunFinding("no-autograd", "info", 0, "the script did no backward", *EXPLANATIONS["no-autograd"]))
     # (counted after the run's own findings: a run that verified nothing is an error in the JSON as in the text)
-    summary = {"backward_calls": calls, "verified": verified, "not_verified": calls - verified,
+    summary = {"backward_calls": calls, "verified": verified, "not_verified": calls - verified - raised,
+               **({"raised": raised} if raised else {}),
                "gradients": sum(b.checked for b in tracer.backwards),
                "errors": sum(1 for f in findings if f.severity == "error")}
     graph = _graph(tracer, names)
@@ -312,10 +315,10 @@ def _backward_rows(tracer: ScriptTracer, names: dict[str, str]) -> list[Backward
         reasons = tuple(dict.fromkeys(_named(r, names) for b in bs
                                       for r in b.reasons + ([b.skipped] if b.skipped else [])))
         rows.append(BackwardRow(line, bs[0].source, kind, len(bs), sum(1 for b in bs if b.verified and not b.skipped),
-                                sum(1 for b in bs if not b.verified or b.skipped), sum(b.checked for b in bs),
-                                sum(b.errors for b in bs), reasons,
+                                sum(1 for b in bs if (not b.verified or b.skipped) and not b.raised),
+                                sum(b.checked for b in bs), sum(b.errors for b in bs), reasons,
                                 tuple((names.get(name, name), summary_value(g), summary_value(e))
-                                      for name, g, e in bs[-1].returned)))
+                                      for name, g, e in bs[-1].returned), sum(1 for b in bs if b.raised)))
     return rows
 
 
@@ -345,6 +348,13 @@ def _findings(tracer: ScriptTracer, names: dict[int, str]) -> list[RunFinding]:
             out.append(RunFinding("stale-graph", "error", site.line, f"line {site.line} `{site.source}`: {note.text}",
                                   *EXPLANATIONS["stale-graph"]))
     for b in tracer.backwards:
+        if b.raised:
+            key = ("backward-raised", f"line {b.line}")
+            if key not in groups:
+                groups[key] = []
+                out.append(RunFinding("backward-raised", "info", b.line, f"{b.kind} at line {b.line} {RAISED}",
+                                      *EXPLANATIONS["backward-raised"], last_line=b.line))
+            continue
         if not b.verified and not b.skipped and b.reasons:
             kind = "not-verified"
             key = (kind, f"line {b.line}")

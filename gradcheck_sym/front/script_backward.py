@@ -20,7 +20,9 @@ import torch
 from .script_infos import Backward, TensorInfo
 from .tracer_sites import _PACKAGE_DIR, _user_frame, dispatching_frame
 
-__all__ = ["BackwardCalls"]
+__all__ = ["BackwardCalls", "RAISED"]
+
+RAISED = "it raised (the script's own error: its traceback follows the report), so it made no gradient to compare"
 
 # torch's own gradient machinery a script may call: gradcheck, torch.autograd.functional, and torch.func's transforms
 # (grad, vjp, jacrev, jacfwd, hessian, vmap), which wrap tensors in levels of their own: inside them, the tensors and
@@ -164,7 +166,7 @@ class BackwardCalls:
         try:
             result = func(*args, **kwargs)  # the script's own backward: its errors are its own
         except BaseException:
-            ev.verified, ev.reasons = False, ev.reasons + ["the backward raised: it gave no gradient to compare"]
+            ev.verified, ev.raised = False, True  # (said as its own finding, not as a reason it was not verified)
             raise
         if plan is not None:
             plan.seconds = time.perf_counter() - start

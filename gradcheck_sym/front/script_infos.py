@@ -61,6 +61,7 @@ class Backward:
     checked: int = 0  # tensors compared
     errors: int = 0
     skipped: str = ""  # why the call was not compared at all (inside gradcheck, ...)
+    raised: bool = False  # the script's own backward raised (its error, in its traceback): no gradient to compare
     returned: list[tuple[str, Any, Any]] = field(default_factory=list)  # autograd.grad: (name, got, exact)
 
 

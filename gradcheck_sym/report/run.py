@@ -42,6 +42,10 @@ EXPLANATIONS: dict[str, tuple[str, str]] = {
     "not-verified": ("gradcheck-sym could not verify this backward: it depends on something the tracer could not "
                      "model, or gradcheck-sym itself failed there.",
                      "Check that part with gradcheck_sym.check_function(..., expected=...), or report it."),
+    "backward-raised": ("the script's own backward raised an error (torch's, shown in the script's traceback), so "
+                        "it made no gradient and there was nothing to compare.",
+                        "Fix what the traceback names; for 'modified by an inplace operation', write the step out of "
+                        "place (y = y * 2, not y *= 2)."),
     "no-autograd": ("the script never called backward() or torch.autograd.grad(), so there was nothing to verify.",
                     "Create a leaf with requires_grad=True, compute a scalar from it and call .backward()."),
     "self-check": ("the script checks or computes gradients with torch's own tools (torch.autograd.gradcheck, "
@@ -57,7 +61,7 @@ EXPLANATIONS: dict[str, tuple[str, str]] = {
 }
 SEVERITY = {"mismatch": "error", "untracked": "error", "stale-graph": "error", "hook": "warning",
             "nonleaf-grad": "warning", "nondifferentiable": "info", "nonfinite": "error", "not-verified": "warning",
-            "no-autograd": "info", "self-check": "info",
+            "no-autograd": "info", "self-check": "info", "backward-raised": "info",
             "replayed": "info", "intended": "info"}
 
 
@@ -136,6 +140,7 @@ class BackwardRow:
     errors: int
     reasons: tuple[str, ...] = ()
     returned: tuple[tuple[str, Any, Any], ...] = ()
+    raised: int = 0  # calls that raised the script's own error (not counted in not_verified)
 
 
 @dataclass(frozen=True)
@@ -201,11 +206,13 @@ class RunReport:
         parts = [f"{s.get('verified', 0)} of {calls} backward call{'s' if calls != 1 else ''} verified"]
         if s.get("not_verified"):
             parts.append(f"{s['not_verified']} not verified")
+        if s.get("raised"):
+            parts.append(f"{s['raised']} raised the script's error")
         n = s.get("gradients", 0)
         parts.append(f"{n} gradient{'s' if n != 1 else ''} compared")
         errors = sum(1 for f in self.findings if f.severity == "error")
-        verdict = "every gradient matched the exact derivative" if not errors else \
-            f"{errors} problem{'s' if errors != 1 else ''} found"
+        verdict = (f"{errors} problem{'s' if errors != 1 else ''} found" if errors else
+                   "every gradient matched the exact derivative" if n else "nothing was compared")
         return ", ".join(parts) + f": {verdict}."
 
 

@@ -165,8 +165,8 @@ def render_run_text(report: RunReport, *, width: int = 100, color: bool = False,
         console.print(Text("backward calls:", style="bold"))
         for b in report.backwards:
             calls = f"{b.calls} call{'s' if b.calls != 1 else ''}"
-            state = "verified" if b.not_verified == 0 else (
-                "not verified" if b.verified == 0 else f"{b.verified} verified, {b.not_verified} not")
+            state = ("raised" if b.raised == b.calls else "verified" if b.not_verified == 0 else
+                     "not verified" if b.verified == 0 else f"{b.verified} verified, {b.not_verified} not")
             text = f"  line {b.line}: `{_short(b.source, 40)}` {calls}, {state}, {b.compared} gradient{'s' if b.compared != 1 else ''} compared"
             if b.errors:
                 text += f", {b.errors} wrong"
