@@ -292,6 +292,25 @@ def test_a_backward_that_raises_the_script_s_error_is_not_ours_to_verify(tmp_pat
                                      "compared: nothing was compared.")
 
 
+def test_a_loop_s_no_grad_constants_are_one_row_per_line(tmp_path, capsys):
+    # (makemore's manual gradients: every iteration's no_grad block made one row per tensor, 720 rows)
+    path = _script(tmp_path, textwrap.dedent("""\
+        import torch
+        w = torch.randn(3, requires_grad=True)
+        for step in range(5):
+            loss = (w ** 2).sum()
+            loss.backward()
+            with torch.no_grad():
+                dw = 2 * w
+                w -= 0.1 * dw
+            w.grad = None
+        """))
+    report = gs.run_script(path)
+    assert report.ok and report.summary["verified"] == 5
+    rows = [r for r in report.tensors if r.name.startswith("dw")]
+    assert [(r.name, r.count, r.status) for r in rows] == [("dw ×5", 5, "made under no_grad: no grad_fn")]
+
+
 def _script(tmp_path, text):
     path = tmp_path / "script.py"
     path.write_text(text)

@@ -256,10 +256,10 @@ def _rows(tracer: ScriptTracer, names: dict[int, str]) -> list[TensorRow]:
         base = name.split(" (line ")[0]
         if (base, info.line) in plain:
             name = base
-        # (a leaf made on a loop's line, `x = (...).requires_grad_()` each iteration, is one row too; a parameter is
-        # its own, whatever its line)
+        # (a leaf made on a loop's line, `x = (...).requires_grad_()` each iteration, is one row too, as is a constant
+        # a loop's no_grad block makes at a line each iteration; a parameter is its own, whatever its line)
         groups.setdefault((name, info.line if "(line" in name or name.startswith("line ") or not info.leaf
-                           or info.made else -info.serial), []).append(info)
+                           or info.made or info.cut else -info.serial), []).append(info)
     rows = []
     for (name, _), infos in groups.items():
         last = infos[-1]
