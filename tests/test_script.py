@@ -311,6 +311,24 @@ def test_a_loop_s_no_grad_constants_are_one_row_per_line(tmp_path, capsys):
     assert [(r.name, r.count, r.status) for r in rows] == [("dw ×5", 5, "made under no_grad: no grad_fn")]
 
 
+def test_an_accumulated_grad_keeps_its_exact_total_through_cancelling_entries(tmp_path, capsys):
+    # a bias before batch norm has an exact gradient of 0: autograd's accumulated float32 noise there is far more
+    # than 64 ulps of itself, yet .grad is what the last verified backward left, so the exact total is known
+    path = _script(tmp_path, textwrap.dedent("""\
+        import torch
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.BatchNorm1d(8), torch.nn.Tanh(),
+                                    torch.nn.Linear(8, 1))
+        for micro in range(4):  # gradient accumulation over micro-batches, no zero_grad between them
+            x, y = torch.randn(16, 3), torch.randn(16, 1)
+            (torch.nn.functional.mse_loss(model(x), y) / 4).backward()
+        """))
+    report = gs.run_script(path)
+    assert report.ok and report.summary["verified"] == 4
+    row = _row(report, "model.0.bias")
+    assert row.status == "ok" and row.checks == (4, 4) and row.exact is not None and len(row.exacts) == 4
+
+
 def _script(tmp_path, text):
     path = tmp_path / "script.py"
     path.write_text(text)
