@@ -329,6 +329,26 @@ def test_an_accumulated_grad_keeps_its_exact_total_through_cancelling_entries(tm
     assert row.status == "ok" and row.checks == (4, 4) and row.exact is not None and len(row.exacts) == 4
 
 
+def test_a_line_s_training_and_no_grad_tensors_are_rows_apart(tmp_path, capsys):
+    # ("What is torch.nn really?": one loss_batch function for training and, under no_grad, for validation)
+    path = _script(tmp_path, textwrap.dedent("""\
+        import torch
+        w = torch.randn(3, requires_grad=True)
+        def loss_batch(x):
+            loss = (w * x).sum() ** 2
+            return loss
+        for epoch in range(3):
+            loss_batch(torch.randn(3)).backward()
+            with torch.no_grad():
+                loss_batch(torch.randn(3))
+        """))
+    report = gs.run_script(path)
+    assert report.ok
+    rows = [(r.name, r.count, r.is_leaf, r.status) for r in report.tensors if r.name.startswith("loss")]
+    assert rows == [("loss (line 4) ×3", 3, False, "grad is None: not a leaf"),
+                    ("loss (line 4) ×3", 3, True, "made under no_grad: no grad_fn")]
+
+
 def _script(tmp_path, text):
     path = tmp_path / "script.py"
     path.write_text(text)

@@ -246,7 +246,7 @@ _NOT_COMPARED = ("grad is None: not a leaf", "made under no_grad: no grad_fn", "
 
 def _rows(tracer: ScriptTracer, names: dict[int, str]) -> list[TensorRow]:
     returned = {b.index for b in tracer.backwards if b.kind == "autograd.grad"}
-    groups: dict[tuple[str, int], list[Any]] = {}
+    groups: dict[tuple[str, int, str], list[Any]] = {}
     # the tensors a loop's line made: one row, named as the last one is bound (`pred`, not `pred (line 24)`)
     plain = {(names[i.serial], i.line) for i in tracer.all_infos if "(" not in names[i.serial]}
     for info in tracer.all_infos:
@@ -258,10 +258,12 @@ def _rows(tracer: ScriptTracer, names: dict[int, str]) -> list[TensorRow]:
             name = base
         # (a leaf made on a loop's line, `x = (...).requires_grad_()` each iteration, is one row too, as is a constant
         # a loop's no_grad block makes at a line each iteration; a parameter is its own, whatever its line)
+        # (and a line's tensors made under no_grad — a validation pass through the training step's function — are
+        # not the ones it made for autograd: a row each)
         groups.setdefault((name, info.line if "(line" in name or name.startswith("line ") or not info.leaf
-                           or info.made or info.cut else -info.serial), []).append(info)
+                           or info.made or info.cut else -info.serial, info.cut), []).append(info)
     rows = []
-    for (name, _), infos in groups.items():
+    for (name, _, _), infos in groups.items():
         last = infos[-1]
         t = last.ref()
         checks = [c for i in infos for c in i.checks]
