@@ -349,6 +349,54 @@ def test_a_line_s_training_and_no_grad_tensors_are_rows_apart(tmp_path, capsys):
                     ("loss (line 4) ×3", 3, True, "made under no_grad: no grad_fn")]
 
 
+def test_a_backward_that_raises_after_writing_a_grad_is_not_verified(tmp_path, capsys):
+    # (torch wrote w1.grad before the custom Function's backward raised; the script caught the error)
+    path = _script(tmp_path, textwrap.dedent("""\
+        import torch
+        w1 = torch.randn(3, requires_grad=True)
+        w2 = torch.randn(3, requires_grad=True)
+        class Boom(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, x):
+                return x * 1.0
+            @staticmethod
+            def backward(ctx, g):
+                raise ValueError("boom")
+        a = Boom.apply(w2 * 3)
+        b = w1.exp()
+        try:
+            (a.sum() + b.sum()).backward()
+        except ValueError:
+            pass
+        print(w1.grad is not None, w2.grad is None)
+        """))
+    report = gs.run_script(path)
+    assert report.exit_code == 0 and capsys.readouterr().out == "True True\n"
+    assert not report.ok and report.summary["not_verified"] == 1 and "raised" not in report.summary
+    assert report.backwards[0].reasons == ("it raised (the script's own error) after writing .grad of w1",)
+    assert _row(report, "w1").status == "not verified"
+
+
+def test_a_view_of_a_leaf_taken_under_no_grad_has_no_row_at_a_later_backward(tmp_path, capsys):
+    path = _script(tmp_path, textwrap.dedent("""\
+        import torch
+        w = torch.randn(4, 3, requires_grad=True)
+        with torch.no_grad():
+            v = w[1:3]
+            v.mul_(0.5)
+        x = torch.randn(3)
+        ((w @ x) ** 2).sum().backward()
+        with torch.no_grad():
+            w -= 0.1 * w.grad
+            v.zero_()
+        w.grad = None
+        ((w @ x) ** 3).sum().backward()
+        """))
+    report = gs.run_script(path)
+    assert report.ok and report.summary["verified"] == 2
+    assert [r.name for r in report.tensors if r.is_leaf and r.requires_grad] == ["w"]
+
+
 def _script(tmp_path, text):
     path = tmp_path / "script.py"
     path.write_text(text)

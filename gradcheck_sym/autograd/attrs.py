@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["is_leaf", "grad_fn"]
+__all__ = ["is_leaf", "grad_fn", "leaf_window"]
 
 
 def is_leaf(t: torch.Tensor) -> bool:
@@ -30,3 +30,10 @@ def grad_fn(t: torch.Tensor) -> Any:
         return t.grad_fn
     except RuntimeError:
         return None
+
+
+def leaf_window(t: torch.Tensor) -> bool:
+    """`t` is a view of a leaf that requires grad, taken under no_grad (`w[0]` in `nn.Embedding`'s padding_idx
+    init): a leaf to torch, but no tensor of its own; what is written through it is a new value of the leaf."""
+    base = t._base
+    return base is not None and base.requires_grad and is_leaf(base) and is_leaf(t)

@@ -219,7 +219,7 @@ def build_report(script: str, tracer: ScriptTracer, namespace: dict[str, Any], e
     names = _names(tracer, namespace)
     rows = _rows(tracer, names)
     backwards = _backward_rows(tracer, {f"#{i.serial}": names[i.serial] for i in tracer.all_infos})
-    findings = _findings(tracer, names)
+    findings = _findings(tracer, names, error)
     calls = len(tracer.backwards)
     verified = sum(1 for b in tracer.backwards if b.verified and not b.skipped)
     raised = sum(1 for b in tracer.backwards if b.raised)
@@ -324,7 +324,7 @@ def _backward_rows(tracer: ScriptTracer, names: dict[str, str]) -> list[Backward
     return rows
 
 
-def _findings(tracer: ScriptTracer, names: dict[int, str]) -> list[RunFinding]:
+def _findings(tracer: ScriptTracer, names: dict[int, str], error: str | None) -> list[RunFinding]:
     """Events of one kind about one tensor (or line), de-duplicated: the first message, a count, first/last line."""
     by_serial = {f"#{i.serial}": names[i.serial] for i in tracer.all_infos}
     groups: dict[tuple[str, str], list[tuple[int, str]]] = {}
@@ -354,7 +354,8 @@ def _findings(tracer: ScriptTracer, names: dict[int, str]) -> list[RunFinding]:
             key = ("backward-raised", f"line {b.line}")
             if key not in groups:
                 groups[key] = []
-                out.append(RunFinding("backward-raised", "info", b.line, f"{b.kind} at line {b.line} {RAISED}",
+                out.append(RunFinding("backward-raised", "info", b.line, f"{b.kind} at line {b.line} {RAISED}"
+                                      + (" (its traceback follows the report)" if error else ""),
                                       *EXPLANATIONS["backward-raised"], last_line=b.line))
             continue
         if not b.verified and not b.skipped and b.reasons:

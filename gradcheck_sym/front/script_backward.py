@@ -22,7 +22,19 @@ from .tracer_sites import _PACKAGE_DIR, _user_frame, dispatching_frame
 
 __all__ = ["BackwardCalls", "RAISED"]
 
-RAISED = "it raised (the script's own error: its traceback follows the report), so it made no gradient to compare"
+RAISED = "raised (the script's own error), so it made no gradient to compare"
+
+
+def _grad_changed(t: torch.Tensor, before: Any) -> bool:
+    """Whether `t.grad` is other than `before` (its float64 copy from before the backward, or None)."""
+    g = t.grad
+    if g is None or before is None:
+        return (g is None) != (before is None)
+    try:
+        g = g.detach().to(torch.float64)
+        return g.shape != before.shape or not torch.equal(g if g.layout == torch.strided else g.to_dense(), before)
+    except Exception:  # noqa: BLE001 - ours: when it cannot be told, it changed
+        return True
 
 # torch's own gradient machinery a script may call: gradcheck, torch.autograd.functional, and torch.func's transforms
 # (grad, vjp, jacrev, jacfwd, hessian, vmap), which wrap tensors in levels of their own: inside them, the tensors and
@@ -166,7 +178,14 @@ class BackwardCalls:
         try:
             result = func(*args, **kwargs)  # the script's own backward: its errors are its own
         except BaseException:
-            ev.verified, ev.raised = False, True  # (said as its own finding, not as a reason it was not verified)
+            ev.verified = False
+            wrote = [info for info, t, before in (plan.targets if plan is not None else []) if _grad_changed(t, before)]
+            if wrote or plan is None:  # (a .grad written before it raised, or one we could not tell: not vouched for)
+                ev.reasons.append("it raised (the script's own error) after writing .grad of "
+                                  + ", ".join(f"{{#{i.serial}}}" for i in wrote[:3]) if wrote else
+                                  "it raised (the script's own error)")
+            else:
+                ev.raised = True  # it made no gradient: said as its own finding
             raise
         if plan is not None:
             plan.seconds = time.perf_counter() - start

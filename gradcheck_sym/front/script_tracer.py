@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from ..autograd.attrs import grad_fn, is_leaf
+from ..autograd.attrs import grad_fn, is_leaf, leaf_window
 from ..ir.program import Site
 from ..ops.core import leaves
 from ..reference.interpret import Traced
@@ -151,7 +151,7 @@ class ScriptTracer(BackwardCalls, OptimizerSteps, ScriptMemory, Tracer):
         rec = self.recs.get(id(t))
         cut = "no_grad" if s.grad != "on" and s.custom is None else ("detach" if self.name == "detach" else "")
         if s.custom is None and (t.requires_grad or s.grad != "on" or self.name == "detach") and \
-                _ASSIGNS.match(s.source) and not _leaf_window(t):
+                _ASSIGNS.match(s.source) and not leaf_window(t):
             info = self._info(t, s)
             if is_leaf(t):
                 # made inside a custom Function's forward (x.detach().requires_grad_() under enable_grad there): the
@@ -205,7 +205,7 @@ class ScriptTracer(BackwardCalls, OptimizerSteps, ScriptMemory, Tracer):
     def _write(self, t: torch.Tensor, new: Any) -> None:
         if is_leaf(t) and t.requires_grad:  # an update or an init of a leaf: a new value, not a cut
             # (written through a view taken under no_grad — `w[0].fill_(0)` — the leaf itself changed)
-            self._new_leaf(t._base if _leaf_window(t) else t)
+            self._new_leaf(t._base if leaf_window(t) else t)
             return
         super()._write(t, new)
         r = self.recs.get(id(t))
@@ -289,20 +289,13 @@ class ScriptTracer(BackwardCalls, OptimizerSteps, ScriptMemory, Tracer):
                 return fast
         out = super().__torch_function__(func, types, args, kwargs)
         if isinstance(out, torch.Tensor) and is_leaf(out) and out.requires_grad and out.is_floating_point() \
-                and id(out) not in self.infos and not _leaf_window(out):
+                and id(out) not in self.infos and not leaf_window(out):
             # a leaf made here (torch.tensor(..., requires_grad=True), torch.randn(..., requires_grad=True)):
             # its row is named after this line
             with self.lock:
                 info = self._info(out)
                 info.made, info.internal = True, in_custom_forward()
         return out
-
-def _leaf_window(t: torch.Tensor) -> bool:
-    """`t` is a view of a leaf that requires grad, taken under no_grad (`w[0]` in `nn.Embedding`'s padding_idx
-    init): no tensor of its own, and what is written through it is a new value of the leaf (`_write`)."""
-    base = t._base
-    return base is not None and base.requires_grad and is_leaf(base) and is_leaf(t)
-
 
 _PROPERTIES = ("__get__", "__set__")
 # The properties whose access means something here: a tensor made (x.T), a .data read or write, a read of

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ..autograd.attrs import grad_fn, is_leaf
+from ..autograd.attrs import grad_fn, is_leaf, leaf_window
 from ..ops.quick import all_finite, all_true, any_true
 from ..reference.interpret import UNIT_ROUNDOFF, Traced, error_bounds, record_sweep, sweep
 from .backward_replay import ReplayDecisions
@@ -142,7 +142,8 @@ class BackwardVerifier(ReplayDecisions):
             seen = set()
             for r in list(tr.recs.values()) + [i for i in tr.infos.values()]:
                 t = r.tensor if hasattr(r, "handle") else r.ref()
-                if t is None or id(t) in seen or not ((is_leaf(t) and t.requires_grad) or t.retains_grad):
+                if t is None or id(t) in seen or not ((is_leaf(t) and t.requires_grad) or t.retains_grad) or \
+                        leaf_window(t):  # (a view of a leaf taken under no_grad: the leaf is the target)
                     continue
                 seen.add(id(t))
                 info = tr._info(t)

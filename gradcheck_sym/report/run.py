@@ -42,10 +42,10 @@ EXPLANATIONS: dict[str, tuple[str, str]] = {
     "not-verified": ("gradcheck-sym could not verify this backward: it depends on something the tracer could not "
                      "model, or gradcheck-sym itself failed there.",
                      "Check that part with gradcheck_sym.check_function(..., expected=...), or report it."),
-    "backward-raised": ("the script's own backward raised an error (torch's, shown in the script's traceback), so "
-                        "it made no gradient and there was nothing to compare.",
-                        "Fix what the traceback names; for 'modified by an inplace operation', write the step out of "
-                        "place (y = y * 2, not y *= 2)."),
+    "backward-raised": ("the script's own backward raised an error (torch's, or one of the script's hooks or custom "
+                        "Functions), so it made no gradient and there was nothing to compare.",
+                        "Fix what the error names (the traceback shows it, unless the script caught it); for 'modified "
+                        "by an inplace operation', write the step out of place (y = y * 2, not y *= 2)."),
     "no-autograd": ("the script never called backward() or torch.autograd.grad(), so there was nothing to verify.",
                     "Create a leaf with requires_grad=True, compute a scalar from it and call .backward()."),
     "self-check": ("the script checks or computes gradients with torch's own tools (torch.autograd.gradcheck, "
