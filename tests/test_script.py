@@ -397,6 +397,22 @@ def test_a_view_of_a_leaf_taken_under_no_grad_has_no_row_at_a_later_backward(tmp
     assert [r.name for r in report.tensors if r.is_leaf and r.requires_grad] == ["w"]
 
 
+def test_an_init_of_a_slice_of_a_parameter_is_a_new_value_of_it(tmp_path, capsys):
+    # (torch.nn.init passes its tensor by keyword and fills it under no_grad: the slice was traced as a result of its
+    # own, the parameter's traced value went stale, and the backward was an internal error, not verified)
+    path = _script(tmp_path, textwrap.dedent("""\
+        import torch
+        w = torch.randn(4, 4, requires_grad=True)
+        torch.nn.init.normal_(w[1:3], std=0.1)
+        torch.nn.init.zeros_(w[3])
+        x = torch.randn(2, 4)
+        (x @ w.T).pow(2).sum().backward()
+        """))
+    report = gs.run_script(path)
+    assert report.ok and report.summary["verified"] == 1 and report.summary["not_verified"] == 0
+    assert _row(report, "w").status == "ok"
+
+
 def _script(tmp_path, text):
     path = tmp_path / "script.py"
     path.write_text(text)

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 
-from ..autograd.attrs import grad_fn
+from ..autograd.attrs import grad_fn, is_leaf
 from ..ir.program import Program, Site, Var
 from ..ops import prims as P
 from ..ops.core import interpreting
@@ -149,9 +149,10 @@ class Tracer(ValueChecks, Handles, TorchFunctionMode):
         return self.rec.values
 
     # ------------------------------------------------------------ sites
-    def _new_site(self, op: str) -> int:
+    def _new_site(self, op: str, no_grad: bool = False) -> int:
+        """The site of an op the user's line makes now (`no_grad`: the op runs under no_grad whatever the mode)."""
         file, line = _user_line()
-        grad = "on" if torch.is_grad_enabled() else "no_grad"
+        grad = "on" if torch.is_grad_enabled() and not no_grad else "no_grad"
         if torch.is_inference_mode_enabled():
             grad = "inference"
         if grad == "on":  # a loop's site, found at once (a grad-on site never names a custom Function: see below)
@@ -298,6 +299,13 @@ class Tracer(ValueChecks, Handles, TorchFunctionMode):
             self.returned_from_numpy(out, name)  # numpy data, after traced values left for numpy
             return
         base, inplace, swap = _normalise(name)
+        init = getattr(func, "__module__", "") == "torch.nn.init" and not args and \
+            isinstance(kwargs.get("tensor"), torch.Tensor) and not is_leaf(kwargs["tensor"])
+        if init:
+            # torch.nn.init's functions pass their tensor to __torch_function__ by keyword, and fill it under no_grad:
+            # on a slice of a parameter (`nn.init.normal_(w[1:3])`) that is a write into the parameter, as under
+            # no_grad (a whole parameter's init makes its first value, as any op's result)
+            args, kwargs = (kwargs["tensor"],), {k: v for k, v in kwargs.items() if k != "tensor"}
         if kwargs.get("inplace") is True:  # F.relu(x, inplace=True) and friends
             inplace = True
         target = args[0] if inplace and args and isinstance(args[0], torch.Tensor) else None
@@ -317,7 +325,7 @@ class Tracer(ValueChecks, Handles, TorchFunctionMode):
                     if t.is_complex() and grad_fn(t) is not None:
                         self.complex_nodes[id(grad_fn(t))] = grad_fn(t)
             return  # integer or boolean results (a comparison, an argmax): constants for autograd
-        site = self._new_site(name)
+        site = self._new_site(name, no_grad=init)
         self._site = site
         self.rec.site = site
         self.rec.dtype = self._working_dtype(base, outs[0] if outs else target, args, kwargs)
