@@ -287,6 +287,13 @@ def test_a_backward_that_raises_the_script_s_error_is_not_ours_to_verify(tmp_pat
     assert report.summary == {"backward_calls": 1, "verified": 0, "not_verified": 0, "raised": 1, "gradients": 0,
                               "errors": 0}
     assert [(f.kind, f.severity, f.line) for f in report.findings] == [("backward-raised", "info", 5)]
+    assert report.findings[0].message == ("backward at line 5 raised (the script's own error), so it made no gradient "
+                                          "to compare (its traceback follows the report)")
+    assert (report.findings[0].explanation, report.findings[0].fix) == EXPLANATIONS["backward-raised"] == (
+        "the script's own backward raised an error (torch's, or one of the script's hooks or custom Functions), so "
+        "it made no gradient and there was nothing to compare.",
+        "Fix what the error names (the traceback shows it, unless the script caught it); for 'modified by an "
+        "inplace operation', write the step out of place (y = y * 2, not y *= 2).")
     assert report.backwards[0].raised == 1 and report.backwards[0].not_verified == 0
     assert report.teacher_line() == ("0 of 1 backward call verified, 1 raised the script's error, 0 gradients "
                                      "compared: nothing was compared.")

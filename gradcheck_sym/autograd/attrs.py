@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["is_leaf", "grad_fn", "leaf_window"]
+__all__ = ["is_leaf", "grad_fn", "grad_fn_name", "leaf_window"]
 
 
 def is_leaf(t: torch.Tensor) -> bool:
@@ -30,6 +30,12 @@ def grad_fn(t: torch.Tensor) -> Any:
         return t.grad_fn
     except RuntimeError:
         return None
+
+
+def grad_fn_name(t: torch.Tensor) -> str | None:
+    """The class name of `t`'s grad_fn (``"MulBackward0"``), or None."""
+    fn = grad_fn(t)
+    return None if fn is None else type(fn).__name__
 
 
 def leaf_window(t: torch.Tensor) -> bool:

@@ -257,9 +257,9 @@ def _rows(tracer: ScriptTracer, names: dict[int, str]) -> list[TensorRow]:
         if (base, info.line) in plain:
             name = base
         # (a leaf made on a loop's line, `x = (...).requires_grad_()` each iteration, is one row too, as is a constant
-        # a loop's no_grad block makes at a line each iteration; a parameter is its own, whatever its line)
-        # (and a line's tensors made under no_grad — a validation pass through the training step's function — are
-        # not the ones it made for autograd: a row each)
+        # a loop's no_grad block makes at a line each iteration; a parameter is its own, whatever its line; and a
+        # line's tensors made under no_grad — a validation pass through the training step's function — are a row
+        # apart from the ones it made for autograd)
         groups.setdefault((name, info.line if "(line" in name or name.startswith("line ") or not info.leaf
                            or info.made or info.cut else -info.serial, info.cut), []).append(info)
     rows = []
@@ -267,9 +267,7 @@ def _rows(tracer: ScriptTracer, names: dict[int, str]) -> list[TensorRow]:
         last = infos[-1]
         t = last.ref()
         checks = [c for i in infos for c in i.checks]
-        # every check's status, the ones let go included, in the order they came (a loop's middle mismatch counts)
-        statuses = [st for i in infos for st in ([i.checks[0][3]] if i.checks else []) + i.dropped
-                    + [c[3] for c in i.checks[1:]]]
+        statuses = [st for i in infos for st in i.statuses()]  # (a loop's middle mismatch counts)
         compared = [st for st in statuses if st not in _NOT_COMPARED]
         passed = sum(1 for st in compared if st in ("ok", "nonfinite-agree", "nondifferentiable"))
         bad = [st for st in compared if st not in ("ok", "nonfinite-agree", "nondifferentiable")]

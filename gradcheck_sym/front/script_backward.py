@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ..judge.backward_values import dense
 from .script_infos import Backward, TensorInfo
 from .tracer_sites import _PACKAGE_DIR, _user_frame, dispatching_frame
 
@@ -31,8 +32,8 @@ def _grad_changed(t: torch.Tensor, before: Any) -> bool:
     if g is None or before is None:
         return (g is None) != (before is None)
     try:
-        g = g.detach().to(torch.float64)
-        return g.shape != before.shape or not torch.equal(g if g.layout == torch.strided else g.to_dense(), before)
+        g = dense(g.detach().to(torch.float64))
+        return g.shape != before.shape or not torch.equal(g, before)
     except Exception:  # noqa: BLE001 - ours: when it cannot be told, it changed
         return True
 
@@ -180,10 +181,11 @@ class BackwardCalls:
         except BaseException:
             ev.verified = False
             wrote = [info for info, t, before in (plan.targets if plan is not None else []) if _grad_changed(t, before)]
-            if wrote or plan is None:  # (a .grad written before it raised, or one we could not tell: not vouched for)
-                ev.reasons.append("it raised (the script's own error) after writing .grad of "
-                                  + ", ".join(f"{{#{i.serial}}}" for i in wrote[:3]) if wrote else
-                                  "it raised (the script's own error)")
+            if wrote:  # torch wrote a .grad before it raised: not vouched for
+                names = ", ".join(f"{{#{i.serial}}}" for i in wrote[:3])
+                ev.reasons.append(f"it raised (the script's own error) after writing .grad of {names}")
+            elif plan is None:  # (no plan: which .grad it wrote cannot be told)
+                ev.reasons.append("it raised (the script's own error)")
             else:
                 ev.raised = True  # it made no gradient: said as its own finding
             raise

@@ -45,7 +45,12 @@ class TensorInfo:
     # per backward that reached it: (backward index, .grad after (float64), exact contribution, status)
     checks: list[tuple[int, Any, Any, str]] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)  # the statuses of checks let go (only the first few are kept)
-    exact_total: Any = None  # the exact .grad if every contribution since a reset was verified, else None
+    exact_total: Any = None
+
+    def statuses(self) -> list[str]:
+        """Every check's status in the order they came, the ones let go included (the second onwards are let go:
+        `judge.backward`)."""
+        return [c[3] for c in self.checks[:1]] + self.dropped + [c[3] for c in self.checks[1:]]  # the exact .grad if every contribution since a reset was verified, else None
 
 
 @dataclass

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from ..autograd.attrs import grad_fn, is_leaf, leaf_window
+from ..autograd.attrs import grad_fn_name, is_leaf, leaf_window
 from ..ir.program import Site
 from ..ops.core import leaves
 from ..reference.interpret import Traced
@@ -164,7 +164,7 @@ class ScriptTracer(BackwardCalls, OptimizerSteps, ScriptMemory, Tracer):
                         self.all_infos.linked.update((a, info.serial))
             if rec is not None:
                 rec.anc = frozenset({info.serial})
-            info.grad_fn = type(grad_fn(t)).__name__ if grad_fn(t) is not None else None
+            info.grad_fn = grad_fn_name(t)
             info.requires_grad = t.requires_grad
             info.value = t.detach().to(F64).clone() if t.numel() <= 64 else None
             if s.grad != "on":

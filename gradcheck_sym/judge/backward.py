@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ..autograd.attrs import grad_fn, is_leaf, leaf_window
+from ..autograd.attrs import grad_fn_name, is_leaf, leaf_window
 from ..ops.quick import all_finite, all_true, any_true
 from ..reference.interpret import UNIT_ROUNDOFF, Traced, error_bounds, record_sweep, sweep
 from .backward_replay import ReplayDecisions
@@ -355,7 +355,7 @@ class BackwardVerifier(ReplayDecisions):
         info.checks.append((ev.index, None if got is None else got.clone(), exact, status))
         if len(info.checks) > 8:  # keep the first and the latest few (and every one's status, to count)
             info.dropped.append(info.checks.pop(1)[3])
-        info.grad_fn = type(grad_fn(t)).__name__ if grad_fn(t) is not None else None
+        info.grad_fn = grad_fn_name(t)
 
     def _bind_grad(self, tr: Any, t: torch.Tensor, before: Any, ct: Traced) -> None:
         if is_leaf(t) or t.retains_grad:

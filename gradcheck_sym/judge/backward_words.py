@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ..autograd.attrs import grad_fn
+from ..autograd.attrs import grad_fn_name
 from ..ops.quick import any_true
 
 __all__ = ["info_name", "unseen", "worst", "message"]
@@ -25,7 +25,7 @@ def unseen(out: torch.Tensor) -> str:
     """Why an output has no trace, as precisely as its type and grad_fn tell."""
     if type(out) is not torch.Tensor and not isinstance(out, torch.nn.Parameter):
         return f"its output is a {type(out).__name__} (a tensor subclass), whose operations are not traced"
-    fn = type(grad_fn(out)).__name__ if grad_fn(out) is not None else ""
+    fn = grad_fn_name(out) or ""
     if out.device.type != "cpu":
         return (f"its output is on {out.device}: operations on {out.device.type} tensors are not traced (the "
                 "reference runs on the CPU)")

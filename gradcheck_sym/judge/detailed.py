@@ -66,9 +66,10 @@ class Detailed:
         idx = torch.nonzero(candidates).flatten()
         m = len(idx)
         sub_xd = {name: t[idx] for name, t in ch.xd.items()}
-        # Every point of the chunk a candidate, and the chunk's run retained every node there: that run is the base.
-        whole = m == ch.n and ch.start + ch.n <= tl.NODE_POINTS
-        base = ch.autograd if whole and ch.autograd is not None else c.s.autograd(sub_xd, c.order, None)
+        # Every point of the chunk a candidate, and the chunk's run retained every node there: that run is the base
+        # (a gathered chunk has none: see `deferred`).
+        whole = ch.autograd is not None and m == ch.n and ch.start + ch.n <= tl.NODE_POINTS
+        base = ch.autograd if whole else c.s.autograd(sub_xd, c.order, None)
         trials = c.s.trials(sub_xd, c.order, tl.NOISE_TRIALS)
         run64 = None if is64 else c.s.autograd({k: v.to(torch.float64) for k, v in sub_xd.items()}, c.order, None)
         cands = _Candidates(idx, run64, base)

@@ -107,14 +107,14 @@ class Checker:
         bar = Progress(self.points.n, show)
         try:
             with autograd_on():
+                done = 0  # (the last chunk counts once its gathered candidates are tested too)
                 for start, arrays in self.points.chunks(size):
                     self.deadline.check(f"checking points {start:,} onwards")
                     self._chunk(start, arrays)
-                    m = len(next(iter(arrays.values()))) if arrays else 1
-                    if start + m >= self.points.n:  # (before the bar reaches its end)
-                        self._detail_gathered()
-                    bar.advance(m)
-                self._detail_gathered()  # (none waits by now: no candidate is ever left untested)
+                    bar.advance(done)
+                    done = len(next(iter(arrays.values()))) if arrays else 1
+                self._detail_gathered()
+                bar.advance(done)
         finally:
             bar.close()
         return self._report()
