@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import random
 
+import warnings
+
 import pytest
 import torch
 
@@ -72,7 +74,9 @@ def test_maps_not_made_by_window_index_take_the_flat_path() -> None:
     assert key not in windows._KNOWN
 
 
-def test_a_conv_through_the_structured_path_matches_torch(monkeypatch) -> None:
+def test_windows_through_the_structured_path_match_torch(monkeypatch) -> None:
+    # average pooling, and a convolution whose padding is uneven (padding="same" with an even kernel: the conv
+    # primitive pads evenly), go through window maps
     import gradcheck_sym as gs
 
     calls = {"gather": 0, "scatter": 0}
@@ -82,9 +86,16 @@ def test_a_conv_through_the_structured_path_matches_torch(monkeypatch) -> None:
             return _f(*args)
 
         monkeypatch.setattr(windows, name, counted)
-    conv = torch.nn.Conv2d(3, 4, 3, padding=1, stride=2, dtype=F64)
     x = torch.randn(8, 3, 32, 32, dtype=F64)  # 8*3*16*16*9 = 55,296 map entries: the structured path
-    rep = gs.check_function(lambda x: conv(x).square().sum(), x)
+    rep = gs.check_function(lambda x: torch.nn.functional.avg_pool2d(x, 3, 2, 1).square().sum(), x)
+    assert calls["gather"] >= 1 and calls["scatter"] >= 1, calls
+    assert rep.ok and rep.checked == 8 * 3 * 32 * 32
+    assert not [f for f in rep.findings if f.kind == "not-verified"]
+    calls.update(gather=0, scatter=0)
+    conv = torch.nn.Conv2d(3, 4, 2, padding="same", dtype=F64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (torch's: "padding='same' with even kernel lengths ... a zero-padded copy")
+        rep = gs.check_function(lambda x: conv(x).square().sum(), x)
     assert calls["gather"] >= 1 and calls["scatter"] >= 1, calls
     assert rep.ok and rep.checked == 8 * 3 * 32 * 32
     assert not [f for f in rep.findings if f.kind == "not-verified"]

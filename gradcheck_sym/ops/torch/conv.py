@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
+from .. import conv_prims as CP
 from .. import prims as P
 from .. import windows
 from .linalg import plus
@@ -98,7 +99,14 @@ def conv(c: Ctx, xt: torch.Tensor, w: torch.Tensor, bias: Any, stride: Any, padd
     n, cin = xs[0], xs[1]
     k = tuple(w.shape[2:])
     st, dil = ntuple(stride, nd), ntuple(dilation, nd)
-    index = window_index(xs, k, st, _conv_pads(padding, k, dil, nd), dil)  # (N, C, *out, *k)
+    pads = _conv_pads(padding, k, dil, nd)
+    if all(lo == hi for lo, hi in pads) and math.prod(xs) and w.numel():
+        # the convolution primitive (`ops.conv_prims`): nothing of the windows kept
+        out = CP.conv(h, c.v(w), stride=st, padding=tuple(lo for lo, _ in pads), dilation=dil, groups=int(groups))
+        if bias is not None:
+            out = plus(out, P.reshape(c.v(bias), (w.shape[0],) + (1,) * nd))
+        return out if batched(xt, nd) else P.reshape(out, P.shape_of(out)[1:])
+    index = window_index(xs, k, st, pads, dil)  # (N, C, *out, *k)
     out_sp = tuple(index.shape[2:2 + nd])
     cols = P.take(h, index)
     perm = (0,) + tuple(range(2, 2 + nd)) + (1,) + tuple(range(2 + nd, 2 + 2 * nd))
