@@ -323,3 +323,30 @@ def test_an_elementwise_result_of_another_shape_than_its_arguments_is_refused() 
     both = EwFn("sum", PARAMS[0] + PARAMS[1], 2)  # broadcast from one argument's shape: expanded as before
     out = _ew_impl(torch.ones((2, 1), dtype=F64), torch.ones((1, 3), dtype=F64), fn=both)
     assert tuple(out.shape) == (2, 3) and bool((out == 2).all())
+
+
+@pytest.mark.parametrize("fn", [
+    lambda x: (torch.tanh(x) * x.exp() - x.square().sum()).abs().sum(),
+    lambda x: torch.nn.functional.conv2d(x.reshape(1, 1, 4, 6), x[:4].reshape(1, 1, 2, 2), padding=1).relu().sum(),
+    lambda x: torch.softmax(x.reshape(2, 12) @ x.reshape(12, 2), 0).log().sum(),
+], ids=["elementwise", "conv", "matmul softmax"])
+def test_bounds_of_the_lean_sweep_equal_the_written_sweep_s(fn):
+    # `sweep_bounds` holds only the asked cotangents (and drops the others as it goes): the same numbers as the
+    # written sweep's tracked bounds, in float32 where they matter
+    from gradcheck_sym.reference.lean_bounds import sweep_bounds
+
+    x = rand(24).float()
+    run = traced(fn, x)
+    prog, env = run.program, run.env
+    seeds = {prog.outputs[0].id: torch.ones((), dtype=F64)}
+    whole, values, res = record_sweep(prog, env, seeds, errs=run.tracer.rec.bounds())
+    keep = {prog.inputs[0].id}
+    lean = sweep_bounds(prog, env, seeds, errs=run.tracer.rec.bounds(), keep=keep)
+    assert set(lean) == keep
+    written = res.errs[res.cts[prog.inputs[0].id].var.id]
+    assert float(written.abs().max()) > 0
+    torch.testing.assert_close(lean[prog.inputs[0].id], written, rtol=1e-13, atol=0)
+    # and a sweep told what to keep holds nothing else
+    kept = sweep(prog, env, seeds, keep=keep).cts
+    assert set(kept) == keep
+    torch.testing.assert_close(kept[prog.inputs[0].id], sweep(prog, env, seeds).cts[prog.inputs[0].id])

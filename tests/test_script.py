@@ -1433,9 +1433,10 @@ def test_above_its_size_a_program_s_small_gradients_go_to_the_ladder_at_once(tmp
     from gradcheck_sym.judge import backward, backward_values
 
     monkeypatch.setattr(backward_values, "LAST_SUMS_BYTES", 0)
-    written = []
-    real = backward.record_sweep
-    monkeypatch.setattr(backward, "record_sweep", lambda *a, **k: written.append(1) or real(*a, **k))
+    written = []  # the bounds asked for: the sweep written down, or its bounds tracked alone
+    for name in ("record_sweep", "sweep_bounds"):
+        monkeypatch.setattr(backward, name, lambda *a, _real=getattr(backward, name), **k: written.append(1) or
+                            _real(*a, **k))
     path = tmp_path / "fit.py"
     path.write_text(_FIT.replace("HOOK", ""), encoding="utf-8")
     report = gs.run_script(str(path))

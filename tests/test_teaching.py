@@ -140,7 +140,7 @@ def test_without_a_measured_noise_the_deep_batch_norm_mlp_is_not_verified_and_na
     # parameter by its attribute path, and the warning's count and lines are the backward's
     from gradcheck_sym.judge import backward_values
 
-    monkeypatch.setattr(backward_values, "rounded_sweep", lambda program, values, seeds: {})
+    monkeypatch.setattr(backward_values, "rounded_sweep", lambda program, values, seeds, keep=None: {})
     report = gs.run_script(str(ROOT / "scripts" / "teaching" / "mnist_bn_mlp.py"))
     assert report.exit_code == 0 and report.summary["verified"] == 0 and report.summary["not_verified"] == 3
     (warning,) = [f for f in report.findings if f.kind == "not-verified" and f.severity == "warning"]

@@ -19,7 +19,11 @@ from .allocator import memory_available
 __all__ = ["ScriptMemory", "MEMORY_STEP", "SWEEP_MEMORY", "MEMORY_RESERVE"]
 
 # Memory (see ScriptTracer._check_memory): looked at every MEMORY_STEP bytes of float64 values recorded since the
-# last backward; the sweep of a conv + batch-norm net peaked at 4.5x its recorded values (batch 128) on top of them.
+# last backward.  A conv + batch-norm tutorial's backward peaked at 2.1x its recorded values on top of them (batch
+# 256 and 512: the plain sweep, then the bounds and the float32 recomputation, which keep only the compared
+# cotangents); the written sweep and im2col's windows, before, made it 4.5x at batch 128.  Yet 3x let the same
+# tutorial at batch 1,024 be killed by the system at 24.4 GB (the freed memory malloc keeps, counted as available,
+# is fragmented; a custom Function's float64 replay runs in a forked copy): 6x, which stops that run, stays.
 MEMORY_STEP = 256 * 2**20
 SWEEP_MEMORY = 6
 MEMORY_RESERVE = 2**30

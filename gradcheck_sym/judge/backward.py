@@ -22,6 +22,7 @@ import torch
 from ..autograd.attrs import grad_fn_name, is_leaf, leaf_window
 from ..ops.quick import all_finite, all_true, any_true
 from ..reference.interpret import UNIT_ROUNDOFF, Traced, error_bounds, record_sweep, sweep
+from ..reference.lean_bounds import sweep_bounds
 from .backward_replay import ReplayDecisions
 from .backward_values import (accumulation_slack, dense, hooked_downstream, measured_noise, own_scale, total_before,
                               within_last_sums)
@@ -33,6 +34,11 @@ from .replay import Replays, child_pids
 __all__ = ["BackwardVerifier", "Plan"]
 
 F64 = torch.float64
+# A loop line whose backwards nearly always need their rounding bound has its sweep written down with the bounds
+# tracked as it goes (one sweep instead of two), while the float64 copies it recorded are below this; above, the
+# written sweep held 3x their size at once (a conv + batch-norm tutorial at batch 256: 2.4 GB), and the bounds
+# come from `sweep_bounds`, which holds only the compared cotangents'.
+WRITTEN_BELOW = 256 * 2**20
 
 
 @dataclass
@@ -55,7 +61,16 @@ class Plan:
     why: dict[int, set[str]] = field(default_factory=dict)  # a tainted variable's own reasons (SweepResult.why)
     intended: dict[int, Any] | None = None  # the cotangents with the declared deviations (None: none declared)
     reads: dict[int, Any] | None = None  # variable id -> the elementwise equations that read it (`consumers`)
+    lean: bool = False  # the bounds by `sweep_bounds` (only the compared cotangents'), not a written sweep
     _written: Any = None
+    _compared: set[int] | None = None
+
+    def compared(self, tr: Any) -> set[int]:
+        """The variables whose gradient this backward compares (its targets', or the inputs' of autograd.grad)."""
+        if self._compared is None:
+            tensors = self.inputs if self.inputs is not None else [t for _, t, _ in self.targets]
+            self._compared = {var.id for var in (_exact(tr, self, t)[1] for t in tensors) if var is not None}
+        return self._compared
 
     def written(self) -> Any:
         """The sweep written down (once): (the program extended by it, the values, its SweepResult)."""
@@ -109,7 +124,7 @@ class BackwardVerifier(ReplayDecisions):
             cts = dict(res.cts)
         else:
             values = tr.rec.values
-            if self.bounded.get(ev.line, 0.0) > 0.7:
+            if self.bounded.get(ev.line, 0.0) > 0.7 and tr.rec.nbytes < WRITTEN_BELOW:
                 # this line's backwards (a loop's) nearly always need their rounding bound: the sweep is
                 # written down at once, its bounds tracked as it records (else a plain sweep is cheaper)
                 done = record_sweep(prog, values, seeds, errs=tr.rec.bounds())
@@ -119,12 +134,10 @@ class BackwardVerifier(ReplayDecisions):
                 def recorded() -> Any:
                     return done
             else:
-                # written down (for its rounding-error bound) only if a comparison needs it
+                # the rounding bounds are tracked by a second sweep only if a comparison needs them (`_classify`)
                 res = sweep(prog, values, seeds)
                 cts = dict(res.cts)
-
-                def recorded() -> Any:
-                    return record_sweep(prog, values, seeds, errs=tr.rec.bounds())
+                recorded = None
         # the cotangents with the cuts as constants: the same as the plain ones unless a cut is reached
         cut = (sweep(prog, tr.rec.values, seeds, cut=True).cts if res.cut_reached else cts) if tr.cuts else None
         if self.intended and not create:
@@ -138,6 +151,7 @@ class BackwardVerifier(ReplayDecisions):
         plan = Plan(seeds, recorded, cts, cut, res.tainted, res.blocked, inputs=inputs, create=create, why=res.why,
                     intended=intended_cts,
                     program=None if create else prog)
+        plan.lean = recorded is None and not create
         if inputs is None:
             seen = set()
             for r in list(tr.recs.values()) + [i for i in tr.infos.values()]:
@@ -300,17 +314,23 @@ class BackwardVerifier(ReplayDecisions):
         slack = accumulation_slack(base, a, u)
 
         def bound() -> Any:
-            if var is None or (plan.recorded is None and not plan.create):
+            if var is None or (plan.recorded is None and not plan.create and not plan.lean):
                 return None
             if plan.bounds is None:
-                if plan.create:  # the sweep was recorded into the script's own program: bounded with it
-                    e = tr.rec.bounds() or {}
-                    cts = plan.cts
+                if plan.lean:
+                    errs = tr.rec.bounds()
+                    plan.bounds = sweep_bounds(plan.program, tr.rec.values, plan.seeds, keep=plan.compared(tr),
+                                               errs=errs if errs is not None else error_bounds(plan.program,
+                                                                                               tr.rec.values))
                 else:
-                    whole, values, res = plan.written()
-                    e = res.errs if res.errs is not None else error_bounds(whole, values)
-                    cts = res.cts
-                plan.bounds = {k: e.get(c.var.id) for k, c in cts.items() if isinstance(c, Traced)}
+                    if plan.create:  # the sweep was recorded into the script's own program: bounded with it
+                        e = tr.rec.bounds() or {}
+                        cts = plan.cts
+                    else:
+                        whole, values, res = plan.written()
+                        e = res.errs if res.errs is not None else error_bounds(whole, values)
+                        cts = res.cts
+                    plan.bounds = {k: e.get(c.var.id) for k, c in cts.items() if isinstance(c, Traced)}
             b = plan.bounds.get(var.id)
             return None if b is None else b * (1.0 + 2.0**-53 / u)
 

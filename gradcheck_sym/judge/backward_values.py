@@ -172,7 +172,7 @@ def measured_noise(tr: Any, plan: Any, t: torch.Tensor, var: Var | None, r: torc
     if plan.program is None or var is None or t.dtype == torch.float64 or not t.is_floating_point():
         return None
     if plan.rounded is None:
-        plan.rounded = rounded_sweep(plan.program, tr.rec.values, plan.seeds)
+        plan.rounded = rounded_sweep(plan.program, tr.rec.values, plan.seeds, keep=plan.compared(tr))
     got32 = plan.rounded.get(var.id)
     if not isinstance(got32, torch.Tensor) or got32.dtype != t.dtype:
         return None  # not recomputed in the user's dtype: nothing was measured

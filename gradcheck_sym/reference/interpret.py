@@ -234,6 +234,7 @@ def sweep(
     consts: Sequence[Any] = (),
     recorder: Recorder | None = None,
     interp: Interpreter | None = None,
+    keep: Any = None,
 ) -> SweepResult:
     """The reverse sweep from `seeds` (variable id -> cotangent).
 
@@ -245,6 +246,8 @@ def sweep(
             ``(eqn) -> bool`` saying which ones.
         consts: the program's constants (when `program` is a list of equations).
         recorder: record the sweep's own equations (for second order).
+        keep: if given, the variables whose cotangent the result holds: any other is dropped once its equation
+            is swept (a large program's cotangents are not all kept at once).
     """
     eqns = program.eqns if isinstance(program, Program) else program
     consts = _Consts(program.consts if isinstance(program, Program) else consts)
@@ -264,11 +267,17 @@ def sweep(
                 if g0 is None and not h0:
                     continue
                 gs, hit = [g0], [h0]
+                if keep is not None and g0 is not None and v0 not in keep:
+                    del cts[v0]
             else:
                 gs = [cts.get(v.id) for v in e.outputs]
                 hit = [v.id in tainted for v in e.outputs]
                 if all(g is None for g in gs) and not any(hit):
                     continue
+                if keep is not None:
+                    for v in e.outputs:
+                        if v.id not in keep:
+                            cts.pop(v.id, None)
             in_vars = [a for a in e.inputs if isinstance(a, Var)]
             if e.prim == "stop":
                 reached = True

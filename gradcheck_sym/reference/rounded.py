@@ -85,7 +85,7 @@ class Rounding(Interpreter):
                       for o in out])
 
 
-def rounded_sweep(program: Program, values: dict[int, Any], seeds: dict[int, Any]) -> dict[int, Any]:
+def rounded_sweep(program: Program, values: dict[int, Any], seeds: dict[int, Any], keep: Any = None) -> dict[int, Any]:
     """The forward and the reverse sweep recomputed in the user's dtype by our formulas (`evaluate_rounded`,
     then the sweep under `Rounding`): the cotangents a float32 backward like ours would give.  A measured sample
     of rounding noise for the tolerance, never a reference value."""
@@ -99,4 +99,4 @@ def rounded_sweep(program: Program, values: dict[int, Any], seeds: dict[int, Any
     for vid, s in seeds.items():
         d = _DTYPES.get(typed.get(vid, "float64"))
         start[vid] = s.to(d) if d is not None and isinstance(s, torch.Tensor) else s
-    return sweep(program, env, start, interp=Rounding()).cts
+    return sweep(program, env, start, interp=Rounding(), keep=keep).cts
