@@ -67,7 +67,8 @@ def vjp(f, args, i, ct):
     vars_ = [Var(j, tuple(a.shape), "float64") for j, a in enumerate(args)]
     with interpreting(rec):
         out = f(*[Traced(a, v) for a, v in zip(args, vars_)])
-    prog = Program(tuple(vars_), tuple(f"a{j}" for j in range(len(args))), tuple(rec.eqns), (out.var,), tuple(rec.consts))
+    names = tuple(f"a{j}" for j in range(len(args)))
+    prog = Program(tuple(vars_), names, tuple(rec.eqns), (out.var,), tuple(rec.consts))
     env = {v.id: a for v, a in zip(vars_, args)} | rec.values
     return sweep(prog, env, {out.var.id: ct}).cts[i], out.value
 
@@ -99,9 +100,10 @@ def test_the_high_precision_path_computes_the_same_on_object_arrays():
     y = CP._conv(x, w, **prm)
     g = rand(*y.shape)
     obj = lambda t: t.numpy().astype(object)  # noqa: E731
+    size, k = tuple(x.shape[1:]), tuple(w.shape[2:])
     for ours, exact in ((CP._conv(obj(x), obj(w), **prm), y),
-                        (CP._tin(obj(g), obj(w), size=tuple(x.shape[1:]), **prm), CP._tin(g, w, size=tuple(x.shape[1:]), **prm)),
-                        (CP._tw(obj(x), obj(g), k=tuple(w.shape[2:]), **prm), CP._tw(x, g, k=tuple(w.shape[2:]), **prm))):
+                        (CP._tin(obj(g), obj(w), size=size, **prm), CP._tin(g, w, size=size, **prm)),
+                        (CP._tw(obj(x), obj(g), k=k, **prm), CP._tw(x, g, k=k, **prm))):
         assert isinstance(ours, np.ndarray) and ours.dtype == object
         torch.testing.assert_close(torch.tensor(ours.astype(float)), exact, rtol=1e-13, atol=1e-13)
 
@@ -135,7 +137,6 @@ def test_float32_rounding_stays_within_the_bound(case):
     """torch's float32 convolution (and its gradients) against the float64 values: within `err`'s bound."""
     x, w = operands(case, n=8, c=8, o=8)
     prm = params(case)
-    u = 2.0**-24
     xr, wr = x.float().requires_grad_(), w.float().requires_grad_()
     y32 = _CONV[case[0]](xr, wr, None, prm["stride"], prm["padding"], prm["dilation"], prm["groups"])
     g = rand(*y32.shape, dtype=torch.float32)

@@ -24,10 +24,10 @@ from ..ops.quick import all_finite, all_true, any_true
 from ..reference.interpret import UNIT_ROUNDOFF, Traced, error_bounds, record_sweep, sweep
 from ..reference.lean_bounds import sweep_bounds
 from .backward_replay import ReplayDecisions
-from .backward_values import (accumulation_slack, dense, hooked_downstream, measured_noise, own_scale, total_before,
-                              within_last_sums)
+from .backward_values import (accumulation_slack, dense, exact_gradient, hooked_downstream, largest_exact,
+                              measured_noise, own_scale, total_before, within_last_sums)
 from .backward_words import info_name, message, unseen, worst
-from .elements import SMALL, WIDE, Verdicts, abs_max, cheap_floats, classify
+from .elements import SMALL, WIDE, Verdicts, cheap_floats, classify
 from .intended import declared, parse_intended
 from .replay import Replays, child_pids
 
@@ -69,7 +69,7 @@ class Plan:
         """The variables whose gradient this backward compares (its targets', or the inputs' of autograd.grad)."""
         if self._compared is None:
             tensors = self.inputs if self.inputs is not None else [t for _, t, _ in self.targets]
-            self._compared = {var.id for var in (_exact(tr, self, t)[1] for t in tensors) if var is not None}
+            self._compared = {var.id for var in (exact_gradient(tr, self, t)[1] for t in tensors) if var is not None}
         return self._compared
 
     def written(self) -> Any:
@@ -180,13 +180,13 @@ class BackwardVerifier(ReplayDecisions):
     def _verify(self, tr: Any, ev: Any, plan: Plan, result: Any) -> None:
         passed: list[Any] = []  # what passed, in case a replay later in this backward finds its Function wrong
         if plan.inputs is not None:
-            scale = _scale(tr, plan, plan.inputs)
+            scale = largest_exact(tr, plan, plan.inputs)
             for t, got in zip(plan.inputs, result):
                 passed.append(self._one(tr, ev, plan, None, t, None, got, returned=True, scale=scale))
             self._replayed_wrong(tr, ev, plan, passed)
             return
         targets = set()
-        scale = _scale(tr, plan, [t for _, t, _ in plan.targets])
+        scale = largest_exact(tr, plan, [t for _, t, _ in plan.targets])
         for info, t, before in plan.targets:
             targets.add(info.serial)
             passed.append(self._one(tr, ev, plan, info, t, before, t.grad, returned=False, scale=scale))
@@ -207,7 +207,7 @@ class BackwardVerifier(ReplayDecisions):
 
     def _one(self, tr: Any, ev: Any, plan: Plan, info: Any, t: torch.Tensor, before: Any, after: Any,
              returned: bool, scale: float | None = None) -> Any:
-        exact, var = _exact(tr, plan, t)
+        exact, var = exact_gradient(tr, plan, t)
         exact_t = exact.value if isinstance(exact, Traced) else exact
         got = None if after is None else dense(after.detach().to(F64))
         base = before if before is not None else None
@@ -395,22 +395,3 @@ class BackwardVerifier(ReplayDecisions):
             with interpreting(tr.rec):
                 handle = P.add(prev.handle, ct)
         tr._bind(g, handle)
-
-
-def _exact(tr: Any, plan: Plan, t: torch.Tensor) -> tuple[Any, Any]:
-    """The exact gradient of `t` in this backward (Traced, a tensor or None) and its program variable."""
-    h = tr.recs.get(id(t))
-    var = h.handle.var if h is not None and h.tensor is t and isinstance(h.handle, Traced) else None
-    exact = plan.cts.get(var.id) if var is not None else None
-    return exact, var
-
-
-def _scale(tr: Any, plan: Plan, tensors: Any) -> float:
-    """The largest exact gradient entry of a backward call, over all its leaves."""
-    out = 0.0
-    for t in tensors:
-        e, _ = _exact(tr, plan, t)
-        e = e.value if isinstance(e, Traced) else e
-        if isinstance(e, torch.Tensor) and e.numel():
-            out = max(out, abs_max(e))
-    return out

@@ -17,7 +17,7 @@ from ..reference.rounded import rounded_sweep
 from .elements import FLOOR_ULPS, SAFETY, WIDE, Verdicts, abs_max, small_pass
 
 __all__ = ["total_before", "dense", "hooked_downstream", "consumers", "last_sums", "within_last_sums", "own_scale",
-           "measured_noise", "accumulation_slack"]
+           "measured_noise", "accumulation_slack", "exact_gradient", "largest_exact"]
 
 
 def total_before(info: Any, before: Any, u: float) -> Any:
@@ -198,3 +198,22 @@ def own_scale(r: torch.Tensor, scale: float | None, u: float) -> tuple[float | N
         return None, None
     own = abs_max(r)
     return (own if own > u**0.5 * scale else scale), u**0.5 * scale
+
+
+def exact_gradient(tr: Any, plan: Any, t: torch.Tensor) -> tuple[Any, Any]:
+    """The exact gradient of `t` in this backward (Traced, a tensor or None) and its program variable."""
+    h = tr.recs.get(id(t))
+    var = h.handle.var if h is not None and h.tensor is t and isinstance(h.handle, Traced) else None
+    exact = plan.cts.get(var.id) if var is not None else None
+    return exact, var
+
+
+def largest_exact(tr: Any, plan: Any, tensors: Any) -> float:
+    """The largest exact gradient entry of a backward call, over all its leaves."""
+    out = 0.0
+    for t in tensors:
+        e, _ = exact_gradient(tr, plan, t)
+        e = e.value if isinstance(e, Traced) else e
+        if isinstance(e, torch.Tensor) and e.numel():
+            out = max(out, abs_max(e))
+    return out

@@ -24,7 +24,6 @@ import math
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 
 from .core import Prim, bind, register

@@ -317,6 +317,20 @@ def sweep(
     return SweepResult(cts, tainted, blocked, reached, why=why)
 
 
+def traced_values(program: Program, env: dict[int, Any], seeds: dict[int, Any]) -> tuple[int, dict[int, Traced]]:
+    """(the first variable id free after the program and the seeds, every variable's value as `Traced`)."""
+    next_id = 1 + max([v.id for v in program.inputs] + [v.id for e in program.eqns for v in e.outputs]
+                      + [a.id for e in program.eqns for a in e.inputs if isinstance(a, Var)] + list(seeds) + [0])
+    traced_env = {v.id: Traced(env[v.id], v) for v in program.inputs}
+    for e in program.eqns:
+        for v in e.outputs:
+            traced_env[v.id] = Traced(env[v.id], v)
+        for a in e.inputs:  # a seed of an earlier recorded sweep
+            if isinstance(a, Var) and a.id not in traced_env:
+                traced_env[a.id] = Traced(env[a.id], a)
+    return next_id, traced_env
+
+
 def record_sweep(program: Program, env: dict[int, Any], seeds: dict[int, Any], *, cut: bool | Any = False,
                  errs: dict[int, Any] | None = None) -> tuple[Program, dict[int, Any], SweepResult]:
     """The sweep, written down.
@@ -329,18 +343,10 @@ def record_sweep(program: Program, env: dict[int, Any], seeds: dict[int, Any], *
         (the program extended by the sweep's equations and constants, the value of every
         variable of it, the result — its cotangents are `Traced`: ``.var`` names them).
     """
-    next_id = 1 + max([v.id for v in program.inputs] + [v.id for e in program.eqns for v in e.outputs]
-                      + [a.id for e in program.eqns for a in e.inputs if isinstance(a, Var)] + list(seeds) + [0])
+    next_id, traced_env = traced_values(program, env, seeds)
     rec = Recorder(next_id, len(program.consts))
     if errs is not None:
         rec.errs = dict(errs)
-    traced_env = {v.id: Traced(env[v.id], v) for v in program.inputs}
-    for e in program.eqns:
-        for v in e.outputs:
-            traced_env[v.id] = Traced(env[v.id], v)
-        for a in e.inputs:  # a seed of an earlier recorded sweep
-            if isinstance(a, Var) and a.id not in traced_env:
-                traced_env[a.id] = Traced(env[a.id], a)
     # each seed a value of its own (not an input), so what the sweep computes from a seed alone — the sum
     # that transposes a broadcast — is recorded, and its rounding bounded
     traced_seeds = {}

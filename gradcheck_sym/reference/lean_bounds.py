@@ -17,7 +17,7 @@ import torch
 
 from ..ir.program import Program, Var
 from ..ops.core import Interpreter
-from .interpret import UNIT_ROUNDOFF, Traced, sweep
+from .interpret import UNIT_ROUNDOFF, Traced, sweep, traced_values
 
 __all__ = ["Bounded", "sweep_bounds"]
 
@@ -70,15 +70,8 @@ def sweep_bounds(program: Program, env: dict[int, Any], seeds: dict[int, Any], *
                  keep: Collection[int]) -> dict[int, Any]:
     """The bound of each cotangent in `keep` (variable id -> bound), as `record_sweep(..., errs=errs)` would give
     them (`errs`: the forward program's bounds, by variable id)."""
-    ids = [v.id for v in program.inputs] + [v.id for e in program.eqns for v in e.outputs] + list(seeds)
-    interp = _BoundsOnly(1 + max(ids + [0]), errs)
-    traced_env: dict[int, Any] = {v.id: Traced(env[v.id], v) for v in program.inputs}
-    for e in program.eqns:
-        for v in e.outputs:
-            traced_env[v.id] = Traced(env[v.id], v)
-        for a in e.inputs:  # a seed of an earlier recorded sweep
-            if isinstance(a, Var) and a.id not in traced_env:
-                traced_env[a.id] = Traced(env[a.id], a)
+    next_id, traced_env = traced_values(program, env, seeds)
+    interp = _BoundsOnly(next_id, errs)
     # each seed a value of its own, exact (as `record_sweep` makes them)
     start = {}
     for vid, s in seeds.items():
