@@ -188,3 +188,24 @@ def test_check_function_on_a_convolution_is_ok(groups, stride):
                             conv.weight.detach().clone())
     assert rep.ok and rep.checked == x.numel() + conv.weight.numel()
     assert not [f for f in rep.findings if f.kind == "not-verified"]
+
+
+@pytest.mark.parametrize("nd,stride,padding,output_padding,dilation,groups", [
+    (2, 2, 1, 1, 1, 1), (2, 1, 0, 1, 2, 2), (1, 3, 2, 2, 1, 1), (3, (1, 2, 1), 1, (0, 1, 0), 1, 1)])
+def test_a_transposed_convolution_is_the_input_transpose_first_and_second_order(nd, stride, padding, output_padding,
+                                                                                 dilation, groups):
+    # output_padding can make room for one more window than the input has positions (dilation 2, stride 1): the
+    # second-order sweep crops the convolution it takes back (`conv`'s out)
+    import gradcheck_sym as gs
+    from gradcheck_sym.front.tracer import Tracer
+
+    fn = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[nd]
+    x, w = rand(2, 4, *(5, 4, 3)[:nd]), rand(4, 6 // groups, *(3, 2, 2)[:nd])
+    f = lambda x, w: fn(x, w, None, stride, padding, output_padding, groups, dilation).sin().sum()  # noqa: E731
+    rep = gs.check_function(f, x, w, order=2)
+    assert rep.ok and rep.checked >= x.numel() + w.numel(), rep
+    tr = Tracer()
+    tr.leaf(w.requires_grad_(), "w")
+    with tr:
+        fn(x, w, None, stride, padding, output_padding, groups, dilation)
+    assert [e.prim for e in tr.rec.eqns] == ["conv_tin"]

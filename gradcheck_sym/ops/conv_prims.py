@@ -101,8 +101,11 @@ def _plain_conv(x: Any, w: Any, stride: Sequence[int], dilation: Sequence[int], 
 
 
 def _conv(x: Any, w: Any, stride: tuple[int, ...], padding: tuple[int, ...], dilation: tuple[int, ...],
-          groups: int) -> Any:
-    return _plain_conv(_pad(x, [(p, p) for p in padding]), w, stride, dilation, groups)
+          groups: int, out: tuple[int, ...] | None = None) -> Any:
+    y = _plain_conv(_pad(x, [(p, p) for p in padding]), w, stride, dilation, groups)
+    if out is not None:  # the first `out` positions (a transposed convolution's input: see `_tin_vjp`)
+        y = y[(slice(None), slice(None)) + tuple(slice(0, e) for e in out)]
+    return y
 
 
 def _tin(g: Any, w: Any, stride: tuple[int, ...], padding: tuple[int, ...], dilation: tuple[int, ...], groups: int,
@@ -165,7 +168,8 @@ def _bilinear_err(impl: Any, terms: Any) -> Any:
 
 
 def _conv_vjp(cts: list[Any], ins: Sequence[Any], outs: Sequence[Any], needed: Sequence[bool] = (True, True),
-              **p: Any) -> list[Any]:
+              out: Any = None, **p: Any) -> list[Any]:
+    # (`out` crops the result: the cotangent has the cropped shape, which both transposes read from it)
     x, w = ins
     gx = conv_tin(cts[0], w, size=tuple(shape_of(x)[1:]), **p) if needed[0] and _differentiable(x) else None
     gw = conv_tw(x, cts[0], k=tuple(shape_of(w)[2:]), **p) if needed[1] and _differentiable(w) else None
@@ -175,7 +179,8 @@ def _conv_vjp(cts: list[Any], ins: Sequence[Any], outs: Sequence[Any], needed: S
 def _tin_vjp(cts: list[Any], ins: Sequence[Any], outs: Sequence[Any], needed: Sequence[bool] = (True, True),
              size: tuple[int, ...] = (), **p: Any) -> list[Any]:
     g, w = ins
-    gg = conv(cts[0], w, **p) if needed[0] and _differentiable(g) else None
+    # the size that output_padding gives a transposed convolution can hold one more window than g has positions
+    gg = conv(cts[0], w, out=shape_of(g)[2:], **p) if needed[0] and _differentiable(g) else None
     gw = conv_tw(cts[0], g, k=tuple(shape_of(w)[2:]), **p) if needed[1] and _differentiable(w) else None
     return [gg, gw]
 
@@ -184,7 +189,7 @@ def _tw_vjp(cts: list[Any], ins: Sequence[Any], outs: Sequence[Any], needed: Seq
             k: tuple[int, ...] = (), **p: Any) -> list[Any]:
     x, g = ins
     gx = conv_tin(g, cts[0], size=tuple(shape_of(x)[1:]), **p) if needed[0] and _differentiable(x) else None
-    gg = conv(x, cts[0], **p) if needed[1] and _differentiable(g) else None
+    gg = conv(x, cts[0], out=shape_of(g)[2:], **p) if needed[1] and _differentiable(g) else None
     return [gx, gg]
 
 
@@ -204,10 +209,12 @@ register(Prim("conv_tw", _tw, _tw, _tw_vjp, _bilinear_err(_tw, _tw_terms), needs
 
 
 def conv(x: Any, w: Any, *, stride: tuple[int, ...], padding: tuple[int, ...], dilation: tuple[int, ...],
-         groups: int) -> Any:
-    """The convolution of batched `x` (N, C, *spatial) with `w` (O, C/groups, *k), zero padding on both sides."""
+         groups: int, out: tuple[int, ...] | None = None) -> Any:
+    """The convolution of batched `x` (N, C, *spatial) with `w` (O, C/groups, *k), zero padding on both sides;
+    with `out`, only the first `out` output positions per spatial dimension."""
+    extra = {} if out is None else {"out": tuple(int(e) for e in out)}
     return bind("conv", x, w, stride=tuple(stride), padding=tuple(padding), dilation=tuple(dilation),
-                groups=int(groups))
+                groups=int(groups), **extra)
 
 
 def conv_tin(g: Any, w: Any, *, size: tuple[int, ...], stride: tuple[int, ...], padding: tuple[int, ...],

@@ -1,11 +1,13 @@
-"""Convolutions and their relatives, as im2col: a window ``take``, then a batched ``matmul`` per group.
+"""Convolutions and their relatives.  Evenly padded convolutions and every transposed convolution are the
+primitives of `ops.conv_prims`; the rest (uneven padding, ``fold``) as im2col: a window ``take``, then a batched
+``matmul`` per group.
 
 The window index map (`window_index`) is computed once from the shapes: each
 output position's window of flat input positions, padding as -1 (a zero), stride
 and dilation by unfolding an integer code tensor.  Then
 
-* ``conv{1,2,3}d`` = take the windows, matmul with the weight per group;
-* ``conv_transpose{1,2,3}d`` = its transpose in the input: matmul, then scatter-add
+* ``conv{1,2,3}d`` (uneven padding, or an empty operand) = take the windows, matmul with the weight per group;
+* ``conv_transpose{1,2,3}d`` (an empty operand) = its transpose in the input: matmul, then scatter-add
   (``segsum``) of the columns into the output windows, and a crop of the padding;
 * ``fold`` (col2im) = scatter-add of the columns into the windows (``unfold``, im2col,
   is pure data movement: the generic probe of `movement` handles it).
@@ -148,6 +150,13 @@ def conv_transpose(c: Ctx, xt: torch.Tensor, w: torch.Tensor, bias: Any, stride:
     cout = og * g
     st, dil, pad = ntuple(stride, nd), ntuple(dilation, nd), ntuple(padding, nd)
     osz = tuple(out_shape[-nd:])
+    if math.prod(xs) and w.numel():
+        # the transpose of the convolution whose weight this is (`ops.conv_prims`): output_padding only adds
+        # positions, which the primitive's size covers
+        out = CP.conv_tin(h, c.v(w), size=(cout,) + osz, stride=st, padding=pad, dilation=dil, groups=g)
+        if bias is not None:
+            out = plus(out, P.reshape(c.v(bias), (cout,) + (1,) * nd))
+        return out if batched(xt, nd) else P.reshape(out, tuple(out_shape))
     full = (n, cout) + tuple(osz[i] + 2 * pad[i] for i in range(nd))
     index = window_index(full, k, st, [(0, 0)] * nd, dil, out_sizes=xs[2:])  # (N, Cout, *in, *k)
     L, K = math.prod(xs[2:]), math.prod(k)
