@@ -420,6 +420,31 @@ def test_an_init_of_a_slice_of_a_parameter_is_a_new_value_of_it(tmp_path, capsys
     assert _row(report, "w").status == "ok"
 
 
+def test_an_init_through_a_parameter_s_data_is_a_new_value_of_it(tmp_path):
+    # the DCGAN tutorial's weights_init: nn.init.normal_(m.weight.data, 0.0, 0.02) wrote through `.data` (a leaf that
+    # shares the parameter's storage) unseen, and the next backward was an internal error, not verified
+    path = _script(tmp_path, textwrap.dedent("""\
+        import torch, torch.nn as nn
+        def weights_init(m):
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight.data, 0.0, 0.02)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.normal_(m.weight.data, 1.0, 0.02)
+                nn.init.constant_(m.bias.data, 0)
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
+        net(torch.randn(2, 1, 6, 6)).sum().backward()  # (the parameters traced before the init)
+        net.zero_grad()
+        net.apply(weights_init)
+        net(torch.randn(8, 1, 6, 6)).square().sum().backward()
+        print(net[0].weight.std().item(), net[1].bias.abs().max().item())
+        """))
+    report = gs.run_script(path)
+    assert report.exit_code == 0 and report.ok, str(report)
+    assert report.summary["verified"] == 2 and report.summary["not_verified"] == 0
+    assert _row(report, "net.0.weight").status == "ok" and _row(report, "net.1.bias").status == "ok"
+
+
 def _script(tmp_path, text):
     path = tmp_path / "script.py"
     path.write_text(text)

@@ -300,11 +300,13 @@ class Tracer(ValueChecks, Handles, TorchFunctionMode):
             return
         base, inplace, swap = _normalise(name)
         init = getattr(func, "__module__", "") == "torch.nn.init" and not args and \
-            isinstance(kwargs.get("tensor"), torch.Tensor) and not is_leaf(kwargs["tensor"])
+            isinstance(kwargs.get("tensor"), torch.Tensor) and (not is_leaf(kwargs["tensor"]) or
+                                                                self._an_alias(kwargs["tensor"]))
         if init:
             # torch.nn.init's functions pass their tensor to __torch_function__ by keyword, and fill it under no_grad:
-            # on a slice of a parameter (`nn.init.normal_(w[1:3])`) that is a write into the parameter, as under
-            # no_grad (a whole parameter's init makes its first value, as any op's result)
+            # on a slice of a parameter (`nn.init.normal_(w[1:3])`), or its `.data` (the DCGAN tutorial's
+            # `nn.init.normal_(m.weight.data, 0.0, 0.02)`), that is a write into the parameter, as under no_grad (a
+            # whole parameter's init makes its first value, as any op's result)
             args, kwargs = (kwargs["tensor"],), {k: v for k, v in kwargs.items() if k != "tensor"}
         if kwargs.get("inplace") is True:  # F.relu(x, inplace=True) and friends
             inplace = True

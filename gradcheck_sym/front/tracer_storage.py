@@ -89,6 +89,11 @@ class Storage:
                 r.root, r.root_handle, r.root_tensor = root, root.handle, root.tensor
         return r
 
+    def _an_alias(self, t: torch.Tensor) -> bool:
+        """Whether `t` shares the storage of another traced tensor (a parameter's `.data`)."""
+        r = self.recs.get(id(t))
+        return r is not None and r.tensor is t and r.root is not None
+
     def _root_of(self, t: torch.Tensor) -> _Rec | None:
         key = _storage_key(t)
         root = self.roots.get(key) if key is not None else None
