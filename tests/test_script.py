@@ -1,6 +1,7 @@
 """gradcheck-sym run: scripts run as themselves, every backward verified, findings explained."""
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -1752,3 +1753,77 @@ def test_a_tensor_made_under_no_grad_that_no_backward_reached_says_so(tmp_path):
     report = gs.run_script(str(script))
     assert _row(report, "score").status == "made under no_grad: no grad_fn", str(report)
     assert _row(report, "w").status == "ok"
+
+
+_CNN_STEPS = textwrap.dedent('''\
+    import torch, torch.nn as nn, torch.nn.functional as F
+    torch.manual_seed(0)
+    n, bs = 9600, 64  # (the data drawn for 150 steps: the 26th is the one)
+    centers = torch.randn(10, 784)
+    y_train = torch.randint(0, 10, (n,))
+    x_train = (centers[y_train] + 2.0 * torch.randn(n, 784)) * 0.1
+    conv1 = nn.Conv2d(1, 16, 3, stride=2, padding=1)
+    conv2 = nn.Conv2d(16, 16, 3, stride=2, padding=1)
+    conv3 = nn.Conv2d(16, 10, 3, stride=2, padding=1)
+    params = [*conv1.parameters(), *conv2.parameters(), *conv3.parameters()]
+    opt = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    for i in range(26):
+        xb = x_train[i * bs:(i + 1) * bs].view(-1, 1, 28, 28)
+        h = F.relu(conv3(F.relu(conv2(F.relu(conv1(xb))))))
+        loss = F.cross_entropy(F.avg_pool2d(h, 4).view(-1, 10), y_train[i * bs:(i + 1) * bs])
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    print(round(loss.item(), 3))
+    ''')
+
+
+def test_a_cnn_s_bias_summed_by_a_single_threaded_conv_is_no_false_mismatch(tmp_path):
+    # "What is torch.nn really?"'s CNN, one thread: at its 26th step torch's conv summed conv1.bias's gradient (12,544
+    # terms, cancelling) to 8.5x the noise our float32 recomputation measured, and that was a false mismatch
+    path = tmp_path / "cnn.py"
+    path.write_text(_CNN_STEPS, encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "gradcheck_sym", "run", str(path)], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "26 of 26 backward calls verified" in done.stdout and "OK: 156 gradients checked, no error" in done.stdout
+
+
+def test_an_untracked_gradient_names_the_cut_on_its_way_only(tmp_path):
+    # a GAN's discriminator step: the generator's gradient is cut by fake.detach(); the .item() of the printed loss
+    # and the no_grad of the modules' construction are no part of it (all were named, repeated for each parameter)
+    path = _script(tmp_path, textwrap.dedent("""\
+        import torch, torch.nn as nn
+        torch.manual_seed(0)
+        G = nn.Linear(2, 2)
+        D = nn.Linear(2, 1)
+        D.zero_grad()
+        errD_real = D(torch.randn(4, 2)).mean()
+        errD_real.backward()
+        D_x = errD_real.item()
+        fake = G(torch.randn(4, 2))
+        errD = D(fake.detach()).mean()
+        errD.backward()
+        """))
+    report = gs.run_script(path)
+    untracked = [f for f in report.findings if f.kind == "untracked"]
+    assert {f.tensor for f in untracked} == {"G.weight", "G.bias"}, str(report)
+    for f in untracked:
+        assert f.message.endswith("the difference is what detach at line 10 hides from autograd"), f.message
+
+
+def test_a_frozen_parameter_s_row_keeps_the_grad_it_holds(tmp_path):
+    # fine-tuning: requires_grad set to False after a backward; the next backward adds nothing to its .grad, and its
+    # row said ".grad None, exact [0.5, 0.5], ok" where .grad held [3, 3]
+    path = _script(tmp_path, textwrap.dedent("""\
+        import torch
+        w = torch.tensor([1.0, 2.0], requires_grad=True)
+        (w * 3).sum().backward()
+        w.requires_grad = False
+        v = torch.tensor([0.5], requires_grad=True)
+        (w * v).sum().backward()
+        """))
+    report = gs.run_script(path)
+    assert report.ok and report.summary["verified"] == 2, str(report)
+    row = _row(report, "w")
+    assert row.status == "ok" and list(row.grad) == [3.0, 3.0] and list(row.exact) == [3.0, 3.0], row

@@ -26,7 +26,7 @@ from ..reference.lean_bounds import sweep_bounds
 from .backward_replay import ReplayDecisions
 from .backward_values import (accumulation_slack, dense, exact_gradient, hooked_downstream, largest_exact,
                               measured_noise, own_scale, total_before, within_last_sums)
-from .backward_words import info_name, message, unseen, worst
+from .backward_words import cuts_between, info_name, message, unseen, worst
 from .elements import SMALL, WIDE, Verdicts, cheap_floats, classify
 from .intended import declared, parse_intended
 from .replay import Replays, child_pids
@@ -201,6 +201,8 @@ class BackwardVerifier(ReplayDecisions):
             ct = plan.cts.get(r.handle.var.id)
             if ct is None and not info.cut:
                 continue
+            if not t.requires_grad and is_leaf(t) and t.grad is not None:
+                continue  # a frozen parameter's .grad, left from before: untouched here, its row shows what it holds
             ct = ct.value if isinstance(ct, Traced) else ct
             status = info.cut or ("grad is None: not a leaf" if t.requires_grad else "no grad (does not require grad)")
             info.checks.append((ev.index, None, ct, status))
@@ -289,7 +291,8 @@ class BackwardVerifier(ReplayDecisions):
                     status = "hook"
             if status in ("mismatch", "untracked", "nonfinite", "stale-graph"):
                 ev.errors += 1
-            text = message(status, ev, a, r, cut, tr, verdicts.masks.get(status))
+            text = message(status, ev, a, r, cut, tr, verdicts.masks.get(status),
+                           cuts=cuts_between(tr, plan, var) if status == "untracked" else None)
             if status == "mismatch" and tr.call_of and self._foreign(tr, plan, var):
                 # the backward that computed it is the script's own: say which (the .backward() line is only where
                 # the sweep started)

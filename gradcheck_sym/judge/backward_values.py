@@ -180,7 +180,29 @@ def measured_noise(tr: Any, plan: Any, t: torch.Tensor, var: Var | None, r: torc
     top = abs_max(d)
     if top == 0.0 or not all_finite(d):
         return None
-    return d + top
+    noise = d + top
+    # The sums that transpose a parameter's broadcast (a bias's over a batch of images: 12,544 terms) round as the
+    # kernel orders them: torch's single-threaded conv summed a CNN's bias gradient to 8.5x our recomputation's
+    # noise (a false mismatch).  A sixteenth of their worst-case rounding (`last_sums`) is the least allowed: that
+    # bias's actual error was 1/250 of the worst case, so the allowance (SAFETY times this) stays 30x above it and
+    # below a few tenths of a percent of the gradient.
+    floor = _last_sums_of(tr, plan, var)
+    if floor is not None and tuple(floor.shape) == tuple(r.shape):
+        noise = torch.maximum(noise, floor / 16)
+    return noise
+
+
+def _last_sums_of(tr: Any, plan: Any, var: Var) -> torch.Tensor | None:
+    """`last_sums` of `var`'s reshape where that is what a broadcast reads (a conv's bias, as (C, 1, 1)).  (Where the
+    broadcast reads `var` itself, `within_last_sums` decides with the whole of them.)"""
+    if plan.reads is None:
+        plan.reads = consumers(plan.program)
+    for e in plan.program.eqns:
+        if e.prim == "reshape" and e.inputs and isinstance(e.inputs[0], Var) and e.inputs[0].id == var.id:
+            inner = last_sums(plan.program, plan.reads, plan.cts, tr.rec.values, e.outputs[0])
+            if inner is not None:
+                return inner.reshape(var.shape)
+    return None
 
 
 def accumulation_slack(base: Any, a: torch.Tensor, u: float) -> Any:

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from ..autograd.attrs import grad_fn_name
+from ..ir.program import Var
 from ..ops.quick import any_true
 
 __all__ = ["info_name", "unseen", "worst", "message"]
@@ -64,11 +65,12 @@ def _first(mask: Any, a: Any, r: Any) -> str:
     return f" (first at [{at}]: {x:.9g} vs {y:.9g})"
 
 
-def message(status: str, ev: Any, a: Any, r: Any, cut: Any, tr: Any, mask: Any = None) -> str:
+def message(status: str, ev: Any, a: Any, r: Any, cut: Any, tr: Any, mask: Any = None, cuts: Any = None) -> str:
+    """A finding's text (`cuts`: the cuts to name for an untracked gradient, default every cut of the trace)."""
     what = "returned" if ev.kind == "autograd.grad" else "added to .grad"
     head = f"{ev.kind} at line {ev.line}: the gradient {what} of {{tensor}} is {_fmt(a)}"
     if status == "untracked":
-        cuts = sorted({(c.kind, tr.sites[c.site].line) for c in tr.cuts})
+        cuts = sorted({(c.kind, tr.sites[c.site].line) for c in (tr.cuts if cuts is None else cuts)})
         where = ", ".join(f"{'no_grad' if k == 'no_grad' else k} at line {ln}" for k, ln in cuts) or "a cut"
         return f"{head}, the exact gradient is {_fmt(r)}; the difference is what {where} hides from autograd"
     if status == "intended":
@@ -78,3 +80,19 @@ def message(status: str, ev: Any, a: Any, r: Any, cut: Any, tr: Any, mask: Any =
     if status == "nondifferentiable":
         return f"{head}, sympy {_fmt(r)}: a kink, tie or jump of the run, where torch follows a convention"
     return f"{head} where the exact gradient is {_fmt(r)}{_first(mask, a, r)}"
+
+
+def cuts_between(tr: Any, plan: Any, var: Any) -> list[Any]:
+    """The cuts between this backward's output and `var`: those whose value depends on `var` and that the sweep
+    reached (a GAN's discriminator step names its `fake.detach()`, not the `.item()` of a printed loss or the
+    no_grad of a module's construction); every cut where that cannot be told or none is found."""
+    if var is None or plan.program is None:
+        return list(tr.cuts)
+    depends = {var.id}
+    for e in plan.program.eqns:
+        for a in e.inputs:
+            if isinstance(a, Var) and a.id in depends:
+                depends.update(v.id for v in e.outputs)
+                break
+    found = [c for c in tr.cuts if any(v in depends and plan.cts.get(v) is not None for v in c.vars)]
+    return found or list(tr.cuts)
