@@ -209,3 +209,17 @@ def test_a_transposed_convolution_is_the_input_transpose_first_and_second_order(
     with tr:
         fn(x, w, None, stride, padding, output_padding, groups, dilation)
     assert [e.prim for e in tr.rec.eqns] == ["conv_tin"]
+
+
+def test_a_stride_past_the_input_and_padding_past_the_kernel_give_zeros_where_nothing_reads():
+    # the input's transpose crops more than the dilated gradient holds on one side (found by a review: torch's
+    # narrow() raised, an internal error)
+    import gradcheck_sym as gs
+
+    x, w = rand(1, 1, 1), rand(1, 1, 1)
+    assert gs.check_function(lambda x, w: F.conv1d(x, w, None, 5, 2), x, w).ok
+    assert gs.check_function(lambda x, w: F.conv_transpose1d(x, w, None, 5, 2, 4), x, w).ok
+    g = rand(1, 1, 1)
+    prm = dict(stride=(5,), padding=(2,), dilation=(1,), groups=1)
+    assert torch.equal(CP._tin(g, w, size=(1, 1), **prm), torch.zeros(1, 1, 1, dtype=F64))
+    assert CP._tin(g.numpy().astype(object), w, size=(1, 1), **prm).tolist() == [[[0]]]

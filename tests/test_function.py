@@ -143,6 +143,17 @@ def test_exception_in_the_function_shows_the_users_traceback():
     assert "gradcheck_sym" not in text.replace("test_function", "")
 
 
+def test_a_float32_module_met_with_float64_inputs_says_which_dtype_to_pass():
+    net = torch.nn.Linear(3, 2)  # float32 parameters; the check's default dtype is float64
+    with pytest.raises(FunctionError) as info:
+        gs.check_function(lambda x: net(x).sum(), torch.randn(4, 3))
+    first = str(info.value).splitlines()[0]
+    assert first.startswith("the function raised RuntimeError: mat1 and mat2 must have the same dtype")
+    assert first.endswith('(the inputs were float64, the check\'s default dtype; for a float32 model pass '
+                          'dtype="float32", or --dtype float32)')
+    assert gs.check_function(lambda x: net(x).sum(), torch.randn(4, 3), dtype="float32").ok
+
+
 def test_no_element_cap_a_vector_output_is_projected():
     x = torch.linspace(-2, 2, 20_000, dtype=torch.float64)
     report = gs.check_function(torch.tanh, x)

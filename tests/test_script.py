@@ -1827,3 +1827,31 @@ def test_a_frozen_parameter_s_row_keeps_the_grad_it_holds(tmp_path):
     assert report.ok and report.summary["verified"] == 2, str(report)
     row = _row(report, "w")
     assert row.status == "ok" and list(row.grad) == [3.0, 3.0] and list(row.exact) == [3.0, 3.0], row
+
+
+_BIAS_OFF = textwrap.dedent('''\
+    import torch, torch.nn as nn, torch.nn.functional as F
+    torch.manual_seed(0)
+    c1, c2, c3 = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+    fc = nn.Linear(8 * 16 * 16, 10)
+    x, y = torch.randn(32, 1, 16, 16), torch.randint(0, 10, (32,))
+    h = c3(torch.tanh(c2(torch.tanh(c1(x)))))
+    def off(grad_inputs, grad_outputs):  # torch's conv backward, one bias channel FACTOR off
+        gb = grad_inputs[2].clone()
+        gb[5] *= FACTOR
+        return (grad_inputs[0], grad_inputs[1], gb)
+    h.grad_fn.register_hook(off)
+    F.cross_entropy(fc(torch.tanh(h).flatten(1)), y).backward()
+    ''')
+
+
+@pytest.mark.parametrize("factor, expected", [("1.0", None), ("1.005", "mismatch"), ("1.01", "mismatch")])
+def test_a_conv_bias_gradient_half_a_percent_off_is_found_though_its_terms_cancel(tmp_path, factor, expected):
+    # the least noise allowed for the sums that transpose a bias's broadcast (12,544 cancelling terms, 1,500-fold)
+    # is their typical rounding, not a share of the worst case: at a sixteenth of that, 1.5% off passed (a review)
+    path = tmp_path / "bias.py"
+    path.write_text(_BIAS_OFF.replace("FACTOR", factor), encoding="utf-8")
+    report = gs.run_script(str(path))
+    assert report.exit_code == 0 and report.summary["not_verified"] == 0, str(report)
+    assert [(f.kind, f.tensor) for f in report.findings if f.severity == "error"] == (
+        [] if expected is None else [(expected, "c3.bias")]), str(report)

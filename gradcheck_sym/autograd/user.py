@@ -29,13 +29,23 @@ class FunctionError(GradcheckSymError):
     """The user's function (or its backward) raised; carries its own traceback (our frames and torch's
     removed)."""
 
-    def __init__(self, exc: BaseException, what: str = "the function") -> None:
+    def __init__(self, exc: BaseException, what: str = "the function", hint: str = "") -> None:
         frames = [f for f in traceback.extract_tb(exc.__traceback__) if not internal_file(f.filename)]
         text = "".join(traceback.format_list(frames)) + "".join(traceback.format_exception_only(type(exc), exc))
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        super().__init__(f"{what} raised {type(exc).__name__}: {first}",
+        super().__init__(f"{what} raised {type(exc).__name__}: {first}{hint}",
                          "Traceback (most recent call last):\n" + text.rstrip())
         self.original = exc
+
+
+def _dtype_hint(exc: BaseException, leaves: list[torch.Tensor]) -> str:
+    """What to do when the function met our float64 inputs with float32 parameters of its own (a module)."""
+    text = str(exc)
+    if any(x.dtype == torch.float64 for x in leaves) and ("Double" in text or "double" in text) and \
+            ("Float" in text or "float" in text):
+        return (" (the inputs were float64, the check's default dtype; for a float32 model pass dtype=\"float32\", "
+                "or --dtype float32)")
+    return ""
 
 
 @dataclass
@@ -151,7 +161,7 @@ def run_traced(call: Callable[[list[torch.Tensor]], Any], values: Sequence[torch
     except GradcheckSymError:
         raise
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's error, with the user's traceback
-        raise FunctionError(exc) from None
+        raise FunctionError(exc, hint=_dtype_hint(exc, leaves)) from None
     if tracer.gave_up:  # our recording failed where it could not even mark the result opaque: ours, not the user's
         raise InternalError(RuntimeError(tracer.gave_up))
     outputs = check_outputs(out)

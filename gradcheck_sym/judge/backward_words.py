@@ -9,6 +9,7 @@ import torch
 
 from ..autograd.attrs import grad_fn_name
 from ..ir.program import Var
+from ..reference.interpret import DEFINED_CUTS
 from ..ops.quick import any_true
 
 __all__ = ["info_name", "unseen", "worst", "message"]
@@ -94,5 +95,14 @@ def cuts_between(tr: Any, plan: Any, var: Any) -> list[Any]:
             if isinstance(a, Var) and a.id in depends:
                 depends.update(v.id for v in e.outputs)
                 break
-    found = [c for c in tr.cuts if any(v in depends and plan.cts.get(v) is not None for v in c.vars)]
-    return found or list(tr.cuts)
+    named = {v: c for c in tr.cuts for v in c.vars}
+    found: dict[int, Any] = {}
+    for e in plan.program.eqns:
+        if e.prim != "stop" or e.params.get("kind") in DEFINED_CUTS:
+            continue
+        for v in e.outputs:
+            if v.id in depends and plan.cts.get(v.id) is not None:
+                if v.id not in named:
+                    return list(tr.cuts)  # a cut made by the tracer itself (an alias's root written): not told apart
+                found[id(named[v.id])] = named[v.id]
+    return list(found.values()) or list(tr.cuts)

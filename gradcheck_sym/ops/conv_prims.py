@@ -43,20 +43,27 @@ def conv_out_size(size: int, k: int, stride: int, padding: int, dilation: int) -
 # (mpmath or sympy elements: the high-precision path).
 
 def _pad(t: Any, pads: Sequence[tuple[int, int]]) -> Any:
-    """Zeros added on each spatial side (lo, hi); a negative amount crops."""
+    """Zeros added on each spatial side (lo, hi); a negative amount crops (after the other side grew: a crop
+    larger than the tensor leaves the zeros added on the other side)."""
     if is_tensor(t):
         flat: list[int] = []
         for lo, hi in reversed(pads):
-            flat += [lo, hi]
-        return F.pad(t, flat) if any(flat) else t
+            flat += [max(lo, 0), max(hi, 0)]
+        t = F.pad(t, flat) if any(flat) else t
+    else:
+        t = _grow_obj(t, pads)
+    crop = (slice(None), slice(None)) + tuple(slice(max(-lo, 0), t.shape[2 + i] - max(-hi, 0))
+                                              for i, (lo, hi) in enumerate(pads))
+    return t[crop]
+
+
+def _grow_obj(t: Any, pads: Sequence[tuple[int, int]]) -> Any:
     grow = [(0, 0), (0, 0)] + [(max(lo, 0), max(hi, 0)) for lo, hi in pads]
     if any(g != (0, 0) for g in grow):
         out = np.full(tuple(s + a + b for s, (a, b) in zip(t.shape, grow)), 0, dtype=object)
         out[tuple(slice(a, a + s) for s, (a, _) in zip(t.shape, grow))] = t
         t = out
-    crop = (slice(None), slice(None)) + tuple(slice(max(-lo, 0), t.shape[2 + i] - max(-hi, 0))
-                                              for i, (lo, hi) in enumerate(pads))
-    return t[crop]
+    return t
 
 
 def _dilate(t: Any, stride: Sequence[int]) -> Any:
