@@ -1810,6 +1810,10 @@ def test_an_untracked_gradient_names_the_cut_on_its_way_only(tmp_path):
     assert {f.tensor for f in untracked} == {"G.weight", "G.bias"}, str(report)
     for f in untracked:
         assert f.message.endswith("the difference is what detach at line 10 hides from autograd"), f.message
+    # the text says it once for both (the JSON keeps one finding per tensor)
+    text = str(report)
+    assert "[error] untracked G.weight, G.bias (2 tensors; the first one's gradient below) (line 11)" in text, text
+    assert text.count("why: part of the computation was hidden from autograd") == 1
 
 
 def test_a_frozen_parameter_s_row_keeps_the_grad_it_holds(tmp_path):

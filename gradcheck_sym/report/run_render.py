@@ -33,6 +33,26 @@ MAX_ROWS = 40
 _KEEP_WHOLE = {"tensor": 32, "status": 24}
 
 
+def _grouped(findings: Any) -> list[list[Any]]:
+    """The findings to print, untracked tensors cut at the same place in the same backwards together (a GAN's
+    generator behind its fake.detach(): one finding per parameter said the same seven times)."""
+    groups: list[list[Any]] = []
+    for f in findings:
+        first = groups[-1][0] if groups else None
+        if first is not None and f.kind == first.kind == "untracked" and f.tensor and first.tensor and \
+                (f.severity, f.line, f.count, f.last_line) == (first.severity, first.line, first.count,
+                                                               first.last_line) and _cause(f) == _cause(first):
+            groups[-1].append(f)
+        else:
+            groups.append([f])
+    return groups
+
+
+def _cause(f: Any) -> str:
+    """An untracked finding's message past its numbers: the cuts, and how often."""
+    return f.message.rsplit("; the difference is what", 1)[-1]
+
+
 def _num(x: float) -> str:
     if math.isnan(x):
         return "nan"
@@ -195,12 +215,14 @@ def render_run_text(report: RunReport, *, width: int = 100, color: bool = False,
         console.print(table)
     if report.findings:
         console.print(Text("findings:", style="bold"))
-        for f in report.findings:
+        for group in _grouped(report.findings):
+            f = group[0]
             head = Text()
             head.append(f"[{f.severity}] ", style=_SEVERITY_STYLE.get(f.severity, ""))
             head.append(f.kind, style="bold")
             if f.tensor:
-                head.append(f" {f.tensor}")
+                head.append(f" {', '.join(g.tensor for g in group)}"
+                            + (f" ({len(group)} tensors; the first one's gradient below)" if len(group) > 1 else ""))
             if f.line:
                 head.append(f" (line {f.line}" + (f", {f.count} times, last at line {f.last_line})"
                                                   if f.count > 1 else ")"))
