@@ -61,7 +61,7 @@ class Plan:
     why: dict[int, set[str]] = field(default_factory=dict)  # a tainted variable's own reasons (SweepResult.why)
     intended: dict[int, Any] | None = None  # the cotangents with the declared deviations (None: none declared)
     reads: dict[int, Any] | None = None  # variable id -> the elementwise equations that read it (`consumers`)
-    lean: bool = False  # the bounds by `sweep_bounds` (only the compared cotangents'), not a written sweep
+    reshaped: dict[int, Any] | None = None  # variable id -> the variables reshapes of it make (`_last_sums_of`)
     _written: Any = None
     _compared: set[int] | None = None
 
@@ -151,7 +151,6 @@ class BackwardVerifier(ReplayDecisions):
         plan = Plan(seeds, recorded, cts, cut, res.tainted, res.blocked, inputs=inputs, create=create, why=res.why,
                     intended=intended_cts,
                     program=None if create else prog)
-        plan.lean = recorded is None and not create
         if inputs is None:
             seen = set()
             for r in list(tr.recs.values()) + [i for i in tr.infos.values()]:
@@ -317,23 +316,21 @@ class BackwardVerifier(ReplayDecisions):
         slack = accumulation_slack(base, a, u)
 
         def bound() -> Any:
-            if var is None or (plan.recorded is None and not plan.create and not plan.lean):
+            if var is None:
                 return None
             if plan.bounds is None:
-                if plan.lean:
+                if plan.create:  # the sweep was recorded into the script's own program: bounded with it
+                    e = tr.rec.bounds() or {}
+                    plan.bounds = {k: e.get(c.var.id) for k, c in plan.cts.items() if isinstance(c, Traced)}
+                elif plan.recorded is None:  # not written down: the compared cotangents' bounds alone
                     errs = tr.rec.bounds()
                     plan.bounds = sweep_bounds(plan.program, tr.rec.values, plan.seeds, keep=plan.compared(tr),
                                                errs=errs if errs is not None else error_bounds(plan.program,
                                                                                                tr.rec.values))
                 else:
-                    if plan.create:  # the sweep was recorded into the script's own program: bounded with it
-                        e = tr.rec.bounds() or {}
-                        cts = plan.cts
-                    else:
-                        whole, values, res = plan.written()
-                        e = res.errs if res.errs is not None else error_bounds(whole, values)
-                        cts = res.cts
-                    plan.bounds = {k: e.get(c.var.id) for k, c in cts.items() if isinstance(c, Traced)}
+                    whole, values, res = plan.written()
+                    e = res.errs if res.errs is not None else error_bounds(whole, values)
+                    plan.bounds = {k: e.get(c.var.id) for k, c in res.cts.items() if isinstance(c, Traced)}
             b = plan.bounds.get(var.id)
             return None if b is None else b * (1.0 + 2.0**-53 / u)
 

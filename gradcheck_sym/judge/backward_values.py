@@ -198,11 +198,15 @@ def _last_sums_of(tr: Any, plan: Any, var: Var) -> torch.Tensor | None:
     broadcast reads `var` itself, `within_last_sums` decides with the whole of them.)"""
     if plan.reads is None:
         plan.reads = consumers(plan.program)
-    for e in plan.program.eqns:
-        if e.prim == "reshape" and e.inputs and isinstance(e.inputs[0], Var) and e.inputs[0].id == var.id:
-            inner = last_sums(plan.program, plan.reads, plan.cts, tr.rec.values, e.outputs[0], typical=True)
-            if inner is not None:
-                return inner.reshape(var.shape)
+    if plan.reshaped is None:  # (once per backward: asked for each compared gradient)
+        plan.reshaped = {}
+        for e in plan.program.eqns:
+            if e.prim == "reshape" and isinstance(e.inputs[0], Var):
+                plan.reshaped.setdefault(e.inputs[0].id, []).append(e.outputs[0])
+    for out in plan.reshaped.get(var.id, ()):
+        inner = last_sums(plan.program, plan.reads, plan.cts, tr.rec.values, out, typical=True)
+        if inner is not None:
+            return inner.reshape(var.shape)
     return None
 
 

@@ -9,10 +9,10 @@ import torch
 
 from ..autograd.attrs import grad_fn_name
 from ..ir.program import Var
-from ..reference.interpret import DEFINED_CUTS
 from ..ops.quick import any_true
+from ..reference.interpret import DEFINED_CUTS
 
-__all__ = ["info_name", "unseen", "worst", "message"]
+__all__ = ["info_name", "unseen", "worst", "message", "cuts_between"]
 
 
 def info_name(tr: Any, t: torch.Tensor) -> str:

@@ -29,13 +29,9 @@ import torch.nn.functional as F
 from .core import Prim, bind, register
 from .prims_base import _abs, _differentiable, _obj, is_tensor, shape_of
 
-__all__ = ["conv", "conv_tin", "conv_tw", "conv_out_size"]
+__all__ = ["conv", "conv_tin", "conv_tw"]
 
 _TORCH_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
-
-
-def conv_out_size(size: int, k: int, stride: int, padding: int, dilation: int) -> int:
-    return (size + 2 * padding - (k - 1) * dilation - 1) // stride + 1
 
 
 # ---------------------------------------------------------------- the three operations on either kind of array
@@ -155,9 +151,20 @@ def _tw(x: Any, g: Any, stride: tuple[int, ...], padding: tuple[int, ...], dilat
 
 
 # ---------------------------------------------------------------- the primitives
-def _terms_conv(ins: Sequence[Any], groups: int, **_: Any) -> int:
-    w = ins[1]
-    return int(shape_of(w)[1]) * math.prod(shape_of(w)[2:])
+# How many products one output entry sums: the rounding each primitive's bound charges.
+def _conv_terms(ins: Sequence[Any], groups: int, **_: Any) -> int:
+    w = shape_of(ins[1])
+    return w[1] * math.prod(w[2:])
+
+
+def _tin_terms(ins: Sequence[Any], groups: int, **_: Any) -> int:
+    w = shape_of(ins[1])
+    return (w[0] // groups) * math.prod(w[2:])
+
+
+def _tw_terms(ins: Sequence[Any], **_: Any) -> int:
+    g = shape_of(ins[1])
+    return g[0] * math.prod(g[2:])
 
 
 def _bilinear_err(impl: Any, terms: Any) -> Any:
@@ -200,17 +207,7 @@ def _tw_vjp(cts: list[Any], ins: Sequence[Any], outs: Sequence[Any], needed: Seq
     return [gx, gg]
 
 
-def _tin_terms(ins: Sequence[Any], groups: int, **_: Any) -> int:
-    w = shape_of(ins[1])
-    return (w[0] // groups) * math.prod(w[2:])
-
-
-def _tw_terms(ins: Sequence[Any], **_: Any) -> int:
-    g = shape_of(ins[1])
-    return g[0] * math.prod(g[2:])
-
-
-register(Prim("conv", _conv, _conv, _conv_vjp, _bilinear_err(_conv, _terms_conv), needs=True))
+register(Prim("conv", _conv, _conv, _conv_vjp, _bilinear_err(_conv, _conv_terms), needs=True))
 register(Prim("conv_tin", _tin, _tin, _tin_vjp, _bilinear_err(_tin, _tin_terms), needs=True))
 register(Prim("conv_tw", _tw, _tw, _tw_vjp, _bilinear_err(_tw, _tw_terms), needs=True))
 
