@@ -31,8 +31,8 @@ class ReplayDecisions:
 
     def _replayed_wrong(self, tr: Any, ev: Any, plan: Any, passed: list[Any]) -> None:
         """Once a replay in this backward found a custom Function's formula wrong, every gradient that passed
-        through that call is a mismatch (in float32 the difference hid within rounding: under the measured noise,
-        the worst-case bound, or before the replay ran)."""
+        through that call's wrong argument is a mismatch (in float32 the difference hid within rounding: under the
+        measured noise, the worst-case bound, or before the replay ran); through its right ones it stays ok."""
         replays = plan.replays
         if replays is None or replays.verdicts is None or not any(
                 v[0] == "differ" for v in replays.verdicts.values()):

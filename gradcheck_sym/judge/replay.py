@@ -44,6 +44,9 @@ class Replays:
 
     `paths[v]` is the set of calls variable v's gradient goes through; it holds None where an equation of a
     custom Function's forward belongs to no call we kept (then nothing about v is decided by a replay).
+    `via[v]` says through which of their arguments: (call, the argument's variable) pairs.  A call's backward
+    can be wrong for one argument and right for another (a custom linear layer's weight gradient 2x off, its
+    input gradient right): what reaches v through the right one is not made a mismatch by the wrong one.
     """
 
     def __init__(self, tracer: Any, program: Any, cts: dict[int, Any], seconds: float = 0.0,
@@ -55,10 +58,16 @@ class Replays:
         calls = tracer.custom_calls.calls
         owner_of = {vid: k for k, c in calls.items() for vid in c.made}
         sites = program.sites
+        arguments = {k: {h.var.id for h in [*c.args, *c.kwargs.values()] if isinstance(h, Traced)}
+                     for k, c in calls.items()}
         self.eqns: dict[int, list[Any]] = {}  # call -> its equations, in order
         self.paths: dict[int, frozenset] = {}
+        self.via: dict[int, frozenset] = {}
+        empty: frozenset = frozenset()
         for e in reversed(program.eqns):
-            label: frozenset = frozenset().union(*(self.paths.get(v.id, frozenset()) for v in e.outputs))
+            label: frozenset = empty.union(*(self.paths.get(v.id, empty) for v in e.outputs))
+            pairs: frozenset = empty.union(*(self.via.get(v.id, empty) for v in e.outputs))
+            owner = None
             if 0 <= e.site < len(sites) and sites[e.site].custom is not None:
                 owner = owner_of.get(e.outputs[0].id) if e.outputs else None
                 label = label | {owner}
@@ -67,10 +76,15 @@ class Replays:
             if label:
                 for a in e.inputs:
                     if isinstance(a, Var):
-                        self.paths[a.id] = self.paths.get(a.id, frozenset()) | label
+                        self.paths[a.id] = self.paths.get(a.id, empty) | label
+                        # leaving the call through one of its arguments: the pair its backward answers for
+                        mine = pairs | {(owner, a.id)} if owner is not None and a.id in arguments[owner] else pairs
+                        if mine:
+                            self.via[a.id] = self.via.get(a.id, empty) | mine
         for mine in self.eqns.values():
             mine.reverse()
         self.verdicts: dict[int, tuple[str, str]] | None = None
+        self.per_argument: dict[int, dict[int, tuple[str, str]]] = {}  # call -> argument's variable -> verdict
         self.exact: dict[int, dict[int, Any]] = {}
         self.names = {k: getattr(calls[k].cls, "__name__", "Function") for k in self.eqns}
 
@@ -92,13 +106,20 @@ class Replays:
             return "unknown", "it goes through a custom Function call the tracer could not tell apart", ()
         if self.verdicts is None:
             self.verdicts = self._run()
-        names = self.functions(vid)
-        found = [self.verdicts.get(k, ("unknown", "its call was not replayed")) for k in sorted(label)]
+        pairs = self.via.get(vid, frozenset())
+        found = []
+        for k in sorted(label):
+            whole = self.verdicts.get(k, ("unknown", "its call was not replayed"))
+            per = self.per_argument.get(k, {})
+            mine = [per[a] for call, a in pairs if call == k and a in per]
+            found.extend(mine or [whole])  # (a variable made inside the call: the whole call answers for it)
         for wanted in ("differ", "unknown"):
             for verdict, detail in found:
                 if verdict == wanted:
-                    return verdict, detail, names
-        return "agree", "", names
+                    return verdict, detail, self.functions(vid)
+        # (said to match only where the whole call did: a call wrong for another argument is a finding of its own)
+        return "agree", "", tuple(n for n in self.functions(vid) if all(
+            self.verdicts.get(k, ("",))[0] == "agree" for k in label if self.names.get(k) == n))
 
     def _run(self) -> dict[int, tuple[str, str]]:
         out: dict[int, tuple[str, str]] = {}
@@ -165,7 +186,9 @@ class Replays:
         if status != "grads":
             return status, value
         try:
-            return _compare(self.tracer.custom_calls.calls[k], self.names[k], self.exact[k], value)
+            whole, self.per_argument[k] = _compare(self.tracer.custom_calls.calls[k], self.names[k], self.exact[k],
+                                                   value)
+            return whole
         except Exception as exc:  # noqa: BLE001 - ours: nothing is decided, and the reason is said
             return "unknown", f"comparing its replay failed in gradcheck-sym ({type(exc).__name__}: {exc})"
 
@@ -243,8 +266,10 @@ def _plain(g: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _compare(call: Any, name: str, exact: dict[int, Any], grads: dict[int, Any]) -> tuple[str, str]:
-    """The verdict on a replayed call: its float64 backward's gradients against the exact ones."""
+def _compare(call: Any, name: str, exact: dict[int, Any],
+             grads: dict[int, Any]) -> tuple[tuple[str, str], dict[int, tuple[str, str]]]:
+    """The verdict on a replayed call, its float64 backward's gradients against the exact ones: the whole call's
+    (its worst argument's), and each argument's (by its variable)."""
     # one scale for the whole call (its largest exact entry): an argument whose exact gradient is 0 (a bias before
     # batch norm) gets rounding noise from both sides, which is nothing next to the others'
     pairs_eg = []
@@ -253,20 +278,26 @@ def _compare(call: Any, name: str, exact: dict[int, Any], grads: dict[int, Any])
         e = torch.zeros(shape, dtype=F64) if e is None else e.to(F64).expand(shape)
         pairs_eg.append((vid, e, torch.zeros(shape, dtype=F64) if g is None else g))  # (g: float64, see _plain)
     scale = max((float(e.abs().max()) for _, e, _ in pairs_eg if e.numel()), default=0.0)
+    at = f" (its call at line {call.line})" if call.line else ""
+
+    def verdict(rel: float, where: str) -> tuple[str, str]:
+        if rel <= AGREE:
+            return "agree", ""
+        if scale == 0:
+            return "unknown", f"the exact gradient of {name}'s forward is 0 here: there is nothing to compare against"
+        return "differ" if rel > DIFFER else "unknown", (
+            f"{name}'s backward{at}, run again in float64 on the same inputs, differs from the exact gradient of its "
+            f"forward for its {where} by {rel:.3g} of its largest entry")
+
+    per: dict[int, tuple[str, str]] = {}
     worst, where = 0.0, ""
     for vid, e, g in pairs_eg:
         err = float((g - e).abs().max()) if e.numel() else 0.0
         rel = err / scale if scale > 0 else (0.0 if err == 0 else float("inf"))
+        per[vid] = verdict(rel, f"argument {_position(call, vid)}")
         if rel > worst:
             worst, where = rel, f"argument {_position(call, vid)}"
-    if worst <= AGREE:
-        return "agree", ""
-    if scale == 0:
-        return "unknown", f"the exact gradient of {name}'s forward is 0 here: there is nothing to compare against"
-    verdict = "differ" if worst > DIFFER else "unknown"
-    at = f" (its call at line {call.line})" if call.line else ""
-    return verdict, (f"{name}'s backward{at}, run again in float64 on the same inputs, differs from the exact "
-                     f"gradient of its forward for its {where} by {worst:.3g} of its largest entry")
+    return verdict(worst, where), per
 
 
 def _position(call: Any, vid: int) -> str:
