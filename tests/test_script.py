@@ -1363,6 +1363,60 @@ def test_a_hook_explains_a_difference_only_where_it_changed_the_gradient(tmp_pat
     assert report.ok == (expected != "mismatch")
 
 
+_MODULE_HOOKED = _MY_TANH + textwrap.dedent('''\
+    import torch.nn as nn
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 8)
+
+        def forward(self, x):
+            return MyTanh.apply(self.lin(x))
+
+    torch.manual_seed(0)
+    block, head = Block(), nn.Linear(8, 1)
+    saved = []
+    handle = head.REGISTER(HOOK)
+    for it in range(2):
+        loss = head(block(torch.randn(5, 4))).pow(2).mean()
+        loss.backward()
+    handle.remove()
+    loss = head(block(torch.randn(5, 4))).pow(2).mean()
+    loss.backward()
+    print(len(saved), block.lin.weight.grad.sum().item())
+    ''')
+
+
+@pytest.mark.parametrize("register, scale, hook, expected", [
+    # a module's backward hook that scales what flows back to the layers before it (torch calls it inside the
+    # backward, through its BackwardHookFunction): a hook, not a mismatch
+    ("register_full_backward_hook", "1.0", "lambda m, gin, gout: (gin[0] * 0.5,)", "hook"),
+    ("register_full_backward_pre_hook", "1.0", "lambda m, gout: (gout[0] * 3,)", "hook"),
+    ("register_full_backward_hook", "1.0", "hook=lambda m, gin, gout: tuple(g.clamp(-1e-3, 1e-3) for g in gin)",
+     "hook"),
+    # one that only reads explains nothing: the wrong backward before it is still a mismatch
+    ("register_full_backward_hook", "1.0", "lambda m, gin, gout: saved.append(gin[0].norm().item())", None),
+    ("register_full_backward_hook", "1.1", "lambda m, gin, gout: saved.append(gin[0].norm().item())", "mismatch"),
+])
+def test_a_module_s_backward_hook_explains_a_difference_only_where_it_changed_the_gradient(tmp_path, capsys, register,
+                                                                                            scale, hook, expected):
+    path = tmp_path / "module_hooked.py"
+    path.write_text(_MODULE_HOOKED.replace("SCALE", scale).replace("REGISTER", register).replace("HOOK", hook),
+                    encoding="utf-8")
+    plain = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=120)
+    capsys.readouterr()
+    report = gs.run_script(str(path))
+    assert capsys.readouterr().out == plain.stdout  # the hook does for the script exactly what it does without us
+    assert report.exit_code == 0 and report.summary["not_verified"] == 0, str(report)
+    kinds = {f.kind for f in report.findings if f.severity != "info"}
+    assert kinds == (set() if expected is None else {expected}), str(report)
+    # (the hook's: the loop's backward at line 30; the one at line 33 runs after handle.remove())
+    assert {f.line for f in report.findings if f.severity == "warning"} <= {30}
+    assert report.ok == (expected != "mismatch")
+    assert not hasattr(torch.nn.Module.register_full_backward_hook, "__wrapped__")  # put back as the run ended
+
+
 _AFFINE_MSE = textwrap.dedent('''\
     import torch
 

@@ -91,7 +91,7 @@ def run_script(path: str, argv: list[str] | None = None, *, timeout: float | Non
 
     threading.setprofile(enter_in_thread)
     try:
-        with tracer, tracer.optimizer_hooks():
+        with tracer, tracer.optimizer_hooks(), tracer.module_hooks():
             exec(code, module.__dict__)  # noqa: S102 - running the user's script is what was asked
     except SystemExit as exc:
         exit_code = _exit_code(exc)

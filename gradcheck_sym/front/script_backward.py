@@ -3,17 +3,18 @@
 Each ``.backward()`` / ``torch.autograd.grad(...)`` is verified around the real call (`_around`): the program is
 pruned, the reference's cotangents planned, the script's own backward run untouched, and each gradient compared
 (`judge.backward`).  Inside torch's own gradient checkers (gradcheck, torch.autograd.functional, torch.func) the
-calls are theirs and are not compared.  A script's tensor hook is wrapped to note the backwards in which it changed
-a gradient.
+calls are theirs and are not compared.  A script's tensor hook, and a module's backward hook, is wrapped to note the
+backwards in which it changed a gradient.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -47,6 +48,24 @@ _CHECKERS = (os.path.join("torch", "autograd", "gradcheck.py"), os.path.join("to
 _CHECKER_FILES: dict[str, int] = {}  # a code file name -> 1: one of _CHECKERS, 2: ours, 0: other
 
 
+# nn.Module's registrations of backward hooks that run inside the backward (through torch's BackwardHookFunction)
+_MODULE_HOOKS = ("register_full_backward_hook", "register_full_backward_pre_hook")
+
+
+def _same_all(xs: Any, ys: Any) -> bool:
+    """Equal sequences of gradients (tensors or None), NaN equal to NaN."""
+    if not isinstance(xs, (tuple, list)) or len(xs) != len(ys):
+        return False
+    for x, y in zip(xs, ys):
+        if x is None or y is None:
+            if (x is None) != (y is None):
+                return False
+        elif not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and x.shape == y.shape and bool(
+                ((x == y) | (torch.isnan(x) & torch.isnan(y))).all())):
+            return False
+    return True
+
+
 class BackwardCalls:
     """Backward calls and hooks (a mixin of `ScriptTracer`: its lock, memory, verifier and records)."""
 
@@ -56,6 +75,63 @@ class BackwardCalls:
     verifier: Any
     lock: Any
     call_as: Any
+
+    module_hook_changed = -1  # the last backward (index) in which a module's backward hook changed a gradient
+
+    @contextlib.contextmanager
+    def module_hooks(self) -> Iterator[None]:
+        """While in it, the hooks a script gives ``register_full_backward_hook`` and
+        ``register_full_backward_pre_hook`` are wrapped as tensor hooks are (`_watched_hook`): a module's hook that
+        scales what flows back (gradient clipping, a teaching demo) changes the gradient on its way, which is a
+        `hook`, not a mismatch; one that only reads it (logging a norm) explains nothing."""
+        cls = torch.nn.Module
+        saved = {name: cls.__dict__[name] for name in _MODULE_HOOKS if name in cls.__dict__}
+        watched = self._watched_module_hook
+
+        def wrapping(original: Any, pre: bool) -> Any:
+            @functools.wraps(original)
+            def register(module: Any, *args: Any, **kwargs: Any) -> Any:
+                if args and callable(args[0]):
+                    args = (watched(args[0], pre), *args[1:])
+                elif callable(kwargs.get("hook")):
+                    kwargs = {**kwargs, "hook": watched(kwargs["hook"], pre)}
+                return original(module, *args, **kwargs)
+
+            return register
+
+        for name, original in saved.items():
+            setattr(cls, name, wrapping(original, name.endswith("pre_hook")))
+        try:
+            yield
+        finally:
+            for name, original in saved.items():
+                setattr(cls, name, original)
+
+    def _watched_module_hook(self, hook: Any, pre: bool) -> Any:
+        """A module's backward hook, unchanged for the script, noting the backwards in which it changed the gradients
+        it was given (grad_input for a hook, grad_output for a pre-hook: what it returned, or them in place)."""
+        backwards = self.backwards
+
+        @functools.wraps(hook)
+        def watched(module: Any, *grads: Any) -> Any:
+            given = grads[-1] if pre else grads[0]
+            try:  # (ours: never the script's error; what cannot be copied or compared counts as changed)
+                with torch._C.DisableTorchFunction():
+                    before = [g.detach().clone() if isinstance(g, torch.Tensor) else g for g in given]
+            except Exception:  # noqa: BLE001
+                before = None
+            out = hook(module, *grads)
+            try:
+                with torch._C.DisableTorchFunction():
+                    changed = before is None or not _same_all(given, before) or (
+                        out is not None and not _same_all(out, before))
+            except Exception:  # noqa: BLE001 - as above
+                changed = True
+            if changed:
+                self.module_hook_changed = len(backwards) - 1
+            return out
+
+        return watched
 
     def _watched_hook(self, hook: Any, info: TensorInfo) -> Any:
         """The script's tensor hook, unchanged for the script, noting the backwards in which it changed the gradient

@@ -40,6 +40,11 @@ F64 = torch.float64
 # come from `sweep_bounds`, which holds only the compared cotangents'.
 WRITTEN_BELOW = 256 * 2**20
 
+try:  # the identity Function torch puts around a module with backward hooks (its node carries them)
+    from torch.nn.modules._functions import BackwardHookFunction as _HOOK_FUNCTION
+except ImportError:  # (torch moved it: a module hook's change is then a mismatch, as a node hook's is)
+    _HOOK_FUNCTION = None
+
 
 @dataclass
 class Plan:
@@ -286,7 +291,7 @@ class BackwardVerifier(ReplayDecisions):
             if status == "mismatch":
                 if any(n.kind == "stale-graph" for n in tr.notes):
                     status = "stale-graph"
-                elif hooked_downstream(tr, var, ev.index):
+                elif hooked_downstream(tr, var, ev.index) or self._module_hooked(tr, plan, var, ev.index):
                     status = "hook"
             if status in ("mismatch", "untracked", "nonfinite", "stale-graph"):
                 ev.errors += 1
@@ -361,6 +366,13 @@ class BackwardVerifier(ReplayDecisions):
         if plan.replays is None:
             plan.replays = Replays(tr, plan.program, plan.cts, plan.seconds, self.children)
         return plan.replays.through(var.id)
+
+    def _module_hooked(self, tr: Any, plan: Plan, var: Any, index: int) -> bool:
+        """Whether a module's backward hook that changed a gradient in backward `index` sits on `var`'s way back
+        (its gradient goes through torch's BackwardHookFunction, which carries a module's backward hooks)."""
+        if tr.module_hook_changed != index or _HOOK_FUNCTION is None or not self._foreign(tr, plan, var):
+            return False
+        return _HOOK_FUNCTION in plan.replays.classes(var.id)
 
     def _not_verified(self, ev: Any, info: Any, got: Any, t: torch.Tensor, reasons: list[str]) -> None:
         """This tensor's gradient in this backward is not vouched for, for `reasons`; nor is its total after it."""

@@ -30,7 +30,8 @@ EXPLANATIONS: dict[str, tuple[str, str]] = {
     "stale-graph": (".data bypasses autograd: the value changed but grad_fn still describes the old value, so "
                     "backward differentiates a computation that no longer matches the numbers.",
                     "Use .detach() for a constant, or keep the operation in the graph (e.g. z = z * 2)."),
-    "hook": ("a hook registered with register_hook changed the gradient on its way back.",
+    "hook": ("a hook (a tensor's register_hook, a module's register_full_backward_hook or _pre_hook) changed the "
+             "gradient on its way back.",
              "This is what the hook does; make sure it is meant (e.g. gradient clipping), or remove it."),
     "nonleaf-grad": ("the script read .grad of a non-leaf tensor: autograd only fills .grad of leaves (tensors "
                      "created by the user with requires_grad=True), so it is None (torch warns about it).",
