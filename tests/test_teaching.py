@@ -20,6 +20,7 @@ EXPECTED = {
     "batchnorm_mlp.py": [], "conv_bn_function.py": [], "d2l_autograd.py": ["untracked"], "gentle_intro.py": [],
     "legendre.py": [], "micro_mlp.py": [], "nn_rmsprop.py": [], "mnist_bn_mlp.py": [], "fused_conv_bn.py": [],
     "conv_bias_bn.py": [], "convbn_tutorial.py": [], "backprop_by_hand.py": [], "lstm_tagger.py": [],
+    "seq2seq_attention.py": [],
 }
 
 
@@ -48,6 +49,45 @@ def test_golden_compact_report_at_100_columns(capsys):
     golden = ROOT / "golden" / "run_legendre.txt"
     assert text == golden.read_text(encoding="utf-8")
     assert max(len(line) for line in text.splitlines()) <= 100
+
+
+def test_the_seq2seq_attention_in_float64_is_verified_where_the_worst_case_bound_says_nothing(monkeypatch, capsys):
+    # Through 6 GRU steps and a softmax the worst-case bound of a float64 gradient reached 1e4 times its size: every
+    # backward was "not verified".  The noise is sampled in float32 and scaled to float64's unit roundoff.  (In
+    # float32 the attention score's bias, whose gradient is 0 in the math, was a false mismatch: its rounding, 3.6e-10,
+    # was 12x one float32 sample of it; the typical rounding of the sums over its broadcast is now the least allowed.)
+    monkeypatch.setenv("DTYPE", "float64")
+    try:
+        report = gs.run_script(str(ROOT / "scripts" / "teaching" / "seq2seq_attention.py"))
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert report.exit_code == 0 and report.summary["not_verified"] == 0, str(report)
+    assert report.summary["verified"] == 8 and not [f for f in report.findings if f.severity != "info"], str(report)
+    row = next(r for r in report.tensors if r.name == "decoder.attention.v.bias")
+    assert row.status == "ok" and abs(row.exact[0]) < 1e-15
+
+
+def test_a_float64_backward_off_by_1e_6_through_the_recurrence_is_still_found(tmp_path, monkeypatch):
+    # the float32 sample scaled to float64 is an allowance of some 1e-12 of the gradient: a wrong derivative 1e-6 off
+    # stays a mismatch
+    text = (ROOT / "scripts" / "teaching" / "seq2seq_attention.py").read_text(encoding="utf-8")
+    edit = "        weights = F.softmax(scores, dim=-1)"
+    assert edit in text
+    script = tmp_path / "seq2seq_off.py"
+    script.write_text("import torch\n\n\nclass Off(torch.autograd.Function):\n    @staticmethod\n"
+                      "    def forward(ctx, x):\n        return x.clone()\n\n    @staticmethod\n"
+                      "    def backward(ctx, g):\n        return g * (1 + 1e-6)\n\n\n" +
+                      text.replace(edit, "        scores = Off.apply(scores)\n" + edit), encoding="utf-8")
+    monkeypatch.setenv("DTYPE", "float64")
+    monkeypatch.setenv("STEPS", "2")
+    try:
+        report = gs.run_script(str(script))
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert report.exit_code == 0 and report.summary["not_verified"] == 0, str(report)
+    found = {f.tensor for f in report.findings if f.kind == "mismatch"}
+    assert {"decoder.attention.v.weight", "encoder.embedding.weight"} <= found, str(report)
+    assert not {"decoder.out.weight", "decoder.out.bias"} & found, str(report)
 
 
 def _fused(tmp_path, scale: str = "1.0", edit=lambda text: text):

@@ -60,6 +60,7 @@ class Plan:
     bounds: dict[int, Any] | None = None
     program: Any = None  # the forward program the sweep went over
     rounded: dict[int, Any] | None = None  # the sweep recomputed in the user's dtype (a noise sample)
+    rounded64: dict[int, Any] | None = None  # the sweep of a float64 backward recomputed in float32 (`measured_noise`)
     replays: Any = None  # the custom Function calls on the way, run again in float64 when asked (judge.replay)
     seconds: float = 0.0  # how long the script's own backward took
     sampled: bool | None = None  # whether a passed custom gradient is replayed in this backward (`_sampled`)

@@ -136,7 +136,7 @@ def within_last_sums(tr: Any, plan: Any, t: torch.Tensor, var: Var | None, exact
     if plan.create or plan.intended is not None or plan.program is None or var is None or \
             not isinstance(exact, torch.Tensor) or (cut is not None and not torch.equal(cut, r)):
         return None
-    if plan.bounds is not None or (plan.rounded is None and t.dtype != torch.float64 and
+    if plan.bounds is not None or ((plan.rounded64 if t.dtype == torch.float64 else plan.rounded) is None and
                                    tr.rec.nbytes > LAST_SUMS_BYTES):
         # the bound is at hand already; or the measured noise would be a recomputation of a model's whole
         # backward in its dtype, where the ladder's own order (the bound, the noise only where that is wide) costs less
@@ -163,25 +163,36 @@ def within_last_sums(tr: Any, plan: Any, t: torch.Tensor, var: Var | None, exact
 
 def measured_noise(tr: Any, plan: Any, t: torch.Tensor, var: Var | None, r: torch.Tensor) -> torch.Tensor | None:
     """A measured rounding noise of `t`'s gradient (exact value `r`): the distance of our own formulas recomputed in
-    its dtype (`rounded_sweep`, once per backward) from the exact value, plus its largest entry; None in float64
-    (the reference itself is float64: nothing to measure) or where nothing was measured.
+    its dtype (`rounded_sweep`, once per backward) from the exact value, plus its largest entry; None where nothing
+    was measured.
 
     The worst-case bound compounds through every layer of a deep float32 net (a batch-norm MLP's reached 1e8 times
     the rounding torch's run shows); the forward and the sweep recomputed in the user's dtype by our own formulas
     are a sample of that rounding, close to torch's (0.65x to 1.9x its largest entry on that MLP): its largest entry
-    is allowed everywhere in the tensor."""
-    if plan.program is None or var is None or t.dtype == torch.float64 or not t.is_floating_point():
+    is allowed everywhere in the tensor.  A float64 gradient's rounding cannot be sampled against a float64
+    reference: it is recomputed in float32, its noise scaled by the ratio of the unit roundoffs (rounding errors are
+    first order in it).  Through a recurrence the worst case grows as |W|'s norm to the sequence's length (a 6-step
+    GRU with attention: a bound 1e4 times a float64 gradient's size, nothing verified in float64)."""
+    if plan.program is None or var is None or not t.is_floating_point():
         return None
-    if plan.rounded is None:
-        plan.rounded = rounded_sweep(plan.program, tr.rec.values, plan.seeds, keep=plan.compared(tr))
-    got32 = plan.rounded.get(var.id)
-    if not isinstance(got32, torch.Tensor) or got32.dtype != t.dtype:
-        return None  # not recomputed in the user's dtype: nothing was measured
+    if t.dtype == torch.float64:
+        if plan.rounded64 is None:
+            plan.rounded64 = rounded_sweep(plan.program, tr.rec.values, plan.seeds, keep=plan.compared(tr),
+                                           proxy={torch.float64: torch.float32})
+        got32, sample = plan.rounded64.get(var.id), torch.float32
+    else:
+        if plan.rounded is None:
+            plan.rounded = rounded_sweep(plan.program, tr.rec.values, plan.seeds, keep=plan.compared(tr))
+        got32, sample = plan.rounded.get(var.id), t.dtype
+    if not isinstance(got32, torch.Tensor) or got32.dtype != sample:
+        return None  # not recomputed in that dtype: nothing was measured
     d = (got32.to(torch.float64).expand(tuple(r.shape)) - r).abs()
     top = abs_max(d)
     if top == 0.0 or not all_finite(d):
         return None
     noise = d + top
+    if sample != t.dtype:  # (float64's rounding, from float32's)
+        noise = noise * (UNIT_ROUNDOFF["float64"] / UNIT_ROUNDOFF[str(sample).replace("torch.", "")])
     # The sums that transpose a parameter's broadcast (a bias's over a batch of images: 12,544 terms) round as the
     # kernel orders them: torch's single-threaded conv summed a CNN's bias gradient to 8.5x our recomputation's
     # noise (a false mismatch).  The typical size of a sum's rounding, u sum|terms| (`last_sums(typical=True)`), is
@@ -194,8 +205,11 @@ def measured_noise(tr: Any, plan: Any, t: torch.Tensor, var: Var | None, r: torc
 
 
 def _last_sums_of(tr: Any, plan: Any, var: Var) -> torch.Tensor | None:
-    """`last_sums` of `var`'s reshape where that is what a broadcast reads (a conv's bias, as (C, 1, 1)).  (Where the
-    broadcast reads `var` itself, `within_last_sums` decides with the whole of them.)"""
+    """`last_sums(typical=True)` of `var`: of the broadcasts that read it, and of those that read its reshape (a
+    conv's bias, as (C, 1, 1)); None where none does.  (`within_last_sums` decides with the worst case of the
+    former where the gradient is not near 0; a gradient 0 in the math — a bias before a softmax, which the shift
+    leaves alone — is rounding alone, and one float32 sample of it was 12x below autograd's: a false mismatch of a
+    seq2seq tutorial's attention.)"""
     if plan.reads is None:
         plan.reads = consumers(plan.program)
     if plan.reshaped is None:  # (once per backward: asked for each compared gradient)
@@ -203,11 +217,12 @@ def _last_sums_of(tr: Any, plan: Any, var: Var) -> torch.Tensor | None:
         for e in plan.program.eqns:
             if e.prim == "reshape" and isinstance(e.inputs[0], Var):
                 plan.reshaped.setdefault(e.inputs[0].id, []).append(e.outputs[0])
+    total = last_sums(plan.program, plan.reads, plan.cts, tr.rec.values, var, typical=True)
     for out in plan.reshaped.get(var.id, ()):
         inner = last_sums(plan.program, plan.reads, plan.cts, tr.rec.values, out, typical=True)
         if inner is not None:
-            return inner.reshape(var.shape)
-    return None
+            total = inner.reshape(var.shape) if total is None else total + inner.reshape(var.shape)
+    return total
 
 
 def accumulation_slack(base: Any, a: torch.Tensor, u: float) -> Any:

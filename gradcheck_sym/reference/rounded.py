@@ -3,7 +3,8 @@
 `evaluate_rounded` recomputes a program's forward in the dtype each variable had in the user's run, and
 `rounded_sweep` the reverse sweep after it, each primitive under `Rounding`.  Their distance from the float64
 values is a *sample* of the rounding a float32 backward shows, for the tolerance only (`judge.backward_values`):
-never a reference value.
+never a reference value.  With `proxy` ({float64: float32}) a dtype is recomputed in another: float64's own
+rounding cannot be sampled against a float64 reference, float32's can, and scales with the unit roundoff.
 """
 
 from __future__ import annotations
@@ -20,7 +21,13 @@ from .interpret import _DTYPES, sweep
 __all__ = ["evaluate_rounded", "rounded_sweep", "Rounding"]
 
 
-def evaluate_rounded(program: Program, values: dict[int, Any]) -> dict[int, Any]:
+def _as(name: str, proxy: dict[Any, Any] | None) -> torch.dtype | None:
+    """The dtype named `name` (a Var's), or the one `proxy` recomputes it in."""
+    d = _DTYPES.get(name)
+    return proxy.get(d, d) if proxy else d
+
+
+def evaluate_rounded(program: Program, values: dict[int, Any], proxy: dict[Any, Any] | None = None) -> dict[int, Any]:
     """Every floating variable of `program` recomputed in the user's dtype (its `Var.dtype`), from the
     float64 `values` of the variables no equation defines (inputs, seeds): the same formulas, rounded as
     the user's computation rounds (float32 where it ran in float32).  Its distance from `values` is a
@@ -31,11 +38,11 @@ def evaluate_rounded(program: Program, values: dict[int, Any]) -> dict[int, Any]
     env: dict[int, Any] = {}
     with interpreting(TorchEager()):
         for e in program.eqns:
-            dtype = _DTYPES.get(e.outputs[0].dtype)
+            dtype = _as(e.outputs[0].dtype, proxy)
             with working_dtype(dtype):
-                outs = _rounded_eqn(e, env, values, program.consts, dtype)
+                outs = _rounded_eqn(e, env, values, program.consts, dtype, proxy)
             for v, o in zip(e.outputs, outs):
-                env[v.id] = _rounded(o, _DTYPES.get(v.dtype))
+                env[v.id] = _rounded(o, _as(v.dtype, proxy))
     return env
 
 
@@ -47,13 +54,13 @@ def _rounded(x: Any, dtype: torch.dtype | None) -> Any:
 
 
 def _rounded_eqn(e: Eqn, env: dict[int, Any], values: dict[int, Any], consts: Any,
-                 dtype: torch.dtype | None) -> Sequence[Any]:
+                 dtype: torch.dtype | None, proxy: dict[Any, Any] | None = None) -> Sequence[Any]:
     """One equation of `evaluate_rounded`, its inputs rounded to `dtype`."""
     ins = []
     for a in e.inputs:
         if isinstance(a, Var):
             x = env.get(a.id)
-            ins.append(_rounded(values[a.id], _DTYPES.get(a.dtype)) if x is None else x)
+            ins.append(_rounded(values[a.id], _as(a.dtype, proxy)) if x is None else x)
         else:
             ins.append(consts[a.index])
     ins = [_rounded(x, dtype) for x in ins]
@@ -71,8 +78,11 @@ class Rounding(Interpreter):
     dtype: torch.dtype | None = None
     per_equation_dtype = True  # `sweep` sets `dtype` to each equation's own
 
+    def __init__(self, proxy: dict[Any, Any] | None = None) -> None:
+        self.proxy = proxy or {}
+
     def process(self, prim: Any, args: tuple[Any, ...], params: dict[str, Any]) -> Any:
-        d = self.dtype
+        d = self.proxy.get(self.dtype, self.dtype)
         if d is None:
             return prim.impl(*args, **params)
         args = tuple([a.to(d) if isinstance(a, torch.Tensor) and a.dtype != d and a.is_floating_point() else a
@@ -85,18 +95,19 @@ class Rounding(Interpreter):
                       for o in out])
 
 
-def rounded_sweep(program: Program, values: dict[int, Any], seeds: dict[int, Any], keep: Any = None) -> dict[int, Any]:
-    """The forward and the reverse sweep recomputed in the user's dtype by our formulas (`evaluate_rounded`,
-    then the sweep under `Rounding`): the cotangents a float32 backward like ours would give.  A measured sample
-    of rounding noise for the tolerance, never a reference value."""
-    env = evaluate_rounded(program, values)
+def rounded_sweep(program: Program, values: dict[int, Any], seeds: dict[int, Any], keep: Any = None,
+                  proxy: dict[Any, Any] | None = None) -> dict[int, Any]:
+    """The forward and the reverse sweep recomputed in the user's dtype (or the one `proxy` puts in its place) by our
+    formulas (`evaluate_rounded`, then the sweep under `Rounding`): the cotangents a float32 backward like ours would
+    give.  A measured sample of rounding noise for the tolerance, never a reference value."""
+    env = evaluate_rounded(program, values, proxy)
     for v in list(program.inputs) + [a for e in program.eqns for a in e.inputs if isinstance(a, Var)]:
         if v.id not in env:
-            env[v.id] = _rounded(values[v.id], _DTYPES.get(v.dtype))
+            env[v.id] = _rounded(values[v.id], _as(v.dtype, proxy))
     typed = {v.id: v.dtype for e in program.eqns for v in e.outputs}
     typed.update({v.id: v.dtype for v in program.inputs})
     start = {}
     for vid, s in seeds.items():
-        d = _DTYPES.get(typed.get(vid, "float64"))
+        d = _as(typed.get(vid, "float64"), proxy)
         start[vid] = s.to(d) if d is not None and isinstance(s, torch.Tensor) else s
-    return sweep(program, env, start, interp=Rounding(), keep=keep).cts
+    return sweep(program, env, start, interp=Rounding(proxy), keep=keep).cts
