@@ -32,6 +32,8 @@ __all__ = ["main", "EXAMPLE", "EXIT_OK", "EXIT_FINDINGS", "EXIT_ERROR", "EXIT_IN
 EXAMPLE = "sin(x)*exp(y) + log(1 + x**2)/y"
 _EPILOG = ("exit codes: 0 no error finding, 1 an error finding, 2 bad input or a time limit, "
            "3 internal error (please report)")
+_RUN_EPILOG = ("exit codes: the script's own; if it ends with 0, 1 when the report has an error finding; 2 bad input "
+               "(no such script); 3 internal error (please report). --timeout stops the verifying, not the script")
 
 
 class UsageError(InputError):
@@ -66,12 +68,20 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def _common(timeout_help: str) -> argparse.ArgumentParser:
+    """The options every command takes (`timeout_help`: what its time budget does)."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--timeout", type=_seconds, default=None, metavar="SECONDS",
-                        help="stop with an error (exit 2) when the check takes longer")
+    common.add_argument("--timeout", type=_seconds, default=None, metavar="SECONDS", help=timeout_help)
     common.add_argument("--debug", action="store_true",
                         help="show the traceback of an internal error (also GRADCHECK_SYM_DEBUG=1)")
+    return common
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    common = _common("stop with an error (exit 2) when the check takes longer")
+    # (run's time budget stops the verifying, never the script: its exit code stays the script's)
+    run_common = _common("stop verifying after SECONDS: the script runs on, and the backwards after it are reported "
+                         "not verified (a warning)")
     parser = _Parser(prog="gradcheck-sym", description="Check torch autograd against exact symbolic derivatives "
                      "(sympy).", epilog=_EPILOG)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -98,12 +108,12 @@ def _build_parser() -> argparse.ArgumentParser:
     function.add_argument("--atol", type=float, default=None, help="extra absolute tolerance you accept")
     function.add_argument("--json", action="store_true", help="print the report as JSON")
     function.add_argument("--graph", metavar="FILE", default=None, help="draw the graph (.dot, .svg, .png)")
-    run = sub.add_parser("run", help="run a script and verify every backward it does", parents=[common],
+    run = sub.add_parser("run", help="run a script and verify every backward it does", parents=[run_common],
                          usage="gradcheck-sym run SCRIPT [--json] [--json-file FILE] [--graph FILE] [--full] "
                                "[--intended WHAT=BEHAVIOUR] [--no-replay] [--timeout S] [SCRIPT ARGS...]",
                          description="Run a Python script as `python SCRIPT args` would, then report what its "
                                      "autograd did, verified against the exact derivatives. Arguments after the "
-                                     "script are the script's (after -- all of them are).", epilog=_EPILOG)
+                                     "script are the script's (after -- all of them are).", epilog=_RUN_EPILOG)
     run.add_argument("script", help="the script")
     run.add_argument("--json", action="store_true",
                      help="print only the report as JSON on stdout (the script's own output goes to stderr)")

@@ -71,8 +71,10 @@ def test_explanations_are_pinned():
         "Use .detach() for a constant, or keep the operation in the graph (e.g. z = z * 2).")
     assert set(EXPLANATIONS) == {"mismatch", "untracked", "stale-graph", "hook", "nonleaf-grad", "nondifferentiable",
                                  "nonfinite", "not-verified", "no-autograd", "self-check", "replayed", "intended",
-                                 "backward-raised"}
+                                 "backward-raised", "not-verified-stopped"}
     assert SEVERITY["replayed"] == SEVERITY["intended"] == "info"
+    assert EXPLANATIONS["hook"][0] == ("a hook (a tensor's register_hook, a module's register_full_backward_hook or "
+                                       "_pre_hook) changed the gradient on its way back.")
 
 
 def test_accumulation_retain_graph_and_grad_none():
@@ -444,6 +446,54 @@ def test_an_init_through_a_parameter_s_data_is_a_new_value_of_it(tmp_path):
     assert report.exit_code == 0 and report.ok, str(report)
     assert report.summary["verified"] == 2 and report.summary["not_verified"] == 0
     assert _row(report, "net.0.weight").status == "ok" and _row(report, "net.1.bias").status == "ok"
+
+
+def test_a_retained_clone_or_same_layout_view_has_its_own_gradient_not_its_source_s(tmp_path):
+    # a clone and a view of the same layout took their source's variable: their retained .grad was compared with the
+    # source's whole gradient (two false mismatches), and an unused copy showed its source's gradient as its own
+    path = _script(tmp_path, textwrap.dedent("""\
+        import torch
+        w = torch.tensor([1.0, 2.0], requires_grad=True)
+        a = w.clone()
+        a.retain_grad()
+        v = w.view_as(w)
+        v.retain_grad()
+        unused = torch.clone(w)
+        loss = (a * 3).sum() + (w * w).sum() + (v * 5).sum()
+        loss.backward()
+        print(a.grad.tolist(), v.grad.tolist(), w.grad.tolist())
+        """))
+    report = gs.run_script(path)
+    assert report.exit_code == 0 and report.ok and report.summary["not_verified"] == 0, str(report)
+    assert [(_row(report, n).status, _row(report, n).exact) for n in ("a", "v", "w")] == [
+        ("ok", [3.0, 3.0]), ("ok", [5.0, 5.0]), ("ok", [10.0, 12.0])]
+    assert not [r for r in report.tensors if r.name == "unused" and r.exact is not None]
+
+
+def test_run_s_timeout_stops_the_verifying_not_the_script_and_says_so(tmp_path, capsys):
+    # --timeout under run: the script runs on with its own exit code, the backwards after the budget are not verified
+    # (a warning that says why: not the generic "could not model" text), and --help says so (it said exit 2)
+    path = _script(tmp_path, textwrap.dedent("""\
+        import time
+        import torch
+        x = torch.tensor([1.0, 2.0], requires_grad=True)
+        (x * x).sum().backward()
+        time.sleep(1.5)
+        (x * 3).sum().backward()
+        print(x.grad.tolist())
+        """))
+    assert main(["run", path, "--timeout", "1", "--json-file", str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("[5.0, 7.0]\n") and "1 of 2 backward calls verified, 1 not verified" in out, out
+    report = json.loads((tmp_path / "r.json").read_text())
+    stops = [f for f in report["findings"] if f["kind"] == "not-verified"]
+    assert stops and all(f["severity"] == "warning" and (f["explanation"], f["fix"]) ==
+                         EXPLANATIONS["not-verified-stopped"] for f in stops), stops
+    assert "the time budget (--timeout) ran out" in stops[0]["message"]
+    assert main(["run", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--timeout SECONDS stop verifying after SECONDS: the script runs on" in text
+    assert "exit codes: the script's own; if it ends with 0, 1 when the report has an error finding" in text
 
 
 def _script(tmp_path, text):

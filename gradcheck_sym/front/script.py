@@ -253,6 +253,10 @@ def _rows(tracer: ScriptTracer, names: dict[int, str]) -> list[TensorRow]:
         if info.hidden or (not info.checks and (info.internal or not (info.leaf or info.retains))):
             continue
         name = names[info.serial]
+        if name.startswith("leaf #") and not info.checks:
+            # leaves no name reaches and no backward reached (the layer nn.TransformerEncoder copies, a module made
+            # and dropped): one row per line, not one each
+            name = f"unnamed leaves (line {info.line})"
         base = name.split(" (line ")[0]
         if (base, info.line) in plain:
             name = base
@@ -292,6 +296,9 @@ def _rows(tracer: ScriptTracer, names: dict[int, str]) -> list[TensorRow]:
             grad=summary_value(t.grad.detach().to(torch.float64)) if unjudged else grads[-1] if grads else None,
             exact=None if unjudged else exacts[-1] if exacts else None,
             checks=(passed, len(compared)), status=status, grads=grads, exacts=exacts))
+    # what no backward reached after what they did (a table cut to the terminal's height hid real parameters below
+    # a dozen of them)
+    rows.sort(key=lambda r: r.status == "not reached by a backward")
     return rows
 
 
@@ -362,12 +369,14 @@ def _findings(tracer: ScriptTracer, names: dict[int, str], error: str | None) ->
             if key in groups:
                 continue
             groups[key] = []
+            stopped = bool(tracer.stopped) and tracer.stopped in b.reasons
             out.append(RunFinding(kind, "warning", b.line, f"{b.kind} at line {b.line} was not verified: "
-                                  + "; ".join(_named(r, by_serial) for r in b.reasons[:3]), *EXPLANATIONS[kind],
+                                  + "; ".join(_named(r, by_serial) for r in b.reasons[:3]),
+                                  *EXPLANATIONS["not-verified-stopped" if stopped else kind],
                                   count=sum(1 for c in tracer.backwards if c.line == b.line and not c.verified),
                                   last_line=b.line))
     if tracer.stopped:
-        out.append(RunFinding("not-verified", "warning", 0, tracer.stopped, *EXPLANATIONS["not-verified"]))
+        out.append(RunFinding("not-verified", "warning", 0, tracer.stopped, *EXPLANATIONS["not-verified-stopped"]))
     for gap in dict.fromkeys(tracer.unseen_gaps):  # (each said once, with how many times)
         count = tracer.unseen_gaps.count(gap)
         out.append(RunFinding("not-verified", "warning", 0, gap + (f" ({count} times)" if count > 1 else ""),

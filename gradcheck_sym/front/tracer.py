@@ -332,7 +332,7 @@ class Tracer(ValueChecks, Handles, TorchFunctionMode):
         self.rec.site = site
         self.rec.dtype = self._working_dtype(base, outs[0] if outs else target, args, kwargs)
         self.out, self.name, self.func, self.args, self.kwargs = out, base, func, args, kwargs
-        first_eqn = len(self.rec.eqns)
+        first_eqn, first_var = len(self.rec.eqns), self.rec.next_id
         handles = self._lower(base, swap, args, kwargs, site)
         if self.call is not None:
             for k in range(first_eqn, len(self.rec.eqns)):
@@ -351,16 +351,19 @@ class Tracer(ValueChecks, Handles, TorchFunctionMode):
             self._write(target, results[0])
             self._recorded(site)
             return
-        ins = {id(x) for x in _flat_handles(self, args, kwargs)} if self.call is not None else set()
         for t, h in zip(outs, results):
             if h is None or not t.is_floating_point():
                 continue
             self._sample_value(t, h, site)
-            if id(h) in ins:  # inside a custom Function, an input passed on (x.view_as(x)): its own equation
+            if isinstance(h, Traced) and h.var.id < first_var and not any(t is a for a in args):
+                # a value passed on as a new tensor (a clone, a view of the same layout, a custom Function's
+                # x.view_as(x)): its own variable, whose gradient is its own (a retained clone's .grad was compared
+                # with its source's whole gradient)
                 with interpreting(self.rec):
                     h = P.ew(IDENT, h)
-                self.call_of[len(self.rec.eqns) - 1] = self.call  # type: ignore[assignment]
-                self._call_eqns(self.call, len(self.rec.eqns) - 1)  # type: ignore[arg-type]
+                if self.call is not None:
+                    self.call_of[len(self.rec.eqns) - 1] = self.call
+                    self._call_eqns(self.call, len(self.rec.eqns) - 1)
             self._bind(t, h, cut="detach" if base == "detach" else None)
             self._on_output(t, h, site)
         self._recorded(site)

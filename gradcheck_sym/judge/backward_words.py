@@ -66,10 +66,16 @@ def _first(mask: Any, a: Any, r: Any) -> str:
     return f" (first at [{at}]: {x:.9g} vs {y:.9g})"
 
 
-def message(status: str, ev: Any, a: Any, r: Any, cut: Any, tr: Any, mask: Any = None, cuts: Any = None) -> str:
-    """A finding's text (`cuts`: the cuts to name for an untracked gradient, default every cut of the trace)."""
+def message(status: str, ev: Any, a: Any, r: Any, cut: Any, tr: Any, mask: Any = None, cuts: Any = None,
+            absent: bool = False) -> str:
+    """A finding's text (`cuts`: the cuts to name for an untracked gradient, default every cut of the trace;
+    `absent`: autograd gave no gradient at all, `a` is its zeros)."""
     what = "returned" if ev.kind == "autograd.grad" else "added to .grad"
-    head = f"{ev.kind} at line {ev.line}: the gradient {what} of {{tensor}} is {_fmt(a)}"
+    if absent:  # (its .grad stayed None: "is [0, 0, ...]" read as if autograd had written zeros)
+        got = "it returned None" if ev.kind == "autograd.grad" else "its .grad is None"
+        head = f"{ev.kind} at line {ev.line}: autograd gave {{tensor}} no gradient ({got})"
+    else:
+        head = f"{ev.kind} at line {ev.line}: the gradient {what} of {{tensor}} is {_fmt(a)}"
     if status == "untracked":
         cuts = sorted({(c.kind, tr.sites[c.site].line) for c in (tr.cuts if cuts is None else cuts)})
         where = ", ".join(f"{'no_grad' if k == 'no_grad' else k} at line {ln}" for k, ln in cuts) or "a cut"

@@ -162,7 +162,8 @@ class Recorder(Interpreter):
             self.next_id += 1
             vars_.append(v)
             self.values[v.id] = o
-            self.nbytes += own_bytes(o)
+            if not any(o is x for x in values):  # (an identity's value is its input's: no new memory)
+                self.nbytes += own_bytes(o)
             floating = floating and isinstance(o, torch.Tensor) and o.is_floating_point()
         self.eqns.append(Eqn(prim.name, atoms, tuple(vars_), dict(params), self.site))
         if self.errs is not None and not self.lazy and floating:

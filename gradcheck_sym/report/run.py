@@ -43,6 +43,12 @@ EXPLANATIONS: dict[str, tuple[str, str]] = {
     "not-verified": ("gradcheck-sym could not verify this backward: it depends on something the tracer could not "
                      "model, or gradcheck-sym itself failed there.",
                      "Check that part with gradcheck_sym.check_function(..., expected=...), or report it."),
+    # (the same kind, where the recording was stopped on purpose: a time budget, or memory)
+    "not-verified-stopped": ("gradcheck-sym stopped verifying there (the time budget given with --timeout ran out, "
+                             "or its float64 copies would not fit in memory): the script ran those backwards, they "
+                             "were not compared.",
+                             "Give a larger --timeout, or run fewer iterations or a smaller batch; a model can also "
+                             "be checked on its own with gradcheck_sym.check_function."),
     "backward-raised": ("the script's own backward raised an error (torch's, or one of the script's hooks or custom "
                         "Functions), so it made no gradient and there was nothing to compare.",
                         "Fix what the error names (the traceback shows it, unless the script caught it); for 'modified "
