@@ -15,6 +15,7 @@ import torch
 import gradcheck_sym as gs
 from gradcheck_sym.cli import main
 from gradcheck_sym.report.run import EXPLANATIONS, SEVERITY
+from gradcheck_sym.report.run_render import render_run_text
 
 ROOT = Path(__file__).parent.parent
 LESSONS = sorted((ROOT / "examples" / "lessons").glob("*.py"))
@@ -71,7 +72,7 @@ def test_explanations_are_pinned():
         "Use .detach() for a constant, or keep the operation in the graph (e.g. z = z * 2).")
     assert set(EXPLANATIONS) == {"mismatch", "untracked", "stale-graph", "hook", "nonleaf-grad", "nondifferentiable",
                                  "nonfinite", "not-verified", "no-autograd", "self-check", "replayed", "intended",
-                                 "backward-raised", "not-verified-stopped"}
+                                 "backward-raised", "not-verified-stopped", "frozen"}
     assert SEVERITY["replayed"] == SEVERITY["intended"] == "info"
     assert EXPLANATIONS["hook"][0] == ("a hook (a tensor's register_hook, a module's register_full_backward_hook or "
                                        "_pre_hook) changed the gradient on its way back.")
@@ -494,6 +495,47 @@ def test_run_s_timeout_stops_the_verifying_not_the_script_and_says_so(tmp_path, 
     text = " ".join(capsys.readouterr().out.split())
     assert "--timeout SECONDS stop verifying after SECONDS: the script runs on" in text
     assert "exit codes: the script's own; if it ends with 0, 1 when the report has an error finding" in text
+
+
+_DISTILL = textwrap.dedent("""\
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    student = nn.Sequential(nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 4))
+    optimizer = torch.optim.SGD(PARAMS, lr=0.1)
+    T = 2.0
+    for step in range(3):
+        x, y = torch.randn(16, 10), torch.randint(0, 4, (16,))
+        with torch.no_grad():
+            soft = F.softmax(teacher(x) / T, dim=1)
+        out = student(x)
+        loss = F.kl_div(F.log_softmax(out / T, dim=1), soft, reduction="batchmean") * T * T + F.cross_entropy(out, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    print(round(loss.item(), 4))
+    """)
+
+
+def test_a_distillation_s_teacher_under_no_grad_in_no_optimizer_is_frozen_not_untracked(tmp_path, capsys):
+    # the teacher's parameters require grad (nn.Linear's default) and get none (no_grad): correct code, which was
+    # four untracked errors; in no optimizer of the script's and reached by no gradient at all, it is a frozen network
+    report = gs.run_script(_script(tmp_path, _DISTILL.replace("PARAMS", "student.parameters()")))
+    assert report.exit_code == 0 and report.ok and report.summary["not_verified"] == 0, str(report)
+    assert [(f.kind, f.severity, f.tensor, f.count) for f in report.findings] == [
+        ("frozen", "info", f"teacher.{i}.{p}", 3) for i in (0, 2) for p in ("weight", "bias")], str(report)
+    assert report.findings[0].message.endswith(
+        ": no_grad at line 12 hides it, and no optimizer of the script's updates it: a frozen network (a teacher, a "
+        "target network) (and 2 more times, last at line 16)")
+    text = render_run_text(report, width=100)
+    assert text.count("[info] frozen") == 1 and "[info] frozen teacher.0.weight, teacher.0.bias, teacher.2.weight, " \
+                                                "teacher.2.bias (4 tensors; the" in text, text
+    assert _row(report, "teacher.0.weight").status == "frozen"
+    # a layer that is meant to learn (in the optimizer) and sits under no_grad is the classic bug: still untracked
+    report = gs.run_script(_script(tmp_path, _DISTILL.replace("PARAMS", "[*student.parameters(), *teacher.parameters()]")))
+    assert {(f.kind, f.severity) for f in report.findings} == {("untracked", "error")} and not report.ok
 
 
 def _script(tmp_path, text):

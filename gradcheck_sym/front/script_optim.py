@@ -8,10 +8,12 @@ of a small training loop's time.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import os
 import sys
 import threading
+import weakref
 from typing import Any, Iterator
 
 import torch
@@ -106,6 +108,14 @@ class OptimizerSteps:
     `_new_leaf` and `call_as`)."""
 
     _steps: dict[int, dict[int, tuple[torch.Tensor, int]]]
+    optimizers: "weakref.WeakSet[Any]"  # every torch.optim optimizer the script made (while `optimizer_hooks`)
+
+    def optimized(self, t: torch.Tensor) -> bool | None:
+        """Whether an optimizer of the script's updates `t`; None where the script made none (nothing to tell)."""
+        groups = [g for opt in list(getattr(self, "optimizers", ())) for g in getattr(opt, "param_groups", ())]
+        if not groups:
+            return None
+        return any(p is t for g in groups for p in g.get("params", ()))
 
     # ------------------------------------------------------------ optimizer steps
     @contextlib.contextmanager
@@ -136,9 +146,22 @@ class OptimizerSteps:
 
         handles = [optim.register_optimizer_step_pre_hook(pre),
                    optim.register_optimizer_step_post_hook(lambda opt, args, kwargs: self._step_ended_here())]
+        # which parameters an optimizer updates (a network in none, used under no_grad, is frozen: a teacher, a
+        # target network); torch.optim's optimizers all call Optimizer.__init__
+        self.optimizers = weakref.WeakSet()
+        init = optim.Optimizer.__init__
+        made = self.optimizers
+
+        @functools.wraps(init)
+        def registering(opt: Any, *args: Any, **kwargs: Any) -> None:
+            init(opt, *args, **kwargs)
+            made.add(opt)
+
+        optim.Optimizer.__init__ = registering  # type: ignore[method-assign]
         try:
             yield
         finally:
+            optim.Optimizer.__init__ = init  # type: ignore[method-assign]
             for h in handles:
                 h.remove()
             # (the script ending with the step's exception ran nothing unseen: only its unwinding)

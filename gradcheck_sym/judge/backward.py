@@ -294,10 +294,14 @@ class BackwardVerifier(ReplayDecisions):
                     status = "stale-graph"
                 elif hooked_downstream(tr, var, ev.index) or self._module_hooked(tr, plan, var, ev.index):
                     status = "hook"
+            elif status == "untracked" and got is None and is_leaf(t) and tr.optimized(t) is False:
+                # no gradient reached it at all, and no optimizer of the script's updates it: a frozen network
+                # (a distillation's teacher, a target network) used under no_grad, as meant
+                status = "frozen"
             if status in ("mismatch", "untracked", "nonfinite", "stale-graph"):
                 ev.errors += 1
             text = message(status, ev, a, r, cut, tr, verdicts.masks.get(status),
-                           cuts=cuts_between(tr, plan, var) if status == "untracked" else None, absent=got is None)
+                           cuts=cuts_between(tr, plan, var) if status in ("untracked", "frozen") else None, absent=got is None)
             if status == "mismatch" and tr.call_of and self._foreign(tr, plan, var):
                 # the backward that computed it is the script's own: say which (the .backward() line is only where
                 # the sweep started)

@@ -80,6 +80,11 @@ def message(status: str, ev: Any, a: Any, r: Any, cut: Any, tr: Any, mask: Any =
         cuts = sorted({(c.kind, tr.sites[c.site].line) for c in (tr.cuts if cuts is None else cuts)})
         where = ", ".join(f"{'no_grad' if k == 'no_grad' else k} at line {ln}" for k, ln in cuts) or "a cut"
         return f"{head}, the exact gradient is {_fmt(r)}; the difference is what {where} hides from autograd"
+    if status == "frozen":
+        cuts = sorted({(c.kind, tr.sites[c.site].line) for c in (tr.cuts if cuts is None else cuts)})
+        where = ", ".join(f"{k} at line {ln}" for k, ln in cuts) or "a cut"
+        return (f"{head}, the exact gradient is {_fmt(r)}: {where} hides it, and no optimizer of the script's "
+                "updates it: a frozen network (a teacher, a target network)")
     if status == "intended":
         return f"{head}, the exact gradient is {_fmt(r)}: the deviation declared intended accounts for it"
     if status == "hook":

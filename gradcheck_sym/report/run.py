@@ -43,6 +43,10 @@ EXPLANATIONS: dict[str, tuple[str, str]] = {
     "not-verified": ("gradcheck-sym could not verify this backward: it depends on something the tracer could not "
                      "model, or gradcheck-sym itself failed there.",
                      "Check that part with gradcheck_sym.check_function(..., expected=...), or report it."),
+    "frozen": ("a parameter that no optimizer of the script's updates was used under no_grad or through a detach, "
+               "so autograd gave it no gradient: a frozen network (a distillation's teacher, a target network).",
+               "Nothing to fix if it is meant to stay as it is (teacher.requires_grad_(False) says so); if it should "
+               "learn, keep it out of no_grad and give it to an optimizer."),
     # (the same kind, where the recording was stopped on purpose: a time budget, or memory)
     "not-verified-stopped": ("gradcheck-sym stopped verifying there (the time budget given with --timeout ran out, "
                              "or its float64 copies would not fit in memory): the script ran those backwards, they "
@@ -69,7 +73,7 @@ EXPLANATIONS: dict[str, tuple[str, str]] = {
 SEVERITY = {"mismatch": "error", "untracked": "error", "stale-graph": "error", "hook": "warning",
             "nonleaf-grad": "warning", "nondifferentiable": "info", "nonfinite": "error", "not-verified": "warning",
             "no-autograd": "info", "self-check": "info", "backward-raised": "info",
-            "replayed": "info", "intended": "info"}
+            "replayed": "info", "intended": "info", "frozen": "info"}
 
 
 def summary_value(t: Any) -> Any:

@@ -34,12 +34,13 @@ _KEEP_WHOLE = {"tensor": 32, "status": 24}
 
 
 def _grouped(findings: Any) -> list[list[Any]]:
-    """The findings to print, untracked tensors cut at the same place in the same backwards together (a GAN's
-    generator behind its fake.detach(): one finding per parameter said the same seven times)."""
+    """The findings to print, tensors cut at the same place in the same backwards together (a GAN's generator
+    behind its fake.detach(), a distillation's teacher under no_grad: one finding per parameter said the same seven
+    times), whether untracked, frozen or declared intended."""
     groups: list[list[Any]] = []
     for f in findings:
         first = groups[-1][0] if groups else None
-        if first is not None and f.kind == first.kind == "untracked" and f.tensor and first.tensor and \
+        if first is not None and f.kind == first.kind and f.kind in _CAUSES and f.tensor and first.tensor and \
                 (f.severity, f.line, f.count, f.last_line) == (first.severity, first.line, first.count,
                                                                first.last_line) and _cause(f) == _cause(first):
             groups[-1].append(f)
@@ -48,9 +49,15 @@ def _grouped(findings: Any) -> list[list[Any]]:
     return groups
 
 
+# where a finding's message, past its tensor's name and numbers, says its cause (the cuts, and how often)
+_CAUSES = {"untracked": "; the difference is what", "frozen": " hides it, and no optimizer",
+           "intended": ": the deviation declared intended"}
+
+
 def _cause(f: Any) -> str:
-    """An untracked finding's message past its numbers: the cuts, and how often."""
-    return f.message.rsplit("; the difference is what", 1)[-1]
+    """A finding's message past its numbers: the cuts, and how often."""
+    head, _, tail = f.message.partition(_CAUSES[f.kind])
+    return tail.replace(f.tensor, "") + head.rsplit(": ", 1)[-1] if f.kind == "frozen" else tail
 
 
 def _num(x: float) -> str:
