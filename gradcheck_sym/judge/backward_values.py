@@ -184,8 +184,10 @@ def measured_noise(tr: Any, plan: Any, t: torch.Tensor, var: Var | None, r: torc
         if plan.rounded is None:
             plan.rounded = rounded_sweep(plan.program, tr.rec.values, plan.seeds, keep=plan.compared(tr))
         got32, sample = plan.rounded.get(var.id), t.dtype
-    if not isinstance(got32, torch.Tensor) or got32.dtype != sample:
-        return None  # not recomputed in that dtype: nothing was measured
+    if not isinstance(got32, torch.Tensor) or not got32.is_floating_point() or got32.dtype == torch.float64:
+        return None  # not recomputed in a coarser dtype: nothing was measured
+    # (a float32 parameter cast to bfloat16 under autocast gets its cotangent in bfloat16: that is the rounding its
+    # backward does too)
     d = (got32.to(torch.float64).expand(tuple(r.shape)) - r).abs()
     top = abs_max(d)
     if top == 0.0 or not all_finite(d):
