@@ -91,6 +91,9 @@ CASES = [
     ("embedding_bag weights", lambda w, p: F.embedding_bag(BAG_IDX, w, BAG_OFF, mode="sum", per_sample_weights=p),
      (t(5, 3), t(6))),
     ("normalize", lambda x: F.normalize(x, p=3, dim=0), (t(3, 4),)),
+    ("_weight_norm", lambda v, g: torch._weight_norm(v, g, 0), (t(3, 4), t(3, 1, seed=1))),
+    ("_weight_norm dim 1", lambda v, g: torch._weight_norm(v, g, 1), (t(3, 4, 2), t(1, 4, 1, seed=1))),
+    ("_weight_norm whole", lambda v, g: torch._weight_norm(v, g, -1), (t(3, 4), t(seed=1))),
     ("cosine_similarity", lambda a, b: F.cosine_similarity(a, b, dim=-1), (t(3, 4), t(1, 4))),
     ("pairwise_distance", lambda a, b: F.pairwise_distance(a, b, p=1.5), (t(3, 4), t(3, 4, seed=1))),
     ("pdist", lambda x: F.pdist(x), (t(4, 3),)),
@@ -150,7 +153,7 @@ IDS = [c[0] for c in CASES]
 ORACLE = {"conv1d", "conv2d groups dilation", "conv_transpose2d groups dilation", "fold", "max_pool2d ceil",
           "avg_pool2d divisor", "adaptive_avg_pool2d", "max_unpool2d", "layer_norm", "rms_norm", "batch_norm train",
           "group_norm", "local_response_norm", "alpha_dropout", "embedding_bag weights", "embedding_bag max",
-          "normalize", "cosine_similarity", "pairwise_distance", "pdist", "interpolate bicubic",
+          "normalize", "_weight_norm", "cosine_similarity", "pairwise_distance", "pdist", "interpolate bicubic",
           "interpolate antialias", "grid_sample bilinear reflection", "grid_sample bicubic border", "sdpa bool mask",
           "_softmax_backward_data", "max_pool2d_with_indices_backward", "native_group_norm", "lstm_cell", "gru_cell",
           "rnn_tanh h_n"}

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import gradcheck_sym as gs
 from gradcheck_sym.cli import main
@@ -576,6 +577,28 @@ def test_a_bfloat16_autocast_forward_is_verified_under_its_own_measured_rounding
     assert report.summary["verified"] == 3
     kinds = {f.kind for f in report.findings if f.severity != "info"}
     assert kinds == (set() if expected is None else {expected}), str(report)
+
+
+def test_an_op_s_out_argument_is_a_write_into_that_tensor(tmp_path):
+    # F.normalize(..., out=u) (spectral_norm's power iteration) was refused ("argument out=tensor([...]) ... is not
+    # modelled"), and every backward through it not verified; it writes its result into u, as an in-place op would
+    path = _script(tmp_path, textwrap.dedent("""\
+        import torch
+        import torch.nn.functional as F
+        w = torch.tensor([[3.0, 4.0], [1.0, 2.0]], requires_grad=True)
+        u = torch.zeros(2, 2)
+        with torch.no_grad():
+            F.normalize(w, dim=0, out=u)
+        (u * w ** 2).sum().backward()
+        print(w.grad.tolist())
+        """))
+    report = gs.run_script(path)
+    assert report.exit_code == 0 and report.summary["not_verified"] == 0, str(report)
+    (f,) = [f for f in report.findings if f.severity != "info"]
+    assert (f.kind, f.tensor) == ("untracked", "w") and f.message.endswith("no_grad at line 6 hides from autograd")
+    w = torch.tensor([[3.0, 4.0], [1.0, 2.0]], dtype=torch.float64)
+    assert torch.allclose(torch.tensor(_row(report, "w").grad, dtype=torch.float64).reshape(2, 2),
+                          2 * F.normalize(w, dim=0) * w, rtol=1e-6)
 
 
 def _script(tmp_path, text):

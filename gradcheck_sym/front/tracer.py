@@ -311,6 +311,12 @@ class Tracer(ValueChecks, Handles, TorchFunctionMode):
         if kwargs.get("inplace") is True:  # F.relu(x, inplace=True) and friends
             inplace = True
         target = args[0] if inplace and args and isinstance(args[0], torch.Tensor) else None
+        given = kwargs.get("out")
+        if target is None and isinstance(given, torch.Tensor) and out is given and given.is_floating_point():
+            # f(x, out=buf): the result written into buf, as an in-place op writes its target (spectral_norm's
+            # power iteration, F.normalize(..., out=u) under no_grad)
+            kwargs = {k: v for k, v in kwargs.items() if k != "out"}
+            target = given
         traced_in = _any_traced(self, args, kwargs)
         if not traced_in and (target is None or not self.is_traced(target)):
             return  # computed from constants only: a constant, captured when used

@@ -61,6 +61,17 @@ def _normalize(c: Ctx, a: Args) -> Any:
     return P.ew(DIV, c.v(t), clamp_min(n, user, a.eps))
 
 
+@rule("_weight_norm", sig=lambda v, g, dim=0: 0)
+def _weight_norm(c: Ctx, a: Args) -> Any:
+    # nn.utils.parametrizations.weight_norm: v * (g / ||v||), the norm over every dimension but `dim` (all of them
+    # for dim=-1); torch's norm_except_dim has no eps
+    v = a.v
+    keep = None if a.dim == -1 or v.dim() == 0 else a.dim % v.dim()
+    dims = tuple(i for i in range(v.dim()) if i != keep)
+    n = norm_of(c.v(v), v.detach(), 2.0, dims, True) if dims else P.ew(table_fn("abs", 1), c.v(v))
+    return P.ew(MUL, c.v(v), P.ew(DIV, c.v(a.g), n))
+
+
 @rule("cosine_similarity", sig=lambda x1, x2, dim=1, eps=1e-8: 0)
 def _cosine_similarity(c: Ctx, a: Args) -> Any:
     shape = tuple(torch.broadcast_shapes(a.x1.shape, a.x2.shape))
