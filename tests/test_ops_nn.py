@@ -353,17 +353,13 @@ def test_a_conv_bias_before_batch_norm_in_float32_is_no_false_alarm():
 @pytest.mark.parametrize("kind, reason", [
     ("relu", "a relu RNN is not modelled (the kink inside the recurrence has no value of the user's to take its side "
              "from)"),
-    ("packed", "packed sequences are not modelled"),
     ("proj_size", "an LSTM with proj_size is not modelled"),
     ("dropout", "dropout between the layers of a recurrent layer is drawn inside its kernel: not modelled"),
 ])
 def test_recurrent_layers_refused_say_why(kind, reason):
-    from torch.nn.utils.rnn import pack_padded_sequence
-
     torch.manual_seed(0)
     module, run = {
         "relu": (torch.nn.RNN(2, 3, nonlinearity="relu"), lambda m, x: m(x)[0].sum()),
-        "packed": (torch.nn.LSTM(2, 3), lambda m, x: m(pack_padded_sequence(x, [4, 2]))[1][0].sum()),
         "proj_size": (torch.nn.LSTM(2, 3, proj_size=2), lambda m, x: m(x)[0].sum()),
         "dropout": (torch.nn.GRU(2, 3, num_layers=2, dropout=0.5), lambda m, x: m(x)[0].sum()),
     }[kind]
@@ -371,3 +367,43 @@ def test_recurrent_layers_refused_say_why(kind, reason):
     (finding,) = report.findings
     assert finding.kind == "not-verified" and not report.ok
     assert f"could not model — {reason}" in finding.message, finding.message
+
+
+# ---------------------------------------------------------------- packed sequences
+class _Packed(torch.nn.Module):
+    """pack_padded_sequence -> a recurrent layer -> pad_packed_sequence, its output and last states summed."""
+
+    def __init__(self, kind, bidirectional, layers, batch_first, enforce_sorted, lengths):
+        super().__init__()
+        cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[kind]
+        self.layer = cls(2, 3, num_layers=layers, bidirectional=bidirectional, batch_first=batch_first).double()
+        self.kind, self.batch_first, self.enforce_sorted, self.lengths = kind, batch_first, enforce_sorted, lengths
+
+    def forward(self, x, h0):
+        from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+        packed = pack_padded_sequence(x, self.lengths, batch_first=self.batch_first, enforce_sorted=self.enforce_sorted)
+        out, h = self.layer(packed, (h0, h0 * 0.5) if self.kind == "lstm" else h0)
+        padded, lengths = pad_packed_sequence(out, batch_first=self.batch_first, padding_value=0.25, total_length=5)
+        hn = h[0] if self.kind == "lstm" else h
+        return (padded * padded.detach().sign()).sum() + (hn ** 3).sum() + lengths.sum()
+
+
+@pytest.mark.parametrize("kind, bidirectional, layers, batch_first, enforce_sorted", [
+    ("lstm", False, 1, True, False), ("lstm", True, 2, False, True), ("gru", True, 1, True, True),
+    ("rnn", False, 2, False, False)])
+def test_a_recurrent_layer_on_a_packed_sequence_checks_clean_and_catches_a_wrong_gradient(
+        kind, bidirectional, layers, batch_first, enforce_sorted):
+    # the chatbot and classification tutorials' pack_padded_sequence -> LSTM -> pad_packed_sequence was refused:
+    # every backward through it not verified
+    torch.manual_seed(0)
+    lengths = torch.tensor([4, 3, 2]) if enforce_sorted else torch.tensor([2, 4, 3])
+    module = _Packed(kind, bidirectional, layers, batch_first, enforce_sorted, lengths)
+    x = t(3, 4, 2) if batch_first else t(4, 3, 2)
+    h0 = t(layers * (2 if bidirectional else 1), 3, 3, seed=1)
+    report = gs.check_function(module, x, h0)
+    assert _clean(report) and report.checked > 0, str(report)
+    with torch.no_grad():  # the reference's value is torch's
+        assert torch.isfinite(module(x, h0))
+    report = gs.check_function(_scaled(module), x, h0)
+    assert not report.ok and "mismatch" in {f.kind for f in report.errors()}, str(report)

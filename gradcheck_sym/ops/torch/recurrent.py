@@ -5,9 +5,14 @@ and of the hidden state, plus the biases) through sigmoid and tanh; the layers a
 each step's hidden state gathered into the output and the last ones into ``h_n`` (and ``c_n``).  So their
 derivative comes from the matmuls' and the functions' own rules, never from torch's fused backward.
 
-Refused (their gradients are then not verified, with the reason): packed sequences, relu RNNs (the kink inside
-the recurrence has no value of the user's to take its side from), LSTM projections (``proj_size``) and dropout
-between layers while training (its mask is drawn inside the fused kernel).
+Packed sequences (``pack_padded_sequence``, an RNN on a ``PackedSequence``, ``pad_packed_sequence``) are gathers
+and scatters of rows: at step t the first ``batch_sizes[t]`` sequences step, the others keep their state (a
+sequence that ended has its last state in ``h_n``; in the reverse direction a sequence starts from ``h_0`` at its
+own last step).
+
+Refused (their gradients are then not verified, with the reason): relu RNNs (the kink inside the recurrence has no
+value of the user's to take its side from), LSTM projections (``proj_size``) and dropout between layers while
+training (its mask is drawn inside the fused kernel).
 """
 
 from __future__ import annotations
@@ -76,15 +81,14 @@ def _step(kind: str, x: Any, state: tuple[Any, Any | None], w: tuple[Any, Any, A
 
 def _layers(c: Ctx, kind: str) -> Any:
     args = list(c.args)  # type: ignore[attr-defined]
-    if len(args) < 9 or (isinstance(args[1], torch.Tensor) and not args[1].is_floating_point()):
-        raise Refused("packed sequences are not modelled")
+    if len(args) >= 9 and isinstance(args[1], torch.Tensor) and not args[1].is_floating_point():
+        return _packed_layers(c, kind, args)
+    if len(args) < 9:
+        raise Refused("a recurrent layer called with other arguments than nn.RNN's")
     x, hx, params, has_biases, layers, dropout, train, bidirectional, batch_first = args[:9]
     dirs = 2 if bidirectional else 1
     per = 4 if has_biases else 2
-    if len(params) != layers * dirs * per:
-        raise Refused("an LSTM with proj_size is not modelled")
-    if train and dropout > 0 and layers > 1:
-        raise Refused("dropout between the layers of a recurrent layer is drawn inside its kernel: not modelled")
+    _refuse(params, layers, dirs, per, train, dropout)
     if x.dim() != 3:
         raise Refused("a recurrent layer's input of other than 3 dimensions")
     h0, c0 = (hx[0], hx[1]) if kind == "lstm" else (hx, None)
@@ -125,6 +129,117 @@ def _layers(c: Ctx, kind: str) -> Any:
     return output, h_n
 
 
+def _refuse(params: Sequence[Any], layers: int, dirs: int, per: int, train: bool, dropout: float) -> None:
+    if len(params) != layers * dirs * per:
+        raise Refused("an LSTM with proj_size is not modelled")
+    if train and dropout > 0 and layers > 1:
+        raise Refused("dropout between the layers of a recurrent layer is drawn inside its kernel: not modelled")
+
+
+def _packed_layers(c: Ctx, kind: str, args: list[Any]) -> Any:
+    """A recurrent layer on a packed sequence: ``(data, batch_sizes, hx, params, has_biases, layers, dropout,
+    train, bidirectional)``; the output is packed as its input."""
+    data, sizes, hx, params, has_biases, layers, dropout, train, bidirectional = args[:9]
+    dirs = 2 if bidirectional else 1
+    per = 4 if has_biases else 2
+    _refuse(params, layers, dirs, per, train, dropout)
+    sizes = [int(b) for b in sizes.tolist()]
+    offsets = [sum(sizes[:t]) for t in range(len(sizes))]
+    rows = sum(sizes)
+    h0, c0 = (hx[0], hx[1]) if kind == "lstm" else (hx, None)
+    state_shape = tuple(h0.shape)
+    batch, hidden = state_shape[1], state_shape[2]
+    seq, width = c.v(data), data.shape[1]
+    last_h, last_c = [], []
+    for layer in range(layers):
+        outs = []
+        for d in range(dirs):
+            k = layer * dirs + d
+            w = tuple(c.v(p) for p in params[k * per:(k + 1) * per])
+            if not has_biases:
+                w += (None, None)
+            start = (_part(c.v(h0), state_shape, k), None if c0 is None else _part(c.v(c0), state_shape, k))
+            out, final = _packed_direction(kind, seq, (rows, width), sizes, offsets, start, w, batch, hidden, d == 1)
+            outs.append(out)
+            last_h.append(final[0])
+            last_c.append(final[1])
+        width = dirs * hidden
+        seq = outs[0] if dirs == 1 else _placed(outs, (rows, width), [(slice(None), slice(d * hidden, (d + 1) * hidden))
+                                                                       for d in range(dirs)])
+    h_n = _placed(last_h, state_shape, list(range(len(last_h))))
+    if kind == "lstm":
+        return seq, h_n, _placed(last_c, state_shape, list(range(len(last_c))))
+    return seq, h_n
+
+
+def _packed_direction(kind: str, seq: Any, shape: tuple[int, int], sizes: list[int], offsets: list[int],
+                      start: tuple[Any, Any], w: Any, batch: int, hidden: int, backwards: bool) -> tuple[Any, Any]:
+    """One direction of one layer over packed rows: its output rows (packed) and each sequence's last state."""
+    def rows_of(h: Any, n: int, lo: int, hi: int) -> Any:  # rows [lo, hi) of an (n, hidden) state
+        return h if (lo, hi) == (0, n) else _part(h, (n, hidden), slice(lo, hi))
+
+    def joined(parts: list[tuple[Any, int, int]], n: int) -> Any:  # rows placed at [lo, hi) of an (n, hidden)
+        if len(parts) == 1 and (parts[0][1], parts[0][2]) == (0, n):
+            return parts[0][0]
+        return _placed([p for p, _, _ in parts], (n, hidden), [slice(lo, hi) for _, lo, hi in parts])
+
+    steps = range(len(sizes) - 1, -1, -1) if backwards else range(len(sizes))
+    out: list[Any] = [None] * len(sizes)
+    done: list[tuple[Any, ...]] = []  # (h, c, lo, hi): sequences that ended, forwards
+    first = sizes[next(iter(steps))]
+    state = tuple(None if s is None else rows_of(s, batch, 0, first) for s in start)
+    active = first
+    for t in steps:
+        n = sizes[t]
+        if n < active:  # forwards: sequences [n, active) ended at the step before
+            done.append((*(None if s is None else rows_of(s, active, n, active) for s in state), n, active))
+            state = tuple(None if s is None else rows_of(s, active, 0, n) for s in state)
+        elif n > active:  # backwards: sequences [active, n) start here, from h_0
+            state = tuple(None if s is None else joined([(s, 0, active), (rows_of(s0, batch, active, n), active, n)], n)
+                          for s, s0 in zip(state, start))
+        active = n
+        x = _part(seq, shape, slice(offsets[t], offsets[t] + n))
+        state = _step(kind, x, state, w, n, hidden)  # type: ignore[arg-type]
+        out[t] = state[0]
+    final = []
+    for i in range(2):
+        if state[i] is None:
+            final.append(None)
+            continue
+        parts = [(p[i], p[2], p[3]) for p in done] + [(state[i], 0, active)]
+        final.append(joined(parts, batch))
+    packed = _placed(out, shape[:1] + (hidden,), [slice(offsets[t], offsets[t] + sizes[t]) for t in range(len(sizes))])
+    return packed, tuple(final)
+
+
+def _pack_padded(c: Ctx, a: Any) -> Any:
+    x, lengths = c.args[0], c.args[1]  # type: ignore[attr-defined]
+    batch_first = bool(c.args[2]) if len(c.args) > 2 else False  # type: ignore[attr-defined]
+    lengths = [int(n) for n in torch.as_tensor(lengths).tolist()]
+    shape = tuple(x.shape)
+    positions = _positions(shape)
+    picked = [positions[b, t] if batch_first else positions[t, b]
+              for t in range(max(lengths)) for b in range(len(lengths)) if lengths[b] > t]
+    return P.take(c.v(x), torch.stack(picked)), None
+
+
+def _pad_packed(c: Ctx, a: Any) -> Any:
+    data, sizes, batch_first, padding, total = c.args[:5]  # type: ignore[attr-defined]
+    sizes = [int(b) for b in sizes.tolist()]
+    batch, steps = sizes[0], int(total)
+    feature = tuple(data.shape[1:])
+    shape = ((batch, steps) if batch_first else (steps, batch)) + feature
+    positions = _positions(shape)
+    where = torch.stack([positions[b, t] if batch_first else positions[t, b]
+                         for t in range(len(sizes)) for b in range(sizes[t])])
+    out = P.segsum(c.v(data), where, shape)
+    if float(padding) != 0.0:
+        filled = torch.zeros(shape, dtype=torch.bool)
+        filled.view(-1)[where.reshape(-1)] = True
+        out = P.ew(ADD, out, torch.where(filled, 0.0, float(padding)).to(torch.float64))
+    return out, None
+
+
 def _cell(c: Ctx, kind: str) -> Any:
     args = list(c.args)  # type: ignore[attr-defined]
     x, hx, w_ih, w_hh = args[:4]
@@ -143,6 +258,8 @@ def _relu(c: Ctx, a: Any) -> Any:
 
 
 rule("rnn_relu", "rnn_relu_cell", sig=lambda *args, **kwargs: 0)(_relu)
+rule("_pack_padded_sequence", sig=lambda *args, **kwargs: 0)(_pack_padded)
+rule("_pad_packed_sequence", sig=lambda *args, **kwargs: 0)(_pad_packed)
 rule("rnn_tanh", sig=lambda *args, **kwargs: 0)(lambda c, a: _layers(c, "rnn_tanh"))
 rule("lstm", sig=lambda *args, **kwargs: 0)(lambda c, a: _layers(c, "lstm"))
 rule("gru", sig=lambda *args, **kwargs: 0)(lambda c, a: _layers(c, "gru"))
