@@ -225,10 +225,12 @@ def build_report(script: str, tracer: ScriptTracer, namespace: dict[str, Any], e
     raised = sum(1 for b in tracer.backwards if b.raised)
     if calls > raised and not verified:  # (a backward that raised the script's error had nothing to verify)
         findings.append(RunFinding("not-verified", "error", tracer.backwards[0].line,
-                                   f"none of the {calls} backward call{'s' if calls != 1 else ''} could be verified",
+                                   "the backward call could not be verified" if calls == 1 else
+                                   f"none of the {calls} backward calls could be verified",
                                    *EXPLANATIONS["not-verified"]))
     if not calls and error is None:
         findings.append(RunFinding("no-autograd", "info", 0, "the script did no backward", *EXPLANATIONS["no-autograd"]))
+    findings.extend(_unused_declarations(tracer))
     # (counted after the run's own findings: a run that verified nothing is an error in the JSON as in the text)
     summary = {"backward_calls": calls, "verified": verified, "not_verified": calls - verified - raised,
                **({"raised": raised} if raised else {}),
@@ -327,6 +329,24 @@ def _backward_rows(tracer: ScriptTracer, names: dict[str, str]) -> list[Backward
                                 tuple((names.get(name, name), summary_value(g), summary_value(e))
                                       for name, g, e in bs[-1].returned), sum(1 for b in bs if b.raised)))
     return rows
+
+
+def _unused_declarations(tracer: ScriptTracer) -> list[RunFinding]:
+    """A warning for each declaration that matched nothing the script did (a mistyped line said nothing)."""
+    out = []
+    for d in tracer.verifier.intended:
+        if d.is_cut:
+            if any(d.matches_cut(s.file, s.line) for s in tracer.sites):
+                continue
+            why = (f"no operation of the script ran at {d.target} (a cut is declared at the line of the operation it "
+                   "makes a constant: the statement inside a no_grad block, the line of a .detach())")
+        else:
+            if d.target in tracer.custom:
+                continue
+            why = f"no custom Function named {d.target} ran"
+        out.append(RunFinding("intended-unused", "warning", 0, f"the declaration {d.target}={d.text or d.behaviour} "
+                              f"matched nothing: {why}", *EXPLANATIONS["intended-unused"]))
+    return out
 
 
 def _findings(tracer: ScriptTracer, names: dict[int, str], error: str | None) -> list[RunFinding]:

@@ -47,6 +47,10 @@ EXPLANATIONS: dict[str, tuple[str, str]] = {
                "so autograd gave it no gradient: a frozen network (a distillation's teacher, a target network).",
                "Nothing to fix if it is meant to stay as it is (teacher.requires_grad_(False) says so); if it should "
                "learn, keep it out of no_grad and give it to an optimizer."),
+    "intended-unused": ("a declared deviation (--intended, intended=) matched nothing the script did, so it "
+                        "changed nothing.",
+                        "Check the declaration's file and line — the line of the operation a cut makes constant, "
+                        "inside the no_grad block — or the custom Function's name."),
     # (the same kind, where the recording was stopped on purpose: a time budget, or memory)
     "not-verified-stopped": ("gradcheck-sym stopped verifying there (the time budget given with --timeout ran out, "
                              "or its float64 copies would not fit in memory): the script ran those backwards, they "
@@ -73,7 +77,7 @@ EXPLANATIONS: dict[str, tuple[str, str]] = {
 SEVERITY = {"mismatch": "error", "untracked": "error", "stale-graph": "error", "hook": "warning",
             "nonleaf-grad": "warning", "nondifferentiable": "info", "nonfinite": "error", "not-verified": "warning",
             "no-autograd": "info", "self-check": "info", "backward-raised": "info",
-            "replayed": "info", "intended": "info", "frozen": "info"}
+            "replayed": "info", "intended": "info", "frozen": "info", "intended-unused": "warning"}
 
 
 def summary_value(t: Any) -> Any:

@@ -231,8 +231,9 @@ def render_run_text(report: RunReport, *, width: int = 100, color: bool = False,
                 head.append(f" {', '.join(g.tensor for g in group)}"
                             + (f" ({len(group)} tensors; the first one's gradient below)" if len(group) > 1 else ""))
             if f.line:
-                head.append(f" (line {f.line}" + (f", {f.count} times, last at line {f.last_line})"
-                                                  if f.count > 1 else ")"))
+                head.append(f" (line {f.line}" + (")" if f.count < 2 else f", {f.count} times)"
+                                                  if f.last_line == f.line else
+                                                  f", {f.count} times, last at line {f.last_line})"))
             console.print(head)
             console.print(Text("    " + f.message))
             if f.explanation:
@@ -245,7 +246,8 @@ def render_run_text(report: RunReport, *, width: int = 100, color: bool = False,
     errors = sum(1 for f in report.findings if f.severity == "error")
     if report.ok:
         verdict.append("OK", style="bold green")
-        verdict.append(f": {report.summary.get('gradients', 0)} gradients checked, no error")
+        n = report.summary.get('gradients', 0)
+        verdict.append(f": {n} gradient{'' if n == 1 else 's'} checked, no error")
     else:
         verdict.append("FAILED", style="bold red")
         parts = [f"{errors} error finding{'s' if errors != 1 else ''}"] if errors else []
