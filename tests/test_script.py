@@ -615,6 +615,54 @@ def test_a_declaration_that_matches_nothing_is_said(tmp_path):
     assert {f.kind for f in report.findings} == {"intended", "intended-unused"}  # line 12's declaration did match
 
 
+@pytest.mark.parametrize("forward, reason", [
+    ("torch.vmap(Sq.apply)(w)", "the output of VmappedSq.apply was made by torch.func's transform of a custom Function, "
+                                "whose ops are not traced"),
+    ("torch.vmap(lambda r: (r * w[0]).sin())(w)", "the script ran torch.func's transforms (vmap, grad, jacrev), whose ops "
+                                                "are not traced")])
+def test_a_forward_through_torch_vmap_is_not_verified_and_says_why(tmp_path, forward, reason):
+    # a custom Function under torch.vmap: its forward ran inside the transform (untraced), and the tracer took its
+    # output for a constant of its inputs, whose exact gradient is 0: a false mismatch of a right gradient
+    path = _script(tmp_path, textwrap.dedent(f"""\
+        import torch
+
+        class Sq(torch.autograd.Function):
+            generate_vmap_rule = True
+
+            @staticmethod
+            def forward(x):
+                return x * x
+
+            @staticmethod
+            def setup_context(ctx, inputs, output):
+                ctx.save_for_backward(inputs[0])
+
+            @staticmethod
+            def backward(ctx, g):
+                return 2 * g * ctx.saved_tensors[0]
+
+        w = torch.randn(4, 3, requires_grad=True)
+        loss = {forward}.sum()
+        loss.backward()
+        print(w.grad.shape)
+        """))
+    report = gs.run_script(path)
+    assert report.exit_code == 0 and report.summary["not_verified"] == 1, str(report)
+    assert not [f for f in report.findings if f.kind == "mismatch"], str(report)
+    assert any(reason in r for b in report.backwards for r in b.reasons), report.backwards
+
+
+def test_a_time_budget_spent_before_any_backward_says_so(tmp_path, capsys):
+    path = _script(tmp_path, "import time\nimport torch\nx = torch.ones(2, requires_grad=True)\ntime.sleep(1.2)\n"
+                             "(x * 2).sum().backward()\n")
+    assert main(["run", path, "--timeout", "1", "--json-file", str(tmp_path / "r.json")]) == 1
+    capsys.readouterr()
+    (f,) = [f for f in json.loads((tmp_path / "r.json").read_text())["findings"] if f["severity"] == "error"]
+    assert f["message"] == ("the backward call could not be verified: the time budget (--timeout) ran out: later "
+                            "backwards are not verified")
+    assert (f["explanation"], f["fix"]) == EXPLANATIONS["not-verified-stopped"]
+
+
 def _script(tmp_path, text):
     path = tmp_path / "script.py"
     path.write_text(text)

@@ -224,10 +224,12 @@ def build_report(script: str, tracer: ScriptTracer, namespace: dict[str, Any], e
     verified = sum(1 for b in tracer.backwards if b.verified and not b.skipped)
     raised = sum(1 for b in tracer.backwards if b.raised)
     if calls > raised and not verified:  # (a backward that raised the script's error had nothing to verify)
+        stopped = bool(tracer.stopped) and all(tracer.stopped in b.reasons for b in tracer.backwards if not b.raised)
         findings.append(RunFinding("not-verified", "error", tracer.backwards[0].line,
-                                   "the backward call could not be verified" if calls == 1 else
-                                   f"none of the {calls} backward calls could be verified",
-                                   *EXPLANATIONS["not-verified"]))
+                                   ("the backward call could not be verified" if calls == 1 else
+                                    f"none of the {calls} backward calls could be verified")
+                                   + (f": {tracer.stopped}" if stopped else ""),
+                                   *EXPLANATIONS["not-verified-stopped" if stopped else "not-verified"]))
     if not calls and error is None:
         findings.append(RunFinding("no-autograd", "info", 0, "the script did no backward", *EXPLANATIONS["no-autograd"]))
     findings.extend(_unused_declarations(tracer))

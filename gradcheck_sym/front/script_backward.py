@@ -163,22 +163,28 @@ class BackwardCalls:
 
         return watched
 
+    functorch_seen = False  # whether a torch.func transform ran the script's ops (they are not traced)
+
     def _checking_itself(self, depth: int = 2) -> bool:
         """Whether torch's gradcheck, torch.autograd.functional or torch.func is on the stack between here and our
-        runner (looked at for every traced op: one dict lookup per frame, each file name classified once)."""
+        runner (looked at for every traced op: one dict lookup per frame, each file name classified once).  The
+        walk goes past the tracer's own frames of an outer call (a custom Function's apply under torch.vmap is
+        dispatched through us too: stopping there traced the Function's per-sample forward as if it were the
+        script's, and its gradient came out 0) to the runner's."""
         frame = sys._getframe(depth)
         known = _CHECKER_FILES
-        outside = False  # past our own frames at the top (the tracer's): the next frame of ours is the runner's
         while frame is not None:
-            name = frame.f_code.co_filename
+            code = frame.f_code
+            name = code.co_filename
             kind = known.get(name)
             if kind is None:
                 kind = known[name] = 1 if name.endswith(_CHECKERS) else 2 if name.startswith(_PACKAGE_DIR) else 0
             if kind == 1:
+                if "_functorch" in name:
+                    self.functorch_seen = True
                 return True
-            if kind == 2 and outside:
+            if kind == 2 and code.co_name == "run_script":
                 return False  # (the runner's frame: the script is above it, nothing more to look at)
-            outside = outside or kind == 0
             frame = frame.f_back  # type: ignore[assignment]
         return False
 

@@ -131,6 +131,12 @@ class Handles(Storage):
             return self.returned_from_numpy(t, "torch.from_numpy")
         if t.requires_grad and grad_fn(t) is not None:
             custom = _custom_node(t)
+            forward_cls = getattr(grad_fn(t), "_forward_cls", None)
+            if custom is not None and getattr(forward_cls, "__module__", "").startswith("torch._functorch"):
+                # torch.vmap's own wrapper of a custom Function: its forward ran inside the transform, untraced
+                # (not a constant of its inputs: taken as one, its exact gradient was 0, a false mismatch)
+                return self._opaque_tensor(t, f"the output of {custom}.apply was made by torch.func's transform of a "
+                                              "custom Function, whose ops are not traced")
             if custom is not None:
                 return self._constant_custom(t, custom)
             return self._opaque_tensor(t)
@@ -197,6 +203,11 @@ class Handles(Storage):
         site = self._new_site("(unseen computation)")
         if why is not None:
             text = f"{why}, used at {self.sites[site].where}: gradients through it are not verified"
+        elif getattr(self, "functorch_seen", False):
+            text = (f"a tensor with grad_fn {type(grad_fn(t)).__name__} appeared at {self.sites[site].where} without "
+                    "a torch op the tracer saw: the script ran torch.func's transforms (vmap, grad, jacrev), whose "
+                    "ops are not traced (else torch.compile, TorchScript, a C++ extension, another thread): gradients "
+                    "through it are not verified")
         else:
             text = (f"a tensor with grad_fn {type(grad_fn(t)).__name__} appeared at {self.sites[site].where} without "
                     "a torch op the tracer saw (torch.compile, TorchScript, a C++ extension, another thread?): "
