@@ -533,6 +533,8 @@ def test_a_distillation_s_teacher_under_no_grad_in_no_optimizer_is_frozen_not_un
     text = render_run_text(report, width=100)
     assert text.count("[info] frozen") == 1 and "[info] frozen teacher.0.weight, teacher.0.bias, teacher.2.weight, " \
                                                 "teacher.2.bias (4 tensors; the" in text, text
+    block = text.split("findings:\n", 1)[1].splitlines()[2:-1]  # (past the heading's two lines, before the verdict)
+    assert len(block) > 5 and all(line.startswith("    ") and line == line.rstrip() for line in block), block
     assert _row(report, "teacher.0.weight").status == "frozen"
     # a layer that is meant to learn (in the optimizer) and sits under no_grad is the classic bug: still untracked
     report = gs.run_script(_script(tmp_path, _DISTILL.replace("PARAMS", "[*student.parameters(), *teacher.parameters()]")))

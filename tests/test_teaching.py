@@ -49,6 +49,7 @@ def test_golden_compact_report_at_100_columns(capsys):
     golden = ROOT / "golden" / "run_legendre.txt"
     assert text == golden.read_text(encoding="utf-8")
     assert max(len(line) for line in text.splitlines()) <= 100
+    assert all(line == line.rstrip() for line in text.splitlines())  # (no trailing blanks)
 
 
 def test_the_seq2seq_attention_in_float64_is_verified_where_the_worst_case_bound_says_nothing(monkeypatch, capsys):

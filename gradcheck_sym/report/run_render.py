@@ -14,6 +14,7 @@ from typing import Any
 
 from rich import box
 from rich.console import Console
+from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
@@ -235,10 +236,11 @@ def render_run_text(report: RunReport, *, width: int = 100, color: bool = False,
                                                   if f.last_line == f.line else
                                                   f", {f.count} times, last at line {f.last_line})"))
             console.print(head)
-            console.print(Text("    " + f.message))
+            # (wrapped lines keep the indent: a long finding restarted at column 0, hard to scan)
+            console.print(Padding(Text(f.message), (0, 0, 0, 4)))
             if f.explanation:
-                console.print(Text("    why: " + f.explanation))
-                console.print(Text("    fix: " + f.fix))
+                console.print(Padding(Text("why: " + f.explanation), (0, 0, 0, 4)))
+                console.print(Padding(Text("fix: " + f.fix), (0, 0, 0, 4)))
     if report.error:
         console.print(Text("the script raised (what ran before is verified above):", style="bold red"))
         console.print(Text(report.error), soft_wrap=True)
@@ -257,7 +259,7 @@ def render_run_text(report: RunReport, *, width: int = 100, color: bool = False,
             parts.append(f"the script exited with status {report.exit_code}")
         verdict.append(": " + " and ".join(parts))
     console.print(verdict)
-    return buf.getvalue().rstrip() + "\n"
+    return "\n".join(line.rstrip() for line in buf.getvalue().rstrip().splitlines()) + "\n"  # (no trailing blanks)
 
 
 def _short(text: str, n: int) -> str:
