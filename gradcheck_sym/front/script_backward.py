@@ -52,6 +52,26 @@ _CHECKER_FILES: dict[str, int] = {}  # a code file name -> 1: one of _CHECKERS, 
 _MODULE_HOOKS = ("register_full_backward_hook", "register_full_backward_pre_hook")
 
 
+def _run_watching(call: Any, given: list[Any]) -> tuple[Any, bool]:
+    """`call()`, a hook of the script's on the gradients `given`: what it returned, and whether it changed them (what
+    it returned, or them in place).  Our copies and comparisons are not the script's ops, and never its error: what
+    cannot be copied or compared (a sparse gradient, a torch.func wrapper) counts as changed."""
+    try:
+        with torch._C.DisableTorchFunction():
+            before = [g.detach().clone() if isinstance(g, torch.Tensor) else g for g in given]
+    except Exception:  # noqa: BLE001 - ours
+        before = None
+    out = call()
+    try:
+        with torch._C.DisableTorchFunction():
+            returned = None if out is None else list(out) if isinstance(out, (tuple, list)) else [out]
+            changed = before is None or not _same_all(given, before) or (
+                returned is not None and not _same_all(returned, before))
+    except Exception:  # noqa: BLE001 - as above
+        changed = True
+    return out, changed
+
+
 def _same_all(xs: Any, ys: Any) -> bool:
     """Equal sequences of gradients (tensors or None), NaN equal to NaN."""
     if not isinstance(xs, (tuple, list)) or len(xs) != len(ys):
@@ -114,19 +134,7 @@ class BackwardCalls:
 
         @functools.wraps(hook)
         def watched(module: Any, *grads: Any) -> Any:
-            given = grads[-1] if pre else grads[0]
-            try:  # (ours: never the script's error; what cannot be copied or compared counts as changed)
-                with torch._C.DisableTorchFunction():
-                    before = [g.detach().clone() if isinstance(g, torch.Tensor) else g for g in given]
-            except Exception:  # noqa: BLE001
-                before = None
-            out = hook(module, *grads)
-            try:
-                with torch._C.DisableTorchFunction():
-                    changed = before is None or not _same_all(given, before) or (
-                        out is not None and not _same_all(out, before))
-            except Exception:  # noqa: BLE001 - as above
-                changed = True
+            out, changed = _run_watching(lambda: hook(module, *grads), list(grads[-1] if pre else grads[0]))
             if changed:
                 self.module_hook_changed = len(backwards) - 1
             return out
@@ -139,31 +147,14 @@ class BackwardCalls:
         reads the gradient (Grad-CAM's) hid a wrong custom backward upstream."""
         backwards = self.backwards
 
-        def same(x: Any, y: Any) -> bool:  # equal values, NaN equal to NaN (a NaN is no change)
-            return isinstance(x, torch.Tensor) and x.shape == y.shape and bool(
-                ((x == y) | (torch.isnan(x) & torch.isnan(y))).all())
-
         @functools.wraps(hook)
         def watched(grad: Any) -> Any:
-            before = None
-            try:  # (ours: never the script's error; a gradient we cannot copy or compare counts as changed)
-                with torch._C.DisableTorchFunction():  # (our copy and comparison are not the script's ops)
-                    before = grad.detach().clone() if isinstance(grad, torch.Tensor) else None
-            except Exception:  # noqa: BLE001 - a sparse gradient, a torch.func wrapper
-                before = None
-            out = hook(grad)
-            try:
-                with torch._C.DisableTorchFunction():
-                    changed = before is None or not same(grad, before) or (out is not None and not same(out, before))
-            except Exception:  # noqa: BLE001 - as above
-                changed = True
+            out, changed = _run_watching(lambda: hook(grad), [grad])
             if changed:
                 info.hook_changed = len(backwards) - 1
             return out
 
         return watched
-
-    functorch_seen = False  # whether a torch.func transform ran the script's ops (they are not traced)
 
     def _checking_itself(self, depth: int = 2) -> bool:
         """Whether torch's gradcheck, torch.autograd.functional or torch.func is on the stack between here and our

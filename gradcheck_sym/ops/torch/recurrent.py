@@ -106,10 +106,7 @@ def _layers(c: Ctx, kind: str) -> Any:
         ys: list[list[Any]] = []
         for d in range(dirs):
             k = layer * dirs + d
-            w = tuple(c.v(p) for p in params[k * per:(k + 1) * per])
-            if not has_biases:
-                w += (None, None)
-            state = (_part(c.v(h0), state_shape, k), None if c0 is None else _part(c.v(c0), state_shape, k))
+            w, state = _weights_and_start(c, params, k, per, h0, c0, state_shape)
             out: list[Any] = [None] * steps
             for t in (range(steps) if d == 0 else reversed(range(steps))):
                 state = _step(kind, seq[t], state, w, batch, hidden)  # type: ignore[arg-type]
@@ -127,6 +124,15 @@ def _layers(c: Ctx, kind: str) -> Any:
     if kind == "lstm":
         return output, h_n, _placed(last_c, state_shape, list(range(len(last_c))))
     return output, h_n
+
+
+def _weights_and_start(c: Ctx, params: Sequence[Any], k: int, per: int, h0: Any, c0: Any,
+                       state_shape: tuple[int, ...]) -> tuple[tuple[Any, ...], tuple[Any, Any]]:
+    """Layer-direction k's weights (w_ih, w_hh, b_ih, b_hh: None without biases) and its initial state."""
+    w = tuple(c.v(p) for p in params[k * per:(k + 1) * per])
+    if per == 2:
+        w += (None, None)
+    return w, (_part(c.v(h0), state_shape, k), None if c0 is None else _part(c.v(c0), state_shape, k))
 
 
 def _refuse(params: Sequence[Any], layers: int, dirs: int, per: int, train: bool, dropout: float) -> None:
@@ -155,10 +161,7 @@ def _packed_layers(c: Ctx, kind: str, args: list[Any]) -> Any:
         outs = []
         for d in range(dirs):
             k = layer * dirs + d
-            w = tuple(c.v(p) for p in params[k * per:(k + 1) * per])
-            if not has_biases:
-                w += (None, None)
-            start = (_part(c.v(h0), state_shape, k), None if c0 is None else _part(c.v(c0), state_shape, k))
+            w, start = _weights_and_start(c, params, k, per, h0, c0, state_shape)
             out, final = _packed_direction(kind, seq, (rows, width), sizes, offsets, start, w, batch, hidden, d == 1)
             outs.append(out)
             last_h.append(final[0])
