@@ -665,6 +665,79 @@ def test_a_time_budget_spent_before_any_backward_says_so(tmp_path, capsys):
     assert (f["explanation"], f["fix"]) == EXPLANATIONS["not-verified-stopped"]
 
 
+def test_a_module_hook_explains_only_its_own_module_call_s_gradients_and_stays_the_script_s(tmp_path, capsys):
+    # (an independent review) a read-only hook on the path and a clipping hook on the other branch made a 2x-wrong
+    # backward a `hook` warning; the module's hook dict held our wrapper (torch.save of the module failed: not the
+    # same object as __main__.scale_hook); a global module hook's change was a mismatch
+    path = _script(tmp_path, textwrap.dedent("""\
+        import io
+        import torch
+        import torch.nn as nn
+        from torch.nn.modules.module import register_module_full_backward_hook
+
+        class Bad(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, x):
+                ctx.save_for_backward(x)
+                return x.tanh()
+
+            @staticmethod
+            def backward(ctx, g):
+                (x,) = ctx.saved_tensors
+                return g * (1 - x.tanh() ** 2) * 2.0
+
+        def clip(m, gin, gout):
+            return (gin[0].clamp(-0.01, 0.01),)
+
+        torch.manual_seed(0)
+        a, b, head = nn.Linear(3, 4), nn.Linear(3, 4), nn.Linear(4, 1)
+        norms = []
+        head.register_full_backward_hook(lambda m, gi, go: norms.append(float(go[0].norm())))
+        b.register_full_backward_hook(clip)
+        x1, x2 = torch.randn(5, 3), torch.randn(5, 3, requires_grad=True)
+        head(Bad.apply(a(x1)) + b(x2)).sum().backward()
+        print(list(b._backward_hooks.values())[0] is clip, len(io.BytesIO(torch.save(b, buf := io.BytesIO()) or
+                                                                         buf.getvalue()).getvalue()) > 0)
+        m, inp = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1)), torch.randn(5, 3, requires_grad=True)
+        handle = register_module_full_backward_hook(lambda mod, gin, gout: tuple(
+            None if g is None else g.clamp(-0.05, 0.05) for g in gin))
+        m(inp).sum().backward()
+        handle.remove()
+        """))
+    report = gs.run_script(path)
+    assert capsys.readouterr().out.startswith("True True\n")
+    assert report.exit_code == 0 and report.summary["not_verified"] == 0, str(report)
+    assert {(f.kind, f.tensor, f.line) for f in report.findings if f.severity != "info"} == {
+        ("mismatch", "a.weight", 26), ("mismatch", "a.bias", 26), ("hook", "x2", 26),
+        ("hook", "m.0.weight", 32), ("hook", "m.0.bias", 32), ("hook", "inp", 32)}, str(report)
+
+
+def test_a_parameter_in_no_optimizer_is_not_frozen_where_the_script_trains_others_by_hand(tmp_path):
+    # (an independent review) an encoder left under no_grad by mistake, the network trained by manual SGD and only a
+    # temperature in a torch.optim optimizer: the encoder was called frozen, and the run OK
+    path = _script(tmp_path, textwrap.dedent("""\
+        import torch
+        import torch.nn as nn
+        torch.manual_seed(0)
+        enc, head = nn.Linear(4, 8), nn.Linear(8, 1)
+        log_temp = nn.Parameter(torch.zeros(()))
+        opt = torch.optim.Adam([log_temp], lr=1e-2)
+        for step in range(2):
+            with torch.no_grad():
+                h = torch.relu(enc(torch.randn(16, 4)))
+            loss = (head(h) * log_temp.exp()).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                for p in head.parameters():
+                    p -= 0.1 * p.grad
+                    p.grad = None
+        """))
+    report = gs.run_script(path)
+    assert {(f.kind, f.severity) for f in report.findings} == {("untracked", "error")} and not report.ok, str(report)
+
+
 def _script(tmp_path, text):
     path = tmp_path / "script.py"
     path.write_text(text)

@@ -48,10 +48,6 @@ _CHECKERS = (os.path.join("torch", "autograd", "gradcheck.py"), os.path.join("to
 _CHECKER_FILES: dict[str, int] = {}  # a code file name -> 1: one of _CHECKERS, 2: ours, 0: other
 
 
-# nn.Module's registrations of backward hooks that run inside the backward (through torch's BackwardHookFunction)
-_MODULE_HOOKS = ("register_full_backward_hook", "register_full_backward_pre_hook")
-
-
 def _run_watching(call: Any, given: list[Any]) -> tuple[Any, bool]:
     """`call()`, a hook of the script's on the gradients `given`: what it returned, and whether it changed them (what
     it returned, or them in place).  Our copies and comparisons are not the script's ops, and never its error: what
@@ -96,50 +92,70 @@ class BackwardCalls:
     lock: Any
     call_as: Any
 
-    module_hook_changed = -1  # the last backward (index) in which a module's backward hook changed a gradient
+    # backward index -> the torch BackwardHook objects (one per module call) whose hooks changed a gradient in it
+    hooks_changed: tuple[int, set[int]] = (-1, set())
+    hook_owner: dict[int, int]  # custom Function call (a BackwardHookFunction's) -> its BackwardHook object's id
 
     @contextlib.contextmanager
     def module_hooks(self) -> Iterator[None]:
-        """While in it, the hooks a script gives ``register_full_backward_hook`` and
-        ``register_full_backward_pre_hook`` are wrapped as tensor hooks are (`_watched_hook`): a module's hook that
+        """While in it, the backward hooks torch runs for a module call (a module's register_full_backward_hook and
+        _pre_hook, and the global ones) are run through a watcher, as tensor hooks are (`_watched_hook`): a hook that
         scales what flows back (gradient clipping, a teaching demo) changes the gradient on its way, which is a
-        `hook`, not a mismatch; one that only reads it (logging a norm) explains nothing."""
-        cls = torch.nn.Module
-        saved = {name: cls.__dict__[name] for name in _MODULE_HOOKS if name in cls.__dict__}
+        `hook`, not a mismatch; one that only reads it explains nothing.  The watcher goes into torch's per-call
+        BackwardHook, never into the module (a torch.save of the module pickles the script's own functions)."""
+        self.hook_owner = {}
+        try:
+            from torch.utils.hooks import BackwardHook
+
+            init = BackwardHook.__init__
+        except (ImportError, AttributeError):  # (torch moved it: a module hook's change is then a mismatch)
+            yield
+            return
         watched = self._watched_module_hook
 
-        def wrapping(original: Any, pre: bool) -> Any:
-            @functools.wraps(original)
-            def register(module: Any, *args: Any, **kwargs: Any) -> Any:
-                if args and callable(args[0]):
-                    args = (watched(args[0], pre), *args[1:])
-                elif callable(kwargs.get("hook")):
-                    kwargs = {**kwargs, "hook": watched(kwargs["hook"], pre)}
-                return original(module, *args, **kwargs)
+        @functools.wraps(init)
+        def watching(bw: Any, module: Any, user_hooks: Any, user_pre_hooks: Any, *args: Any, **kwargs: Any) -> None:
+            init(bw, module, [watched(h, False, bw) for h in user_hooks],
+                 [watched(h, True, bw) for h in user_pre_hooks], *args, **kwargs)
 
-            return register
-
-        for name, original in saved.items():
-            setattr(cls, name, wrapping(original, name.endswith("pre_hook")))
+        BackwardHook.__init__ = watching  # type: ignore[method-assign]
         try:
             yield
         finally:
-            for name, original in saved.items():
-                setattr(cls, name, original)
+            BackwardHook.__init__ = init  # type: ignore[method-assign]
 
-    def _watched_module_hook(self, hook: Any, pre: bool) -> Any:
+    def _watched_module_hook(self, hook: Any, pre: bool, owner: Any) -> Any:
         """A module's backward hook, unchanged for the script, noting the backwards in which it changed the gradients
-        it was given (grad_input for a hook, grad_output for a pre-hook: what it returned, or them in place)."""
+        it was given (grad_input for a hook, grad_output for a pre-hook: what it returned, or them in place), and
+        which module call's (`owner`, torch's BackwardHook of that call)."""
         backwards = self.backwards
 
         @functools.wraps(hook)
         def watched(module: Any, *grads: Any) -> Any:
             out, changed = _run_watching(lambda: hook(module, *grads), list(grads[-1] if pre else grads[0]))
             if changed:
-                self.module_hook_changed = len(backwards) - 1
+                index = len(backwards) - 1
+                if self.hooks_changed[0] != index:
+                    self.hooks_changed = (index, set())
+                self.hooks_changed[1].add(id(owner))
             return out
 
         return watched
+
+    def note_hook_call(self, call: int) -> None:
+        """Custom Function call `call` is torch's BackwardHookFunction: the module call it belongs to (the
+        BackwardHook object in the frames above it)."""
+        frame = sys._getframe(1)
+        for _ in range(16):
+            if frame is None:
+                return
+            owner = frame.f_locals.get("self")
+            if type(owner).__name__ == "BackwardHook":
+                if getattr(self, "hook_owner", None) is None:
+                    self.hook_owner = {}
+                self.hook_owner[call] = id(owner)
+                return
+            frame = frame.f_back  # type: ignore[assignment]
 
     def _watched_hook(self, hook: Any, info: TensorInfo) -> Any:
         """The script's tensor hook, unchanged for the script, noting the backwards in which it changed the gradient

@@ -108,14 +108,27 @@ class OptimizerSteps:
     `_new_leaf` and `call_as`)."""
 
     _steps: dict[int, dict[int, tuple[torch.Tensor, int]]]
-    optimizers: "weakref.WeakSet[Any]"  # every torch.optim optimizer the script made (while `optimizer_hooks`)
+    # id -> weak reference of every parameter an optimizer of the script's was given (while `optimizer_hooks`; kept
+    # when the optimizer is gone, and without keeping the parameter alive)
+    optimized_params: dict[int, Any] | None = None
 
     def optimized(self, t: torch.Tensor) -> bool | None:
         """Whether an optimizer of the script's updates `t`; None where the script made none (nothing to tell)."""
-        groups = [g for opt in list(getattr(self, "optimizers", ())) for g in getattr(opt, "param_groups", ())]
-        if not groups:
+        known = self.optimized_params
+        if not known:
             return None
-        return any(p is t for g in groups for p in g.get("params", ()))
+        ref = known.get(id(t))
+        return ref is not None and ref() is t
+
+    def _optimizes(self, opt: Any) -> None:
+        """Note the parameters `opt` updates (its param groups now)."""
+        known = self.optimized_params
+        if known is None:
+            known = self.optimized_params = {}
+        for group in getattr(opt, "param_groups", ()):
+            for p in group.get("params", ()):
+                if isinstance(p, torch.Tensor):
+                    known[id(p)] = weakref.ref(p)
 
     # ------------------------------------------------------------ optimizer steps
     @contextlib.contextmanager
@@ -132,6 +145,7 @@ class OptimizerSteps:
         op, as everything was before.
         """
         def pre(opt: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+            self._optimizes(opt)  # (a param group added since it was made)
             self._step_seen(raised=True)  # (only if the last step left the mode off and never ended)
             self.step_ended()  # one that raised before its end: what it changed is still a new value
             if len(args) > 1 or kwargs.get("closure") is not None or self.stopped:
@@ -148,14 +162,16 @@ class OptimizerSteps:
                    optim.register_optimizer_step_post_hook(lambda opt, args, kwargs: self._step_ended_here())]
         # which parameters an optimizer updates (a network in none, used under no_grad, is frozen: a teacher, a
         # target network); torch.optim's optimizers all call Optimizer.__init__
-        self.optimizers = weakref.WeakSet()
         init = optim.Optimizer.__init__
-        made = self.optimizers
+        optimizes = self._optimizes
 
         @functools.wraps(init)
         def registering(opt: Any, *args: Any, **kwargs: Any) -> None:
             init(opt, *args, **kwargs)
-            made.add(opt)
+            try:
+                optimizes(opt)
+            except Exception:  # noqa: BLE001 - ours: never the script's error (its parameters then look unoptimized)
+                pass
 
         optim.Optimizer.__init__ = registering  # type: ignore[method-assign]
         try:

@@ -128,6 +128,8 @@ class ScriptTracer(BackwardCalls, OptimizerSteps, ScriptMemory, Tracer):
 
     def _call_started(self, call: int, cls: Any, args: tuple, kwargs: dict, line: int) -> None:
         self.custom_calls.started(call, cls, args, kwargs, line)
+        if getattr(cls, "__name__", "") == "BackwardHookFunction":
+            self.note_hook_call(call)
 
     def _call_eqns(self, call: int, first: int) -> None:
         self.custom_calls.made(self, call, self.rec.eqns[first:])

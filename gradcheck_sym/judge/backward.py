@@ -40,10 +40,6 @@ F64 = torch.float64
 # come from `sweep_bounds`, which holds only the compared cotangents'.
 WRITTEN_BELOW = 256 * 2**20
 
-try:  # the identity Function torch puts around a module with backward hooks (its node carries them)
-    from torch.nn.modules._functions import BackwardHookFunction as _HOOK_FUNCTION
-except ImportError:  # (torch moved it: a module hook's change is then a mismatch, as a node hook's is)
-    _HOOK_FUNCTION = None
 
 
 @dataclass
@@ -60,6 +56,7 @@ class Plan:
     bounds: dict[int, Any] | None = None
     program: Any = None  # the forward program the sweep went over
     rounded: dict[int, Any] | None = None  # the sweep recomputed in the user's dtype (a noise sample)
+    trained: bool | None = None  # every leaf given a gradient is an optimizer's (`_trained_by_optimizers`)
     rounded64: dict[int, Any] | None = None  # the sweep of a float64 backward recomputed in float32 (`measured_noise`)
     replays: Any = None  # the custom Function calls on the way, run again in float64 when asked (judge.replay)
     seconds: float = 0.0  # how long the script's own backward took
@@ -294,9 +291,12 @@ class BackwardVerifier(ReplayDecisions):
                     status = "stale-graph"
                 elif hooked_downstream(tr, var, ev.index) or self._module_hooked(tr, plan, var, ev.index):
                     status = "hook"
-            elif status == "untracked" and got is None and is_leaf(t) and tr.optimized(t) is False:
-                # no gradient reached it at all, and no optimizer of the script's updates it: a frozen network
-                # (a distillation's teacher, a target network) used under no_grad, as meant
+            elif status == "untracked" and got is None and is_leaf(t) and tr.optimized(t) is False and \
+                    self._trained_by_optimizers(tr, plan):
+                # no gradient reached it at all, no optimizer of the script's updates it, and every parameter that
+                # did get a gradient is an optimizer's: a frozen network (a distillation's teacher, a target
+                # network) used under no_grad, as meant.  (Where the script trains some parameters by hand, one in
+                # no optimizer may be meant to learn: an encoder left under no_grad by mistake stays untracked.)
                 status = "frozen"
             if status in ("mismatch", "untracked", "nonfinite", "stale-graph"):
                 ev.errors += 1
@@ -372,12 +372,20 @@ class BackwardVerifier(ReplayDecisions):
             plan.replays = Replays(tr, plan.program, plan.cts, plan.seconds, self.children)
         return plan.replays.through(var.id)
 
+    def _trained_by_optimizers(self, tr: Any, plan: Plan) -> bool:
+        """Whether every leaf this backward gave a gradient to is updated by an optimizer of the script's."""
+        if plan.trained is None:
+            plan.trained = all(tr.optimized(u) for _, u, _ in plan.targets if u.grad is not None)
+        return plan.trained
+
     def _module_hooked(self, tr: Any, plan: Plan, var: Any, index: int) -> bool:
-        """Whether a module's backward hook that changed a gradient in backward `index` sits on `var`'s way back
-        (its gradient goes through torch's BackwardHookFunction, which carries a module's backward hooks)."""
-        if tr.module_hook_changed != index or _HOOK_FUNCTION is None or not self._foreign(tr, plan, var):
+        """Whether a module's backward hook that changed a gradient in backward `index` sits on `var`'s way back:
+        its gradient goes through the BackwardHookFunction of the very module call whose hook changed it (a hook
+        that changed another branch's gradient, or only read this one, explains nothing)."""
+        at, changed = tr.hooks_changed
+        if at != index or not changed or var is None or not self._foreign(tr, plan, var):
             return False
-        return _HOOK_FUNCTION in plan.replays.classes(var.id)
+        return any(tr.hook_owner.get(k) in changed for k in plan.replays.paths.get(var.id, ()) if k is not None)
 
     def _not_verified(self, ev: Any, info: Any, got: Any, t: torch.Tensor, reasons: list[str]) -> None:
         """This tensor's gradient in this backward is not vouched for, for `reasons`; nor is its total after it."""

@@ -92,11 +92,6 @@ class Replays:
         """Whether variable `vid`'s gradient goes through a custom Function's backward."""
         return bool(self.paths.get(vid))
 
-    def classes(self, vid: int) -> set[Any]:
-        """The custom Function classes variable `vid`'s gradient goes through."""
-        calls = self.tracer.custom_calls.calls
-        return {calls[k].cls for k in self.paths.get(vid, ()) if k is not None and k in calls}
-
     def functions(self, vid: int) -> tuple[str, ...]:
         """The names of the custom Functions variable `vid`'s gradient goes through (without replaying them)."""
         return tuple(sorted({self.names[k] for k in self.paths.get(vid, ()) if k is not None and k in self.names}))
