@@ -75,6 +75,20 @@ def test_explanations_are_pinned():
                                  "nonfinite", "not-verified", "no-autograd", "self-check", "replayed", "intended",
                                  "backward-raised", "not-verified-stopped", "frozen", "intended-unused"}
     assert SEVERITY["replayed"] == SEVERITY["intended"] == "info"
+    assert EXPLANATIONS["frozen"] == (
+        "a parameter that no optimizer of the script's updates was used under no_grad or through a detach, so autograd "
+        "gave it no gradient: a frozen network (a distillation's teacher, a target network).",
+        "Nothing to fix if it is meant to stay as it is (teacher.requires_grad_(False) says so); if it should learn, "
+        "keep it out of no_grad and give it to an optimizer.")
+    assert EXPLANATIONS["not-verified-stopped"] == (
+        "gradcheck-sym stopped verifying there (the time budget given with --timeout ran out, or its float64 copies "
+        "would not fit in memory): the script ran those backwards, they were not compared.",
+        "Give a larger --timeout, or run fewer iterations or a smaller batch; a model can also be checked on its own "
+        "with gradcheck_sym.check_function.")
+    assert EXPLANATIONS["intended-unused"] == (
+        "a declared deviation (--intended, intended=) matched nothing the script did, so it changed nothing.",
+        "Check the declaration's file and line — the line of the operation a cut makes constant, inside the no_grad "
+        "block — or the custom Function's name.")
     assert EXPLANATIONS["hook"][0] == ("a hook (a tensor's register_hook, a module's register_full_backward_hook or "
                                        "_pre_hook) changed the gradient on its way back.")
 
@@ -527,6 +541,8 @@ def test_a_distillation_s_teacher_under_no_grad_in_no_optimizer_is_frozen_not_un
     assert report.exit_code == 0 and report.ok and report.summary["not_verified"] == 0, str(report)
     assert [(f.kind, f.severity, f.tensor, f.count) for f in report.findings] == [
         ("frozen", "info", f"teacher.{i}.{p}", 3) for i in (0, 2) for p in ("weight", "bias")], str(report)
+    assert report.findings[0].message.startswith(
+        "backward at line 16: autograd gave teacher.0.weight no gradient (its .grad is None), the exact gradient is [")
     assert report.findings[0].message.endswith(
         ": no_grad at line 12 hides it, and no optimizer of the script's updates it: a frozen network (a teacher, a "
         "target network) (and 2 more times, last at line 16)")

@@ -92,9 +92,10 @@ class BackwardCalls:
     lock: Any
     call_as: Any
 
-    # backward index -> the torch BackwardHook objects (one per module call) whose hooks changed a gradient in it
-    hooks_changed: tuple[int, set[int]] = (-1, set())
-    hook_owner: dict[int, int]  # custom Function call (a BackwardHookFunction's) -> its BackwardHook object's id
+    # (backward index, the ids of torch's BackwardHook objects — one per module call — whose hooks changed a gradient
+    # in it), and custom Function call (a BackwardHookFunction's) -> its BackwardHook object's id
+    hooks_changed: tuple[int, set[int]]
+    hook_owner: dict[int, int]
 
     @contextlib.contextmanager
     def module_hooks(self) -> Iterator[None]:
@@ -103,7 +104,6 @@ class BackwardCalls:
         scales what flows back (gradient clipping, a teaching demo) changes the gradient on its way, which is a
         `hook`, not a mismatch; one that only reads it explains nothing.  The watcher goes into torch's per-call
         BackwardHook, never into the module (a torch.save of the module pickles the script's own functions)."""
-        self.hook_owner = {}
         try:
             from torch.utils.hooks import BackwardHook
 
@@ -151,8 +151,6 @@ class BackwardCalls:
                 return
             owner = frame.f_locals.get("self")
             if type(owner).__name__ == "BackwardHook":
-                if getattr(self, "hook_owner", None) is None:
-                    self.hook_owner = {}
                 self.hook_owner[call] = id(owner)
                 return
             frame = frame.f_back  # type: ignore[assignment]

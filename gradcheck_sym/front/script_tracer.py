@@ -59,6 +59,8 @@ class ScriptTracer(BackwardCalls, OptimizerSteps, ScriptMemory, Tracer):
         self.stopped = ""  # why recording stopped (a time budget), if it did
         self.verifier: Any = None  # set by the runner: verifies one backward (judge.backward)
         self.edges: set[tuple[int, int, str]] = set()  # named tensor -> named tensor computed from it
+        self.hooks_changed: tuple[int, set[int]] = (-1, set())  # see BackwardCalls.module_hooks
+        self.hook_owner: dict[int, int] = {}
         self._prunes = 0
         self._item_seen: dict[float, tuple[Any, int]] = {}  # a float that left by .item() -> (its handle, the
         # prune that first saw it)

@@ -300,8 +300,8 @@ class BackwardVerifier(ReplayDecisions):
                 status = "frozen"
             if status in ("mismatch", "untracked", "nonfinite", "stale-graph"):
                 ev.errors += 1
-            text = message(status, ev, a, r, cut, tr, verdicts.masks.get(status),
-                           cuts=cuts_between(tr, plan, var) if status in ("untracked", "frozen") else None, absent=got is None)
+            text = message(status, ev, a, r, cut, tr, verdicts.masks.get(status), absent=got is None,
+                           cuts=cuts_between(tr, plan, var) if status in ("untracked", "frozen") else None)
             if status == "mismatch" and tr.call_of and self._foreign(tr, plan, var):
                 # the backward that computed it is the script's own: say which (the .backward() line is only where
                 # the sweep started)

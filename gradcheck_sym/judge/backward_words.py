@@ -76,15 +76,13 @@ def message(status: str, ev: Any, a: Any, r: Any, cut: Any, tr: Any, mask: Any =
         head = f"{ev.kind} at line {ev.line}: autograd gave {{tensor}} no gradient ({got})"
     else:
         head = f"{ev.kind} at line {ev.line}: the gradient {what} of {{tensor}} is {_fmt(a)}"
-    if status == "untracked":
-        cuts = sorted({(c.kind, tr.sites[c.site].line) for c in (tr.cuts if cuts is None else cuts)})
-        where = ", ".join(f"{'no_grad' if k == 'no_grad' else k} at line {ln}" for k, ln in cuts) or "a cut"
+    if status in ("untracked", "frozen"):
+        places = sorted({(c.kind, tr.sites[c.site].line) for c in (tr.cuts if cuts is None else cuts)})
+        where = ", ".join(f"{k} at line {ln}" for k, ln in places) or "a cut"
+        if status == "frozen":
+            return (f"{head}, the exact gradient is {_fmt(r)}: {where} hides it, and no optimizer of the script's "
+                    "updates it: a frozen network (a teacher, a target network)")
         return f"{head}, the exact gradient is {_fmt(r)}; the difference is what {where} hides from autograd"
-    if status == "frozen":
-        cuts = sorted({(c.kind, tr.sites[c.site].line) for c in (tr.cuts if cuts is None else cuts)})
-        where = ", ".join(f"{k} at line {ln}" for k, ln in cuts) or "a cut"
-        return (f"{head}, the exact gradient is {_fmt(r)}: {where} hides it, and no optimizer of the script's "
-                "updates it: a frozen network (a teacher, a target network)")
     if status == "intended":
         return f"{head}, the exact gradient is {_fmt(r)}: the deviation declared intended accounts for it"
     if status == "hook":

@@ -58,7 +58,7 @@ _CAUSES = {"untracked": "; the difference is what", "frozen": " hides it, and no
 def _cause(f: Any) -> str:
     """A finding's message past its numbers: the cuts, and how often."""
     head, _, tail = f.message.partition(_CAUSES[f.kind])
-    return tail.replace(f.tensor, "") + head.rsplit(": ", 1)[-1] if f.kind == "frozen" else tail
+    return head.rsplit(": ", 1)[-1] + tail if f.kind == "frozen" else tail  # (a frozen one's cuts precede it)
 
 
 def _num(x: float) -> str:
