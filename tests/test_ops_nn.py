@@ -115,6 +115,12 @@ CASES = [
      (t(1, 1, 4, 4), t(1, 1, 2, 2, low=-1.3, high=1.3))),
     ("grid_sample nearest 3d", lambda x, g: F.grid_sample(
         x, g, mode="nearest", padding_mode="zeros", align_corners=True), (t(1, 1, 2, 3, 2), t(1, 2, 1, 2, 3))),
+    ("affine_grid", quiet(lambda th: F.affine_grid(th, (2, 3, 3, 4))), (t(2, 2, 3),)),
+    ("affine_grid 3d align_corners", lambda th: F.affine_grid(th, (1, 1, 2, 3, 2), align_corners=True),
+     (t(1, 3, 4),)),
+    ("affine_grid into grid_sample", lambda x, th: F.grid_sample(
+        x, F.affine_grid(th, (1, 2, 3, 3), align_corners=False), align_corners=False),
+     (t(1, 2, 4, 5), t(1, 2, 3, seed=1, low=-0.8, high=0.8))),
     ("sdpa causal", lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True),
      (t(2, 3, 4), t(2, 3, 4), t(2, 3, 4))),
     ("sdpa bool mask", lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=KEEP),
@@ -156,7 +162,7 @@ ORACLE = {"conv1d", "conv2d groups dilation", "conv_transpose2d groups dilation"
           "normalize", "_weight_norm", "cosine_similarity", "pairwise_distance", "pdist", "interpolate bicubic",
           "interpolate antialias", "grid_sample bilinear reflection", "grid_sample bicubic border", "sdpa bool mask",
           "_softmax_backward_data", "max_pool2d_with_indices_backward", "native_group_norm", "lstm_cell", "gru_cell",
-          "rnn_tanh h_n"}
+          "rnn_tanh h_n", "affine_grid", "affine_grid 3d align_corners"}
 
 
 def _clean(report):

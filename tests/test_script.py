@@ -73,7 +73,8 @@ def test_explanations_are_pinned():
         "Use .detach() for a constant, or keep the operation in the graph (e.g. z = z * 2).")
     assert set(EXPLANATIONS) == {"mismatch", "untracked", "stale-graph", "hook", "nonleaf-grad", "nondifferentiable",
                                  "nonfinite", "not-verified", "no-autograd", "self-check", "replayed", "intended",
-                                 "backward-raised", "not-verified-stopped", "frozen", "intended-unused"}
+                                 "backward-raised", "not-verified-stopped", "not-verified-memory", "frozen",
+                                 "intended-unused"}
     assert SEVERITY["replayed"] == SEVERITY["intended"] == "info"
     assert EXPLANATIONS["frozen"] == (
         "a parameter that no optimizer of the script's updates was used under no_grad or through a detach, so autograd "
@@ -81,9 +82,15 @@ def test_explanations_are_pinned():
         "Nothing to fix if it is meant to stay as it is (teacher.requires_grad_(False) says so); if it should learn, "
         "keep it out of no_grad and give it to an optimizer.")
     assert EXPLANATIONS["not-verified-stopped"] == (
-        "gradcheck-sym stopped verifying there (the time budget given with --timeout ran out, or its float64 copies "
-        "would not fit in memory): the script ran those backwards, they were not compared.",
-        "Give a larger --timeout, or run fewer iterations or a smaller batch; a model can also be checked on its own "
+        "gradcheck-sym stopped verifying there: the time budget given with --timeout ran out; the script ran those "
+        "backwards, they were not compared.",
+        "Give a larger --timeout, or run fewer iterations; a model can also be checked on its own with "
+        "gradcheck_sym.check_function.")
+    assert EXPLANATIONS["not-verified-memory"] == (
+        "gradcheck-sym stopped recording there: its float64 copies of the script's tensors and their reverse sweep "
+        "would not fit in the memory available, so it let go of them rather than risk the script; the script ran "
+        "those backwards, they were not compared.",
+        "Run the script with a smaller batch (the same code is checked the same way), or check the model on its own "
         "with gradcheck_sym.check_function.")
     assert EXPLANATIONS["intended-unused"] == (
         "a declared deviation (--intended, intended=) matched nothing the script did, so it changed nothing.",
@@ -1374,7 +1381,7 @@ def _little_memory(monkeypatch):
 
 
 def test_a_recording_that_would_not_fit_in_memory_stops_and_the_script_runs_on(tmp_path, monkeypatch, capfd):
-    # A published conv + batch-norm tutorial at its batch of 4,096 needs ~100 GB of float64 copies and sweeps: the
+    # A published conv + batch-norm tutorial at its batch of 2,048 needs ~30 GB of float64 copies and sweeps: the
     # script must not be killed for our sake.  The recording stops (and lets go of what it held); the backwards
     # after it are not verified, with the reason; the script's output and exit code are its own.
     from gradcheck_sym.front import script_memory, script_tracer
@@ -1399,6 +1406,13 @@ def test_a_recording_that_would_not_fit_in_memory_stops_and_the_script_runs_on(t
                         r"\(check a smaller batch\)", reason), reason
     w = _row(report, "w")  # reached by backwards that were not verified: not "not reached"
     assert w.status == "not verified" and w.grad["shape"] == [64, 64] and w.exact is None
+    # said once, as a memory stop (not as a time budget's, nor again in a warning of its own)
+    (f,) = [f for f in report.findings if f.kind == "not-verified"]
+    assert f.severity == "error" and f.message == f"none of the 3 backward calls could be verified: {reason}"
+    assert (f.explanation, f.fix) == EXPLANATIONS["not-verified-memory"]
+    text = render_run_text(report, width=80).splitlines()
+    start = next(i for i, line in enumerate(text) if line.startswith("    not verified: gradcheck-sym stopped"))
+    assert len(text[start]) <= 80 and text[start + 1].startswith("    ") and text[start + 1][4] != " ", text
     # room for the first backward only: it is verified, the later ones not, and the row does not show the first
     # one's .grad as "ok" (found by review)
     done = []

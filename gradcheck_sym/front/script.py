@@ -225,11 +225,14 @@ def build_report(script: str, tracer: ScriptTracer, namespace: dict[str, Any], e
     raised = sum(1 for b in tracer.backwards if b.raised)
     if calls > raised and not verified:  # (a backward that raised the script's error had nothing to verify)
         stopped = bool(tracer.stopped) and all(tracer.stopped in b.reasons for b in tracer.backwards if not b.raised)
+        if stopped:  # (the stop's own warning would say it twice)
+            findings = [f for f in findings if not (f.kind == "not-verified" and (
+                f.message == tracer.stopped or f.message.endswith(f"was not verified: {tracer.stopped}")))]
         findings.append(RunFinding("not-verified", "error", tracer.backwards[0].line,
                                    ("the backward call could not be verified" if calls == 1 else
                                     f"none of the {calls} backward calls could be verified")
                                    + (f": {tracer.stopped}" if stopped else ""),
-                                   *EXPLANATIONS["not-verified-stopped" if stopped else "not-verified"]))
+                                   *EXPLANATIONS[tracer.stop_kind if stopped else "not-verified"]))
     if not calls and error is None:
         findings.append(RunFinding("no-autograd", "info", 0, "the script did no backward", *EXPLANATIONS["no-autograd"]))
     findings.extend(_unused_declarations(tracer))
@@ -394,11 +397,11 @@ def _findings(tracer: ScriptTracer, names: dict[int, str], error: str | None) ->
             stopped = bool(tracer.stopped) and tracer.stopped in b.reasons
             out.append(RunFinding(kind, "warning", b.line, f"{b.kind} at line {b.line} was not verified: "
                                   + "; ".join(_named(r, by_serial) for r in b.reasons[:3]),
-                                  *EXPLANATIONS["not-verified-stopped" if stopped else kind],
+                                  *EXPLANATIONS[tracer.stop_kind if stopped else kind],
                                   count=sum(1 for c in tracer.backwards if c.line == b.line and not c.verified),
                                   last_line=b.line))
     if tracer.stopped:
-        out.append(RunFinding("not-verified", "warning", 0, tracer.stopped, *EXPLANATIONS["not-verified-stopped"]))
+        out.append(RunFinding("not-verified", "warning", 0, tracer.stopped, *EXPLANATIONS[tracer.stop_kind]))
     for gap in dict.fromkeys(tracer.unseen_gaps):  # (each said once, with how many times)
         count = tracer.unseen_gaps.count(gap)
         out.append(RunFinding("not-verified", "warning", 0, gap + (f" ({count} times)" if count > 1 else ""),

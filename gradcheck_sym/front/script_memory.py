@@ -42,6 +42,7 @@ class ScriptMemory:
     sites: list
     cuts: list
     stopped: str
+    stop_kind: str
     all_infos: Any
     custom_calls: Any
     _item_seen: dict
@@ -91,6 +92,7 @@ class ScriptMemory:
                         f"({grown / 2**30:.1f} GB) and their reverse sweep would need about {need / 2**30:.1f} GB, "
                         f"and {available / 2**30:.1f} GB of memory is available; the script ran on without it, and "
                         "later backwards are not verified (check a smaller batch)")
+        self.stop_kind = "not-verified-memory"
         for r in [*self.recs.values(), *self.roots.values()]:  # what was recorded is let go (handles hold values)
             r.handle, r.root_handle = None, None
         self.rec.eqns.clear()

@@ -57,6 +57,7 @@ class ScriptTracer(BackwardCalls, OptimizerSteps, ScriptMemory, Tracer):
         self.events: list[tuple[str, int, str, str]] = []  # (kind, line, message, tensor key)
         self.deadline = deadline
         self.stopped = ""  # why recording stopped (a time budget), if it did
+        self.stop_kind = ""  # its explanation's key: the time budget, memory, or our own failure (report.run)
         self.verifier: Any = None  # set by the runner: verifies one backward (judge.backward)
         self.edges: set[tuple[int, int, str]] = set()  # named tensor -> named tensor computed from it
         self.hooks_changed: tuple[int, set[int]] = (-1, set())  # see BackwardCalls.module_hooks
@@ -181,6 +182,7 @@ class ScriptTracer(BackwardCalls, OptimizerSteps, ScriptMemory, Tracer):
     def _gave_up(self, why: str) -> None:
         if not self.stopped:
             self.stopped = f"{why}; later backwards are not verified"
+            self.stop_kind = "not-verified"
 
     def _stale(self, note: Note, old: Any, root: torch.Tensor) -> None:
         # `w.data -= lr * w.grad` after the backward (SGD by hand, in many tutorials) makes no stale graph: the
@@ -229,6 +231,7 @@ class ScriptTracer(BackwardCalls, OptimizerSteps, ScriptMemory, Tracer):
         kwargs = kwargs or {}
         if self.deadline is not None and not self.stopped and time.monotonic() > self.deadline:
             self.stopped = "the time budget (--timeout) ran out: later backwards are not verified"
+            self.stop_kind = "not-verified-stopped"
         name = _name(func)
         if name in _QUIET:
             return func(*args, **kwargs)

@@ -52,11 +52,15 @@ EXPLANATIONS: dict[str, tuple[str, str]] = {
                         "Check the declaration's file and line — the line of the operation a cut makes constant, "
                         "inside the no_grad block — or the custom Function's name."),
     # (the same kind, where the recording was stopped on purpose: a time budget, or memory)
-    "not-verified-stopped": ("gradcheck-sym stopped verifying there (the time budget given with --timeout ran out, "
-                             "or its float64 copies would not fit in memory): the script ran those backwards, they "
-                             "were not compared.",
-                             "Give a larger --timeout, or run fewer iterations or a smaller batch; a model can also "
-                             "be checked on its own with gradcheck_sym.check_function."),
+    "not-verified-stopped": ("gradcheck-sym stopped verifying there: the time budget given with --timeout ran out; "
+                             "the script ran those backwards, they were not compared.",
+                             "Give a larger --timeout, or run fewer iterations; a model can also be checked on its "
+                             "own with gradcheck_sym.check_function."),
+    "not-verified-memory": ("gradcheck-sym stopped recording there: its float64 copies of the script's tensors and "
+                            "their reverse sweep would not fit in the memory available, so it let go of them rather "
+                            "than risk the script; the script ran those backwards, they were not compared.",
+                            "Run the script with a smaller batch (the same code is checked the same way), or check "
+                            "the model on its own with gradcheck_sym.check_function."),
     "backward-raised": ("the script's own backward raised an error (torch's, or one of the script's hooks or custom "
                         "Functions), so it made no gradient and there was nothing to compare.",
                         "Fix what the error names (the traceback shows it, unless the script caught it); for 'modified "

@@ -199,10 +199,11 @@ def render_run_text(report: RunReport, *, width: int = 100, color: bool = False,
             if b.errors:
                 text += f", {b.errors} wrong"
             console.print(Text(text))
-            for reason in b.reasons[:2]:
-                console.print(Text(f"    not verified: {reason}"))
+            for reason in b.reasons[:2]:  # (wrapped under its own indent, as the findings are)
+                console.print(Padding(Text(f"not verified: {reason}"), (0, 0, 0, 4)))
             for name, got, exact in b.returned[:4]:
-                console.print(Text(f"    returned d/d {name}: {value_text(got)} (exact {value_text(exact)})"))
+                console.print(Padding(Text(f"returned d/d {name}: {value_text(got)} (exact {value_text(exact)})"),
+                                      (0, 0, 0, 4)))
     if rows:
         shown = rows if full or len(rows) <= MAX_ROWS else rows[: MAX_ROWS // 2] + rows[-MAX_ROWS // 2:]
         cols = _fit(shown, width, full)

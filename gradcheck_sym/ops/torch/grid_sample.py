@@ -15,6 +15,10 @@ Then the output is a sum over taps of ``input[tap] * weight(t)`` with ``t = u - 
 (an elementwise function of the grid): bilinear weights ``1 - t, t`` per axis, bicubic
 the cubic convolution polynomials (`interpolate.CUBIC_TAP`), nearest a plain ``take``
 (no gradient to the grid, as torch documents).  Taps outside the input read 0.
+
+affine_grid (the spatial transformer's grid) is linear in theta: each point's homogeneous base coordinates
+``(x, y[, z], 1)`` times theta's rows, a matmul with a constant base grid (torch's own, made in float64 from an
+identity theta: the same coordinates, which depend only on the size and align_corners).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from ..ew import ADD, MUL, P as X, ew_fn
 from .interpolate import CUBIC_TAP
 from .registry import Args, Ctx, Refused, rule
 
-__all__ = ["grid_sample", "locate", "LINEAR_TAP"]
+__all__ = ["grid_sample", "locate", "LINEAR_TAP", "affine_grid"]
 
 F64 = torch.float64
 _MODES = {"bilinear": 0, "nearest": 1, "bicubic": 2}
@@ -163,3 +167,27 @@ def _grid_sampler(c: Ctx, a: Args) -> Any:
     return grid_sample(c, a.input, a.grid, mode, padding, bool(a.align_corners))
 
 
+
+
+def affine_grid(c: Ctx, theta: torch.Tensor, size: Any, align: bool) -> Any:
+    """The grid ``base @ theta^T``: (N, H, W, 2) for a 2-D theta (N, 2, 3), (N, D, H, W, 3) for (N, 3, 4)."""
+    size = tuple(int(s) for s in size)
+    nd = len(size) - 2
+    if theta.dim() != 3 or tuple(theta.shape[1:]) != (nd, nd + 1) or nd not in (2, 3):
+        raise Refused(f"{c.name}: theta of shape {tuple(theta.shape)} with size {size} is not modelled")
+    eye = torch.eye(nd, nd + 1, dtype=F64).unsqueeze(0)
+    base = torch.affine_grid_generator(eye, (1,) + size[1:], align)  # (1, *spatial, nd): x, y[, z]
+    points = base.reshape(1, -1, nd)
+    homogeneous = torch.cat([points, torch.ones(points.shape[:-1] + (1,), dtype=F64)], -1)  # (1, P, nd + 1)
+    out = P.matmul(c.const(homogeneous), P.permute(c.v(theta), (0, 2, 1)))  # (N, P, nd)
+    return P.reshape(out, (size[0],) + size[2:] + (nd,))
+
+
+@rule("affine_grid", sig=lambda theta, size, align_corners=None: 0)
+def _affine_grid(c: Ctx, a: Args) -> Any:
+    return affine_grid(c, a.theta, a.size, bool(a.align_corners))
+
+
+@rule("affine_grid_generator", sig=lambda theta, size, align_corners: 0)
+def _affine_grid_generator(c: Ctx, a: Args) -> Any:
+    return affine_grid(c, a.theta, a.size, bool(a.align_corners))
