@@ -111,6 +111,8 @@ class OptimizerSteps:
     # id -> weak reference of every parameter an optimizer of the script's was given (while `optimizer_hooks`; kept
     # when the optimizer is gone, and without keeping the parameter alive)
     optimized_params: dict[int, Any] | None = None
+    pending_cuts: dict  # (script_discard.DiscardedCuts)
+    grad_used: Any
 
     def optimized(self, t: torch.Tensor) -> bool | None:
         """Whether an optimizer of the script's updates `t`; None where the script made none (nothing to tell)."""
@@ -146,6 +148,10 @@ class OptimizerSteps:
         """
         def pre(opt: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
             self._optimizes(opt)  # (a param group added since it was made)
+            if self.pending_cuts:  # a step over a leaf whose cut left it short: the cut's finding stands
+                for group in opt.param_groups:
+                    for p in group["params"]:
+                        self.grad_used(p)
             self._step_seen(raised=True)  # (only if the last step left the mode off and never ended)
             self.step_ended()  # one that raised before its end: what it changed is still a new value
             if len(args) > 1 or kwargs.get("closure") is not None or self.stopped:

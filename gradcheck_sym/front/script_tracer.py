@@ -33,6 +33,7 @@ from ..ops.core import leaves
 from ..reference.interpret import Traced
 from .custom_calls import CustomCalls
 from .script_backward import BackwardCalls
+from .script_discard import DiscardedCuts
 from .script_infos import Backward, InfoLog, TensorInfo
 from .script_memory import ScriptMemory
 from .script_optim import _NOT_FAST, OptimizerSteps, _has_tensor, _in_optimizer, _torch_optim_via_torch
@@ -46,7 +47,7 @@ F64 = torch.float64
 _ASSIGNS = re.compile(r"^\s*[A-Za-z_][A-Za-z0-9_]*\s*(?:\[[^\]]*\]\s*)?(?:[+\-*/@]|//|\*\*)?=(?!=)")
 
 
-class ScriptTracer(BackwardCalls, OptimizerSteps, ScriptMemory, Tracer):
+class ScriptTracer(BackwardCalls, OptimizerSteps, ScriptMemory, DiscardedCuts, Tracer):
     """Records a script and verifies its backwards (see the module docstring)."""
 
     def __init__(self, deadline: float | None = None) -> None:
@@ -61,6 +62,7 @@ class ScriptTracer(BackwardCalls, OptimizerSteps, ScriptMemory, Tracer):
         self.verifier: Any = None  # set by the runner: verifies one backward (judge.backward)
         self.edges: set[tuple[int, int, str]] = set()  # named tensor -> named tensor computed from it
         self.hooks_changed: tuple[int, set[int]] = (-1, set())  # see BackwardCalls.module_hooks
+        self.pending_cuts: dict = {}  # leaf id -> its untracked check, waiting on its next use (script_discard)
         self.hook_owner: dict[int, int] = {}
         self._prunes = 0
         self._item_seen: dict[float, tuple[Any, int]] = {}  # a float that left by .item() -> (its handle, the
@@ -235,6 +237,8 @@ class ScriptTracer(BackwardCalls, OptimizerSteps, ScriptMemory, Tracer):
         name = _name(func)
         if name in _QUIET:
             return func(*args, **kwargs)
+        if self.pending_cuts and name in ("zero_", "_foreach_zero_"):  # (a waiting leaf's .grad zeroed: a reset)
+            self.grads_zeroed(args, _where())
         if self._steps and threading.get_ident() in self._steps:  # see optimizer_hooks
             caller = dispatching_frame(sys._getframe())
             if not torch.is_grad_enabled() and _in_optimizer(caller, depth=1):
@@ -249,6 +253,13 @@ class ScriptTracer(BackwardCalls, OptimizerSteps, ScriptMemory, Tracer):
             return super().__torch_function__(func, types, args, kwargs)  # left alone there
         if name in _PROPERTIES:
             prop = getattr(getattr(func, "__self__", None), "__name__", "")
+            if prop == "grad" and self.pending_cuts and args and id(args[0]) in self.pending_cuts:
+                # p.grad = None, or zero_grad's look at it (it resets what is there: nothing, where the cut left
+                # it None): what the backward left is thrown away; any other read is a use
+                if name == "__set__" or dispatching_frame(sys._getframe()).f_code.co_name == "zero_grad":
+                    self.grad_reset(args[0], _where())
+                else:
+                    self.grad_used(args[0])
             if prop not in _WATCHED or (prop == "grad" and (name == "__set__" or (
                     args and isinstance(args[0], torch.Tensor) and is_leaf(args[0])))):
                 # p.grad = None (zero_grad: every parameter, every step), x.shape, x.requires_grad: nothing to trace
@@ -303,6 +314,12 @@ class ScriptTracer(BackwardCalls, OptimizerSteps, ScriptMemory, Tracer):
                 info = self._info(out)
                 info.made, info.internal = True, in_custom_forward()
         return out
+
+def _where() -> str:
+    """The script's line that is running, for a message: "line 12 `optG.zero_grad()`"."""
+    _, line, source = _user_frame()
+    return f"line {line} `{source}`"
+
 
 _PROPERTIES = ("__get__", "__set__")
 # The properties whose access means something here: a tensor made (x.T), a .data read or write, a read of

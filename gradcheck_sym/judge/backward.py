@@ -214,6 +214,8 @@ class BackwardVerifier(ReplayDecisions):
         exact, var = exact_gradient(tr, plan, t)
         exact_t = exact.value if isinstance(exact, Traced) else exact
         got = None if after is None else dense(after.detach().to(F64))
+        if id(t) in getattr(tr, "pending_cuts", ()) and not _same(before, got):
+            tr.grad_used(t)  # a backward added to a .grad a cut left short: that cut's finding stands
         base = before if before is not None else None
         incr = got if base is None or got is None else got - base
         # .grad entries already NaN or infinite before this backward and the same after it: what autograd added
@@ -315,6 +317,8 @@ class BackwardVerifier(ReplayDecisions):
         # The exact .grad now (what autograd should hold), when the exact value before is known.
         info.exact_total = None if known_before is False else (r if known_before is None else known_before + r)
         self._status(info, ev, got, info.exact_total, status, t)
+        if status == "untracked" and is_leaf(t) and hasattr(tr, "cut_pending"):
+            tr.cut_pending(t, info, ev)  # whether it matters is what the script does with .grad next
         if plan.create and got is not None and var is not None and isinstance(exact, Traced):
             self._bind_grad(tr, t, before, exact)
         return (info, var, a, r, cut, t) if status == "ok" else None
@@ -420,3 +424,10 @@ class BackwardVerifier(ReplayDecisions):
             with interpreting(tr.rec):
                 handle = P.add(prev.handle, ct)
         tr._bind(g, handle)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether two .grad values (float64 copies, or None) are the same: a backward that left it as it was."""
+    if a is None or b is None:
+        return a is None and b is None
+    return a.shape == b.shape and bool(torch.equal(a, b))

@@ -47,6 +47,12 @@ EXPLANATIONS: dict[str, tuple[str, str]] = {
                "so autograd gave it no gradient: a frozen network (a distillation's teacher, a target network).",
                "Nothing to fix if it is meant to stay as it is (teacher.requires_grad_(False) says so); if it should "
                "learn, keep it out of no_grad and give it to an optimizer."),
+    "discarded": ("a cut (a .detach(), no_grad) kept part of a parameter's gradient from autograd in this backward, "
+                  "but the script then reset the parameter's .grad (zero_grad) before any optimizer step, read or "
+                  "later backward used it: the cut changed nothing the script used (a GAN's fake.detach() in the "
+                  "discriminator's step).",
+                  "Nothing to fix. (Had a step used that .grad — the same detach in the generator's step — it would "
+                  "be an untracked error.)"),
     "intended-unused": ("a declared deviation (--intended, intended=) matched nothing the script did, so it "
                         "changed nothing.",
                         "Check the declaration's file and line — the line of the operation a cut makes constant, "
@@ -81,7 +87,8 @@ EXPLANATIONS: dict[str, tuple[str, str]] = {
 SEVERITY = {"mismatch": "error", "untracked": "error", "stale-graph": "error", "hook": "warning",
             "nonleaf-grad": "warning", "nondifferentiable": "info", "nonfinite": "error", "not-verified": "warning",
             "no-autograd": "info", "self-check": "info", "backward-raised": "info",
-            "replayed": "info", "intended": "info", "frozen": "info", "intended-unused": "warning"}
+            "replayed": "info", "intended": "info", "frozen": "info", "intended-unused": "warning",
+            "discarded": "info"}
 
 
 def summary_value(t: Any) -> Any:

@@ -51,7 +51,8 @@ def _grouped(findings: Any) -> list[list[Any]]:
 
 
 # where a finding's message, past its tensor's name and numbers, says its cause (the cuts, and how often)
-_CAUSES = {"untracked": "; the difference is what", "frozen": " hides it, and no optimizer",
+_CAUSES = {"untracked": "; the difference is what", "discarded": "; the difference is what",
+           "frozen": " hides it, and no optimizer",
            "intended": ": the deviation declared intended"}
 
 
