@@ -2298,3 +2298,29 @@ def test_a_cut_whose_short_gradient_is_used_stays_untracked(tmp_path, capfd, aft
     assert "untracked" in kinds and not report.ok, kinds
     if gen == "fake":  # (the discriminator's step: its use comes before the reset)
         assert "discarded" not in kinds, kinds
+
+
+def test_a_leaf_changed_by_set_which_torch_never_shows_is_a_new_value(tmp_path, capfd):
+    # `W.set_(...)` dispatches no torch function: a parameter read before it kept its old value in the recording, and
+    # the next op on it was an internal error (torch's orthogonal() parametrization does this at registration; found
+    # by a new user's trial).  The changed version is now a new value of the leaf.
+    text = ("import torch\n"
+            "torch.manual_seed(0)\n"
+            "W = torch.nn.Parameter(torch.randn(3, 3))\n"
+            "with torch.no_grad():\n"
+            "    c = W * 2.0\n"
+            "    W.set_(-torch.eye(3))\n"
+            "loss = (W.tril() * torch.arange(9.).view(3, 3)).sum()\n"
+            "loss.backward()\n"
+            "lin = torch.nn.utils.parametrizations.orthogonal(torch.nn.Linear(3, 3))\n"
+            "opt = torch.optim.Adam(lin.parameters(), lr=0.1)\n"
+            "for _ in range(3):\n"
+            "    opt.zero_grad()\n"
+            "    lin(torch.randn(5, 3)).pow(2).sum().backward()\n"
+            "    opt.step()\n"
+            "print(W.grad.tolist())\n")
+    report = gs.run_script(_script(tmp_path, text))
+    assert capfd.readouterr().out == "[[0.0, 0.0, 0.0], [3.0, 4.0, 0.0], [6.0, 7.0, 8.0]]\n"
+    assert report.ok and report.summary["verified"] == 4 and report.summary["not_verified"] == 0, str(report)
+    w = _row(report, "W")
+    assert (w.status, w.grad, w.exact) == ("ok", w.exact, w.exact) and w.value["max"] == -0.0

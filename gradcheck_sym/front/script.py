@@ -179,6 +179,21 @@ def _module_paths(namespace: dict[str, Any]) -> dict[int, str]:
     return out
 
 
+def _detached_expression(info: Any) -> str:
+    """`x.detach()` for a detached tensor made inside its line's expression (`z = f(x, y.detach())`: the row is
+    `y.detach()`, not `z`), if the line has one such expression; else ""."""
+    if info.cut != "detached: a constant for autograd":
+        return ""
+    found = _DETACH.findall(info.source)
+    if len(found) != 1:
+        return ""
+    text = f"{found[0]}.detach()"
+    return "" if info.source.split("=", 1)[-1].strip() == text else text
+
+
+_DETACH = re.compile(r"([A-Za-z_][\w.]*(?:\[[^\]]*\])?)\.detach\(\)")
+
+
 def _names(tracer: ScriptTracer, namespace: dict[str, Any]) -> dict[int, str]:
     """info serial -> display name."""
     params = _module_paths(namespace)
@@ -205,7 +220,10 @@ def _names(tracer: ScriptTracer, namespace: dict[str, Any]) -> dict[int, str]:
             names[info.serial] = bound[id(t)]
         else:
             target = assigned_name(info.source)
-            if target:
+            detached = _detached_expression(info)
+            if detached:
+                names[info.serial] = f"{detached} (line {info.line})"
+            elif target:
                 names[info.serial] = f"{target} (line {info.line})"
             elif info.leaf:
                 names[info.serial] = f"leaf #{info.serial} (first used at line {info.line})"

@@ -82,6 +82,13 @@ class ScriptTracer(BackwardCalls, OptimizerSteps, ScriptMemory, DiscardedCuts, T
             return self._new_leaf(t)
         return super()._unknown(t)
 
+    def _changed_unseen(self, t: torch.Tensor) -> bool:
+        # a leaf autograd follows, changed where torch showed us nothing (orthogonal()'s registration does
+        # `W.set_(...)` under no_grad): a new value of it, as an optimizer's step makes one
+        if not (is_leaf(t) and t.requires_grad and t.is_floating_point()):
+            return False
+        return self._new_leaf(t) is not None
+
     def _new_leaf(self, t: torch.Tensor) -> Traced | None:
         if self.stopped:
             return None  # nothing is recorded any more (an optimizer's step would keep adding float64 copies)
@@ -253,6 +260,13 @@ class ScriptTracer(BackwardCalls, OptimizerSteps, ScriptMemory, DiscardedCuts, T
             return super().__torch_function__(func, types, args, kwargs)  # left alone there
         if name in _PROPERTIES:
             prop = getattr(getattr(func, "__self__", None), "__name__", "")
+            if prop == "requires_grad" and name == "__set__" and args and isinstance(args[0], torch.Tensor):
+                out = func(*args, **kwargs)  # `data.requires_grad = True` (FGSM's input): a leaf made on this line
+                t = args[0]
+                if t.requires_grad and is_leaf(t) and t.is_floating_point() and id(t) not in self.infos:
+                    with self.lock:
+                        self._info(t).made = True
+                return out
             if prop == "grad" and self.pending_cuts and args and id(args[0]) in self.pending_cuts:
                 # p.grad = None, or zero_grad's look at it (it resets what is there: nothing, where the cut left
                 # it None): what the backward left is thrown away; any other read is a use

@@ -94,9 +94,16 @@ class Handles(Storage):
                 return False
         return isinstance(self.v(x), Traced)
 
+    def _changed_unseen(self, t: torch.Tensor) -> bool:
+        """`t` changed by an op torch never showed us (``set_``: torch dispatches no function for it): bind its
+        new value if that can be done (True), else keep the old handle (the value checks then say it differs)."""
+        return False
+
     def _handle(self, t: torch.Tensor) -> Any:
         r = self.recs.get(id(t))
         if r is not None and r.tensor is t:
+            if r.version != t._version and r.root is None and self._changed_unseen(t):
+                r = self.recs[id(t)]  # (its new value, bound by `_changed_unseen`)
             if r.root is not None and r.root.handle is not r.root_handle:
                 self._rederive(r)
             r.used = True

@@ -246,5 +246,14 @@ _ASSIGN = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*(?:\[[^\]]*\]\s*)?(?:[+\-
 
 
 def assigned_name(source: str) -> str | None:
+    """The name a line's statement binds (``x = ...``, ``x += ...``), or the tensor whose requires_grad it sets
+    (``data.requires_grad = True``, ``data.requires_grad_()``: the leaf made there is ``data``)."""
     m = _ASSIGN.match(source)
+    if m:
+        name = m.group(1)
+        return name[: -len(".requires_grad")] if name.endswith(".requires_grad") else name
+    m = _REQUIRES.match(source)
     return m.group(1) if m else None
+
+
+_REQUIRES = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\.requires_grad_\(")
