@@ -2324,3 +2324,29 @@ def test_a_leaf_changed_by_set_which_torch_never_shows_is_a_new_value(tmp_path, 
     assert report.ok and report.summary["verified"] == 4 and report.summary["not_verified"] == 0, str(report)
     w = _row(report, "W")
     assert (w.status, w.grad, w.exact) == ("ok", w.exact, w.exact) and w.value["max"] == -0.0
+
+
+def test_rows_are_named_after_the_tensor_the_line_made(tmp_path, capfd):
+    # `z = f(x, y.detach())`: the detached argument's row was named `z (line 6)` (a scalar it is not); FGSM's
+    # `data.requires_grad = True` in a loop made one "leaf #N (first used at line 5)" row per iteration (found by a new
+    # user's trial)
+    text = ("import torch\n"
+            "x = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)\n"
+            "y = x * 2\n"
+            "def f(a, b):\n"
+            "    return (a * b).sum()\n"
+            "z = f(x, y.detach())\n"
+            "z.backward()\n"
+            "xs = torch.randn(4, 1, 3)\n"
+            "for i in range(4):\n"
+            "    data = xs[i].clone()\n"
+            "    data.requires_grad = True\n"
+            "    (data * x.detach()).sum().backward()\n"
+            "print('done')\n")
+    report = gs.run_script(_script(tmp_path, text))
+    capfd.readouterr()
+    names = [r.name for r in report.tensors]
+    assert "y.detach() (line 6)" in names and not any(n.startswith("z (line") for n in names), names
+    assert _row(report, "y.detach() (line 6)").value == [2.0, 4.0, 6.0]
+    data = _row(report, "data ×4")
+    assert data.status == "ok" and data.grad == [[1.0, 2.0, 3.0]] and not any("leaf #" in n for n in names), names
