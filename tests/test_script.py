@@ -16,6 +16,7 @@ import torch.nn.functional as F
 import gradcheck_sym as gs
 from gradcheck_sym.cli import main
 from gradcheck_sym.report.run import EXPLANATIONS, SEVERITY
+from gradcheck_sym.report.run_picture import run_picture
 from gradcheck_sym.report.run_render import render_run_text
 
 ROOT = Path(__file__).parent.parent
@@ -2350,3 +2351,28 @@ def test_rows_are_named_after_the_tensor_the_line_made(tmp_path, capfd):
     assert _row(report, "y.detach() (line 6)").value == [2.0, 4.0, 6.0]
     data = _row(report, "data ×4")
     assert data.status == "ok" and data.grad == [[1.0, 2.0, 3.0]] and not any("leaf #" in n for n in names), names
+
+
+def test_the_picture_joins_named_tensors_through_a_line_s_intermediates(tmp_path, capfd):
+    # one node per named tensor (a line's intermediates were nodes too: a loop line's count in the picture was its
+    # operations', 50 against the table's 10), and the gradient autograd.grad returned with create_graph is a tensor
+    # of the computation (it was missing, and `z` computed from it stood alone; found by a new user's trial)
+    text = ("import torch\n"
+            "x = torch.tensor([0.5, -1.0, 2.0], requires_grad=True)\n"
+            "y = (x ** 3).sum()\n"
+            "(gx,) = torch.autograd.grad(y, x, create_graph=True)\n"
+            "z = gx.sum()\n"
+            "z.backward()\n"
+            "for i in range(3):\n"
+            "    loss = ((x * i - 1.0) ** 2).sum()\n"
+            "    loss.backward()\n")
+    report = gs.run_script(_script(tmp_path, text))
+    capfd.readouterr()
+    names = {serial: name for serial, name, *_ in report.graph["nodes"]}
+    edges = {(names[a], names[b], cut) for a, b, cut in report.graph["edges"]}
+    assert sorted(names.values()) == ["gx", "loss", "loss (line 8)", "loss (line 8)", "x", "y", "z"], names
+    assert edges == {("x", "y", ""), ("x", "gx", ""), ("gx", "z", ""), ("x", "loss (line 8)", ""),
+                     ("x", "loss", "")}, edges
+    assert _row(report, "gx").value == [0.75, 3.0, 12.0] and _row(report, "x").status == "ok"
+    dot = str(run_picture(report))
+    assert 'label="loss (line 8) ×2"' not in dot and "t0 -> " in dot  # (few nodes: one per tensor, not collapsed)

@@ -269,13 +269,19 @@ _NOT_COMPARED = ("grad is None: not a leaf", "made under no_grad: no grad_fn", "
                  "no grad (does not require grad)")
 
 
+def _shown(info: Any) -> bool:
+    """Whether the table (and the picture) shows this tensor: not a line's intermediate, and checked, or a leaf or a
+    retained one of the script's own."""
+    return not (info.hidden or (not info.checks and (info.internal or not (info.leaf or info.retains))))
+
+
 def _rows(tracer: ScriptTracer, names: dict[int, str]) -> list[TensorRow]:
     returned = {b.index for b in tracer.backwards if b.kind == "autograd.grad"}
     groups: dict[tuple[str, int, str], list[Any]] = {}
     # the tensors a loop's line made: one row, named as the last one is bound (`pred`, not `pred (line 24)`)
     plain = {(names[i.serial], i.line) for i in tracer.all_infos if "(" not in names[i.serial]}
     for info in tracer.all_infos:
-        if info.hidden or (not info.checks and (info.internal or not (info.leaf or info.retains))):
+        if not _shown(info):
             continue
         name = names[info.serial]
         if name.startswith("leaf #") and not info.checks:
@@ -443,6 +449,22 @@ def _dedupe(findings: list[RunFinding]) -> list[RunFinding]:
 
 def _graph(tracer: ScriptTracer, names: dict[int, str]) -> dict[str, Any]:
     """Nodes (one per tensor the table shows) and the edges between them, for `report.run_picture`."""
+    shown = {i.serial for i in tracer.all_infos if not (i.hidden or i.internal)}  # (named by the script's lines)
     nodes = [(i.serial, names[i.serial], i.leaf, i.line, i.checks[-1][3] if i.checks else (i.cut or ""))
-             for i in tracer.all_infos]
-    return {"nodes": nodes, "edges": sorted(tracer.edges)}
+             for i in tracer.all_infos if i.serial in shown]
+    # an edge through a line's intermediates (no row of their own) joins the named tensors at its ends, labelled
+    # with the first cut on the way (a loop line's count is then its rows', not its operations')
+    out: dict[int, list[tuple[int, str]]] = {}
+    for a, b, cut in tracer.edges:
+        out.setdefault(a, []).append((b, cut))
+    edges = set()
+    for a in shown:
+        stack, seen = list(out.get(a, ())), set()
+        while stack:
+            b, cut = stack.pop()
+            if b in shown:
+                edges.add((a, b, cut))
+            elif b not in seen:
+                seen.add(b)
+                stack.extend((c, cut or cut2) for c, cut2 in out.get(b, ()))
+    return {"nodes": nodes, "edges": sorted(edges)}

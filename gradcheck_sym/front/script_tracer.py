@@ -82,6 +82,18 @@ class ScriptTracer(BackwardCalls, OptimizerSteps, ScriptMemory, DiscardedCuts, T
             return self._new_leaf(t)
         return super()._unknown(t)
 
+    def returned_gradient(self, g: torch.Tensor, of: TensorInfo) -> None:
+        """`g`, a gradient `autograd.grad(..., create_graph=True)` returned for the tensor of row `of`, takes part in
+        autograd (a gradient penalty, a double backward): a row of its own, drawn as computed from that tensor."""
+        info = self._info(g)
+        info.grad_fn = grad_fn_name(g)
+        info.requires_grad = g.requires_grad
+        self.edges.add((of.serial, info.serial, ""))
+        self.all_infos.linked.update((of.serial, info.serial))
+        r = self.recs.get(id(g))
+        if r is not None and r.tensor is g:
+            r.anc = frozenset({info.serial})
+
     def _changed_unseen(self, t: torch.Tensor) -> bool:
         # a leaf autograd follows, changed where torch showed us nothing (orthogonal()'s registration does
         # `W.set_(...)` under no_grad): a new value of it, as an optimizer's step makes one

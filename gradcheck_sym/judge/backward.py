@@ -314,6 +314,9 @@ class BackwardVerifier(ReplayDecisions):
             ev.returned.append((f"#{info.serial}", got, r))
             if plan.create and isinstance(exact, Traced) and isinstance(after, torch.Tensor):
                 tr._bind(after, exact)  # the gradient has a graph: later ops on it are traced
+                made = getattr(tr, "returned_gradient", None)
+                if made is not None:
+                    made(after, info)  # (its row, and its place in the picture: computed from `t`)
         # The exact .grad now (what autograd should hold), when the exact value before is known.
         info.exact_total = None if known_before is False else (r if known_before is None else known_before + r)
         self._status(info, ev, got, info.exact_total, status, t)
