@@ -2376,3 +2376,30 @@ def test_the_picture_joins_named_tensors_through_a_line_s_intermediates(tmp_path
     assert _row(report, "gx").value == [0.75, 3.0, 12.0] and _row(report, "x").status == "ok"
     dot = str(run_picture(report))
     assert 'label="loss (line 8) ×2"' not in dot and "t0 -> " in dot  # (few nodes: one per tensor, not collapsed)
+
+
+def test_a_loss_made_on_a_helper_s_return_line_is_named_by_its_backward(tmp_path, capfd):
+    # `loss = nll(...)` made the loss on nll's `return` line: it had no row though its backwards were verified (found
+    # by a new user's trial of "What is torch.nn really?")
+    text = ("import torch\n"
+            "w = torch.tensor([[1.0, -2.0], [0.5, 3.0]], requires_grad=True)\n"
+            "def nll(inp, target):\n"
+            "    return -inp[range(target.shape[0]), target].mean()\n"
+            "for i in range(2):\n"
+            "    loss = nll((torch.eye(2) @ w).log_softmax(1), torch.tensor([0, 1]))\n"
+            "    loss.backward()\n"
+            "(w * 2).sum().backward()\n")
+    report = gs.run_script(_script(tmp_path, text))
+    capfd.readouterr()
+    loss = _row(report, "loss ×2")
+    assert (loss.grad_fn, loss.exact, loss.status) == ("NegBackward0", 1.0, "grad is None: not a leaf")
+    assert [r.name for r in report.tensors] == ["w", "loss ×2"]  # (an unnamed root gets no row: `(w * 2).sum()`)
+
+
+def test_the_non_leaf_grad_finding_says_its_line_once_and_the_gradient_it_would_hold():
+    report = gs.run_script(str(ROOT / "examples" / "lessons" / "04_nonleaf_grad_warning.py"))
+    (f,) = report.findings
+    assert f.message.endswith("reads .grad of a non-leaf tensor: it is None (the gradient it would hold: [1, 1] "
+                              "(shape (2,)))"), f.message
+    text = render_run_text(report, width=100)
+    assert "[warning] nonleaf-grad (line 20)\n" in text, text

@@ -226,7 +226,8 @@ def _names(tracer: ScriptTracer, namespace: dict[str, Any]) -> dict[int, str]:
             elif target:
                 names[info.serial] = f"{target} (line {info.line})"
             elif info.leaf:
-                names[info.serial] = f"leaf #{info.serial} (first used at line {info.line})"
+                # (the script's line where it was first seen: its first use, or where a module made and initialised it)
+                names[info.serial] = f"leaf #{info.serial} (first seen at line {info.line})"
             else:
                 names[info.serial] = f"line {info.line}"
     return names

@@ -19,6 +19,8 @@ from typing import Any, Iterator
 import torch
 
 from ..judge.backward_values import dense
+from ..autograd.attrs import grad_fn_name
+from ..report.run import BACKWARD_ON as _BACKWARD_ON
 from .script_infos import Backward, TensorInfo
 from .tracer_sites import _PACKAGE_DIR, _user_frame, dispatching_frame
 
@@ -87,6 +89,8 @@ class BackwardCalls:
 
     backwards: list[Backward]
     events: list[tuple[str, int, str, str]]
+    infos: dict[int, TensorInfo]
+    _info: Any  # (ScriptTracer._info)
     stopped: str
     verifier: Any
     lock: Any
@@ -205,7 +209,21 @@ class BackwardCalls:
             grads = [gt] if isinstance(gt, torch.Tensor) or gt is None else list(gt)
             grads = grads + [None] * (len(tensors) - len(grads))
             create = bool(kwargs.get("create_graph", False))
+        self._named_by_backward(tensors)
         return self._around(func, args, kwargs, "backward", tensors, grads, create, None)
+
+    def _named_by_backward(self, tensors: list[Any]) -> None:
+        """`loss.backward()` on a loss that got no row where it was made (`loss = nll(...)`: made on the helper's
+        `return` line): its row, named at this line after the name the backward is called on."""
+        new = [t for t in tensors if isinstance(t, torch.Tensor) and t.requires_grad and t.grad_fn is not None
+               and id(t) not in self.infos]
+        if not new or not _BACKWARD_ON.match(_user_frame()[2]):
+            return
+        with self.lock:
+            for t in new:
+                info = self._info(t)
+                info.grad_fn = grad_fn_name(t)
+                info.requires_grad = True
 
     def _grad(self, func: Any, args: tuple, kwargs: dict) -> Any:
         import inspect

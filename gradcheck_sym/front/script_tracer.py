@@ -29,6 +29,7 @@ import torch
 
 from ..autograd.attrs import grad_fn_name, is_leaf, leaf_window
 from ..ir.program import Site
+from ..judge.backward_words import values_text
 from ..ops.core import leaves
 from ..reference.interpret import Traced
 from .custom_calls import CustomCalls
@@ -312,8 +313,11 @@ class ScriptTracer(BackwardCalls, OptimizerSteps, ScriptMemory, DiscardedCuts, T
                 t = args[0]
                 if isinstance(t, torch.Tensor) and not is_leaf(t) and not t.retains_grad:
                     file, line, source = _user_frame()
+                    info = self.infos.get(id(t))
+                    exact = info.checks[-1][2] if info is not None and info.ref() is t and info.checks else None
+                    would = f" (the gradient it would hold: {values_text(exact)})" if isinstance(exact, torch.Tensor) else ""
                     self.events.append(("nonleaf-grad", line, f"line {line} `{source}` reads .grad of a non-leaf "
-                                        "tensor: it is None", f"line {line}"))
+                                        f"tensor: it is None{would}", f"line {line}"))
                 return self.call_as(dispatching_frame(sys._getframe()), func, args, kwargs)
             if name.startswith("_foreach_") and name.endswith("_") and args and isinstance(args[0], (list, tuple)):
                 out = self.call_as(dispatching_frame(sys._getframe()), func, args, kwargs)

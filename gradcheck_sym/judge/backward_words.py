@@ -43,7 +43,8 @@ def worst(kinds: list[str]) -> str:
     return kinds[0]
 
 
-def _fmt(t: Any) -> str:
+def values_text(t: Any) -> str:
+    """A few entries of a tensor, and its shape: "[1, 2, 3, 4, ...] (shape (3, 2))" (a number alone as one)."""
     if t is None:
         return "None"
     flat = t.reshape(-1)
@@ -54,7 +55,7 @@ def _fmt(t: Any) -> str:
 
 
 def _first(mask: Any, a: Any, r: Any) -> str:
-    """Where the first failing entry of a tensor is, with both values, unless `_fmt` shows it visibly different:
+    """Where the first failing entry of a tensor is, with both values, unless `values_text` shows it visibly different:
     the entries it shows may all agree."""
     if mask is None or a.numel() <= 1 or not any_true(mask):
         return ""
@@ -75,21 +76,21 @@ def message(status: str, ev: Any, a: Any, r: Any, cut: Any, tr: Any, mask: Any =
         got = "it returned None" if ev.kind == "autograd.grad" else "its .grad is None"
         head = f"{ev.kind} at line {ev.line}: autograd gave {{tensor}} no gradient ({got})"
     else:
-        head = f"{ev.kind} at line {ev.line}: the gradient {what} of {{tensor}} is {_fmt(a)}"
+        head = f"{ev.kind} at line {ev.line}: the gradient {what} of {{tensor}} is {values_text(a)}"
     if status in ("untracked", "frozen"):
         places = sorted({(c.kind, tr.sites[c.site].line) for c in (tr.cuts if cuts is None else cuts)})
         where = ", ".join(f"{k} at line {ln}" for k, ln in places) or "a cut"
         if status == "frozen":
-            return (f"{head}, the exact gradient is {_fmt(r)}: {where} hides it, and no optimizer of the script's "
+            return (f"{head}, the exact gradient is {values_text(r)}: {where} hides it, and no optimizer of the script's "
                     "updates it: a frozen network (a teacher, a target network)")
-        return f"{head}, the exact gradient is {_fmt(r)}; the difference is what {where} hides from autograd"
+        return f"{head}, the exact gradient is {values_text(r)}; the difference is what {where} hides from autograd"
     if status == "intended":
-        return f"{head}, the exact gradient is {_fmt(r)}: the deviation declared intended accounts for it"
+        return f"{head}, the exact gradient is {values_text(r)}: the deviation declared intended accounts for it"
     if status == "hook":
-        return f"{head}, the plain gradient is {_fmt(r)}: a hook on its way back changed it"
+        return f"{head}, the plain gradient is {values_text(r)}: a hook on its way back changed it"
     if status == "nondifferentiable":
-        return f"{head}, sympy {_fmt(r)}: a kink, tie or jump of the run, where torch follows a convention"
-    return f"{head} where the exact gradient is {_fmt(r)}{_first(mask, a, r)}"
+        return f"{head}, sympy {values_text(r)}: a kink, tie or jump of the run, where torch follows a convention"
+    return f"{head} where the exact gradient is {values_text(r)}{_first(mask, a, r)}"
 
 
 def cuts_between(tr: Any, plan: Any, var: Any) -> list[Any]:

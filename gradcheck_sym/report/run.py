@@ -14,7 +14,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["RUN_SCHEMA_VERSION", "EXPLANATIONS", "SEVERITY", "TensorRow", "BackwardRow", "RunFinding", "RunReport",
+__all__ = ["RUN_SCHEMA_VERSION", "BACKWARD_ON", "EXPLANATIONS", "SEVERITY", "TensorRow", "BackwardRow", "RunFinding", "RunReport",
            "summary_value"]
 
 RUN_SCHEMA_VERSION = 2
@@ -252,8 +252,10 @@ def assigned_name(source: str) -> str | None:
     if m:
         name = m.group(1)
         return name[: -len(".requires_grad")] if name.endswith(".requires_grad") else name
-    m = _REQUIRES.match(source)
+    m = _REQUIRES.match(source) or BACKWARD_ON.match(source)
     return m.group(1) if m else None
 
 
 _REQUIRES = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\.requires_grad_\(")
+# `loss.backward(...)`: the tensor a backward line names (a loss made elsewhere, on a helper's return line)
+BACKWARD_ON = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\.backward\(")

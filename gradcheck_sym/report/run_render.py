@@ -230,7 +230,7 @@ def render_run_text(report: RunReport, *, width: int = 100, color: bool = False,
             head = Text()
             head.append(f"[{f.severity}] ", style=_SEVERITY_STYLE.get(f.severity, ""))
             head.append(f.kind, style="bold")
-            if f.tensor:
+            if f.tensor and f.tensor != f"line {f.line}":  # (a finding about a line: "(line 40)" says it once)
                 head.append(f" {', '.join(g.tensor for g in group)}"
                             + (f" ({len(group)} tensors; the first one's gradient below)" if len(group) > 1 else ""))
             if f.line:
