@@ -2403,3 +2403,78 @@ def test_the_non_leaf_grad_finding_says_its_line_once_and_the_gradient_it_would_
                               "(shape (2,)))"), f.message
     text = render_run_text(report, width=100)
     assert "[warning] nonleaf-grad (line 20)\n" in text, text
+
+
+@pytest.mark.parametrize("use", [
+    # autograd.grad returns the short gradient: it is used whatever becomes of .grad
+    "gw, gb = torch.autograd.grad(loss, [net.weight, net.bias])\n    with torch.no_grad():\n"
+    "        net.weight -= 0.1 * gw\n",
+    # a hook saw the short gradient and the script used it
+    "net.weight.register_hook(lambda g: seen.__setitem__('w', g.clone()))\n    loss.backward()\n"
+    "    with torch.no_grad():\n        net.weight -= 0.1 * seen['w']\n",
+])
+def test_a_short_gradient_used_elsewhere_than_grad_stays_untracked_after_zero_grad(tmp_path, capfd, use):
+    # (an independent review) both were `discarded` once opt.zero_grad() came, the run OK
+    text = ("import torch\n"
+            "torch.manual_seed(0)\n"
+            "net = torch.nn.Linear(3, 2)\n"
+            "opt = torch.optim.SGD(net.parameters(), lr=0.1)\n"
+            "seen = {}\n"
+            "for i in range(2):\n"
+            "    h = net(torch.randn(4, 3))\n"
+            "    loss = (h.detach() * h).mean()\n"
+            f"    {use}"
+            "    opt.zero_grad()\n")
+    report = gs.run_script(_script(tmp_path, text))
+    capfd.readouterr()
+    assert not report.ok and "untracked" in {f.kind for f in report.findings if f.tensor == "net.weight"}, \
+        [(f.kind, f.tensor) for f in report.findings]
+
+
+def test_the_script_s_own_grad_resets_discard_and_its_reads_use(tmp_path, capfd):
+    # `G.weight.grad.zero_()` reads .grad to zero it: a reset, not a use (found by the review); `.grad = None` too
+    text = _GAN_STEPS.replace("ZERO", "").replace("GEN", "fake").replace(
+        "D(fake.detach()).mean()", "D(fake.detach()).mean() + 0.1 * (G.weight.sum() + G.bias.sum())").replace(
+        "AFTER", "G.weight.grad.zero_()  # by hand\n    G.bias.grad = None")
+    report = gs.run_script(_script(tmp_path, text))
+    capfd.readouterr()
+    assert report.ok and {(f.kind, f.tensor) for f in report.findings} == {("discarded", "G.weight"),
+                                                                          ("discarded", "G.bias")}
+    assert "line 13 `G.weight.grad.zero_()  # by hand`" in report.findings[0].message
+
+
+def test_names_are_not_taken_from_other_calls_or_the_right_side_s_brackets(tmp_path, capfd):
+    # (an independent review) `torch.autograd.backward([...])` named rows `torch.autograd (line N)`;
+    # `a = (y.detach())` and `e = y.detach()  # c` named their rows `y.detach() (line N)` apart from `a`, `e`
+    text = ("import torch\n"
+            "w = torch.tensor([1.0, -2.0, 0.5], requires_grad=True)\n"
+            "def f(v):\n"
+            "    return (v * v).sum()\n"
+            "for i in range(2):\n"
+            "    torch.autograd.backward([f(w)])\n"
+            "    y = w * 2\n"
+            "    a = (y.detach())\n"
+            "    e = y.detach()  # c\n"
+            "    (w * a * e).sum().backward()\n")
+    report = gs.run_script(_script(tmp_path, text))
+    capfd.readouterr()
+    names = [r.name for r in report.tensors]
+    assert "a ×2" in names and "e ×2" in names and not any("torch.autograd" in n or "detach()" in n for n in names), \
+        names
+
+
+def test_two_leaves_on_one_storage_are_two_leaves(tmp_path, capfd):
+    # `xb = x.detach().requires_grad_()` in a loop: each xb shares x's storage; the later one was taken as a view of
+    # the first (kept alive for it), so the first's exact gradient was the later's: a false mismatch (the review)
+    text = ("import torch\n"
+            "torch.manual_seed(0)\n"
+            "x = torch.randn(3)\n"
+            "w = torch.randn(3, requires_grad=True)\n"
+            "for i in range(3):\n"
+            "    xb = x.detach().requires_grad_()\n"
+            "    loss = (w * xb).sum()\n"
+            "    loss.backward()\n")
+    report = gs.run_script(_script(tmp_path, text))
+    capfd.readouterr()
+    assert report.ok and report.summary["verified"] == 3 and not report.findings, report.findings
+    assert _row(report, "xb ×3").status == "ok"

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["is_leaf", "grad_fn", "grad_fn_name", "leaf_window"]
+__all__ = ["is_leaf", "grad_fn", "grad_fn_name", "leaf_window", "own_leaf"]
 
 
 def is_leaf(t: torch.Tensor) -> bool:
@@ -43,3 +43,9 @@ def leaf_window(t: torch.Tensor) -> bool:
     init): a leaf to torch, but no tensor of its own; what is written through it is a new value of the leaf."""
     base = t._base
     return base is not None and base.requires_grad and is_leaf(base) and is_leaf(t)
+
+
+def own_leaf(t: torch.Tensor) -> bool:
+    """A leaf autograd follows with no other tensor behind it (not a `leaf_window`): two such leaves on one storage
+    (`xb = x.detach().requires_grad_()`, twice) are two leaves to autograd, never a view of each other."""
+    return t.requires_grad and is_leaf(t) and not leaf_window(t)

@@ -188,7 +188,10 @@ def _detached_expression(info: Any) -> str:
     if len(found) != 1:
         return ""
     text = f"{found[0]}.detach()"
-    return "" if info.source.split("=", 1)[-1].strip() == text else text
+    rhs = info.source.split("=", 1)[-1].split("#", 1)[0].strip()
+    while rhs.startswith("(") and rhs.endswith(")"):  # `a = (y.detach())`
+        rhs = rhs[1:-1].strip()
+    return "" if rhs == text else text
 
 
 _DETACH = re.compile(r"([A-Za-z_][\w.]*(?:\[[^\]]*\])?)\.detach\(\)")

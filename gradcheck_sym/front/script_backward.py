@@ -22,7 +22,7 @@ from ..judge.backward_values import dense
 from ..autograd.attrs import grad_fn_name
 from ..report.run import BACKWARD_ON as _BACKWARD_ON
 from .script_infos import Backward, TensorInfo
-from .tracer_sites import _PACKAGE_DIR, _user_frame, dispatching_frame
+from .tracer_sites import _PACKAGE_DIR, _user_frame, dispatching_frame, internal_file
 
 __all__ = ["BackwardCalls", "RAISED"]
 
@@ -217,13 +217,18 @@ class BackwardCalls:
         `return` line): its row, named at this line after the name the backward is called on."""
         new = [t for t in tensors if isinstance(t, torch.Tensor) and t.requires_grad and t.grad_fn is not None
                and id(t) not in self.infos]
-        if not new or not _BACKWARD_ON.match(_user_frame()[2]):
+        if len(new) != 1:
+            return
+        frame = sys._getframe(1)
+        while frame is not None and internal_file(frame.f_code.co_filename):
+            frame = frame.f_back  # type: ignore[assignment]
+        m = _BACKWARD_ON.match(_user_frame()[2]) if frame is not None else None
+        if m is None or frame.f_locals.get(m.group(1)) is not new[0]:  # (the name must be that tensor, there)
             return
         with self.lock:
-            for t in new:
-                info = self._info(t)
-                info.grad_fn = grad_fn_name(t)
-                info.requires_grad = True
+            info = self._info(new[0])
+            info.grad_fn = grad_fn_name(new[0])
+            info.requires_grad = True
 
     def _grad(self, func: Any, args: tuple, kwargs: dict) -> Any:
         import inspect

@@ -6,7 +6,11 @@ that matters is what the script does with ``p.grad`` next.  If the next thing is
 and any later backward adding to it, the cut changed nothing the script used: the generator's gradient through the
 discriminator's ``fake.detach()`` is never wanted, and ``optG.zero_grad()`` clears it before the generator's own
 backward.  Such a check becomes ``discarded`` (info).  A use first, or the script's end, leaves it ``untracked``: a
-``fake.detach()`` in the generator's own step is found, since its optimizer steps on what the cut left.
+``fake.detach()`` in the generator's own step is found, since its optimizer steps on what the cut left.  Resets are
+torch's ``zero_grad()`` (its look at ``p.grad`` too: it resets what is there, nothing where the cut left None), a
+``p.grad = ...`` and a statement ``p.grad.zero_()``; any other read of ``p.grad`` is a use.  Only a gradient that
+lives in ``.grad`` waits: one ``autograd.grad`` returned, or one a hook on the leaf saw, was used whatever becomes
+of ``.grad`` (`judge.backward` does not ask).
 """
 
 from __future__ import annotations

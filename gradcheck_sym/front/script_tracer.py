@@ -18,6 +18,7 @@ Beside it: `script_backward` (the backward calls and hooks), `script_optim` (opt
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import threading
@@ -281,9 +282,12 @@ class ScriptTracer(BackwardCalls, OptimizerSteps, ScriptMemory, DiscardedCuts, T
                         self._info(t).made = True
                 return out
             if prop == "grad" and self.pending_cuts and args and id(args[0]) in self.pending_cuts:
-                # p.grad = None, or zero_grad's look at it (it resets what is there: nothing, where the cut left
-                # it None): what the backward left is thrown away; any other read is a use
-                if name == "__set__" or dispatching_frame(sys._getframe()).f_code.co_name == "zero_grad":
+                # p.grad = None, torch's zero_grad looking at it (it resets what is there: nothing, where the cut left
+                # it None), or the script's own `p.grad.zero_()`: what the backward left is thrown away; any other
+                # read is a use
+                code = dispatching_frame(sys._getframe()).f_code
+                if name == "__set__" or (code.co_name == "zero_grad" and code.co_filename.startswith(_TORCH_DIR)) or \
+                        _ZEROES.match(_user_frame()[2]):
                     self.grad_reset(args[0], _where())
                 else:
                     self.grad_used(args[0])
@@ -344,6 +348,11 @@ class ScriptTracer(BackwardCalls, OptimizerSteps, ScriptMemory, DiscardedCuts, T
                 info = self._info(out)
                 info.made, info.internal = True, in_custom_forward()
         return out
+
+# torch's own files (its zero_grad); a statement that zeroes a gradient in place, `w.grad.zero_()`
+_TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
+_ZEROES = re.compile(r"^\s*[A-Za-z_][\w.\[\]]*\.grad(?:\.data)?\.zero_\(\)\s*(?:#.*)?$")
+
 
 def _where() -> str:
     """The script's line that is running, for a message: "line 12 `optG.zero_grad()`"."""

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..autograd.attrs import grad_fn
+from ..autograd.attrs import grad_fn, own_leaf
 from ..ir.program import Site
 from ..ops import prims as P
 from ..ops.core import interpreting
@@ -112,6 +112,11 @@ class Handles(Storage):
         if alias is not None and not t.requires_grad and alias.tensor is not None and alias.tensor.requires_grad:
             # shares storage with a tensor autograd follows, but autograd does not follow this one: not a view of it
             # but its base or a sibling (`xr = x.detach().requires_grad_()`, then x used): a constant of its value
+            return self._unknown(t)
+        if alias is not None and own_leaf(t) and alias.tensor is not None and alias.tensor is not t and \
+                own_leaf(alias.tensor):
+            # two leaves autograd follows on one storage (`xb = x.detach().requires_grad_()` in a loop): each its
+            # own leaf, never a view of the other (the later one's gradient was the earlier one's: a false mismatch)
             return self._unknown(t)
         if alias is not None:  # shares storage with a known tensor: a view we did not see made
             with interpreting(self.rec):

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..autograd.attrs import grad_fn
+from ..autograd.attrs import grad_fn, own_leaf
 from ..ir.program import Site
 from ..ops import prims as P
 from ..ops.core import interpreting
@@ -85,7 +85,7 @@ class Storage:
             if root is None or root.tensor is None or root.tensor is t:
                 self.roots[key] = r
                 r.layout = _layout(t)
-            elif root is not r:
+            elif root is not r and not (own_leaf(t) and own_leaf(root.tensor)):  # (two leaves: each its own)
                 r.root, r.root_handle, r.root_tensor = root, root.handle, root.tensor
         return r
 

@@ -320,8 +320,11 @@ class BackwardVerifier(ReplayDecisions):
         # The exact .grad now (what autograd should hold), when the exact value before is known.
         info.exact_total = None if known_before is False else (r if known_before is None else known_before + r)
         self._status(info, ev, got, info.exact_total, status, t)
-        if status == "untracked" and is_leaf(t) and hasattr(tr, "cut_pending"):
-            tr.cut_pending(t, info, ev)  # whether it matters is what the script does with .grad next
+        if status == "untracked" and not returned and is_leaf(t) and hasattr(tr, "cut_pending") and not (
+                info.hooks or getattr(t, "_backward_hooks", None) or getattr(t, "_post_accumulate_grad_hooks", None)):
+            # whether it matters is what the script does with .grad next (a gradient autograd.grad returned, or one
+            # a hook saw, was used whatever becomes of .grad)
+            tr.cut_pending(t, info, ev)
         if plan.create and got is not None and var is not None and isinstance(exact, Traced):
             self._bind_grad(tr, t, before, exact)
         return (info, var, a, r, cut, t) if status == "ok" else None

@@ -257,5 +257,6 @@ def assigned_name(source: str) -> str | None:
 
 
 _REQUIRES = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\.requires_grad_\(")
-# `loss.backward(...)`: the tensor a backward line names (a loss made elsewhere, on a helper's return line)
-BACKWARD_ON = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\.backward\(")
+# `loss.backward(...)`: the tensor a backward line names (a loss made elsewhere, on a helper's return line); a plain
+# name only (`torch.autograd.backward(...)`, `accelerator.backward(loss)` name no tensor)
+BACKWARD_ON = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\.backward\(")
