@@ -20,7 +20,7 @@ EXPECTED = {
     "batchnorm_mlp.py": [], "conv_bn_function.py": [], "d2l_autograd.py": ["untracked"], "gentle_intro.py": [],
     "legendre.py": [], "micro_mlp.py": [], "nn_rmsprop.py": [], "mnist_bn_mlp.py": [], "fused_conv_bn.py": [],
     "conv_bias_bn.py": [], "convbn_tutorial.py": [], "backprop_by_hand.py": [], "lstm_tagger.py": [],
-    "seq2seq_attention.py": [],
+    "seq2seq_attention.py": [], "gan_steps.py": [], "spatial_transformer.py": [], "fgsm_attack.py": [],
 }
 
 
@@ -41,6 +41,16 @@ def test_the_textbook_detach_demo_names_its_line(capsys):
     (f,) = [f for f in report.findings if f.kind == "untracked"]
     assert (f.line, f.tensor) == (24, "x")
     assert f.message.endswith("the difference is what detach at line 22 hides from autograd")
+
+
+def test_the_gan_s_discriminator_step_detach_is_discarded_for_the_generator_only(capsys):
+    # the DCGAN shape: G.zero_grad() throws away what the discriminator's backward on fake.detach() left in G's .grad
+    report = gs.run_script(str(ROOT / "scripts" / "teaching" / "gan_steps.py"))
+    assert report.ok and report.summary["verified"] == 24
+    assert sorted((f.kind, f.severity, f.tensor, f.count) for f in report.findings) == [
+        ("discarded", "info", name, 8) for name in ("G.0.bias", "G.0.weight", "G.2.bias", "G.2.weight")]
+    assert all("detach at line 22 hides from autograd; the script then reset its .grad (line 25 `G.zero_grad()`)"
+               in f.message for f in report.findings)
 
 
 def test_golden_compact_report_at_100_columns(capsys):
