@@ -2327,6 +2327,13 @@ def test_a_leaf_changed_by_set_which_torch_never_shows_is_a_new_value(tmp_path, 
     assert (w.status, w.grad, w.exact) == ("ok", w.exact, w.exact) and w.value["max"] == -0.0
 
 
+def _run_names(tmp_path, capfd, text):
+    """The report of script `text` and its rows' names (the script's output let go)."""
+    report = gs.run_script(_script(tmp_path, text))
+    capfd.readouterr()
+    return report, [r.name for r in report.tensors]
+
+
 def test_rows_are_named_after_the_tensor_the_line_made(tmp_path, capfd):
     # `z = f(x, y.detach())`: the detached argument's row was named `z (line 6)` (a scalar it is not); FGSM's
     # `data.requires_grad = True` in a loop made one "leaf #N (first used at line 5)" row per iteration (found by a new
@@ -2344,9 +2351,7 @@ def test_rows_are_named_after_the_tensor_the_line_made(tmp_path, capfd):
             "    data.requires_grad = True\n"
             "    (data * x.detach()).sum().backward()\n"
             "print('done')\n")
-    report = gs.run_script(_script(tmp_path, text))
-    capfd.readouterr()
-    names = [r.name for r in report.tensors]
+    report, names = _run_names(tmp_path, capfd, text)
     assert "y.detach() (line 6)" in names and not any(n.startswith("z (line") for n in names), names
     assert _row(report, "y.detach() (line 6)").value == [2.0, 4.0, 6.0]
     data = _row(report, "data ×4")
@@ -2456,9 +2461,7 @@ def test_names_are_not_taken_from_other_calls_or_the_right_side_s_brackets(tmp_p
             "    a = (y.detach())\n"
             "    e = y.detach()  # c\n"
             "    (w * a * e).sum().backward()\n")
-    report = gs.run_script(_script(tmp_path, text))
-    capfd.readouterr()
-    names = [r.name for r in report.tensors]
+    _, names = _run_names(tmp_path, capfd, text)
     assert "a ×2" in names and "e ×2" in names and not any("torch.autograd" in n or "detach()" in n for n in names), \
         names
 
