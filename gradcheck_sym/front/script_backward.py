@@ -159,6 +159,20 @@ class BackwardCalls:
                 return
             frame = frame.f_back  # type: ignore[assignment]
 
+    def _accumulated_hook(self, hook: Any, info: TensorInfo) -> Any:
+        """The script's post-accumulate-grad hook, unchanged for the script, first keeping the .grad it is given:
+        what the backward made, which the hook may step on and zero (an optimizer fused into the backward)."""
+        backwards = self.backwards
+
+        @functools.wraps(hook)
+        def watched(p: Any) -> Any:
+            g = p.grad
+            if isinstance(g, torch.Tensor):
+                info.accumulated = (len(backwards) - 1, dense(g.detach().to(torch.float64)).clone())
+            return hook(p)
+
+        return watched
+
     def _watched_hook(self, hook: Any, info: TensorInfo) -> Any:
         """The script's tensor hook, unchanged for the script, noting the backwards in which it changed the gradient
         (what it returned, or its argument in place): only those explain a difference as `hook`.  A hook that only

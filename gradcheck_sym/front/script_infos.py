@@ -42,6 +42,9 @@ class TensorInfo:
     made: bool = False  # a leaf seen where it was made (its line's name is its name)
     internal: bool = False  # made inside a custom Function's forward: no backward of the script's fills its .grad
     hook_changed: int = -1  # the last backward (index) in which one of its hooks changed its gradient
+    # (backward index, its .grad when a post-accumulate-grad hook was given it: what the backward made, before the
+    # hook's optimizer step and zero_grad — the tutorial that fuses the step into the backward)
+    accumulated: tuple | None = None
     # per backward that reached it: (backward index, .grad after (float64), exact contribution, status)
     checks: list[tuple[int, Any, Any, str]] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)  # the statuses of checks let go (only the first few are kept)

@@ -313,6 +313,11 @@ class ScriptTracer(BackwardCalls, OptimizerSteps, ScriptMemory, DiscardedCuts, T
                     elif callable(kwargs.get("hook")):
                         kwargs = {**kwargs, "hook": self._watched_hook(kwargs["hook"], info)}
                 return self.call_as(dispatching_frame(sys._getframe()), func, args, kwargs)
+            if name == "register_post_accumulate_grad_hook" and len(args) > 1 and callable(args[1]) and \
+                    isinstance(args[0], torch.Tensor):
+                info = self._info(args[0])
+                args = (args[0], self._accumulated_hook(args[1], info), *args[2:])
+                return self.call_as(dispatching_frame(sys._getframe()), func, args, kwargs)
             if name == "__get__" and getattr(getattr(func, "__self__", None), "__name__", "") == "grad" and args:
                 t = args[0]
                 if isinstance(t, torch.Tensor) and not is_leaf(t) and not t.retains_grad:

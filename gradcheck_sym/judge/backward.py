@@ -65,6 +65,9 @@ class Plan:
     intended: dict[int, Any] | None = None  # the cotangents with the declared deviations (None: none declared)
     reads: dict[int, Any] | None = None  # variable id -> the elementwise equations that read it (`consumers`)
     reshaped: dict[int, Any] | None = None  # variable id -> the variables reshapes of it make (`_last_sums_of`)
+    # tensor id -> its program variable when the backward began (an optimizer step in a hook during the backward makes
+    # a parameter's next value: its gradient is the one it had when the graph was made)
+    target_vars: dict[int, Any] = field(default_factory=dict)
     _written: Any = None
     _compared: set[int] | None = None
 
@@ -167,6 +170,10 @@ class BackwardVerifier(ReplayDecisions):
                     continue  # a leaf made inside a custom Function's forward: the Function's own, not this backward's
                 before = None if t.grad is None else dense(t.grad.detach().to(F64)).clone()
                 plan.targets.append((info, t, before))
+        for t in plan.inputs if plan.inputs is not None else [t for _, t, _ in plan.targets]:
+            h = tr.recs.get(id(t))
+            if h is not None and h.tensor is t and isinstance(h.handle, Traced):
+                plan.target_vars[id(t)] = h.handle.var
         return plan
 
     # ------------------------------------------------------------ after the backward
@@ -191,7 +198,9 @@ class BackwardVerifier(ReplayDecisions):
         scale = largest_exact(tr, plan, [t for _, t, _ in plan.targets])
         for info, t, before in plan.targets:
             targets.add(info.serial)
-            passed.append(self._one(tr, ev, plan, info, t, before, t.grad, returned=False, scale=scale))
+            # (a post-accumulate-grad hook's optimizer may have stepped on .grad and zeroed it: what it was given)
+            after = info.accumulated[1] if info.accumulated and info.accumulated[0] == ev.index else t.grad
+            passed.append(self._one(tr, ev, plan, info, t, before, after, returned=False, scale=scale))
         self._replayed_wrong(tr, ev, plan, passed)
         for info in list(tr.infos.values()):  # named non-leaf tensors: the gradient they would hold
             t = info.ref()
