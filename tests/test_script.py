@@ -2511,3 +2511,23 @@ def test_an_optimizer_fused_into_the_backward_by_post_accumulate_grad_hooks(tmp_
     report = gs.run_script(_script(tmp_path, cut))
     capfd.readouterr()
     assert not report.ok and {f.tensor for f in report.findings if f.kind == "untracked"} >= {"model.0.weight"}
+
+
+def test_a_parameter_given_new_data_stays_a_leaf(tmp_path, capfd):
+    # `vector_to_parameters` sets `param.data = vec[...]`: the parameter was bound to a constant of the new data, and
+    # every later backward's exact gradient of it was 0, a false mismatch (the review, pre-existing)
+    text = ("import torch\n"
+            "torch.manual_seed(0)\n"
+            "x = torch.randn(4, 3)\n"
+            "lin = torch.nn.Linear(3, 3)\n"
+            "(lin(x) ** 2).sum().backward()\n"
+            "torch.nn.utils.vector_to_parameters(torch.ones(12), lin.parameters())\n"
+            "lin.zero_grad()\n"
+            "(lin(x) ** 2).sum().backward()\n"
+            "print(lin.bias.grad.tolist())\n")
+    report = gs.run_script(_script(tmp_path, text))
+    out = capfd.readouterr().out
+    assert report.ok and report.summary["verified"] == 2 and not report.findings, report.findings
+    b = _row(report, "lin.bias")
+    assert b.status == "ok" and b.value == [1.0, 1.0, 1.0] and b.grad == b.exact
+    assert [round(v, 4) for v in b.grad] == [round(v, 4) for v in json.loads(out)]  # (the last backward's)

@@ -95,8 +95,9 @@ class Handles(Storage):
         return isinstance(self.v(x), Traced)
 
     def _changed_unseen(self, t: torch.Tensor) -> bool:
-        """`t` changed by an op torch never showed us (``set_``: torch dispatches no function for it): bind its
-        new value if that can be done (True), else keep the old handle (the value checks then say it differs)."""
+        """`t` changed where no op of its own made the new value (``set_``, which torch dispatches to no mode; a leaf's
+        ``.data =``): bind its new value as a value of its own if that can be done (True), else keep the handle (the
+        value checks then say where it differs)."""
         return False
 
     def _handle(self, t: torch.Tensor) -> Any:
@@ -270,6 +271,8 @@ class Handles(Storage):
         # the old value, for the tensors that still alias it).
         self.recs.pop(id(t), None)
         self._bind(t, h, cut=".data")
+        if own_leaf(t):  # `p.data = v` (vector_to_parameters): p stays a leaf autograd follows, with a new value
+            self._changed_unseen(t)
 
     def _leave(self, name: str, t: Any, out: Any) -> None:
         if not isinstance(t, torch.Tensor) or not self.is_traced(t):
