@@ -26,9 +26,10 @@ import torch
 from ..autograd.attrs import is_leaf
 from ..errors import InputError
 from ..judge.backward import BackwardVerifier
-from ..report.run import EXPLANATIONS, SEVERITY, BackwardRow, RunFinding, RunReport, TensorRow, assigned_name, \
+from ..report.run import EXPLANATIONS, SEVERITY, BackwardRow, RunFinding, RunReport, TensorRow, \
     summary_value
 from .script_backward import RAISED
+from .script_names import row_names
 from .script_tracer import ScriptTracer
 from .tracer_sites import OVERRIDES_PY, hidden_frame
 
@@ -166,79 +167,9 @@ def _traceback(exc: BaseException) -> str:
 
 
 # ---------------------------------------------------------------- the report
-def _module_paths(namespace: dict[str, Any]) -> dict[int, str]:
-    """id(parameter) -> ``model.0.weight`` for the modules the script left in its namespace."""
-    out: dict[int, str] = {}
-    for name, value in namespace.items():
-        if isinstance(value, torch.nn.Module) and not name.startswith("_"):
-            try:
-                for pname, p in value.named_parameters():
-                    out.setdefault(id(p), f"{name}.{pname}")
-            except Exception:  # noqa: BLE001 - a module that cannot list its parameters: no names from it
-                continue
-    return out
-
-
-def _detached_expression(info: Any) -> str:
-    """`x.detach()` for a detached tensor made inside its line's expression (`z = f(x, y.detach())`: the row is
-    `y.detach()`, not `z`), if the line has one such expression; else ""."""
-    if info.cut != "detached: a constant for autograd":
-        return ""
-    found = _DETACH.findall(info.source)
-    if len(found) != 1:
-        return ""
-    text = f"{found[0]}.detach()"
-    rhs = info.source.split("=", 1)[-1].split("#", 1)[0].strip()
-    while rhs.startswith("(") and rhs.endswith(")"):  # `a = (y.detach())`
-        rhs = rhs[1:-1].strip()
-    return "" if rhs == text else text
-
-
-_DETACH = re.compile(r"([A-Za-z_][\w.]*(?:\[[^\]]*\])?)\.detach\(\)")
-
-
-def _names(tracer: ScriptTracer, namespace: dict[str, Any]) -> dict[int, str]:
-    """info serial -> display name."""
-    params = _module_paths(namespace)
-    bound: dict[int, str] = {}
-    for k, v in namespace.items():
-        if k.startswith("_"):
-            continue
-        if isinstance(v, torch.Tensor):
-            bound.setdefault(id(v), k)
-        elif isinstance(v, (list, tuple)) and len(v) <= 64:  # p = [w1, w2]: p[0], p[1]
-            for i, e in enumerate(v):
-                if isinstance(e, torch.Tensor):
-                    bound.setdefault(id(e), f"{k}[{i}]")
-        elif isinstance(v, dict) and len(v) <= 64:
-            for key, e in v.items():
-                if isinstance(e, torch.Tensor):
-                    bound.setdefault(id(e), f"{k}[{key!r}]")
-    names: dict[int, str] = {}
-    for info in tracer.all_infos:
-        t = info.ref()
-        if t is not None and id(t) in params:
-            names[info.serial] = params[id(t)]
-        elif t is not None and id(t) in bound:
-            names[info.serial] = bound[id(t)]
-        else:
-            target = assigned_name(info.source)
-            detached = _detached_expression(info)
-            if detached:
-                names[info.serial] = f"{detached} (line {info.line})"
-            elif target:
-                names[info.serial] = f"{target} (line {info.line})"
-            elif info.leaf:
-                # (the script's line where it was first seen: its first use, or where a module made and initialised it)
-                names[info.serial] = f"leaf #{info.serial} (first seen at line {info.line})"
-            else:
-                names[info.serial] = f"line {info.line}"
-    return names
-
-
 def build_report(script: str, tracer: ScriptTracer, namespace: dict[str, Any], exit_code: int,
                  error: str | None) -> RunReport:
-    names = _names(tracer, namespace)
+    names = row_names(tracer, namespace)
     rows = _rows(tracer, names)
     backwards = _backward_rows(tracer, {f"#{i.serial}": names[i.serial] for i in tracer.all_infos})
     findings = _findings(tracer, names, error)

@@ -324,7 +324,8 @@ class ScriptTracer(BackwardCalls, OptimizerSteps, ScriptMemory, DiscardedCuts, T
                     file, line, source = _user_frame()
                     info = self.infos.get(id(t))
                     exact = info.checks[-1][2] if info is not None and info.ref() is t and info.checks else None
-                    would = f" (the gradient it would hold: {values_text(exact)})" if isinstance(exact, torch.Tensor) else ""
+                    would = "" if not isinstance(exact, torch.Tensor) else \
+                        f" (the gradient it would hold: {values_text(exact)})"
                     self.events.append(("nonleaf-grad", line, f"line {line} `{source}` reads .grad of a non-leaf "
                                         f"tensor: it is None{would}", f"line {line}"))
                 return self.call_as(dispatching_frame(sys._getframe()), func, args, kwargs)

@@ -25,7 +25,7 @@ from ..reference.interpret import UNIT_ROUNDOFF, Traced, error_bounds, record_sw
 from ..reference.lean_bounds import sweep_bounds
 from .backward_replay import ReplayDecisions
 from .backward_values import (accumulation_slack, dense, exact_gradient, hooked_downstream, largest_exact,
-                              measured_noise, own_scale, total_before, within_last_sums)
+                              measured_noise, own_scale, same_grad, total_before, within_last_sums)
 from .backward_words import cuts_between, info_name, message, unseen, worst
 from .elements import SMALL, WIDE, Verdicts, cheap_floats, classify
 from .intended import declared, parse_intended
@@ -223,7 +223,7 @@ class BackwardVerifier(ReplayDecisions):
         exact, var = exact_gradient(tr, plan, t)
         exact_t = exact.value if isinstance(exact, Traced) else exact
         got = None if after is None else dense(after.detach().to(F64))
-        if id(t) in getattr(tr, "pending_cuts", ()) and not _same(before, got):
+        if id(t) in getattr(tr, "pending_cuts", ()) and not same_grad(before, got):
             tr.grad_used(t)  # a backward added to a .grad a cut left short: that cut's finding stands
         base = before if before is not None else None
         incr = got if base is None or got is None else got - base
@@ -439,10 +439,3 @@ class BackwardVerifier(ReplayDecisions):
             with interpreting(tr.rec):
                 handle = P.add(prev.handle, ct)
         tr._bind(g, handle)
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Whether two .grad values (float64 copies, or None) are the same: a backward that left it as it was."""
-    if a is None or b is None:
-        return a is None and b is None
-    return a.shape == b.shape and bool(torch.equal(a, b))

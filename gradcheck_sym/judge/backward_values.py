@@ -17,7 +17,7 @@ from ..reference.rounded import rounded_sweep
 from .elements import FLOOR_ULPS, SAFETY, WIDE, Verdicts, abs_max, small_pass
 
 __all__ = ["total_before", "dense", "hooked_downstream", "consumers", "last_sums", "within_last_sums", "own_scale",
-           "measured_noise", "accumulation_slack", "exact_gradient", "largest_exact"]
+           "measured_noise", "accumulation_slack", "exact_gradient", "largest_exact", "same_grad"]
 
 
 def total_before(info: Any, before: Any, u: float) -> Any:
@@ -263,3 +263,10 @@ def largest_exact(tr: Any, plan: Any, tensors: Any) -> float:
         if isinstance(e, torch.Tensor) and e.numel():
             out = max(out, abs_max(e))
     return out
+
+
+def same_grad(a: Any, b: Any) -> bool:
+    """Whether two .grad values (float64 copies, or None) are the same: a backward that left it as it was."""
+    if a is None or b is None:
+        return a is None and b is None
+    return a.shape == b.shape and bool(torch.equal(a, b))

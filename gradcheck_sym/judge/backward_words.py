@@ -81,8 +81,8 @@ def message(status: str, ev: Any, a: Any, r: Any, cut: Any, tr: Any, mask: Any =
         places = sorted({(c.kind, tr.sites[c.site].line) for c in (tr.cuts if cuts is None else cuts)})
         where = ", ".join(f"{k} at line {ln}" for k, ln in places) or "a cut"
         if status == "frozen":
-            return (f"{head}, the exact gradient is {values_text(r)}: {where} hides it, and no optimizer of the script's "
-                    "updates it: a frozen network (a teacher, a target network)")
+            return (f"{head}, the exact gradient is {values_text(r)}: {where} hides it, and no optimizer of the "
+                    "script's updates it: a frozen network (a teacher, a target network)")
         return f"{head}, the exact gradient is {values_text(r)}; the difference is what {where} hides from autograd"
     if status == "intended":
         return f"{head}, the exact gradient is {values_text(r)}: the deviation declared intended accounts for it"

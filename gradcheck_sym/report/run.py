@@ -14,8 +14,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["RUN_SCHEMA_VERSION", "BACKWARD_ON", "EXPLANATIONS", "SEVERITY", "TensorRow", "BackwardRow", "RunFinding", "RunReport",
-           "summary_value"]
+__all__ = ["RUN_SCHEMA_VERSION", "BACKWARD_ON", "EXPLANATIONS", "SEVERITY", "TensorRow", "BackwardRow", "RunFinding",
+           "RunReport", "summary_value"]
 
 RUN_SCHEMA_VERSION = 2
 
@@ -51,8 +51,8 @@ EXPLANATIONS: dict[str, tuple[str, str]] = {
                   "but the script then reset the parameter's .grad (zero_grad) before any optimizer step, read or "
                   "later backward used it: the cut changed nothing the script used (a GAN's fake.detach() in the "
                   "discriminator's step).",
-                  "Nothing to fix. (Had a step used that .grad — the same detach in the generator's step — it would "
-                  "be an untracked error.)"),
+                  "Nothing to fix. (Had a step used that .grad — the same detach in the generator's step — it "
+                  "would be an untracked error.)"),
     "intended-unused": ("a declared deviation (--intended, intended=) matched nothing the script did, so it "
                         "changed nothing.",
                         "Check the declaration's file and line — the line of the operation a cut makes constant, "
