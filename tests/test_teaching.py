@@ -51,6 +51,10 @@ def test_the_gan_s_discriminator_step_detach_is_discarded_for_the_generator_only
         ("discarded", "info", name, 8) for name in ("G.0.bias", "G.0.weight", "G.2.bias", "G.2.weight")]
     assert all("detach at line 22 hides from autograd; the script then reset its .grad (line 25 `G.zero_grad()`)"
                in f.message for f in report.findings)
+    text = render_run_text(report, width=100).splitlines()
+    head = text.index("[info] discarded G.0.weight, G.0.bias, G.2.weight, G.2.bias (4 tensors; the first one's "
+                      "gradient")
+    assert text[head + 1] == "    below) (line 23, 8 times)"  # (a long header wraps under its message)
 
 
 def test_golden_compact_report_at_100_columns(capsys):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import io
 import math
+import textwrap
 from typing import Any
 
 from rich import box
@@ -54,6 +55,17 @@ def _grouped(findings: Any) -> list[list[Any]]:
 _CAUSES = {"untracked": "; the difference is what", "discarded": "; the difference is what",
            "frozen": " hides it, and no optimizer",
            "intended": ": the deviation declared intended"}
+
+
+def _hanging(text: Text, width: int) -> list[Text]:
+    """`text` wrapped at `width` with its later lines indented by 4 (its styles kept on the first line's part)."""
+    plain = text.plain
+    if len(plain) <= width:
+        return [text]
+    lines = textwrap.wrap(plain, width=width, subsequent_indent="    ", break_long_words=False,
+                          break_on_hyphens=False)
+    first = len(lines[0])
+    return [text[:first]] + [Text(line) for line in lines[1:]]
 
 
 def _cause(f: Any) -> str:
@@ -237,7 +249,8 @@ def render_run_text(report: RunReport, *, width: int = 100, color: bool = False,
                 head.append(f" (line {f.line}" + (")" if f.count < 2 else f", {f.count} times)"
                                                   if f.last_line == f.line else
                                                   f", {f.count} times, last at line {f.last_line})"))
-            console.print(head)
+            for part in _hanging(head, width):  # (a long header's next lines under its message, not at column 0)
+                console.print(part)
             # (wrapped lines keep the indent: a long finding restarted at column 0, hard to scan)
             console.print(Padding(Text(f.message), (0, 0, 0, 4)))
             if f.explanation:
