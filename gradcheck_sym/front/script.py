@@ -11,6 +11,7 @@ afterwards (a script's ``chdir`` does not move our output files).
 
 from __future__ import annotations
 
+import linecache
 import os
 import re
 import sys
@@ -62,6 +63,9 @@ def run_script(path: str, argv: list[str] | None = None, *, timeout: float | Non
         raise InputError(f"timeout must be a positive number of seconds, not {timeout!r}")
     with open(path, "rb") as f:
         source = f.read()
+    # the lines findings quote are read through linecache: a script edited since an earlier run in this process (a
+    # notebook's second run) must not be quoted as it was
+    linecache.checkcache(os.path.abspath(path))
     try:
         code = compile(source, os.path.abspath(path), "exec")  # python names the script by its absolute path
     except SyntaxError as exc:

@@ -261,6 +261,8 @@ class Handles(Storage):
         if not (self.is_traced(t) or self.is_traced(value)):
             return
         site = self._new_site(".data =")
+        r = self.recs.get(id(t))
+        old = r.handle if r is not None and r.tensor is t and r.used else None  # (its value, if an op read it)
         if grad_fn(t) is not None and self.sites[site].custom is None:
             self.notes.append(Note("stale-graph", site, f"`.data` assignment to a tensor with a graph "
                                                         f"({type(grad_fn(t)).__name__})"))
@@ -272,6 +274,9 @@ class Handles(Storage):
         self.recs.pop(id(t), None)
         self._bind(t, h, cut=".data")
         if own_leaf(t):  # `p.data = v` (vector_to_parameters): p stays a leaf autograd follows, with a new value
+            if isinstance(old, Traced) and self.sites[site].custom is None:
+                # a graph already built on the old value differentiates the new one (said if a backward reaches it)
+                self._stale(Note("stale-graph", site, "`.data` assignment to a leaf already used in the graph"), old, t)
             self._changed_unseen(t)
 
     def _leave(self, name: str, t: Any, out: Any) -> None:
