@@ -2532,13 +2532,9 @@ def test_a_parameter_given_new_data_stays_a_leaf(tmp_path, capfd):
     assert b.status == "ok" and b.value == [1.0, 1.0, 1.0] and b.grad == b.exact
     # new data given to a leaf whose graph is already built, then that graph's backward: a stale graph (it was a
     # mismatch with an exact gradient of 0).  (The same path, rewritten: its finding quoted the first script's line 4.)
-    stale = ("import torch\n"
-             "w = torch.tensor([1.0, 2.0], requires_grad=True)\n"
-             "y = (w * w).sum()\n"
-             "w.data = torch.tensor([3.0, 4.0])\n"
-             "y.backward()\n")
-    report = gs.run_script(_script(tmp_path, stale))
-    (f,) = report.findings
+    stale = ["import torch", "w = torch.tensor([1.0, 2.0], requires_grad=True)", "y = (w * w).sum()",
+             "w.data = torch.tensor([3.0, 4.0])", "y.backward()"]
+    (f,) = gs.run_script(_script(tmp_path, "\n".join(stale) + "\n")).findings
     assert (f.kind, f.severity, f.line) == ("stale-graph", "error", 4)
     assert f.message == ("line 4 `w.data = torch.tensor([3.0, 4.0])`: `.data` assignment to a leaf already used in "
                          "the graph")
