@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import linecache
 import os
 import sys
 import time
@@ -236,7 +237,7 @@ class BackwardCalls:
         frame = sys._getframe(1)
         while frame is not None and internal_file(frame.f_code.co_filename):
             frame = frame.f_back  # type: ignore[assignment]
-        m = _BACKWARD_ON.match(_user_frame()[2]) if frame is not None else None
+        m = None if frame is None else _BACKWARD_ON.match(linecache.getline(frame.f_code.co_filename, frame.f_lineno))
         if m is None or frame.f_locals.get(m.group(1)) is not new[0]:  # (the name must be that tensor, there)
             return
         with self.lock:

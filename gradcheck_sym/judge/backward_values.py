@@ -246,7 +246,7 @@ def own_scale(r: torch.Tensor, scale: float | None, u: float) -> tuple[float | N
 
 def exact_gradient(tr: Any, plan: Any, t: torch.Tensor) -> tuple[Any, Any]:
     """The exact gradient of `t` in this backward (Traced, a tensor or None) and its program variable."""
-    var = plan.target_vars.get(id(t)) if getattr(plan, "target_vars", None) else None
+    var = plan.target_vars.get(id(t))  # (its variable when the backward began: see Plan.target_vars)
     if var is None:
         h = tr.recs.get(id(t))
         var = h.handle.var if h is not None and h.tensor is t and isinstance(h.handle, Traced) else None
