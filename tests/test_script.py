@@ -1809,7 +1809,7 @@ def test_a_fit_s_cancelling_gradients_are_judged_by_their_last_sums_without_writ
     # Near the optimum, the 0-d coefficients' gradients cancel over 2,000 terms and fail the cheap test at every
     # backward; the rounding of their last sums alone explains the difference (a part of the bound), so the sweep is
     # not written down for its whole bound.  A gradient changed by 5% is not within it.
-    from gradcheck_sym.judge import backward
+    from gradcheck_sym.judge import backward, backward_values
 
     written = []
     real = backward.record_sweep
@@ -1817,6 +1817,9 @@ def test_a_fit_s_cancelling_gradients_are_judged_by_their_last_sums_without_writ
     cheap = []
     real_cheap = backward.cheap_floats
     monkeypatch.setattr(backward, "cheap_floats", lambda a, r, u: cheap.append(ok := real_cheap(a, r, u)) or ok)
+    recomputed = []  # the float32 recomputations of a backward, for its measured noise
+    real_rounded = backward_values.rounded_sweep
+    monkeypatch.setattr(backward_values, "rounded_sweep", lambda *a, **k: recomputed.append(1) or real_rounded(*a, **k))
     path = tmp_path / "fit.py"
     path.write_text(_FIT.replace("HOOK", hook), encoding="utf-8")
     report = gs.run_script(str(path))
@@ -1828,6 +1831,9 @@ def test_a_fit_s_cancelling_gradients_are_judged_by_their_last_sums_without_writ
     if expected is None:
         assert written == [], "the sweep was written down for its bound"
         assert _row(report, "a").status == _row(report, "b").status == "ok"
+        # where both differences are within the typical rounding of those sums (which the measured noise never goes
+        # below), the recomputation is not needed: 4 backwards of 12 here needed it (all 9 that got this far did)
+        assert 0 < len(recomputed) <= 6
 
 
 def test_above_its_size_a_program_s_small_gradients_go_to_the_ladder_at_once(tmp_path, monkeypatch):
