@@ -75,8 +75,12 @@ def test_explanations_are_pinned():
     assert set(EXPLANATIONS) == {"mismatch", "untracked", "stale-graph", "hook", "nonleaf-grad", "nondifferentiable",
                                  "nonfinite", "not-verified", "no-autograd", "self-check", "replayed", "intended",
                                  "backward-raised", "not-verified-stopped", "not-verified-memory", "frozen",
-                                 "intended-unused", "discarded"}
-    assert SEVERITY["replayed"] == SEVERITY["intended"] == "info"
+                                 "intended-unused", "discarded", "torch-cut"}
+    assert SEVERITY["replayed"] == SEVERITY["intended"] == SEVERITY["torch-cut"] == "info"
+    assert EXPLANATIONS["torch-cut"] == (
+        "torch's own code computed part of this line under no_grad on purpose, while the script had grad on "
+        "(spectral_norm's power iteration): those values are constants of the gradient by torch's design, in the "
+        "exact gradient as in autograd's.", "Nothing to fix.")
     assert EXPLANATIONS["frozen"] == (
         "a parameter that no optimizer of the script's updates was used under no_grad or through a detach, so autograd "
         "gave it no gradient: a frozen network (a distillation's teacher, a target network).",

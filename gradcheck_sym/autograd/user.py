@@ -156,7 +156,7 @@ def run_traced(call: Callable[[list[torch.Tensor]], Any], values: Sequence[torch
     for leaf, name in zip(leaves, names):
         tracer.leaf(leaf, name)
     try:
-        with torch.inference_mode(False), torch.enable_grad(), tracer:
+        with torch.inference_mode(False), torch.enable_grad(), tracer, tracer.torch_no_grad:
             out = call(leaves)
     except GradcheckSymError:
         raise

@@ -96,7 +96,7 @@ def run_script(path: str, argv: list[str] | None = None, *, timeout: float | Non
 
     threading.setprofile(enter_in_thread)
     try:
-        with tracer, tracer.optimizer_hooks(), tracer.module_hooks():
+        with tracer, tracer.torch_no_grad, tracer.optimizer_hooks(), tracer.module_hooks():
             exec(code, module.__dict__)  # noqa: S102 - running the user's script is what was asked
     except SystemExit as exc:
         exit_code = _exit_code(exc)
@@ -116,6 +116,20 @@ def run_script(path: str, argv: list[str] | None = None, *, timeout: float | Non
         except OSError:
             pass
     return build_report(os.path.basename(path), tracer, module.__dict__, exit_code, error)
+
+
+def _torch_cuts(tracer: ScriptTracer) -> dict[int, tuple[str, list[str]]]:
+    """The script's lines where torch's own code turned grad off (`TorchNoGrad`): line -> (its source, the torch
+    functions that did, each once, at the first line seen: "torch/nn/utils/spectral_norm.py:103 (compute_weight)")."""
+    out: dict[int, tuple[str, list[str]]] = {}
+    seen: set[tuple[int, str, str]] = set()
+    for site, (path, line, function) in tracer.torch_cuts.items():
+        s = tracer.sites[site]
+        places = out.setdefault(s.line, (s.source, []))[1]
+        if (s.line, path, function) not in seen:
+            seen.add((s.line, path, function))
+            places.append(f"{path}:{line} ({function})")
+    return out
 
 
 class _Leave:
@@ -337,6 +351,11 @@ def _findings(tracer: ScriptTracer, names: dict[int, str], error: str | None) ->
                               f"{last[0]})" if len(items) > 1 else "")
         out.append(RunFinding(kind, SEVERITY.get(kind, "warning"), first[0], message, explanation, fix, name,
                               len(items), last[0]))
+    for line, (source, places) in _torch_cuts(tracer).items():
+        more = f" and {len(places) - 2} more" if len(places) > 2 else ""
+        out.append(RunFinding("torch-cut", "info", line, f"line {line} `{source}`: torch's own code ran part of it "
+                              f"under no_grad ({', '.join(places[:2])}{more})", *EXPLANATIONS["torch-cut"],
+                              last_line=line))
     for note in tracer.notes:
         site = tracer.sites[note.site]
         if note.kind == "stale-graph":

@@ -178,8 +178,9 @@ class ScriptTracer(BackwardCalls, OptimizerSteps, ScriptMemory, DiscardedCuts, T
                     anc |= r.anc
         rec = self.recs.get(id(t))
         cut = "no_grad" if s.grad != "on" and s.custom is None else ("detach" if self.name == "detach" else "")
-        if s.custom is None and (t.requires_grad or s.grad != "on" or self.name == "detach") and \
-                _ASSIGNS.match(s.source) and not leaf_window(t):
+        if s.custom is None and s.grad != "torch" and (t.requires_grad or s.grad != "on" or self.name == "detach") \
+                and _ASSIGNS.match(s.source) and not leaf_window(t):
+            # (not what torch's own code made under its no_grad: spectral_norm's vectors are not the line's)
             info = self._info(t, s)
             if is_leaf(t):
                 # made inside a custom Function's forward (x.detach().requires_grad_() under enable_grad there): the

@@ -45,10 +45,11 @@ from ..ops import prims as P
 from ..ops.core import interpreting
 from ..ops.ew import IDENT
 from ..ops.torch import RULES, Refused, bind_args
-from ..reference.interpret import Recorder, Traced, own_bytes
+from ..reference.interpret import TORCH_NO_GRAD, Recorder, Traced, own_bytes
 from .tracer_calls import _PASS, _PROPERTY_TENSORS, _QUIET, _RANDOM, _name, _normalise, _tensors, _walk, foreign_types
 from .tracer_handles import Handles, _any_traced, _flat_handles
-from .tracer_sites import CallAs, Cut, Note, _custom_forward, _user_line, dispatching_frame, hidden_frame, internal_file
+from .tracer_sites import (CallAs, Cut, Note, TorchNoGrad, _custom_forward, _user_line, dispatching_frame, hidden_frame,
+                           internal_file)
 from .tracer_storage import _Rec
 from .tracer_values import ValueChecks
 
@@ -118,6 +119,11 @@ class Tracer(ValueChecks, Handles, TorchFunctionMode):
         self.call_of: dict[int, int] = {}  # equation index -> custom Function call
         self._site = -1
         self.call_as = CallAs()
+        # the no_grad blocks torch's own code opened with grad on (entered with the tracer by its callers): a site
+        # there has grad "torch", its cuts are defined ones; each site's place in torch, and those that cut a value
+        self.torch_no_grad = TorchNoGrad()
+        self.torch_places: dict[int, tuple[str, int, str]] = {}
+        self.torch_cuts: dict[int, tuple[str, int, str]] = {}
 
     # ------------------------------------------------------------ the program so far
     def leaf(self, t: torch.Tensor, name: str) -> Traced:
@@ -162,6 +168,10 @@ class Tracer(ValueChecks, Handles, TorchFunctionMode):
                 return found
         source = linecache.getline(file, line).strip() if file else ""
         custom, key, applied = _custom_forward() if grad != "on" else (None, None, None)
+        inside = None
+        if grad == "no_grad" and not no_grad and custom is None:
+            inside = self.torch_no_grad.opened()
+            grad = "torch" if inside is not None else grad
         if custom and custom not in self.custom:
             self.custom.append(custom)
         # One apply() of a custom Function is one call, told apart from the next by its ctx (or its frame).
@@ -173,6 +183,8 @@ class Tracer(ValueChecks, Handles, TorchFunctionMode):
             self.sites.append(site)
         if grad == "on" and custom is None:
             self._site_at[(op, file, line)] = found
+        if inside is not None:
+            self.torch_places.setdefault(found, inside)
         return found
 
     def _call_number(self, key: Any, applied: Any) -> int:
@@ -350,7 +362,12 @@ class Tracer(ValueChecks, Handles, TorchFunctionMode):
                 if self.region.on:
                     self.region.id += 1
                     self.region.on = False
-                results = tuple(self._cut("no_grad", h, site, self.region.id) for h in results)
+                kind = TORCH_NO_GRAD if self.sites[site].grad == "torch" else "no_grad"
+                results = tuple(self._cut(kind, h, site, self.region.id) for h in results)
+                if kind == TORCH_NO_GRAD and site not in self.torch_cuts and any(isinstance(h, Traced) for h in results) \
+                        and not (target is not None and target.requires_grad and is_leaf(target)):
+                    # a value was cut (a parameter's own fill, nn.init's in a module's constructor, is a new value)
+                    self.torch_cuts[site] = self.torch_places[site]
         if torch.is_grad_enabled():
             self.region.on = True
         if target is not None:

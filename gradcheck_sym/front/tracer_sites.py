@@ -14,13 +14,14 @@ import functools
 import linecache
 import os
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 __all__ = ["Cut", "Note", "internal_file", "hidden_frame", "dispatching_frame", "CallAs", "OVERRIDES_PY",
-           "TRAMPOLINE"]
+           "TRAMPOLINE", "TorchNoGrad", "torch_where"]
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
@@ -154,3 +155,88 @@ def _custom_forward() -> tuple[str | None, Any, Any]:
         frame = frame.f_back  # type: ignore[assignment]
     return None, None, None
 
+
+
+_CONTEXTLIB_PY = os.path.abspath(getattr(sys.modules.get("torch.utils._contextlib"), "__file__", None) or "-")
+
+
+class TorchNoGrad:
+    """While entered: the `torch.no_grad` blocks open in this thread, and for each one torch's own code opened while
+    grad was on — spectral_norm's power iteration, in a module's pre-hook or a parametrization — the place it was
+    opened: what is computed there is a constant of the gradient by torch's design, not the script's cut.
+
+    torch.no_grad's __enter__ and __exit__ are wrapped while entered (then restored): they do what they did, and no
+    frame of ours shows in a traceback (a module hook would: the slow path of every module call)."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._saved: tuple[Any, Any, Any] | None = None
+
+    def _stack(self) -> list[tuple[Any, tuple[str, int, str] | None]]:
+        stack = getattr(self._local, "stack", None)
+        if stack is None:
+            stack = self._local.stack = []
+        return stack
+
+    def __enter__(self) -> TorchNoGrad:
+        cls = torch.autograd.grad_mode.no_grad
+        enter, leave = cls.__dict__.get("__enter__"), cls.__dict__.get("__exit__")
+        if enter is None or leave is None or self._saved is not None:
+            return self  # (another torch's no_grad: every no_grad is the script's, as before)
+        stack_of = self._stack
+
+        @functools.wraps(enter)
+        def entering(ctx: Any) -> Any:
+            stack_of().append((ctx, _torch_opened(sys._getframe(1)) if torch.is_grad_enabled() else None))
+            return enter(ctx)
+
+        @functools.wraps(leave)
+        def leaving(ctx: Any, *exc: Any) -> Any:
+            stack = stack_of()
+            for k in range(len(stack) - 1, -1, -1):
+                if stack[k][0] is ctx:
+                    del stack[k]
+                    break
+            return leave(ctx, *exc)
+
+        cls.__enter__, cls.__exit__ = entering, leaving
+        self._saved = (cls, enter, leave)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._saved is not None:
+            cls, enter, leave = self._saved
+            cls.__enter__, cls.__exit__ = enter, leave
+            self._saved = None
+
+    def opened(self) -> tuple[str, int, str] | None:
+        """Where torch's own code opened the innermost no_grad block, if it did so with grad on; else None (the
+        script's no_grad, or none of torch.no_grad's)."""
+        stack = self._stack()
+        return stack[-1][1] if stack else None
+
+
+def _torch_opened(frame: Any) -> tuple[str, int, str] | None:
+    """The place in torch of the frame that opens a no_grad block, if it is torch's own code (a function torch
+    decorated with @torch.no_grad counts as its body's: the script's own decorated function is the script's)."""
+    if frame is None:
+        return None
+    code = frame.f_code
+    if os.path.abspath(code.co_filename) == _CONTEXTLIB_PY and code.co_name == "decorate_context":
+        body = getattr(frame.f_locals.get("func"), "__code__", None)
+        if body is None or not os.path.abspath(body.co_filename).startswith(_TORCH_DIR):
+            return None
+        return _torch_path(body.co_filename), body.co_firstlineno, body.co_name
+    if not os.path.abspath(code.co_filename).startswith(_TORCH_DIR):
+        return None
+    return torch_where(frame)
+
+
+def _torch_path(filename: str) -> str:
+    path = os.path.abspath(filename)
+    return "torch" + path[len(_TORCH_DIR):] if path.startswith(_TORCH_DIR) else path
+
+
+def torch_where(frame: Any) -> tuple[str, int, str]:
+    """`frame`'s place in torch, as a reader finds it: ("torch/nn/utils/spectral_norm.py", 105, "compute_weight")."""
+    return _torch_path(frame.f_code.co_filename), frame.f_lineno, frame.f_code.co_name

@@ -80,7 +80,7 @@ class Site:
         op: the torch op as called ("conv2d", "Tensor.add_", "__mul__").
         file, line, source: the user's file, line and source line (0 / "" when unknown).
         grad: "on", or how grad mode was off: "no_grad" (also set_grad_enabled(False)),
-            "inference".
+            "inference", "torch" (torch's own code turned it off while it was on).
         custom: the custom `autograd.Function` whose forward ran the op, or None.
     """
 

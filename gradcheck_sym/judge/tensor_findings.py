@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from ..reference.interpret import TORCH_NO_GRAD
 from ..report.records import CutLocation, Example, Finding
 from .compare import fmt
 
@@ -28,6 +29,8 @@ CUT_WORDS = {
     ".tolist()": ".tolist() turns the values into Python numbers, constants for autograd",
     "non-differentiable output": "torch declares this output of the op non-differentiable: autograd never gives it "
                                  "a gradient",
+    TORCH_NO_GRAD: "torch's own code runs it with grad mode off on purpose (spectral_norm's power iteration): a "
+                   "constant of the gradient by torch's design, in the exact gradient too",
 }
 
 
@@ -171,8 +174,11 @@ class Accumulator:
         if not any(f.kind == "untracked" for f in out):
             harmful = []
         declared = [d for d in self.declared if getattr(d, "is_cut", False)]
+        said = set()  # (a line's cuts of one kind, said once: spectral_norm's power iteration is four ops)
         for c in cuts if judged else ():
-            if c not in harmful and not any(d.matches_cut(c.file, c.line) for d in declared):
+            if c not in harmful and not any(d.matches_cut(c.file, c.line) for d in declared) and \
+                    (c.kind, c.file, c.line) not in said:
+                said.add((c.kind, c.file, c.line))
                 label = _cut_label(c.kind)
                 out.append(Finding("cut", "info", label, (
                     f"the cut {label} ({c.file_name}:{c.line}){' `' + c.source + '`' if c.source else ''}: "

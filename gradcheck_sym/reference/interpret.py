@@ -27,12 +27,15 @@ from ..ops.prims import add
 from ..ops.prims_base import _obj
 
 __all__ = ["Traced", "Recorder", "ObjectEager", "evaluate", "sweep", "SweepResult", "record_sweep", "error_bounds",
-           "UNIT_ROUNDOFF", "const_value", "AbsEager"]
+           "UNIT_ROUNDOFF", "const_value", "AbsEager", "DEFINED_CUTS", "TORCH_NO_GRAD"]
 
 F64 = torch.float64
 # Cuts that are part of an op's definition in torch (an output declared non-differentiable): constants in
 # every semantics, the full math's included, since no user code put them there.
-DEFINED_CUTS = frozenset({"non-differentiable output"})
+# A cut torch's own code made (`front.tracer_sites.TorchNoGrad`: spectral_norm's power iteration under no_grad): a
+# constant of the gradient by torch's design.  Cuts of these kinds are constants in the exact reference too.
+TORCH_NO_GRAD = "no_grad in torch"
+DEFINED_CUTS = frozenset({"non-differentiable output", TORCH_NO_GRAD})
 UNIT_ROUNDOFF = {"float64": 2.0**-53, "float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
 
 

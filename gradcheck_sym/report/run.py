@@ -80,6 +80,10 @@ EXPLANATIONS: dict[str, tuple[str, str]] = {
     "intended": ("the gradient differs from the exact derivative as a declared deviation says it should (a cut or "
                  "a custom Function declared with intended=... / --intended).",
                  "Nothing to fix: it is meant; everything else is still checked."),
+    "torch-cut": ("torch's own code computed part of this line under no_grad on purpose, while the script had grad "
+                  "on (spectral_norm's power iteration): those values are constants of the gradient by torch's "
+                  "design, in the exact gradient as in autograd's.",
+                  "Nothing to fix."),
     "replayed": ("a custom Function's backward rounds differently from our formulas in float32; run again in "
                  "float64 on the same inputs, it matched the exact gradient, so the float32 differences are rounding.",
                  "Nothing to fix."),
@@ -88,7 +92,7 @@ SEVERITY = {"mismatch": "error", "untracked": "error", "stale-graph": "error", "
             "nonleaf-grad": "warning", "nondifferentiable": "info", "nonfinite": "error", "not-verified": "warning",
             "no-autograd": "info", "self-check": "info", "backward-raised": "info",
             "replayed": "info", "intended": "info", "frozen": "info", "intended-unused": "warning",
-            "discarded": "info"}
+            "discarded": "info", "torch-cut": "info"}
 
 
 def summary_value(t: Any) -> Any:
