@@ -119,17 +119,19 @@ def run_script(path: str, argv: list[str] | None = None, *, timeout: float | Non
 
 
 def _torch_cuts(tracer: ScriptTracer) -> dict[int, tuple[str, list[str]]]:
-    """The script's lines where torch's own code turned grad off (`TorchNoGrad`): line -> (its source, the torch
-    functions that did, each once, at the first line seen: "torch/nn/utils/spectral_norm.py:103 (compute_weight)")."""
+    """The script's lines where a backward reached a value torch's own code made under its no_grad (`TorchNoGrad`):
+    line -> (its source, the torch functions that made one, each once, at the first line seen:
+    "torch/nn/utils/spectral_norm.py:103 (compute_weight)")."""
     out: dict[int, tuple[str, list[str]]] = {}
     seen: set[tuple[int, str, str]] = set()
-    for site, (path, line, function) in tracer.torch_cuts.items():
+    for site in sorted(tracer.torch_reached):
         s = tracer.sites[site]
+        path, line, function = tracer.torch_places[site]
         places = out.setdefault(s.line, (s.source, []))[1]
         if (s.line, path, function) not in seen:
             seen.add((s.line, path, function))
             places.append(f"{path}:{line} ({function})")
-    return out
+    return dict(sorted(out.items()))
 
 
 class _Leave:

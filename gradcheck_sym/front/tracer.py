@@ -120,10 +120,11 @@ class Tracer(ValueChecks, Handles, TorchFunctionMode):
         self._site = -1
         self.call_as = CallAs()
         # the no_grad blocks torch's own code opened with grad on (entered with the tracer by its callers): a site
-        # there has grad "torch", its cuts are defined ones; each site's place in torch, and those that cut a value
+        # there has grad "torch", its cuts are defined ones; each site's place in torch, and the sites whose cut a
+        # backward reached (`reference.interpret.SweepResult.torch_cuts`)
         self.torch_no_grad = TorchNoGrad()
         self.torch_places: dict[int, tuple[str, int, str]] = {}
-        self.torch_cuts: dict[int, tuple[str, int, str]] = {}
+        self.torch_reached: set[int] = set()
 
     # ------------------------------------------------------------ the program so far
     def leaf(self, t: torch.Tensor, name: str) -> Traced:
@@ -364,10 +365,6 @@ class Tracer(ValueChecks, Handles, TorchFunctionMode):
                     self.region.on = False
                 kind = TORCH_NO_GRAD if self.sites[site].grad == "torch" else "no_grad"
                 results = tuple(self._cut(kind, h, site, self.region.id) for h in results)
-                if kind == TORCH_NO_GRAD and site not in self.torch_cuts and any(isinstance(h, Traced) for h in results) \
-                        and not (target is not None and target.requires_grad and is_leaf(target)):
-                    # a value was cut (a parameter's own fill, nn.init's in a module's constructor, is a new value)
-                    self.torch_cuts[site] = self.torch_places[site]
         if torch.is_grad_enabled():
             self.region.on = True
         if target is not None:

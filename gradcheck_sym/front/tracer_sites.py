@@ -158,83 +158,117 @@ def _custom_forward() -> tuple[str | None, Any, Any]:
 
 
 _CONTEXTLIB_PY = os.path.abspath(getattr(sys.modules.get("torch.utils._contextlib"), "__file__", None) or "-")
+_TORCH_PREFIX = _TORCH_DIR + os.sep  # (torchvision's directory starts with torch's name: not torch's code)
+
+
+class _GradBlocks(threading.local):
+    """Per thread: the grad-mode blocks open (torch.no_grad, enable_grad, set_grad_enabled), innermost last, each
+    with the place in torch a no_grad was opened by torch's own code with grad on (else None)."""
+
+    def __init__(self) -> None:
+        self.stack: list[tuple[Any, tuple[str, int, str] | None]] = []
+
+
+_BLOCKS = _GradBlocks()
+_PATCH_LOCK = threading.Lock()
+_PATCHED: dict[str, Any] = {"count": 0, "saved": []}
+
+
+def _wrapped(cls: Any, torch_opens: bool) -> list[tuple[Any, str, Any, Any]]:
+    """`cls`'s __enter__ and __exit__ wrapped to keep `_BLOCKS` (the originals, and what replaces them)."""
+    enter, leave = cls.__dict__.get("__enter__"), cls.__dict__.get("__exit__")
+    if enter is None or leave is None:
+        return []
+
+    @functools.wraps(enter)
+    def entering(ctx: Any) -> Any:
+        place = _torch_opened(sys._getframe(1)) if torch_opens and torch.is_grad_enabled() else None
+        _BLOCKS.stack.append((ctx, place))
+        return enter(ctx)
+
+    @functools.wraps(leave)
+    def leaving(ctx: Any, *exc: Any) -> Any:
+        stack = _BLOCKS.stack
+        for k in range(len(stack) - 1, -1, -1):
+            if stack[k][0] is ctx:
+                del stack[k]
+                break
+        return leave(ctx, *exc)
+
+    return [(cls, "__enter__", enter, entering), (cls, "__exit__", leave, leaving)]
 
 
 class TorchNoGrad:
     """While entered: the `torch.no_grad` blocks open in this thread, and for each one torch's own code opened while
     grad was on — spectral_norm's power iteration, in a module's pre-hook or a parametrization — the place it was
-    opened: what is computed there is a constant of the gradient by torch's design, not the script's cut.
+    opened: what is computed there is a constant of the gradient by torch's design, not the script's cut.  A block
+    the script opens inside it (enable_grad, set_grad_enabled: an optimizer's closure) is the script's again.
 
-    torch.no_grad's __enter__ and __exit__ are wrapped while entered (then restored): they do what they did, and no
-    frame of ours shows in a traceback (a module hook would: the slow path of every module call)."""
+    torch.no_grad's, enable_grad's and set_grad_enabled's __enter__ and __exit__ are wrapped while any tracer is in
+    one (then restored): they do what they did, and no frame of ours shows in a traceback (a module hook would: the
+    slow path of every module call)."""
 
     def __init__(self) -> None:
-        self._local = threading.local()
-        self._saved: tuple[Any, Any, Any] | None = None
-
-    def _stack(self) -> list[tuple[Any, tuple[str, int, str] | None]]:
-        stack = getattr(self._local, "stack", None)
-        if stack is None:
-            stack = self._local.stack = []
-        return stack
+        self._entered = False
 
     def __enter__(self) -> TorchNoGrad:
-        cls = torch.autograd.grad_mode.no_grad
-        enter, leave = cls.__dict__.get("__enter__"), cls.__dict__.get("__exit__")
-        if enter is None or leave is None or self._saved is not None:
-            return self  # (another torch's no_grad: every no_grad is the script's, as before)
-        stack_of = self._stack
-
-        @functools.wraps(enter)
-        def entering(ctx: Any) -> Any:
-            stack_of().append((ctx, _torch_opened(sys._getframe(1)) if torch.is_grad_enabled() else None))
-            return enter(ctx)
-
-        @functools.wraps(leave)
-        def leaving(ctx: Any, *exc: Any) -> Any:
-            stack = stack_of()
-            for k in range(len(stack) - 1, -1, -1):
-                if stack[k][0] is ctx:
-                    del stack[k]
-                    break
-            return leave(ctx, *exc)
-
-        cls.__enter__, cls.__exit__ = entering, leaving
-        self._saved = (cls, enter, leave)
+        with _PATCH_LOCK:
+            if not self._entered:
+                self._entered = True
+                if _PATCHED["count"] == 0:
+                    grad_mode = torch.autograd.grad_mode
+                    saved = _wrapped(grad_mode.no_grad, True) + _wrapped(grad_mode.enable_grad, False) + \
+                        _wrapped(grad_mode.set_grad_enabled, False)
+                    for cls, name, _, replacement in saved:
+                        setattr(cls, name, replacement)
+                    _PATCHED["saved"] = saved
+                _PATCHED["count"] += 1
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._saved is not None:
-            cls, enter, leave = self._saved
-            cls.__enter__, cls.__exit__ = enter, leave
-            self._saved = None
+        with _PATCH_LOCK:
+            if not self._entered:
+                return
+            self._entered = False
+            _PATCHED["count"] -= 1
+            if _PATCHED["count"] == 0:
+                for cls, name, original, replacement in _PATCHED["saved"]:
+                    if cls.__dict__.get(name) is replacement:  # (a script's own patch since is left to it)
+                        setattr(cls, name, original)
+                _PATCHED["saved"] = []
 
     def opened(self) -> tuple[str, int, str] | None:
-        """Where torch's own code opened the innermost no_grad block, if it did so with grad on; else None (the
-        script's no_grad, or none of torch.no_grad's)."""
-        stack = self._stack()
-        return stack[-1][1] if stack else None
+        """Where torch's own code opened the innermost grad-mode block, a no_grad it opened with grad on; else None
+        (the script's no_grad, a block the script opened inside torch's, or none of these)."""
+        stack = _BLOCKS.stack
+        return stack[-1][1] if stack and self._entered else None
 
 
 def _torch_opened(frame: Any) -> tuple[str, int, str] | None:
-    """The place in torch of the frame that opens a no_grad block, if it is torch's own code (a function torch
-    decorated with @torch.no_grad counts as its body's: the script's own decorated function is the script's)."""
+    """The place in torch of the frame that opens a no_grad block, if it is torch's own code.  One the decorator opens
+    (torch.utils._contextlib) is torch's where torch's own code calls a function of torch's it decorated
+    (spectral_norm's `_power_method`); the script may decorate anything, torch's functions included, and what it
+    calls is its own."""
     if frame is None:
         return None
-    code = frame.f_code
-    if os.path.abspath(code.co_filename) == _CONTEXTLIB_PY and code.co_name == "decorate_context":
+    path = os.path.abspath(frame.f_code.co_filename)
+    if path == _CONTEXTLIB_PY:
         body = getattr(frame.f_locals.get("func"), "__code__", None)
-        if body is None or not os.path.abspath(body.co_filename).startswith(_TORCH_DIR):
+        caller = frame.f_back
+        while caller is not None and os.path.abspath(caller.f_code.co_filename) == _CONTEXTLIB_PY:
+            caller = caller.f_back
+        if body is None or caller is None or not os.path.abspath(body.co_filename).startswith(_TORCH_PREFIX) or \
+                not os.path.abspath(caller.f_code.co_filename).startswith(_TORCH_PREFIX):
             return None
         return _torch_path(body.co_filename), body.co_firstlineno, body.co_name
-    if not os.path.abspath(code.co_filename).startswith(_TORCH_DIR):
+    if not path.startswith(_TORCH_PREFIX):
         return None
     return torch_where(frame)
 
 
 def _torch_path(filename: str) -> str:
     path = os.path.abspath(filename)
-    return "torch" + path[len(_TORCH_DIR):] if path.startswith(_TORCH_DIR) else path
+    return "torch" + path[len(_TORCH_DIR):] if path.startswith(_TORCH_PREFIX) else path
 
 
 def torch_where(frame: Any) -> tuple[str, int, str]:

@@ -227,6 +227,8 @@ class SweepResult:
     errs: dict[int, Any] | None = None
     # the reasons (of `blocked`) behind each tainted variable: the ones on its own way to the output
     why: dict[int, set[str]] = field(default_factory=dict)
+    # the sites of the cuts torch's own code made (`TORCH_NO_GRAD`) that received a cotangent
+    torch_cuts: set[int] = field(default_factory=set)
 
 
 def sweep(
@@ -260,6 +262,7 @@ def sweep(
     blocked: list[tuple[int, str]] = []
     why: dict[int, set[str]] = {}
     reached = False
+    torch_cuts: set[int] = set()
     interp = recorder if recorder is not None else interp or TorchEager()
     rounding = getattr(interp, "per_equation_dtype", False)
     with interpreting(interp):
@@ -285,7 +288,10 @@ def sweep(
             in_vars = [a for a in e.inputs if isinstance(a, Var)]
             if e.prim == "stop":
                 reached = True
-                if (cut and (cut is True or cut(e))) or e.params.get("kind") in DEFINED_CUTS:
+                kind = e.params.get("kind")
+                if kind == TORCH_NO_GRAD:
+                    torch_cuts.add(e.site)
+                if (cut and (cut is True or cut(e))) or kind in DEFINED_CUTS:
                     continue
             prim = PRIMS[e.prim]
             if rounding:  # (reference.rounded's interpreter: each equation in its own dtype)
@@ -318,7 +324,7 @@ def sweep(
                     continue
                 prev = cts.get(a.id)
                 cts[a.id] = r if prev is None else add(prev, r)
-    return SweepResult(cts, tainted, blocked, reached, why=why)
+    return SweepResult(cts, tainted, blocked, reached, why=why, torch_cuts=torch_cuts)
 
 
 def traced_values(program: Program, env: dict[int, Any], seeds: dict[int, Any]) -> tuple[int, dict[int, Traced]]:
