@@ -21,6 +21,7 @@ EXPECTED = {
     "legendre.py": [], "micro_mlp.py": [], "nn_rmsprop.py": [], "mnist_bn_mlp.py": [], "fused_conv_bn.py": [],
     "conv_bias_bn.py": [], "convbn_tutorial.py": [], "backprop_by_hand.py": [], "lstm_tagger.py": [],
     "seq2seq_attention.py": [], "gan_steps.py": [], "spatial_transformer.py": [], "fgsm_attack.py": [],
+    "sngan_steps.py": [],
 }
 
 
@@ -637,3 +638,13 @@ def test_a_failure_of_ours_while_judging_a_replay_is_an_unknown_that_says_it_is_
     r.names, r.exact = {0: "MyFn"}, {0: {}}
     assert r._judge(0, ("grads", {})) == ("unknown", "comparing its replay failed in gradcheck-sym (ValueError: boom)")
     assert r._judge(0, ("unknown", "why")) == ("unknown", "why")
+
+
+def test_the_sn_gan_s_power_iterations_are_torch_s_and_named_at_the_line_that_reached_them():
+    # spectral_norm in both styles on one line's discriminator calls: one torch-cut naming both places in torch
+    report = gs.run_script(str(ROOT / "scripts" / "teaching" / "sngan_steps.py"))
+    assert report.ok and report.summary["not_verified"] == 0 and report.summary["verified"] == 12, str(report)
+    cuts = [f for f in report.findings if f.kind == "torch-cut"]
+    assert [f.line for f in cuts] == [19, 23], str(report)
+    assert "torch/nn/utils/spectral_norm.py:" in cuts[0].message and "(compute_weight)" in cuts[0].message
+    assert "torch/nn/utils/parametrizations.py:" in cuts[0].message and "(_power_method)" in cuts[0].message

@@ -126,11 +126,11 @@ def _torch_cuts(tracer: ScriptTracer) -> dict[int, tuple[str, list[str]]]:
     seen: set[tuple[int, str, str]] = set()
     for site in sorted(tracer.torch_reached):
         s = tracer.sites[site]
-        path, line, function = tracer.torch_places[site]
         places = out.setdefault(s.line, (s.source, []))[1]
-        if (s.line, path, function) not in seen:
-            seen.add((s.line, path, function))
-            places.append(f"{path}:{line} ({function})")
+        for path, line, function in tracer.torch_places[site]:
+            if (s.line, path, function) not in seen:
+                seen.add((s.line, path, function))
+                places.append(f"{path}:{line} ({function})")
     return dict(sorted(out.items()))
 
 

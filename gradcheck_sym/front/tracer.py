@@ -123,7 +123,7 @@ class Tracer(ValueChecks, Handles, TorchFunctionMode):
         # there has grad "torch", its cuts are defined ones; each site's place in torch, and the sites whose cut a
         # backward reached (`reference.interpret.SweepResult.torch_cuts`)
         self.torch_no_grad = TorchNoGrad()
-        self.torch_places: dict[int, tuple[str, int, str]] = {}
+        self.torch_places: dict[int, list[tuple[str, int, str]]] = {}
         self.torch_reached: set[int] = set()
 
     # ------------------------------------------------------------ the program so far
@@ -185,7 +185,9 @@ class Tracer(ValueChecks, Handles, TorchFunctionMode):
         if grad == "on" and custom is None:
             self._site_at[(op, file, line)] = found
         if inside is not None:
-            self.torch_places.setdefault(found, inside)
+            places = self.torch_places.setdefault(found, [])  # (one line's site: spectral_norm's and a
+            if inside not in places:                            # parametrization's normalize at one line)
+                places.append(inside)
         return found
 
     def _call_number(self, key: Any, applied: Any) -> int:
