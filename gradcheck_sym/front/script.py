@@ -30,6 +30,7 @@ from ..judge.backward import BackwardVerifier
 from ..report.run import EXPLANATIONS, SEVERITY, BackwardRow, RunFinding, RunReport, TensorRow, \
     summary_value
 from .script_backward import RAISED
+from .script_infos import DETACHED
 from .script_names import row_names
 from .script_tracer import ScriptTracer
 from .tracer_sites import OVERRIDES_PY, hidden_frame
@@ -220,7 +221,7 @@ def build_report(script: str, tracer: ScriptTracer, namespace: dict[str, Any], e
     return RunReport(script, tuple(rows), tuple(backwards), tuple(findings), error, exit_code, summary, graph)
 
 
-_NOT_COMPARED = ("grad is None: not a leaf", "made under no_grad: no grad_fn", "detached: a constant for autograd",
+_NOT_COMPARED = ("grad is None: not a leaf", "made under no_grad: no grad_fn", DETACHED,
                  "no grad (does not require grad)")
 
 

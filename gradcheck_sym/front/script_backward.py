@@ -19,8 +19,8 @@ from typing import Any, Iterator
 
 import torch
 
-from ..judge.backward_values import dense
 from ..autograd.attrs import grad_fn_name
+from ..judge.backward_values import dense
 from ..report.run import BACKWARD_ON as _BACKWARD_ON
 from .script_infos import Backward, TensorInfo
 from .tracer_sites import _PACKAGE_DIR, _user_frame, dispatching_frame, internal_file

@@ -17,7 +17,10 @@ import torch
 
 from ..report.run import summary_value
 
-__all__ = ["TensorInfo", "Backward", "InfoLog"]
+__all__ = ["TensorInfo", "Backward", "InfoLog", "DETACHED"]
+
+# a row's `cut` for a tensor the script detached (its status in the table; `report.run_render` shortens it)
+DETACHED = "detached: a constant for autograd"
 
 
 @dataclass

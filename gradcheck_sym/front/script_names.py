@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ..report.run import assigned_name
+from .script_infos import DETACHED
 
 __all__ = ["row_names"]
 
@@ -31,10 +32,13 @@ def _module_paths(namespace: dict[str, Any]) -> dict[int, str]:
     return out
 
 
+_DETACH = re.compile(r"([A-Za-z_][\w.]*(?:\[[^\]]*\])?)\.detach\(\)")
+
+
 def _detached_expression(info: Any) -> str:
     """`x.detach()` for a detached tensor made inside its line's expression (`z = f(x, y.detach())`: the row is
     `y.detach()`, not `z`), if the line has one such expression; else ""."""
-    if info.cut != "detached: a constant for autograd":
+    if info.cut != DETACHED:
         return ""
     found = _DETACH.findall(info.source)
     if len(found) != 1:
@@ -44,9 +48,6 @@ def _detached_expression(info: Any) -> str:
     while rhs.startswith("(") and rhs.endswith(")"):  # `a = (y.detach())`
         rhs = rhs[1:-1].strip()
     return "" if rhs == text else text
-
-
-_DETACH = re.compile(r"([A-Za-z_][\w.]*(?:\[[^\]]*\])?)\.detach\(\)")
 
 
 def row_names(tracer: Any, namespace: dict[str, Any]) -> dict[int, str]:

@@ -18,7 +18,6 @@ Beside it: `script_backward` (the backward calls and hooks), `script_optim` (opt
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 import threading
@@ -36,12 +35,12 @@ from ..reference.interpret import Traced
 from .custom_calls import CustomCalls
 from .script_backward import BackwardCalls
 from .script_discard import DiscardedCuts
-from .script_infos import Backward, InfoLog, TensorInfo
+from .script_infos import DETACHED, Backward, InfoLog, TensorInfo
 from .script_memory import ScriptMemory
 from .script_optim import _NOT_FAST, OptimizerSteps, _has_tensor, _in_optimizer, _torch_optim_via_torch
 from .tracer import Tracer
 from .tracer_calls import _PROPERTY_TENSORS, _QUIET, _name, foreign_types
-from .tracer_sites import Note, _user_frame, dispatching_frame, in_custom_forward
+from .tracer_sites import _TORCH_PREFIX, Note, _user_frame, dispatching_frame, in_custom_forward
 
 __all__ = ["ScriptTracer", "Backward", "TensorInfo"]
 
@@ -199,7 +198,7 @@ class ScriptTracer(BackwardCalls, OptimizerSteps, ScriptMemory, DiscardedCuts, T
             if s.grad != "on":
                 info.cut = "made under no_grad: no grad_fn"
             elif self.name == "detach":
-                info.cut = "detached: a constant for autograd"
+                info.cut = DETACHED
         elif rec is not None:
             rec.anc = frozenset(sorted(anc)[:32])
 
@@ -287,7 +286,7 @@ class ScriptTracer(BackwardCalls, OptimizerSteps, ScriptMemory, DiscardedCuts, T
                 # it None), or the script's own `p.grad.zero_()`: what the backward left is thrown away; any other
                 # read is a use
                 code = dispatching_frame(sys._getframe()).f_code
-                if name == "__set__" or (code.co_name == "zero_grad" and code.co_filename.startswith(_TORCH_DIR)) or \
+                if name == "__set__" or (code.co_name == "zero_grad" and code.co_filename.startswith(_TORCH_PREFIX)) or \
                         _ZEROES.match(_user_frame()[2]):
                     self.grad_reset(args[0], _where())
                 else:
@@ -356,8 +355,7 @@ class ScriptTracer(BackwardCalls, OptimizerSteps, ScriptMemory, DiscardedCuts, T
                 info.made, info.internal = True, in_custom_forward()
         return out
 
-# torch's own files (its zero_grad); a statement that zeroes a gradient in place, `w.grad.zero_()`
-_TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
+# a statement that zeroes a gradient in place, `w.grad.zero_()`
 _ZEROES = re.compile(r"^\s*[A-Za-z_][\w.\[\]]*\.grad(?:\.data)?\.zero_\(\)\s*(?:#.*)?$")
 
 

@@ -182,9 +182,10 @@ def _wrapped(cls: Any, torch_opens: bool) -> list[tuple[Any, str, Any, Any]]:
 
     @functools.wraps(enter)
     def entering(ctx: Any) -> Any:
-        place = _torch_opened(sys._getframe(1)) if torch_opens and torch.is_grad_enabled() else None
-        _BLOCKS.stack.append((ctx, place))
-        return enter(ctx)
+        place = _torch_opened(sys._getframe(1)) if torch_opens and torch.is_grad_enabled() else None  # (mode before)
+        out = enter(ctx)
+        _BLOCKS.stack.append((ctx, place))  # (after: a block that failed to open has no exit to take it off)
+        return out
 
     @functools.wraps(leave)
     def leaving(ctx: Any, *exc: Any) -> Any:

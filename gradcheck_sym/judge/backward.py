@@ -144,8 +144,7 @@ class BackwardVerifier(ReplayDecisions):
                 res = sweep(prog, values, seeds)
                 cts = dict(res.cts)
                 recorded = None
-        if res.torch_cuts and hasattr(tr, "torch_reached"):  # (said in the report: torch's own no_grad, reached)
-            tr.torch_reached.update(res.torch_cuts)
+        tr.torch_reached.update(res.torch_cuts)  # (said in the report: torch's own no_grad, reached)
         # the cotangents with the cuts as constants: the same as the plain ones unless a cut is reached
         cut = (sweep(prog, tr.rec.values, seeds, cut=True).cts if res.cut_reached else cts) if tr.cuts else None
         if self.intended and not create:
