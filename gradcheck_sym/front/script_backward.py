@@ -92,6 +92,7 @@ class BackwardCalls:
     events: list[tuple[str, int, str, str]]
     infos: dict[int, TensorInfo]
     _info: Any  # (ScriptTracer._info)
+    spend: Any  # (ScriptMemory.spend)
     stopped: str
     verifier: Any
     lock: Any
@@ -214,18 +215,26 @@ class BackwardCalls:
 
     def _backward(self, func: Any, args: tuple, kwargs: dict) -> Any:
         if args and isinstance(args[0], torch.Tensor):
+            # Tensor.backward(gradient, retain_graph, create_graph, inputs)
             tensors = [args[0]]
             grads = [kwargs.get("gradient", args[1] if len(args) > 1 else None)]
+            retain = kwargs.get("retain_graph", args[2] if len(args) > 2 else None)
             create = bool(kwargs.get("create_graph", args[3] if len(args) > 3 else False))
+            only = kwargs.get("inputs", args[4] if len(args) > 4 else None)
         else:
+            # torch.autograd.backward(tensors, grad_tensors, retain_graph, create_graph, grad_variables, inputs)
             first = args[0] if args else kwargs.get("tensors")
             tensors = [first] if isinstance(first, torch.Tensor) else list(first)
             gt = kwargs.get("grad_tensors", args[1] if len(args) > 1 else None)
             grads = [gt] if isinstance(gt, torch.Tensor) or gt is None else list(gt)
             grads = grads + [None] * (len(tensors) - len(grads))
-            create = bool(kwargs.get("create_graph", False))
+            retain = kwargs.get("retain_graph", args[2] if len(args) > 2 else None)
+            create = bool(kwargs.get("create_graph", args[3] if len(args) > 3 else False))
+            only = kwargs.get("inputs", args[5] if len(args) > 5 else None)
         self._named_by_backward(tensors)
-        return self._around(func, args, kwargs, "backward", tensors, grads, create, None)
+        # (torch frees the graph a backward went through unless told to keep it: `spend`)
+        frees = not create and not (create if retain is None else retain) and only is None
+        return self._around(func, args, kwargs, "backward", tensors, grads, create, None, frees=frees)
 
     def _named_by_backward(self, tensors: list[Any]) -> None:
         """`loss.backward()` on a loss that got no row where it was made (`loss = nll(...)`: made on the helper's
@@ -267,7 +276,7 @@ class BackwardCalls:
         return self.call_as(dispatching_frame(sys._getframe()), func, args, kwargs)
 
     def _around(self, func: Any, args: tuple, kwargs: dict, kind: str, outs: list[torch.Tensor],
-                grads: list[Any], create: bool, inputs: list[torch.Tensor] | None) -> Any:
+                grads: list[Any], create: bool, inputs: list[torch.Tensor] | None, frees: bool = False) -> Any:
         if self._checking_itself():
             # torch.autograd.gradcheck's own probes at perturbed inputs: its business, said once per line
             file, line, source = _user_frame()
@@ -323,4 +332,9 @@ class BackwardCalls:
             except Exception as exc:  # noqa: BLE001 - as above
                 ev.verified = False
                 ev.reasons.append(f"internal error while comparing ({type(exc).__name__}: {exc}); please report")
+            if frees:
+                try:
+                    self.spend(outs, line)
+                except Exception:  # noqa: BLE001 - letting go is an optimisation; a failure keeps everything
+                    pass
         return result

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from ..ir.program import Const, Eqn, Program, Var
-from ..reference.interpret import Traced, own_bytes
+from ..reference.interpret import UNIT_ROUNDOFF, Traced, own_bytes
 from .allocator import memory_available
 
 __all__ = ["ScriptMemory", "MEMORY_STEP", "SWEEP_MEMORY", "MEMORY_RESERVE"]
@@ -115,6 +117,74 @@ class ScriptMemory:
             self._mem_base = min(self._mem_base, self.rec.nbytes)
             self._check_memory(self.sites[site].where)
 
+    # ------------------------------------------------------------ after a backward that freed its graph
+    def spend(self, outs: list[Any], line: int) -> None:
+        """Let go of what a ``.backward()`` that freed its graph (no retain_graph, create_graph or inputs) went
+        through: torch freed what its nodes saved, so no later backward goes through them again (one that tries
+        raises, or — through nodes that saved nothing — is not verified, as said below).
+
+        The script still holds the loss, and often the output: the values of everything behind them were kept
+        until they were rebound, after the next iteration's forward, so that two iterations' float64 copies were
+        held at once (a conv + batch-norm tutorial at batch 512: 3.2 GB more).  Each tensor the script still holds
+        there becomes a value of its own (a ``spent`` equation: its value and its error bound kept, a later
+        backward reaching it not verified), the floats that left it by ``.item()`` plain numbers, and the
+        rest goes at the prune."""
+        if self.stopped:
+            return
+        eqns = self.rec.eqns
+        producer = {v.id: i for i, e in enumerate(eqns) for v in e.outputs}
+        # (their records only: looking at a tensor subclass runs its own code, which may warn)
+        held_by = [self.recs.get(id(t)) for t in outs]
+        todo = [r.handle.var.id for r, t in zip(held_by, outs) if r is not None and r.tensor is t
+                and isinstance(r.handle, Traced)]
+        # torch's graph ends at a leaf and at what does not require grad (their values may have been made by recorded
+        # equations: a parameter's initialisation) and at a cut
+        ends = set()
+        for r in list(self.recs.values()):
+            t = r.tensor
+            if t is not None and t.grad_fn is None and isinstance(r.handle, Traced):
+                ends.add(r.handle.var.id)
+        region: set[int] = set()  # the equations the backward went through
+        while todo:
+            v = todo.pop()
+            i = producer.get(v)
+            if i is None or i in region or v in ends or eqns[i].prim == "stop":
+                continue
+            region.add(i)
+            todo.extend(a.id for a in eqns[i].inputs if isinstance(a, Var))
+        if not region:
+            return
+        spent = {v.id for i in region for v in eqns[i].outputs}
+        # What the script holds there and torch differentiates (one that does not require grad — a label filled in
+        # place — was never part of the freed graph: its computation stays, a later backward may go through it)
+        held: set[int] = set()
+        for r in list(self.recs.values()):
+            root = r.root
+            for t, h in ((r.tensor, r.handle), (root.tensor, root.handle) if root is not None else (None, None)):
+                if t is not None and t.requires_grad and isinstance(h, Traced) and h.var.id in spent:
+                    held.add(h.var.id)
+        for k, h in list(self.items.items()):
+            # (an item is the cut .item() made, after the element it took: what it comes from, behind them)
+            if isinstance(h, Traced) and _comes_from(h.var.id, spent, eqns, producer):
+                del self.items[k]
+                self._item_seen.pop(k, None)
+        errs = self.rec.errs if self.rec.errs is not None else {}
+        reason = (f"it goes back through tensors whose computation was let go after the backward at line {line}, "
+                  "which freed that graph (pass retain_graph=True there to have this one verified)")
+        for i in sorted(region):
+            e = eqns[i]
+            if len(e.outputs) != 1 or e.outputs[0].id not in held:
+                continue
+            v = e.outputs[0]
+            value = self.rec.values[v.id]
+            bound = errs.get(v.id)
+            if bound is None and isinstance(value, torch.Tensor) and value.is_floating_point():
+                # (its history is gone: a generous bound, never too small, for what is computed from it)
+                bound = UNIT_ROUNDOFF.get(v.dtype, 2.0**-53) ** 0.5 * value.abs()
+            eqns[i] = Eqn("spent", (), e.outputs, {"value": value, "reason": reason, "bound": bound}, e.site)
+        self.prune(forget_items=False)
+        self._mem_base = min(self._mem_base, self.rec.nbytes)  # (what the next forward records is counted whole)
+
     # ------------------------------------------------------------ the program
     def program_so_far(self) -> Program:
         return Program(tuple(self.inputs), tuple(self.input_names), tuple(self.rec.eqns), (),
@@ -188,3 +258,19 @@ class ScriptMemory:
         self.inputs = [v for v, _ in alive_inputs]
         self.input_names = [n for _, n in alive_inputs]
         self.cuts = [c for c in self.cuts if any(v in needed for v in c.vars)]
+
+
+def _comes_from(vid: int, spent: set[int], eqns: list[Eqn], producer: dict[int, int]) -> bool:
+    """Whether variable `vid` is computed from one of `spent` (or is one)."""
+    seen: set[int] = set()
+    todo = [vid]
+    while todo:
+        v = todo.pop()
+        if v in spent:
+            return True
+        i = producer.get(v)
+        if i is None or i in seen:
+            continue
+        seen.add(i)
+        todo.extend(a.id for a in eqns[i].inputs if isinstance(a, Var))
+    return False

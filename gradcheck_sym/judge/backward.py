@@ -29,6 +29,7 @@ from .backward_values import (accumulation_slack, dense, exact_gradient, hooked_
 from .backward_words import cuts_between, info_name, message, unseen, worst
 from .elements import SMALL, WIDE, Verdicts, cheap_floats, classify
 from .intended import declared, parse_intended
+from .kept import kept
 from .replay import Replays, child_pids
 
 __all__ = ["BackwardVerifier", "Plan"]
@@ -39,6 +40,8 @@ F64 = torch.float64
 # written sweep held 3x their size at once (a conv + batch-norm tutorial at batch 256: 2.4 GB), and the bounds
 # come from `sweep_bounds`, which holds only the compared cotangents'.
 WRITTEN_BELOW = 256 * 2**20
+# From this many bytes of recorded values on, a backward's sweeps keep only the cotangents the judge reads.
+KEPT_FROM = 256 * 2**20
 
 
 
@@ -68,6 +71,8 @@ class Plan:
     # tensor id -> its program variable when the backward began (an optimizer step in a hook during the backward makes
     # a parameter's next value: its gradient is the one it had when the graph was made)
     target_vars: dict[int, Any] = field(default_factory=dict)
+    # why nothing of this backward is compared: it reaches values whose computation was let go (`ScriptMemory.spend`)
+    spent: list[str] = field(default_factory=list)
     _written: Any = None
     _compared: set[int] | None = None
 
@@ -120,6 +125,11 @@ class BackwardVerifier(ReplayDecisions):
                 g = torch.full(tuple(out.shape), float(g), dtype=F64)
             seeds[h.var.id] = g if h.var.id not in seeds else seeds[h.var.id] + g
         prog = tr.program_so_far()
+        targets = [] if inputs is not None else self._targets(tr)
+        keep = reads = None
+        if not create and tr.rec.nbytes >= KEPT_FROM:
+            # a large backward: only the cotangents the judge reads are kept as the sweeps go (`judge.kept`)
+            keep, reads = kept(tr, prog, inputs if inputs is not None else [t for _, t, _ in targets])
         if create:  # record the sweep into the script's own program: the gradients get handles
             env = {v.id: Traced(tr.rec.values[v.id], v) for v in prog.inputs}
             for e in prog.eqns:
@@ -141,44 +151,57 @@ class BackwardVerifier(ReplayDecisions):
                     return done
             else:
                 # the rounding bounds are tracked by a second sweep only if a comparison needs them (`_classify`)
-                res = sweep(prog, values, seeds)
+                res = sweep(prog, values, seeds, keep=keep)
                 cts = dict(res.cts)
                 recorded = None
         tr.torch_reached.update(res.torch_cuts)  # (said in the report: torch's own no_grad, reached)
+        # (where its gradients would have gone from a value whose computation was let go is not known: nothing of
+        # this backward is compared, `verify` says why; the targets are still found, for a backward that raises)
+        spent = sorted({why for n, why in res.blocked if prog.eqns[n].prim == "spent"})
         # the cotangents with the cuts as constants: the same as the plain ones unless a cut is reached
-        cut = (sweep(prog, tr.rec.values, seeds, cut=True).cts if res.cut_reached else cts) if tr.cuts else None
+        cut = (sweep(prog, tr.rec.values, seeds, cut=True, keep=keep).cts if res.cut_reached else cts) \
+            if tr.cuts else None
         if self.intended and not create:
             # the cotangents as the declarations say autograd should give them: a declared cut a constant, a
             # declared Function its declared derivative (a GAN's fake.detach() in the discriminator's step)
             # (a declaration that cannot be applied leaves the exact reference: the difference stays a mismatch)
             prog_declared, cut_pred, _ = declared(prog, tr.call_of, tr.sites, self.intended)
-            intended_cts = sweep(prog_declared, tr.rec.values, seeds, cut=cut_pred).cts
+            intended_cts = sweep(prog_declared, tr.rec.values, seeds, cut=cut_pred, keep=keep).cts
         else:
             intended_cts = None
         plan = Plan(seeds, recorded, cts, cut, res.tainted, res.blocked, inputs=inputs, create=create, why=res.why,
                     intended=intended_cts,
-                    program=None if create else prog)
-        if inputs is None:
-            seen = set()
-            for r in list(tr.recs.values()) + [i for i in tr.infos.values()]:
-                t = r.tensor if hasattr(r, "handle") else r.ref()
-                if t is None or id(t) in seen or not ((is_leaf(t) and t.requires_grad) or t.retains_grad) or \
-                        leaf_window(t):  # (a view of a leaf taken under no_grad: the leaf is the target)
-                    continue
-                seen.add(id(t))
-                info = tr._info(t)
-                if info.internal and is_leaf(t):
-                    continue  # a leaf made inside a custom Function's forward: the Function's own, not this backward's
-                before = None if t.grad is None else dense(t.grad.detach().to(F64)).clone()
-                plan.targets.append((info, t, before))
+                    program=None if create else prog, targets=targets, reads=reads, spent=spent)
         for t in plan.inputs if plan.inputs is not None else [t for _, t, _ in plan.targets]:
             h = tr.recs.get(id(t))
             if h is not None and h.tensor is t and isinstance(h.handle, Traced):
                 plan.target_vars[id(t)] = h.handle.var
         return plan
 
+    def _targets(self, tr: Any) -> list[tuple[Any, torch.Tensor, Any]]:
+        """(info, tensor, .grad before) of every tensor a backward writes .grad of: the leaves that require grad
+        and the tensors that retain it."""
+        targets = []
+        seen = set()
+        for r in list(tr.recs.values()) + [i for i in tr.infos.values()]:
+            t = r.tensor if hasattr(r, "handle") else r.ref()
+            if t is None or id(t) in seen or not ((is_leaf(t) and t.requires_grad) or t.retains_grad) or \
+                    leaf_window(t):  # (a view of a leaf taken under no_grad: the leaf is the target)
+                continue
+            seen.add(id(t))
+            info = tr._info(t)
+            if info.internal and is_leaf(t):
+                continue  # a leaf made inside a custom Function's forward: the Function's own, not this backward's
+            before = None if t.grad is None else dense(t.grad.detach().to(F64)).clone()
+            targets.append((info, t, before))
+        return targets
+
     # ------------------------------------------------------------ after the backward
     def verify(self, tr: Any, ev: Any, plan: Plan, result: Any) -> None:
+        if plan.spent:
+            ev.verified = False
+            ev.reasons.extend(plan.spent)
+            return
         try:
             self._verify(tr, ev, plan, result)
         finally:

@@ -30,7 +30,7 @@ from ..ir.program import Var
 from ..reference.interpret import Traced, sweep
 from .isolated import NotRun, child_pids, run_isolated
 
-__all__ = ["Replays", "AGREE", "DIFFER", "REPLAY_SECONDS", "child_pids"]
+__all__ = ["Replays", "AGREE", "DIFFER", "REPLAY_SECONDS", "child_pids", "call_results"]
 
 F64 = torch.float64
 AGREE = 1e-9  # relative to the call's largest exact entry: float64 rounding of a right formula, with room to spare
@@ -191,6 +191,23 @@ class Replays:
             return whole
         except Exception as exc:  # noqa: BLE001 - ours: nothing is decided, and the reason is said
             return "unknown", f"comparing its replay failed in gradcheck-sym ({type(exc).__name__}: {exc})"
+
+
+def call_results(tracer: Any, program: Any) -> set[int]:
+    """The results (`_outputs`) of every custom Function call kept in `program`: the variables whose cotangents
+    seed the calls' replays."""
+    calls = tracer.custom_calls.calls
+    if not calls:
+        return set()
+    owner_of = {vid: k for k, c in calls.items() for vid in c.made}
+    sites = program.sites
+    mine: dict[int, list[Any]] = {}
+    for e in program.eqns:
+        if e.outputs and 0 <= e.site < len(sites) and sites[e.site].custom is not None:
+            k = owner_of.get(e.outputs[0].id)
+            if k is not None:
+                mine.setdefault(k, []).append(e)
+    return {v for eqns in mine.values() for v in _outputs(eqns)}
 
 
 def _outputs(mine: list[Any]) -> list[int]:

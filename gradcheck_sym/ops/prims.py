@@ -296,6 +296,20 @@ register(Prim("opaque", _opaque_impl, _opaque_obj, None,
               lambda errs, ins, outs, u, value, reason: [u * _abs(outs[0])]))
 
 
+def _spent_impl(value: Any, reason: str, bound: Any) -> Any:
+    return value
+
+
+def _spent_obj(value: Any, reason: str, bound: Any) -> Any:
+    return _obj(value)
+
+
+# A value whose computation was let go (`front.script_memory.ScriptMemory.spend`): no inputs, no derivative, its error
+# bound the one it had (`bound`).  Unlike an opaque value, a gradient that reaches it would have gone on to inputs no
+# longer known: the backward that reaches one is not verified at all (`judge.backward`).
+register(Prim("spent", _spent_impl, _spent_obj, None, lambda errs, ins, outs, u, value, reason, bound: [bound]))
+
+
 def opaque(*args: Any, value: torch.Tensor, reason: str) -> Any:
     """A value the tracer saw but cannot model (an op outside the table): no derivative rule."""
     return bind("opaque", *args, value=value, reason=reason)

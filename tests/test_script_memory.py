@@ -1,0 +1,140 @@
+"""The script tracer's memory after a backward that freed its graph (`front.script_memory.ScriptMemory.spend`): what
+the script still holds becomes a value of its own, the rest is let go, and nothing is vouched for that was not
+compared."""
+
+import subprocess
+import sys
+
+import torch
+
+import gradcheck_sym as gs
+
+
+def _script(tmp_path, text):
+    path = tmp_path / "script.py"
+    path.write_text(text)
+    return str(path)
+
+
+def _row(report, name):
+    (row,) = [r for r in report.tensors if r.name == name]
+    return row
+
+
+def _run_watching_spends(tmp_path, text):
+    """Run `text` under `run`; after each `spend`, (the number of equations, the opaque sources among them, the bytes
+    of values recorded, the handle of the script's `loss` if it has one)."""
+    import gradcheck_sym.front.script as script_mod
+
+    real = script_mod.ScriptTracer
+    seen = []
+
+    class Watched(real):
+        def spend(self, outs, line):
+            before = (len(self.rec.eqns), self.rec.nbytes)
+            super().spend(outs, line)
+            kinds = sorted({e.prim for e in self.rec.eqns})
+            made = {v.id: e.prim for e in self.rec.eqns for v in e.outputs}
+            seen.append((before, kinds, made.get(self.v(outs[0]).var.id), self.rec.nbytes))
+
+    script_mod.ScriptTracer = Watched
+    try:
+        return gs.run_script(_script(tmp_path, text)), seen
+    finally:
+        script_mod.ScriptTracer = real
+
+
+# A training loop that keeps its output and its loss until the next iteration rebinds them: the tracer held two
+# iterations' float64 copies at once.
+_TRAIN = """import torch
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 3))
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+data, target = torch.randn(64, 8), torch.randint(0, 3, (64,))
+for step in range(4):
+    opt.zero_grad()
+    out = model(data)
+    loss = torch.nn.functional.cross_entropy(out, target)
+    loss.backward()
+    opt.step()
+    print(step, round(loss.item(), 6))
+"""
+
+
+def test_after_a_backward_the_held_output_and_loss_keep_only_their_own_values(tmp_path, capfd):
+    report, seen = _run_watching_spends(tmp_path, _TRAIN)
+    assert report.ok and report.summary["verified"] == 4 and report.summary["not_verified"] == 0
+    assert len(seen) == 4
+    for (eqns_before, bytes_before), kinds, loss, nbytes in seen:
+        # the forward's equations are gone: `out` and `loss` are values of their own; the parameters' initial values
+        # (opaque) stay, and the floats printed by .item() are kept for two backwards, as before
+        assert "spent" in kinds and set(kinds) <= {"spent", "opaque", "reshape", "stop", "take"} and eqns_before > 6
+        assert loss == "spent" and nbytes < bytes_before / 4
+    out = capfd.readouterr().out
+    plain = subprocess.run([sys.executable, _script(tmp_path, _TRAIN)], capture_output=True, text=True).stdout
+    assert out.splitlines()[:4] == plain.splitlines()[:4]  # (the script's own prints, as without us)
+
+
+def test_retain_graph_keeps_the_graph_and_the_second_backward_is_verified(tmp_path):
+    text = ("import torch\nw = torch.tensor([0.5, -1.5], requires_grad=True)\nx = torch.tensor([2.0, 3.0])\n"
+            "loss = (torch.tanh(w * x) ** 2).sum()\n"
+            "loss.backward(None, True)\n"  # (retain_graph given by position)
+            "loss.backward()\n")
+    report, seen = _run_watching_spends(tmp_path, text)
+    assert report.ok and report.summary["verified"] == 2 and report.summary["not_verified"] == 0
+    (w,) = [r for r in report.tensors if r.name == "w"]
+    assert w.status == "ok"
+    assert len(seen) == 1  # only the last backward freed the graph
+
+
+def test_a_second_backward_through_a_freed_graph_raises_as_without_us(tmp_path, capfd):
+    text = ("import torch\nw = torch.tensor([0.5, -1.5], requires_grad=True)\nh = torch.tanh(w * 3)\n"
+            "h.sum().backward()\n(h * 2).sum().backward()\n")
+    path = _script(tmp_path, text)
+    plain = subprocess.run([sys.executable, path], capture_output=True, text=True)
+    assert plain.returncode == 1 and "backward through the graph a second time" in plain.stderr
+    report, _ = _run_watching_spends(tmp_path, text)
+    assert report.exit_code == 1 and "backward through the graph a second time" in capfd.readouterr().err
+    assert report.summary["verified"] == 1 and report.summary.get("raised") == 1
+
+
+def test_a_backward_torch_can_repeat_through_a_freed_graph_is_not_vouched_for(tmp_path):
+    # Nodes that saved nothing (an addition) can be gone through again after the graph was freed: torch does,
+    # and the values behind them were let go here, so that backward is said not verified, with the reason.
+    text = ("import torch\nx = torch.tensor([1.0, 2.0], requires_grad=True)\ny = x + 1\n"
+            "y.sum().backward()\n(y + 2).sum().backward()\nprint(x.grad.tolist())\n")
+    report, _ = _run_watching_spends(tmp_path, text)
+    assert report.exit_code == 0
+    assert report.summary["verified"] == 1 and report.summary["not_verified"] == 1
+    assert [f.kind for f in report.findings] == ["not-verified"]
+    (second,) = [b for b in report.backwards if b.not_verified]
+    assert second.reasons == ("it goes back through tensors whose computation was let go after the backward at "
+                              "line 4, which freed that graph (pass retain_graph=True there to have this one "
+                              "verified)",)
+    assert _row(report, "x").status == "not verified"
+
+
+def test_a_float_that_left_before_the_backward_comes_back_as_a_plain_number(tmp_path):
+    text = ("import torch\nw = torch.tensor([0.5, -1.5], requires_grad=True)\n"
+            "loss = (w ** 2).sum()\nv = loss.item()\nloss.backward()\n"
+            "loss2 = (w * v).sum()\nloss2.backward()\n")
+    report, _ = _run_watching_spends(tmp_path, text)
+    assert report.ok and report.summary["verified"] == 2 and report.summary["not_verified"] == 0
+    (w,) = [r for r in report.tensors if r.name == "w"]
+    assert w.status == "ok"
+    torch.testing.assert_close(torch.tensor(w.exact, dtype=torch.float64),
+                               torch.tensor([1.0 + 2.5, -3.0 + 2.5], dtype=torch.float64))
+
+
+def test_what_a_cut_kept_from_the_backward_is_not_let_go(tmp_path):
+    # A GAN's discriminator step goes through fake.detach(): the generator's graph is not freed by it, and the
+    # generator's step after it is verified.
+    text = ("import torch\ng = torch.tensor([0.5, -1.5], requires_grad=True)\nd = torch.tensor([2.0, 1.0], "
+            "requires_grad=True)\nfake = torch.sin(g * 3)\n"
+            "d_loss = (torch.tanh(fake.detach() * d)).sum()\nd_loss.backward()\n"
+            "g_loss = (torch.tanh(fake * d)).sum()\ng_loss.backward()\n")
+    report, seen = _run_watching_spends(tmp_path, text)
+    assert report.summary["verified"] == 2 and report.summary["not_verified"] == 0
+    d_step, g_step = report.backwards
+    assert d_step.errors == 1 and g_step.errors == 0  # (the cut, said as before: declare it with --intended)
+    assert _row(report, "d").status == "ok" and len(seen) == 2
