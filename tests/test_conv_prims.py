@@ -61,6 +61,27 @@ def test_the_three_match_torch_s_convolution_and_its_gradients(case):
     torch.testing.assert_close(CP._tw(x, g, k=tuple(w.shape[2:]), **prm), gw, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_a_batch_convolved_a_slice_at_a_time_gives_the_same_numbers(case, monkeypatch):
+    # (a float64 convolution's im2col columns are one buffer for the whole batch: 2.7 GB at a tutorial's batch of
+    # 2,048; past CHUNK_BYTES the batch goes a slice at a time, here one or two samples a slice)
+    x, w = operands(case, n=5)
+    prm = params(case)
+    g = rand(*CP._conv(x, w, **prm).shape)
+    whole = (CP._conv(x, w, **prm), CP._tin(g, w, size=tuple(x.shape[1:]), **prm),
+             CP._tw(x, g, k=tuple(w.shape[2:]), **prm))
+    sliced = []
+    monkeypatch.setattr(CP, "CHUNK_BYTES", 1)
+    real = CP._TORCH_CONV[case[0]]
+    monkeypatch.setitem(CP._TORCH_CONV, case[0], lambda x, *a: sliced.append(x.shape[0]) or real(x, *a))
+    parts = (CP._conv(x, w, **prm), CP._tin(g, w, size=tuple(x.shape[1:]), **prm),
+             CP._tw(x, g, k=tuple(w.shape[2:]), **prm))
+    assert sliced and set(sliced) == {1}  # (a sample a slice: each call went in slices)
+    for a, b in zip(whole, parts):
+        assert torch.equal(a, b)
+    assert CP._conv(x.float(), w.float(), **prm).dtype == torch.float32  # (float32 goes whole: no im2col)
+
+
 def vjp(f, args, i, ct):
     """The cotangent of args[i] through primitive application f, by the sweep."""
     rec = Recorder(len(args), 0)
@@ -130,6 +151,38 @@ def test_second_order_through_the_recorded_sweep_is_torch_s_hessian():
     _, (hx, hw) = torch.autograd.functional.hvp(f, (x, w), (ux, uw))  # torch as the test's oracle
     torch.testing.assert_close(hv[0], hx, rtol=1e-11, atol=1e-11)
     torch.testing.assert_close(hv[1], hw, rtol=1e-11, atol=1e-11)
+
+
+def test_large_bounds_kept_compact_are_still_bounds_and_read_wide():
+    # A recorded forward's bounds are as large as its values: kept in float32, rounded up (`compact_bound`); a
+    # convolution's bound reads its input's wide again (conv takes one dtype).
+    from gradcheck_sym.ops import prims as P
+    from gradcheck_sym.ops.ew import MUL
+    from gradcheck_sym.reference.interpret import COMPACT_FROM, compact_bound, wide_bound
+
+    x, w = rand(2, 4, 130, 130), rand(6, 4, 3, 3)
+    rec = Recorder(2, 0)
+    rec.dtype = "float32"
+    vx, vw = Var(0, tuple(x.shape), "float64"), Var(1, tuple(w.shape), "float64")
+    with interpreting(rec):
+        y = P.ew(MUL, Traced(x, vx), Traced(x, vx))
+        z = CP.conv(y, Traced(w, vw), stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1)
+    prog = Program((vx, vw), ("x", "w"), tuple(rec.eqns), (z.var,), tuple(rec.consts))
+    env = {0: x, 1: w} | rec.values
+    plain = error_bounds(prog, env)
+    compact = error_bounds(prog, env, compact=True)
+    for v in (y.var.id, z.var.id):
+        assert plain[v].numel() >= COMPACT_FROM and compact[v].dtype == torch.float32
+        assert bool((compact[v].double() >= plain[v]).all())  # rounded up: still a bound
+        torch.testing.assert_close(compact[v].double(), plain[v], rtol=2**-22, atol=0)
+    small = torch.tensor([1e-3, 2.0], dtype=F64)
+    assert compact_bound(small) is small  # (small: left as it is)
+    part = plain[y.var.id][:, :2]
+    assert compact_bound(part) is part  # (a slice shares its base's storage: not copied)
+    wide = torch.ones(4, 1, 1, dtype=F64).expand(4, 200, 200)
+    assert compact_bound(wide) is wide  # (nor is a broadcast made whole)
+    assert compact_bound(plain[y.var.id].reshape(-1)).dtype == torch.float32  # (a view of all of it: kept so)
+    assert wide_bound(compact[z.var.id]).dtype == F64 and wide_bound(None) is None
 
 
 @pytest.mark.parametrize("case", CASES[:3], ids=str)

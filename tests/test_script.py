@@ -1382,7 +1382,7 @@ def _little_memory(monkeypatch):
     from gradcheck_sym.front import script_memory
 
     monkeypatch.setattr(script_memory, "MEMORY_STEP", 2**20)
-    monkeypatch.setattr(script_memory, "memory_available", lambda: 3 * 2**20)
+    monkeypatch.setattr(script_memory, "memory_available", lambda count_held=True: 3 * 2**20)
 
 
 def test_a_recording_that_would_not_fit_in_memory_stops_and_the_script_runs_on(tmp_path, monkeypatch, capfd):
@@ -1430,12 +1430,12 @@ def test_a_recording_that_would_not_fit_in_memory_stops_and_the_script_runs_on(t
             done.append(1)
 
     monkeypatch.setattr(script_tracer.ScriptTracer, "_around", counted)
-    monkeypatch.setattr(script_memory, "memory_available", lambda: 3 * 2**20 if done else 2**40)
+    monkeypatch.setattr(script_memory, "memory_available", lambda count_held=True: 3 * 2**20 if done else 2**40)
     report = gs.run_script(path)
     assert report.summary["verified"] == 1 and report.summary["not_verified"] == 2
     w = _row(report, "w")
     assert w.status == "not verified" and w.exact is None
-    monkeypatch.setattr(script_memory, "memory_available", lambda: 2**40)  # with room: every backward verified
+    monkeypatch.setattr(script_memory, "memory_available", lambda count_held=True: 2**40)  # with room: all verified
     report = gs.run_script(path)
     assert report.ok and report.summary["verified"] == 3
 

@@ -4,6 +4,7 @@ compared."""
 
 import subprocess
 import sys
+import textwrap
 
 import torch
 
@@ -138,3 +139,30 @@ def test_what_a_cut_kept_from_the_backward_is_not_let_go(tmp_path):
     d_step, g_step = report.backwards
     assert d_step.errors == 1 and g_step.errors == 0  # (the cut, said as before: declare it with --intended)
     assert _row(report, "d").status == "ok" and len(seen) == 2
+
+
+def test_what_malloc_holds_freed_goes_back_between_the_phases_of_a_large_backward():
+    # Kept for reuse (`keep_freed_memory`), freed memory is counted as available but fragmented: `release_held`
+    # gives it back when it is more than asked (in a subprocess: the mallopt ends glibc's dynamic mmap threshold).
+    code = textwrap.dedent("""
+        import torch
+        from gradcheck_sym.front import allocator
+        if allocator._LIBC is None:
+            print("not glibc"); raise SystemExit
+        def rss():
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * 4096
+        assert not allocator.release_held(0)  # outside a run: malloc is the caller's
+        with allocator.keep_freed_memory():
+            xs = [torch.ones(2**20) for _ in range(64)]  # 64 x 4 MB
+            xs = xs[::2]  # half freed, between chunks in use: fragmented
+            held, before = allocator.held_free(), rss()
+            assert held >= 100 * 2**20, held
+            assert not allocator.release_held(above=held + 1)  # not above what is asked: kept
+            assert allocator.release_held(above=0)
+            assert before - rss() >= 100 * 2**20, (before, rss())
+            assert allocator.memory_available(count_held=False) is not None
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() in ("ok", "not glibc"), done.stderr

@@ -16,7 +16,7 @@ import torch
 
 from ..ir.program import Const, Eqn, Program, Var
 from ..reference.interpret import UNIT_ROUNDOFF, Traced, own_bytes
-from .allocator import memory_available
+from .allocator import memory_available, release_held
 
 __all__ = ["ScriptMemory", "MEMORY_STEP", "SWEEP_MEMORY", "MEMORY_RESERVE"]
 
@@ -27,7 +27,7 @@ __all__ = ["ScriptMemory", "MEMORY_STEP", "SWEEP_MEMORY", "MEMORY_RESERVE"]
 # tutorial at batch 1,024 be killed by the system at 24.4 GB (the freed memory malloc keeps, counted as available,
 # is fragmented; a custom Function's float64 replay runs in a forked copy): 6x, which stops that run, stays.
 MEMORY_STEP = 256 * 2**20
-SWEEP_MEMORY = 6
+SWEEP_MEMORY = 4
 MEMORY_RESERVE = 2**30
 
 
@@ -76,7 +76,8 @@ class ScriptMemory:
         if need < SWEEP_MEMORY * MEMORY_STEP:
             return False  # (small: not worth a look)
         try:
-            available = memory_available()
+            # (what malloc holds freed is fragmented: given back first, the system's count is the whole truth)
+            available = memory_available(count_held=not release_held())
         except Exception:  # noqa: BLE001 - ours, never the script's: no guard this time
             return False
         need += MEMORY_RESERVE
@@ -107,6 +108,12 @@ class ScriptMemory:
         self._item_seen.clear()
         self.custom_calls.calls.clear()
         return True
+
+    def release(self) -> None:
+        """Between the phases of a large backward (its sweeps, the bounds' sweep), what malloc holds freed goes back
+        to the system (`allocator.release_held`)."""
+        if self.rec.nbytes >= MEMORY_STEP:
+            release_held()
 
     def _recorded(self, site: int) -> None:
         if self.rec.nbytes - self._mem_base > self._mem_next:

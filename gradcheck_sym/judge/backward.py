@@ -169,6 +169,7 @@ class BackwardVerifier(ReplayDecisions):
             intended_cts = sweep(prog_declared, tr.rec.values, seeds, cut=cut_pred, keep=keep).cts
         else:
             intended_cts = None
+        tr.release()  # (a large backward: what its sweeps freed goes back before the next phase)
         plan = Plan(seeds, recorded, cts, cut, res.tainted, res.blocked, inputs=inputs, create=create, why=res.why,
                     intended=intended_cts,
                     program=None if create else prog, targets=targets, reads=reads, spent=spent)
@@ -380,6 +381,7 @@ class BackwardVerifier(ReplayDecisions):
                     plan.bounds = sweep_bounds(plan.program, tr.rec.values, plan.seeds, keep=plan.compared(tr),
                                                errs=errs if errs is not None else error_bounds(plan.program,
                                                                                                tr.rec.values))
+                    tr.release()
                 else:
                     whole, values, res = plan.written()
                     e = res.errs if res.errs is not None else error_bounds(whole, values)

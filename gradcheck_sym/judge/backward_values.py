@@ -194,10 +194,12 @@ def measured_noise(tr: Any, plan: Any, t: torch.Tensor, var: Var | None, r: torc
         if plan.rounded64 is None:
             plan.rounded64 = rounded_sweep(plan.program, tr.rec.values, plan.seeds, keep=plan.compared(tr),
                                            proxy={torch.float64: torch.float32})
+            tr.release()
         got32, sample = plan.rounded64.get(var.id), torch.float32
     else:
         if plan.rounded is None:
             plan.rounded = rounded_sweep(plan.program, tr.rec.values, plan.seeds, keep=plan.compared(tr))
+            tr.release()
         got32, sample = plan.rounded.get(var.id), t.dtype
     if not isinstance(got32, torch.Tensor) or not got32.is_floating_point() or got32.dtype == torch.float64:
         return None  # not recomputed in a coarser dtype: nothing was measured

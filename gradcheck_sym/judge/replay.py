@@ -143,6 +143,7 @@ class Replays:
         # All in one copy (a fork of a process of many GB costs seconds: its page tables, then a fault at the first
         # write to each page); if that one runs out of time, each call alone, so that only the one that hangs is
         # given up.
+        self.tracer.release()  # (the fork's copy: what malloc holds freed is not copied, nor written to)
         try:
             got = run_isolated(lambda: {k: self._grads(k) for k in todo}, self.limit * len(todo), self.before,
                             meanwhile=exact)

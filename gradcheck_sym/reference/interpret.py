@@ -27,6 +27,7 @@ from ..ops.prims import add
 from ..ops.prims_base import _obj
 
 __all__ = ["Traced", "Recorder", "ObjectEager", "evaluate", "sweep", "SweepResult", "record_sweep", "error_bounds",
+           "compact_bound", "wide_bound", "COMPACT_FROM",
            "UNIT_ROUNDOFF", "const_value", "AbsEager", "DEFINED_CUTS", "TORCH_NO_GRAD"]
 
 F64 = torch.float64
@@ -138,7 +139,7 @@ class Recorder(Interpreter):
         if self.errs is None or not self.lazy or self.bounded >= len(self.eqns):
             return self.errs
         recorded = Program((), (), tuple(self.eqns), (), (None,) * self.const_base + tuple(self.consts))
-        self.errs.update(error_bounds(recorded, self.values, start=self.errs, skip=self.bounded))
+        self.errs.update(error_bounds(recorded, self.values, start=self.errs, skip=self.bounded, compact=True))
         self.bounded = len(self.eqns)
         return self.errs
 
@@ -171,7 +172,7 @@ class Recorder(Interpreter):
         self.eqns.append(Eqn(prim.name, atoms, tuple(vars_), dict(params), self.site))
         if self.errs is not None and not self.lazy and floating:
             errs = self.errs
-            in_errs = [errs.get(a.var.id) if isinstance(a, Traced) else None for a in args]
+            in_errs = [wide_bound(errs.get(a.var.id)) if isinstance(a, Traced) else None for a in args]
             u = UNIT_ROUNDOFF.get(self.dtype, 2.0**-53)
             for v, r in zip(vars_, prim.err(in_errs, values, list(outs), u, **params)):
                 if r is not None:
@@ -373,8 +374,33 @@ def record_sweep(program: Program, env: dict[int, Any], seeds: dict[int, Any], *
 
 
 # ---------------------------------------------------------------- error bounds
+# A bound of at least this many entries is kept in float32 by `compact_bound`.
+COMPACT_FROM = 1 << 16
+
+
+def compact_bound(r: Any) -> Any:
+    """An error bound kept in float32, rounded up (still a bound), where it is a float64 tensor of COMPACT_FROM
+    entries or more that is the whole of its storage (a rule's result, or a view of all of one: a bound read wide
+    and reshaped); else `r` (a broadcast or a slice shares its base's storage).
+
+    The bounds of a recorded forward are as large as its float64 values (4.5 GB beside 5.2 GB at a conv + batch-norm
+    tutorial's batch of 2,048): half of that is the difference between fitting in memory and not.  A bound is used
+    with a safety factor of several times its size: its last float32 bit is not what decides."""
+    if not isinstance(r, torch.Tensor) or r.dtype != F64 or r.numel() < COMPACT_FROM or (
+            r._base is not None and not (r.is_contiguous() and r.numel() == r._base.numel())):
+        return r
+    # (to nearest, r (1 + 2**-23) is at least r: rounding costs at most 2**-24 of it, where float32 is normal)
+    return torch.mul(r, 1.0 + 2.0**-23).to(torch.float32)
+
+
+def wide_bound(e: Any) -> Any:
+    """A bound as the rules read it: float64 (a compact one made wide again, for convolutions and products that
+    take one dtype)."""
+    return e.to(F64) if isinstance(e, torch.Tensor) and e.dtype == torch.float32 else e
+
+
 def error_bounds(program: Program, env: dict[int, Any], *, start: dict[int, Any] | None = None,
-                 u: float | None = None, skip: int = 0) -> dict[int, Any]:
+                 u: float | None = None, skip: int = 0, compact: bool = False) -> dict[int, Any]:
     """Absolute error bounds of every variable of `program`, for a computation in each
     equation's output dtype (float32 rounding where the user computed in float32).
 
@@ -386,6 +412,7 @@ def error_bounds(program: Program, env: dict[int, Any], *, start: dict[int, Any]
             each equation's dtype.
         skip: the first `skip` equations are already bounded in `start` (the forward program, whose
             bounds the tracer tracked as it recorded).
+        compact: large bounds kept in float32 (`compact_bound`).
     """
     errs: dict[int, Any] = dict(start or {})
     consts = _Consts(program.consts)
@@ -394,9 +421,9 @@ def error_bounds(program: Program, env: dict[int, Any], *, start: dict[int, Any]
         if any(isinstance(o, torch.Tensor) and not o.is_floating_point() for o in outs):
             continue
         ins = [env[a.id] if isinstance(a, Var) else consts[a.index] for a in e.inputs]
-        in_errs = [errs.get(a.id) if isinstance(a, Var) else None for a in e.inputs]
+        in_errs = [wide_bound(errs.get(a.id)) if isinstance(a, Var) else None for a in e.inputs]
         ue = u if u is not None else UNIT_ROUNDOFF.get(e.outputs[0].dtype, 2.0**-53)
         for v, r in zip(e.outputs, PRIMS[e.prim].err(in_errs, ins, outs, ue, **e.params)):
             if r is not None:
-                errs[v.id] = r
+                errs[v.id] = compact_bound(r) if compact else r
     return errs

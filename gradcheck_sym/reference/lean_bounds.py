@@ -17,7 +17,7 @@ import torch
 
 from ..ir.program import Program, Var
 from ..ops.core import Interpreter
-from .interpret import UNIT_ROUNDOFF, Traced, sweep, traced_values
+from .interpret import UNIT_ROUNDOFF, Traced, compact_bound, sweep, traced_values, wide_bound
 
 __all__ = ["Bounded", "sweep_bounds"]
 
@@ -47,7 +47,7 @@ class _BoundsOnly(Interpreter):
         for a in args:
             if isinstance(a, Traced):
                 values.append(a.value)
-                in_errs.append(a.err if isinstance(a, Bounded) else self.errs.get(a.var.id))
+                in_errs.append(wide_bound(a.err if isinstance(a, Bounded) else self.errs.get(a.var.id)))
                 traced_in = True
             else:
                 values.append(a)
@@ -61,7 +61,7 @@ class _BoundsOnly(Interpreter):
             errs = list(prim.err(in_errs, values, list(outs), UNIT_ROUNDOFF.get(self.dtype, 2.0**-53), **params))
         made = []
         for o, r in zip(outs, errs):
-            made.append(Bounded(o, Var(self.next_id, tuple(o.shape), self.dtype), r))
+            made.append(Bounded(o, Var(self.next_id, tuple(o.shape), self.dtype), compact_bound(r)))
             self.next_id += 1
         return tuple(made) if prim.multiple else made[0]
 
