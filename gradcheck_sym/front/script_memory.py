@@ -21,11 +21,11 @@ from .allocator import memory_available, release_held
 __all__ = ["ScriptMemory", "MEMORY_STEP", "SWEEP_MEMORY", "MEMORY_RESERVE"]
 
 # Memory (see ScriptTracer._check_memory): looked at every MEMORY_STEP bytes of float64 values recorded since the
-# last backward.  A conv + batch-norm tutorial's backward peaked at 2.1x its recorded values on top of them (batch
-# 256 and 512: the plain sweep, then the bounds and the float32 recomputation, which keep only the compared
-# cotangents); the written sweep and im2col's windows, before, made it 4.5x at batch 128.  Yet 3x let the same
-# tutorial at batch 1,024 be killed by the system at 24.4 GB (the freed memory malloc keeps, counted as available,
-# is fragmented; a custom Function's float64 replay runs in a forked copy): 6x, which stops that run, stays.
+# last backward.  A conv + batch-norm tutorial's backward at batch 1,024 peaked at 2.5x its recorded values (3.4 GB)
+# on top of them and the process's own (the sweeps keeping only the cotangents read, convolutions a slice of the
+# batch at a time, large rounding bounds in float32, what malloc holds freed given back between phases; the peak is
+# the bounds' sweep), 14.1 GB in all; 4x leaves room for the forked replay of a custom Function.  (6x, before those,
+# stopped that run; 3x then let it be killed by the system at 24.4 GB, when two iterations' copies were held.)
 MEMORY_STEP = 256 * 2**20
 SWEEP_MEMORY = 4
 MEMORY_RESERVE = 2**30
@@ -151,14 +151,17 @@ class ScriptMemory:
             t = r.tensor
             if t is not None and t.grad_fn is None and isinstance(r.handle, Traced):
                 ends.add(r.handle.var.id)
+        # (an op we cannot model may be one torch does not differentiate either — torch.histc, torch.tensor(a) — and
+        # a number that is not floating, an index or a mask, is never part of its graph: not gone through; what is
+        # left out stays, which costs memory only)
         region: set[int] = set()  # the equations the backward went through
         while todo:
             v = todo.pop()
             i = producer.get(v)
-            if i is None or i in region or v in ends or eqns[i].prim == "stop":
+            if i is None or i in region or v in ends or eqns[i].prim in ("stop", "opaque"):
                 continue
             region.add(i)
-            todo.extend(a.id for a in eqns[i].inputs if isinstance(a, Var))
+            todo.extend(a.id for a in eqns[i].inputs if isinstance(a, Var) and _floating(a.dtype))
         if not region:
             return
         spent = {v.id for i in region for v in eqns[i].outputs}
@@ -281,3 +284,8 @@ def _comes_from(vid: int, spent: set[int], eqns: list[Eqn], producer: dict[int, 
         seen.add(i)
         todo.extend(a.id for a in eqns[i].inputs if isinstance(a, Var))
     return False
+
+
+def _floating(dtype: str) -> bool:
+    """Whether a variable of this dtype can carry a gradient in torch."""
+    return dtype.startswith(("float", "bfloat", "complex"))

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from ..autograd.attrs import grad_fn_name, is_leaf, leaf_window
+from ..autograd.attrs import grad_fn_name, is_leaf
 from ..ops.quick import all_finite, all_true, any_true
 from ..reference.interpret import UNIT_ROUNDOFF, Traced, error_bounds, record_sweep, sweep
 from ..reference.lean_bounds import sweep_bounds
@@ -28,6 +27,7 @@ from .backward_values import (accumulation_slack, dense, exact_gradient, hooked_
                               measured_noise, own_scale, same_grad, total_before, within_last_sums)
 from .backward_words import cuts_between, info_name, message, unseen, worst
 from .elements import SMALL, WIDE, Verdicts, cheap_floats, classify
+from .backward_plan import Plan, targets_of
 from .intended import declared, parse_intended
 from .kept import kept
 from .replay import Replays, child_pids
@@ -43,51 +43,6 @@ WRITTEN_BELOW = 256 * 2**20
 # From this many bytes of recorded values on, a backward's sweeps keep only the cotangents the judge reads.
 KEPT_FROM = 256 * 2**20
 
-
-
-@dataclass
-class Plan:
-    seeds: dict[int, Any]
-    recorded: Any  # () -> (program extended by the sweep, values, SweepResult), or None
-    cts: dict[int, Any]
-    cut: dict[int, Any] | None
-    tainted: set[int]
-    blocked: list[tuple[int, str]]
-    targets: list[tuple[Any, Any, Any]] = field(default_factory=list)  # (info, tensor, .grad before)
-    inputs: list[torch.Tensor] | None = None
-    create: bool = False
-    bounds: dict[int, Any] | None = None
-    program: Any = None  # the forward program the sweep went over
-    rounded: dict[int, Any] | None = None  # the sweep recomputed in the user's dtype (a noise sample)
-    trained: bool | None = None  # every leaf given a gradient is an optimizer's (`_trained_by_optimizers`)
-    rounded64: dict[int, Any] | None = None  # the sweep of a float64 backward recomputed in float32 (`measured_noise`)
-    replays: Any = None  # the custom Function calls on the way, run again in float64 when asked (judge.replay)
-    seconds: float = 0.0  # how long the script's own backward took
-    sampled: bool | None = None  # whether a passed custom gradient is replayed in this backward (`_sampled`)
-    why: dict[int, set[str]] = field(default_factory=dict)  # a tainted variable's own reasons (SweepResult.why)
-    intended: dict[int, Any] | None = None  # the cotangents with the declared deviations (None: none declared)
-    reads: dict[int, Any] | None = None  # variable id -> the elementwise equations that read it (`consumers`)
-    reshaped: dict[int, Any] | None = None  # variable id -> the variables reshapes of it make (`_last_sums_of`)
-    # tensor id -> its program variable when the backward began (an optimizer step in a hook during the backward makes
-    # a parameter's next value: its gradient is the one it had when the graph was made)
-    target_vars: dict[int, Any] = field(default_factory=dict)
-    # why nothing of this backward is compared: it reaches values whose computation was let go (`ScriptMemory.spend`)
-    spent: list[str] = field(default_factory=list)
-    _written: Any = None
-    _compared: set[int] | None = None
-
-    def compared(self, tr: Any) -> set[int]:
-        """The variables whose gradient this backward compares (its targets', or the inputs' of autograd.grad)."""
-        if self._compared is None:
-            tensors = self.inputs if self.inputs is not None else [t for _, t, _ in self.targets]
-            self._compared = {var.id for var in (exact_gradient(tr, self, t)[1] for t in tensors) if var is not None}
-        return self._compared
-
-    def written(self) -> Any:
-        """The sweep written down (once): (the program extended by it, the values, its SweepResult)."""
-        if self._written is None:
-            self._written = self.recorded()
-        return self._written
 
 
 class BackwardVerifier(ReplayDecisions):
@@ -125,7 +80,7 @@ class BackwardVerifier(ReplayDecisions):
                 g = torch.full(tuple(out.shape), float(g), dtype=F64)
             seeds[h.var.id] = g if h.var.id not in seeds else seeds[h.var.id] + g
         prog = tr.program_so_far()
-        targets = [] if inputs is not None else self._targets(tr)
+        targets = [] if inputs is not None else targets_of(tr)
         keep = reads = None
         if not create and tr.rec.nbytes >= KEPT_FROM:
             # a large backward: only the cotangents the judge reads are kept as the sweeps go (`judge.kept`)
@@ -155,12 +110,18 @@ class BackwardVerifier(ReplayDecisions):
                 cts = dict(res.cts)
                 recorded = None
         tr.torch_reached.update(res.torch_cuts)  # (said in the report: torch's own no_grad, reached)
-        # (where its gradients would have gone from a value whose computation was let go is not known: nothing of
-        # this backward is compared, `verify` says why; the targets are still found, for a backward that raises)
         spent = sorted({why for n, why in res.blocked if prog.eqns[n].prim == "spent"})
         # the cotangents with the cuts as constants: the same as the plain ones unless a cut is reached
-        cut = (sweep(prog, tr.rec.values, seeds, cut=True, keep=keep).cts if res.cut_reached else cts) \
-            if tr.cuts else None
+        cut_res = sweep(prog, tr.rec.values, seeds, cut=True, keep=keep) if res.cut_reached and (
+            tr.cuts or spent) else None
+        cut = (cut_res.cts if cut_res is not None else cts) if tr.cuts else None
+        if spent and cut_res is not None:
+            # A value whose computation was let go (`ScriptMemory.spend`), reached only through a cut, is a constant
+            # in the full math too: torch freed what is behind it, so the cut hides nothing it could still compute
+            # (without it, torch would raise: a truncated BPTT's h.detach(), an actor-critic's advantage).
+            spent = sorted({why for n, why in cut_res.blocked if prog.eqns[n].prim == "spent"})
+        # (reached as autograd goes, where its gradients would have gone from it is not known: nothing of this
+        # backward is compared, `verify` says why; the targets are still found, for a backward that raises)
         if self.intended and not create:
             # the cotangents as the declarations say autograd should give them: a declared cut a constant, a
             # declared Function its declared derivative (a GAN's fake.detach() in the discriminator's step)
@@ -178,24 +139,6 @@ class BackwardVerifier(ReplayDecisions):
             if h is not None and h.tensor is t and isinstance(h.handle, Traced):
                 plan.target_vars[id(t)] = h.handle.var
         return plan
-
-    def _targets(self, tr: Any) -> list[tuple[Any, torch.Tensor, Any]]:
-        """(info, tensor, .grad before) of every tensor a backward writes .grad of: the leaves that require grad
-        and the tensors that retain it."""
-        targets = []
-        seen = set()
-        for r in list(tr.recs.values()) + [i for i in tr.infos.values()]:
-            t = r.tensor if hasattr(r, "handle") else r.ref()
-            if t is None or id(t) in seen or not ((is_leaf(t) and t.requires_grad) or t.retains_grad) or \
-                    leaf_window(t):  # (a view of a leaf taken under no_grad: the leaf is the target)
-                continue
-            seen.add(id(t))
-            info = tr._info(t)
-            if info.internal and is_leaf(t):
-                continue  # a leaf made inside a custom Function's forward: the Function's own, not this backward's
-            before = None if t.grad is None else dense(t.grad.detach().to(F64)).clone()
-            targets.append((info, t, before))
-        return targets
 
     # ------------------------------------------------------------ after the backward
     def verify(self, tr: Any, ev: Any, plan: Plan, result: Any) -> None:
