@@ -222,7 +222,7 @@ def build_report(script: str, tracer: ScriptTracer, namespace: dict[str, Any], e
 
 
 _NOT_COMPARED = ("grad is None: not a leaf", "made under no_grad: no grad_fn", DETACHED,
-                 "no grad (does not require grad)")
+                 "no grad (does not require grad)", "not among the backward's inputs=")
 
 
 def _shown(info: Any) -> bool:

@@ -234,7 +234,7 @@ class BackwardCalls:
         self._named_by_backward(tensors)
         # (torch frees the graph a backward went through unless told to keep it: `spend`)
         frees = not create and not (create if retain is None else retain) and only is None
-        return self._around(func, args, kwargs, "backward", tensors, grads, create, None, frees=frees)
+        return self._around(func, args, kwargs, "backward", tensors, grads, create, None, frees=frees, only=only)
 
     def _named_by_backward(self, tensors: list[Any]) -> None:
         """`loss.backward()` on a loss that got no row where it was made (`loss = nll(...)`: made on the helper's
@@ -276,7 +276,8 @@ class BackwardCalls:
         return self.call_as(dispatching_frame(sys._getframe()), func, args, kwargs)
 
     def _around(self, func: Any, args: tuple, kwargs: dict, kind: str, outs: list[torch.Tensor],
-                grads: list[Any], create: bool, inputs: list[torch.Tensor] | None, frees: bool = False) -> Any:
+                grads: list[Any], create: bool, inputs: list[torch.Tensor] | None, frees: bool = False,
+                only: Any = None) -> Any:
         if self._checking_itself():
             # torch.autograd.gradcheck's own probes at perturbed inputs: its business, said once per line
             file, line, source = _user_frame()
@@ -304,7 +305,7 @@ class BackwardCalls:
                 return self.call_as(dispatching_frame(sys._getframe()), func, args, kwargs)
             self._memory_looked()
             try:
-                plan = self.verifier.plan(self, ev, outs, grads, inputs, create)
+                plan = self.verifier.plan(self, ev, outs, grads, inputs, create, only)
                 self._stale_reached(plan)
             except Exception as exc:  # noqa: BLE001 - our failure: this backward is not verified, the script goes on
                 ev.verified = False

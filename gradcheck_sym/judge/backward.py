@@ -58,7 +58,7 @@ class BackwardVerifier(ReplayDecisions):
         self.started = time.monotonic()
 
     def plan(self, tr: Any, ev: Any, outs: list[torch.Tensor], grads: list[Any], inputs: list[torch.Tensor] | None,
-             create: bool) -> Plan | None:
+             create: bool, only: Any = None) -> Plan | None:
         seeds: dict[int, Any] = {}
         for out, g in zip(outs, grads):
             if (type(out) is not torch.Tensor and not isinstance(out, torch.nn.Parameter)) or out.device.type != "cpu":
@@ -80,7 +80,7 @@ class BackwardVerifier(ReplayDecisions):
                 g = torch.full(tuple(out.shape), float(g), dtype=F64)
             seeds[h.var.id] = g if h.var.id not in seeds else seeds[h.var.id] + g
         prog = tr.program_so_far()
-        targets = [] if inputs is not None else targets_of(tr)
+        targets = [] if inputs is not None else targets_of(tr, only)
         keep = reads = None
         if not create and tr.rec.nbytes >= KEPT_FROM:
             # a large backward: only the cotangents the judge reads are kept as the sweeps go (`judge.kept`)
@@ -183,7 +183,8 @@ class BackwardVerifier(ReplayDecisions):
             if not t.requires_grad and is_leaf(t) and t.grad is not None:
                 continue  # a frozen parameter's .grad, left from before: untouched here, its row shows what it holds
             ct = ct.value if isinstance(ct, Traced) else ct
-            status = info.cut or ("grad is None: not a leaf" if t.requires_grad else "no grad (does not require grad)")
+            status = info.cut or ("not among the backward's inputs=" if is_leaf(t) and t.requires_grad else
+                                  "grad is None: not a leaf" if t.requires_grad else "no grad (does not require grad)")
             info.checks.append((ev.index, None, ct, status))
 
     def _one(self, tr: Any, ev: Any, plan: Plan, info: Any, t: torch.Tensor, before: Any, after: Any,

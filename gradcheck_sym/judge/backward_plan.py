@@ -65,11 +65,16 @@ class Plan:
         return self._written
 
 
-def targets_of(tr: Any) -> list[tuple[Any, torch.Tensor, Any]]:
+def targets_of(tr: Any, only: Any = None) -> list[tuple[Any, torch.Tensor, Any]]:
     """(info, tensor, .grad before) of every tensor a backward writes .grad of: the leaves that require grad
-    and the tensors that retain it."""
+    and the tensors that retain it; with `only` (``backward(inputs=...)``: a tensor or a sequence of them), those
+    alone (torch leaves every other .grad as it was)."""
     targets = []
     seen = set()
+    if only is not None:
+        wanted = {id(t) for t in ([only] if isinstance(only, torch.Tensor) else only)}
+        seen = {id(t) for r in tr.recs.values() for t in [r.tensor] if t is not None and id(t) not in wanted}
+        seen |= {id(t) for i in tr.infos.values() for t in [i.ref()] if t is not None and id(t) not in wanted}
     for r in list(tr.recs.values()) + [i for i in tr.infos.values()]:
         t = r.tensor if hasattr(r, "handle") else r.ref()
         if t is None or id(t) in seen or not ((is_leaf(t) and t.requires_grad) or t.retains_grad) or \
