@@ -22,12 +22,12 @@ from ..autograd.attrs import grad_fn_name, is_leaf
 from ..ops.quick import all_finite, all_true, any_true
 from ..reference.interpret import UNIT_ROUNDOFF, Traced, error_bounds, record_sweep, sweep
 from ..reference.lean_bounds import sweep_bounds
+from .backward_plan import Plan, targets_of
 from .backward_replay import ReplayDecisions
 from .backward_values import (accumulation_slack, dense, exact_gradient, hooked_downstream, largest_exact,
                               measured_noise, own_scale, same_grad, total_before, within_last_sums)
 from .backward_words import cuts_between, info_name, message, unseen, worst
 from .elements import SMALL, WIDE, Verdicts, cheap_floats, classify
-from .backward_plan import Plan, targets_of
 from .intended import declared, parse_intended
 from .kept import kept
 from .replay import Replays, child_pids

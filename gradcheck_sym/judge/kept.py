@@ -37,11 +37,11 @@ def kept(tr: Any, program: Any, tensors: Iterable[torch.Tensor]) -> tuple[set[in
     reads = consumers(program)
     reshaped: dict[int, list[int]] = {}
     for e in program.eqns:
-        if e.prim == "stop":  # whether a cut was reached, and where (`backward_words.cuts_reached`)
+        if e.prim == "stop":  # whether a cut was reached, and where (`backward_words.cuts_between`)
             keep.update(v.id for v in e.outputs)
         elif e.prim == "reshape" and isinstance(e.inputs[0], Var):
             reshaped.setdefault(e.inputs[0].id, []).append(e.outputs[0].id)
-    for _, vars_ in getattr(tr, "_stale_pending", ()):  # a stale graph's old values (`_stale_reached`)
+    for _, vars_ in tr._stale_pending:  # a stale graph's old values (`ScriptTracer._stale_reached`)
         keep.update(vars_)
     keep |= call_results(tr, program)  # a custom Function's results: its replay's seeds (`judge.replay`)
     # the sums that transpose a compared gradient's broadcasts, and its reshape's (`backward_values.last_sums`)

@@ -383,8 +383,8 @@ def compact_bound(r: Any) -> Any:
     entries or more that is the whole of its storage (a rule's result, or a view of all of one: a bound read wide
     and reshaped); else `r` (a broadcast or a slice shares its base's storage).
 
-    The bounds of a recorded forward are as large as its float64 values (4.5 GB beside 5.2 GB at a conv + batch-norm
-    tutorial's batch of 2,048): half of that is the difference between fitting in memory and not.  A bound is used
+    The bounds of a recorded forward are nearly as large as its float64 values (1.4 GB beside 1.7 GB at a conv +
+    batch-norm tutorial's batch of 512): half of that is part of what lets batch 1,024 fit in memory here.  A bound is used
     with a safety factor of several times its size: its last float32 bit is not what decides."""
     if not isinstance(r, torch.Tensor) or r.dtype != F64 or r.numel() < COMPACT_FROM or (
             r._base is not None and not (r.is_contiguous() and r.numel() == r._base.numel())):
