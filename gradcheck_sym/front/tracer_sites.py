@@ -156,7 +156,6 @@ def _custom_forward() -> tuple[str | None, Any, Any]:
     return None, None, None
 
 
-
 _CONTEXTLIB_PY = os.path.abspath(getattr(sys.modules.get("torch.utils._contextlib"), "__file__", None) or "-")
 _TORCH_PREFIX = _TORCH_DIR + os.sep  # (torchvision's directory starts with torch's name: not torch's code)
 

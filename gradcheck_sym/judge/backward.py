@@ -110,18 +110,18 @@ class BackwardVerifier(ReplayDecisions):
                 cts = dict(res.cts)
                 recorded = None
         tr.torch_reached.update(res.torch_cuts)  # (said in the report: torch's own no_grad, reached)
+        # A value whose computation was let go (`ScriptMemory.spend`), reached as autograd goes: where its gradients
+        # would have gone from there is not known, and nothing of this backward is compared (`verify` says why; the
+        # targets are still found, for a backward that raises).
         spent = sorted({why for n, why in res.blocked if prog.eqns[n].prim == "spent"})
         # the cotangents with the cuts as constants: the same as the plain ones unless a cut is reached
         cut_res = sweep(prog, tr.rec.values, seeds, cut=True, keep=keep) if res.cut_reached and (
             tr.cuts or spent) else None
         cut = (cut_res.cts if cut_res is not None else cts) if tr.cuts else None
         if spent and cut_res is not None:
-            # A value whose computation was let go (`ScriptMemory.spend`), reached only through a cut, is a constant
-            # in the full math too: torch freed what is behind it, so the cut hides nothing it could still compute
-            # (without it, torch would raise: a truncated BPTT's h.detach(), an actor-critic's advantage).
+            # one reached only through a cut is a constant in the full math too: torch freed what is behind it, so
+            # the cut hides nothing it could still compute (a truncated BPTT's h.detach(), an actor-critic's advantage)
             spent = sorted({why for n, why in cut_res.blocked if prog.eqns[n].prim == "spent"})
-        # (reached as autograd goes, where its gradients would have gone from it is not known: nothing of this
-        # backward is compared, `verify` says why; the targets are still found, for a backward that raises)
         if self.intended and not create:
             # the cotangents as the declarations say autograd should give them: a declared cut a constant, a
             # declared Function its declared derivative (a GAN's fake.detach() in the discriminator's step)
