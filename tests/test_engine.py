@@ -350,3 +350,25 @@ def test_bounds_of_the_lean_sweep_equal_the_written_sweep_s(fn):
     kept = sweep(prog, env, seeds, keep=keep).cts
     assert set(kept) == keep
     torch.testing.assert_close(kept[prog.inputs[0].id], sweep(prog, env, seeds).cts[prog.inputs[0].id])
+
+
+def test_a_value_let_go_stands_in_as_nan_where_its_equation_cannot_be_recomputed(monkeypatch):
+    # (`ScriptMemory.drop_unread` puts a meta tensor in place of a value no sweep reads; the float32 recomputation
+    # falls back on the float64 value where an equation cannot be evaluated: NaN then, which measures nothing)
+    import dataclasses
+
+    from gradcheck_sym.ops.core import PRIMS
+
+    x = rand(8).float()
+    run = run_traced(lambda xs: torch.tanh(xs[0]).square().sum(), [x], ["x"])
+    prog, env = run.program, dict(run.env)
+    (e,) = [e for e in prog.eqns if e.prim == "ew" and e.params["fn"].name == "tanh"]
+    v = e.outputs[0]
+    env[v.id] = torch.empty(tuple(env[v.id].shape), dtype=F64, device="meta")
+
+    def fails(*args, **params):
+        raise RuntimeError("cannot")
+
+    monkeypatch.setitem(PRIMS, "ew", dataclasses.replace(PRIMS["ew"], impl=fails))
+    rounded = evaluate_rounded(prog, env)
+    assert not rounded[v.id].is_meta and bool(rounded[v.id].isnan().all())

@@ -397,3 +397,54 @@ def test_a_partial_that_is_one_of_the_arguments_is_taken_as_it_is():
     res = sweep(prog, run.env, {v.id: torch.ones(v.shape, dtype=F64) for v in prog.outputs if hasattr(v, "id")})
     da, db = (res.cts[v.id] for v in prog.inputs)
     assert torch.equal(da, b) and torch.equal(db, a)
+
+
+def test_every_elementwise_vjp_reads_only_the_inputs_it_declares():
+    # `ScriptMemory.drop_unread` lets go of the values no vjp reads (`ops.core.vjp_reads`): a placeholder without
+    # numbers (a meta tensor) in place of every input an elementwise function's vjp does not declare must give the
+    # same cotangents, to the last bit — over every function the op table made.
+    import gc
+
+    import gradcheck_sym.ops.torch  # noqa: F401 - every op's functions
+    from gradcheck_sym.ops.core import PRIMS, vjp_reads
+    from gradcheck_sym.ops.ew import EwFn
+    from gradcheck_sym.ops.prims import _ew_vjp
+
+    import warnings
+
+    with warnings.catch_warnings():  # (isinstance on every object touches torch's deprecated lazy aliases)
+        warnings.simplefilter("ignore")
+        fns = {id(o): o for o in gc.get_objects() if isinstance(o, EwFn)}
+    assert len(fns) >= 60
+    for fn in fns.values():
+        torch.manual_seed(0)
+        real = [torch.rand(4, dtype=torch.float64) * 0.5 + 0.1 for _ in range(fn.nargs)]
+        g = torch.rand(4, dtype=torch.float64)
+        whole = _ew_vjp([g], real, [None], fn=fn)
+        read = vjp_reads(PRIMS["ew"], fn.nargs, {"fn": fn})
+        ins = [x if i in read else torch.empty(4, dtype=torch.float64, device="meta") for i, x in enumerate(real)]
+        got = _ew_vjp([g], ins, [torch.empty(4, dtype=torch.float64, device="meta")], fn=fn)
+        for a, b in zip(whole, got):
+            assert (a is None) == (b is None), fn.name
+            if a is not None:
+                assert not b.is_meta and torch.allclose(a, b, rtol=0, atol=0, equal_nan=True), fn.name
+    # (a difference, a negation: nothing read; a product: the other factor)
+    from gradcheck_sym.ops.ew import MUL, NEG, SUB
+
+    assert vjp_reads(PRIMS["ew"], 2, {"fn": SUB}) == frozenset() == vjp_reads(PRIMS["ew"], 1, {"fn": NEG})
+    assert vjp_reads(PRIMS["ew"], 2, {"fn": MUL}) == {0, 1}
+
+
+def test_what_the_other_primitives_vjps_read():
+    from gradcheck_sym.ops.conv_prims import _conv_vjp
+    from gradcheck_sym.ops.core import PRIMS, vjp_reads
+
+    assert vjp_reads(PRIMS["sum"], 1, {}) == frozenset() == vjp_reads(PRIMS["reshape"], 1, {})  # linear: shapes only
+    assert vjp_reads(PRIMS["conv"], 2, {}) == {0, 1} == vjp_reads(PRIMS["matmul"], 2, {})
+    assert vjp_reads(PRIMS["opaque"], 1, {}) is None  # (undeclared: everything is kept)
+    x, w = torch.rand(2, 3, 6, 6, dtype=torch.float64), torch.rand(4, 3, 3, 3, dtype=torch.float64)
+    g = torch.rand(2, 4, 4, 4, dtype=torch.float64)
+    p = {"stride": (1, 1), "padding": (0, 0), "dilation": (1, 1), "groups": 1}
+    whole = _conv_vjp([g], [x, w], [torch.rand(2, 4, 4, 4, dtype=torch.float64)], **p)
+    got = _conv_vjp([g], [x, w], [torch.empty(2, 4, 4, 4, dtype=torch.float64, device="meta")], **p)
+    assert all(torch.equal(a, b) for a, b in zip(whole, got))  # its own result is never read

@@ -648,3 +648,38 @@ def test_the_sn_gan_s_power_iterations_are_torch_s_and_named_at_the_line_that_re
     assert [f.line for f in cuts] == [19, 23], str(report)
     assert "torch/nn/utils/spectral_norm.py:" in cuts[0].message and "(compute_weight)" in cuts[0].message
     assert "torch/nn/utils/parametrizations.py:" in cuts[0].message and "(_power_method)" in cuts[0].message
+
+
+@pytest.mark.parametrize("scale", ["1.0", "1.0001"])
+def test_a_replay_takes_its_calls_exact_products_from_the_backward_s_sweep_where_nothing_else_reads_them(
+        tmp_path, monkeypatch, scale):
+    # (`Replays._exact_of`: at a tutorial's batch of 2,048 the sweep over a call's equations again took 10 s beside
+    # the forked copy.)  The same report as with every call swept alone; an argument read outside its call (the
+    # second block's input, also summed into the output here) sweeps that call alone.
+    from gradcheck_sym.judge import replay
+
+    swept, real = [], replay._exact
+
+    def counted(program, values, cts, mine):
+        swept.append(len(mine))
+        return real(program, values, cts, mine)
+
+    monkeypatch.setattr(replay, "_exact", counted)
+    edits = [lambda t: t, lambda t: t.replace("        x = F.max_pool2d(F.relu(FusedConvBN.apply(x, self.w2)), 2)",
+                                              "        x = F.max_pool2d(F.relu(FusedConvBN.apply(x, self.w2)) + "
+                                              "x.mean(), 2)")]
+    for edit, alone in zip(edits, (0, 1)):
+        script = _fused(tmp_path, scale, edit)
+        swept.clear()
+        report = gs.run_script(str(script))
+        assert report.exit_code == 0 and report.summary["verified"] >= 1 and not report.summary["not_verified"]
+        # (swept alone: the second call's equations only, at each replay)
+        assert (len(set(swept)) == 1 if alone else swept == []), (swept, str(report))
+        monkeypatch.setattr(replay.Replays, "_exact_of", lambda self, k, readers: real(
+            self.program, self.tracer.rec.values, self.cts, self.eqns[k]))
+        whole = gs.run_script(str(script))
+        monkeypatch.undo()
+        monkeypatch.setattr(replay, "_exact", counted)
+        assert render_run_text(report, width=100) == render_run_text(whole, width=100)
+        errors = sorted((f.kind, f.tensor) for f in report.findings if f.severity == "error")
+        assert errors == ([] if scale == "1.0" else [("mismatch", "net.w1"), ("mismatch", "net.w2")]), str(report)

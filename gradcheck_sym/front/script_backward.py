@@ -298,6 +298,7 @@ class BackwardCalls:
                 # Before the plan, not after the backward: the last iteration's forward is gone by now (its
                 # names rebound), and the sweep then goes over this iteration's program only.
                 self.prune()
+                self.drop_unread()
             except Exception:  # noqa: BLE001 - pruning is an optimisation; a failure keeps everything
                 pass
             if self._check_memory(f"the backward at line {line}", backward=True):

@@ -15,19 +15,20 @@ from typing import Any
 import torch
 
 from ..ir.program import Const, Eqn, Program, Var
-from ..reference.interpret import UNIT_ROUNDOFF, Traced, own_bytes
+from ..ops.core import PRIMS, vjp_reads
+from ..reference.interpret import COMPACT_FROM, UNIT_ROUNDOFF, Traced, own_bytes
 from .allocator import memory_available, release_held
 
 __all__ = ["ScriptMemory", "MEMORY_STEP", "SWEEP_MEMORY", "MEMORY_RESERVE"]
 
 # Memory (see ScriptTracer._check_memory): looked at every MEMORY_STEP bytes of float64 values recorded since the
-# last backward.  A conv + batch-norm tutorial's backward at batch 1,024 peaked at 2.5x its recorded values (3.4 GB)
-# on top of them and the process's own (the sweeps keeping only the cotangents read, convolutions a slice of the
-# batch at a time, large rounding bounds in float32, what malloc holds freed given back between phases; the peak is
-# the bounds' sweep), 14.1 GB in all; 4x leaves room for the forked replay of a custom Function.  (6x, before those,
-# stopped that run; 3x then let it be killed by the system at 24.4 GB, when two iterations' copies were held.)
+# last backward.  A conv + batch-norm tutorial's backward at batch 2,048 (5.0 GB recorded: the float64 copies
+# and their rounding bounds, those no sweep reads let go) peaked at 1.6x that on top, with what malloc holds freed
+# given back as it went (`allocator.relieve`), as at batch 1,024; the forked replay of its custom Function, after the
+# sweeps, took about as much.  2x, with the reserve.  (4x, before what malloc held was given back under pressure,
+# stopped batch 2,048; 3x before that let a run be killed by the system at 24.4 GB.)
 MEMORY_STEP = 256 * 2**20
-SWEEP_MEMORY = 4
+SWEEP_MEMORY = 2
 MEMORY_RESERVE = 2**30
 
 
@@ -121,8 +122,58 @@ class ScriptMemory:
             # records as it goes); only here, once every result of the op is bound (a prune between two outputs
             # of `split` dropped the second's equation)
             self.prune(forget_items=False)
+            self.drop_unread()
             self._mem_base = min(self._mem_base, self.rec.nbytes)
             self._check_memory(self.sites[site].where)
+
+    def drop_unread(self) -> None:
+        """Let go of the values no sweep will read: those of large tensors the script no longer holds, whose
+        every reader's vjp takes only their shape (a convolution's result, that a batch norm's ``y - mean`` and
+        ``y.sum()`` read; the square whose sum is a variance).  Each becomes a placeholder of its shape and dtype
+        (a ``meta`` tensor: any use of its numbers raises, never a wrong number).
+
+        Their equations stay, the forward's rounding bounds are brought up to date first (their rules read the
+        values), and what a custom Function's replay reads — its arguments and results — stays.  At a conv +
+        batch-norm tutorial's batch of 2,048: 2.5 GB of float64 copies, and their bounds."""
+        if self.stopped or self.rec.nbytes < MEMORY_STEP or self.rec.errs is None:
+            return
+        errs = self.rec.bounds()
+        if errs is None:
+            return
+        eqns = self.rec.eqns
+        keep: set[int] = {v.id for v in self.inputs}
+        for r in list(self.recs.values()):
+            if r.tensor is None:
+                continue  # (dead: its record goes at the next prune)
+            for h in (r.handle, r.root.handle if r.root is not None else None):
+                if isinstance(h, Traced):
+                    keep.add(h.var.id)
+        keep.update(h.var.id for h in self.items.values() if isinstance(h, Traced))
+        for c in self.custom_calls.calls.values():
+            keep.update(h.var.id for h in [*c.args, *c.kwargs.values()] if isinstance(h, Traced))
+        if self.custom_calls.calls:
+            from ..judge.replay import call_results  # (its replay matches what it returns by their values)
+
+            keep |= call_results(self, self.program_so_far())
+        keep.update(v for c in self.cuts for v in c.vars)
+        keep.update(v for p in self._stale_pending for v in p[1])
+        for e in eqns:
+            prim = PRIMS[e.prim]
+            read = vjp_reads(prim, len(e.inputs), e.params)
+            if read is None:
+                keep.update(v.id for v in e.outputs)
+                keep.update(a.id for a in e.inputs if isinstance(a, Var))
+            else:
+                keep.update(e.inputs[i].id for i in read if isinstance(e.inputs[i], Var))
+        values = self.rec.values
+        for e in eqns:
+            for v in e.outputs:
+                x = values.get(v.id)
+                if v.id in keep or not isinstance(x, torch.Tensor) or x.is_meta or x.numel() < COMPACT_FROM:
+                    continue
+                values[v.id] = torch.empty(tuple(x.shape), dtype=x.dtype, device="meta")
+                errs.pop(v.id, None)
+        self.rec.nbytes = sum(own_bytes(v) for v in [*values.values(), *self.rec.consts])
 
     # ------------------------------------------------------------ after a backward that freed its graph
     def spend(self, outs: list[Any], line: int) -> None:

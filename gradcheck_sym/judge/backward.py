@@ -358,7 +358,7 @@ class BackwardVerifier(ReplayDecisions):
         if plan.program is None or var is None:
             return False
         if plan.replays is None:
-            plan.replays = Replays(tr, plan.program, plan.cts, plan.seconds, self.children)
+            plan.replays = Replays(tr, plan.program, plan.cts, plan.seconds, self.children, set(plan.seeds))
         return plan.replays.through(var.id)
 
     def _trained_by_optimizers(self, tr: Any, plan: Plan) -> bool:

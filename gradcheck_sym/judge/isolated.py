@@ -18,6 +18,8 @@ from typing import AbstractSet, Any
 
 import torch
 
+from ..front.allocator import as_by_default
+
 __all__ = ["run_isolated", "NotRun", "child_pids"]
 
 
@@ -72,6 +74,11 @@ def run_isolated(fn: Any, seconds: float, before: AbstractSet[int] = frozenset()
                         pass
             sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - the copy ends with os._exit
             torch.set_num_threads(1)
+            as_by_default()
+            with contextlib.suppress(OSError):
+                # where memory runs out, the system's out-of-memory killer takes the copy, never the script
+                with open("/proc/self/oom_score_adj", "w", encoding="ascii") as f:
+                    f.write("1000")
             out = pickle.dumps(("done", fn()))
         except BaseException as exc:  # noqa: BLE001 - said to the parent
             out = pickle.dumps(("failed", f"{type(exc).__name__}: {exc}"))
@@ -105,13 +112,17 @@ def run_isolated(fn: Any, seconds: float, before: AbstractSet[int] = frozenset()
             chunks.append(chunk)
     finally:
         os.close(r)
+        ended = 0
         try:
-            os.waitpid(pid, 0)
+            ended = os.waitpid(pid, 0)[1]
         except ChildProcessError:  # reaped already (SIGCHLD ignored, or the script waits for any child)
             pass
     try:
         status, value = pickle.loads(b"".join(chunks))
     except Exception:  # noqa: BLE001 - the copy died before it said anything
+        if os.WIFSIGNALED(ended) and os.WTERMSIG(ended) == signal.SIGKILL:
+            # (not by us: ours are said above) the system's out-of-memory killer, nearly always
+            raise NotRun("running it again in float64 was stopped by the system (out of memory, most likely)") from None
         raise NotRun("running it again in float64 ended without a result") from None
     if status != "done":
         raise NotRun(f"running it again in float64 failed ({value})")

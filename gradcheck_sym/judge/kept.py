@@ -44,6 +44,8 @@ def kept(tr: Any, program: Any, tensors: Iterable[torch.Tensor]) -> tuple[set[in
     for _, vars_ in tr._stale_pending:  # a stale graph's old values (`ScriptTracer._stale_reached`)
         keep.update(vars_)
     keep |= call_results(tr, program)  # a custom Function's results: its replay's seeds (`judge.replay`)
+    for c in tr.custom_calls.calls.values():  # and its arguments' (`Replays._exact_of`)
+        keep.update(h.var.id for h in [*c.args, *c.kwargs.values()] if isinstance(h, Traced))
     # the sums that transpose a compared gradient's broadcasts, and its reshape's (`backward_values.last_sums`)
     near = set(compared)
     for vid in compared:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .core import Prim, bind, register
+from .core import Prim, bind, register, relief
 from .prims_base import _abs, _differentiable, _obj, is_tensor, shape_of
 
 __all__ = ["conv", "conv_tin", "conv_tw"]
@@ -104,6 +104,7 @@ def _plain_conv(x: Any, w: Any, stride: Sequence[int], dilation: Sequence[int], 
         y[:step] = first
         del first
         for i in range(step, n, step):
+            relief()
             y[i:i + step] = conv(x[i:i + step], w, None, tuple(stride), 0, tuple(dilation), groups)
         return y
     x, w = _obj(x), _obj(w)
@@ -227,9 +228,13 @@ def _tw_vjp(cts: list[Any], ins: Sequence[Any], outs: Sequence[Any], needed: Seq
     return [gx, gg]
 
 
-register(Prim("conv", _conv, _conv, _conv_vjp, _bilinear_err(_conv, _conv_terms), needs=True))
-register(Prim("conv_tin", _tin, _tin, _tin_vjp, _bilinear_err(_tin, _tin_terms), needs=True))
-register(Prim("conv_tw", _tw, _tw, _tw_vjp, _bilinear_err(_tw, _tw_terms), needs=True))
+def _both(n: int, **p: Any) -> tuple[int, ...]:
+    return (0, 1)  # (bilinear: each operand's cotangent is the other's product; its own result is never read)
+
+
+register(Prim("conv", _conv, _conv, _conv_vjp, _bilinear_err(_conv, _conv_terms), needs=True, reads=_both))
+register(Prim("conv_tin", _tin, _tin, _tin_vjp, _bilinear_err(_tin, _tin_terms), needs=True, reads=_both))
+register(Prim("conv_tw", _tw, _tw, _tw_vjp, _bilinear_err(_tw, _tw_terms), needs=True, reads=_both))
 
 
 def conv(x: Any, w: Any, *, stride: tuple[int, ...], padding: tuple[int, ...], dilation: tuple[int, ...],

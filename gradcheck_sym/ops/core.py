@@ -19,7 +19,8 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["Prim", "PRIMS", "register", "bind", "Interpreter", "TorchEager", "interpreting", "current", "leaves"]
+__all__ = ["Prim", "PRIMS", "register", "vjp_reads", "bind", "Interpreter", "TorchEager", "interpreting", "current", "leaves",
+           "set_relief", "relief"]
 
 # vjp(cts, ins, outs, **params) -> one cotangent (or None) per input.
 Vjp = Callable[..., list[Any]]
@@ -41,6 +42,8 @@ class Prim:
         linear: linear in its (float) inputs, so its second derivative is 0.
         needs: its vjp takes ``needed=`` (per input: whether the sweep wants its cotangent — a
             constant's is thrown away) and computes nothing for the others.
+        reads: ``(n_inputs, **params) -> positions``: the inputs whose values its vjp reads (None: every input
+            and output; a linear primitive reads none, only their shapes) — what a sweep needs kept (`vjp_reads`).
     """
 
     name: str
@@ -51,9 +54,20 @@ class Prim:
     multiple: bool = False
     linear: bool = False
     needs: bool = False
+    reads: Callable[..., Any] | None = None
 
 
 PRIMS: dict[str, Prim] = {}
+
+
+def vjp_reads(prim: Prim, n_inputs: int, params: dict[str, Any]) -> frozenset[int] | None:
+    """The positions of the inputs whose values `prim`'s vjp (and so a sweep's rounding bound) reads; None: every
+    input's and output's."""
+    if prim.linear:
+        return frozenset()
+    if prim.reads is None:
+        return None
+    return frozenset(prim.reads(n_inputs, **params))
 
 
 def register(prim: Prim) -> Prim:
@@ -103,8 +117,28 @@ class interpreting:  # noqa: N801 - used as a context manager, like torch.no_gra
         _STACK.items.pop()
 
 
+# Called before each primitive is applied while set (`set_relief`): the command line's malloc keeps what is freed,
+# and gives it back when the system runs low (`front.allocator.relieve`; a float64 batch of images allocates
+# hundreds of megabytes per primitive, and what is kept is fragmented).
+_RELIEF: list[Callable[[], Any] | None] = [None]
+
+
+def set_relief(fn: Callable[[], Any] | None) -> None:
+    _RELIEF[0] = fn
+
+
+def relief() -> None:
+    """Where a primitive allocates much in a loop of its own (a convolution a slice of the batch at a time)."""
+    fn = _RELIEF[0]
+    if fn is not None:
+        fn()
+
+
 def bind(name: str, *args: Any, **params: Any) -> Any:
     """Apply primitive `name` to `args` with the current interpreter."""
+    fn = _RELIEF[0]
+    if fn is not None:
+        fn()
     return _STACK.items[-1].process(PRIMS[name], args, params)
 
 

@@ -203,7 +203,19 @@ def _ew_err(errs: list[Any], ins: Sequence[Any], outs: Sequence[Any], u: float, 
 _ROUNDS_ONCE = frozenset({ZMUL, MUL})
 
 
-register(Prim("ew", _ew_impl, _ew_obj, _ew_vjp, _ew_err, needs=True))
+def _ew_reads(n: int, fn: EwFn) -> set[int]:
+    """The inputs `_ew_vjp` reads: none for a partial it takes as a constant, the other factor of a product, or
+    all of them."""
+    read: set[int] = set()
+    for i in range(n):
+        d = fn.partial(i)
+        if (d.is_zero and d.err_form == 0) or (d.is_one and not d.rel_err) or d.is_minus_one:
+            continue
+        read.update([d.arg] if d.arg is not None else range(n))
+    return read
+
+
+register(Prim("ew", _ew_impl, _ew_obj, _ew_vjp, _ew_err, needs=True, reads=_ew_reads))
 
 
 def ew(fn: EwFn, *args: Any) -> Any:
@@ -253,7 +265,8 @@ def _matmul_err(errs: list[Any], ins: Sequence[Any], outs: Sequence[Any], u: flo
     return [out]
 
 
-register(Prim("matmul", _matmul_impl, _matmul_impl, _matmul_vjp, _matmul_err, needs=True))
+register(Prim("matmul", _matmul_impl, _matmul_impl, _matmul_vjp, _matmul_err, needs=True,
+              reads=lambda n: (0, 1)))  # (each operand's cotangent is the other's product)
 
 
 def matmul(a: Any, b: Any) -> Any:
@@ -267,11 +280,12 @@ def _identity(x: Any, **params: Any) -> Any:
 
 
 register(Prim("stop", _identity, _identity, lambda cts, ins, outs, **p: [cts[0]],
-              lambda errs, ins, outs, u, **p: [errs[0]]))
+              lambda errs, ins, outs, u, **p: [errs[0]], reads=lambda n, **p: ()))
 
 
 register(Prim("cast", _identity, _identity, lambda cts, ins, outs, **p: [cts[0]],
-              lambda errs, ins, outs, u, **p: [u * _abs(ins[0]) + (0 if errs[0] is None else errs[0])]))
+              lambda errs, ins, outs, u, **p: [u * _abs(ins[0]) + (0 if errs[0] is None else errs[0])],
+              reads=lambda n, **p: ()))
 
 
 def cast(x: Any, dtype: str) -> Any:

@@ -107,7 +107,7 @@ class Traced:
 
 def own_bytes(x: Any) -> int:
     """The bytes of `x`'s own storage: 0 for a view, a sparse or meta tensor, anything without one."""
-    if not isinstance(x, torch.Tensor) or x._base is not None or x.layout != torch.strided:
+    if not isinstance(x, torch.Tensor) or x._base is not None or x.layout != torch.strided or x.is_meta:
         return 0
     try:
         return x.untyped_storage().nbytes()

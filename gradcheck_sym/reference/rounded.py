@@ -68,7 +68,9 @@ def _rounded_eqn(e: Eqn, env: dict[int, Any], values: dict[int, Any], consts: An
         out = PRIMS[e.prim].impl(*ins, **e.params)
         return out if PRIMS[e.prim].multiple else (out,)
     except Exception:  # noqa: BLE001 - a sample of noise, not a result: the float64 value stands in
-        return [values[v.id] for v in e.outputs]
+        # (one let go as no sweep reads it, `ScriptMemory.drop_unread`: NaN, which measures nothing)
+        return [torch.full(tuple(x.shape), float("nan"), dtype=x.dtype) if isinstance(x, torch.Tensor) and x.is_meta
+                else x for x in (values[v.id] for v in e.outputs)]
 
 
 class Rounding(Interpreter):
