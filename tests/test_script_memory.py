@@ -293,3 +293,24 @@ def test_values_no_sweep_reads_are_let_go_and_the_report_is_the_same(tmp_path, m
     row, row_whole = _row(report, "w"), _row(whole, "w")
     assert row.status == row_whole.status == "ok"
     assert row.exact == row_whole.exact and row.exact["shape"] == [8, 3, 3, 3]  # (its summary: to the last bit)
+
+
+def test_a_value_that_left_for_numpy_is_kept_for_what_comes_back_from_there(tmp_path, monkeypatch):
+    # (found by review: neither the prune nor `drop_unread` counted it — "internal error while tracing add: KeyError")
+    import gradcheck_sym.front.script_memory as memory_mod
+
+    monkeypatch.setattr(memory_mod, "MEMORY_STEP", 1 << 16)
+    report = gs.run_script(_script(tmp_path, """import torch
+torch.manual_seed(0)
+w = torch.randn(64, 8, 16, 16, requires_grad=True)
+a = (w * 2).exp()
+arr = (a * 1.5).detach().numpy()
+b = (w * 3).sin()
+c = torch.from_numpy(arr * 0.5)
+loss = (c * b).sum() + a.sum()
+loss.backward()
+"""))
+    (row,) = report.backwards
+    assert row.not_verified == 1 and not any("internal error" in r for r in row.reasons), row.reasons
+    assert any("a tensor made from numpy data at script.py:8 (torch.from_numpy) after traced values left torch at "
+               "script.py:5 (.numpy())" in r for r in row.reasons), row.reasons
