@@ -123,6 +123,7 @@ def release_held(above: int = RELEASE_ABOVE) -> bool:
 # 1.4 GB of the end: a primitive allocates several of its 600 MB tensors between two looks, and the forked copy of a
 # replay allocates as it likes.)
 PRESSURE = 6 << 30
+RELIEVE_ABOVE = 64 << 20  # (what `relieve` gives back: any amount worth a trim)
 _LOOK_EVERY = 0.05  # seconds between two looks of `relieve` (a look reads /proc/meminfo: some 20 microseconds)
 _next_look = 0.0
 _total: list[int | None] = []
@@ -148,9 +149,6 @@ def relieve() -> bool:
     if available is None or available >= low:
         return False
     return release_held(above=RELIEVE_ABOVE)
-
-
-RELIEVE_ABOVE = 64 << 20
 
 
 def _meminfo(key: str) -> int | None:

@@ -134,7 +134,7 @@ class ScriptMemory:
 
         Their equations stay, the forward's rounding bounds are brought up to date first (their rules read the
         values), and what a custom Function's replay reads — its arguments and results — stays.  At a conv +
-        batch-norm tutorial's batch of 2,048: 2.5 GB of float64 copies, and their bounds."""
+        batch-norm tutorial's batch of 2,048: 1.8 GB of float64 copies, and their bounds."""
         if self.stopped or self.rec.nbytes < MEMORY_STEP or self.rec.errs is None:
             return
         errs = self.rec.bounds()
