@@ -141,31 +141,42 @@ def test_what_a_cut_kept_from_the_backward_is_not_let_go(tmp_path):
     assert _row(report, "d").status == "ok" and len(seen) == 2
 
 
+# Malloc's policy is tried in a subprocess (a mallopt ends glibc's dynamic mmap threshold for good): `_MALLOC` then
+# the test's lines, which print "ok".
+_MALLOC = """
+import torch
+from gradcheck_sym.front import allocator
+if allocator._LIBC is None:
+    print("not glibc"); raise SystemExit
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+def fragmented():
+    xs = [torch.ones(2**20) for _ in range(64)]  # 64 x 4 MB
+    return xs[::2]  # half freed, between chunks in use
+"""
+
+
+def _malloc_test(lines):
+    done = subprocess.run([sys.executable, "-c", _MALLOC + textwrap.dedent(lines) + 'print("ok")\n'],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() in ("ok", "not glibc"), done.stderr
+
+
 def test_what_malloc_holds_freed_goes_back_between_the_phases_of_a_large_backward():
     # Kept for reuse (`keep_freed_memory`), freed memory is counted as available but fragmented: `release_held`
-    # gives it back when it is more than asked (in a subprocess: the mallopt ends glibc's dynamic mmap threshold).
-    code = textwrap.dedent("""
-        import torch
-        from gradcheck_sym.front import allocator
-        if allocator._LIBC is None:
-            print("not glibc"); raise SystemExit
-        def rss():
-            with open("/proc/self/statm") as f:
-                return int(f.read().split()[1]) * 4096
+    # gives it back when it is more than asked.
+    _malloc_test("""
         assert not allocator.release_held(0)  # outside a run: malloc is the caller's
         with allocator.keep_freed_memory():
-            xs = [torch.ones(2**20) for _ in range(64)]  # 64 x 4 MB
-            xs = xs[::2]  # half freed, between chunks in use: fragmented
+            xs = fragmented()
             held, before = allocator.held_free(), rss()
             assert held >= 100 * 2**20, held
             assert not allocator.release_held(above=held + 1)  # not above what is asked: kept
             assert allocator.release_held(above=0)
             assert before - rss() >= 100 * 2**20, (before, rss())
             assert allocator.memory_available(count_held=False) is not None
-        print("ok")
     """)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0 and done.stdout.strip() in ("ok", "not glibc"), done.stderr
 
 
 def test_a_cut_into_what_a_backward_freed_hides_nothing_and_the_rest_is_compared(tmp_path):
@@ -201,21 +212,13 @@ def test_under_pressure_what_malloc_holds_freed_goes_back_before_the_next_primit
     # `allocator.relieve` (called by `ops.core.bind` while `keep_freed_memory` is on): at a conv + batch-norm
     # tutorial's batch of 1,024 the bounds' sweep had 6.5 GB of tensors alive and 8.6 GB held freed beside them.  Given
     # back only where the system runs low; the forked copy of a replay has glibc's default malloc again.
-    code = textwrap.dedent("""
-        import torch
-        from gradcheck_sym.front import allocator
+    _malloc_test("""
         from gradcheck_sym.ops import core
         from gradcheck_sym.judge.isolated import run_isolated
-        if allocator._LIBC is None:
-            print("not glibc"); raise SystemExit
-        def rss():
-            with open("/proc/self/statm") as f:
-                return int(f.read().split()[1]) * 4096
         assert core._RELIEF[0] is None and not allocator.relieve()  # outside a run: nothing
         with allocator.keep_freed_memory():
             assert core._RELIEF[0] is allocator.relieve
-            xs = [torch.ones(2**20) for _ in range(64)]
-            xs = xs[::2]  # 128 MB freed between chunks in use
+            xs = fragmented()
             before = rss()
             allocator._meminfo = lambda key: (64 << 30) if key == "MemTotal:" else (100 << 30)
             assert not allocator.relieve() and rss() > before - (16 << 20)  # plenty left: kept
@@ -227,10 +230,7 @@ def test_under_pressure_what_malloc_holds_freed_goes_back_before_the_next_primit
                                           open("/proc/self/oom_score_adj").read().strip()), 30)
             assert child == (0, True, "1000"), child
         assert core._RELIEF[0] is None
-        print("ok")
     """)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0 and done.stdout.strip() in ("ok", "not glibc"), done.stderr
 
 
 def test_a_forked_copy_the_system_kills_is_said_to_have_run_out_of_memory():

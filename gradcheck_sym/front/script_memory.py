@@ -40,6 +40,7 @@ class ScriptMemory:
     recs: dict
     roots: dict
     items: dict
+    leaks: list  # (handle, site) of values that left for numpy (`tracer_handles`)
     inputs: list
     input_names: list
     sites: list
@@ -149,7 +150,7 @@ class ScriptMemory:
                 if isinstance(h, Traced):
                     keep.add(h.var.id)
         keep.update(h.var.id for h in self.items.values() if isinstance(h, Traced))
-        keep.update(h.var.id for h, _ in getattr(self, "leaks", ()) if isinstance(h, Traced))
+        keep.update(h.var.id for h, _ in self.leaks if isinstance(h, Traced))
         for c in self.custom_calls.calls.values():
             keep.update(h.var.id for h in [*c.args, *c.kwargs.values()] if isinstance(h, Traced))
         if self.custom_calls.calls:
@@ -282,7 +283,7 @@ class ScriptMemory:
             if isinstance(h, Traced):
                 live.add(h.var.id)
         # a value that left for numpy: what comes back from there is made of it (`tracer_handles`, found by review)
-        live.update(h.var.id for h, _ in getattr(self, "leaks", ()) if isinstance(h, Traced))
+        live.update(h.var.id for h, _ in self.leaks if isinstance(h, Traced))
         needed = set(live)
         keep = []
         bounded = 0  # kept equations whose bounds were computed (the first ones: order is kept)
