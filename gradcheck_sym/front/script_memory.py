@@ -245,8 +245,55 @@ class ScriptMemory:
                 # (its history is gone: a generous bound, never too small, for what is computed from it)
                 bound = UNIT_ROUNDOFF.get(v.dtype, 2.0**-53) ** 0.5 * value.abs()
             eqns[i] = Eqn("spent", (), e.outputs, {"value": value, "reason": reason, "bound": bound}, e.site)
+        self._fix_behind_cuts(spent, region)
         self.prune(forget_items=False)
         self._mem_base = min(self._mem_base, self.rec.nbytes)  # (what the next forward records is counted whole)
+
+    def _fix_behind_cuts(self, spent: set[int], region: set[int]) -> None:
+        """What was made behind a cut from the graph a backward just freed becomes a constant (a ``fixed``
+        equation: its value and error bound kept, no inputs).
+
+        A hand-written batch norm updates its running mean under no_grad from each batch's mean: each update kept
+        the last one's equations, and the batch mean's behind it, so the program grew by every iteration and every
+        prune and sweep with it (a makemore MLP with six of them: 1,000 steps did not finish in ten minutes).  No
+        gradient reaches that history in torch, nor would one without the cut (a second backward through a freed
+        graph raises), so nothing a later backward reports changes: a cut it goes through is said where it was
+        made.  Only cuts of what the backward went through: one of a leaf (a no_grad block reading a weight) keeps
+        its history, whose gradient a later backward may report as dropped."""
+        eqns = self.rec.eqns
+        fixed: set[int] = set()  # made behind a cut, from the freed graph and constants only
+        behind = set(spent)  # made from the freed graph, with its gradient (not yet behind a cut)
+        for i, e in enumerate(eqns):
+            if i in region or len(e.outputs) != 1 or e.prim in ("opaque", "spent"):
+                continue
+            if e.prim == "fixed":
+                fixed.add(e.outputs[0].id)
+                continue
+            ins = [a.id for a in e.inputs if isinstance(a, Var)]
+            if not ins or not all(a in fixed or a in behind for a in ins):
+                continue
+            if e.prim == "stop" or all(a in fixed for a in ins):
+                fixed.add(e.outputs[0].id)
+            else:
+                behind.add(e.outputs[0].id)
+        if not fixed:
+            return
+        errs = self.rec.bounds() or {}
+        values = self.rec.values
+        folded = set()
+        for i, e in enumerate(eqns):
+            v = e.outputs[0] if len(e.outputs) == 1 else None
+            if v is None or v.id not in fixed or e.prim == "fixed":
+                continue
+            value = values.get(v.id)
+            if value is None or (isinstance(value, torch.Tensor) and value.is_meta):
+                continue  # (its numbers were let go: it keeps its equation, and so what it is made of)
+            bound = errs.get(v.id)
+            if bound is None and isinstance(value, torch.Tensor) and value.is_floating_point():
+                bound = UNIT_ROUNDOFF.get(v.dtype, 2.0**-53) ** 0.5 * value.abs()  # (generous, as `spend`'s)
+            eqns[i] = Eqn("fixed", (), e.outputs, {"value": value, "bound": bound}, e.site)
+            folded.add(v.id)
+        self.cuts = [c for c in self.cuts if not all(v in folded for v in c.vars)]
 
     # ------------------------------------------------------------ the program
     def program_so_far(self) -> Program:

@@ -9,7 +9,8 @@
   torch's backward.
 * bilinear: ``matmul`` (batched, broadcasting; both operands at least 2-D).
 * cuts and bookkeeping: ``stop`` (detach, no_grad, .data, .item(): identity for the value,
-  constant for autograd) and ``opaque`` (a value the tracer could not follow: no rule).
+  constant for autograd), ``opaque`` (a value the tracer could not follow: no rule), and the values whose history
+  was let go: ``spent`` (no rule) and ``fixed`` (a constant).
 
 Each primitive gives: the value in torch (float64 in the reference), the value on numpy
 object arrays (mpmath or sympy elements: the high-precision path and the tests' oracle),
@@ -322,6 +323,22 @@ def _spent_obj(value: Any, reason: str, bound: Any) -> Any:
 # bound the one it had (`bound`).  Unlike an opaque value, a gradient that reaches it would have gone on to inputs no
 # longer known: the backward that reaches one is not verified at all (`judge.backward`).
 register(Prim("spent", _spent_impl, _spent_obj, None, lambda errs, ins, outs, u, value, reason, bound: [bound]))
+
+
+def _fixed_impl(value: Any, bound: Any) -> Any:
+    return value
+
+
+def _fixed_obj(value: Any, bound: Any) -> Any:
+    return _obj(value)
+
+
+# A value made behind a cut from what a freed graph held (`front.script_memory.ScriptMemory.spend`): a hand-written
+# batch norm's running mean, updated under no_grad from each iteration's batch mean.  No gradient reaches its history
+# in torch, nor would one without the cut (that graph was freed: a second backward through it raises), so it is a
+# constant for every sweep — no inputs — with its value and the error bound it had (`bound`).
+register(Prim("fixed", _fixed_impl, _fixed_obj, lambda cts, ins, outs, **p: [],
+              lambda errs, ins, outs, u, value, bound: [bound], linear=True))
 
 
 def opaque(*args: Any, value: torch.Tensor, reason: str) -> Any:
