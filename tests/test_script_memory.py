@@ -68,8 +68,10 @@ def test_after_a_backward_the_held_output_and_loss_keep_only_their_own_values(tm
     assert len(seen) == 4
     for (eqns_before, bytes_before), kinds, loss, nbytes in seen:
         # the forward's equations are gone: `out` and `loss` are values of their own; the parameters' initial values
-        # (opaque) stay, and the floats printed by .item() are kept for two backwards, as before
-        assert "spent" in kinds and set(kinds) <= {"spent", "opaque", "reshape", "stop", "take"} and eqns_before > 6
+        # (opaque) stay, and the floats printed by .item() are kept for two backwards, as before (what their cut read
+        # a constant: `_fix_behind_cuts`)
+        assert "spent" in kinds and set(kinds) <= {"spent", "fixed", "opaque", "reshape", "stop", "take"}
+        assert eqns_before > 6
         assert loss == "spent" and nbytes < bytes_before / 4
     out = capfd.readouterr().out
     plain = subprocess.run([sys.executable, _script(tmp_path, _TRAIN)], capture_output=True, text=True).stdout
@@ -375,3 +377,38 @@ def test_a_cut_of_a_leaf_keeps_its_history_and_its_dropped_gradient_is_said(tmp_
     assert report.summary["verified"] == 3
     assert [(f.kind, f.count) for f in report.findings if f.severity != "info"] == [("untracked", 3)]
     assert all("fixed" not in kinds for _, kinds, _, _ in seen)
+
+
+_EMA = """import torch
+torch.manual_seed(0)
+w = torch.randn(3, requires_grad=True)
+ema = torch.zeros(3)
+opt = torch.optim.SGD([w], lr=0.1)
+for i in range(STEPS):
+    loss = (w.sin() ** 2).sum()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    with torch.no_grad():
+        ema.mul_(0.9).add_(w, alpha=0.1)
+x = torch.ones(3, requires_grad=True)
+(x * ema).sum().backward()
+(w * ema).sum().backward()
+print(x.grad, w.grad)
+"""
+
+
+def test_an_average_of_the_weights_keeps_only_what_the_current_weights_make(tmp_path):
+    # An EMA of the weights (a target network's soft update): each update read the last one and the weights the
+    # optimizer has since replaced; that history, which no gradient compared anywhere reaches, is a constant after
+    # each backward.  The last update read the current weights: the backward through it says what no_grad drops.
+    sizes = {}
+    for steps in (3, 12):
+        report, seen = _run_watching_spends(tmp_path, _EMA.replace("STEPS", str(steps)))
+        assert report.summary["verified"] == steps + 2 and report.summary["not_verified"] == 0
+        assert _row(report, "x").status == "ok" and _row(report, "w").status == "untracked"
+        (finding,) = [f for f in report.findings if f.severity != "info"]
+        assert finding.kind == "untracked" and finding.count == 2 and "no_grad at line 12" in finding.message
+        assert "the exact gradient is [0.1, 0.1, 0.1]" in finding.message
+        sizes[steps] = [before[0] for before, _, _, _ in seen[:steps]]
+    assert sizes[12][:3] == sizes[3] and len(set(sizes[12][3:])) == 1  # (before: 5 more every step)

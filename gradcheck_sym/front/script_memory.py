@@ -250,50 +250,60 @@ class ScriptMemory:
         self._mem_base = min(self._mem_base, self.rec.nbytes)  # (what the next forward records is counted whole)
 
     def _fix_behind_cuts(self, spent: set[int], region: set[int]) -> None:
-        """What was made behind a cut from the graph a backward just freed becomes a constant (a ``fixed``
-        equation: its value and error bound kept, no inputs).
+        """What a cut reads, when no gradient could ever reach its history, becomes a constant (a ``fixed``
+        equation: its value and error bound kept, no inputs); the cut stays, and what it drops is still said.
 
-        A hand-written batch norm updates its running mean under no_grad from each batch's mean: each update kept
-        the last one's equations, and the batch mean's behind it, so the program grew by every iteration and every
-        prune and sweep with it (a makemore MLP with six of them: 1,000 steps did not finish in ten minutes).  No
-        gradient reaches that history in torch, nor would one without the cut (a second backward through a freed
-        graph raises), so nothing a later backward reports changes: a cut it goes through is said where it was
-        made.  Only cuts of what the backward went through: one of a leaf (a no_grad block reading a weight) keeps
-        its history, whose gradient a later backward may report as dropped."""
+        A hand-written batch norm updates its running mean under no_grad from the last one and each batch's
+        mean; an EMA of the weights, or a target network's soft update, from the last one and the weights an
+        optimizer has since updated.  Each update kept the history of the one before it: the program grew by
+        every iteration, and every prune and sweep with it (a makemore MLP with six batch norms: 1,000 steps did
+        not finish in ten minutes).  That history ends in the graph this backward freed (without the cut, a second
+        backward through it raises) and in values of leaves no tensor holds any more (an optimizer's step made new
+        ones): a gradient reaching them is compared nowhere.  A cut of what the script still holds (a no_grad
+        block reading a weight) keeps its history, whose gradient a later backward reports as dropped."""
         eqns = self.rec.eqns
-        fixed: set[int] = set()  # made behind a cut, from the freed graph and constants only
-        behind = set(spent)  # made from the freed graph, with its gradient (not yet behind a cut)
+        live: set[int] = set()
+        for r in list(self.recs.values()):
+            if r.tensor is None:
+                continue
+            for h in (r.handle, r.root.handle if r.root is not None else None):
+                if isinstance(h, Traced):
+                    live.add(h.var.id)
+        live.update(h.var.id for h in self.items.values() if isinstance(h, Traced))
+        live.update(h.var.id for h, _ in self.leaks if isinstance(h, Traced))
+        for c in self.custom_calls.calls.values():
+            live.update(h.var.id for h in [*c.args, *c.kwargs.values()] if isinstance(h, Traced))
+        # "dead": no gradient reaching it is compared — the freed graph, leaves' old values, what only they make
+        dead = set(spent) | {v.id for v in self.inputs if v.id not in live}
+        producer: dict[int, int] = {}
         for i, e in enumerate(eqns):
-            if i in region or len(e.outputs) != 1 or e.prim in ("opaque", "spent"):
+            for v in e.outputs:
+                producer[v.id] = i
+            if i in region or e.prim == "opaque":
                 continue
-            if e.prim == "fixed":
-                fixed.add(e.outputs[0].id)
-                continue
-            ins = [a.id for a in e.inputs if isinstance(a, Var)]
-            if not ins or not all(a in fixed or a in behind for a in ins):
-                continue
-            if e.prim == "stop" or all(a in fixed for a in ins):
-                fixed.add(e.outputs[0].id)
-            else:
-                behind.add(e.outputs[0].id)
-        if not fixed:
-            return
-        errs = self.rec.bounds() or {}
+            if e.prim in ("fixed", "spent") or all(a.id in dead for a in e.inputs if isinstance(a, Var)):
+                dead.update(v.id for v in e.outputs)
+        errs: dict[int, Any] | None = None
         values = self.rec.values
-        folded = set()
-        for i, e in enumerate(eqns):
-            v = e.outputs[0] if len(e.outputs) == 1 else None
-            if v is None or v.id not in fixed or e.prim == "fixed":
+        for e in eqns:
+            if e.prim != "stop" or not isinstance(e.inputs[0], Var):
                 continue
-            value = values.get(v.id)
+            u, v = e.inputs[0].id, e.outputs[0].id
+            i = producer.get(u)
+            if u not in dead or u in spent or i is None or len(eqns[i].outputs) != 1 or eqns[i].prim in (
+                    "fixed", "spent"):
+                continue
+            value = values.get(u)
+            if not isinstance(value, torch.Tensor) or value.is_meta:
+                value = values.get(v)  # (a cut is the identity: its own value, if the one it reads was let go)
             if value is None or (isinstance(value, torch.Tensor) and value.is_meta):
-                continue  # (its numbers were let go: it keeps its equation, and so what it is made of)
-            bound = errs.get(v.id)
+                continue  # (numbers let go: it keeps its history)
+            if errs is None:
+                errs = self.rec.bounds() or {}
+            bound = errs.get(u)
             if bound is None and isinstance(value, torch.Tensor) and value.is_floating_point():
-                bound = UNIT_ROUNDOFF.get(v.dtype, 2.0**-53) ** 0.5 * value.abs()  # (generous, as `spend`'s)
-            eqns[i] = Eqn("fixed", (), e.outputs, {"value": value, "bound": bound}, e.site)
-            folded.add(v.id)
-        self.cuts = [c for c in self.cuts if not all(v in folded for v in c.vars)]
+                bound = UNIT_ROUNDOFF.get(e.inputs[0].dtype, 2.0**-53) ** 0.5 * value.abs()  # (generous: `spend`'s)
+            eqns[i] = Eqn("fixed", (), eqns[i].outputs, {"value": value, "bound": bound}, eqns[i].site)
 
     # ------------------------------------------------------------ the program
     def program_so_far(self) -> Program:
