@@ -412,3 +412,20 @@ def test_an_average_of_the_weights_keeps_only_what_the_current_weights_make(tmp_
         assert "the exact gradient is [0.1, 0.1, 0.1]" in finding.message
         sizes[steps] = [before[0] for before, _, _, _ in seen[:steps]]
     assert sizes[12][:3] == sizes[3] and len(set(sizes[12][3:])) == 1  # (before: 5 more every step)
+
+
+def test_what_only_torchs_own_cuts_read_becomes_a_constant(tmp_path):
+    # Spectral norm's power iteration runs under torch's own no_grad from the weight the script still holds, and
+    # from the vectors of the last forward: each forward kept the last one's iteration (an SN-GAN's program grew by
+    # some 20 equations every step).  No sweep goes through torch's own cuts: what only they read is a constant.
+    text = ("import torch\nfrom torch.nn.utils import parametrizations\ntorch.manual_seed(0)\n"
+            "lin = parametrizations.spectral_norm(torch.nn.Linear(3, 4))\nopt = torch.optim.SGD(lin.parameters(), "
+            "lr=0.1)\nx = torch.randn(8, 3)\nfor i in range(STEPS):\n    opt.zero_grad()\n"
+            "    loss = torch.tanh(lin(x)).pow(2).sum()\n    loss.backward()\n    opt.step()\n")
+    sizes = {}
+    for steps in (3, 10):
+        report, seen = _run_watching_spends(tmp_path, text.replace("STEPS", str(steps)))
+        assert report.ok and report.summary["verified"] == steps and report.summary["not_verified"] == 0
+        assert _row(report, "lin.parametrizations.weight.original").status == "ok"
+        sizes[steps] = [before[0] for before, _, _, _ in seen]
+    assert sizes[10][:3] == sizes[3] and len(set(sizes[10][2:])) == 1

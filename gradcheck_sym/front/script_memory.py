@@ -16,7 +16,7 @@ import torch
 
 from ..ir.program import Const, Eqn, Program, Var
 from ..ops.core import PRIMS, vjp_reads
-from ..reference.interpret import COMPACT_FROM, UNIT_ROUNDOFF, Traced, own_bytes
+from ..reference.interpret import COMPACT_FROM, DEFINED_CUTS, UNIT_ROUNDOFF, Traced, own_bytes
 from .allocator import memory_available, release_held
 
 __all__ = ["ScriptMemory", "MEMORY_STEP", "SWEEP_MEMORY", "MEMORY_RESERVE"]
@@ -259,8 +259,10 @@ class ScriptMemory:
         every iteration, and every prune and sweep with it (a makemore MLP with six batch norms: 1,000 steps did
         not finish in ten minutes).  That history ends in the graph this backward freed (without the cut, a second
         backward through it raises) and in values of leaves no tensor holds any more (an optimizer's step made new
-        ones): a gradient reaching them is compared nowhere.  A cut of what the script still holds (a no_grad
-        block reading a weight) keeps its history, whose gradient a later backward reports as dropped."""
+        ones): a gradient reaching them is compared nowhere.  So does what only torch's own cuts read (spectral
+        norm's power iteration, from the weight the script still holds): no sweep goes through those.  A cut of
+        what the script still holds (a no_grad block reading a weight) keeps its history, whose gradient a later
+        backward reports as dropped."""
         eqns = self.rec.eqns
         live: set[int] = set()
         for r in list(self.recs.values()):
@@ -283,6 +285,16 @@ class ScriptMemory:
                 continue
             if e.prim in ("fixed", "spent") or all(a.id in dead for a in e.inputs if isinstance(a, Var)):
                 dead.update(v.id for v in e.outputs)
+        # A cut torch's own code made (spectral norm's power iteration, under its no_grad): no sweep goes through it
+        # (`DEFINED_CUTS`), so what only such cuts read can be a constant too.
+        reads: dict[int, int] = {}
+        defined: dict[int, int] = {}
+        for e in eqns:
+            for a in e.inputs:
+                if isinstance(a, Var):
+                    reads[a.id] = reads.get(a.id, 0) + 1
+            if e.prim == "stop" and e.params.get("kind") in DEFINED_CUTS and isinstance(e.inputs[0], Var):
+                defined[e.inputs[0].id] = defined.get(e.inputs[0].id, 0) + 1
         errs: dict[int, Any] | None = None
         values = self.rec.values
         for e in eqns:
@@ -290,8 +302,9 @@ class ScriptMemory:
                 continue
             u, v = e.inputs[0].id, e.outputs[0].id
             i = producer.get(u)
-            if u not in dead or u in spent or i is None or len(eqns[i].outputs) != 1 or eqns[i].prim in (
-                    "fixed", "spent"):
+            if u in spent or i is None or len(eqns[i].outputs) != 1 or eqns[i].prim in ("fixed", "spent"):
+                continue
+            if u not in dead and defined.get(u, 0) < reads[u]:
                 continue
             value = values.get(u)
             if not isinstance(value, torch.Tensor) or value.is_meta:
