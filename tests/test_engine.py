@@ -352,6 +352,30 @@ def test_bounds_of_the_lean_sweep_equal_the_written_sweep_s(fn):
     torch.testing.assert_close(kept[prog.inputs[0].id], sweep(prog, env, seeds).cts[prog.inputs[0].id])
 
 
+@pytest.mark.parametrize("fn", [
+    lambda x: (torch.tanh(x) * x.exp() - x.square().sum()).abs().sum(),
+    lambda x: torch.nn.functional.conv2d(x.reshape(1, 2, 3, 4), x[:8].reshape(2, 2, 2, 1)).tanh().pow(2).sum(),
+    lambda x: torch.softmax(x.reshape(2, 12) @ x.reshape(12, 2), 0).log().sum(),
+    # a batch norm's backward, where the cotangent cancels: the bound is of sums of non-negative terms all the same
+    lambda x: ((x.reshape(6, 4) - x.reshape(6, 4).mean(0)) / x.reshape(6, 4).var(0).add(1e-5).sqrt()).sin().sum(),
+], ids=["elementwise", "conv", "matmul softmax", "batch norm"])
+def test_bounds_of_a_float32_program_computed_in_float32_are_still_bounds(fn):
+    # `sweep_bounds(narrow=True)` (a large float32 backward's): in float32, made NARROW_SLACK larger at the end —
+    # never below the float64 computation's, and within that slack of it
+    from gradcheck_sym.reference.lean_bounds import NARROW_SLACK, sweep_bounds
+
+    x = rand(24).float()
+    run = traced(fn, x)
+    prog, env = run.program, run.env
+    seeds = {prog.outputs[0].id: torch.ones((), dtype=F64)}
+    keep = {prog.inputs[0].id}
+    wide = sweep_bounds(prog, env, seeds, errs=run.tracer.rec.bounds(), keep=keep)[prog.inputs[0].id]
+    narrow = sweep_bounds(prog, env, seeds, errs=run.tracer.rec.bounds(), keep=keep, narrow=True)[prog.inputs[0].id]
+    assert narrow.dtype == wide.dtype == F64 and float(wide.min()) > 0
+    assert bool((narrow >= wide).all()) and bool((narrow <= wide * NARROW_SLACK * (1 + 2.0**-20)).all())
+    assert float((narrow / wide).min()) > 1 + 2.0**-7  # (the slack is there: float32's own error is far below it)
+
+
 def test_a_value_let_go_stands_in_as_nan_where_its_equation_cannot_be_recomputed(monkeypatch):
     # (`ScriptMemory.drop_unread` puts a meta tensor in place of a value no sweep reads; the float32 recomputation
     # falls back on the float64 value where an equation cannot be evaluated: NaN then, which measures nothing)

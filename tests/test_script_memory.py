@@ -429,3 +429,28 @@ def test_what_only_torchs_own_cuts_read_becomes_a_constant(tmp_path):
         assert _row(report, "lin.parametrizations.weight.original").status == "ok"
         sizes[steps] = [before[0] for before, _, _, _ in seen]
     assert sizes[10][:3] == sizes[3] and len(set(sizes[10][2:])) == 1
+
+
+def test_a_large_float32_backward_s_bounds_are_computed_in_float32_and_the_report_is_the_same(tmp_path, monkeypatch):
+    # (`sweep_bounds(narrow=True)` from KEPT_FROM bytes recorded: here every backward, on a conv + batch-norm step;
+    # a program with a float64 value keeps its bounds in float64)
+    import gradcheck_sym.judge.backward as backward_mod
+
+    whole = gs.run_script(_script(tmp_path, _CONVBN))
+    real, asked = backward_mod.sweep_bounds, []
+
+    def watched(*args, narrow=False, **kwargs):
+        asked.append(narrow)
+        return real(*args, narrow=narrow, **kwargs)
+
+    monkeypatch.setattr(backward_mod, "sweep_bounds", watched)
+    monkeypatch.setattr(backward_mod, "KEPT_FROM", 0)
+    monkeypatch.setattr(backward_mod, "WRITTEN_BELOW", 0)
+    report = gs.run_script(_script(tmp_path, _CONVBN))
+    assert asked == [True]
+    assert report.summary == whole.summary and _row(report, "w").status == _row(whole, "w").status == "ok"
+    assert _row(report, "w").exact == _row(whole, "w").exact
+    asked.clear()
+    report = gs.run_script(_script(tmp_path, _CONVBN.replace("3, requires_grad", "3, dtype=torch.float64, requires_grad")
+                                   .replace("26, 26)", "26, 26, dtype=torch.float64)")))
+    assert asked == [False] and report.summary["verified"] == 1

@@ -42,6 +42,15 @@ F64 = torch.float64
 WRITTEN_BELOW = 256 * 2**20
 # From this many bytes of recorded values on, a backward's sweeps keep only the cotangents the judge reads.
 KEPT_FROM = 256 * 2**20
+# Where the user computed in these alone, a large backward's rounding bounds are computed in float32
+# (`sweep_bounds(narrow=True)`).
+_NARROW_DTYPES = frozenset({"float32", "float16", "bfloat16"})
+
+
+def _float32(program: Any) -> bool:
+    """Whether every floating value of `program` was computed in float32 or narrower."""
+    return all(v.dtype in _NARROW_DTYPES or not v.dtype.startswith(("float", "complex"))
+               for e in program.eqns for v in e.outputs)
 
 
 
@@ -324,7 +333,8 @@ class BackwardVerifier(ReplayDecisions):
                     errs = tr.rec.bounds()
                     plan.bounds = sweep_bounds(plan.program, tr.rec.values, plan.seeds, keep=plan.compared(tr),
                                                errs=errs if errs is not None else error_bounds(plan.program,
-                                                                                               tr.rec.values))
+                                                                                               tr.rec.values),
+                                               narrow=tr.rec.nbytes >= KEPT_FROM and _float32(plan.program))
                     tr.release()
                 else:
                     whole, values, res = plan.written()
