@@ -352,6 +352,11 @@ def test_bounds_of_the_lean_sweep_equal_the_written_sweep_s(fn):
     torch.testing.assert_close(kept[prog.inputs[0].id], sweep(prog, env, seeds).cts[prog.inputs[0].id])
 
 
+def _traced32(fn, x):
+    """`fn` traced at a float32 `x`: a program the user computed in float32."""
+    return run_traced(lambda leaves: fn(*leaves), [x], ["a0"])
+
+
 @pytest.mark.parametrize("fn", [
     lambda x: (torch.tanh(x) * x.exp() - x.square().sum()).abs().sum(),
     lambda x: torch.nn.functional.conv2d(x.reshape(1, 2, 3, 4), x[:8].reshape(2, 2, 2, 1)).tanh().pow(2).sum(),
@@ -365,7 +370,8 @@ def test_bounds_of_a_float32_program_computed_in_float32_are_still_bounds(fn):
     from gradcheck_sym.reference.lean_bounds import NARROW_SLACK, sweep_bounds
 
     x = rand(24).float()
-    run = traced(fn, x)
+    run = _traced32(fn, x)
+    assert {v.dtype for e in run.program.eqns for v in e.outputs} == {"float32"}
     prog, env = run.program, run.env
     seeds = {prog.outputs[0].id: torch.ones((), dtype=F64)}
     keep = {prog.inputs[0].id}

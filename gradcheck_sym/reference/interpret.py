@@ -27,7 +27,7 @@ from ..ops.prims import add
 from ..ops.prims_base import _obj
 
 __all__ = ["Traced", "Recorder", "ObjectEager", "evaluate", "sweep", "SweepResult", "record_sweep", "error_bounds",
-           "compact_bound", "wide_bound", "COMPACT_FROM",
+           "compact_bound", "wide_bound", "narrow_value", "narrow_bound", "COMPACT_FROM",
            "UNIT_ROUNDOFF", "const_value", "AbsEager", "DEFINED_CUTS", "TORCH_NO_GRAD"]
 
 F64 = torch.float64
@@ -397,6 +397,16 @@ def wide_bound(e: Any) -> Any:
     """A bound as the rules read it: float64 (a compact one made wide again, for convolutions and products that
     take one dtype)."""
     return e.to(F64) if isinstance(e, torch.Tensor) and e.dtype == torch.float32 else e
+
+
+def narrow_value(x: Any) -> Any:
+    """A float64 tensor as float32, for bounds computed in float32."""
+    return x.to(torch.float32) if isinstance(x, torch.Tensor) and x.dtype == F64 else x
+
+
+def narrow_bound(e: Any) -> Any:
+    """A float64 bound as float32, rounded up (see `compact_bound`)."""
+    return torch.mul(e, 1.0 + 2.0**-23).to(torch.float32) if isinstance(e, torch.Tensor) and e.dtype == F64 else e
 
 
 def error_bounds(program: Program, env: dict[int, Any], *, start: dict[int, Any] | None = None,

@@ -17,7 +17,8 @@ import torch
 
 from ..ir.program import Program, Var
 from ..ops.core import Interpreter
-from .interpret import UNIT_ROUNDOFF, Traced, compact_bound, sweep, traced_values, wide_bound
+from .interpret import (UNIT_ROUNDOFF, Traced, compact_bound, narrow_bound, narrow_value, sweep, traced_values,
+                        wide_bound)
 
 __all__ = ["Bounded", "sweep_bounds"]
 
@@ -37,18 +38,6 @@ class Bounded(Traced):
 # 1.3e-6 of it), and the values they are computed from are off by about the bound itself, which moves the bound by
 # a float32 rounding of it (second order).  1/64 is ten thousand times that.
 NARROW_SLACK = 1.0 + 2.0**-6
-F32 = torch.float32
-
-
-def _narrow(x: Any) -> Any:
-    """A float64 tensor as float32 (rounded up where it is a bound: see `compact_bound`)."""
-    return x.to(F32) if isinstance(x, torch.Tensor) and x.dtype == torch.float64 else x
-
-
-def _narrow_bound(e: Any) -> Any:
-    if isinstance(e, torch.Tensor) and e.dtype == torch.float64:
-        return torch.mul(e, 1.0 + 2.0**-23).to(F32)
-    return e
 
 
 class _BoundsOnly(Interpreter):
@@ -69,18 +58,18 @@ class _BoundsOnly(Interpreter):
         for a in args:
             if isinstance(a, Traced):
                 e = a.err if isinstance(a, Bounded) else self.errs.get(a.var.id)
-                values.append(_narrow(a.value) if narrow else a.value)
-                in_errs.append(_narrow_bound(e) if narrow else wide_bound(e))
+                values.append(narrow_value(a.value) if narrow else a.value)
+                in_errs.append(narrow_bound(e) if narrow else wide_bound(e))
                 traced_in = True
             else:
-                values.append(_narrow(a) if narrow else a)
+                values.append(narrow_value(a) if narrow else a)
                 in_errs.append(None)
         out = prim.impl(*values, **params)
         if not traced_in and prim.name != "opaque":
             return out  # constants only: folded, as the recorder folds them
         outs = out if prim.multiple else (out,)
         if narrow:
-            outs = tuple(_narrow(o) for o in outs)  # (an opaque value is kept in float64)
+            outs = tuple(narrow_value(o) for o in outs)  # (an opaque value is kept in float64)
         errs: list[Any] = [None] * len(outs)
         if all(isinstance(o, torch.Tensor) and o.is_floating_point() for o in outs):
             errs = list(prim.err(in_errs, values, list(outs), UNIT_ROUNDOFF.get(self.dtype, 2.0**-53), **params))
@@ -106,7 +95,7 @@ def sweep_bounds(program: Program, env: dict[int, Any], seeds: dict[int, Any], *
     # each seed a value of its own, exact (as `record_sweep` makes them)
     start = {}
     for vid, s in seeds.items():
-        start[vid] = Bounded(_narrow(s) if narrow else s, Var(interp.next_id, tuple(s.shape), "float64"), None)
+        start[vid] = Bounded(narrow_value(s) if narrow else s, Var(interp.next_id, tuple(s.shape), "float64"), None)
         interp.next_id += 1
     res = sweep(program, traced_env, start, recorder=interp, keep=keep)  # type: ignore[arg-type]
     found = {vid: c.err for vid, c in res.cts.items() if vid in keep and isinstance(c, Bounded)}
