@@ -2368,6 +2368,58 @@ def test_rows_are_named_after_the_tensor_the_line_made(tmp_path, capfd):
     assert data.status == "ok" and data.grad == [[1.0, 2.0, 3.0]] and not any("leaf #" in n for n in names), names
 
 
+_LAYERS = """import torch
+class Linear:
+    def __init__(self, i, o):
+        self.weight = torch.randn(i, o) * 0.5
+        self.bias = torch.zeros(o)
+    def __call__(self, x):
+        self.out = x @ self.weight + self.bias
+        return self.out
+    def parameters(self):
+        return [self.weight, self.bias]
+class Tanh:
+    def __call__(self, x):
+        self.out = torch.tanh(x)
+        return self.out
+    def parameters(self):
+        return []
+    def __getattr__(self, name):
+        print("looked up", name)
+        raise AttributeError(name)
+torch.manual_seed(0)
+layers = [Linear(3, 4), Tanh(), Linear(4, 2)]
+parameters = [p for layer in layers for p in layer.parameters()]
+for p in parameters:
+    p.requires_grad = True
+for step in range(3):
+    x = torch.randn(5, 3)
+    for layer in layers:
+        x = layer(x)
+    for layer in layers:
+        layer.out.retain_grad()
+    loss = x.square().sum()
+    for p in parameters:
+        p.grad = None
+    loss.backward()
+    for p in parameters:
+        p.data -= 0.1 * p.grad
+print("done")
+"""
+
+
+def test_hand_written_layers_name_their_tensors_by_attribute_path(tmp_path, capfd):
+    # makemore's Linear / BatchNorm1d / Tanh classes in a list: the rows were `parameters[1]`, `p` (the loop's last)
+    # and "line 97 ×3399" for every layer's retained output (found by a new user's trial)
+    report = gs.run_script(_script(tmp_path, _LAYERS))
+    assert capfd.readouterr().out.splitlines()[0] == "done"  # (the class's own __getattr__ never ran for a name)
+    names = [r.name for r in report.tensors]
+    assert names == ["layers[0].weight", "layers[0].bias", "layers[2].weight", "layers[2].bias",
+                     "layer.out (line 30) ×6", "loss ×3", "layers[0].out", "layers[1].out", "layers[2].out"], names
+    assert all(_row(report, n).status == "ok" for n in names if n != "loss ×3")
+    assert report.summary["verified"] == 3
+
+
 def test_the_picture_joins_named_tensors_through_a_line_s_intermediates(tmp_path, capfd):
     # one node per named tensor (a line's intermediates were nodes too: a loop line's count in the picture was its
     # operations', 50 against the table's 10), and the gradient autograd.grad returned with create_graph is a tensor

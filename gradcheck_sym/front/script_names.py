@@ -1,7 +1,8 @@
 """The names of a run's rows: a parameter's module path, the script's variable, the line's name for it.
 
-A tensor the script still holds at its end is named by that variable (``w``, ``p[0]``, ``sd['weight']``) or, for a
-parameter of a module it holds, by the module path (``model.0.weight``); any other by its line: the name the line
+A tensor the script still holds at its end is named by that variable (``w``, ``p[0]``, ``sd['weight']``), for a
+parameter of a module it holds by the module path (``model.0.weight``), for an attribute of one of its own objects
+by the attribute path (``layers[0].weight``: a hand-written layer); any other by its line: the name the line
 assigns (``loss (line 12)``), the ``y.detach()`` made inside the line's expression, the tensor the line sets
 ``requires_grad`` on or calls ``.backward()`` on (`report.run.assigned_name`).
 """
@@ -9,6 +10,7 @@ assigns (``loss (line 12)``), the ``y.detach()`` made inside the line's expressi
 from __future__ import annotations
 
 import re
+import types
 from typing import Any
 
 import torch
@@ -30,6 +32,30 @@ def _module_paths(namespace: dict[str, Any]) -> dict[int, str]:
             except Exception:  # noqa: BLE001 - a module that cannot list its parameters: no names from it
                 continue
     return out
+
+
+_NOT_PLAIN = (torch.Tensor, torch.nn.Module, type, types.ModuleType, types.FunctionType, types.MethodType,
+              types.BuiltinFunctionType)
+
+
+def _attributes(value: Any) -> dict[str, Any]:
+    """The instance attributes of one of the script's own objects (a hand-written layer); {} for anything else.
+    (Read as object's, never through the class's own __getattr__: the script's code does not run for a name.)"""
+    if isinstance(value, _NOT_PLAIN):
+        return {}
+    try:
+        attrs = object.__getattribute__(value, "__dict__")
+    except AttributeError:
+        return {}
+    return attrs if isinstance(attrs, dict) else {}
+
+
+def _attribute_paths(path: str, obj: Any, bound: dict[int, str]) -> None:
+    """Name the tensors held by attributes of one of the script's own objects (makemore's hand-written Linear and
+    BatchNorm1d layers: ``layers[0].weight``), where not named already."""
+    for attr, value in list(_attributes(obj).items()):
+        if isinstance(value, torch.Tensor) and isinstance(attr, str) and not attr.startswith("_"):
+            bound.setdefault(id(value), f"{path}.{attr}")
 
 
 _DETACH = re.compile(r"([A-Za-z_][\w.]*(?:\[[^\]]*\])?)\.detach\(\)")
@@ -55,19 +81,24 @@ def row_names(tracer: Any, namespace: dict[str, Any]) -> dict[int, str]:
     the tensor at its end, else the name its line gives it (``loss (line 12)``), else where it was first seen."""
     params = _module_paths(namespace)
     bound: dict[int, str] = {}
-    for k, v in namespace.items():
+    for k, v in namespace.items():  # (in the order the script first bound them: the first name a tensor got)
         if k.startswith("_"):
             continue
         if isinstance(v, torch.Tensor):
             bound.setdefault(id(v), k)
-        elif isinstance(v, (list, tuple)) and len(v) <= 64:  # p = [w1, w2]: p[0], p[1]
+        elif isinstance(v, (list, tuple)) and len(v) <= 256:  # p = [w1, w2]: p[0], p[1]; layers[0].weight
             for i, e in enumerate(v):
                 if isinstance(e, torch.Tensor):
-                    bound.setdefault(id(e), f"{k}[{i}]")
+                    if len(v) <= 64:
+                        bound.setdefault(id(e), f"{k}[{i}]")
+                else:
+                    _attribute_paths(f"{k}[{i}]", e, bound)
         elif isinstance(v, dict) and len(v) <= 64:
             for key, e in v.items():
                 if isinstance(e, torch.Tensor):
                     bound.setdefault(id(e), f"{k}[{key!r}]")
+        else:
+            _attribute_paths(k, v, bound)
     names: dict[int, str] = {}
     for info in tracer.all_infos:
         t = info.ref()

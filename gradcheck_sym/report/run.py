@@ -251,7 +251,8 @@ _ASSIGN = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*(?:\[[^\]]*\]\s*)?(?:[+\-
 
 def assigned_name(source: str) -> str | None:
     """The name a line's statement binds (``x = ...``, ``x += ...``), or the tensor whose requires_grad it sets
-    (``data.requires_grad = True``, ``data.requires_grad_()``: the leaf made there is ``data``)."""
+    (``data.requires_grad = True``, ``data.requires_grad_()``: the leaf made there is ``data``), or whose gradient
+    it retains (``layer.out.retain_grad()``, in a loop over hand-written layers)."""
     m = _ASSIGN.match(source)
     if m:
         name = m.group(1)
@@ -260,7 +261,7 @@ def assigned_name(source: str) -> str | None:
     return m.group(1) if m else None
 
 
-_REQUIRES = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\.requires_grad_\(")
+_REQUIRES = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\.(?:requires_grad_|retain_grad)\(")
 # `loss.backward(...)`: the tensor a backward line names (a loss made elsewhere, on a helper's return line); a plain
 # name only (`torch.autograd.backward(...)`, `accelerator.backward(loss)` name no tensor)
 BACKWARD_ON = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\.backward\(")
