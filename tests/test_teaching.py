@@ -21,7 +21,7 @@ EXPECTED = {
     "legendre.py": [], "micro_mlp.py": [], "nn_rmsprop.py": [], "mnist_bn_mlp.py": [], "fused_conv_bn.py": [],
     "conv_bias_bn.py": [], "convbn_tutorial.py": [], "backprop_by_hand.py": [], "lstm_tagger.py": [],
     "seq2seq_attention.py": [], "gan_steps.py": [], "spatial_transformer.py": [], "fgsm_attack.py": [],
-    "sngan_steps.py": [],
+    "sngan_steps.py": [], "makemore_layers.py": [],
 }
 
 
