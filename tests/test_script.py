@@ -2420,6 +2420,20 @@ def test_hand_written_layers_name_their_tensors_by_attribute_path(tmp_path, capf
     assert report.summary["verified"] == 3
 
 
+
+def test_naming_runs_none_of_the_script_s_code(tmp_path, capfd):
+    # (found by review) a proxy's own __dict__ property ran, and printed, after the script; one that raises ended the
+    # run with an internal error
+    text = ("import torch\nclass Proxy:\n    def __init__(self, wrapped):\n        object.__setattr__(self, '_w', wrapped)\n"
+            "    @property\n    def __dict__(self):\n        print('user code ran')\n        return self._w.__dict__\n"
+            "class Handle:\n    @property\n    def __dict__(self):\n        raise RuntimeError('closed')\n"
+            "class Layer:\n    def __init__(self, t):\n        self.weight = t\n"
+            "w = torch.tensor([1.0, 2.0], requires_grad=True)\np = Proxy(Layer(w * 3))\nh = Handle()\n"
+            "loss = (p._w.weight * w).sum()\nloss.backward()\nprint(w.grad)\n")
+    report = gs.run_script(_script(tmp_path, text))
+    assert capfd.readouterr().out.splitlines() == ["tensor([ 6., 12.])"]
+    assert report.ok and _row(report, "w").status == "ok"
+
 def test_the_picture_joins_named_tensors_through_a_line_s_intermediates(tmp_path, capfd):
     # one node per named tensor (a line's intermediates were nodes too: a loop line's count in the picture was its
     # operations', 50 against the table's 10), and the gradient autograd.grad returned with create_graph is a tensor

@@ -454,3 +454,33 @@ def test_a_large_float32_backward_s_bounds_are_computed_in_float32_and_the_repor
     report = gs.run_script(_script(tmp_path, _CONVBN.replace("3, requires_grad", "3, dtype=torch.float64, requires_grad")
                                    .replace("26, 26)", "26, 26, dtype=torch.float64)")))
     assert asked == [False] and report.summary["verified"] == 1
+
+
+def test_a_value_a_later_backward_can_go_through_keeps_its_history_though_a_cut_reads_it(tmp_path):
+    # (found by review) g is made from what the first backward freed, and a cut reads it; torch goes back through g
+    # later (h's node saved nothing): g's history stays, and that backward is not verified, as before — it was made a
+    # constant and reported as a mismatch
+    text = ("import torch\nx = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)\n"
+            "q = torch.tensor([0.5, 0.25], requires_grad=True)\nh = x + 1\nloss1 = h.sum()\nloss1.backward()\n"
+            "g = h * 3\nm = g.detach()\nloss2 = (q * 2).sum()\nloss2.backward()\nx.grad = None\n"
+            "loss3 = (g * x).sum()\nloss3.backward()\nprint(x.grad, m)\n")
+    report, _ = _run_watching_spends(tmp_path, text)
+    assert report.summary["verified"] == 2 and report.summary["not_verified"] == 1
+    assert [f.kind for f in report.findings if f.severity == "error"] == []
+    assert "let go after the backward at line 6" in report.backwards[-1].reasons[0]
+
+
+def test_bounds_past_float32_s_range_are_computed_in_float64(tmp_path, monkeypatch):
+    # (found by review) a forward bound of 7e39 became infinite in float32, and infinity times a zero cotangent NaN
+    # in the product's rule: W was compared under a NaN bound and said wrong; the float64 bound says the comparison
+    # means nothing there, as without `narrow`
+    import gradcheck_sym.judge.backward as backward_mod
+
+    monkeypatch.setattr(backward_mod, "KEPT_FROM", 0)
+    monkeypatch.setattr(backward_mod, "WRITTEN_BELOW", 0)
+    text = ("import torch\na = torch.full((4, 1), 1e16, requires_grad=True)\nW = torch.ones(1, 3, requires_grad=True)\n"
+            "s = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])\n"
+            "z = (a + 1e30) - 1e30\nh = z * 1e16\nloss = ((h @ W) * s).sum()\nloss.backward()\n")
+    report = gs.run_script(_script(tmp_path, text))
+    assert _row(report, "W").status == "not verified" and report.summary["not_verified"] == 1
+    assert "mismatch" not in [f.kind for f in report.findings]

@@ -285,16 +285,22 @@ class ScriptMemory:
                 continue
             if e.prim in ("fixed", "spent") or all(a.id in dead for a in e.inputs if isinstance(a, Var)):
                 dead.update(v.id for v in e.outputs)
-        # A cut torch's own code made (spectral norm's power iteration, under its no_grad): no sweep goes through it
-        # (`DEFINED_CUTS`), so what only such cuts read can be a constant too.
+        # Only what cuts alone read, and no tensor holds, becomes a constant: a value with its gradient that a later
+        # backward can go through (torch goes back through nodes that saved nothing, a freed graph's included) keeps
+        # its history (found by review: `g = h * 3` after h's backward, `g.detach()`, then a backward through g).
+        # A cut torch's own code made (spectral norm's power iteration, under its no_grad) is gone through by no
+        # sweep (`DEFINED_CUTS`), so what only such cuts read can be a constant even where it is not dead.
         reads: dict[int, int] = {}
+        cuts: dict[int, int] = {}
         defined: dict[int, int] = {}
         for e in eqns:
             for a in e.inputs:
                 if isinstance(a, Var):
                     reads[a.id] = reads.get(a.id, 0) + 1
-            if e.prim == "stop" and e.params.get("kind") in DEFINED_CUTS and isinstance(e.inputs[0], Var):
-                defined[e.inputs[0].id] = defined.get(e.inputs[0].id, 0) + 1
+            if e.prim == "stop" and isinstance(e.inputs[0], Var):
+                cuts[e.inputs[0].id] = cuts.get(e.inputs[0].id, 0) + 1
+                if e.params.get("kind") in DEFINED_CUTS:
+                    defined[e.inputs[0].id] = defined.get(e.inputs[0].id, 0) + 1
         errs: dict[int, Any] | None = None
         values = self.rec.values
         for e in eqns:
@@ -302,9 +308,9 @@ class ScriptMemory:
                 continue
             u, v = e.inputs[0].id, e.outputs[0].id
             i = producer.get(u)
-            if u in spent or i is None or len(eqns[i].outputs) != 1 or eqns[i].prim in ("fixed", "spent"):
+            if u in spent or u in live or i is None or len(eqns[i].outputs) != 1 or eqns[i].prim in ("fixed", "spent"):
                 continue
-            if u not in dead and defined.get(u, 0) < reads[u]:
+            if cuts.get(u, 0) < reads[u] or (u not in dead and defined.get(u, 0) < reads[u]):
                 continue
             value = values.get(u)
             if not isinstance(value, torch.Tensor) or value.is_meta:

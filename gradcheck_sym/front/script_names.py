@@ -40,14 +40,24 @@ _NOT_PLAIN = (torch.Tensor, torch.nn.Module, type, types.ModuleType, types.Funct
 
 def _attributes(value: Any) -> dict[str, Any]:
     """The instance attributes of one of the script's own objects (a hand-written layer); {} for anything else.
-    (Read as object's, never through the class's own __getattr__: the script's code does not run for a name.)"""
-    if isinstance(value, _NOT_PLAIN):
-        return {}
+
+    Read through the instance dictionary's own descriptor only: never the class's __getattr__ or a __dict__
+    property of its own (a proxy's, which runs the script's code; one that raises ended the run: found by
+    review) — the script's code does not run for a name."""
     try:
-        attrs = object.__getattribute__(value, "__dict__")
-    except AttributeError:
+        if isinstance(value, _NOT_PLAIN):
+            return {}
+        for cls in type(value).__mro__:
+            slot = vars(cls).get("__dict__")
+            if slot is None:
+                continue
+            if not isinstance(slot, types.GetSetDescriptorType):
+                return {}  # (a __dict__ of the class's own making)
+            attrs = slot.__get__(value, type(value))
+            return attrs if type(attrs) is dict else {}
+    except Exception:  # noqa: BLE001 - a name is not worth the run: none from this object
         return {}
-    return attrs if isinstance(attrs, dict) else {}
+    return {}
 
 
 def _attribute_paths(path: str, obj: Any, bound: dict[int, str]) -> None:

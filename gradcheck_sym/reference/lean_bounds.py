@@ -17,6 +17,7 @@ import torch
 
 from ..ir.program import Program, Var
 from ..ops.core import Interpreter
+from ..ops.quick import all_finite
 from .interpret import (UNIT_ROUNDOFF, Traced, compact_bound, narrow_bound, narrow_value, sweep, traced_values,
                         wide_bound)
 
@@ -100,5 +101,10 @@ def sweep_bounds(program: Program, env: dict[int, Any], seeds: dict[int, Any], *
     res = sweep(program, traced_env, start, recorder=interp, keep=keep)  # type: ignore[arg-type]
     found = {vid: c.err for vid, c in res.cts.items() if vid in keep and isinstance(c, Bounded)}
     if narrow:
+        if not all(not isinstance(e, torch.Tensor) or all_finite(e) for e in found.values()):
+            # past float32's range somewhere (a forward bound of 1e39 made infinite, and infinity times a zero
+            # cotangent NaN in a product's rule: found by review): in float64, as without `narrow`
+            del res, start, traced_env
+            return sweep_bounds(program, env, seeds, errs=errs, keep=keep)
         found = {vid: None if e is None else compact_bound(wide_bound(e) * NARROW_SLACK) for vid, e in found.items()}
     return found
