@@ -127,6 +127,23 @@ class ScriptMemory:
             self._mem_base = min(self._mem_base, self.rec.nbytes)
             self._check_memory(self.sites[site].where)
 
+    def _held(self) -> set[int]:
+        """The variables of what the script still holds (a live tensor and its base), of the floats that left by
+        .item() and the values that left for numpy (what comes back from there is made of them), and of the custom
+        Functions' arguments (their replays read them)."""
+        held: set[int] = set()
+        for r in list(self.recs.values()):
+            if r.tensor is None:
+                continue  # (dead: its record goes at the next prune)
+            for h in (r.handle, r.root.handle if r.root is not None else None):
+                if isinstance(h, Traced):
+                    held.add(h.var.id)
+        held.update(h.var.id for h in self.items.values() if isinstance(h, Traced))
+        held.update(h.var.id for h, _ in self.leaks if isinstance(h, Traced))
+        for c in self.custom_calls.calls.values():
+            held.update(h.var.id for h in [*c.args, *c.kwargs.values()] if isinstance(h, Traced))
+        return held
+
     def drop_unread(self) -> None:
         """Let go of the values no sweep will read: those of large tensors the script no longer holds, whose
         every reader's vjp takes only their shape (a convolution's result, that a batch norm's ``y - mean`` and
@@ -142,17 +159,7 @@ class ScriptMemory:
         if errs is None:
             return
         eqns = self.rec.eqns
-        keep: set[int] = {v.id for v in self.inputs}
-        for r in list(self.recs.values()):
-            if r.tensor is None:
-                continue  # (dead: its record goes at the next prune)
-            for h in (r.handle, r.root.handle if r.root is not None else None):
-                if isinstance(h, Traced):
-                    keep.add(h.var.id)
-        keep.update(h.var.id for h in self.items.values() if isinstance(h, Traced))
-        keep.update(h.var.id for h, _ in self.leaks if isinstance(h, Traced))
-        for c in self.custom_calls.calls.values():
-            keep.update(h.var.id for h in [*c.args, *c.kwargs.values()] if isinstance(h, Traced))
+        keep = {v.id for v in self.inputs} | self._held()
         if self.custom_calls.calls:
             from ..judge.replay import call_results  # (its replay matches what it returns by their values)
 
@@ -264,17 +271,7 @@ class ScriptMemory:
         what the script still holds (a no_grad block reading a weight) keeps its history, whose gradient a later
         backward reports as dropped."""
         eqns = self.rec.eqns
-        live: set[int] = set()
-        for r in list(self.recs.values()):
-            if r.tensor is None:
-                continue
-            for h in (r.handle, r.root.handle if r.root is not None else None):
-                if isinstance(h, Traced):
-                    live.add(h.var.id)
-        live.update(h.var.id for h in self.items.values() if isinstance(h, Traced))
-        live.update(h.var.id for h, _ in self.leaks if isinstance(h, Traced))
-        for c in self.custom_calls.calls.values():
-            live.update(h.var.id for h in [*c.args, *c.kwargs.values()] if isinstance(h, Traced))
+        live = self._held()
         # "dead": no gradient reaching it is compared — the freed graph, leaves' old values, what only they make
         dead = set(spent) | {v.id for v in self.inputs if v.id not in live}
         producer: dict[int, int] = {}

@@ -333,10 +333,10 @@ def _fixed_obj(value: Any, bound: Any) -> Any:
     return _obj(value)
 
 
-# A value made behind a cut from what a freed graph held (`front.script_memory.ScriptMemory.spend`): a hand-written
-# batch norm's running mean, updated under no_grad from each iteration's batch mean.  No gradient reaches its history
-# in torch, nor would one without the cut (that graph was freed: a second backward through it raises), so it is a
-# constant for every sweep — no inputs — with its value and the error bound it had (`bound`).
+# What a cut alone reads, once no compared gradient can reach its history (`front.script_memory.ScriptMemory.
+# _fix_behind_cuts`, after a backward that freed its graph): a hand-written batch norm's running mean, updated under
+# no_grad from the last one and each batch's mean; an EMA of weights an optimizer has since replaced.  A constant for
+# every sweep — no inputs — with its value and the error bound it had (`bound`); the cut that reads it stays.
 register(Prim("fixed", _fixed_impl, _fixed_obj, lambda cts, ins, outs, **p: [],
               lambda errs, ins, outs, u, value, bound: [bound], linear=True))
 
