@@ -257,16 +257,17 @@ class ScriptMemory:
         self._mem_base = min(self._mem_base, self.rec.nbytes)  # (what the next forward records is counted whole)
 
     def _fix_behind_cuts(self, spent: set[int], region: set[int]) -> None:
-        """What a cut reads, when no gradient could ever reach its history, becomes a constant (a ``fixed``
-        equation: its value and error bound kept, no inputs); the cut stays, and what it drops is still said.
+        """What a cut alone reads, that no tensor holds, and whose history no compared gradient can reach becomes
+        a constant (a ``fixed`` equation: its value and error bound kept, no inputs); the cut stays, and what it
+        drops is still said.
 
         A hand-written batch norm updates its running mean under no_grad from the last one and each batch's
         mean; an EMA of the weights, or a target network's soft update, from the last one and the weights an
         optimizer has since updated.  Each update kept the history of the one before it: the program grew by
         every iteration, and every prune and sweep with it (a makemore MLP with six batch norms: 1,000 steps did
-        not finish in ten minutes).  That history ends in the graph this backward freed (without the cut, a second
-        backward through it raises) and in values of leaves no tensor holds any more (an optimizer's step made new
-        ones): a gradient reaching them is compared nowhere.  So does what only torch's own cuts read (spectral
+        not finish in ten minutes).  That history ends in the graph this backward freed (a later backward reaching it
+        through the cut would find it let go: `spend`) and in values of leaves no tensor holds any more (an
+        optimizer's step made new ones): a gradient reaching them is compared nowhere.  So does what only torch's own cuts read (spectral
         norm's power iteration, from the weight the script still holds): no sweep goes through those.  A cut of
         what the script still holds (a no_grad block reading a weight) keeps its history, whose gradient a later
         backward reports as dropped."""
