@@ -169,7 +169,7 @@ def _ew_err(errs: list[Any], ins: Sequence[Any], outs: Sequence[Any], u: float, 
                 continue
             if part.arg is not None:  # d(a*b)/da = b: b itself (no kernel to evaluate it)
                 d = targs[part.arg].abs()
-                d = d if d.is_floating_point() else d.to(F64)  # (float32 where the bound is: `error_bounds`)
+                d = d if d.is_floating_point() else d.to(F64)  # (float32 in a float32 bound: `sweep_bounds`)
             else:
                 d = _ew_impl(*targs, fn=part).abs()
             if fn.unbranched is not None and i < fn.unbranched.nargs:

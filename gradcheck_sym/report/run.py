@@ -257,11 +257,12 @@ def assigned_name(source: str) -> str | None:
     if m:
         name = m.group(1)
         return name[: -len(".requires_grad")] if name.endswith(".requires_grad") else name
-    m = _REQUIRES.match(source) or BACKWARD_ON.match(source)
+    m = _MARKED.match(source) or BACKWARD_ON.match(source)
     return m.group(1) if m else None
 
 
-_REQUIRES = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\.(?:requires_grad_|retain_grad)\(")
+# `data.requires_grad_()`, `layer.out.retain_grad()`: the tensor a line marks
+_MARKED = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\.(?:requires_grad_|retain_grad)\(")
 # `loss.backward(...)`: the tensor a backward line names (a loss made elsewhere, on a helper's return line); a plain
 # name only (`torch.autograd.backward(...)`, `accelerator.backward(loss)` name no tensor)
 BACKWARD_ON = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\.backward\(")
