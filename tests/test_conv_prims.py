@@ -78,7 +78,9 @@ def test_a_batch_convolved_a_slice_at_a_time_gives_the_same_numbers(case, monkey
              CP._tw(x, g, k=tuple(w.shape[2:]), **prm))
     assert sliced and set(sliced) == {1}  # (a sample a slice: each call went in slices)
     for a, b in zip(whole, parts):
-        assert torch.equal(a, b)
+        # the same sums, up to the order BLAS adds them in (a batch of one and of five take different kernels on some
+        # CPUs: an AMD EPYC's differed in the last bits)
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-12 * float(a.abs().max()))
     assert CP._conv(x.float(), w.float(), **prm).dtype == torch.float32  # (float32 goes whole: no im2col)
 
 

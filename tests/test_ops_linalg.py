@@ -208,8 +208,25 @@ def test_correct_op_checks_clean(name, fn, inputs, dtype, order):
     if order == 2 and name in NO_DOUBLE_BACKWARD:
         pytest.skip("torch has no double backward here")
     report = gs.check_function(fn, *inputs, dtype=dtype, order=order)
+    if name == "linalg.det, singular" and not _det_gradient_is_the_cofactors(inputs[0], dtype):
+        # some CPUs' LAPACK (an AMD EPYC's) finds an exact zero pivot there, and torch's backward then gives 0, not
+        # the cofactors: not a correct op on this machine, and the check says so
+        assert not report.ok and {f.kind for f in report.findings if f.severity == "error"} == {"mismatch"}, \
+            str(report)
+        return
     assert report.ok, str(report)
     assert not [f for f in report.findings if f.kind == "not-verified"]
+
+
+def _det_gradient_is_the_cofactors(a: torch.Tensor, dtype: str) -> bool:
+    """Whether torch's gradient of det at `a` (3x3) is its cofactor matrix, as the math says, on this machine."""
+    x = a.detach().to(getattr(torch, dtype)).requires_grad_()
+    torch.linalg.det(x).backward()
+    a64 = a.detach().double()
+    keep = [[k for k in range(3) if k != i] for i in range(3)]
+    cof = torch.tensor([[(-1) ** (i + j) * float(torch.linalg.det(a64[keep[i]][:, keep[j]])) for j in range(3)]
+                        for i in range(3)], dtype=torch.float64)
+    return torch.allclose(x.grad.double(), cof, rtol=1e-3, atol=1e-3 * float(cof.abs().max()))
 
 
 def _first(out):
