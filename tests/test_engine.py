@@ -229,6 +229,35 @@ def test_the_sweep_recomputed_in_float32_is_a_noise_sample_within_the_bound():
     assert 0 < again and 0.1 < theirs / again < 10
 
 
+def test_a_measured_noise_starts_from_the_user_s_own_forward_values():
+    # torch's convolution of one input channel rounds otherwise than our float32 formula; near an optimum (the
+    # target is what the layer computes) the gradient is that rounding of the residual: from the values the user's run
+    # computed, the float32 sweep gives torch's own gradient, from our own forward values a different sample
+    g = torch.Generator().manual_seed(0)
+    x, w, b = torch.randn(1, 1, 32, 32, generator=g), torch.randn(6, 1, 5, 5, generator=g) / 5, torch.randn(6, generator=g)
+    target = torch.nn.functional.conv2d(x.double(), w.double(), b.double()).float()
+
+    def f(xs):
+        return torch.nn.functional.mse_loss(torch.nn.functional.conv2d(x, xs[0], b), target)
+
+    run = run_traced(f, [w], ["w"])
+    prog, env, user = run.program, run.env, run.tracer.rec.user
+    assert sorted(tuple(v.shape) for v in user.values()) == [(), (1, 6, 28, 28)] and \
+        all(v.dtype == torch.float32 for v in user.values())
+    forward = evaluate_rounded(prog, env, user=user)
+    assert all(forward[k] is v for k, v in user.items())
+    seed = {prog.outputs[0].id: torch.ones((), dtype=F64)}
+    exact = sweep(prog, env, seed).cts[prog.inputs[0].id]
+    sampled = rounded_sweep(prog, env, seed, user=user)[prog.inputs[0].id].double()
+    own = rounded_sweep(prog, env, seed)[prog.inputs[0].id].double()
+    wt = w.clone().requires_grad_()
+    f([wt]).backward()
+    theirs = wt.grad.double()
+    assert float((theirs - exact).abs().max()) > 1e-9  # (float32's rounding of the residual: the whole gradient)
+    assert float((sampled - theirs).abs().max()) <= 1e-3 * float((theirs - exact).abs().max())
+    assert float((own - theirs).abs().max()) > 0.1 * float((theirs - exact).abs().max())
+
+
 def test_a_sweep_says_whether_a_cut_was_reached():
     x = rand(3)
     reached = traced(lambda x: (x.detach() * x).sum(), x)

@@ -2615,3 +2615,24 @@ def test_a_parameter_given_new_data_stays_a_leaf(tmp_path, capfd):
     assert f.message == ("line 4 `w.data = torch.tensor([3.0, 4.0])`: `.data` assignment to a leaf already used in "
                          "the graph")
     assert [round(v, 4) for v in b.grad] == [round(v, 4) for v in json.loads(out)]  # (the last backward's)
+
+
+def test_a_leaf_made_inside_a_parameter_s_line_and_gone_is_no_row(tmp_path):
+    # a textbook's MLP: `W1 = nn.Parameter(torch.randn(.., requires_grad=True) * 0.01)`: the randn leaf is gone after
+    # the line and no backward reaches it; it was a row `W1 (line 3) not reached` beside W1's own.  A leaf the script
+    # keeps and never uses still has its row.
+    script = tmp_path / "mlp.py"
+    script.write_text(textwrap.dedent("""\
+        import torch
+        from torch import nn
+        W1 = nn.Parameter(torch.randn(4, 3, requires_grad=True) * 0.01)
+        b1 = nn.Parameter(torch.zeros(3, requires_grad=True))
+        unused = torch.ones(2, requires_grad=True)
+        X = torch.randn(5, 4)
+        for i in range(2):
+            (X @ W1 + b1).relu().sum().backward()
+        """))
+    report = gs.run_script(str(script))
+    assert report.ok and report.summary["verified"] == 2, str(report)
+    assert [(r.name, r.status) for r in report.tensors] == [("W1", "ok"), ("b1", "ok"),
+                                                            ("unused", "not reached by a backward")], str(report)

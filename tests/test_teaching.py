@@ -21,7 +21,7 @@ EXPECTED = {
     "legendre.py": [], "micro_mlp.py": [], "nn_rmsprop.py": [], "mnist_bn_mlp.py": [], "fused_conv_bn.py": [],
     "conv_bias_bn.py": [], "convbn_tutorial.py": [], "backprop_by_hand.py": [], "lstm_tagger.py": [],
     "seq2seq_attention.py": [], "gan_steps.py": [], "spatial_transformer.py": [], "fgsm_attack.py": [],
-    "sngan_steps.py": [], "makemore_layers.py": [],
+    "sngan_steps.py": [], "makemore_layers.py": [], "lenet_tutorial.py": [],
 }
 
 
@@ -196,7 +196,7 @@ def test_without_a_measured_noise_the_deep_batch_norm_mlp_is_not_verified_and_na
     # parameter by its attribute path, and the warning's count and lines are the backward's
     from gradcheck_sym.judge import backward_values
 
-    monkeypatch.setattr(backward_values, "rounded_sweep", lambda program, values, seeds, keep=None: {})
+    monkeypatch.setattr(backward_values, "rounded_sweep", lambda program, values, seeds, keep=None, user=None: {})
     report = gs.run_script(str(ROOT / "scripts" / "teaching" / "mnist_bn_mlp.py"))
     assert report.exit_code == 0 and report.summary["verified"] == 0 and report.summary["not_verified"] == 3
     (warning,) = [f for f in report.findings if f.kind == "not-verified" and f.severity == "warning"]

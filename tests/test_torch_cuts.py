@@ -216,3 +216,25 @@ def test_runs_overlapping_in_two_threads_leave_torch_s_no_grad_as_it_was():
     b.join()
     assert ok == {"a": True, "b": True}
     assert (cls.__dict__["__enter__"], cls.__dict__["__exit__"]) == before
+
+
+def test_a_parameter_s_initialisation_under_torch_s_no_grad_is_its_first_value(tmp_path):
+    # nn.Conv2d's reset_parameters fills its weight and bias under torch's own no_grad (torch 2.13), and the first
+    # backward comes before any optimizer step: the initialised values are the parameters' own first values, not values
+    # torch's no_grad made that a backward reached (every Conv2d was a torch-cut info: a newcomer's LeNet)
+    path = tmp_path / "lenet.py"
+    path.write_text(textwrap.dedent('''\
+        import torch
+        import torch.nn as nn
+
+        torch.manual_seed(0)
+        conv = nn.Conv2d(1, 2, 3)
+        w = nn.Parameter(torch.empty(2, 32))
+        nn.init.kaiming_uniform_(w)
+        x = torch.randn(1, 1, 6, 6)
+        (conv(x).flatten(1) @ w.T).pow(2).sum().backward()
+        print(conv.bias.grad.shape)
+        '''), encoding="utf-8")
+    report = gs.run_script(str(path))
+    assert report.ok and report.summary["verified"] == 1 and report.summary["gradients"] == 3, str(report)
+    assert not report.findings, str(report)

@@ -240,6 +240,12 @@ def _rows(tracer: ScriptTracer, names: dict[int, str]) -> list[TensorRow]:
         if not _shown(info):
             continue
         name = names[info.serial]
+        if info.leaf and info.requires_grad and not info.cut and not info.checks and info.ref() is None and \
+                not (info.retains or info.hooks) and " (line " in name and \
+                (name.split(" (line ")[0], info.line) not in plain:
+            # a leaf its line's name went past, gone, that no backward reached: `torch.randn(.., requires_grad=True)`
+            # inside `W1 = nn.Parameter(...)` (a textbook's MLP showed `W1 (line 22) not reached` beside W1's row)
+            continue
         if name.startswith("leaf #") and not info.checks:
             # leaves no name reaches and no backward reached (the layer nn.TransformerEncoder copies, a module made
             # and dropped): one row per line, not one each

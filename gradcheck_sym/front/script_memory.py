@@ -385,6 +385,8 @@ class ScriptMemory:
         self.rec.consts[:] = [self.rec.consts[i] for i in used]
         for vid in [v for v in self.rec.values if v not in needed]:
             del self.rec.values[vid]
+        for vid in [v for v in self.rec.user if v not in needed]:
+            del self.rec.user[vid]
         self._stale_pending = [p for p in self._stale_pending if any(v in needed for v in p[1])]
         self.custom_calls.prune(needed)
         if forget_items:  # (a backward's prune: the complex values made before it have been used)

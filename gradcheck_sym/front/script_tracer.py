@@ -231,8 +231,11 @@ class ScriptTracer(BackwardCalls, OptimizerSteps, ScriptMemory, DiscardedCuts, T
             if item[0] not in self.notes:
                 self.notes.append(item[0])
 
+    def _rebinds_leaf(self, t: torch.Tensor) -> bool:
+        return is_leaf(t) and t.requires_grad
+
     def _write(self, t: torch.Tensor, new: Any) -> None:
-        if is_leaf(t) and t.requires_grad:  # an update or an init of a leaf: a new value, not a cut
+        if self._rebinds_leaf(t):  # an update or an init of a leaf: a new value, not a cut
             # (written through a view taken under no_grad — `w[0].fill_(0)` — the leaf itself changed)
             self._new_leaf(t._base if leaf_window(t) else t)
             return

@@ -69,6 +69,12 @@ class _Region:
 _CALL_MARK = "__gradcheck_sym_call__"  # (see Tracer._call_number)
 
 
+# The values the user's run computed, kept beside ours for the tensors of at most this many entries in a dtype
+# coarser than float64: the forward a measured rounding noise starts from (`reference.rounded.evaluate_rounded`).
+USER_VALUES_UP_TO = 1 << 16
+_ROUNDED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
 def _off_cpu(args: tuple, kwargs: dict) -> str:
     """The device of the first tensor argument that is not on the CPU ("" when all are)."""
     for x in _walk((args, kwargs)):
@@ -110,7 +116,9 @@ class Tracer(ValueChecks, Handles, TorchFunctionMode):
         self.kwargs: dict = {}
         self.rng_state: torch.Tensor | None = None
         self.before: torch.Tensor | None = None  # an in-place op's target, before the op
-        self._site_index: dict[Site, int] = {}
+        # id of a small plain constant -> (a weak reference to it, its state, its float64 copy): see Handles._constant
+        self.const_copies: dict[int, tuple[Any, tuple, torch.Tensor]] = {}
+        self._site_index: dict[tuple[str, str, int, str, str | None], int] = {}  # (op, file, line, grad, custom)
         self._site_at: dict[tuple[str, str, int], int] = {}  # (op, file, line) of a grad-on site -> its index
         self.lock = threading.RLock()
         self.call: int | None = None  # the custom Function call the current op belongs to
@@ -167,7 +175,6 @@ class Tracer(ValueChecks, Handles, TorchFunctionMode):
             if found is not None:
                 self.call = None
                 return found
-        source = linecache.getline(file, line).strip() if file else ""
         custom, key, applied = _custom_forward() if grad != "on" else (None, None, None)
         inside = None
         if grad == "no_grad" and not no_grad and custom is None:
@@ -177,11 +184,14 @@ class Tracer(ValueChecks, Handles, TorchFunctionMode):
             self.custom.append(custom)
         # One apply() of a custom Function is one call, told apart from the next by its ctx (or its frame).
         self.call = None if key is None else self._call_number(key, applied)
-        site = Site(op, file, line, source, grad, custom)
-        found = self._site_index.get(site)  # a loop makes the same site again and again: one record
+        # A loop makes the same site again and again: one record, found by a plain tuple (a Site's source line is
+        # its file's and line's; hashing the dataclass and reading the line each time was a tenth of a no_grad op's
+        # recording)
+        found = self._site_index.get((op, file, line, grad, custom))
         if found is None:
-            found = self._site_index[site] = len(self.sites)
-            self.sites.append(site)
+            source = linecache.getline(file, line).strip() if file else ""
+            found = self._site_index[(op, file, line, grad, custom)] = len(self.sites)
+            self.sites.append(Site(op, file, line, source, grad, custom))
         if grad == "on" and custom is None:
             self._site_at[(op, file, line)] = found
         if inside is not None:
@@ -317,11 +327,14 @@ class Tracer(ValueChecks, Handles, TorchFunctionMode):
         init = getattr(func, "__module__", "") == "torch.nn.init" and not args and \
             isinstance(kwargs.get("tensor"), torch.Tensor) and (not is_leaf(kwargs["tensor"]) or
                                                                 self._an_alias(kwargs["tensor"]))
-        if init:
+        # (a whole parameter's init is a new value of it, as an update under no_grad makes one: not a value torch's
+        # own no_grad made, which a backward then reached — every nn.Conv2d's reset_parameters was said to be one)
+        leaf_init = not init and getattr(func, "__module__", "") == "torch.nn.init" and not args and \
+            isinstance(kwargs.get("tensor"), torch.Tensor) and self._rebinds_leaf(kwargs["tensor"])
+        if init or leaf_init:
             # torch.nn.init's functions pass their tensor to __torch_function__ by keyword, and fill it under no_grad:
             # on a slice of a parameter (`nn.init.normal_(w[1:3])`), or its `.data` (the DCGAN tutorial's
-            # `nn.init.normal_(m.weight.data, 0.0, 0.02)`), that is a write into the parameter, as under no_grad (a
-            # whole parameter's init makes its first value, as any op's result)
+            # `nn.init.normal_(m.weight.data, 0.0, 0.02)`), that is a write into the parameter, as under no_grad
             args, kwargs = (kwargs["tensor"],), {k: v for k, v in kwargs.items() if k != "tensor"}
         if kwargs.get("inplace") is True:  # F.relu(x, inplace=True) and friends
             inplace = True
@@ -353,6 +366,18 @@ class Tracer(ValueChecks, Handles, TorchFunctionMode):
         self.rec.site = site
         self.rec.dtype = self._working_dtype(base, outs[0] if outs else target, args, kwargs)
         self.out, self.name, self.func, self.args, self.kwargs = out, base, func, args, kwargs
+        if target is not None and self.call is None and self._rebinds_leaf(target):
+            # an update of a leaf autograd follows, in place under no_grad (`w -= lr * w.grad`): what the op computed
+            # is the leaf's next value, a version of its own (`_write`), not a function of the old one; not lowered
+            # (a hand-written SGD step's recording was wasted on every parameter of every iteration)
+            if self.sites[site].grad != "on" and self.sites[site].custom is None and self.region.on:
+                self.region.id += 1
+                self.region.on = False
+            if torch.is_grad_enabled():
+                self.region.on = True
+            self._write(target, None)
+            self._recorded(site)
+            return
         first_eqn, first_var = len(self.rec.eqns), self.rec.next_id
         handles = self._lower(base, swap, args, kwargs, site)
         if self.call is not None:
@@ -387,8 +412,16 @@ class Tracer(ValueChecks, Handles, TorchFunctionMode):
                     self.call_of[len(self.rec.eqns) - 1] = self.call
                     self._call_eqns(self.call, len(self.rec.eqns) - 1)
             self._bind(t, h, cut="detach" if base == "detach" else None)
+            if isinstance(h, Traced) and t.numel() <= USER_VALUES_UP_TO and t.dtype in _ROUNDED_DTYPES and \
+                    t.layout == torch.strided:
+                self.rec.user[h.var.id] = t.detach().clone()  # (a rounding noise is measured from it)
             self._on_output(t, h, site)
         self._recorded(site)
+
+    def _rebinds_leaf(self, t: torch.Tensor) -> bool:
+        """A hook for subclasses: whether a write into `t` makes a new leaf version whatever was written (see
+        `_write`)."""
+        return False
 
     def _on_output(self, t: torch.Tensor, h: Any, site: int) -> None:
         """A hook for subclasses: tensor `t` was made at `site` (the script runner names it)."""

@@ -85,7 +85,9 @@ class Storage:
             if root is None or root.tensor is None or root.tensor is t:
                 self.roots[key] = r
                 r.layout = _layout(t)
-            elif root is not r and not (own_leaf(t) and own_leaf(root.tensor)):  # (two leaves: each its own)
+            elif root is not r and not (own_leaf(t) and (own_leaf(root.tensor) or grad_fn(root.tensor) is not None)):
+                # (two leaves: each its own; a leaf on a computed tensor's storage, `nn.Parameter(y)`, too: autograd
+                # ends at it, and holding y from it kept y's whole graph)
                 r.root, r.root_handle, r.root_tensor = root, root.handle, root.tensor
         return r
 

@@ -198,7 +198,8 @@ def measured_noise(tr: Any, plan: Any, t: torch.Tensor, var: Var | None, r: torc
         got32, sample = plan.rounded64.get(var.id), torch.float32
     else:
         if plan.rounded is None:
-            plan.rounded = rounded_sweep(plan.program, tr.rec.values, plan.seeds, keep=plan.compared(tr))
+            plan.rounded = rounded_sweep(plan.program, tr.rec.values, plan.seeds, keep=plan.compared(tr),
+                                         user=tr.rec.user)
             tr.release()
         got32, sample = plan.rounded.get(var.id), t.dtype
     if not isinstance(got32, torch.Tensor) or not got32.is_floating_point() or got32.dtype == torch.float64:

@@ -126,6 +126,18 @@ class EwFn:
         return self.expr == -1
 
     @functools.cached_property
+    def product(self) -> bool:
+        """Whether this is a plain product of its two arguments (its rounding one rounding of the result)."""
+        return self.nargs == 2 and self.torch_impl is None and not self.rel_err and self.rel_scale is None and \
+            self.err_form == self.expr and self.expr == P[0] * P[1]
+
+    @functools.cached_property
+    def constant(self) -> float | None:
+        """|expr| where it is a number with no kernel of its own (a constant partial: add's, a scaling's), else None
+        (asked for every input of every equation a bound is tracked for: sympy's float() costs microseconds)."""
+        return abs(float(self.expr)) if self.torch_impl is None and self.expr.is_Number else None
+
+    @functools.cached_property
     def arg(self) -> int | None:
         """i when this function is its i-th argument, exactly (no kernel, no rounding of its own): a partial
         such as d(a*b)/da = b, which the sweep then takes as it is instead of evaluating."""
@@ -278,7 +290,24 @@ def _compiled(expr: sympy.Expr, nargs: int, backend: str) -> Callable[..., Any]:
     def run(*args: Any) -> Any:
         return fn(args)
 
-    return run
+    # the rounding bounds of the commonest functions (a product's, a sum's, a negation's), asked for every equation
+    # a bound is tracked for: a kernel or two on tensors, the compiled walk on anything else
+    a, b = P[0], P[1]
+    fast = None
+    if backend == "torch" and nargs == 2:
+        fast = {sympy.Abs(a * b): lambda x, y: torch.mul(x, y).abs_(),
+                sympy.Abs(a) + sympy.Abs(b): lambda x, y: torch.add(torch.abs(x), torch.abs(y))}.get(expr)
+    elif backend == "torch" and nargs == 1 and expr == sympy.Abs(a):
+        fast = torch.abs
+    if fast is None:
+        return run
+
+    def quick(*args: Any) -> Any:
+        if all(isinstance(x, torch.Tensor) for x in args):
+            return fast(*args)
+        return fn(args)
+
+    return quick
 
 
 def _drop_zeros(e: sympy.Expr) -> sympy.Expr:

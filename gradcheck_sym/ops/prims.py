@@ -144,7 +144,7 @@ def _ew_vjp(cts: list[Any], ins: Sequence[Any], outs: Sequence[Any], fn: EwFn,
 
 def _ew_err(errs: list[Any], ins: Sequence[Any], outs: Sequence[Any], u: float, fn: EwFn) -> list[Any]:
     targs = [a if is_tensor(a) else torch.tensor(float(a), dtype=F64) for a in ins]
-    if fn in _ROUNDS_ONCE and is_tensor(outs[0]) and outs[0].dtype == F64:
+    if (fn in _ROUNDS_ONCE or fn.product) and is_tensor(outs[0]) and outs[0].dtype == F64:
         # one rounding of the result, which is at hand (the same number the formula gives); scaled in place
         total = outs[0].abs().mul_(u).expand(_bshape(targs))
     else:
@@ -162,8 +162,8 @@ def _ew_err(errs: list[Any], ins: Sequence[Any], outs: Sequence[Any], u: float, 
             d = targs[1 - i].abs()
         else:
             part = fn.partial(i)
-            if part.torch_impl is None and part.expr.is_Number:  # a constant partial (add, sub, scaling)
-                c = abs(float(part.expr))
+            c = part.constant
+            if c is not None:  # a constant partial (add, sub, scaling)
                 if c != 0:
                     total = total + (e if c == 1 else c * e)
                 continue

@@ -133,6 +133,9 @@ class Recorder(Interpreter):
         self.lazy = False
         self.bounded = 0
         self.nbytes = 0  # the recorded values' own storage (views not counted): what recording costs in memory
+        # variable id -> the value the user's run itself computed (its dtype), where the front end kept it: the
+        # forward a measured rounding noise starts from (`reference.rounded`)
+        self.user: dict[int, Any] = {}
 
     def bounds(self) -> dict[int, Any] | None:
         """`errs`, brought up to date with every equation recorded so far (`error_bounds` of the new ones)."""

@@ -27,23 +27,43 @@ def _as(name: str, proxy: dict[Any, Any] | None) -> torch.dtype | None:
     return proxy.get(d, d) if proxy else d
 
 
-def evaluate_rounded(program: Program, values: dict[int, Any], proxy: dict[Any, Any] | None = None) -> dict[int, Any]:
+def evaluate_rounded(program: Program, values: dict[int, Any], proxy: dict[Any, Any] | None = None,
+                     user: dict[int, Any] | None = None) -> dict[int, Any]:
     """Every floating variable of `program` recomputed in the user's dtype (its `Var.dtype`), from the
     float64 `values` of the variables no equation defines (inputs, seeds): the same formulas, rounded as
     the user's computation rounds (float32 where it ran in float32).  Its distance from `values` is a
     measured sample of rounding noise, for the tolerance only; never a reference value.
 
+    `user`: values the user's run itself computed (variable id -> tensor in its dtype), taken instead of ours where
+    given.  Near an optimum the gradient is mostly the rounding of a residual (a LeNet's output minus its target, at
+    a loss of 1e-7): our own float32 forward rounded it differently, once 20x less than torch's, and autograd's
+    gradients (right to float32's precision) were said wrong.  From torch's own forward values, the sample carries
+    the rounding that autograd's gradient does.
+
     An equation that cannot be evaluated this way keeps its float64 value (cast to its dtype).
     """
     env: dict[int, Any] = {}
+    user = user or {}
     with interpreting(TorchEager()):
         for e in program.eqns:
             dtype = _as(e.outputs[0].dtype, proxy)
+            own = [_own(user.get(v.id), v, proxy) for v in e.outputs]
+            if all(x is not None for x in own):
+                for v, x in zip(e.outputs, own):
+                    env[v.id] = x
+                continue
             with working_dtype(dtype):
                 outs = _rounded_eqn(e, env, values, program.consts, dtype, proxy)
-            for v, o in zip(e.outputs, outs):
-                env[v.id] = _rounded(o, _as(v.dtype, proxy))
+            for v, o, x in zip(e.outputs, outs, own):
+                env[v.id] = x if x is not None else _rounded(o, _as(v.dtype, proxy))
     return env
+
+
+def _own(x: Any, v: Var, proxy: dict[Any, Any] | None) -> Any:
+    """The user's own value `x` of variable `v`, where it is in the dtype `v` is recomputed in (else None)."""
+    if x is None or not isinstance(x, torch.Tensor) or x.dtype != _as(v.dtype, proxy) or tuple(x.shape) != v.shape:
+        return None
+    return x
 
 
 def _rounded(x: Any, dtype: torch.dtype | None) -> Any:
@@ -98,11 +118,12 @@ class Rounding(Interpreter):
 
 
 def rounded_sweep(program: Program, values: dict[int, Any], seeds: dict[int, Any], keep: Any = None,
-                  proxy: dict[Any, Any] | None = None) -> dict[int, Any]:
+                  proxy: dict[Any, Any] | None = None, user: dict[int, Any] | None = None) -> dict[int, Any]:
     """The forward and the reverse sweep recomputed in the user's dtype (or the one `proxy` puts in its place) by our
-    formulas (`evaluate_rounded`, then the sweep under `Rounding`): the cotangents a float32 backward like ours would
-    give.  A measured sample of rounding noise for the tolerance, never a reference value."""
-    env = evaluate_rounded(program, values, proxy)
+    formulas (`evaluate_rounded`, from the user's own values where `user` has them, then the sweep under
+    `Rounding`): the cotangents a float32 backward like ours would give.  A measured sample of rounding noise for the
+    tolerance, never a reference value."""
+    env = evaluate_rounded(program, values, proxy, user)
     for v in list(program.inputs) + [a for e in program.eqns for a in e.inputs if isinstance(a, Var)]:
         if v.id not in env:
             env[v.id] = _rounded(values[v.id], _as(v.dtype, proxy))
