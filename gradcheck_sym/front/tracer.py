@@ -116,8 +116,6 @@ class Tracer(ValueChecks, Handles, TorchFunctionMode):
         self.kwargs: dict = {}
         self.rng_state: torch.Tensor | None = None
         self.before: torch.Tensor | None = None  # an in-place op's target, before the op
-        # id of a small plain constant -> (a weak reference to it, its state, its float64 copy): see Handles._constant
-        self.const_copies: dict[int, tuple[Any, tuple, torch.Tensor]] = {}
         self._site_index: dict[tuple[str, str, int, str, str | None], int] = {}  # (op, file, line, grad, custom)
         self._site_at: dict[tuple[str, str, int], int] = {}  # (op, file, line) of a grad-on site -> its index
         self.lock = threading.RLock()

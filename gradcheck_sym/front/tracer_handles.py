@@ -9,7 +9,6 @@ numpy data after a traced value left for numpy — ``opaque``.  Reading ``.data`
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 import torch
@@ -23,8 +22,6 @@ from ..reference.interpret import Traced
 from .tracer_calls import _walk
 from .tracer_sites import Cut, Note, _user_frame
 from .tracer_storage import Storage, _external
-
-CONST_COPIES_UP_TO = 1 << 16  # entries of the largest constant whose float64 copy is kept between uses
 
 __all__ = ["Handles"]
 
@@ -78,25 +75,6 @@ class Handles(Storage):
 
     def const(self, x: torch.Tensor) -> torch.Tensor:
         return x.detach().to(F64) if x.is_floating_point() else x.detach()
-
-    def _constant(self, t: torch.Tensor) -> torch.Tensor:
-        """`const(t)` of a plain constant, copied once while it stays the same tensor with the same contents (a
-        training loop's inputs are read by every op of every iteration: a float64 copy per use was a tenth of the
-        dynamic net's recording).  Only small ones are kept: a dataset's copy is not held for the whole run."""
-        if t.numel() > CONST_COPIES_UP_TO or t.layout != torch.strided or t.device.type != "cpu":
-            return self.const(t)
-        state = (t._version, t.data_ptr(), t.dtype, tuple(t.shape), t.stride(), t.storage_offset())
-        copies = self.const_copies
-        hit = copies.get(id(t))
-        if hit is not None and hit[0]() is t and hit[1] == state:
-            return hit[2]
-        copy = self.const(t)
-        if len(copies) >= 4096:  # (the dead ones' entries go)
-            for k in [k for k, c in copies.items() if c[0]() is None]:
-                del copies[k]
-        if len(copies) < 4096:
-            copies[id(t)] = (weakref.ref(t), state, copy)
-        return copy
 
     def user_value(self, x: Any) -> Any:
         """For rules: `x` as the user's run had it when the op started (float64), for decisions."""
@@ -177,7 +155,7 @@ class Handles(Storage):
             if custom is not None:
                 return self._constant_custom(t, custom)
             return self._opaque_tensor(t)
-        return self._constant(t)
+        return self.const(t)
 
     def _constant_custom(self, t: torch.Tensor, custom: str) -> Any:
         """The output of a custom Function whose forward computed it from no traced value (a step, a sign of a
