@@ -102,6 +102,7 @@ class ScriptMemory:
             r.handle, r.root_handle = None, None
         self.rec.eqns.clear()
         self.rec.values.clear()
+        self.rec.user.clear()
         self.rec.consts.clear()
         self.inputs, self.input_names = [], []
         self.rec.errs = {} if self.rec.errs is not None else None
@@ -182,7 +183,7 @@ class ScriptMemory:
                     continue
                 values[v.id] = torch.empty(tuple(x.shape), dtype=x.dtype, device="meta")
                 errs.pop(v.id, None)
-        self.rec.nbytes = sum(own_bytes(v) for v in [*values.values(), *self.rec.consts])
+        self.rec.nbytes = sum(own_bytes(v) for v in [*values.values(), *self.rec.consts, *self.rec.user.values()])
 
     # ------------------------------------------------------------ after a backward that freed its graph
     def spend(self, outs: list[Any], line: int) -> None:
@@ -391,7 +392,8 @@ class ScriptMemory:
         self.custom_calls.prune(needed)
         if forget_items:  # (a backward's prune: the complex values made before it have been used)
             self.complex_nodes.clear()
-        self.rec.nbytes = sum(own_bytes(v) for v in [*self.rec.values.values(), *self.rec.consts])
+        self.rec.nbytes = sum(own_bytes(v) for v in [*self.rec.values.values(), *self.rec.consts,
+                                                      *self.rec.user.values()])
         if self.rec.errs is not None:
             for vid in [v for v in self.rec.errs if v not in needed]:
                 del self.rec.errs[vid]

@@ -412,7 +412,8 @@ class Tracer(ValueChecks, Handles, TorchFunctionMode):
             self._bind(t, h, cut="detach" if base == "detach" else None)
             if isinstance(h, Traced) and t.numel() <= USER_VALUES_UP_TO and t.dtype in _ROUNDED_DTYPES and \
                     t.layout == torch.strided:
-                self.rec.user[h.var.id] = t.detach().clone()  # (a rounding noise is measured from it)
+                own = self.rec.user[h.var.id] = t.detach().clone()  # (a rounding noise is measured from it)
+                self.rec.nbytes += own_bytes(own)  # (what recording costs: the memory checks count it)
             self._on_output(t, h, site)
         self._recorded(site)
 
