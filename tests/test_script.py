@@ -2636,3 +2636,16 @@ def test_a_leaf_made_inside_a_parameter_s_line_and_gone_is_no_row(tmp_path):
     assert report.ok and report.summary["verified"] == 2, str(report)
     assert [(r.name, r.status) for r in report.tensors] == [("W1", "ok"), ("b1", "ok"),
                                                             ("unused", "not reached by a backward")], str(report)
+    # where the name goes to a constant the leaf is never trained: its row stays, the only hint (a review)
+    script.write_text(textwrap.dedent("""\
+        import torch
+        W = torch.randn(3, 2, requires_grad=True)
+        b = torch.zeros(2, requires_grad=True)
+        with torch.no_grad():
+            W = W * 0.01
+        X = torch.randn(5, 3)
+        (X @ W + b).sum().backward()
+        """))
+    report = gs.run_script(str(script))
+    assert sorted((r.name, r.status) for r in report.tensors if r.is_leaf and r.requires_grad) == [
+        ("W (line 2)", "not reached by a backward"), ("b", "ok")], str(report)

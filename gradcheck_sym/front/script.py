@@ -236,15 +236,20 @@ def _rows(tracer: ScriptTracer, names: dict[int, str]) -> list[TensorRow]:
     groups: dict[tuple[str, int, str], list[Any]] = {}
     # the tensors a loop's line made: one row, named as the last one is bound (`pred`, not `pred (line 24)`)
     plain = {(names[i.serial], i.line) for i in tracer.all_infos if "(" not in names[i.serial]}
+    # the name's own tensor, where it is a leaf a backward trained (`W1 = nn.Parameter(...)`)
+    trained = {names[i.serial] for i in tracer.all_infos if "(" not in names[i.serial] and i.leaf and i.requires_grad
+               and i.checks}
     for info in tracer.all_infos:
         if not _shown(info):
             continue
         name = names[info.serial]
         if info.leaf and info.requires_grad and not info.cut and not info.checks and info.ref() is None and \
                 not (info.retains or info.hooks) and " (line " in name and \
-                (name.split(" (line ")[0], info.line) not in plain:
-            # a leaf its line's name went past, gone, that no backward reached: `torch.randn(.., requires_grad=True)`
-            # inside `W1 = nn.Parameter(...)` (a textbook's MLP showed `W1 (line 22) not reached` beside W1's row)
+                (name.split(" (line ")[0], info.line) not in plain and name.split(" (line ")[0] in trained:
+            # a leaf its line's name went past to a leaf that was trained, gone, that no backward reached:
+            # `torch.randn(.., requires_grad=True)` inside `W1 = nn.Parameter(...)` (a textbook's MLP showed `W1 (line
+            # 22) not reached` beside W1's row).  Where the name went to a constant (`W = W * 0.01` under no_grad: W
+            # is never trained) the row stays: it is the hint
             continue
         if name.startswith("leaf #") and not info.checks:
             # leaves no name reaches and no backward reached (the layer nn.TransformerEncoder copies, a module made
