@@ -322,14 +322,12 @@ class Tracer(ValueChecks, Handles, TorchFunctionMode):
             self.returned_from_numpy(out, name)  # numpy data, after traced values left for numpy
             return
         base, inplace, swap = _normalise(name)
-        init = getattr(func, "__module__", "") == "torch.nn.init" and not args and \
-            isinstance(kwargs.get("tensor"), torch.Tensor) and (not is_leaf(kwargs["tensor"]) or
-                                                                self._an_alias(kwargs["tensor"]))
+        by_init = getattr(func, "__module__", "") == "torch.nn.init" and not args and \
+            isinstance(kwargs.get("tensor"), torch.Tensor)
+        init = by_init and (not is_leaf(kwargs["tensor"]) or self._an_alias(kwargs["tensor"]))
         # (a whole parameter's init is a new value of it, as an update under no_grad makes one: not a value torch's
         # own no_grad made, which a backward then reached — every nn.Conv2d's reset_parameters was said to be one)
-        leaf_init = not init and getattr(func, "__module__", "") == "torch.nn.init" and not args and \
-            isinstance(kwargs.get("tensor"), torch.Tensor) and self._rebinds_leaf(kwargs["tensor"])
-        if init or leaf_init:
+        if by_init and (init or self._rebinds_leaf(kwargs["tensor"])):
             # torch.nn.init's functions pass their tensor to __torch_function__ by keyword, and fill it under no_grad:
             # on a slice of a parameter (`nn.init.normal_(w[1:3])`), or its `.data` (the DCGAN tutorial's
             # `nn.init.normal_(m.weight.data, 0.0, 0.02)`), that is a write into the parameter, as under no_grad
