@@ -345,24 +345,40 @@ def _unused_declarations(tracer: ScriptTracer) -> list[RunFinding]:
     return out
 
 
+def _which_calls(items: list[tuple[int, str, int]], line_calls: dict[int, int], before: str, after: str = "") -> str:
+    """Which calls of a loop's backward a finding came from ("call 41 of 250", "calls 41, 52 and 60 of 250"), where
+    its line ran more often than the finding came (every call: the count says it) and all of it is of one line."""
+    line = items[0][0]
+    calls = [c for ln, _, c in items if ln == line and c]
+    total = line_calls.get(line, 0)
+    if len(calls) != len(items) or len(calls) >= total:
+        return ""
+    if len(calls) == 1:
+        return f"{before}call {calls[0]} of {total}{after}"
+    shown = ", ".join(str(c) for c in calls[:-1]) + f" and {calls[-1]}" if len(calls) <= 6 else \
+        f"{calls[0]} to {calls[-1]}"
+    return f"{before}calls {shown} of {total}{after}"
+
+
 def _findings(tracer: ScriptTracer, names: dict[int, str], error: str | None) -> list[RunFinding]:
     """Events of one kind about one tensor (or line), de-duplicated: the first message, a count, first/last line."""
     by_serial = {f"#{i.serial}": names[i.serial] for i in tracer.all_infos}
-    groups: dict[tuple[str, str], list[tuple[int, str]]] = {}
+    groups: dict[tuple[str, str], list[tuple[int, str, int]]] = {}
     stale_note = any(n.kind == "stale-graph" for n in tracer.notes)
-    for kind, line, message, key in tracer.events:
+    for kind, line, message, key, call in tracer.events:
         # (a script's own gradient checks, one per line, are one finding: seven jacrev/hessian lines were seven
         # identical explanations)
         name = "" if kind == "self-check" else by_serial.get(key, key)
         if kind == "stale-graph" and stale_note:
             continue  # the stale-graph finding of the .data line says it
-        groups.setdefault((kind, name), []).append((line, message.replace("{tensor}", name)))
+        groups.setdefault((kind, name), []).append((line, message.replace("{tensor}", name), call))
     out = []
     for (kind, name), items in groups.items():
         explanation, fix = EXPLANATIONS.get(kind, ("", ""))
         first, last = items[0], items[-1]
         message = first[1] + (f" (and {len(items) - 1} more time{'s' if len(items) > 2 else ''}, last at line "
-                              f"{last[0]})" if len(items) > 1 else "")
+                              f"{last[0]}{_which_calls(items, tracer.line_calls, '; ')})" if len(items) > 1 else
+                              _which_calls(items, tracer.line_calls, " (", ")"))
         out.append(RunFinding(kind, SEVERITY.get(kind, "warning"), first[0], message, explanation, fix, name,
                               len(items), last[0]))
     for line, (source, places) in _torch_cuts(tracer).items():

@@ -89,7 +89,8 @@ class BackwardCalls:
     """Backward calls and hooks (a mixin of `ScriptTracer`: its lock, memory, verifier and records)."""
 
     backwards: list[Backward]
-    events: list[tuple[str, int, str, str]]
+    line_calls: dict[int, int]
+    events: list[tuple[str, int, str, str, int]]
     infos: dict[int, TensorInfo]
     _info: Any  # (ScriptTracer._info)
     spend: Any  # (ScriptMemory.spend)
@@ -269,9 +270,14 @@ class BackwardCalls:
             return self._skip(func, args, kwargs, "autograd.grad", "is_grads_batched=True is not verified")
         return self._around(func, args, kwargs, "autograd.grad", outs, grads, bool(a.get("create_graph")), inputs)
 
+    def _next_call(self, line: int) -> int:
+        """The number of this call among its line's backward calls (1 for the first)."""
+        self.line_calls[line] = self.line_calls.get(line, 0) + 1
+        return self.line_calls[line]
+
     def _skip(self, func: Any, args: tuple, kwargs: dict, kind: str, why: str) -> Any:
         file, line, source = _user_frame()
-        ev = Backward(len(self.backwards), kind, line, source, verified=False, skipped=why)
+        ev = Backward(len(self.backwards), kind, line, source, verified=False, skipped=why, call=self._next_call(line))
         self.backwards.append(ev)
         return self.call_as(dispatching_frame(sys._getframe()), func, args, kwargs)
 
@@ -284,10 +290,10 @@ class BackwardCalls:
             if not any(e[0] == "self-check" and e[1] == line for e in self.events):
                 self.events.append(("self-check", line, f"line {line} `{source}` checks gradients itself (torch's "
                                     "gradcheck, torch.autograd.functional or torch.func): its internal backward calls "
-                                    "are not compared here", f"line {line}"))
+                                    "are not compared here", f"line {line}", 0))
             return self.call_as(dispatching_frame(sys._getframe()), func, args, kwargs)
         file, line, source = _user_frame()
-        ev = Backward(len(self.backwards), kind, line, source)
+        ev = Backward(len(self.backwards), kind, line, source, call=self._next_call(line))
         self.backwards.append(ev)
         if self.stopped:
             ev.verified, ev.reasons = False, [self.stopped]

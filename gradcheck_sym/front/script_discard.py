@@ -55,10 +55,10 @@ class DiscardedCuts:
         p = self.pending_cuts.pop(id(t), None)
         if p is None or p.ref() is not t:
             return
-        kind, line, text, key = self.events[p.event]
+        kind, line, text, key, call = self.events[p.event]
         if kind != "untracked":
             return
-        self.events[p.event] = ("discarded", line, text + DISCARDED.format(where=where), key)
+        self.events[p.event] = ("discarded", line, text + DISCARDED.format(where=where), key, call)
         p.ev.errors -= 1
         checks = p.info.checks
         for i, c in enumerate(checks):

@@ -74,6 +74,7 @@ class Backward:
     skipped: str = ""  # why the call was not compared at all (inside gradcheck, ...)
     raised: bool = False  # the script's own backward raised (its error, in its traceback): no gradient to compare
     returned: list[tuple[str, Any, Any]] = field(default_factory=list)  # autograd.grad: (name, got, exact)
+    call: int = 1  # which call of its line (1 first): a finding of a loop's backward says which step
 
 
 class InfoLog:

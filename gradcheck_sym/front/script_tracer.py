@@ -56,7 +56,9 @@ class ScriptTracer(BackwardCalls, OptimizerSteps, ScriptMemory, DiscardedCuts, T
         self.infos: dict[int, TensorInfo] = {}  # id(tensor) -> info (alive tensors)
         self.all_infos = InfoLog()  # every info made (dead tensors' made light: see script_infos)
         self.backwards: list[Backward] = []
-        self.events: list[tuple[str, int, str, str]] = []  # (kind, line, message, tensor key)
+        self.line_calls: dict[int, int] = {}  # line -> its backward calls so far
+        # (kind, line, message, tensor key, which call of its line's backward: 0 for none)
+        self.events: list[tuple[str, int, str, str, int]] = []
         self.deadline = deadline
         self.stopped = ""  # why recording stopped (a time budget), if it did
         self.stop_kind = ""  # its explanation's key: the time budget, memory, or our own failure (report.run)
@@ -330,7 +332,7 @@ class ScriptTracer(BackwardCalls, OptimizerSteps, ScriptMemory, DiscardedCuts, T
                     would = "" if not isinstance(exact, torch.Tensor) else \
                         f" (the gradient it would hold: {values_text(exact)})"
                     self.events.append(("nonleaf-grad", line, f"line {line} `{source}` reads .grad of a non-leaf "
-                                        f"tensor: it is None{would}", f"line {line}"))
+                                        f"tensor: it is None{would}", f"line {line}", 0))
                 return self.call_as(dispatching_frame(sys._getframe()), func, args, kwargs)
             if name.startswith("_foreach_") and name.endswith("_") and args and isinstance(args[0], (list, tuple)):
                 out = self.call_as(dispatching_frame(sys._getframe()), func, args, kwargs)

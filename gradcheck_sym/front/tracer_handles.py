@@ -20,7 +20,7 @@ from ..ops.core import interpreting
 from ..ops.ew import IDENT
 from ..reference.interpret import Traced
 from .tracer_calls import _walk
-from .tracer_sites import Cut, Note, _user_frame
+from .tracer_sites import Cut, Note, _user_frame, in_custom_forward
 from .tracer_storage import Storage, _external
 
 __all__ = ["Handles"]
@@ -105,8 +105,18 @@ class Handles(Storage):
         if r is not None and r.tensor is t:
             if r.version != t._version and r.root is None and self._changed_unseen(t):
                 r = self.recs[id(t)]  # (its new value, bound by `_changed_unseen`)
+            elif r.cut == "detach" and own_leaf(t) and not in_custom_forward() and self._changed_unseen(t):
+                # `v = a.detach().requires_grad_()` (requires_grad_ is not an op): a leaf of its own from there on,
+                # not the cut of `a` it was made as (its gradient was said to be hidden by that detach).  Not inside
+                # a custom Function's forward: its own leaves there are its business
+                r = self.recs[id(t)]
             if r.root is not None and r.root.handle is not r.root_handle:
-                self._rederive(r)
+                if own_leaf(t) and r.root.tensor is not t and not in_custom_forward() and self._changed_unseen(t):
+                    # the storage it shares was written through another tensor (`a.add_(1)` after the line above):
+                    # a new value of the leaf, as an update under no_grad makes one, not a function of `a`'s
+                    r = self.recs[id(t)]
+                else:
+                    self._rederive(r)
             r.used = True
             return r.handle
         alias = self._root_of(t)

@@ -25,7 +25,7 @@ from ..reference.lean_bounds import sweep_bounds
 from .backward_plan import Plan, targets_of
 from .backward_replay import ReplayDecisions
 from .backward_values import (accumulation_slack, dense, exact_gradient, hooked_downstream, largest_exact,
-                              measured_noise, own_scale, same_grad, total_before, within_last_sums)
+                              measured_noise, older_versions, own_scale, same_grad, total_before, within_last_sums)
 from .backward_words import cuts_between, info_name, message, unseen, worst
 from .elements import SMALL, WIDE, Verdicts, cheap_floats, classify
 from .intended import declared, parse_intended
@@ -237,6 +237,8 @@ class BackwardVerifier(ReplayDecisions):
         if plan.cut is not None:
             c = plan.cut.get(var.id) if var is not None else None
             c = c.value if isinstance(c, Traced) else c  # (a recorded sweep's, with create_graph=True)
+            for older in older_versions(tr, plan, t, var, plan.cut) if not isinstance(exact, Traced) else ():
+                c = older if c is None else c + older  # (as `exact_gradient` sums them)
             cut = torch.zeros(shape, dtype=F64) if c is None else c.to(F64).expand(shape)
         if a.numel() <= SMALL and cheap_floats(a, r, u):
             # every entry passes the ladder's cheap test: decided before the ladder's set-up (its bound, scale and
@@ -296,7 +298,7 @@ class BackwardVerifier(ReplayDecisions):
                 # the sweep started)
                 names = plan.replays.functions(var.id)
                 text += f"; it comes through {', '.join(n + '.backward' for n in names)}" if names else ""
-            tr.events.append((status, ev.line, text, f"#{info.serial}"))
+            tr.events.append((status, ev.line, text, f"#{info.serial}", ev.call))
         if returned:
             ev.returned.append((f"#{info.serial}", got, r))
             if plan.create and isinstance(exact, Traced) and isinstance(after, torch.Tensor):

@@ -50,6 +50,14 @@ class Plan:
     spent: list[str] = field(default_factory=list)
     _written: Any = None
     _compared: set[int] | None = None
+    _inputs: tuple[set[int], int] | None = None
+
+    def input_ids(self) -> tuple[set[int], int]:
+        """The variables of the program's inputs (the leaf versions the sweep can reach), and the oldest (-1: none)."""
+        if self._inputs is None:
+            ids = {v.id for v in self.program.inputs} if self.program is not None else set()
+            self._inputs = ids, min(ids, default=-1)
+        return self._inputs
 
     def compared(self, tr: Any) -> set[int]:
         """The variables whose gradient this backward compares (its targets', or the inputs' of autograd.grad)."""

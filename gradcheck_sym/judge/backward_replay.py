@@ -49,7 +49,7 @@ class ReplayDecisions:
             ev.errors += 1
             tr.events.append(("mismatch", ev.line, message("mismatch", ev, a, r, cut, tr) + f": {detail} (in "
                               f"{str(t.dtype).replace('torch.', '')} the difference hides within rounding)",
-                              f"#{info.serial}"))
+                              f"#{info.serial}", ev.call))
             if info.checks and info.checks[-1][0] == ev.index:
                 index, got, exact, _ = info.checks[-1]
                 info.checks[-1] = (index, got, exact, "mismatch")
@@ -82,5 +82,5 @@ class ReplayDecisions:
                         f"the backward of `{name}` rounds differently from our formulas in "
                         "float32: run again in float64 on the same inputs (in a forked copy of the process, where "
                         "the script's output and open files are /dev/null), it matched the exact gradient of its "
-                        "forward, so the float32 differences are rounding"), name))
+                        "forward, so the float32 differences are rounding"), name, 0))
         return verdict, detail

@@ -264,13 +264,50 @@ def own_scale(r: torch.Tensor, scale: float | None, u: float) -> tuple[float | N
     return (own if own > u**0.5 * scale else scale), u**0.5 * scale
 
 
+# How many of a leaf's latest versions a backward's exact gradient sums (`exact_gradient`).
+_RECENT_VERSIONS = 16
+
+
+def older_versions(tr: Any, plan: Any, t: torch.Tensor, var: Any, cts: dict[int, Any]) -> list[Any]:
+    """The cotangents in `cts` of `t`'s older leaf versions, for a leaf changed in place under no_grad between a
+    forward and its backward (`w.mul_(10)` where the graph did not save w): the backward reaches the older version
+    and autograd adds that gradient into the same .grad (the exact one was the newest version's alone, 0: a false
+    mismatch).  From the cotangents with the cuts as constants (`cts`: what autograd can reach): an older version
+    reached only through a cut (an average of the weights under no_grad) is another value, not this leaf's gradient.
+
+    Only versions of their own (program inputs, as the leaf's value is now): one written from an older one
+    (`nn.init.normal_(w.data[:2])`, a slice written) passes its cotangent on to it, and the older one's is then part
+    of the newer one's.  Its last few versions only, none older than the program's oldest input: a training loop's
+    parameter has one per step, long pruned."""
+    info = getattr(tr, "infos", {}).get(id(t)) if var is not None else None
+    if info is None or len(info.leaf_vars) < 2 or info.leaf_vars[-1] != var.id or info.ref() is not t:
+        return []
+    older = []
+    inputs, oldest = plan.input_ids()
+    for v in info.leaf_vars[-1:-_RECENT_VERSIONS - 1:-1]:
+        if v < oldest:
+            break
+        if v not in inputs:
+            if v in plan.cts:
+                return []  # written from an older version, and reached: that one's cotangent is in it
+            continue  # not in the program any more
+        if v != var.id and cts.get(v) is not None:
+            older.append(cts[v])
+    return older
+
+
 def exact_gradient(tr: Any, plan: Any, t: torch.Tensor) -> tuple[Any, Any]:
-    """The exact gradient of `t` in this backward (Traced, a tensor or None) and its program variable."""
+    """The exact gradient of `t` in this backward (Traced, a tensor or None: its older versions' too, `older_versions`)
+    and its program variable."""
     var = plan.target_vars.get(id(t))  # (its variable when the backward began: see Plan.target_vars)
     if var is None:
         h = tr.recs.get(id(t))
         var = h.handle.var if h is not None and h.tensor is t and isinstance(h.handle, Traced) else None
     exact = plan.cts.get(var.id) if var is not None else None
+    older = older_versions(tr, plan, t, var, plan.cut if plan.cut is not None else plan.cts)
+    if older and not any(isinstance(c, Traced) for c in older + [exact]):
+        for c in older:
+            exact = c if exact is None else exact + c
     return exact, var
 
 

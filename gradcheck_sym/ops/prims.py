@@ -37,7 +37,7 @@ from .quick import any_nan
 
 __all__ = [
     "ew", "reshape", "permute", "expand", "sum_", "take", "segsum", "cumsum", "matmul", "stop", "cast", "opaque",
-    "shape_of", "sum_to", "broadcast_to", "mT", "mul", "add", "neg", "gamma_sum", "ZMUL", "broadcast_shape",
+    "fixed", "shape_of", "sum_to", "broadcast_to", "mT", "mul", "add", "neg", "gamma_sum", "ZMUL", "broadcast_shape",
     "working_dtype", "F64",
 ]
 
@@ -339,6 +339,13 @@ def _fixed_obj(value: Any, bound: Any) -> Any:
 # every sweep — no inputs — with its value and the error bound it had (`bound`); the cut that reads it stays.
 register(Prim("fixed", _fixed_impl, _fixed_obj, lambda cts, ins, outs, **p: [],
               lambda errs, ins, outs, u, value, bound: [bound], linear=True))
+
+
+def fixed(value: Any, bound: Any = None) -> Any:
+    """`value` as a variable of its own, with no inputs (a constant for every sweep) and error bound `bound` (None:
+    exact).  Recorded even though nothing traced goes in: what a rule computes from it is then bounded as the user's
+    dtype rounds it, where folding it in float64 would have taken it as exact."""
+    return bind("fixed", value=value, bound=bound)
 
 
 def opaque(*args: Any, value: torch.Tensor, reason: str) -> Any:

@@ -158,8 +158,9 @@ class Recorder(Interpreter):
             else:
                 values.append(a)
         out = prim.impl(*values, **params)
-        if not traced_in and prim.name != "opaque":
-            return out  # constants only: folded (an opaque value stays a variable: it must taint)
+        if not traced_in and prim.name != "opaque" and prim.name != "fixed":
+            # constants only: folded (an opaque value stays a variable: it must taint; a fixed one is a variable)
+            return out
         atoms = tuple([a.var if isinstance(a, Traced) else self._const(a) for a in args])
         outs = out if prim.multiple else (out,)
         vars_ = []

@@ -85,12 +85,21 @@ def _rounded_eqn(e: Eqn, env: dict[int, Any], values: dict[int, Any], consts: An
             ins.append(consts[a.index])
     ins = [_rounded(x, dtype) for x in ins]
     try:
-        out = PRIMS[e.prim].impl(*ins, **e.params)
+        out = PRIMS[e.prim].impl(*ins, **_as_torch_evaluates(e.prim, e.params))
         return out if PRIMS[e.prim].multiple else (out,)
     except Exception:  # noqa: BLE001 - a sample of noise, not a result: the float64 value stands in
         # (one let go as no sweep reads it, `ScriptMemory.drop_unread`: NaN, which measures nothing)
         return [torch.full(tuple(x.shape), float("nan"), dtype=x.dtype) if isinstance(x, torch.Tensor) and x.is_meta
                 else x for x in (values[v.id] for v in e.outputs)]
+
+
+def _as_torch_evaluates(prim: str, params: dict[str, Any]) -> dict[str, Any]:
+    """An elementwise function's `params` with the formula torch evaluates for it (`EwFn.as_torch_evaluates`): a
+    sample of torch's rounding follows torch's formulas where we know them."""
+    if prim != "ew":
+        return params
+    fn = params["fn"].as_torch_evaluates
+    return params if fn is params["fn"] else {**params, "fn": fn}
 
 
 class Rounding(Interpreter):
@@ -105,6 +114,7 @@ class Rounding(Interpreter):
 
     def process(self, prim: Any, args: tuple[Any, ...], params: dict[str, Any]) -> Any:
         d = self.proxy.get(self.dtype, self.dtype)
+        params = _as_torch_evaluates(prim.name, params)
         if d is None:
             return prim.impl(*args, **params)
         args = tuple([a.to(d) if isinstance(a, torch.Tensor) and a.dtype != d and a.is_floating_point() else a

@@ -269,10 +269,11 @@ def _var_args(a: Args, t: torch.Tensor) -> tuple[tuple[int, ...], float, bool]:
     return dims_of(dim, t.dim()), float(correction), keepdim
 
 
-def variance(c: Ctx, t: torch.Tensor, dims: tuple[int, ...], correction: float, keepdim: bool) -> tuple[Any, Any]:
-    """(variance, mean) over `dims`, both with the reduced dims kept."""
+def variance(c: Ctx, t: torch.Tensor, dims: tuple[int, ...], correction: float, keepdim: bool,
+             h: Any = None) -> tuple[Any, Any]:
+    """(variance, mean) over `dims`, both with the reduced dims kept (of `h`, `t`'s handle, where given)."""
     n = count(t.shape, dims)
-    h = c.v(t)
+    h = c.v(t) if h is None else h
     mean = P.ew(DIV, P.sum_(h, dims, keepdim=True), float(n))
     d = P.ew(SUB, h, mean)
     var = P.ew(DIV, P.sum_(P.ew(SQUARE, d), dims, keepdim=True), float(max(n - correction, 0)))
