@@ -338,6 +338,25 @@ def test_a_detached_copy_made_a_leaf_is_its_own_leaf_even_when_its_storage_is_wr
     assert _row(report, "v").status == _row(report, "x").status == "ok"
 
 
+def test_an_in_place_transpose_then_a_write_through_a_view_of_it(tmp_path, capsys):
+    # `d.t_()` changes d's layout, not its storage: the positions of `d[0]` and `d.diagonal()` were computed for the
+    # layout d had when it was made, and the write went to the wrong entries ("the rule's value differs from
+    # torch's", the backward not verified)
+    path = _script(tmp_path, textwrap.dedent("""\
+        import torch
+        W = torch.arange(9.0).reshape(3, 3).requires_grad_()
+        d = (W * 1.0).clone()
+        d.t_(); d[0].mul_(2.0); d.diagonal().add_(1.0)
+        e = d.permute(1, 0) * torch.arange(9.0).reshape(3, 3)
+        e.sum().backward()
+        print(W.grad.tolist())
+        """))
+    report = gs.run_script(path)
+    assert capsys.readouterr().out == "[[0.0, 1.0, 2.0], [6.0, 4.0, 5.0], [12.0, 7.0, 8.0]]\n"
+    assert report.ok and report.findings == () and report.summary["verified"] == 1, report.findings
+    assert _row(report, "W").status == "ok"
+
+
 def test_a_view_of_a_leaf_changed_in_place_under_no_grad(tmp_path, capsys):
     # torch raises on reading .is_leaf/.grad_fn of such a view (nn.Embedding's padding_idx does this to its weight);
     # the script never reads them, and must run as under python: the leaf has a new value, no row of its own

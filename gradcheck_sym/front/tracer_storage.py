@@ -43,7 +43,10 @@ class _Rec:
     cut: str | None = None  # an alias made by .detach() or .data stays cut when re-derived
     used: bool = False  # read by an op since its value was bound
     anc: frozenset = frozenset()  # for pictures: the nearest named tensors it was computed from
-    layout: tuple | None = None  # (shape, stride, offset) when it became its storage's root
+    layout: tuple | None = None  # (shape, stride, offset) when it became its storage's root (kept as it changes)
+    # `index` was computed for these: (the tensor's layout, its root's layout); an in-place transpose (`t_()`,
+    # `squeeze_`) changes a layout, and positions computed for the old one are wrong
+    index_for: tuple | None = None
 
     @property
     def tensor(self) -> torch.Tensor | None:
@@ -105,8 +108,9 @@ class Storage:
         return root
 
     def _index(self, r: _Rec) -> torch.Tensor:
-        if r.index is None:
-            r.index = _index_map(r.root.layout, r.tensor)  # type: ignore[union-attr]
+        key = (_layout(r.tensor), r.root.layout)  # type: ignore[union-attr]
+        if r.index is None or r.index_for != key:
+            r.index, r.index_for = _index_map(r.root.layout, r.tensor), key  # type: ignore[union-attr]
         return r.index
 
     def _view_of(self, root: _Rec, t: torch.Tensor) -> Any:
@@ -144,6 +148,8 @@ class Storage:
         r.handle, r.version = new, t._version
         root = r.root
         if root is None:
+            if r.layout is not None:
+                r.layout = _layout(t)  # (`d.t_()`: the root's new layout, which its views' positions now refer to)
             return
         with interpreting(self.rec):
             if root.layout == _layout(t):
