@@ -92,6 +92,19 @@ def test_the_script_s_own_no_grad_is_still_untracked(tmp_path, cut, line):
     assert not any(f.kind == "torch-cut" for f in report.findings)
 
 
+def test_a_no_grad_around_the_script_s_own_module_is_named_at_the_statement_inside_it(tmp_path):
+    # The ops run in the module's forward, lines away from any no_grad: the finding named those lines ("no_grad at
+    # line 10, no_grad at line 12"), where a student finds no no_grad (a DQN tutorial's target network, in a trial)
+    cut = ("class M(nn.Module):\n    def forward(self, h):\n        return torch.tanh(h) * 2\n"
+           "with torch.no_grad():\n    h = M()(lin(x))\nloss = (h * lin.weight.sum()).sum()")
+    path = tmp_path / "own.py"
+    path.write_text(_OWN.replace("THE_CUT", cut), encoding="utf-8")
+    report = gs.run_script(str(path))
+    errors = [f for f in report.findings if f.severity == "error"]
+    assert {(f.kind, f.tensor) for f in errors} == {("untracked", "lin.weight"), ("untracked", "lin.bias")}, errors
+    assert all(f.message.endswith("the difference is what no_grad at line 12 hides from autograd") for f in errors)
+
+
 def test_torch_s_no_grad_is_restored_after_the_run(tmp_path):
     cls = torch.autograd.grad_mode.no_grad
     before = (cls.__dict__["__enter__"], cls.__dict__["__exit__"])

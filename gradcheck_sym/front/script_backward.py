@@ -288,9 +288,9 @@ class BackwardCalls:
             # torch.autograd.gradcheck's own probes at perturbed inputs: its business, said once per line
             file, line, source = _user_frame()
             if not any(e[0] == "self-check" and e[1] == line for e in self.events):
-                self.events.append(("self-check", line, f"line {line} `{source}` checks gradients itself (torch's "
-                                    "gradcheck, torch.autograd.functional or torch.func): its internal backward calls "
-                                    "are not compared here", f"line {line}", 0))
+                self.events.append(("self-check", line, f"line {line} `{source}` computes or checks gradients itself "
+                                    "(torch's gradcheck, torch.autograd.functional or torch.func): its internal backward "
+                                    "calls are not compared here", f"line {line}", 0))
             return self.call_as(dispatching_frame(sys._getframe()), func, args, kwargs)
         file, line, source = _user_frame()
         ev = Backward(len(self.backwards), kind, line, source, call=self._next_call(line))

@@ -387,7 +387,8 @@ class Tracer(ValueChecks, Handles, TorchFunctionMode):
                     self.region.id += 1
                     self.region.on = False
                 kind = TORCH_NO_GRAD if self.sites[site].grad == "torch" else "no_grad"
-                results = tuple(self._cut(kind, h, site, self.region.id) for h in results)
+                line = self.torch_no_grad.statement() if kind == "no_grad" else 0
+                results = tuple(self._cut(kind, h, site, self.region.id, line) for h in results)
         if torch.is_grad_enabled():
             self.region.on = True
         if target is not None:

@@ -248,12 +248,12 @@ class Handles(Storage):
         """For rules: `h` cut (detach)."""
         return self._cut(kind, h, self._site, -self._site - 1)
 
-    def _cut(self, kind: str, h: Any, site: int, region: int) -> Any:
+    def _cut(self, kind: str, h: Any, site: int, region: int, line: int = 0) -> Any:
         if not isinstance(h, Traced):
             return h
         out = P.stop(h, kind, region)
         if isinstance(out, Traced):
-            self.cuts.append(Cut(kind, site, region, (out.var.id,)))
+            self.cuts.append(Cut(kind, site, region, (out.var.id,), line))
         return out
 
     # ------------------------------------------------------------ cuts through values

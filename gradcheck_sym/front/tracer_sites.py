@@ -95,6 +95,7 @@ class Cut:
     site: int
     region: int
     vars: tuple[int, ...]
+    line: int = 0  # a no_grad's: the statement inside the script's `with` block that ran the op (0: the site's line)
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,8 @@ class _GradBlocks(threading.local):
     with the place in torch a no_grad was opened by torch's own code with grad on (else None)."""
 
     def __init__(self) -> None:
-        self.stack: list[tuple[Any, tuple[str, int, str] | None]] = []
+        # (the block, torch's place that opened it or None, the script's frame that opened it or None)
+        self.stack: list[tuple[Any, tuple[str, int, str] | None, Any]] = []
 
 
 _BLOCKS = _GradBlocks()
@@ -183,7 +185,12 @@ def _wrapped(cls: Any, torch_opens: bool) -> list[tuple[Any, str, Any, Any]]:
     def entering(ctx: Any) -> Any:
         place = _torch_opened(sys._getframe(1)) if torch_opens and torch.is_grad_enabled() else None  # (mode before)
         out = enter(ctx)
-        _BLOCKS.stack.append((ctx, place))  # (after: a block that failed to open has no exit to take it off)
+        # (after: a block that failed to open has no exit to take it off)
+        # (a block the script's `with` opens: its frame, whose line then says which statement inside runs; a function
+        # decorated is opened by torch's decorator, and the op's own line says it)
+        caller = sys._getframe(1)
+        own = caller if place is None and not internal_file(caller.f_code.co_filename) else None
+        _BLOCKS.stack.append((ctx, place, own))
         return out
 
     @functools.wraps(leave)
@@ -242,6 +249,14 @@ class TorchNoGrad:
         (the script's no_grad, a block the script opened inside torch's, or none of these)."""
         stack = _BLOCKS.stack
         return stack[-1][1] if stack and self._entered else None
+
+    def statement(self) -> int:
+        """The line the script's frame that opened the innermost grad-mode block with a `with` runs now (the statement
+        inside its `with torch.no_grad():`), or 0: where a report says a no_grad is, where the op itself may be a
+        module's, lines away from any no_grad."""
+        stack = _BLOCKS.stack
+        frame = stack[-1][2] if stack and self._entered else None
+        return frame.f_lineno if frame is not None else 0
 
 
 def _torch_opened(frame: Any) -> tuple[str, int, str] | None:

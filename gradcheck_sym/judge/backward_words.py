@@ -67,6 +67,13 @@ def _first(mask: Any, a: Any, r: Any) -> str:
     return f" (first at [{at}]: {x:.9g} vs {y:.9g})"
 
 
+def cut_line(tr: Any, c: Any) -> int:
+    """The line a report names for cut `c`: a no_grad's is the statement inside the script's `with torch.no_grad():`
+    that ran it, where known (the op itself may be a module's forward, lines away from any no_grad), else the op's
+    own line."""
+    return c.line or tr.sites[c.site].line
+
+
 def message(status: str, ev: Any, a: Any, r: Any, cut: Any, tr: Any, mask: Any = None, cuts: Any = None,
             absent: bool = False) -> str:
     """A finding's text (`cuts`: the cuts to name for an untracked gradient, default every cut of the trace;
@@ -78,7 +85,7 @@ def message(status: str, ev: Any, a: Any, r: Any, cut: Any, tr: Any, mask: Any =
     else:
         head = f"{ev.kind} at line {ev.line}: the gradient {what} of {{tensor}} is {values_text(a)}"
     if status in ("untracked", "frozen"):
-        places = sorted({(c.kind, tr.sites[c.site].line) for c in (tr.cuts if cuts is None else cuts)})
+        places = sorted({(c.kind, cut_line(tr, c)) for c in (tr.cuts if cuts is None else cuts)})
         where = ", ".join(f"{k} at line {ln}" for k, ln in places) or "a cut"
         if status == "frozen":
             return (f"{head}, the exact gradient is {values_text(r)}: {where} hides it, and no optimizer of the "
