@@ -357,6 +357,30 @@ def test_an_in_place_transpose_then_a_write_through_a_view_of_it(tmp_path, capsy
     assert _row(report, "W").status == "ok"
 
 
+def test_a_state_dict_s_detached_copies_are_no_rows(tmp_path, capsys):
+    # `state_dict()` detaches every parameter in torch's own code: a DQN tutorial's soft target update had a row of
+    # "detached: a constant" per entry (and one for the dict); the script's own detach keeps its row
+    path = _script(tmp_path, textwrap.dedent("""\
+        import torch
+        policy, target = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+        x = torch.randn(4, 3)
+        for step in range(2):
+            policy(x).pow(2).sum().backward()
+            target_sd = target.state_dict()
+            policy_sd = policy.state_dict()
+            for key in policy_sd:
+                target_sd[key] = policy_sd[key] * 0.005 + target_sd[key] * 0.995
+            target.load_state_dict(target_sd)
+        kept = policy.weight.detach()
+        print(kept.shape)
+        """))
+    report = gs.run_script(path)
+    assert report.ok and report.summary["verified"] == 2
+    names = [r.name for r in report.tensors]
+    assert not any("_sd" in n for n in names), names
+    assert "kept" in names and _row(report, "kept").status.startswith("detached"), names
+
+
 def test_a_view_of_a_leaf_changed_in_place_under_no_grad(tmp_path, capsys):
     # torch raises on reading .is_leaf/.grad_fn of such a view (nn.Embedding's padding_idx does this to its weight);
     # the script never reads them, and must run as under python: the leaf has a new value, no row of its own

@@ -48,6 +48,13 @@ F64 = torch.float64
 _ASSIGNS = re.compile(r"^\s*[A-Za-z_][A-Za-z0-9_]*\s*(?:\[[^\]]*\]\s*)?(?:[+\-*/@]|//|\*\*)?=(?!=)")
 
 
+
+def _torch_made() -> bool:
+    """Whether the op being recorded was called by torch's own code, not the script's (`module.state_dict()` detaches
+    every parameter: a DQN tutorial's target-network update had 7 rows of "detached: a constant" copies)."""
+    frame = dispatching_frame(sys._getframe(1))
+    return frame is not None and frame.f_code.co_filename.startswith(_TORCH_PREFIX)
+
 class ScriptTracer(BackwardCalls, OptimizerSteps, ScriptMemory, DiscardedCuts, Tracer):
     """Records a script and verifies its backwards (see the module docstring)."""
 
@@ -180,7 +187,7 @@ class ScriptTracer(BackwardCalls, OptimizerSteps, ScriptMemory, DiscardedCuts, T
         rec = self.recs.get(id(t))
         cut = "no_grad" if s.grad != "on" and s.custom is None else ("detach" if self.name == "detach" else "")
         if s.custom is None and s.grad != "torch" and (t.requires_grad or s.grad != "on" or self.name == "detach") \
-                and _ASSIGNS.match(s.source) and not leaf_window(t):
+                and _ASSIGNS.match(s.source) and not leaf_window(t) and not (self.name == "detach" and _torch_made()):
             # (not what torch's own code made under its no_grad: spectral_norm's vectors are not the line's)
             info = self._info(t, s)
             if is_leaf(t):
