@@ -48,12 +48,12 @@ F64 = torch.float64
 _ASSIGNS = re.compile(r"^\s*[A-Za-z_][A-Za-z0-9_]*\s*(?:\[[^\]]*\]\s*)?(?:[+\-*/@]|//|\*\*)?=(?!=)")
 
 
-
 def _torch_made() -> bool:
     """Whether the op being recorded was called by torch's own code, not the script's (`module.state_dict()` detaches
-    every parameter: a DQN tutorial's target-network update had 7 rows of "detached: a constant" copies)."""
+    every parameter: a DQN tutorial's target-network update had 8 rows of "detached: a constant" copies)."""
     frame = dispatching_frame(sys._getframe(1))
     return frame is not None and frame.f_code.co_filename.startswith(_TORCH_PREFIX)
+
 
 class ScriptTracer(BackwardCalls, OptimizerSteps, ScriptMemory, DiscardedCuts, Tracer):
     """Records a script and verifies its backwards (see the module docstring)."""
