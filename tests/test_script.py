@@ -1110,10 +1110,13 @@ def test_a_long_loop_keeps_only_what_live_tensors_need(tmp_path):
     # those of the live tensors only (it grew with the iterations: 775 MB for the 2,000-step tutorial).
     seen = []
     report = _run_watching_prunes(tmp_path, _LOOP.format(n=40, extra=""), lambda tr: seen.append(
-        (len(tr.rec.eqns), len(tr.rec.consts), len(tr.rec.values), len(tr.rec.errs))))
+        (len(tr.rec.eqns), sum(c is not None for c in tr.rec.consts), len(tr.rec.values), len(tr.rec.errs),
+         len(tr.rec.consts))))
     assert report.ok and report.backwards[0].verified == 40
     assert len(seen) == 40 and {s[:3] for s in seen[5:]} == {seen[-1][:3]}  # no growth from iteration to iteration
-    eqns, consts, values, _ = seen[-1]
+    # (the emptied slots of dropped constants: renumbered once three in four are empty)
+    assert max(s[4] for s in seen) == max(s[4] for s in seen[-8:]) <= 4 * seen[-1][1]
+    eqns, consts, values, _, _ = seen[-1]
     assert eqns <= 12 and consts <= eqns and all(s[3] <= s[2] for s in seen)  # (bounds: computed when asked for)
 
 

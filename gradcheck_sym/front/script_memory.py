@@ -18,6 +18,7 @@ from ..ir.program import Const, Eqn, Program, Var
 from ..ops.core import PRIMS, vjp_reads
 from ..reference.interpret import COMPACT_FROM, DEFINED_CUTS, UNIT_ROUNDOFF, Traced, own_bytes
 from .allocator import memory_available, release_held
+from .tracer_lazy import kept_vars, pending
 
 __all__ = ["ScriptMemory", "MEMORY_STEP", "SWEEP_MEMORY", "MEMORY_RESERVE"]
 
@@ -137,9 +138,9 @@ class ScriptMemory:
             if r.tensor is None:
                 continue  # (dead: its record goes at the next prune)
             for h in (r.handle, r.root.handle if r.root is not None else None):
-                if isinstance(h, Traced):
-                    held.add(h.var.id)
-        held.update(h.var.id for h in self.items.values() if isinstance(h, Traced))
+                held.update(kept_vars(h))
+        for h in self.items.values():
+            held.update(kept_vars(h))
         held.update(h.var.id for h, _ in self.leaks if isinstance(h, Traced))
         for c in self.custom_calls.calls.values():
             held.update(h.var.id for h in [*c.args, *c.kwargs.values()] if isinstance(h, Traced))
@@ -210,7 +211,7 @@ class ScriptMemory:
         ends = set()
         for r in list(self.recs.values()):
             t = r.tensor
-            if t is not None and t.grad_fn is None and isinstance(r.handle, Traced):
+            if t is not None and t.grad_fn is None and isinstance(r.handle, Traced) and not pending(r.handle):
                 ends.add(r.handle.var.id)
         # (an op we cannot model may be one torch does not differentiate either — torch.histc, torch.tensor(a) — and
         # a number that is not floating, an index or a mask, is never part of its graph: not gone through; what is
@@ -226,6 +227,12 @@ class ScriptMemory:
         if not region:
             return
         spent = {v.id for i in region for v in eqns[i].outputs}
+        # A deferred value read from the freed graph is recorded now, a cut of it as it would have been (a running
+        # mean under no_grad, from each batch's mean): what it reads is then let go as the rest is, not kept for it
+        for r in list(self.recs.values()):
+            if r.tensor is not None and pending(r.handle) and \
+                    any(_comes_from(v, spent, eqns, producer) for v in kept_vars(r.handle)):
+                r.handle.force()
         # What the script holds there and torch differentiates (one that does not require grad — a label filled in
         # place — was never part of the freed graph: its computation stays, a later backward may go through it)
         held: set[int] = set()
@@ -236,7 +243,7 @@ class ScriptMemory:
                     held.add(h.var.id)
         for k, h in list(self.items.items()):
             # (an item is the cut .item() made, after the element it took: what it comes from, behind them)
-            if isinstance(h, Traced) and _comes_from(h.var.id, spent, eqns, producer):
+            if isinstance(h, Traced) and any(_comes_from(v, spent, eqns, producer) for v in kept_vars(h)):
                 del self.items[k]
                 self._item_seen.pop(k, None)
         errs = self.rec.errs if self.rec.errs is not None else {}
@@ -348,15 +355,14 @@ class ScriptMemory:
         self.all_infos.retire()
         live: set[int] = set()
         for r in list(self.recs.values()):
-            if r.tensor is not None and isinstance(r.handle, Traced):
-                live.add(r.handle.var.id)
-            if r.root is not None and isinstance(r.root.handle, Traced):
-                live.add(r.root.handle.var.id)
+            if r.tensor is not None:
+                live.update(kept_vars(r.handle))
+            if r.root is not None:
+                live.update(kept_vars(r.root.handle))
         if forget_items:
             self._forget_items()
         for h in self.items.values():
-            if isinstance(h, Traced):
-                live.add(h.var.id)
+            live.update(kept_vars(h))
         # a value that left for numpy: what comes back from there is made of it (`tracer_handles`, found by review)
         live.update(h.var.id for h, _ in self.leaks if isinstance(h, Traced))
         needed = set(live)
@@ -372,18 +378,26 @@ class ScriptMemory:
                     if isinstance(a, Var):
                         needed.add(a.id)
         keep.reverse()
-        # The constants the kept equations use, renumbered from 0: a loop makes new constants every
-        # iteration, and slots kept for dropped ones made every later prune and sweep longer.
+        # The constants the kept equations use, renumbered from 0 once the dropped ones are three times as many: a
+        # loop makes new constants every iteration, and slots kept for dropped ones made every later prune and sweep
+        # longer; until then a dropped one's slot is emptied (renumbering at every prune rebuilt every kept equation
+        # that reads a constant, a twentieth of a batch-norm lecture's checked run)
         used = sorted({a.index for e in keep for a in e.inputs if isinstance(a, Const)})
-        remap = {old: new for new, old in enumerate(used)}
-        if any(old != new for old, new in remap.items()):
+        consts = self.rec.consts
+        if 4 * len(used) < len(consts):
+            remap = {old: new for new, old in enumerate(used)}
             # (built directly: dataclasses.replace took a tenth of a millisecond per backward of a small loop)
             keep = [e if all(isinstance(a, Var) for a in e.inputs) else Eqn(
                 e.prim, tuple(a if isinstance(a, Var) else Const(remap[a.index], a.shape, a.dtype) for a in e.inputs),
                 e.outputs, e.params, e.site) for e in keep]
+            consts[:] = [consts[i] for i in used]
+        else:
+            wanted = set(used)
+            for i in range(len(consts)):
+                if i not in wanted:
+                    consts[i] = None
         self.rec.eqns[:] = keep
         self.rec.bounded = bounded
-        self.rec.consts[:] = [self.rec.consts[i] for i in used]
         for vid in [v for v in self.rec.values if v not in needed]:
             del self.rec.values[vid]
         for vid in [v for v in self.rec.user if v not in needed]:

@@ -46,6 +46,8 @@ __all__ = ["ScriptTracer", "Backward", "TensorInfo"]
 
 F64 = torch.float64
 _ASSIGNS = re.compile(r"^\s*[A-Za-z_][A-Za-z0-9_]*\s*(?:\[[^\]]*\]\s*)?(?:[+\-*/@]|//|\*\*)?=(?!=)")
+# How many of a leaf's latest versions a change behind autograd's back may have left a graph using (`_stale`)
+_STALE_VERSIONS = 4
 
 
 def _torch_made() -> bool:
@@ -219,13 +221,14 @@ class ScriptTracer(BackwardCalls, OptimizerSteps, ScriptMemory, DiscardedCuts, T
     def _stale(self, note: Note, old: Any, root: torch.Tensor) -> None:
         # `w.data -= lr * w.grad` after the backward (SGD by hand, in many tutorials) makes no stale graph: the
         # graph that used the old value is done with.  Only a backward that still reaches it does.  The values
-        # before: its handle, and every leaf version it had (`w.data[0] += 1` writes the view first, and the
-        # handle is already the new value when the write through `.data` comes)
+        # before: its handle, and its latest leaf versions (`w.data[0] += 1` writes the view first, and the
+        # handle is already the new value when the write through `.data` comes).  An older version is in the entry
+        # its own replacement made (all of them, rebuilt at every write, made a 1,000-step loop quadratic)
         if not isinstance(old, Traced):
             self.notes.append(note)
             return
         info = self.infos.get(id(root))
-        before = {old.var.id, *(info.leaf_vars if info is not None and info.ref() is root else ())}
+        before = {old.var.id, *(info.leaf_vars[-_STALE_VERSIONS:] if info is not None and info.ref() is root else ())}
         self._stale_pending.append((note, frozenset(before)))
 
     def _stale_reached(self, plan: Any) -> None:

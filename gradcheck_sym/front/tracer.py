@@ -48,6 +48,7 @@ from ..ops.torch import RULES, Refused, bind_args
 from ..reference.interpret import TORCH_NO_GRAD, Recorder, Traced, own_bytes
 from .tracer_calls import _PASS, _PROPERTY_TENSORS, _QUIET, _RANDOM, _name, _normalise, _tensors, _walk, foreign_types
 from .tracer_handles import Handles, _any_traced, _flat_handles
+from .tracer_lazy import LazyOps
 from .tracer_sites import (CallAs, Cut, Note, TorchNoGrad, _custom_forward, _user_line, dispatching_frame, hidden_frame,
                            internal_file)
 from .tracer_storage import _Rec
@@ -83,7 +84,7 @@ def _off_cpu(args: tuple, kwargs: dict) -> str:
     return ""
 
 
-class Tracer(ValueChecks, Handles, TorchFunctionMode):
+class Tracer(LazyOps, ValueChecks, Handles, TorchFunctionMode):
     """Records a function's torch ops as a `Program` (see the module docstring)."""
 
     def __init__(self) -> None:
@@ -374,6 +375,20 @@ class Tracer(ValueChecks, Handles, TorchFunctionMode):
             self._write(target, None)
             self._recorded(site)
             return
+        if self._deferrable(name, site, target, out, args, kwargs):
+            # an op under the script's no_grad: recorded when its value is first read (`tracer_lazy`)
+            if self.region.on:
+                self.region.id += 1
+                self.region.on = False
+            h = self._defer(func, base, swap, args, kwargs, out, site, "no_grad", self.region.id,
+                            self.torch_no_grad.statement())
+            if torch.is_grad_enabled():
+                self.region.on = True
+            self._bind(out, h)
+            self._on_output(out, h, site)
+            self._recorded(site)
+            return
+        self._ask_args(args, kwargs)
         first_eqn, first_var = len(self.rec.eqns), self.rec.next_id
         handles = self._lower(base, swap, args, kwargs, site)
         if self.call is not None:
@@ -409,12 +424,17 @@ class Tracer(ValueChecks, Handles, TorchFunctionMode):
                     self.call_of[len(self.rec.eqns) - 1] = self.call
                     self._call_eqns(self.call, len(self.rec.eqns) - 1)
             self._bind(t, h, cut="detach" if base == "detach" else None)
-            if isinstance(h, Traced) and t.numel() <= USER_VALUES_UP_TO and t.dtype in _ROUNDED_DTYPES and \
-                    t.layout == torch.strided:
-                own = self.rec.user[h.var.id] = t.detach().clone()  # (a rounding noise is measured from it)
-                self.rec.nbytes += own_bytes(own)  # (what recording costs: the memory checks count it)
+            self._keep_user_value(t, h)
             self._on_output(t, h, site)
         self._recorded(site)
+
+    def _keep_user_value(self, t: torch.Tensor, h: Any, copied: bool = False) -> None:
+        """Keep the user's value of a small result beside ours (a rounding noise is measured from it; `copied`: `t`
+        is a copy already)."""
+        if isinstance(h, Traced) and t.numel() <= USER_VALUES_UP_TO and t.dtype in _ROUNDED_DTYPES and \
+                t.layout == torch.strided:
+            own = self.rec.user[h.var.id] = t if copied else t.detach().clone()
+            self.rec.nbytes += own_bytes(own)  # (what recording costs: the memory checks count it)
 
     def _rebinds_leaf(self, t: torch.Tensor) -> bool:
         """A hook for subclasses: whether a write into `t` makes a new leaf version whatever was written (see

@@ -20,6 +20,7 @@ from ..ops.core import interpreting
 from ..ops.ew import IDENT
 from ..reference.interpret import Traced
 from .tracer_calls import _walk
+from .tracer_lazy import pending
 from .tracer_sites import Cut, Note, _user_frame, in_custom_forward
 from .tracer_storage import Storage, _external
 
@@ -263,7 +264,7 @@ class Handles(Storage):
         site = self._new_site(".data")
         with interpreting(self.rec):
             self.rec.site = site
-            h = self._cut(".data", self._handle(t), site, -site - 1)
+            h = self._lazy_cut(".data", self._handle(t), site)  # (most `.data` reads are a statistic's or an update's)
         r = self._bind(out, h, cut=".data")
         if r.root is None:  # .data shares t's storage
             r.root = self.recs[id(t)].root or self.recs[id(t)]
@@ -303,6 +304,8 @@ class Handles(Storage):
         with interpreting(self.rec):
             self.rec.site = site
             h = self._handle(t)
+            if name == "item" and not custom and pending(h) and isinstance(out, float):
+                return self._lazy_item(h, out, site)  # (a deferred value's float: deferred too)
             flat = P.reshape(h, (t.numel(),))
             values = [out] if name == "item" else list(torch.as_tensor(out, dtype=F64).reshape(-1).tolist())
             for i, value in enumerate(values):
