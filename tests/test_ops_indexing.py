@@ -186,3 +186,32 @@ def test_fft_shifts_are_permutations_with_exact_adjoints(shift):
     # the exact gradient is w shifted back: the inverse permutation of the one forward applied
     back = torch.fft.ifftshift if shift is torch.fft.fftshift else torch.fft.fftshift
     assert torch.tensor([r.symbolic_grad for r in report.nodes], dtype=torch.float64).reshape(3, 4).allclose(back(w, dim=(0, 1)))
+
+
+def test_a_loops_movement_ops_are_probed_once_per_kind_and_shapes(monkeypatch):
+    # A probe's maps come from three runs of torch's kernel and a check; a loop's cats and slices reuse theirs.  Ops
+    # that differ only in an argument (a cat's dim, a slice's bounds) each have their own: the values stay right.
+    from gradcheck_sym.ops.torch import movement
+
+    runs = []
+    real = movement._maps
+    monkeypatch.setattr(movement, "_maps", lambda *a: runs.append(1) or real(*a))
+
+    def loop(n):
+        def f(x):
+            total = 0
+            for _ in range(n):
+                a = torch.cat((x, x * 2), 0)  # (6, 3)
+                b = torch.cat((x, x * 2), 1)  # (3, 6)
+                total = total + (a[1:4, :].sum(0) * b[0:3, 1:4].sum(1)).sum() + a[0:3].mean()
+            return total
+        return f
+
+    counts = []
+    for n in (1, 6):
+        runs.clear()
+        report = gs.check_function(loop(n), rand(3, 3))
+        assert report.ok and [f.kind for f in report.findings if f.severity == "error"] == []
+        counts.append(len(runs))
+    assert counts[0] == counts[1] >= 5
+    assert_ok(loop(3), rand(3, 3))

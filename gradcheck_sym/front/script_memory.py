@@ -17,8 +17,8 @@ import torch
 from ..ir.program import Const, Eqn, Program, Var
 from ..ops.core import PRIMS, vjp_reads
 from ..reference.interpret import COMPACT_FROM, DEFINED_CUTS, UNIT_ROUNDOFF, Traced, own_bytes
+from ..reference.lazy import kept_vars, pending
 from .allocator import memory_available, release_held
-from .tracer_lazy import kept_vars, pending
 
 __all__ = ["ScriptMemory", "MEMORY_STEP", "SWEEP_MEMORY", "MEMORY_RESERVE"]
 

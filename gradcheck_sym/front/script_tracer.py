@@ -41,6 +41,7 @@ from .script_optim import _NOT_FAST, OptimizerSteps, _has_tensor, _in_optimizer,
 from .tracer import Tracer
 from .tracer_calls import _PROPERTY_TENSORS, _QUIET, _name, foreign_types
 from .tracer_sites import _TORCH_PREFIX, Note, _user_frame, dispatching_frame, in_custom_forward
+from .tracer_storage import _layout
 
 __all__ = ["ScriptTracer", "Backward", "TensorInfo"]
 
@@ -246,10 +247,25 @@ class ScriptTracer(BackwardCalls, OptimizerSteps, ScriptMemory, DiscardedCuts, T
     def _rebinds_leaf(self, t: torch.Tensor) -> bool:
         return is_leaf(t) and t.requires_grad
 
+    def _updates_leaf_behind(self, t: torch.Tensor) -> bool:
+        # `w.data -= lr * w.grad` (all of w, through its .data or a .detach()ed alias): as below, w's next value
+        r = self.recs.get(id(t))
+        if self.stopped or r is None or r.tensor is not t or r.cut not in (".data", "detach") or r.root is None:
+            return False
+        root = r.root.tensor
+        return root is not None and root is not t and is_leaf(root) and root.requires_grad and \
+            r.root.layout == _layout(t)
+
     def _write(self, t: torch.Tensor, new: Any) -> None:
         if self._rebinds_leaf(t):  # an update or an init of a leaf: a new value, not a cut
             # (written through a view taken under no_grad — `w[0].fill_(0)` — the leaf itself changed)
             self._new_leaf(t._base if leaf_window(t) else t)
+            return
+        if new is None and self._updates_leaf_behind(t):  # (what the op computed was not lowered: `_record`)
+            r = self.recs[id(t)]
+            self._written_behind(r)
+            leaf = self._new_leaf(r.root.tensor)
+            self._bind(t, self._lazy_cut(r.cut, leaf, self._site), cut=r.cut)
             return
         super()._write(t, new)
         r = self.recs.get(id(t))

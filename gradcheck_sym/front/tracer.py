@@ -106,6 +106,7 @@ class Tracer(LazyOps, ValueChecks, Handles, TorchFunctionMode):
         self.items: dict[float, Any] = {}
         self.leaks: list[tuple[Traced, int]] = []
         self.custom: list[str] = []
+        self.probes: dict[Any, Any] = {}  # a movement op's index maps, per op, shapes and other arguments
         # autograd nodes of complex results computed from traced values (torch.fft's): complex values are not
         # traced, and a custom Function fed one is opaque, not a constant (see Handles._constant_custom)
         self.complex_nodes: dict[int, Any] = {}
@@ -363,10 +364,12 @@ class Tracer(LazyOps, ValueChecks, Handles, TorchFunctionMode):
         self.rec.site = site
         self.rec.dtype = self._working_dtype(base, outs[0] if outs else target, args, kwargs)
         self.out, self.name, self.func, self.args, self.kwargs = out, base, func, args, kwargs
-        if target is not None and self.call is None and self._rebinds_leaf(target):
-            # an update of a leaf autograd follows, in place under no_grad (`w -= lr * w.grad`): what the op computed
-            # is the leaf's next value, a version of its own (`_write`), not a function of the old one; not lowered
-            # (a hand-written SGD step's recording was wasted on every parameter of every iteration)
+        if target is not None and self.call is None and (self._rebinds_leaf(target) or
+                                                         self._updates_leaf_behind(target)):
+            # an update of a leaf autograd follows, in place under no_grad (`w -= lr * w.grad`) or through all of its
+            # `.data` (`w.data -= lr * w.grad`): what the op computed is the leaf's next value, a version of its own
+            # (`_write`), not a function of the old one; not lowered (a hand-written SGD step's recording was wasted
+            # on every parameter of every iteration)
             if self.sites[site].grad != "on" and self.sites[site].custom is None and self.region.on:
                 self.region.id += 1
                 self.region.on = False
@@ -439,6 +442,11 @@ class Tracer(LazyOps, ValueChecks, Handles, TorchFunctionMode):
     def _rebinds_leaf(self, t: torch.Tensor) -> bool:
         """A hook for subclasses: whether a write into `t` makes a new leaf version whatever was written (see
         `_write`)."""
+        return False
+
+    def _updates_leaf_behind(self, t: torch.Tensor) -> bool:
+        """A hook for subclasses: whether a write into `t`, an alias of a leaf, makes a new version of that leaf
+        whatever was written (`_write` with no value)."""
         return False
 
     def _on_output(self, t: torch.Tensor, h: Any, site: int) -> None:

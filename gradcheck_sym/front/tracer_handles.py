@@ -19,8 +19,8 @@ from ..ops import prims as P
 from ..ops.core import interpreting
 from ..ops.ew import IDENT
 from ..reference.interpret import Traced
+from ..reference.lazy import pending
 from .tracer_calls import _walk
-from .tracer_lazy import pending
 from .tracer_sites import Cut, Note, _user_frame, in_custom_forward
 from .tracer_storage import Storage, _external
 

@@ -25,68 +25,16 @@ import torch
 from ..ops import prims as P
 from ..ops.core import interpreting
 from ..reference.interpret import Traced
+from ..reference.lazy import Lazy, pending
 from .tracer_calls import _RANDOM, _walk
 from .tracer_sites import Note
 
-__all__ = ["Lazy", "LazyOps", "kept_vars", "pending"]
+__all__ = ["LazyOps"]
 
 # The most entries (arguments and result together) of an op that is deferred.
 DEFER_UP_TO = 1 << 14
 # A deferred op reading a chain of this many deferred ones has them recorded first.
 CHAIN = 8
-
-_VALUE, _VAR = Traced.value, Traced.var  # (the slots a `Lazy` fills when asked)
-
-
-class Lazy(Traced):
-    """A traced value recorded when first read (see the module docstring)."""
-
-    __slots__ = ("thunk", "reads", "depth")
-
-    def __init__(self, thunk: Callable[[], Traced], reads: list[Any], depth: int) -> None:
-        self.thunk, self.reads, self.depth = thunk, reads, depth
-
-    @property  # type: ignore[override]
-    def value(self) -> Any:
-        if self.thunk is not None:
-            self.force()
-        return _VALUE.__get__(self)
-
-    @property  # type: ignore[override]
-    def var(self) -> Any:
-        if self.thunk is not None:
-            self.force()
-        return _VAR.__get__(self)
-
-    def force(self) -> Lazy:
-        thunk, self.thunk = self.thunk, None  # (cleared first: a reader inside asks once)
-        if thunk is not None:
-            h = thunk()
-            _VALUE.__set__(self, h.value)
-            _VAR.__set__(self, h.var)
-            self.reads = []  # (the copies and handles it read are let go)
-        return self
-
-
-def pending(h: Any) -> bool:
-    return isinstance(h, Lazy) and h.thunk is not None
-
-
-def kept_vars(h: Any) -> list[int]:
-    """The variables handle `h` keeps alive, without asking for a deferred value: its own, or those a deferred one
-    will read."""
-    out: list[int] = []
-    todo, seen = [h], set()
-    while todo:
-        x = todo.pop()
-        if pending(x):
-            if id(x) not in seen:
-                seen.add(id(x))
-                todo.extend(x.reads)
-        elif isinstance(x, Traced):
-            out.append(x.var.id)
-    return out
-
 
 def _plain(x: Any) -> bool:
     """Whether the containers in `x` are plain lists, tuples and dicts (`_copy_tree` copies the tensors in those)."""

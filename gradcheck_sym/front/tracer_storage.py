@@ -133,11 +133,9 @@ class Storage:
         backward that reaches its value before the change before saying so)."""
         self.notes.append(note)
 
-    def _write(self, t: torch.Tensor, new: Any) -> None:
-        """`t` was changed in place to `new` (a handle): change it, its storage's root and (lazily) views."""
-        r = self.recs.get(id(t))
-        if r is None or r.tensor is not t:
-            r = self._bind(t, new)
+    def _written_behind(self, r: _Rec) -> None:
+        """`r`'s tensor, an alias made by `.data` or `.detach()`, is written in place: where its root has a graph or
+        was used in one, a stale graph may follow (`_stale` says so if a backward reaches the old value)."""
         root_t = r.root.tensor if r.root is not None else None
         if r.cut in (".data", "detach") and root_t is not None and self.sites[self._site].custom is None and (
                 grad_fn(root_t) is not None or (root_t.requires_grad and r.root.used)):
@@ -145,6 +143,13 @@ class Storage:
             self._stale(Note("stale-graph", self._site, f"in-place change through {how} of a tensor "
                              + (f"with a graph ({type(grad_fn(root_t)).__name__})" if grad_fn(root_t) else
                                 "already used in the graph")), r.root.handle, root_t)
+
+    def _write(self, t: torch.Tensor, new: Any) -> None:
+        """`t` was changed in place to `new` (a handle): change it, its storage's root and (lazily) views."""
+        r = self.recs.get(id(t))
+        if r is None or r.tensor is not t:
+            r = self._bind(t, new)
+        self._written_behind(r)
         r.handle, r.version = new, t._version
         root = r.root
         if root is None:

@@ -21,6 +21,7 @@ import torch
 from ..autograd.attrs import grad_fn_name, is_leaf
 from ..ops.quick import all_finite, all_true, any_true
 from ..reference.interpret import UNIT_ROUNDOFF, Traced, error_bounds, record_sweep, sweep
+from ..reference.lazy import pending
 from ..reference.lean_bounds import sweep_bounds
 from .backward_plan import Plan, targets_of
 from .backward_replay import ReplayDecisions
@@ -186,7 +187,8 @@ class BackwardVerifier(ReplayDecisions):
             r = tr.recs.get(id(t))
             if r is None or r.tensor is not t or not isinstance(r.handle, Traced):
                 continue
-            ct = plan.cts.get(r.handle.var.id)
+            # (a value not recorded yet, made under no_grad, is in no program: no cotangent; not recorded for this)
+            ct = None if pending(r.handle) else plan.cts.get(r.handle.var.id)
             if ct is None and not info.cut:
                 continue
             if not t.requires_grad and is_leaf(t) and t.grad is not None:

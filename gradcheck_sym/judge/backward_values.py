@@ -13,6 +13,7 @@ from ..ir.program import Var
 from ..ops.prims_base import gamma_sum
 from ..ops.quick import all_finite, all_true, any_true
 from ..reference.interpret import UNIT_ROUNDOFF, Traced, const_value
+from ..reference.lazy import pending
 from ..reference.rounded import rounded_sweep
 from .elements import FLOOR_ULPS, SAFETY, WIDE, Verdicts, abs_max, small_pass
 
@@ -51,7 +52,7 @@ def hooked_downstream(tr: Any, var: Var | None, index: int) -> bool:
         return False
     hooked = [r for r in tr.recs.values() if r.tensor is not None and id(r.tensor) in tr.infos
               and tr.infos[id(r.tensor)].hooks and tr.infos[id(r.tensor)].hook_changed == index
-              and isinstance(r.handle, Traced)]
+              and isinstance(r.handle, Traced) and not pending(r.handle)]
     if not hooked:
         return False
     for r in hooked:

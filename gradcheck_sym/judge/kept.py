@@ -14,6 +14,7 @@ import torch
 
 from ..ir.program import Var
 from ..reference.interpret import Traced
+from ..reference.lazy import pending
 from .backward_values import consumers
 from .replay import call_results
 
@@ -26,14 +27,14 @@ def kept(tr: Any, program: Any, tensors: Iterable[torch.Tensor]) -> tuple[set[in
     compared: set[int] = set()
     for t in tensors:  # the compared gradients (`exact_gradient`)
         r = tr.recs.get(id(t))
-        if r is not None and r.tensor is t and isinstance(r.handle, Traced):
+        if r is not None and r.tensor is t and isinstance(r.handle, Traced) and not pending(r.handle):
             compared.add(r.handle.var.id)
     keep = set(compared)
     for info in list(tr.infos.values()):  # a named tensor's row shows the gradient it would hold (`_verify`)
         t = None if info.internal else info.ref()
         r = tr.recs.get(id(t)) if t is not None else None
-        if r is not None and r.tensor is t and isinstance(r.handle, Traced):
-            keep.add(r.handle.var.id)
+        if r is not None and r.tensor is t and isinstance(r.handle, Traced) and not pending(r.handle):
+            keep.add(r.handle.var.id)  # (a value not recorded yet is in no program: nothing reaches it)
     reads = consumers(program)
     reshaped: dict[int, list[int]] = {}
     for e in program.eqns:

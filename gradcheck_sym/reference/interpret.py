@@ -359,6 +359,8 @@ def record_sweep(program: Program, env: dict[int, Any], seeds: dict[int, Any], *
         variable of it, the result — its cotangents are `Traced`: ``.var`` names them).
     """
     next_id, traced_env = traced_values(program, env, seeds)
+    if errs:  # (bounds of values recorded after `program` was taken, a deferred one's: their ids are not reused)
+        next_id = max(next_id, 1 + max(errs))
     rec = Recorder(next_id, len(program.consts))
     if errs is not None:
         rec.errs = dict(errs)

@@ -92,6 +92,8 @@ def sweep_bounds(program: Program, env: dict[int, Any], seeds: dict[int, Any], *
     batch-norm tutorial's bounds at batch 2,048: float32 convolutions are 1.5-5x faster than float64 ones, which
     take columns a slice of the batch at a time."""
     next_id, traced_env = traced_values(program, env, seeds)
+    if errs:  # (bounds of values recorded after `program` was taken, a deferred one's: their ids are not reused)
+        next_id = max(next_id, 1 + max(errs))
     interp = _BoundsOnly(next_id, errs, narrow)
     # each seed a value of its own, exact (as `record_sweep` makes them)
     start = {}

@@ -33,6 +33,7 @@ class Ctx(Protocol):
     out: Any  # the user's result of the op
     name: str  # the op's name
     leaks: list[Any]  # traced values that left torch for numpy (.numpy()), with their sites
+    probes: dict[Any, Any]  # `movement.probe`'s maps, kept for the next op of the same kind and shapes
 
     def v(self, x: Any) -> Any:
         """The traced handle of tensor `x` (float64), a constant, or `x` itself for non-tensors."""
