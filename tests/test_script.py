@@ -2832,3 +2832,28 @@ def test_a_leaf_made_inside_a_parameter_s_line_and_gone_is_no_row(tmp_path):
     report = gs.run_script(str(script))
     assert sorted((r.name, r.status) for r in report.tensors if r.is_leaf and r.requires_grad) == [
         ("W (line 2)", "not reached by a backward"), ("b", "ok")], str(report)
+
+
+def test_an_update_through_all_of_a_leafs_data_is_not_lowered(tmp_path, monkeypatch):
+    # `c.data -= 0.01 * c.grad` (SGD by hand in many tutorials) makes c's next value, as `c -= ...` under no_grad
+    # does: what the op computed is torch's, read as the new version; lowering it was wasted at every step
+    from gradcheck_sym.front.tracer import Tracer
+
+    lowered = []
+    real = Tracer._lower
+
+    def counted(self, base, swap, args, kwargs, site):
+        lowered.append(self.sites[site].line)
+        return real(self, base, swap, args, kwargs, site)
+
+    monkeypatch.setattr(Tracer, "_lower", counted)
+    text = _LOOP.format(n=6, extra="").replace("    with torch.no_grad():\n        c -= 0.01 * c.grad\n"
+                                               "        c.grad = None\n", "    c.data -= 0.01 * c.grad\n"
+                                               "    c.grad = None\n")
+    assert "c.data -=" in text
+    report = gs.run_script(_script(tmp_path, text))
+    assert report.ok and report.backwards[0].verified == 6 and report.summary["not_verified"] == 0
+    assert text.splitlines()[7].strip().startswith("c.data -=")
+    assert 8 not in lowered and 5 in lowered  # (line 5's forward is lowered; line 8's update is not)
+    c = [r for r in report.tensors if r.name == "c"][0]
+    assert c.status == "ok" and tuple(c.checks) == (6, 6)
