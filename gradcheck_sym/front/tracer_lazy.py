@@ -36,6 +36,7 @@ DEFER_UP_TO = 1 << 14
 # A deferred op reading a chain of this many deferred ones has them recorded first.
 CHAIN = 8
 
+
 def _plain(x: Any) -> bool:
     """Whether the containers in `x` are plain lists, tuples and dicts (`_copy_tree` copies the tensors in those)."""
     if type(x) in (list, tuple):
