@@ -1088,15 +1088,16 @@ _LOOP = ("import torch\ngrid = torch.linspace(-1, 1, 50)\nc = torch.zeros(3, req
 
 
 def _run_watching_prunes(tmp_path, text, after_prune):
-    """Run `text` under `run`, calling `after_prune(tracer)` after each of the tracer's prunes."""
+    """Run `text` under `run`, calling `after_prune(tracer)` after each backward's prune (the one before its plan)."""
     import gradcheck_sym.front.script as script_mod
 
     real = script_mod.ScriptTracer
 
     class Watched(real):
-        def prune(self):
-            super().prune()
-            after_prune(self)
+        def prune(self, forget_items=True):
+            super().prune(forget_items)
+            if forget_items:  # (not the ones that let go of a freed graph, or of what died: `spend`, `_recorded`)
+                after_prune(self)
 
     script_mod.ScriptTracer = Watched
     try:
