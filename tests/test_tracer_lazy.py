@@ -118,3 +118,22 @@ def test_a_running_mean_of_a_batch_statistic_lets_the_freed_graph_go(tmp_path):
     report = _run_watching_prunes(tmp_path, text, lambda tr: sizes.append(len(tr.rec.eqns)))
     assert report.ok and report.summary["verified"] == 30 and _errors(report) == []
     assert max(sizes[-10:]) == max(sizes[10:20])  # (no growth with the iterations)
+
+
+def test_our_failure_in_a_deferred_op_is_a_note_never_the_scripts(tmp_path, monkeypatch, capfd):
+    # A rule that fails when a deferred op is finally recorded: the script runs as plain python does, the note names
+    # the op and the line it ran at (as an op recorded at once would), and nothing through it is vouched for.
+    from gradcheck_sym.ops.torch import RULES, Rule
+
+    def broken(c, a):
+        raise ValueError("a bug in a rule")
+
+    old = RULES["sin"]
+    monkeypatch.setitem(RULES, "sin", Rule(old.name, old.signature, broken, old.refuse, old.doc))
+    text = ("import torch\nw = torch.tensor([0.5, 1.5], requires_grad=True)\nwith torch.no_grad():\n"
+            "    s = torch.sin(w).sum()\nloss = (w * s).sum()\nloss.backward()\nprint(w.grad.tolist())\n")
+    report = gs.run_script(_script(tmp_path, text))
+    printed = capfd.readouterr().out
+    assert printed.startswith("[1.4769")  # (the script's own print: sin(0.5) + sin(1.5) for each entry)
+    assert "internal error while tracing sin at script.py:4: ValueError: a bug in a rule" in str(report)
+    assert not report.ok and report.summary["verified"] == 0

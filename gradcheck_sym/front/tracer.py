@@ -278,9 +278,12 @@ class Tracer(LazyOps, ValueChecks, Handles, TorchFunctionMode):
             self.notes.append(Note("device", site, f"operations on {device} tensors are not traced (the reference "
                                                    "runs on the CPU): gradients through them are not verified"))
 
+    def _internal_text(self, name: str, site: int, exc: BaseException) -> str:
+        return f"internal error while tracing {name} at {self.sites[site].where}: {type(exc).__name__}: {exc}"
+
     def _internal(self, name: str, exc: BaseException, out: Any) -> None:
         site = self._new_site(name)
-        text = f"internal error while tracing {name} at {self.sites[site].where}: {type(exc).__name__}: {exc}"
+        text = self._internal_text(name, site, exc)
         self.notes.append(Note("internal", site, text))
         try:
             deps = [h for h in _flat_handles(self, self.args, self.kwargs) if isinstance(h, Traced)]
@@ -370,9 +373,8 @@ class Tracer(LazyOps, ValueChecks, Handles, TorchFunctionMode):
             # `.data` (`w.data -= lr * w.grad`): what the op computed is the leaf's next value, a version of its own
             # (`_write`), not a function of the old one; not lowered (a hand-written SGD step's recording was wasted
             # on every parameter of every iteration)
-            if self.sites[site].grad != "on" and self.sites[site].custom is None and self.region.on:
-                self.region.id += 1
-                self.region.on = False
+            if self.sites[site].grad != "on" and self.sites[site].custom is None:
+                self._cut_region()
             if torch.is_grad_enabled():
                 self.region.on = True
             self._write(target, None)
@@ -380,10 +382,7 @@ class Tracer(LazyOps, ValueChecks, Handles, TorchFunctionMode):
             return
         if self._deferrable(name, site, target, out, args, kwargs):
             # an op under the script's no_grad: recorded when its value is first read (`tracer_lazy`)
-            if self.region.on:
-                self.region.id += 1
-                self.region.on = False
-            h = self._defer(func, base, swap, args, kwargs, out, site, "no_grad", self.region.id,
+            h = self._defer(func, base, swap, args, kwargs, out, site, "no_grad", self._cut_region(),
                             self.torch_no_grad.statement())
             if torch.is_grad_enabled():
                 self.region.on = True
@@ -401,12 +400,10 @@ class Tracer(LazyOps, ValueChecks, Handles, TorchFunctionMode):
         results = handles if isinstance(handles, tuple) else (handles,)
         with interpreting(self.rec):
             if self.sites[site].grad != "on" and self.sites[site].custom is None:
-                if self.region.on:
-                    self.region.id += 1
-                    self.region.on = False
+                region = self._cut_region()
                 kind = TORCH_NO_GRAD if self.sites[site].grad == "torch" else "no_grad"
                 line = self.torch_no_grad.statement() if kind == "no_grad" else 0
-                results = tuple(self._cut(kind, h, site, self.region.id, line) for h in results)
+                results = tuple(self._cut(kind, h, site, region, line) for h in results)
         if torch.is_grad_enabled():
             self.region.on = True
         if target is not None:
@@ -430,6 +427,13 @@ class Tracer(LazyOps, ValueChecks, Handles, TorchFunctionMode):
             self._keep_user_value(t, h)
             self._on_output(t, h, site)
         self._recorded(site)
+
+    def _cut_region(self) -> int:
+        """The no_grad region an op with grad off belongs to: a new one after any op with grad on."""
+        if self.region.on:
+            self.region.id += 1
+            self.region.on = False
+        return self.region.id
 
     def _keep_user_value(self, t: torch.Tensor, h: Any, copied: bool = False) -> None:
         """Keep the user's value of a small result beside ours (a rounding noise is measured from it; `copied`: `t`

@@ -18,7 +18,8 @@ from itself every step would otherwise hold every step's copies).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import contextlib
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -107,14 +108,14 @@ class LazyOps:
               dtype: str, kind: str, region: int, line: int, pairs: list[tuple[torch.Tensor, Any]]) -> Traced:
         """Record a deferred op now, as `Tracer._record` would have then, with the copies taken then."""
         saved = (self.out, self.name, self.func, self.args, self.kwargs, self.before, self.rng_state, self.call,
-                 self._site, self.rec.site, self.rec.dtype)
+                 self._site, self.rec.dtype)
         try:
-            with torch._C.DisableTorchFunction(), torch.no_grad(), interpreting(self.rec):
+            with self._late_at(site):
                 for c, h in pairs:
                     self._bind(c, h.force() if isinstance(h, Lazy) else h)
                 self.out, self.name, self.func, self.args, self.kwargs = out, base, func, args, kwargs
                 self.before, self.rng_state, self.call, self._site = None, None, None, site
-                self.rec.site, self.rec.dtype = site, dtype
+                self.rec.dtype = dtype
                 try:
                     handles = self._lower(base, swap, args, kwargs, site)
                     h = handles[0] if isinstance(handles, (tuple, list)) else handles
@@ -123,15 +124,26 @@ class LazyOps:
                         h = P.fixed(self.const(out))
                     self._sample_value(out, h, site)
                 except Exception as exc:  # noqa: BLE001 - our failure: a note and an opaque value, as `_internal` does
-                    text = f"internal error while tracing {base} at {self.sites[site].where}: " \
-                           f"{type(exc).__name__}: {exc}"
+                    text = self._internal_text(base, site, exc)
                     self.notes.append(Note("internal", site, text))
                     h = P.opaque(*[h for _, h in pairs], value=out, reason=text)
                 self._keep_user_value(out, h, copied=True)
                 return h
         finally:
             (self.out, self.name, self.func, self.args, self.kwargs, self.before, self.rng_state, self.call,
-             self._site, self.rec.site, self.rec.dtype) = saved
+             self._site, self.rec.dtype) = saved
+
+    @contextlib.contextmanager
+    def _late_at(self, site: int) -> Iterator[None]:
+        """Recording late, as at `site` then: into the tracer's own program, outside any mode (a value may be asked
+        for where ours is active), grad off; whatever the op being recorded now had set is given back."""
+        saved = self.rec.site
+        try:
+            with torch._C.DisableTorchFunction(), torch.no_grad(), interpreting(self.rec):
+                self.rec.site = site
+                yield
+        finally:
+            self.rec.site = saved
 
     def _ask_args(self, args: tuple, kwargs: dict) -> None:
         """Record the deferred values an op reads before its own equations (a rule that returns an argument's handle
@@ -154,26 +166,15 @@ class LazyOps:
             return h
 
         def thunk() -> Traced:
-            saved = self.rec.site
-            try:
-                with torch._C.DisableTorchFunction(), torch.no_grad(), interpreting(self.rec):
-                    self.rec.site = site
-                    return self._cut(kind, h.force() if isinstance(h, Lazy) else h, site, -site - 1)
-            finally:
-                self.rec.site = saved
+            with self._late_at(site):
+                return self._cut(kind, h.force() if isinstance(h, Lazy) else h, site, -site - 1)
 
         return Lazy(thunk, [h], h.depth + 1 if pending(h) else 1)
 
     def _lazy_item(self, h: Lazy, value: float, site: int) -> None:
         """`.item()` of a deferred value: the float's handle deferred as well."""
         def thunk() -> Traced:
-            saved = self.rec.site
-            try:
-                with torch._C.DisableTorchFunction(), torch.no_grad(), interpreting(self.rec):
-                    self.rec.site = site
-                    elem = P.take(P.reshape(h.force(), (1,)), torch.tensor(0))
-                    return self._cut(".item()", elem, site, -site - 1)
-            finally:
-                self.rec.site = saved
+            with self._late_at(site):
+                return self._cut(".item()", P.take(P.reshape(h.force(), (1,)), torch.tensor(0)), site, -site - 1)
 
         self.items[value] = Lazy(thunk, [h], h.depth + 1)
