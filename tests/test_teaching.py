@@ -21,7 +21,8 @@ EXPECTED = {
     "legendre.py": [], "micro_mlp.py": [], "nn_rmsprop.py": [], "mnist_bn_mlp.py": [], "fused_conv_bn.py": [],
     "conv_bias_bn.py": [], "convbn_tutorial.py": [], "backprop_by_hand.py": [], "lstm_tagger.py": [],
     "seq2seq_attention.py": [], "gan_steps.py": [], "spatial_transformer.py": [], "fgsm_attack.py": [],
-    "sngan_steps.py": [], "makemore_layers.py": [], "lenet_tutorial.py": [],
+    "sngan_steps.py": [], "makemore_layers.py": [], "lenet_tutorial.py": [], "pinn_poisson.py": [],
+    "wgan_gp.py": [],
 }
 
 
@@ -44,6 +45,18 @@ def test_the_textbook_detach_demo_names_its_line(capsys):
     assert f.message.endswith("the difference is what detach at line 22 hides from autograd")
 
 
+def test_a_pinn_s_returned_derivatives_leave_the_exact_total_of_x_grad(capsys):
+    # du/dx and d2u/dx2 come back from torch.autograd.grad each step, and loss.backward() adds to x.grad: the row of x
+    # shows the exact total of .grad (the returned gradients had replaced it, which made it unknown: "-")
+    report = gs.run_script(str(ROOT / "scripts" / "teaching" / "pinn_poisson.py"))
+    (row,) = [r for r in report.tensors if r.name == "x"]
+    assert row.status == "ok" and row.checks == (60, 60) and len(row.exacts) == len(row.grads) >= 2
+    for got, exact in zip(row.grads, row.exacts):
+        assert exact is not None and exact["shape"] == got["shape"] == [100, 1]
+        assert exact["first"] == pytest.approx(got["first"], rel=1e-4, abs=1e-6)
+        assert (exact["min"], exact["max"]) == pytest.approx((got["min"], got["max"]), rel=1e-4)
+
+
 def test_the_gan_s_discriminator_step_detach_is_discarded_for_the_generator_only(capsys):
     # the DCGAN shape: G.zero_grad() throws away what the discriminator's backward on fake.detach() left in G's .grad
     report = gs.run_script(str(ROOT / "scripts" / "teaching" / "gan_steps.py"))
@@ -56,6 +69,15 @@ def test_the_gan_s_discriminator_step_detach_is_discarded_for_the_generator_only
     head = text.index("[info] discarded G.0.weight, G.0.bias, G.2.weight, G.2.bias (4 tensors; the first one's "
                       "gradient")
     assert text[head + 1] == "    below) (line 23, 8 times)"  # (a long header wraps under its message)
+
+
+def test_a_wgan_s_five_critic_steps_are_all_discarded_by_the_generator_s_reset(capsys):
+    # each critic step's backward leaves G's .grad None (fake.detach()) and adds nothing to it: none used it, so
+    # optG.zero_grad() discards all five cuts, not only the last one (the first four had stood as untracked errors)
+    report = gs.run_script(str(ROOT / "scripts" / "teaching" / "wgan_gp.py"))
+    assert report.ok and report.summary["verified"] == 3 * (5 + 5 + 1)
+    assert sorted((f.kind, f.severity, f.tensor, f.count) for f in report.findings) == [
+        ("discarded", "info", name, 15) for name in ("G.0.bias", "G.0.weight", "G.2.bias", "G.2.weight")]
 
 
 def test_golden_compact_report_at_100_columns(capsys):

@@ -277,7 +277,7 @@ def _rows(tracer: ScriptTracer, names: dict[int, str]) -> list[TensorRow]:
         # not verified as a whole (recording stopped: the time or memory budget): that backward reached it
         # (.grad read only where torch keeps one: reading a non-leaf's warns, on the script's stderr)
         unjudged = last.leaf and t is not None and (is_leaf(t) or t.retains_grad) and \
-            isinstance(t.grad, torch.Tensor) and (not checks or _changed_since(tracer, last, t.grad))
+            isinstance(t.grad, torch.Tensor) and (not checks or _changed_since(tracer, last, t.grad, returned))
         status = "not verified" if unjudged else bad[-1] if bad else ("ok" if compared else (
             checks[-1][3] if checks else ((last.cut or "not reached by a backward") if last.leaf else "no backward")))
         count = len(infos)
@@ -300,11 +300,13 @@ def _rows(tracer: ScriptTracer, names: dict[int, str]) -> list[TensorRow]:
     return rows
 
 
-def _changed_since(tracer: ScriptTracer, info: Any, grad: torch.Tensor) -> bool:
-    """Whether a backward after `info`'s last check was not verified and `.grad` is no longer what that check saw."""
-    if not info.checks:
+def _changed_since(tracer: ScriptTracer, info: Any, grad: torch.Tensor, returned: set[int]) -> bool:
+    """Whether a backward after `info`'s last check of .grad was not verified and `.grad` is no longer what that
+    check saw (`returned`: the torch.autograd.grad calls, whose checks saw a returned gradient, not .grad)."""
+    own = [c for c in info.checks if c[0] not in returned]
+    if not own:
         return False
-    last, seen = info.checks[-1][0], info.checks[-1][1]
+    last, seen = own[-1][0], own[-1][1]
     if not any(b.index > last and not b.verified and not b.skipped for b in tracer.backwards):
         return False
     return not (isinstance(seen, torch.Tensor) and seen.shape == grad.shape

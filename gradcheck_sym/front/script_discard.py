@@ -10,7 +10,9 @@ backward.  Such a check becomes ``discarded`` (info).  A use first, or the scrip
 torch's ``zero_grad()`` (its look at ``p.grad`` too: it resets what is there, nothing where the cut left None), a
 ``p.grad = ...`` and a statement ``p.grad.zero_()``; any other read of ``p.grad`` is a use.  Only a gradient that
 lives in ``.grad`` waits: one ``autograd.grad`` returned, or one a hook on the leaf saw, was used whatever becomes
-of ``.grad`` (`judge.backward` does not ask).
+of ``.grad`` (`judge.backward` does not ask).  Checks wait together: a WGAN's critic takes five steps on
+``fake.detach()`` before the generator's ``zero_grad()``, each backward leaving the generator's ``.grad`` as it was
+(None): none of them used it, and that reset discards all five.
 """
 
 from __future__ import annotations
@@ -40,11 +42,16 @@ class DiscardedCuts:
     """The `untracked` checks waiting on what the script does next with the leaf's .grad (a mixin of ScriptTracer)."""
 
     events: list
-    pending_cuts: dict[int, _Pending]
+    pending_cuts: dict[int, list[_Pending]]
 
     def cut_pending(self, t: torch.Tensor, info: Any, ev: Any) -> None:
-        """`t`'s check just recorded (the last event, the last check) is `untracked`: wait for its next use."""
-        self.pending_cuts[id(t)] = _Pending(weakref.ref(t), len(self.events) - 1, ev, info, info.checks[-1])
+        """`t`'s check just recorded (the last event, the last check) is `untracked`: wait for its next use, with
+        the checks of `t` already waiting (the backwards since added nothing to its .grad: `judge.backward` calls
+        `grad_used` where one did)."""
+        waiting = self.pending_cuts.get(id(t))
+        if waiting is None or waiting[0].ref() is not t:  # (an id reused by a new tensor: the old one's are moot)
+            waiting = self.pending_cuts[id(t)] = []
+        waiting.append(_Pending(weakref.ref(t), len(self.events) - 1, ev, info, info.checks[-1]))
 
     def grad_used(self, t: Any) -> None:
         """The script used `t`'s .grad (a step over it, a read, a backward into it): its cut's finding stands."""
@@ -52,24 +59,24 @@ class DiscardedCuts:
 
     def grad_reset(self, t: Any, where: str) -> None:
         """`t`'s .grad was thrown away at `where` before any use: its cut changed nothing the script used."""
-        p = self.pending_cuts.pop(id(t), None)
-        if p is None or p.ref() is not t:
-            return
-        kind, line, text, key, call = self.events[p.event]
-        if kind != "untracked":
-            return
-        self.events[p.event] = ("discarded", line, text + DISCARDED.format(where=where), key, call)
-        p.ev.errors -= 1
-        checks = p.info.checks
-        for i, c in enumerate(checks):
-            if c is p.check:
-                checks[i] = c[:3] + ("discarded",)
+        for p in self.pending_cuts.pop(id(t), ()):
+            if p.ref() is not t:
+                return
+            kind, line, text, key, call = self.events[p.event]
+            if kind != "untracked":
+                continue
+            self.events[p.event] = ("discarded", line, text + DISCARDED.format(where=where), key, call)
+            p.ev.errors -= 1
+            checks = p.info.checks
+            for i, c in enumerate(checks):
+                if c is p.check:
+                    checks[i] = c[:3] + ("discarded",)
 
     def grads_zeroed(self, args: tuple, where: str) -> None:
         """``zero_`` / ``_foreach_zero_`` on tensors: any that is a waiting leaf's .grad is a reset."""
         targets = args[0] if args and isinstance(args[0], (list, tuple)) else args[:1]
-        for p in list(self.pending_cuts.values()):
-            t = p.ref()
+        for waiting in list(self.pending_cuts.values()):
+            t = waiting[0].ref()
             g = None if t is None else t.grad
             if g is not None and any(g is x for x in targets):
                 self.grad_reset(t, where)

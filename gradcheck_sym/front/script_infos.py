@@ -52,6 +52,7 @@ class TensorInfo:
     checks: list[tuple[int, Any, Any, str]] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)  # the statuses of checks let go (only the first few are kept)
     exact_total: Any = None  # the exact .grad if every contribution since a reset was verified, else None
+    grad_seen: Any = None  # .grad (float64) as the last backward that filled it left it (not a returned gradient)
 
     def statuses(self) -> list[str]:
         """Every check's status in the order they came, the ones let go included (the second onwards are let go:
@@ -111,12 +112,12 @@ class InfoLog:
             if (info.hidden or not info.checks) and not (info.leaf or info.retains or info.hooks) \
                     and info.serial not in self.linked:
                 info.serial = -1 - info.serial  # marked: dropped at the next compaction
-                info.checks, info.value, info.exact_total = (), None, None
+                info.checks, info.value, info.exact_total, info.grad_seen = (), None, None, None
                 self._dropped += 1
             else:
                 info.checks = [(i, _light(got), _light(exact), status) for i, got, exact, status in info.checks] \
                     if info.checks else ()
-                info.value, info.exact_total = _light(info.value), None
+                info.value, info.exact_total, info.grad_seen = _light(info.value), None, None
             # A dead tensor's row is only read from here on: its empty lists let go for the shared empty tuple
             # (python's cycle collector visits every list in its full passes, some 100,000 of them by a training
             # loop's 3,000th step: 5% of its checked run)

@@ -75,7 +75,7 @@ class ScriptTracer(BackwardCalls, OptimizerSteps, ScriptMemory, DiscardedCuts, T
         self.verifier: Any = None  # set by the runner: verifies one backward (judge.backward)
         self.edges: set[tuple[int, int, str]] = set()  # named tensor -> named tensor computed from it
         self.hooks_changed: tuple[int, set[int]] = (-1, set())  # see BackwardCalls.module_hooks
-        self.pending_cuts: dict = {}  # leaf id -> its untracked check, waiting on its next use (script_discard)
+        self.pending_cuts: dict = {}  # leaf id -> its untracked checks, waiting on its next use (script_discard)
         self.hook_owner: dict[int, int] = {}
         self._prunes = 0
         self._item_seen: dict[float, tuple[Any, int]] = {}  # a float that left by .item() -> (its handle, the

@@ -225,10 +225,10 @@ class BackwardVerifier(ReplayDecisions):
         if var is not None and var.id in plan.tainted:
             reasons = sorted(plan.why.get(var.id, ())) or sorted({reason for _, reason in plan.blocked}) or [
                 "a value the tracer could not follow"]
-            return self._not_verified(ev, info, got, t, reasons)
+            return self._not_verified(ev, info, got, t, returned, reasons)
         if stuck is not None:
             if bool((stuck & (r != 0)).any()):
-                return self._not_verified(ev, info, got, t, [
+                return self._not_verified(ev, info, got, t, returned, [
                     f"{info_name(tr, t)}.grad was already NaN or infinite before this backward: what it added there "
                     "cannot be seen"])
             a = torch.where(stuck, torch.zeros((), dtype=F64), a)  # nothing was to be added there, nothing seen
@@ -260,7 +260,7 @@ class BackwardVerifier(ReplayDecisions):
             if verdict not in ("agree", "differ") and verdicts.unmeasured:
                 ev.checked -= 1
                 n = verdicts.unmeasured
-                return self._not_verified(ev, info, got, t, [
+                return self._not_verified(ev, info, got, t, returned, [
                     f"{n} {'entry' if n == 1 else 'entries'} of {info_name(tr, t)} {'differs' if n == 1 else 'differ'} "
                     f"from the exact gradient by more than the rounding measured for our own formulas in "
                     f"{str(t.dtype).replace('torch.', '')} but less than its worst-case rounding bound; the gradient "
@@ -270,11 +270,11 @@ class BackwardVerifier(ReplayDecisions):
         if verdicts.loose and verdicts.ok:
             # compared, but under a tolerance that says little: this gradient is not vouched for
             ev.checked -= 1
-            return self._not_verified(ev, info, got, t, [
+            return self._not_verified(ev, info, got, t, returned, [
                 f"the rounding bound in {str(t.dtype).replace('torch.', '')} exceeds the largest entry of the "
                 f"gradient at {verdicts.loose} entries of {info_name(tr, t)} (a long chain of ill-conditioned "
                 "operations): a comparison says nothing there; check that part in float64"])
-        known_before = total_before(info, before, u)
+        known_before = None if returned else total_before(info, before, u)
         status = "ok"
         if not verdicts.ok:
             kinds = list(verdicts.masks)
@@ -308,9 +308,12 @@ class BackwardVerifier(ReplayDecisions):
                 made = getattr(tr, "returned_gradient", None)
                 if made is not None:
                     made(after, info)  # (its row, and its place in the picture: computed from `t`)
-        # The exact .grad now (what autograd should hold), when the exact value before is known.
-        info.exact_total = None if known_before is False else (r if known_before is None else known_before + r)
-        self._status(info, ev, got, info.exact_total, status, t)
+        # The exact .grad now (what autograd should hold), when the exact value before is known.  (A gradient
+        # torch.autograd.grad returned is not added to .grad: a PINN's du/dx and d2u/dx2 each step, beside its
+        # loss.backward() filling x.grad; taken for .grad's total, they made that total unknown.)
+        if not returned:
+            info.exact_total = None if known_before is False else (r if known_before is None else known_before + r)
+        self._status(info, ev, got, r if returned else info.exact_total, status, t, returned)
         if status == "untracked" and not returned and is_leaf(t) and hasattr(tr, "cut_pending") and not (
                 info.hooks or getattr(t, "_backward_hooks", None) or getattr(t, "_post_accumulate_grad_hooks", None)):
             # whether it matters is what the script does with .grad next (a gradient autograd.grad returned, or one
@@ -390,17 +393,22 @@ class BackwardVerifier(ReplayDecisions):
             return False
         return any(tr.hook_owner.get(k) in changed for k in plan.replays.paths.get(var.id, ()) if k is not None)
 
-    def _not_verified(self, ev: Any, info: Any, got: Any, t: torch.Tensor, reasons: list[str]) -> None:
-        """This tensor's gradient in this backward is not vouched for, for `reasons`; nor is its total after it."""
+    def _not_verified(self, ev: Any, info: Any, got: Any, t: torch.Tensor, returned: bool, reasons: list[str]) -> None:
+        """This tensor's gradient in this backward is not vouched for, for `reasons`; nor is its .grad's total after
+        it (where the gradient went there: one torch.autograd.grad returned leaves .grad alone)."""
         ev.verified = False
         for reason in reasons:
             if reason not in ev.reasons:
                 ev.reasons.append(reason)
-        info.exact_total = None
-        self._status(info, ev, got, None, "not verified", t)
+        if not returned:
+            info.exact_total = None
+        self._status(info, ev, got, None, "not verified", t, returned)
 
-    def _status(self, info: Any, ev: Any, got: Any, exact: Any, status: str, t: torch.Tensor) -> None:
+    def _status(self, info: Any, ev: Any, got: Any, exact: Any, status: str, t: torch.Tensor,
+                returned: bool) -> None:
         info.checks.append((ev.index, None if got is None else got.clone(), exact, status))
+        if not returned:
+            info.grad_seen = info.checks[-1][1]
         if len(info.checks) > 8:  # keep the first and the latest few (and every one's status, to count)
             info.dropped.append(info.checks.pop(1)[3])
         info.grad_fn = grad_fn_name(t)

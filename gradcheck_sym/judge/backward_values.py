@@ -34,7 +34,7 @@ def total_before(info: Any, before: Any, u: float) -> Any:
         return prev
     # .grad left as the last backward made it (its rounding since a reset is more than 64 ulps of an entry that
     # cancels, as in gradient accumulation): the exact total is still the one that backward's check left
-    seen = info.checks[-1][1] if info.checks else None
+    seen = info.grad_seen
     if isinstance(seen, torch.Tensor) and seen.shape == before.shape and torch.equal(seen, before):
         return prev
     return False
