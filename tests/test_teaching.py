@@ -22,7 +22,7 @@ EXPECTED = {
     "conv_bias_bn.py": [], "convbn_tutorial.py": [], "backprop_by_hand.py": [], "lstm_tagger.py": [],
     "seq2seq_attention.py": [], "gan_steps.py": [], "spatial_transformer.py": [], "fgsm_attack.py": [],
     "sngan_steps.py": [], "makemore_layers.py": [], "lenet_tutorial.py": [], "pinn_poisson.py": [],
-    "wgan_gp.py": [],
+    "wgan_gp.py": [], "word_lm.py": [],
 }
 
 

@@ -10,9 +10,14 @@ and scatters of rows: at step t the first ``batch_sizes[t]`` sequences step, the
 sequence that ended has its last state in ``h_n``; in the reverse direction a sequence starts from ``h_0`` at its
 own last step).
 
+Dropout between layers while training (``nn.LSTM(..., num_layers=2, dropout=0.2)``, the word language model's) is
+drawn inside torch's kernel, after each layer but the last, on that layer's whole output: ``at::dropout`` on a
+(time, batch, directions * hidden) tensor, or on a packed sequence's rows.  Its masks are replayed from the default
+generator's state before the call, in that order (as `dropout.draw_mask` replays ``F.dropout``'s); a replay that
+does not give torch's output shows as a value our rule got wrong, never as a gradient.
+
 Refused (their gradients are then not verified, with the reason): relu RNNs (the kink inside the recurrence has no
-value of the user's to take its side from), LSTM projections (``proj_size``) and dropout between layers while
-training (its mask is drawn inside the fused kernel).
+value of the user's to take its side from) and LSTM projections (``proj_size``).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import torch
 
 from .. import prims as P
 from ..ew import ADD, MUL, SUB
+from .dropout import draw_mask
 from .elementwise import table_fn
 from .linalg import matmul, plus
 from .registry import Ctx, Refused, rule
@@ -102,7 +108,10 @@ def _layers(c: Ctx, kind: str) -> Any:
 
     seq = [_part(c.v(x), shape, at(t)) for t in range(steps)]
     last_h, last_c = [], []
+    noises = _between_layers(c, x, layers, train, dropout, (steps, batch, dirs * hidden))
     for layer in range(layers):
+        if layer:  # (the layer before's output as the next one reads it: through its dropout)
+            seq = [P.ew(MUL, s, noises[layer - 1][t]) for t, s in enumerate(seq)] if noises else seq
         ys: list[list[Any]] = []
         for d in range(dirs):
             k = layer * dirs + d
@@ -138,8 +147,25 @@ def _weights_and_start(c: Ctx, params: Sequence[Any], k: int, per: int, h0: Any,
 def _refuse(params: Sequence[Any], layers: int, dirs: int, per: int, train: bool, dropout: float) -> None:
     if len(params) != layers * dirs * per:
         raise Refused("an LSTM with proj_size is not modelled")
-    if train and dropout > 0 and layers > 1:
-        raise Refused("dropout between the layers of a recurrent layer is drawn inside its kernel: not modelled")
+
+
+def _between_layers(c: Ctx, x: torch.Tensor, layers: int, train: bool, p: float,
+                    shape: tuple[int, ...]) -> list[torch.Tensor] | None:
+    """The dropout torch's kernel applied to each layer's output but the last: ``mask / (1 - p)`` in the input's
+    dtype (as torch scales it), as float64 of `shape`; None where there is none."""
+    if not train or p == 0 or layers < 2:
+        return None
+    if p >= 1:  # (torch multiplies by 0 and draws nothing)
+        return [torch.zeros(shape, dtype=torch.float64)] * (layers - 1)
+    if c.rng_state is None or x.device.type != "cpu":
+        raise Refused("the masks of the dropout between a recurrent layer's layers could not be recovered (not a CPU "
+                      "generator)")
+    gen = torch.Generator()
+    gen.set_state(c.rng_state)
+    # one draw per layer but the last, in order, each into a new tensor of the layer output's shape and dtype, as
+    # ATen's `_dropout_impl` draws (`empty_like(input).bernoulli_(1 - p)`), continuing from the one before
+    return [(torch.empty(shape, dtype=x.dtype).bernoulli_(1 - p, generator=gen) / (1 - p)).to(torch.float64)
+            for _ in range(layers - 1)]
 
 
 def _packed_layers(c: Ctx, kind: str, args: list[Any]) -> Any:
@@ -157,7 +183,10 @@ def _packed_layers(c: Ctx, kind: str, args: list[Any]) -> Any:
     batch, hidden = state_shape[1], state_shape[2]
     seq, width = c.v(data), data.shape[1]
     last_h, last_c = [], []
+    noises = _between_layers(c, data, layers, train, dropout, (rows, dirs * hidden))
     for layer in range(layers):
+        if layer and noises:  # (the layer before's output as the next one reads it: through its dropout)
+            seq = P.ew(MUL, seq, noises[layer - 1])
         outs = []
         for d in range(dirs):
             k = layer * dirs + d
