@@ -28,7 +28,6 @@ import torch
 
 from .. import prims as P
 from ..ew import ADD, MUL, SUB
-from .dropout import draw_mask
 from .elementwise import table_fn
 from .linalg import matmul, plus
 from .registry import Ctx, Refused, rule
