@@ -102,6 +102,23 @@ def test_a_measured_noise_replaces_a_loose_bound_and_still_finds_a_mismatch() ->
     assert v.masks["mismatch"].tolist() == [False, False, True]
 
 
+def test_a_bound_that_overflowed_to_nan_says_nothing_rather_than_failing_everything() -> None:
+    # a word LM's hidden state carried over 100 LSTM steps: the worst case passed 1e38, then inf * 0 made NaN
+    # entries; a NaN tolerance failed every entry there (false mismatches of 1e-5 of an entry) where a measured
+    # noise was at hand.  NaN is now "says nothing": the measured noise decides, else the entry is loose.
+    r = _f64(1.0, 2.0, 3.0)
+    a = r + _f64(3e-5, -3e-5, 1e-3)
+    nan = float("nan")
+    v = classify(a, r, u=U32, tiny=TINY32, bound=lambda: _f64(nan, nan, 1e-6), measured=lambda: _f64(1e-5, 1e-5, 1e-5))
+    assert v.loose == 0 and v.masks["mismatch"].tolist() == [False, False, True]
+    v = classify(a, r, u=U32, tiny=TINY32, bound=lambda: _f64(nan, nan, 1e-6), measured=lambda: None)
+    assert v.loose == 2 and v.masks["mismatch"].tolist() == [False, False, True]
+    # (the small-tensor path too: a 0-d gradient)
+    v = classify(r[:1].reshape(()) + 3e-5, r[:1].reshape(()), u=U32, tiny=TINY32, bound=lambda: _f64(nan).reshape(()),
+                 measured=lambda: None)
+    assert v.ok and v.loose == 1
+
+
 def test_a_measured_noise_is_not_asked_for_where_the_bound_is_tight() -> None:
     r = _f64(1.0, 2.0)
     a = r * (1 + 1e-5)

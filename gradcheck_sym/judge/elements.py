@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..ops.quick import all_true, any_true
+from ..ops.quick import all_true, any_nan, any_true
 
 __all__ = ["Verdicts", "classify", "cheap_floats", "small_pass", "abs_max", "CHEAP_ULPS", "SAFETY", "FLOOR_ULPS",
            "KINDS", "LOOSE", "WIDE"]
@@ -137,7 +137,7 @@ def classify(a: torch.Tensor, r: torch.Tensor, *, u: float, tiny: float, bound: 
     if all_true(ok):
         return Verdicts({}, None, a.numel())
     if a.numel() <= SMALL:
-        e = bound()
+        e = _unknown_as_wide(bound())
         done = _small_pass(a, r, ok, e, u=u, tiny=tiny, slack=slack, rtol=rtol, atol=atol, scale=scale,
                            zero_below=zero_below, wide_at=wide_at)
         if done is not None:
@@ -162,7 +162,7 @@ def classify(a: torch.Tensor, r: torch.Tensor, *, u: float, tiny: float, bound: 
         return out.reshape(shape)
 
     A, R = sub(a), sub(r)
-    e = bound()
+    e = _unknown_as_wide(bound())
     worst = None  # the tolerance before a measured noise replaced the bound (where it did)
     sampled_at: Any = False  # where a measured noise is the allowance
     tol = FLOOR_ULPS * (u * R.abs() + tiny)
@@ -338,6 +338,16 @@ def _floats(x: Any, shape: torch.Size, dtype: torch.dtype) -> list[float] | None
         return None
     x = torch.as_tensor(x, dtype=dtype) if not isinstance(x, torch.Tensor) else x
     return x.expand(shape).reshape(-1).tolist()
+
+
+def _unknown_as_wide(e: Any) -> Any:
+    """A rounding bound with its NaN entries as infinite: a bound that overflowed (a word LM's hidden state carried
+    over 100 LSTM steps, its worst case past 1e38, then inf times 0) says nothing there, as a wide one does — a
+    measured noise may stand in, else the entry is loose — and is never a tolerance no value meets (every entry a
+    mismatch, by about 1e-5 of itself)."""
+    if isinstance(e, torch.Tensor) and any_nan(e):
+        return torch.where(torch.isnan(e), torch.full((), math.inf, dtype=e.dtype), e)
+    return e
 
 
 def abs_max(t: torch.Tensor) -> float:
