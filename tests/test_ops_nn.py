@@ -86,6 +86,8 @@ CASES = [
     ("dropout3d unbatched", seeded(lambda x: F.dropout3d(x, 0.5)), (t(4, 2, 2, 2),)),
     ("alpha_dropout", seeded(lambda x: F.alpha_dropout(x, 0.3, training=True)), (t(4, 5),)),
     ("feature_alpha_dropout", seeded(lambda x: F.feature_alpha_dropout(x, 0.5, training=True)), (t(3, 4, 2),)),
+    ("gumbel_softmax", seeded(lambda x: F.gumbel_softmax(x, tau=0.5)), (t(4, 5),)),
+    ("gumbel_softmax hard", seeded(lambda x: F.gumbel_softmax(x, tau=0.7, hard=True, dim=0) * x), (t(4, 5),)),
     ("embedding padding_idx", lambda w: F.embedding(IDX, w, padding_idx=2), (t(5, 3),)),
     ("embedding_bag mean", lambda w: F.embedding_bag(BAG_IDX, w, BAG_OFF, mode="mean", padding_idx=4), (t(5, 3),)),
     ("embedding_bag max", lambda w: F.embedding_bag(IDX, w, mode="max"), (t(5, 3),)),
@@ -159,7 +161,7 @@ IDS = [c[0] for c in CASES]
 # the per-element sympy oracle differentiates every element: the tiny cases, one per rule
 ORACLE = {"conv1d", "conv2d groups dilation", "conv_transpose2d groups dilation", "fold", "max_pool2d ceil",
           "avg_pool2d divisor", "adaptive_avg_pool2d", "max_unpool2d", "layer_norm", "rms_norm", "batch_norm train",
-          "group_norm", "local_response_norm", "alpha_dropout", "embedding_bag weights", "embedding_bag max",
+          "group_norm", "local_response_norm", "alpha_dropout", "gumbel_softmax hard", "embedding_bag weights", "embedding_bag max",
           "normalize", "_weight_norm", "cosine_similarity", "pairwise_distance", "pdist", "interpolate bicubic",
           "interpolate antialias", "grid_sample bilinear reflection", "grid_sample bicubic border", "sdpa bool mask",
           "_softmax_backward_data", "max_pool2d_with_indices_backward", "native_group_norm", "lstm_cell", "gru_cell",

@@ -34,7 +34,8 @@ _RANDOM = {"dropout", "dropout1d", "dropout2d", "dropout3d", "feature_dropout", 
            "feature_alpha_dropout", "rrelu", "bernoulli", "normal", "native_dropout", "fractional_max_pool2d",
            "fractional_max_pool3d", "fractional_max_pool2d_with_indices", "fractional_max_pool3d_with_indices",
            "scaled_dot_product_attention", "multi_head_attention_forward",
-           "lstm", "gru", "rnn_tanh", "rnn_relu"}  # (the recurrent layers: dropout between their layers)
+           "lstm", "gru", "rnn_tanh", "rnn_relu",  # (the recurrent layers: dropout between their layers)
+           "gumbel_softmax"}
 
 
 def foreign_types(types: Any) -> str:

@@ -13,6 +13,11 @@ with constants:
                   (SELU's alpha; ``a`` keeps mean and variance);
 * ``native_dropout`` returns its mask, and ``native_dropout_backward(g, mask, scale)`` is the
   linear map ``g * mask * scale``.
+
+``gumbel_softmax`` is replayed the same way: its Gumbel noise ``-log(Exp(1))`` is drawn again into
+``empty_like(logits)``, a constant; the sample is ``softmax((logits + g) / tau)``, and ``hard=True``'s
+straight-through one-hot is that one-hot plus the soft sample less its own value (the value one-hot, the
+gradient the soft sample's, as torch's ``y_hard - y_soft.detach() + y_soft``).
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from typing import Any
 import torch
 
 from .. import prims as P
-from ..ew import ADD, MUL
+from ..ew import ADD, DIV, MUL, SUB
+from .reduce import softmax
 from .registry import Args, Ctx, Refused, rule
 
 F64 = torch.float64
@@ -98,3 +104,26 @@ def _native_dropout(c: Ctx, a: Args) -> Any:
 def _native_dropout_backward(c: Ctx, a: Args) -> Any:
     noise = a.mask.to(a.grad_output.dtype) * torch.tensor(float(a.scale), dtype=a.grad_output.dtype)
     return P.ew(MUL, c.v(a.grad_output), noise.to(F64))
+
+
+@rule("gumbel_softmax", sig=lambda logits, tau=1, hard=False, eps=1e-10, dim=-1: 0)
+def _gumbel_softmax(c: Ctx, a: Args) -> Any:
+    t, tau, dim = a.logits, float(a.tau), int(a.dim)
+    if c.rng_state is None or t.device.type != "cpu" or not t.is_floating_point():
+        raise Refused("gumbel_softmax's noise could not be recovered (not a CPU generator)")
+    gen = torch.Generator()
+    gen.set_state(c.rng_state)
+    g = -torch.empty_like(t, memory_format=torch.legacy_contiguous_format).exponential_(generator=gen).log()
+    scores = (c.user_value(t).to(t.dtype) + g) / tau
+    soft = scores.softmax(dim)
+    one_hot = None
+    if a.hard:
+        one_hot = torch.zeros_like(t, memory_format=torch.legacy_contiguous_format).scatter_(
+            dim, soft.max(dim, keepdim=True)[1], 1.0)
+    replay = soft if one_hot is None else one_hot - soft + soft
+    if not torch.equal(replay, c.out.detach()):
+        raise Refused("gumbel_softmax's noise could not be recovered from the generator state")
+    y = softmax(c, P.ew(DIV, P.ew(ADD, c.v(t), g.to(F64)), tau), scores, dim, log=False)
+    if one_hot is None:
+        return y
+    return P.ew(ADD, one_hot.to(F64), P.ew(SUB, y, getattr(y, "value", y).detach()))
