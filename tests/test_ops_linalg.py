@@ -41,6 +41,7 @@ def spd(n: int, seed: int) -> torch.Tensor:
 A2, A3, C3 = well_conditioned(2, 2, 1), well_conditioned(3, 3, 2), well_conditioned(3, 3, 9)
 B3 = torch.tensor([[0.5, -1.0], [2.0, 0.25], [-0.75, 1.5]], dtype=F64)
 TALL, WIDE = well_conditioned(4, 3, 3), well_conditioned(3, 4, 4)
+SPARSE = torch.tensor([[0.5, 0, 0, 0.25], [0, 1.0, 0, 0], [0.25, 0, 0.5, 0]], dtype=torch.float64).to_sparse()
 SINGULAR3 = torch.tensor([[1.0, 2.0, 3.0], [2.0, 4.5, 6.5], [3.0, 6.5, 9.5]], dtype=F64) @ torch.diag(
     torch.tensor([1.0, 1.0, 0.0], dtype=F64)) @ torch.tensor([[1.0, 0.5, 0.0], [0.0, 1.0, 0.5], [0.0, 0.0, 1.0]],
                                                              dtype=F64)
@@ -198,6 +199,8 @@ OPS = [
     ("cdist (matrix products)", lambda x, y: torch.cdist(x, y, compute_mode="use_mm_for_euclid_dist"), [A3, TALL]),
     ("cdist p=1", lambda x, y: torch.cdist(x, y, p=1.0), [A3, TALL]),
     ("trace", lambda a: torch.trace(a), [TALL]),
+    # a GCN's normalised adjacency, a constant sparse matrix, times the features (torch.sparse.mm: `_sparse_mm`)
+    ("sparse.mm", lambda x: torch.sparse.mm(SPARSE.to(x.dtype), x), [TALL]),
 ]
 NO_DOUBLE_BACKWARD = {"cdist p=1"}  # torch's _cdist_backward has no derivative
 
@@ -256,6 +259,7 @@ INJECT = [
     ("linalg.lu", lambda a: torch.linalg.lu(a).U, [A3]),
     ("linalg.matrix_exp", lambda a: torch.linalg.matrix_exp(a), [A3]),
     ("cdist", lambda x, y: torch.cdist(x, y), [A3, TALL]),
+    ("sparse.mm", lambda x: torch.sparse.mm(SPARSE.to(x.dtype), x), [TALL]),
 ]
 
 

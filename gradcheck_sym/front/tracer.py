@@ -279,7 +279,11 @@ class Tracer(LazyOps, ValueChecks, Handles, TorchFunctionMode):
                                                    "runs on the CPU): gradients through them are not verified"))
 
     def _internal_text(self, name: str, site: int, exc: BaseException) -> str:
-        return f"internal error while tracing {name} at {self.sites[site].where}: {type(exc).__name__}: {exc}"
+        # (the exception's first line: torch's own runs to 40 lines of its dispatch keys, a sparse tensor's "Could not
+        # run 'aten::equal' with arguments from the 'SparseCPU' backend ...")
+        said = str(exc).strip().split("\n", 1)[0]
+        said = said if len(said) <= 200 else said[:197] + "..."
+        return f"internal error while tracing {name} at {self.sites[site].where}: {type(exc).__name__}: {said}"
 
     def _internal(self, name: str, exc: BaseException, out: Any) -> None:
         site = self._new_site(name)

@@ -46,7 +46,7 @@ def plus(a: Any, b: Any) -> Any:
     return P.ew(ADD, a, b)
 
 
-@rule("matmul", "mm", "bmm", "mv", "dot", "vdot", sig=lambda input, other, *, out=None: 0)
+@rule("matmul", "mm", "bmm", "mv", "dot", "vdot", "_sparse_mm", sig=lambda input, other, *, out=None: 0)
 def _matmul(c: Ctx, a: Args) -> Any:
     return P.reshape(matmul(c.v(a.input), c.v(a.other)), tuple(c.out.shape))
 

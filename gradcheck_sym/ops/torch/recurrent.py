@@ -93,7 +93,7 @@ def _layers(c: Ctx, kind: str) -> Any:
     x, hx, params, has_biases, layers, dropout, train, bidirectional, batch_first = args[:9]
     dirs = 2 if bidirectional else 1
     per = 4 if has_biases else 2
-    _refuse(params, layers, dirs, per, train, dropout)
+    _refuse(params, layers, dirs, per)
     if x.dim() != 3:
         raise Refused("a recurrent layer's input of other than 3 dimensions")
     h0, c0 = (hx[0], hx[1]) if kind == "lstm" else (hx, None)
@@ -143,7 +143,7 @@ def _weights_and_start(c: Ctx, params: Sequence[Any], k: int, per: int, h0: Any,
     return w, (_part(c.v(h0), state_shape, k), None if c0 is None else _part(c.v(c0), state_shape, k))
 
 
-def _refuse(params: Sequence[Any], layers: int, dirs: int, per: int, train: bool, dropout: float) -> None:
+def _refuse(params: Sequence[Any], layers: int, dirs: int, per: int) -> None:
     if len(params) != layers * dirs * per:
         raise Refused("an LSTM with proj_size is not modelled")
 
@@ -173,7 +173,7 @@ def _packed_layers(c: Ctx, kind: str, args: list[Any]) -> Any:
     data, sizes, hx, params, has_biases, layers, dropout, train, bidirectional = args[:9]
     dirs = 2 if bidirectional else 1
     per = 4 if has_biases else 2
-    _refuse(params, layers, dirs, per, train, dropout)
+    _refuse(params, layers, dirs, per)
     sizes = [int(b) for b in sizes.tolist()]
     offsets = [sum(sizes[:t]) for t in range(len(sizes))]
     rows = sum(sizes)
