@@ -434,6 +434,22 @@ def test_dropout_between_recurrent_layers_is_replayed(kind, bidirectional, batch
     assert "mismatch" in {f.kind for f in wrong.errors()}, str(wrong)
 
 
+def test_gumbel_softmax_noise_not_torch_s_is_refused_by_name(monkeypatch):
+    # a replay from another generator state does not give torch's sample: refused, never compared
+    from gradcheck_sym.ops.torch import RULES
+
+    rule = RULES["gumbel_softmax"]
+
+    def elsewhere(c, a):
+        c.rng_state = torch.Generator().manual_seed(12345).get_state()
+        return rule.lower(c, a)
+
+    monkeypatch.setitem(RULES, "gumbel_softmax", rule.__class__("gumbel_softmax", rule.signature, elsewhere))
+    report = gs.check_function(seeded(lambda x: F.gumbel_softmax(x, tau=0.5)), t(4, 5))
+    assert [f.kind for f in report.errors()] == ["not-verified"]
+    assert "gumbel_softmax's noise could not be recovered from the generator state" in " ".join(str(report).split())
+
+
 def test_a_dropout_mask_between_recurrent_layers_not_torch_s_is_never_compared(monkeypatch):
     # masks other than the kernel's (drawn from another state) give another value: the rule's value is found to
     # differ from torch's, and nothing through it is vouched for

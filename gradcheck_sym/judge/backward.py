@@ -262,8 +262,7 @@ class BackwardVerifier(ReplayDecisions):
                 ev.checked -= 1
                 n = verdicts.unmeasured
                 return self._not_verified(ev, info, got, t, returned, [
-                    f"{n} {'entry' if n == 1 else 'entries'} of {info_name(tr, t)} {'differs' if n == 1 else 'differ'} "
-                    f"from the exact gradient by more than the rounding measured for our own formulas in "
+                    f"{_beyond_measured(n, info_name(tr, t))} in "
                     f"{str(t.dtype).replace('torch.', '')} but less than its worst-case rounding bound; the gradient "
                     "comes through a custom Function's backward, whose own formula rounds differently (under "
                     f"cancellation, 100x ours), and running it again in float64 did not settle it ({detail}); check "
@@ -273,9 +272,8 @@ class BackwardVerifier(ReplayDecisions):
             ev.checked -= 1
             n = verdicts.unmeasured
             return self._not_verified(ev, info, got, t, returned, [
-                f"{n} {'entry' if n == 1 else 'entries'} of {info_name(tr, t)} {'differs' if n == 1 else 'differ'} "
-                "from the exact gradient by more than the rounding measured for our own formulas (a float32 "
-                f"recomputation, scaled to float64, of only {a.numel()} {'entry' if a.numel() == 1 else 'entries'}) but "
+                f"{_beyond_measured(n, info_name(tr, t))} (a float32 recomputation, scaled to float64, of only "
+                f"{a.numel()} {'entry' if a.numel() == 1 else 'entries'}) but "
                 "less than its worst-case rounding bound: one such sample says too little there; check that part in "
                 "higher precision (mpmath) or at other points"])
         if verdicts.loose and verdicts.ok:
@@ -447,3 +445,9 @@ class BackwardVerifier(ReplayDecisions):
             with interpreting(tr.rec):
                 handle = P.add(prev.handle, ct)
         tr._bind(g, handle)
+
+
+def _beyond_measured(n: int, name: str) -> str:
+    """The start of the reason an entry beyond its measured noise is left undecided (`BackwardVerifier._one`)."""
+    return (f"{n} {'entry' if n == 1 else 'entries'} of {name} {'differs' if n == 1 else 'differ'} from the exact "
+            "gradient by more than the rounding measured for our own formulas")

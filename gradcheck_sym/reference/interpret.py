@@ -332,10 +332,14 @@ def sweep(
     return SweepResult(cts, tainted, blocked, reached, why=why, torch_cuts=torch_cuts)
 
 
-def traced_values(program: Program, env: dict[int, Any], seeds: dict[int, Any]) -> tuple[int, dict[int, Traced]]:
-    """(the first variable id free after the program and the seeds, every variable's value as `Traced`)."""
+def traced_values(program: Program, env: dict[int, Any], seeds: dict[int, Any],
+                  errs: dict[int, Any] | None = None) -> tuple[int, dict[int, Traced]]:
+    """(the first variable id free after the program, the seeds and the bounds `errs` has, every variable's value as
+    `Traced`).  (`errs` may hold bounds of values recorded after `program` was taken, a deferred one's: their ids are
+    not reused.)"""
     next_id = 1 + max([v.id for v in program.inputs] + [v.id for e in program.eqns for v in e.outputs]
-                      + [a.id for e in program.eqns for a in e.inputs if isinstance(a, Var)] + list(seeds) + [0])
+                      + [a.id for e in program.eqns for a in e.inputs if isinstance(a, Var)] + list(seeds)
+                      + list(errs or ()) + [0])
     traced_env = {v.id: Traced(env[v.id], v) for v in program.inputs}
     for e in program.eqns:
         for v in e.outputs:
@@ -358,9 +362,7 @@ def record_sweep(program: Program, env: dict[int, Any], seeds: dict[int, Any], *
         (the program extended by the sweep's equations and constants, the value of every
         variable of it, the result — its cotangents are `Traced`: ``.var`` names them).
     """
-    next_id, traced_env = traced_values(program, env, seeds)
-    if errs:  # (bounds of values recorded after `program` was taken, a deferred one's: their ids are not reused)
-        next_id = max(next_id, 1 + max(errs))
+    next_id, traced_env = traced_values(program, env, seeds, errs)
     rec = Recorder(next_id, len(program.consts))
     if errs is not None:
         rec.errs = dict(errs)

@@ -91,9 +91,7 @@ def sweep_bounds(program: Program, env: dict[int, Any], seeds: dict[int, Any], *
     each term and more; ours, on sums of non-negative terms, is a few float32 roundings of the bound.  A conv +
     batch-norm tutorial's bounds at batch 2,048: float32 convolutions are 1.5-5x faster than float64 ones, which
     take columns a slice of the batch at a time."""
-    next_id, traced_env = traced_values(program, env, seeds)
-    if errs:  # (bounds of values recorded after `program` was taken, a deferred one's: their ids are not reused)
-        next_id = max(next_id, 1 + max(errs))
+    next_id, traced_env = traced_values(program, env, seeds, errs)
     interp = _BoundsOnly(next_id, errs, narrow)
     # each seed a value of its own, exact (as `record_sweep` makes them)
     start = {}

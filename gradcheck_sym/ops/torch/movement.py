@@ -186,6 +186,9 @@ def probe(c: Ctx) -> Any:
                 cache.clear()
             cache[key] = (tupled, maps)
     handles = [c.v(t) for t in data]
+    user = c.out if isinstance(c.out, torch.Tensor) else c.args[0] if c.args and isinstance(
+        c.args[0], torch.Tensor) else None  # x[i] = v returns nothing: the result is x
+    rounds = user is not None and any(_finer(t.dtype, user.dtype) for t in data)  # x32[i] = v64 rounds v
     results = []
     for m in maps:
         if m is None:
@@ -200,10 +203,8 @@ def probe(c: Ctx) -> Any:
             result = fill
         elif filled:
             result = P.ew(ADD, result, fill)
-        user = c.out if isinstance(c.out, torch.Tensor) else c.args[0] if c.args and isinstance(
-            c.args[0], torch.Tensor) else None  # x[i] = v returns nothing: the result is x
-        if user is not None and any(_finer(t.dtype, user.dtype) for t in data):
-            result = P.cast(result, str(user.dtype).replace("torch.", ""))  # x32[i] = v64 rounds v
+        if rounds:
+            result = P.cast(result, str(user.dtype).replace("torch.", ""))
         results.append(result)
     return tuple(results) if tupled else results[0]
 
