@@ -259,23 +259,17 @@ class BackwardVerifier(ReplayDecisions):
             # wrong makes this gradient, and every other one through that call, a mismatch (`_replayed_wrong`).
             verdict, detail = self._settle(tr, ev, plan, var)
             if verdict not in ("agree", "differ") and verdicts.unmeasured:
-                ev.checked -= 1
-                n = verdicts.unmeasured
-                return self._not_verified(ev, info, got, t, returned, [
-                    f"{_beyond_measured(n, info_name(tr, t))} in "
-                    f"{str(t.dtype).replace('torch.', '')} but less than its worst-case rounding bound; the gradient "
-                    "comes through a custom Function's backward, whose own formula rounds differently (under "
+                return self._undecided(tr, ev, info, got, t, returned, verdicts.unmeasured, (
+                    f" in {str(t.dtype).replace('torch.', '')} but less than its worst-case rounding bound; the "
+                    "gradient comes through a custom Function's backward, whose own formula rounds differently (under "
                     f"cancellation, 100x ours), and running it again in float64 did not settle it ({detail}); check "
-                    "that part in float64"])
+                    "that part in float64"))
         if verdicts.ok and verdicts.unmeasured and not self._foreign(tr, plan, var):
             # (a float64 gradient of a few entries, beyond its measured noise but within its worst case: `_classify`)
-            ev.checked -= 1
-            n = verdicts.unmeasured
-            return self._not_verified(ev, info, got, t, returned, [
-                f"{_beyond_measured(n, info_name(tr, t))} (a float32 recomputation, scaled to float64, of only "
-                f"{a.numel()} {'entry' if a.numel() == 1 else 'entries'}) but "
-                "less than its worst-case rounding bound: one such sample says too little there; check that part in "
-                "higher precision (mpmath) or at other points"])
+            return self._undecided(tr, ev, info, got, t, returned, verdicts.unmeasured, (
+                f" (a float32 recomputation, scaled to float64, of only {a.numel()} "
+                f"{'entry' if a.numel() == 1 else 'entries'}) but less than its worst-case rounding bound: one such "
+                "sample says too little there; check that part in higher precision (mpmath) or at other points"))
         if verdicts.loose and verdicts.ok:
             # compared, but under a tolerance that says little: this gradient is not vouched for
             ev.checked -= 1
@@ -407,6 +401,15 @@ class BackwardVerifier(ReplayDecisions):
             return False
         return any(tr.hook_owner.get(k) in changed for k in plan.replays.paths.get(var.id, ()) if k is not None)
 
+    def _undecided(self, tr: Any, ev: Any, info: Any, got: Any, t: torch.Tensor, returned: bool, n: int,
+                   why: str) -> None:
+        """`n` entries of `t`'s gradient beyond their measured noise but within the worst case: not compared after
+        all, not verified (`why` ends the reason)."""
+        ev.checked -= 1
+        return self._not_verified(ev, info, got, t, returned, [
+            f"{n} {'entry' if n == 1 else 'entries'} of {info_name(tr, t)} {'differs' if n == 1 else 'differ'} from the "
+            f"exact gradient by more than the rounding measured for our own formulas{why}"])
+
     def _not_verified(self, ev: Any, info: Any, got: Any, t: torch.Tensor, returned: bool, reasons: list[str]) -> None:
         """This tensor's gradient in this backward is not vouched for, for `reasons`; nor is its .grad's total after
         it (where the gradient went there: one torch.autograd.grad returned leaves .grad alone)."""
@@ -445,9 +448,3 @@ class BackwardVerifier(ReplayDecisions):
             with interpreting(tr.rec):
                 handle = P.add(prev.handle, ct)
         tr._bind(g, handle)
-
-
-def _beyond_measured(n: int, name: str) -> str:
-    """The start of the reason an entry beyond its measured noise is left undecided (`BackwardVerifier._one`)."""
-    return (f"{n} {'entry' if n == 1 else 'entries'} of {name} {'differs' if n == 1 else 'differ'} from the exact "
-            "gradient by more than the rounding measured for our own formulas")
