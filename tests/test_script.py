@@ -2872,3 +2872,17 @@ def test_a_gaussian_process_s_float64_hyperparameters_are_never_a_false_mismatch
     reasons = {r for b in report.backwards for r in b.reasons}
     assert all("scaled to float64, of only 1 entry) but less than its worst-case rounding bound" in r
                for r in reasons), reasons
+
+
+def test_a_parameter_frozen_with_requires_grad_false_says_so_in_its_row(tmp_path):
+    # a fine-tuning tutorial's frozen layer: no .grad by the script's choice, said as the flag that made it so
+    path = _script(tmp_path, "import torch\nfrom torch import nn\ntorch.manual_seed(0)\n"
+                             "model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))\n"
+                             "for p in model[0].parameters():\n    p.requires_grad = False\n"
+                             "loss = model(torch.randn(5, 4)).pow(2).mean()\nloss.backward()\n")
+    report = gs.run_script(path)
+    assert report.ok and _row(report, "model.0.weight").status == "no grad (does not require grad)", str(report)
+    rows = {line.split()[0]: line for line in render_run_text(report, width=100).splitlines() if line.strip()}
+    assert rows["model.0.weight"].rstrip().endswith("requires_grad=False")
+    assert rows["model.0.bias"].rstrip().endswith("requires_grad=False")
+    assert rows["model.2.weight"].rstrip().endswith("ok")

@@ -117,7 +117,7 @@ def _cells(t: TensorRow) -> dict[str, str]:
 # Statuses said short enough for a table cell (the findings say the rest).
 _STATUS = {"grad is None: not a leaf": "not a leaf: no .grad", "made under no_grad: no grad_fn": "no_grad: a constant",
            "detached: a constant for autograd": "detached: a constant",
-           "no grad (does not require grad)": "no grad", "not reached by a backward": "not reached",
+           "no grad (does not require grad)": "requires_grad=False", "not reached by a backward": "not reached",
            "not among the backward's inputs=": "not in inputs="}
 
 
