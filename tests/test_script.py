@@ -2886,3 +2886,15 @@ def test_a_parameter_frozen_with_requires_grad_false_says_so_in_its_row(tmp_path
     assert rows["model.0.weight"].rstrip().endswith("requires_grad=False")
     assert rows["model.0.bias"].rstrip().endswith("requires_grad=False")
     assert rows["model.2.weight"].rstrip().endswith("ok")
+
+
+def test_a_leaf_its_own_line_goes_on_to_use_is_a_row_of_its_own(tmp_path):
+    # the saved-tensors-hooks tutorial's `b = torch.ones(5, requires_grad=True) * 2`: b is not a leaf, the ones are;
+    # one row `b ×2` showed b's .grad None with the leaf's status "ok"
+    path = _script(tmp_path, "import torch\na = torch.ones(5, requires_grad=True)\n"
+                             "b = torch.ones(5, requires_grad=True) * 2\n(a * b).sum().backward()\n")
+    report = gs.run_script(path)
+    assert report.ok and report.summary["verified"] == 1, str(report)
+    leaf, b = _row(report, "leaf in b (line 3)"), _row(report, "b")
+    assert (leaf.is_leaf, leaf.grad, leaf.exact, leaf.status) == (True, [2.0] * 5, [2.0] * 5, "ok")
+    assert (b.is_leaf, b.grad, b.exact, b.status) == (False, None, [1.0] * 5, "grad is None: not a leaf")

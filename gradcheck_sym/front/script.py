@@ -221,6 +221,11 @@ def build_report(script: str, tracer: ScriptTracer, namespace: dict[str, Any], e
     return RunReport(script, tuple(rows), tuple(backwards), tuple(findings), error, exit_code, summary, graph)
 
 
+def _line_name(name: str) -> str:
+    """The script's name a row's name comes from: `W1` for `W1 (line 3)` and for `leaf in W1 (line 3)`."""
+    return name.split(" (line ")[0].removeprefix("leaf in ")
+
+
 _NOT_COMPARED = ("grad is None: not a leaf", "made under no_grad: no grad_fn", DETACHED,
                  "no grad (does not require grad)", "not among the backward's inputs=")
 
@@ -245,7 +250,7 @@ def _rows(tracer: ScriptTracer, names: dict[int, str]) -> list[TensorRow]:
         name = names[info.serial]
         if info.leaf and info.requires_grad and not info.cut and not info.checks and info.ref() is None and \
                 not (info.retains or info.hooks) and " (line " in name and \
-                (name.split(" (line ")[0], info.line) not in plain and name.split(" (line ")[0] in trained:
+                (_line_name(name), info.line) not in plain and _line_name(name) in trained:
             # a leaf its line's name went past to a leaf that was trained, gone, that no backward reached:
             # `torch.randn(.., requires_grad=True)` inside `W1 = nn.Parameter(...)` (a textbook's MLP showed `W1 (line
             # 22) not reached` beside W1's row).  Where the name went to a constant (`W = W * 0.01` under no_grad: W

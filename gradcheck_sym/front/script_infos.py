@@ -43,6 +43,9 @@ class TensorInfo:
     cut: str = ""  # how it was cut, in words, if it was
     hidden: bool = False  # an intermediate of its line's statement, not what the line's name is bound to
     made: bool = False  # a leaf seen where it was made (its line's name is its name)
+    # a leaf its own line's statement goes on to use (`b = torch.ones(5, requires_grad=True) * 2`): the line's name
+    # is the result's, not the leaf's
+    inner: bool = False
     internal: bool = False  # made inside a custom Function's forward: no backward of the script's fills its .grad
     hook_changed: int = -1  # the last backward (index) in which one of its hooks changed its gradient
     # (backward index, its .grad when a post-accumulate-grad hook was given it: what the backward made, before the

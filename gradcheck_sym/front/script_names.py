@@ -121,6 +121,8 @@ def row_names(tracer: Any, namespace: dict[str, Any]) -> dict[int, str]:
             detached = _detached_expression(info)
             if detached:
                 names[info.serial] = f"{detached} (line {info.line})"
+            elif target and info.inner:
+                names[info.serial] = f"leaf in {target} (line {info.line})"
             elif target:
                 names[info.serial] = f"{target} (line {info.line})"
             elif info.leaf:

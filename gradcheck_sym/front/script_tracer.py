@@ -183,6 +183,8 @@ class ScriptTracer(BackwardCalls, OptimizerSteps, ScriptMemory, DiscardedCuts, T
                     # `out = (a * b).sum()`: the product is not `out`; nor is `fake.detach()` in
                     # `loss = (fake.detach() * 3).sum()` (a cut's result is a leaf, named after no one there)
                     info.hidden = True
+                elif info.line == s.line and info.leaf and not info.cut:
+                    info.inner = True
             else:
                 r = self.recs.get(id(a))
                 if r is not None and r.tensor is a:
