@@ -22,7 +22,7 @@ EXPECTED = {
     "conv_bias_bn.py": [], "convbn_tutorial.py": [], "backprop_by_hand.py": [], "lstm_tagger.py": [],
     "seq2seq_attention.py": [], "gan_steps.py": [], "spatial_transformer.py": [], "fgsm_attack.py": [],
     "sngan_steps.py": [], "makemore_layers.py": [], "lenet_tutorial.py": [], "pinn_poisson.py": [],
-    "wgan_gp.py": [], "word_lm.py": [],
+    "wgan_gp.py": [], "word_lm.py": [], "saved_tensor_hooks.py": ["mismatch"],
 }
 
 
@@ -705,3 +705,15 @@ def test_a_replay_takes_its_calls_exact_products_from_the_backward_s_sweep_where
         assert render_run_text(report, width=100) == render_run_text(whole, width=100)
         errors = sorted((f.kind, f.tensor) for f in report.findings if f.severity == "error")
         assert errors == ([] if scale == "1.0" else [("mismatch", "net.w1"), ("mismatch", "net.w2")]), str(report)
+
+
+def test_saved_tensor_hooks_change_nothing_but_an_unpack_hook_that_changes_the_value(capsys):
+    # the exact gradient is the derivative of what the script computed: hooks that give back the saved tensor (as it
+    # was, a copy, moved) leave autograd right; the last unpack hook doubles sin's saved input, and only v is wrong
+    report = gs.run_script(str(ROOT / "scripts" / "teaching" / "saved_tensor_hooks.py"))
+    (f,) = [f for f in report.findings if f.severity == "error"]
+    assert (f.kind, f.line, f.tensor) == ("mismatch", 50, "v")
+    v = next(r for r in report.tensors if r.name == "v")
+    x = torch.tensor(v.value, dtype=torch.float64)
+    assert v.exact == pytest.approx((2 * x * torch.cos(x * x)).tolist(), rel=1e-6)
+    assert [r.status for r in report.tensors if r.is_leaf and r.name != "v"] == ["ok"] * 8
