@@ -25,8 +25,9 @@ from ..reference.lazy import pending
 from ..reference.lean_bounds import sweep_bounds
 from .backward_plan import Plan, targets_of
 from .backward_replay import ReplayDecisions
-from .backward_values import (accumulation_slack, dense, exact_gradient, hooked_downstream, largest_exact,
-                              measured_noise, older_versions, own_scale, same_grad, total_before, within_last_sums)
+from .backward_values import (TypicalNoise, accumulation_slack, dense, exact_gradient, hooked_downstream,
+                              largest_exact, measured_noise, older_versions, own_scale, same_grad, total_before,
+                              within_last_sums)
 from .backward_words import cuts_between, info_name, message, unseen, worst
 from .elements import SMALL, WIDE, Verdicts, cheap_floats, classify
 from .intended import declared, parse_intended
@@ -66,6 +67,7 @@ class BackwardVerifier(ReplayDecisions):
         # line -> how often its backwards needed a rounding bound lately (a moving average of 0s and 1s)
         self.bounded: dict[int, float] = {}
         self.replay_counts: dict[int, int] = {}  # line -> its backwards asked whether to replay (see _sampled)
+        self.noise = TypicalNoise()  # a loop's measured noises, per line and gradient (`_classify`)
         self.started = time.monotonic()
 
     def plan(self, tr: Any, ev: Any, outs: list[torch.Tensor], grads: list[Any], inputs: list[torch.Tensor] | None,
@@ -251,7 +253,7 @@ class BackwardVerifier(ReplayDecisions):
                                                               scale, lambda: self._foreign(tr, plan, var))) is not None:
             verdicts, used = done, []
         else:
-            verdicts, used = self._classify(tr, plan, t, var, a, r, base, cut, u, tiny, shape, scale)
+            verdicts, used = self._classify(tr, plan, t, var, a, r, base, cut, u, tiny, shape, scale, ev.line)
         if verdicts.ok and (verdicts.unmeasured or (used and self._sampled(ev, plan))) and self._foreign(tr, plan, var):
             # left undecided, or passed, under a noise measured on our formulas, not on the custom backward's: its
             # formula is checked in float64 (a backward 1e-4 off hid in that noise).  Where it passed, on a sample
@@ -327,7 +329,8 @@ class BackwardVerifier(ReplayDecisions):
         return (info, var, a, r, cut, t) if status == "ok" else None
 
     def _classify(self, tr: Any, plan: Plan, t: torch.Tensor, var: Any, a: Any, r: Any, base: Any, cut: Any,
-                  u: float, tiny: float, shape: tuple[int, ...], scale: float | None) -> tuple[Any, list[bool]]:
+                  u: float, tiny: float, shape: tuple[int, ...], scale: float | None,
+                  line: int = 0) -> tuple[Any, list[bool]]:
         """The verdict ladder (`judge.elements.classify`) for one gradient, with this backward's rounding bound, its
         measured noise and its custom Functions; and whether the measured noise was used."""
         slack = accumulation_slack(base, a, u)
@@ -359,6 +362,7 @@ class BackwardVerifier(ReplayDecisions):
             m = measured_noise(tr, plan, t, var, r)  # (the user's dtype recomputed: a sample of its rounding)
             if m is not None:
                 used.append(True)
+                m = self.noise.floor((line, id(t), shape, t.dtype), m, r)
             return m
 
         # A float64 gradient of a few entries: its measured noise is a float32 recomputation's, scaled, drawn once per
