@@ -33,7 +33,8 @@ PUBLISHED += [(ROOT / "tests" / "scripts" / "teaching" / "convbn_tutorial.py", {
 # an MNIST-sized batch-norm MLP for one epoch at batch 64; the backprop lecture's 100 checked training steps
 PUBLISHED += [(ROOT / "tests" / "scripts" / "teaching" / "mnist_bn_mlp.py", {"N": "938"}),
               (ROOT / "tests" / "scripts" / "teaching" / "backprop_by_hand.py", {"N": "100"}),
-              (ROOT / "tests" / "scripts" / "teaching" / "makemore_layers.py", {"N": "1000"})]
+              (ROOT / "tests" / "scripts" / "teaching" / "makemore_layers.py", {"N": "1000"}),
+              (ROOT / "tests" / "scripts" / "teaching" / "bilstm_crf.py", {"EPOCHS": "300"})]
 
 
 def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, int, str]:
