@@ -2898,3 +2898,33 @@ def test_a_leaf_its_own_line_goes_on_to_use_is_a_row_of_its_own(tmp_path):
     leaf, b = _row(report, "leaf in b (line 3)"), _row(report, "b")
     assert (leaf.is_leaf, leaf.grad, leaf.exact, leaf.status) == (True, [2.0] * 5, [2.0] * 5, "ok")
     assert (b.is_leaf, b.grad, b.exact, b.status) == (False, None, [1.0] * 5, "grad is None: not a leaf")
+
+
+def test_a_network_the_script_rebinds_later_keeps_its_parameters_names(tmp_path):
+    # a tutorial's sections each make their own `model`: the first one's parameters were `leaf #0 (first seen at
+    # line 9)`, as no name reached them at the end; their paths are taken at the backwards, while `model` is theirs
+    path = _script(tmp_path, textwrap.dedent("""\
+        import torch
+        from torch import nn
+        torch.manual_seed(0)
+        x, y = torch.randn(16, 4), torch.randn(16, 1)
+
+        class Logistic(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.lin = nn.Linear(4, 1)
+            def forward(self, xb):
+                return self.lin(xb)
+
+        model = Logistic()
+        for _ in range(2):
+            ((model(x) - y) ** 2).mean().backward()
+        model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 1))
+        ((model(x) - y) ** 2).mean().backward()
+        """))
+    report = gs.run_script(path)
+    assert report.ok and report.summary["verified"] == 3, str(report)
+    assert [(r.name, r.status, r.checks) for r in report.tensors if r.is_leaf] == [
+        ("model.lin.weight (line 9)", "ok", (2, 2)), ("model.lin.bias (line 9)", "ok", (2, 2)),
+        ("model.0.weight", "ok", (1, 1)), ("model.0.bias", "ok", (1, 1)), ("model.2.weight", "ok", (1, 1)),
+        ("model.2.bias", "ok", (1, 1))], str(report)

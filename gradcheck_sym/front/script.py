@@ -77,6 +77,7 @@ def run_script(path: str, argv: list[str] | None = None, *, timeout: float | Non
     module = types.ModuleType("__main__")
     module.__file__ = os.path.abspath(path)
     module.__builtins__ = __builtins__  # type: ignore[attr-defined]
+    tracer.namespace = module.__dict__
     saved = (sys.argv, list(sys.path), sys.modules.get("__main__"), os.getcwd())
     sys.argv = [path] + list(argv or [])
     sys.path.insert(0, os.path.dirname(os.path.abspath(path)))

@@ -23,6 +23,7 @@ from ..autograd.attrs import grad_fn_name
 from ..judge.backward_values import dense
 from ..report.run import BACKWARD_ON as _BACKWARD_ON
 from .script_infos import Backward, TensorInfo
+from .script_names import name_leaves
 from .tracer_sites import _PACKAGE_DIR, _user_frame, dispatching_frame, internal_file
 
 __all__ = ["BackwardCalls", "RAISED"]
@@ -311,6 +312,10 @@ class BackwardCalls:
                 ev.verified, ev.reasons = False, [self.stopped]
                 return self.call_as(dispatching_frame(sys._getframe()), func, args, kwargs)
             self._memory_looked()
+            try:
+                name_leaves(self.unnamed_leaves, self.namespace)
+            except Exception:  # noqa: BLE001 - a name is for the report: none is found where this fails
+                pass
             try:
                 plan = self.verifier.plan(self, ev, outs, grads, inputs, create, only)
                 self._stale_reached(plan)

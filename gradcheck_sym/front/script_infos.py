@@ -46,6 +46,9 @@ class TensorInfo:
     # a leaf its own line's statement goes on to use (`b = torch.ones(5, requires_grad=True) * 2`): the line's name
     # is the result's, not the leaf's
     inner: bool = False
+    # a parameter's path in a module the script held at a backward (`model.fc.weight`), for one whose module the
+    # script no longer holds at its end (`model` rebound to the next section's network)
+    path: str | None = None
     internal: bool = False  # made inside a custom Function's forward: no backward of the script's fills its .grad
     hook_changed: int = -1  # the last backward (index) in which one of its hooks changed its gradient
     # (backward index, its .grad when a post-accumulate-grad hook was given it: what the backward made, before the

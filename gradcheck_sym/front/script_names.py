@@ -18,7 +18,7 @@ import torch
 from ..report.run import assigned_name
 from .script_infos import DETACHED
 
-__all__ = ["row_names"]
+__all__ = ["row_names", "name_leaves"]
 
 
 def _module_paths(namespace: dict[str, Any]) -> dict[int, str]:
@@ -32,6 +32,38 @@ def _module_paths(namespace: dict[str, Any]) -> dict[int, str]:
             except Exception:  # noqa: BLE001 - a module that cannot list its parameters: no names from it
                 continue
     return out
+
+
+def _walked_paths(namespace: dict[str, Any]) -> dict[int, str]:
+    """`_module_paths` while the script runs: read from the modules' own dicts of parameters and submodules, so that
+    none of the script's code runs (a module's overridden `named_parameters` could print)."""
+    out: dict[int, str] = {}
+    todo = [(name, value, 0) for name, value in list(namespace.items())
+            if not name.startswith("_") and isinstance(value, torch.nn.Module)]
+    while todo:
+        prefix, module, depth = todo.pop()
+        own = vars(module)
+        for pname, p in (own.get("_parameters") or {}).items():
+            if isinstance(p, torch.Tensor):
+                out.setdefault(id(p), f"{prefix}.{pname}")
+        if depth < 32:
+            todo.extend((f"{prefix}.{cname}", c, depth + 1) for cname, c in (own.get("_modules") or {}).items()
+                        if isinstance(c, torch.nn.Module))
+    return out
+
+
+def name_leaves(infos: list[Any], namespace: dict[str, Any] | None) -> None:
+    """Give the leaves first seen since the last backward (`infos`, emptied) their paths in the modules the script
+    holds now: a network the script rebinds later (a tutorial's `model` for each of its sections) keeps its
+    parameters' names (`model.lin.weight (line 25)`), not `leaf #0`."""
+    pending, infos[:] = list(infos), []
+    if not namespace or not pending:
+        return
+    paths = _walked_paths(namespace)
+    for info in pending:
+        t = info.ref()
+        if t is not None and info.path is None and id(t) in paths:
+            info.path = paths[id(t)]
 
 
 _NOT_PLAIN = (torch.Tensor, torch.nn.Module, type, types.ModuleType, types.FunctionType, types.MethodType,
@@ -121,6 +153,8 @@ def row_names(tracer: Any, namespace: dict[str, Any]) -> dict[int, str]:
             detached = _detached_expression(info)
             if detached:
                 names[info.serial] = f"{detached} (line {info.line})"
+            elif info.path is not None:
+                names[info.serial] = f"{info.path} (line {info.line})"
             elif target and info.inner:
                 names[info.serial] = f"leaf in {target} (line {info.line})"
             elif target:

@@ -88,6 +88,8 @@ class ScriptTracer(BackwardCalls, OptimizerSteps, ScriptMemory, DiscardedCuts, T
         self._stale_pending: list[tuple[Note, frozenset[int]]] = []
         self._memory_looked()
         self.custom_calls = CustomCalls()  # kept for a float64 replay of their backward (judge.replay)
+        self.namespace: dict[str, Any] | None = None  # the script's globals (set by the runner: names at backwards)
+        self.unnamed_leaves: list[TensorInfo] = []  # leaves first seen since the last backward (`name_leaves`)
 
     # ------------------------------------------------------------ leaves and infos
     def _unknown(self, t: torch.Tensor) -> Any:
@@ -133,6 +135,7 @@ class ScriptTracer(BackwardCalls, OptimizerSteps, ScriptMemory, DiscardedCuts, T
             info.internal = t._base is not None and in_custom_forward()
             self.infos[id(t)] = info
             self.all_infos.add(info)
+            self.unnamed_leaves.append(info)
         info.version = version
         value = handle.value  # the leaf's float64 copy (never written in place), or an alias of a float64 leaf
         own = value.layout == torch.strided == t.layout and value.data_ptr() != t.data_ptr()
