@@ -2928,3 +2928,33 @@ def test_a_network_the_script_rebinds_later_keeps_its_parameters_names(tmp_path)
         ("model.lin.weight (line 9)", "ok", (2, 2)), ("model.lin.bias (line 9)", "ok", (2, 2)),
         ("model.0.weight", "ok", (1, 1)), ("model.0.bias", "ok", (1, 1)), ("model.2.weight", "ok", (1, 1)),
         ("model.2.bias", "ok", (1, 1))], str(report)
+
+
+def test_parameters_in_a_list_attribute_of_the_script_s_object_are_named_by_it(tmp_path):
+    # a textbook's RNN from scratch: `get_params` makes each tensor and sets requires_grad in a loop, the model object
+    # keeps the list; the four parameters of two models were one row `param (line 7) ×4`
+    path = _script(tmp_path, textwrap.dedent("""\
+        import torch
+        torch.manual_seed(0)
+
+        def get_params(n):
+            params = [torch.randn(n, n) * 0.1, torch.zeros(n)]
+            for param in params:
+                param.requires_grad_(True)
+            return params
+
+        class Scratch:
+            def __init__(self, n):
+                self.params = get_params(n)
+            def __call__(self, X):
+                W, b = self.params
+                return torch.tanh(X @ W + b)
+
+        net, net2 = Scratch(3), Scratch(3)
+        for model in (net, net2):
+            model(torch.randn(4, 3)).sum().backward()
+        """))
+    report = gs.run_script(path)
+    assert report.ok and report.summary["verified"] == 2, str(report)
+    assert [(r.name, r.status) for r in report.tensors if r.is_leaf] == [
+        (f"{n}.params[{i}]", "ok") for n in ("net", "net2") for i in (0, 1)], str(report)

@@ -94,10 +94,17 @@ def _attributes(value: Any) -> dict[str, Any]:
 
 def _attribute_paths(path: str, obj: Any, bound: dict[int, str]) -> None:
     """Name the tensors held by attributes of one of the script's own objects (makemore's hand-written Linear and
-    BatchNorm1d layers: ``layers[0].weight``), where not named already."""
+    BatchNorm1d layers: ``layers[0].weight``; a textbook's RNN from scratch: ``net.params[0]``), where not named
+    already."""
     for attr, value in list(_attributes(obj).items()):
-        if isinstance(value, torch.Tensor) and isinstance(attr, str) and not attr.startswith("_"):
+        if not isinstance(attr, str) or attr.startswith("_"):
+            continue
+        if isinstance(value, torch.Tensor):
             bound.setdefault(id(value), f"{path}.{attr}")
+        elif type(value) in (list, tuple) and len(value) <= 64:
+            for i, e in enumerate(value):
+                if isinstance(e, torch.Tensor):
+                    bound.setdefault(id(e), f"{path}.{attr}[{i}]")
 
 
 _DETACH = re.compile(r"([A-Za-z_][\w.]*(?:\[[^\]]*\])?)\.detach\(\)")
