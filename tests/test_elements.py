@@ -257,3 +257,18 @@ def test_the_float_cheap_test_equals_the_vectorised_one_and_leaves_storage_less_
     zero = torch._efficientzerotensor(3, dtype=torch.float64)  # (double backward hands these out)
     assert not cheap_floats(zero, _f64(0.0, 0.0, 0.0), U32)
     assert classify(zero, _f64(0.0, 0.0, 0.0), u=U32, tiny=TINY32, bound=lambda: None).ok
+
+
+def test_a_gradient_zero_in_the_math_within_rounding_of_zero_is_not_a_mismatch_beyond_one_measured_sample() -> None:
+    # A conv's bias before a training-mode batch norm (a mixup tutorial's): exact 1e-17 (0 in the math), autograd's
+    # float32 value 5.3e-7, 10x our float32 recomputation's noise (5.3e-8) under a worst-case bound of 4.0 that says
+    # nothing.  Within FOREIGN_NOISE times that noise and within sqrt(u) of the call's largest gradient (0.17): the
+    # rounding of a zero.  Beyond sqrt(u) of the call, or where the exact value is not 0, still a mismatch.
+    r = _f64(-3.5e-18, 7e-18, 1e-17)
+    kw = dict(u=U32, tiny=TINY32, bound=lambda: _f64(4.0, 4.0, 4.0), measured=lambda: _f64(5.3e-8, 5.3e-8, 5.3e-8),
+              scale=0.17, zero_below=U32**0.5 * 0.17, context=0.17, wide_at=WIDE)
+    v = classify(r + _f64(5.3e-7, 0.0, -2e-7), r, **kw)
+    assert v.ok and v.loose == 0 and v.unmeasured == 0
+    assert list(classify(r + _f64(1e-4, 0.0, 0.0), r, **kw).masks) == ["mismatch"]  # beyond 4e-5: not rounding
+    nonzero = _f64(1e-3, 2e-3, 3e-3)
+    assert list(classify(nonzero + _f64(5.3e-7, 0.0, 0.0), nonzero, **kw).masks) == ["mismatch"]
