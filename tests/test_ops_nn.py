@@ -133,6 +133,11 @@ CASES = [
      (t(1, 4, 3, 2), t(1, 2, 4, 2), t(1, 2, 4, 2), t(3, 4))),
     ("sdpa dropout", seeded(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, dropout_p=0.3)),
      (t(2, 3, 4), t(2, 3, 4), t(2, 3, 4))),
+    # a nanoGPT's heads: (B, T, H, E) transposed to (B, H, T, E), head size = sequence length (the mask was drawn in
+    # the transposed query's memory order)
+    ("sdpa dropout transposed heads", seeded(lambda q, k, v: F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=0.3, is_causal=True)),
+     (t(2, 4, 2, 4), t(2, 4, 2, 4, seed=1), t(2, 4, 2, 4, seed=2))),
     ("_softmax_backward_data", lambda g, y: torch._softmax_backward_data(g, y, 1, g.dtype),
      (t(2, 3), t(2, 3, seed=1))),
     # recurrent layers as nn.LSTM / nn.GRU / nn.RNN call them: (input, hx, weights, has_biases, layers, dropout,

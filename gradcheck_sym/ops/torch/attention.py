@@ -143,11 +143,18 @@ def _sdpa(c: Ctx, a: Args) -> Any:
     noise = None
     if a.dropout_p > 0:  # torch.dropout on the weights: the mask has the weights' shape
         shape = tuple(torch.broadcast_shapes(q.shape[:-1] + (S,), k.shape[:-2] + (L, S)))
-        noise = (draw_mask(c, q, float(a.dropout_p), shape) / (1 - float(a.dropout_p))).to(F64)
+        # (drawn into a new contiguous tensor, as torch's softmax output is: `empty_like(q)` kept a transposed q's
+        # memory order where its shape happened to be the weights' (head size = sequence length), a nanoGPT's)
+        noise = (draw_mask(c, _fresh(q, shape), float(a.dropout_p), shape) / (1 - float(a.dropout_p))).to(F64)
     out, _ = attend(c.v(q), hk, hv, mask, scale, safe=True, noise=noise)
     if noise is not None and not _close(value_of(out), c.out):
         raise Refused("the dropout mask of scaled_dot_product_attention could not be recovered")
     return P.reshape(out, tuple(c.out.shape))
+
+
+def _fresh(like: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """A new contiguous tensor of `shape` on `like`'s device and dtype (what torch draws an attention mask into)."""
+    return torch.empty(shape, dtype=like.dtype, device=like.device)
 
 
 def _close(mine: torch.Tensor, theirs: torch.Tensor) -> bool:
@@ -223,7 +230,7 @@ def _mha(c: Ctx, a: Args) -> Any:
     noise = None
     if a.training and a.dropout_p > 0:  # dropout on the weights (N*H, L, S), replayed
         p = float(a.dropout_p)
-        noise = (draw_mask(c, a.query, p, (N * H, L, S)) / (1 - p)).to(F64)
+        noise = (draw_mask(c, _fresh(a.query, (N * H, L, S)), p, (N * H, L, S)) / (1 - p)).to(F64)
     out, weights = attend(q, k, v, mask, 1 / math.sqrt(hd), safe=not a.need_weights, noise=noise)
     out = P.reshape(P.permute(out, (1, 0, 2)), (L * N, E))
     out = P.reshape(_linear(out, c.v(a.out_proj_weight), None if a.out_proj_bias is None else c.v(a.out_proj_bias)),
