@@ -22,33 +22,24 @@ __all__ = ["row_names", "name_leaves"]
 
 
 def _module_paths(namespace: dict[str, Any]) -> dict[int, str]:
-    """id(parameter) -> ``model.0.weight`` for the modules the script left in its namespace."""
+    """id(parameter) -> ``model.0.weight`` for the modules in the script's namespace, in `named_parameters`' order
+    (a parameter two modules share is named after the first), read from the modules' own dicts of parameters and
+    submodules: asked while the script runs too (`name_leaves`), where no code of the script's may run (a module's
+    own `named_parameters` could print)."""
     out: dict[int, str] = {}
-    for name, value in namespace.items():
-        if isinstance(value, torch.nn.Module) and not name.startswith("_"):
-            try:
-                for pname, p in value.named_parameters():
-                    out.setdefault(id(p), f"{name}.{pname}")
-            except Exception:  # noqa: BLE001 - a module that cannot list its parameters: no names from it
-                continue
-    return out
 
-
-def _walked_paths(namespace: dict[str, Any]) -> dict[int, str]:
-    """`_module_paths` while the script runs: read from the modules' own dicts of parameters and submodules, so that
-    none of the script's code runs (a module's overridden `named_parameters` could print)."""
-    out: dict[int, str] = {}
-    todo = [(name, value, 0) for name, value in list(namespace.items())
-            if not name.startswith("_") and isinstance(value, torch.nn.Module)]
-    while todo:
-        prefix, module, depth = todo.pop()
+    def walk(prefix: str, module: torch.nn.Module, depth: int) -> None:
         own = vars(module)
         for pname, p in (own.get("_parameters") or {}).items():
             if isinstance(p, torch.Tensor):
                 out.setdefault(id(p), f"{prefix}.{pname}")
-        if depth < 32:
-            todo.extend((f"{prefix}.{cname}", c, depth + 1) for cname, c in (own.get("_modules") or {}).items()
-                        if isinstance(c, torch.nn.Module))
+        for cname, child in (own.get("_modules") or {}).items():
+            if isinstance(child, torch.nn.Module) and depth < 32:  # (a module that holds itself ends here)
+                walk(f"{prefix}.{cname}", child, depth + 1)
+
+    for name, value in list(namespace.items()):
+        if not name.startswith("_") and isinstance(value, torch.nn.Module):
+            walk(name, value, 0)
     return out
 
 
@@ -59,7 +50,7 @@ def name_leaves(infos: list[Any], namespace: dict[str, Any] | None) -> None:
     pending, infos[:] = list(infos), []
     if not namespace or not pending:
         return
-    paths = _walked_paths(namespace)
+    paths = _module_paths(namespace)
     for info in pending:
         t = info.ref()
         if t is not None and info.path is None and id(t) in paths:

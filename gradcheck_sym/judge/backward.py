@@ -330,7 +330,7 @@ class BackwardVerifier(ReplayDecisions):
 
     def _classify(self, tr: Any, plan: Plan, t: torch.Tensor, var: Any, a: Any, r: Any, base: Any, cut: Any,
                   u: float, tiny: float, shape: tuple[int, ...], scale: float | None,
-                  line: int = 0) -> tuple[Any, list[bool]]:
+                  line: int) -> tuple[Any, list[bool]]:
         """The verdict ladder (`judge.elements.classify`) for one gradient, with this backward's rounding bound, its
         measured noise and its custom Functions; and whether the measured noise was used."""
         slack = accumulation_slack(base, a, u)

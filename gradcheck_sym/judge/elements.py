@@ -198,7 +198,7 @@ def classify(a: torch.Tensor, r: torch.Tensor, *, u: float, tiny: float, bound: 
         inside = bad & finite & ((A - R).abs() <= worst + extra)
         unmeasured = int(inside.sum())
         bad = bad & ~inside
-    if worst is not None and scale is not None and any_true(bad):
+    if worst is not None and any_true(bad):  # (`scale` is set wherever a measured noise was)
         # A gradient 0 in the math (a conv's bias before a batch norm in training: its float32 value is the sum of
         # 32,768 terms that cancel) is rounding alone, and torch's batch-norm kernel rounds those terms its own way:
         # 8x to 14x our recomputation's sample at 5 of a mixup tutorial's 30 calls.  Within the band where a measured
