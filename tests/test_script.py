@@ -910,6 +910,8 @@ def test_script_that_raises_shows_its_traceback_and_what_was_verified(tmp_path, 
 def test_script_without_autograd_says_so(tmp_path):
     report = gs.run_script(_script(tmp_path, "import numpy as np\nprint(np.arange(3).sum())\n"))
     assert [f.kind for f in report.findings] == ["no-autograd"] and report.ok
+    # the last line vouches for nothing: no "OK: 0 gradients checked"
+    assert render_run_text(report).rstrip().splitlines()[-1] == "NOTHING TO VERIFY: the script did no backward"
 
 
 def test_ordinary_python_still_runs(tmp_path, capsys):

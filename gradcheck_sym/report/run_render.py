@@ -262,7 +262,11 @@ def render_run_text(report: RunReport, *, width: int = 100, color: bool = False,
         console.print(Text(report.error), soft_wrap=True)
     verdict = Text()
     errors = sum(1 for f in report.findings if f.severity == "error")
-    if report.ok:
+    if report.ok and any(f.kind == "no-autograd" for f in report.findings):
+        # (not "OK: 0 gradients checked": nothing was compared, so nothing is vouched for)
+        verdict.append("NOTHING TO VERIFY", style="bold yellow")
+        verdict.append(": the script did no backward")
+    elif report.ok:
         verdict.append("OK", style="bold green")
         n = report.summary.get('gradients', 0)
         verdict.append(f": {n} gradient{'' if n == 1 else 's'} checked, no error")
