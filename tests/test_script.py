@@ -315,8 +315,35 @@ def test_a_leaf_changed_in_place_between_a_forward_and_its_backward(tmp_path, ca
     assert report.ok and report.findings == (), report.findings
     assert report.summary["verified"] == 3 and report.summary["not_verified"] == 0
     w = _row(report, "w")
-    assert (w.status, w.checks) == ("ok", (3, 3)) and w.exacts[:2] == ([4.0, 6.0], [26.0, 48.0]), w
+    # (the third backward does not reach w: nothing of w is compared there)
+    assert (w.status, w.checks) == ("ok", (2, 2)) and w.exacts[:2] == ([4.0, 6.0], [26.0, 48.0]), w
     assert _row(report, "lin.bias").status == "ok"
+
+
+def test_a_model_trained_after_another_leaves_the_first_ones_rows_as_its_own_backwards_left_them(tmp_path):
+    # A GRU then an LSTM trained from scratch in one script: the LSTM's backwards never reach the GRU's parameters,
+    # whose .grad the training loop zeroed.  Their rows showed .grad 0 = exact 0, with the LSTM's calls counted as
+    # their checks (60/60 for 30 backwards of their own).
+    path = _script(tmp_path, textwrap.dedent("""\
+        import torch
+        torch.manual_seed(0)
+        a = torch.randn(3, requires_grad=True)
+        b = torch.randn(3, requires_grad=True)
+        for p in (a, b):
+            for step in range(3):
+                loss = (p * torch.arange(1.0, 4.0)).sin().sum()
+                loss.backward()
+                with torch.no_grad():
+                    p -= 0.1 * p.grad
+                    p.grad.zero_()
+        """))
+    report = gs.run_script(path)
+    assert report.ok and report.summary["verified"] == 6
+    for name in ("a", "b"):
+        row = _row(report, name)
+        assert row.checks == (3, 3), row
+        # its last own backward's gradient, not the zeroed .grad that the other's backwards left untouched
+        assert min(abs(x) for x in row.exact) > 0.01, row
 
 
 def test_a_detached_copy_made_a_leaf_is_its_own_leaf_even_when_its_storage_is_written(tmp_path, capsys):
@@ -2299,6 +2326,17 @@ def test_a_narrow_table_gives_way_by_whole_numbers_and_keeps_names_whole():
     if summary.group(1):
         assert float(summary.group(1)) == pytest.approx(-0.04014, rel=0.05)
         assert float(summary.group(2)) == pytest.approx(0.02834, rel=0.05)
+
+
+def test_a_summary_of_small_numbers_keeps_a_range_in_a_narrow_cell():
+    from gradcheck_sym.report.run_render import _shorten
+
+    # an LSTM weight's gradient: at 2 digits "[28x32] -1.3e-05..1.4e-06" (25) did not fit 23, and the shape stood alone
+    cell = "[28x32] -1.318e-05..1.406e-06"
+    assert _shorten(cell, 23) == "[28x32] -1.3e-5..1.4e-6"
+    assert _shorten(cell, 19) == "[28x32] -1e-5..1e-6"
+    assert _shorten(cell, 12) == "[28x32]"
+    assert _shorten(cell, 40) == cell
 
 
 def test_full_lays_the_table_out_as_wide_as_it_needs(tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import io
 import math
+import re
 import textwrap
 from typing import Any
 
@@ -148,6 +149,11 @@ _SHRINK = (".grad", "exact", "value")  # the cells that give way, by whole numbe
 _PAIRED = (".grad", "exact")  # side by side, read against each other: they give way together
 
 
+def _tight(x: float, digits: int) -> str:
+    """`x` to `digits` significant digits, its exponent without a leading zero (1.4e-06 as 1.4e-6)."""
+    return re.sub(r"e([+-])0(\d)", r"e\1\2", f"{x:.{digits}g}")
+
+
 def _shorten(text: str, budget: int) -> str:
     """`text` (a value cell) in at most `budget` characters without splitting a number: a list keeps its first
     elements, a summary its range to fewer digits, else its shape alone; anything else is left as it is."""
@@ -160,8 +166,8 @@ def _shorten(text: str, budget: int) -> str:
         except ValueError:
             pass
         else:
-            for digits in (3, 2):
-                short = f"{head}] {low:.{digits}g}..{high:.{digits}g}"
+            for digits in (3, 2, 1):
+                short = f"{head}] {_tight(low, digits)}..{_tight(high, digits)}"
                 if len(short) <= budget:
                     return short
         return head + "]" if len(head) + 1 <= budget else text
