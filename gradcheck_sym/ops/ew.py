@@ -84,6 +84,9 @@ class EwFn:
         self.rel_scale = rel_scale
         self._derivs: dict[int, EwFn] = {}
         self.unbranched: EwFn | None = None  # for a `branched` function: the function it was made from
+        # a convolution's bias added to its result (`ops.torch.conv`): the geometry whose kernel torch sums the
+        # bias's gradient with (`ops.prims_movement.kernel_sum`); None for any other function
+        self.bias_kernel: tuple[Any, ...] | None = None
 
     def __repr__(self) -> str:
         return f"EwFn({self.name})"

@@ -138,7 +138,7 @@ def _ew_vjp(cts: list[Any], ins: Sequence[Any], outs: Sequence[Any], fn: EwFn,
             term = ew(ZMUL, g, ins[d.arg])
         else:
             term = ew(ZMUL, g, ew(d, *ins))
-        res.append(sum_to(term, shape_of(a)))
+        res.append(sum_to(term, shape_of(a), kernel=fn.bias_kernel if i == 1 else None))
     return res
 
 

@@ -18,6 +18,7 @@ convolution backward.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Sequence
 
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from .. import conv_prims as CP
 from .. import prims as P
 from .. import windows
-from .linalg import plus
+from ..ew import ADD, EwFn
 from .registry import Args, Ctx, rule
 
 __all__ = ["window_index", "ntuple", "batched", "as_batched"]
@@ -106,7 +107,8 @@ def conv(c: Ctx, xt: torch.Tensor, w: torch.Tensor, bias: Any, stride: Any, padd
         # the convolution primitive (`ops.conv_prims`): nothing of the windows kept
         out = CP.conv(h, c.v(w), stride=st, padding=tuple(lo for lo, _ in pads), dilation=dil, groups=int(groups))
         if bias is not None:
-            out = plus(out, P.reshape(c.v(bias), (w.shape[0],) + (1,) * nd))
+            out = _bias(c, out, bias, (xs, tuple(w.shape), st, tuple(lo for lo, _ in pads), dil, False, (0,) * nd,
+                                       int(groups)))
         return out if batched(xt, nd) else P.reshape(out, P.shape_of(out)[1:])
     index = window_index(xs, k, st, pads, dil)  # (N, C, *out, *k)
     out_sp = tuple(index.shape[2:2 + nd])
@@ -120,7 +122,9 @@ def conv(c: Ctx, xt: torch.Tensor, w: torch.Tensor, bias: Any, stride: Any, padd
     out = P.matmul(cols, wm)  # (N, g, L, Og)
     out = P.reshape(P.permute(out, (0, 1, 3, 2)), (n, o) + out_sp)
     if bias is not None:
-        out = plus(out, P.reshape(c.v(bias), (o,) + (1,) * nd))
+        same = all(lo == hi for lo, hi in pads)  # (torch pads an uneven 'same' itself: no one call of its kernel)
+        out = _bias(c, out, bias, (xs, tuple(w.shape), st, tuple(lo for lo, _ in pads), dil, False, (0,) * nd,
+                                   int(groups)) if same else None)
     return out if batched(xt, nd) else P.reshape(out, (o,) + out_sp)
 
 
@@ -155,7 +159,7 @@ def conv_transpose(c: Ctx, xt: torch.Tensor, w: torch.Tensor, bias: Any, stride:
         # positions, which the primitive's size covers
         out = CP.conv_tin(h, c.v(w), size=(cout,) + osz, stride=st, padding=pad, dilation=dil, groups=g)
         if bias is not None:
-            out = plus(out, P.reshape(c.v(bias), (cout,) + (1,) * nd))
+            out = _bias(c, out, bias, _transposed(xs, w, st, pad, dil, g, osz))
         return out if batched(xt, nd) else P.reshape(out, tuple(out_shape))
     full = (n, cout) + tuple(osz[i] + 2 * pad[i] for i in range(nd))
     index = window_index(full, k, st, [(0, 0)] * nd, dil, out_sizes=xs[2:])  # (N, Cout, *in, *k)
@@ -173,8 +177,32 @@ def conv_transpose(c: Ctx, xt: torch.Tensor, w: torch.Tensor, bias: Any, stride:
             crop = crop.narrow(2 + i, pad[i], osz[i])
         out = P.take(out, crop)
     if bias is not None:
-        out = plus(out, P.reshape(c.v(bias), (cout,) + (1,) * nd))
+        out = _bias(c, out, bias, _transposed(xs, w, st, pad, dil, g, osz))
     return out if batched(xt, nd) else P.reshape(out, tuple(out_shape))
+
+
+def _transposed(xs: Sequence[int], w: torch.Tensor, st: Sequence[int], pad: Sequence[int], dil: Sequence[int],
+                groups: int, osz: Sequence[int]) -> tuple[Any, ...]:
+    """A transposed convolution's geometry for `_bias` (its output padding: what the output size adds)."""
+    k = tuple(w.shape[2:])
+    extra = tuple(int(osz[i] - ((xs[2 + i] - 1) * st[i] - 2 * pad[i] + dil[i] * (k[i] - 1) + 1)) for i in range(len(k)))
+    return (tuple(xs), tuple(w.shape), tuple(st), tuple(pad), tuple(dil), True, extra, int(groups))
+
+
+def _bias(c: Ctx, out: Any, bias: torch.Tensor, kernel: tuple[Any, ...] | None) -> Any:
+    """`out` (N, C, *spatial) plus a convolution's bias, per channel; its gradient summed, in a float32 sample of
+    rounding, by the kernel of the convolution of geometry `kernel` (`ops.prims_movement.kernel_sum`)."""
+    nd = len(P.shape_of(out)) - 2
+    return P.ew(_bias_add(kernel), out, P.reshape(c.v(bias), (P.shape_of(out)[1],) + (1,) * nd))
+
+
+@functools.lru_cache(maxsize=256)
+def _bias_add(kernel: tuple[Any, ...] | None) -> EwFn:
+    if kernel is None:
+        return ADD
+    fn = EwFn("add", ADD.expr, 2)  # (its own: the kernel is this function's, not every addition's)
+    fn.bias_kernel = kernel
+    return fn
 
 
 def _conv_t_rule(nd: int) -> Any:
