@@ -3027,3 +3027,25 @@ def test_conv_biases_whose_gradients_cancel_are_compared_with_the_kernels_roundi
     assert report.ok and report.findings == () and report.summary["verified"] == 8, str(report)
     hooked = gs.run_script(_script(tmp_path, text.replace("HOOK", "model[0].bias.register_hook(lambda g: g * 1.005)")))
     assert [(f.kind, f.tensor) for f in hooked.findings if f.kind == "hook"] == [("hook", "model.0.bias")]
+
+
+def test_a_leaf_replaced_before_any_use_has_no_row(tmp_path):
+    # weight tying: the embedding's own weight, replaced by the head's in __init__, is gone and nothing used it (a
+    # GPT showed "unnamed leaves (line 72) not reached" under its parameters)
+    path = _script(tmp_path, textwrap.dedent("""\
+        import torch
+        import torch.nn as nn
+        class LM(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.wte = nn.Embedding(10, 4)
+                self.head = nn.Linear(4, 10, bias=False)
+                self.wte.weight = self.head.weight
+            def forward(self, idx):
+                return self.head(self.wte(idx))
+        m = LM()
+        nn.functional.cross_entropy(m(torch.tensor([1, 2, 3])), torch.tensor([2, 3, 4])).backward()
+        """))
+    report = gs.run_script(path)
+    assert report.ok and [r.name for r in report.tensors] == ["m.wte.weight"], str(report)
+    assert [n[1] for n in report.graph["nodes"]] == ["m.wte.weight"]  # (nor a node in the picture)

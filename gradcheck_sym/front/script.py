@@ -237,6 +237,13 @@ def _shown(info: Any) -> bool:
     return not (info.hidden or (not info.checks and (info.internal or not (info.leaf or info.retains))))
 
 
+def _gone_unused(info: Any, name: str) -> bool:
+    """An unnamed leaf that is gone and that nothing ever used: a weight tying's replaced embedding (`wte.weight =
+    lm_head.weight` in a GPT showed "unnamed leaves (line 72) not reached" under its parameters)."""
+    return name.startswith("leaf #") and not info.checks and info.ref() is None and \
+        not (info.cut or info.retains or info.hooks)
+
+
 def _rows(tracer: ScriptTracer, names: dict[int, str]) -> list[TensorRow]:
     returned = {b.index for b in tracer.backwards if b.kind == "autograd.grad"}
     groups: dict[tuple[str, int, str], list[Any]] = {}
@@ -257,9 +264,11 @@ def _rows(tracer: ScriptTracer, names: dict[int, str]) -> list[TensorRow]:
             # 22) not reached` beside W1's row).  Where the name went to a constant (`W = W * 0.01` under no_grad: W
             # is never trained) the row stays: it is the hint
             continue
+        if _gone_unused(info, name):
+            continue
         if name.startswith("leaf #") and not info.checks:
             # leaves no name reaches and no backward reached (the layer nn.TransformerEncoder copies, a module made
-            # and dropped): one row per line, not one each
+            # and dropped, while alive): one row per line, not one each
             name = f"unnamed leaves (line {info.line})"
         base = name.split(" (line ")[0]
         if (base, info.line) in plain:
@@ -445,7 +454,9 @@ def _dedupe(findings: list[RunFinding]) -> list[RunFinding]:
 
 def _graph(tracer: ScriptTracer, names: dict[int, str]) -> dict[str, Any]:
     """Nodes (one per tensor the table shows) and the edges between them, for `report.run_picture`."""
-    shown = {i.serial for i in tracer.all_infos if not (i.hidden or i.internal)}  # (named by the script's lines)
+    used = {x for a, b, _ in tracer.edges for x in (a, b)}
+    shown = {i.serial for i in tracer.all_infos if not (i.hidden or i.internal) and not (
+        i.serial not in used and _gone_unused(i, names[i.serial]))}  # (named by the script's lines)
     nodes = [(i.serial, names[i.serial], i.leaf, i.line, i.checks[-1][3] if i.checks else (i.cut or ""))
              for i in tracer.all_infos if i.serial in shown]
     # an edge through a line's intermediates (no row of their own) joins the named tensors at its ends, labelled
