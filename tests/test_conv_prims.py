@@ -311,3 +311,22 @@ def test_a_conv_bias_sum_in_float32_is_the_kernels_own(module):
     assert torch.equal(got.reshape(-1), m.bias.grad)  # bit for bit
     assert got.shape == plain.shape == exact.shape == (1, g.shape[1]) + (1,) * nd
     assert torch.equal(exact, g.double().sum(dims, keepdim=True))  # float64: a plain sum (the reference's value)
+
+
+def test_a_float64_bias_sum_sampled_in_float32_is_not_the_float32_kernels():
+    # float64's rounding is sampled in float32 (a stand-in): torch's float64 convolution sums a bias's gradient as
+    # torch.sum does, 9x less rounding than the float32 kernel's, so the stand-in sample does not call that kernel
+    from gradcheck_sym.ops.core import PRIMS
+    from gradcheck_sym.ops.prims_movement import kernel_sum
+    from gradcheck_sym.reference.rounded import Rounding
+
+    torch.manual_seed(0)
+    g = torch.randn(64, 16, 16, 16, dtype=F64)
+    kernel = ((64, 8, 16, 16), (16, 8, 3, 3), (1, 1), (1, 1), (1, 1), False, (0, 0), 1)
+    params = {"dims": (0, 2, 3), "keepdim": True, "kernel": kernel}
+    own, stand_in = Rounding(), Rounding({F64: torch.float32})
+    own.dtype, stand_in.dtype = torch.float32, F64
+    by_kernel = kernel_sum(g.float(), kernel).reshape(1, 16, 1, 1)
+    assert torch.equal(own.process(PRIMS["sum"], (g.float(),), params), by_kernel)
+    sampled = stand_in.process(PRIMS["sum"], (g,), params)
+    assert torch.equal(sampled, g.float().sum((0, 2, 3), keepdim=True)) and not torch.equal(sampled, by_kernel)

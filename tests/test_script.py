@@ -3049,3 +3049,55 @@ def test_a_leaf_replaced_before_any_use_has_no_row(tmp_path):
     report = gs.run_script(path)
     assert report.ok and [r.name for r in report.tensors] == ["m.wte.weight"], str(report)
     assert [n[1] for n in report.graph["nodes"]] == ["m.wte.weight"]  # (nor a node in the picture)
+
+
+def test_an_op_handing_a_parameter_back_under_no_grad_leaves_its_row(tmp_path):
+    # Normal(w_mu, sigma) broadcasts its arguments; torch.broadcast_tensors of same-shaped tensors returns them
+    # as they are.  Under no_grad that marked the parameter itself "made under no_grad" and a second such pass hid
+    # its row (a Bayes-by-backprop tutorial's w_mu and b_mu had none)
+    path = _script(tmp_path, textwrap.dedent("""\
+        import torch
+        from torch.distributions import Normal
+        w_mu = torch.nn.Parameter(torch.randn(2, 3))
+        for step in range(3):
+            (w_mu * 2).sum().backward()
+            with torch.no_grad():
+                q = Normal(w_mu, torch.ones(2, 3))
+                w_mu -= 0.1 * w_mu.grad
+                w_mu.grad = None
+        """))
+    report = gs.run_script(path)
+    assert report.ok and report.summary["verified"] == 3
+    row = _row(report, "w_mu")
+    assert (row.status, row.checks, row.exact) == ("ok", (3, 3), [[2.0] * 3] * 2), row
+
+
+def test_a_backward_that_reaches_nothing_again_still_says_what_it_could_not_follow(tmp_path):
+    # (a review of the change that lets a row keep the last backward that reached it) an encoder cut off through
+    # numpy, its .grad zeroed (not None): nothing on either side, but the tracer lost the way, so not verified; a
+    # gradient autograd.grad returned as zeros is still compared, as is a leaf's .grad of zeros no backward reached
+    path = _script(tmp_path, textwrap.dedent("""\
+        import torch, torch.nn as nn
+        torch.manual_seed(0)
+        enc = nn.Linear(4, 8); head = nn.Linear(8, 1)
+        opt = torch.optim.SGD(list(enc.parameters()) + list(head.parameters()), lr=0.1)
+        X = torch.randn(16, 4); Y = torch.randn(16, 1)
+        for step in range(3):
+            h = enc(X) if step == 0 else torch.from_numpy(enc(X).detach().numpy())
+            loss = (head(torch.tanh(h)) - Y).pow(2).mean()
+            opt.zero_grad(set_to_none=False)
+            loss.backward()
+            opt.step()
+        x = torch.randn(3, requires_grad=True)
+        z = torch.randn(3, requires_grad=True)
+        gx, gz = torch.autograd.grad((x.sin() * 2).sum(), [x, z], allow_unused=True, materialize_grads=True)
+        q = torch.randn(3, requires_grad=True)
+        q.grad = torch.zeros(3)
+        (x * 4).sum().backward()
+        """))
+    report = gs.run_script(path)
+    assert (report.summary["verified"], report.summary["not_verified"]) == (3, 2), report.summary
+    assert _row(report, "enc.weight").status == "not verified"
+    assert [(name, got, exact) for b in report.backwards for name, got, exact in b.returned if name == "z"] == [
+        ("z", [0.0, 0.0, 0.0], [0.0, 0.0, 0.0])], report.backwards
+    assert (_row(report, "q").status, _row(report, "q").checks) == ("ok", (1, 1))

@@ -216,10 +216,13 @@ class BackwardVerifier(ReplayDecisions):
         if base is not None and got is not None and got.shape == base.shape and not all_finite(base):
             stuck = ~torch.isfinite(base) & ((got == base) | (torch.isnan(got) & torch.isnan(base)))
             stuck = stuck if any_true(stuck) else None
-        if exact_t is None and (incr is None or all_true((incr == 0) if stuck is None else (stuck | (incr == 0)))):
-            # no gradient on either side (a NaN left in .grad by an earlier backward is not this one's): nothing
-            # compared, and the row keeps the last backward that reached it (a GRU's parameters, while an LSTM
-            # trained after it, showed .grad 0 and twice their checks)
+        if exact_t is None and (incr is None or (stuck is not None and all_true(stuck | (incr == 0)))):
+            return  # no gradient on either side (a NaN left in .grad by an earlier backward is not this one's)
+        if exact_t is None and not returned and info is not None and info.checks and all_true(incr == 0) and not (
+                var is not None and var.id in plan.tainted):
+            # nothing on either side again, after an earlier backward that reached it: its row keeps that one (a
+            # GRU's parameters, while an LSTM trained after them, showed .grad 0 and twice their checks).  (Where
+            # the tracer lost the way, below, it is not verified; where nothing ever reached it, 0 is compared.)
             return
         if info is None:
             info = tr._info(t)

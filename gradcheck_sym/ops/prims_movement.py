@@ -226,8 +226,8 @@ def kernel_sum(g: torch.Tensor, kernel: tuple[Any, ...]) -> torch.Tensor | None:
     kernel cannot be called so."""
     xshape, wshape, stride, padding, dilation, transposed, out_pad, groups = kernel
     try:
-        x = torch.empty((), dtype=g.dtype).expand(xshape)  # (the bias's gradient never reads them)
-        w = torch.empty((), dtype=g.dtype).expand(wshape)
+        x = torch.empty((), dtype=g.dtype, device=g.device).expand(xshape)  # (the bias's gradient never reads them)
+        w = torch.empty((), dtype=g.dtype, device=g.device).expand(wshape)
         got = torch.ops.aten.convolution_backward(g.contiguous(), x, w, [g.shape[1]], list(stride), list(padding),
                                                   list(dilation), bool(transposed), list(out_pad), int(groups),
                                                   [False, False, True])[2]
