@@ -2337,6 +2337,7 @@ def test_a_summary_of_small_numbers_keeps_a_range_in_a_narrow_cell():
     assert _shorten(cell, 19) == "[28x32] -1e-5..1e-6"
     assert _shorten(cell, 12) == "[28x32]"
     assert _shorten(cell, 40) == cell
+    assert _shorten("[8] 1.04..1.449", 10) == "[8] 1..1.4" and _shorten("[8] 1.04..1.449", 9) == "[8]"
 
 
 def test_full_lays_the_table_out_as_wide_as_it_needs(tmp_path):

@@ -167,7 +167,10 @@ def _shorten(text: str, budget: int) -> str:
             pass
         else:
             for digits in (3, 2, 1):
-                short = f"{head}] {_tight(low, digits)}..{_tight(high, digits)}"
+                ends = _tight(low, digits), _tight(high, digits)
+                if ends[0] == ends[1] and low != high:
+                    break  # ("1..1" for 1.04..1.449 would say the entries are equal)
+                short = f"{head}] {ends[0]}..{ends[1]}"
                 if len(short) <= budget:
                     return short
         return head + "]" if len(head) + 1 <= budget else text

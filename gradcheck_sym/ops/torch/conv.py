@@ -107,7 +107,7 @@ def conv(c: Ctx, xt: torch.Tensor, w: torch.Tensor, bias: Any, stride: Any, padd
         # the convolution primitive (`ops.conv_prims`): nothing of the windows kept
         out = CP.conv(h, c.v(w), stride=st, padding=tuple(lo for lo, _ in pads), dilation=dil, groups=int(groups))
         if bias is not None:
-            out = _bias(c, out, bias, (xs, tuple(w.shape), st, tuple(lo for lo, _ in pads), dil, False, (0,) * nd,
+            out = _bias(c, out, bias, (tuple(xs), tuple(w.shape), st, tuple(lo for lo, _ in pads), dil, False, (0,) * nd,
                                        int(groups)))
         return out if batched(xt, nd) else P.reshape(out, P.shape_of(out)[1:])
     index = window_index(xs, k, st, pads, dil)  # (N, C, *out, *k)
@@ -123,7 +123,7 @@ def conv(c: Ctx, xt: torch.Tensor, w: torch.Tensor, bias: Any, stride: Any, padd
     out = P.reshape(P.permute(out, (0, 1, 3, 2)), (n, o) + out_sp)
     if bias is not None:
         same = all(lo == hi for lo, hi in pads)  # (torch pads an uneven 'same' itself: no one call of its kernel)
-        out = _bias(c, out, bias, (xs, tuple(w.shape), st, tuple(lo for lo, _ in pads), dil, False, (0,) * nd,
+        out = _bias(c, out, bias, (tuple(xs), tuple(w.shape), st, tuple(lo for lo, _ in pads), dil, False, (0,) * nd,
                                    int(groups)) if same else None)
     return out if batched(xt, nd) else P.reshape(out, (o,) + out_sp)
 
