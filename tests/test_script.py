@@ -3102,3 +3102,23 @@ def test_a_backward_that_reaches_nothing_again_still_says_what_it_could_not_foll
     assert [(name, got, exact) for b in report.backwards for name, got, exact in b.returned if name == "z"] == [
         ("z", [0.0, 0.0, 0.0], [0.0, 0.0, 0.0])], report.backwards
     assert (_row(report, "q").status, _row(report, "q").checks) == ("ok", (1, 1))
+
+
+def test_a_nan_loss_behind_relu_like_ops_agrees_with_torchs_select(tmp_path):
+    # A REINFORCE loss that is NaN (the std of a one-step episode), the script skipping its update: relu, relu6,
+    # hardtanh, threshold and clamp backwards select, so torch's gradient is 0 where they are flat, NaN elsewhere;
+    # the reference multiplied NaN by their 0 and said "nonfinite" errors.  leaky_relu and a product by 0 multiply
+    # (NaN there in torch and in the reference).
+    path = _script(tmp_path, textwrap.dedent("""\
+        import torch
+        import torch.nn.functional as F
+        x = torch.tensor([-2.0, 0.5, 7.0], requires_grad=True)
+        for f in (torch.relu, F.relu6, F.hardtanh, lambda t: F.threshold(t, 0.1, 20.0), lambda t: t.clamp(-1, 1),
+                  lambda t: t.clamp(min=0), F.leaky_relu, lambda t: t * 0):
+            x.grad = None
+            (f(x) * torch.tensor(float("nan"))).sum().backward()
+            print(x.grad.tolist())
+        """))
+    report = gs.run_script(path)
+    assert report.ok and report.summary["verified"] == 8, str(report)
+    assert {f.kind for f in report.findings} == {"nonfinite-agree"}, str(report)

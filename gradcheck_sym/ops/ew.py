@@ -52,6 +52,9 @@ class EwFn:
             torch computes inaccurately is a sum of terms as large as that partial, which may cancel to
             0 in the math but not in torch's formula (logcumsumexp's second derivative where one element
             dominates its prefix).
+        masks: torch's backward selects (relu's threshold_backward, clamp's, hardtanh's): where the partial
+            is 0 the gradient is 0 even for a NaN or infinite adjoint (the function is flat there), where a
+            product would give NaN.
     """
 
     def __init__(
@@ -69,6 +72,7 @@ class EwFn:
         rel_err: float = 0.0,
         grad_rel_err: float = 0.0,
         rel_scale: sympy.Expr | None = None,
+        masks: bool = False,
     ) -> None:
         self.name = name
         self.expr = expr
@@ -82,6 +86,7 @@ class EwFn:
         self.rel_err = rel_err
         self._grad_rel_err = grad_rel_err
         self.rel_scale = rel_scale
+        self.masks = masks
         self._derivs: dict[int, EwFn] = {}
         self.unbranched: EwFn | None = None  # for a `branched` function: the function it was made from
         # a convolution's bias added to its result (`ops.torch.conv`): the geometry whose kernel torch sums the
@@ -175,7 +180,7 @@ class EwFn:
                    kink=(lambda *a: kink(*a[n:])) if kink is not None else None, convention=self.convention,
                    err_form=self.err_form, grad_forms=forms, rel_err=self.rel_err,
                    rel_scale=branch(self.rel_scale, n) if self.rel_scale is not None else None,
-                   grad_rel_err=self._grad_rel_err)
+                   grad_rel_err=self._grad_rel_err, masks=self.masks)
         out.unbranched = self
         return out
 

@@ -136,6 +136,8 @@ def _ew_vjp(cts: list[Any], ins: Sequence[Any], outs: Sequence[Any], fn: EwFn,
             term = ew(NEG, g)
         elif d.arg is not None:  # d(a*b)/da = b: b itself, one kernel fewer
             term = ew(ZMUL, g, ins[d.arg])
+        elif fn.masks:  # (a select: 0 where the partial is, whatever the adjoint; ZMUL's strong zero is its first)
+            term = ew(ZMUL, ew(d, *ins), g)
         else:
             term = ew(ZMUL, g, ew(d, *ins))
         res.append(sum_to(term, shape_of(a), kernel=fn.bias_kernel if i == 1 else None))

@@ -70,7 +70,7 @@ unary(("logsigmoid", "log_sigmoid"), -sym().log1p(sympy.exp(-x)), torch.nn.funct
 # ---------------------------------------------------------------- piecewise linear
 unary(("relu6",), sympy.Min(sympy.Max(x, 0), 6), torch.nn.functional.relu6,
       partials=[sympy.Piecewise((1, sympy.And(x > 0, x < 6)), (0, True))], kink=lambda t: (t == 0) | (t == 6),
-      convention="torch returns 0 at both bounds")
+      convention="torch returns 0 at both bounds", masks=True)
 # torch's hardsigmoid backward multiplies by a float32 1/6 in every dtype (relative error 3e-8).
 unary(("hardsigmoid",), sympy.Min(sympy.Max(x / 6 + _HALF, 0), 1), torch.nn.functional.hardsigmoid,
       partials=[sympy.Piecewise((sympy.Rational(1, 6), sympy.And(x > -3, x < 3)), (0, True))], grad_rel_err=6e-8,
@@ -85,7 +85,8 @@ def _hardtanh(lo: float, hi: float) -> EwFn:
     return EwFn("hardtanh", sympy.Min(sympy.Max(x, a), b), 1,
                 torch_impl=lambda t: torch.nn.functional.hardtanh(t, lo, hi),
                 partials=[sympy.Piecewise((1, sympy.And(x > a, x < b)), (0, True))],
-                kink=lambda t: (t == lo) | (t == hi), convention="torch returns 0 at both bounds (bounds excluded)")
+                kink=lambda t: (t == lo) | (t == hi), convention="torch returns 0 at both bounds (bounds excluded)",
+                masks=True)
 
 
 fn_rule(("hardtanh",), lambda input, min_val=-1.0, max_val=1.0, inplace=False: 0, _hardtanh, ("min_val", "max_val"))
@@ -126,7 +127,7 @@ def _threshold(threshold: float, value: float) -> EwFn:
     return EwFn("threshold", sympy.Piecewise((x, x > th), (num(value), True)), 1,
                 torch_impl=lambda t: torch.nn.functional.threshold(t, threshold, value),
                 partials=[sympy.Piecewise((1, x > th), (0, True))], kink=lambda t: t == threshold,
-                convention="torch returns 0 at the threshold")
+                convention="torch returns 0 at the threshold", masks=True)
 
 
 fn_rule(("threshold", "_threshold"), lambda input, threshold, value, inplace=False: 0, _threshold,

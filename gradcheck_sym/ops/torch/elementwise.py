@@ -128,14 +128,15 @@ def _overrides() -> dict[str, dict[str, Any]]:
     one_minus_sq = (1 - x) * (1 + x)  # exact factors: 1 - x*x cancels as |x| -> 1
     origin = sympy.And(sympy.Eq(x, 0), sympy.Eq(y, 0))
     return {
-        "relu": {"partials": [H(x, 0)]},
+        # (relu, clamp: their backward selects, a NaN adjoint gives 0 where they are flat: `EwFn.masks`)
+        "relu": {"partials": [H(x, 0)], "masks": True},
         "abs": {"partials": [S.sign(x)]},
         # derivatives.yaml: clamp_backward (x: bounds included), clamp_backward_min_max (strict: a bound
         # gets the gradient only where x passes it *and* min < max; max also wherever max < min).
         "clamp": {"partials": [
             sympy.Piecewise((1, sympy.And(x >= y, x <= z)), (0, True)),
             sympy.Piecewise((1, sympy.And(x < y, y < z)), (0, True)),
-            sympy.Piecewise((1, sympy.Or(x > z, z < y)), (0, True))]},
+            sympy.Piecewise((1, sympy.Or(x > z, z < y)), (0, True))], "masks": True},
         # s*(1 - s) cancels for large x (torch's sigmoid_backward); e/(1 + e)^2 never overflows
         "sigmoid": {"partials": [e / (1 + e) ** 2], "grad_forms": [s * (1 - s)]},
         "tanh": {"grad_forms": [1 - sympy.tanh(x) ** 2]},  # tanh_backward: 1 - y*y
