@@ -237,6 +237,9 @@ def _shown(info: Any) -> bool:
     return not (info.hidden or (not info.checks and (info.internal or not (info.leaf or info.retains))))
 
 
+_PASSED = ("ok", "nonfinite-agree", "nondifferentiable", "discarded")
+
+
 def _gone_unused(info: Any, name: str) -> bool:
     """An unnamed leaf that is gone and that nothing ever used: a weight tying's replaced embedding (`wte.weight =
     lm_head.weight` in a GPT showed "unnamed leaves (line 72) not reached" under its parameters)."""
@@ -286,14 +289,17 @@ def _rows(tracer: ScriptTracer, names: dict[int, str]) -> list[TensorRow]:
         checks = [c for i in infos for c in i.checks]
         statuses = [st for i in infos for st in i.statuses()]  # (a loop's middle mismatch counts)
         compared = [st for st in statuses if st not in _NOT_COMPARED]
-        passed = sum(1 for st in compared if st in ("ok", "nonfinite-agree", "nondifferentiable"))
-        bad = [st for st in compared if st not in ("ok", "nonfinite-agree", "nondifferentiable")]
+        # (`discarded`: a cut's short gradient thrown away before any use, a GAN's fake.detach() in the
+        # discriminator's step: passed, and beside the generator step's checks the row says ok, not `discarded`)
+        passed = sum(1 for st in compared if st in _PASSED)
+        bad = [st for st in compared if st not in _PASSED]
         # a leaf holding a .grad that no check recorded, or other than its last check saw while a later backward was
         # not verified as a whole (recording stopped: the time or memory budget): that backward reached it
         # (.grad read only where torch keeps one: reading a non-leaf's warns, on the script's stderr)
         unjudged = last.leaf and t is not None and (is_leaf(t) or t.retains_grad) and \
             isinstance(t.grad, torch.Tensor) and (not checks or _changed_since(tracer, last, t.grad, returned))
-        status = "not verified" if unjudged else bad[-1] if bad else ("ok" if compared else (
+        status = "not verified" if unjudged else bad[-1] if bad else (
+            "discarded" if compared and all(st == "discarded" for st in compared) else "ok" if compared else (
             checks[-1][3] if checks else ((last.cut or "not reached by a backward") if last.leaf else "no backward")))
         count = len(infos)
         display = name if count == 1 else f"{name} ×{count}"
