@@ -298,9 +298,16 @@ def _rows(tracer: ScriptTracer, names: dict[int, str]) -> list[TensorRow]:
         # (.grad read only where torch keeps one: reading a non-leaf's warns, on the script's stderr)
         unjudged = last.leaf and t is not None and (is_leaf(t) or t.retains_grad) and \
             isinstance(t.grad, torch.Tensor) and (not checks or _changed_since(tracer, last, t.grad, returned))
-        status = "not verified" if unjudged else bad[-1] if bad else (
-            "discarded" if compared and all(st == "discarded" for st in compared) else "ok" if compared else (
-            checks[-1][3] if checks else ((last.cut or "not reached by a backward") if last.leaf else "no backward")))
+        if unjudged:
+            status = "not verified"
+        elif bad:
+            status = bad[-1]
+        elif compared:  # (`discarded` alone where no check of its own passed beside it)
+            status = "ok" if any(st != "discarded" for st in compared) else "discarded"
+        elif checks:
+            status = checks[-1][3]
+        else:
+            status = (last.cut or "not reached by a backward") if last.leaf else "no backward"
         count = len(infos)
         display = name if count == 1 else f"{name} ×{count}"
         own = [c for c in last.checks if c[0] not in returned]  # torch.autograd.grad does not fill .grad

@@ -176,14 +176,15 @@ class ScriptTracer(BackwardCalls, OptimizerSteps, ScriptMemory, DiscardedCuts, T
 
     def _on_output(self, t: torch.Tensor, h: Any, site: int) -> None:
         # Named results that take part in autograd (or were cut) get a row: the lessons' z, w, out.
-        if any(t is a for a in _walk_tensors((self.args, self.kwargs))):
+        inputs = list(_walk_tensors((self.args, self.kwargs)))
+        if any(t is a for a in inputs):
             # an input handed back, not made here (torch.broadcast_tensors of same-shaped tensors, `.to` its own
             # dtype): a Normal(self.w_mu, sigma) built under no_grad marked the parameter w_mu as made under
             # no_grad, and its row vanished (a Bayes-by-backprop tutorial's)
             return
         s = self.sites[site]
         anc: set[int] = set()
-        for a in _walk_tensors((self.args, self.kwargs)):
+        for a in inputs:
             info = self.infos.get(id(a))
             if info is not None and info.ref() is a:
                 anc.add(info.serial)

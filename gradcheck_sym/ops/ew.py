@@ -55,6 +55,8 @@ class EwFn:
         masks: torch's backward selects (relu's threshold_backward, clamp's, hardtanh's): where the partial
             is 0 the gradient is 0 even for a NaN or infinite adjoint (the function is flat there), where a
             product would give NaN.
+        bias_kernel: for a convolution's bias added to its result (`ops.torch.conv`), the geometry of the
+            convolution whose kernel torch sums the bias's gradient with (`ops.prims_movement.kernel_sum`).
     """
 
     def __init__(
@@ -73,6 +75,7 @@ class EwFn:
         grad_rel_err: float = 0.0,
         rel_scale: sympy.Expr | None = None,
         masks: bool = False,
+        bias_kernel: tuple[Any, ...] | None = None,
     ) -> None:
         self.name = name
         self.expr = expr
@@ -89,9 +92,7 @@ class EwFn:
         self.masks = masks
         self._derivs: dict[int, EwFn] = {}
         self.unbranched: EwFn | None = None  # for a `branched` function: the function it was made from
-        # a convolution's bias added to its result (`ops.torch.conv`): the geometry whose kernel torch sums the
-        # bias's gradient with (`ops.prims_movement.kernel_sum`); None for any other function
-        self.bias_kernel: tuple[Any, ...] | None = None
+        self.bias_kernel = bias_kernel
 
     def __repr__(self) -> str:
         return f"EwFn({self.name})"

@@ -75,9 +75,10 @@ def _rounded(x: Any, dtype: torch.dtype | None) -> Any:
 
 
 def _rounded_eqn(e: Eqn, env: dict[int, Any], values: dict[int, Any], consts: Any,
-                 dtype: torch.dtype | None, proxy: dict[Any, Any] | None = None, stand_in: bool = False) -> Sequence[Any]:
+                 dtype: torch.dtype | None, proxy: dict[Any, Any] | None = None,
+                 stand_in: bool = False) -> Sequence[Any]:
     """One equation of `evaluate_rounded`, its inputs rounded to `dtype` (`stand_in`: in place of its own dtype, so
-    not with the kernel its dtype would use: see `Rounding.process`)."""
+    not with the kernel its dtype would use: see `_as_torch_evaluates`)."""
     ins = []
     for a in e.inputs:
         if isinstance(a, Var):
@@ -87,10 +88,7 @@ def _rounded_eqn(e: Eqn, env: dict[int, Any], values: dict[int, Any], consts: An
             ins.append(consts[a.index])
     ins = [_rounded(x, dtype) for x in ins]
     try:
-        params = _as_torch_evaluates(e.prim, e.params)
-        if stand_in and "kernel" in params:
-            params = {k: v for k, v in params.items() if k != "kernel"}
-        out = PRIMS[e.prim].impl(*ins, **params)
+        out = PRIMS[e.prim].impl(*ins, **_as_torch_evaluates(e.prim, e.params, stand_in))
         return out if PRIMS[e.prim].multiple else (out,)
     except Exception:  # noqa: BLE001 - a sample of noise, not a result: the float64 value stands in
         # (one let go as no sweep reads it, `ScriptMemory.drop_unread`: NaN, which measures nothing)
@@ -98,9 +96,13 @@ def _rounded_eqn(e: Eqn, env: dict[int, Any], values: dict[int, Any], consts: An
                 else x for x in (values[v.id] for v in e.outputs)]
 
 
-def _as_torch_evaluates(prim: str, params: dict[str, Any]) -> dict[str, Any]:
+def _as_torch_evaluates(prim: str, params: dict[str, Any], stand_in: bool = False) -> dict[str, Any]:
     """An elementwise function's `params` with the formula torch evaluates for it (`EwFn.as_torch_evaluates`): a
-    sample of torch's rounding follows torch's formulas where we know them."""
+    sample of torch's rounding follows torch's formulas where we know them.  With `stand_in` (float64's rounding
+    sampled in float32), a sum's `kernel` is dropped: torch's float64 convolution sums a bias's gradient as torch.sum
+    does, 9x less rounding than oneDNN's float32 sum (`ops.prims_movement.kernel_sum`)."""
+    if stand_in and "kernel" in params:
+        params = {k: v for k, v in params.items() if k != "kernel"}
     if prim != "ew":
         return params
     fn = params["fn"].as_torch_evaluates
@@ -119,11 +121,7 @@ class Rounding(Interpreter):
 
     def process(self, prim: Any, args: tuple[Any, ...], params: dict[str, Any]) -> Any:
         d = self.proxy.get(self.dtype, self.dtype)
-        params = _as_torch_evaluates(prim.name, params)
-        if d != self.dtype and "kernel" in params:
-            # a stand-in dtype (float64's rounding sampled in float32): torch's float64 kernel is not the float32
-            # one, and sums a conv bias's gradient as torch.sum does (9x less rounding than oneDNN's float32 sum)
-            params = {k: v for k, v in params.items() if k != "kernel"}
+        params = _as_torch_evaluates(prim.name, params, stand_in=d != self.dtype)
         if d is None:
             return prim.impl(*args, **params)
         args = tuple([a.to(d) if isinstance(a, torch.Tensor) and a.dtype != d and a.is_floating_point() else a

@@ -107,8 +107,7 @@ def conv(c: Ctx, xt: torch.Tensor, w: torch.Tensor, bias: Any, stride: Any, padd
         # the convolution primitive (`ops.conv_prims`): nothing of the windows kept
         out = CP.conv(h, c.v(w), stride=st, padding=tuple(lo for lo, _ in pads), dilation=dil, groups=int(groups))
         if bias is not None:
-            out = _bias(c, out, bias, (tuple(xs), tuple(w.shape), st, tuple(lo for lo, _ in pads), dil, False, (0,) * nd,
-                                       int(groups)))
+            out = _bias(c, out, bias, _forward(xs, w, st, pads, dil, groups))
         return out if batched(xt, nd) else P.reshape(out, P.shape_of(out)[1:])
     index = window_index(xs, k, st, pads, dil)  # (N, C, *out, *k)
     out_sp = tuple(index.shape[2:2 + nd])
@@ -122,9 +121,7 @@ def conv(c: Ctx, xt: torch.Tensor, w: torch.Tensor, bias: Any, stride: Any, padd
     out = P.matmul(cols, wm)  # (N, g, L, Og)
     out = P.reshape(P.permute(out, (0, 1, 3, 2)), (n, o) + out_sp)
     if bias is not None:
-        same = all(lo == hi for lo, hi in pads)  # (torch pads an uneven 'same' itself: no one call of its kernel)
-        out = _bias(c, out, bias, (tuple(xs), tuple(w.shape), st, tuple(lo for lo, _ in pads), dil, False, (0,) * nd,
-                                   int(groups)) if same else None)
+        out = _bias(c, out, bias, _forward(xs, w, st, pads, dil, groups))
     return out if batched(xt, nd) else P.reshape(out, (o,) + out_sp)
 
 
@@ -181,6 +178,17 @@ def conv_transpose(c: Ctx, xt: torch.Tensor, w: torch.Tensor, bias: Any, stride:
     return out if batched(xt, nd) else P.reshape(out, tuple(out_shape))
 
 
+def _forward(xs: Sequence[int], w: torch.Tensor, st: Sequence[int], pads: Sequence[tuple[int, int]],
+             dil: Sequence[int], groups: int) -> tuple[Any, ...] | None:
+    """A convolution's geometry for `_bias`; None for uneven padding (an even kernel's 'same': torch pads the input
+    itself, no one call of its kernel)."""
+    if any(lo != hi for lo, hi in pads):
+        return None
+    nd = len(st)
+    return (tuple(xs), tuple(w.shape), tuple(st), tuple(lo for lo, _ in pads), tuple(dil), False, (0,) * nd,
+            int(groups))
+
+
 def _transposed(xs: Sequence[int], w: torch.Tensor, st: Sequence[int], pad: Sequence[int], dil: Sequence[int],
                 groups: int, osz: Sequence[int]) -> tuple[Any, ...]:
     """A transposed convolution's geometry for `_bias` (its output padding: what the output size adds)."""
@@ -200,9 +208,8 @@ def _bias(c: Ctx, out: Any, bias: torch.Tensor, kernel: tuple[Any, ...] | None) 
 def _bias_add(kernel: tuple[Any, ...] | None) -> EwFn:
     if kernel is None:
         return ADD
-    fn = EwFn("add", ADD.expr, 2)  # (its own: the kernel is this function's, not every addition's)
-    fn.bias_kernel = kernel
-    return fn
+    # (its own function: the kernel is this addition's, not every addition's)
+    return EwFn("add", ADD.expr, 2, bias_kernel=kernel)
 
 
 def _conv_t_rule(nd: int) -> Any:
