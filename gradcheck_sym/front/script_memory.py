@@ -18,7 +18,7 @@ from ..ir.program import Const, Eqn, Program, Var
 from ..ops.core import PRIMS, vjp_reads
 from ..reference.interpret import COMPACT_FROM, DEFINED_CUTS, UNIT_ROUNDOFF, Traced, own_bytes
 from ..reference.lazy import kept_vars, pending
-from .allocator import memory_available, release_held
+from .allocator import memory_available, release_held, release_if_short
 
 __all__ = ["ScriptMemory", "MEMORY_STEP", "SWEEP_MEMORY", "MEMORY_RESERVE"]
 
@@ -79,8 +79,11 @@ class ScriptMemory:
         if need < SWEEP_MEMORY * MEMORY_STEP:
             return False  # (small: not worth a look)
         try:
-            # (what malloc holds freed is fragmented: given back first, the system's count is the whole truth)
-            available = memory_available(count_held=not release_held())
+            # the system's own count first (what malloc holds freed comes on top); where that is short, what malloc
+            # holds (fragmented) is given back, and the system's count is the whole truth
+            available = memory_available(count_held=False)
+            if available is None or available < need + MEMORY_RESERVE:
+                available = memory_available(count_held=not release_held())
         except Exception:  # noqa: BLE001 - ours, never the script's: no guard this time
             return False
         need += MEMORY_RESERVE
@@ -115,9 +118,9 @@ class ScriptMemory:
 
     def release(self) -> None:
         """Between the phases of a large backward (its sweeps, the bounds' sweep), what malloc holds freed goes back
-        to the system (`allocator.release_held`)."""
+        to the system where it is short of memory (`allocator.release_if_short`)."""
         if self.rec.nbytes >= MEMORY_STEP:
-            release_held()
+            release_if_short()
 
     def _recorded(self, site: int) -> None:
         if self.rec.nbytes - self._mem_base > self._mem_next:
