@@ -106,8 +106,9 @@ def release_held(above: int = RELEASE_ABOVE) -> bool:
 
     Kept, it is counted as available, but it is fragmented: at a conv + batch-norm tutorial's batch of 1,024 the
     process held 7 GB freed beside 12.7 GB in use when a new 600 MB tensor found no room in it, and the system was
-    near its end.  Called between the phases of a large backward (each one then faults its pages in afresh: the
-    cost `keep_freed_memory` saves, paid only where memory is at stake)."""
+    near its end.  Called by the memory guard where the system's own count is short, and between the phases of a
+    large backward where the system has less left than the process uses (`release_if_short`): each page given back
+    is faulted in afresh, the cost `keep_freed_memory` saves, paid only where memory is at stake."""
     if _LIBC is None or _keeping == 0:
         return False
     try:
