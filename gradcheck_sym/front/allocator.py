@@ -22,8 +22,7 @@ from typing import Iterator
 from ..ops.core import set_relief
 
 __all__ = ["memory_available", "keep_freed_memory", "held_free", "release_held", "release_if_short", "relieve",
-           "as_by_default",
-           "RELEASE_ABOVE", "PRESSURE"]
+           "as_by_default", "RELEASE_ABOVE", "PRESSURE"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 _DEFAULT_TRIM, _DEFAULT_MMAP_MAX = 128 * 1024, 65536  # glibc's defaults (malloc/malloc.c)
