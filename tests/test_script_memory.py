@@ -196,6 +196,38 @@ def test_between_the_phases_of_a_backward_what_malloc_holds_goes_back_only_where
     """)
 
 
+def test_the_memory_guard_gives_back_what_malloc_holds_only_where_the_system_s_count_is_short(monkeypatch):
+    # The guard looks every 256 MB recorded; it gave back what malloc held at every look, and the next phase faulted
+    # it in again (a conv + batch-norm tutorial at batch 1,024: 15 trims in one step).
+    from types import SimpleNamespace
+
+    from gradcheck_sym.front import script_memory as sm
+
+    calls = []
+
+    def available(count_held=True):
+        calls.append(("available", count_held))
+        return state["system"]
+
+    def release():
+        calls.append(("release",))
+        state["system"] = state["after"]
+        return True
+
+    monkeypatch.setattr(sm, "memory_available", available)
+    monkeypatch.setattr(sm, "release_held", release)
+    guard = SimpleNamespace(stopped="", rec=SimpleNamespace(nbytes=sm.MEMORY_STEP * 4), _mem_base=0, _mem_next=0,
+                            items={})
+    need = sm.SWEEP_MEMORY * sm.MEMORY_STEP * 4 + sm.MEMORY_RESERVE
+    state = {"system": need + 1, "after": need + 1}
+    assert not sm.ScriptMemory._check_memory(guard, "line 3")
+    assert calls == [("available", False)]  # plenty by the system's own count: nothing given back
+    calls.clear()
+    state.update(system=need - 1, after=need + 1)
+    assert not sm.ScriptMemory._check_memory(guard, "line 3")
+    assert calls == [("available", False), ("release",), ("available", False)]  # short: given back, counted again
+
+
 def test_a_cut_into_what_a_backward_freed_hides_nothing_and_the_rest_is_compared(tmp_path):
     # A truncated BPTT's h.detach(), an actor-critic's advantage, a probe on detached features: past the cut is a
     # graph torch freed (without the cut it would raise), so the cut hides nothing it could compute; the backward is
